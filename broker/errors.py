@@ -1,0 +1,106 @@
+"""The broker's exception tree. Every error a request can meet is one of these.
+
+::
+
+    BrokerError                      (500 internal; base)
+    ├── InvalidRequest               (400) bad input: it changed nothing
+    │   └── PayloadTooLarge          (413)
+    ├── Unauthenticated              (401) no, expired, forged or revoked token
+    ├── Forbidden                    (403) authenticated but not allowed (e.g. audit read)
+    │   └── GrantDenied              (403) policy said no
+    ├── NotFound                     (404) unknown service, grant, user
+    ├── Conflict                     (409) already exists / already ended
+    ├── Expired                      (410) the grant or code ran out
+    ├── RateLimited                  (429)
+    ├── Unavailable                  (503) the database or ledger is down: we fail closed
+    └── TargetUnreachable            (502) the service behind a tunnel did not answer
+
+The HTTP status and exit code come from ``access.shared.errors``; one handler in
+``broker/app.py`` renders them. Third-party errors are mapped at the boundary
+(``raise Unavailable(...) from exc``) and never leak to clients.
+"""
+
+from __future__ import annotations
+
+from access.shared.errors import ErrorCode, http_status_for
+
+__all__ = [
+    "BrokerError",
+    "Conflict",
+    "Expired",
+    "Forbidden",
+    "GrantDenied",
+    "InvalidRequest",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "TargetUnreachable",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+
+class BrokerError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    @property
+    def status(self) -> int:
+        return http_status_for(self.code)
+
+    def body(self) -> dict[str, object]:
+        detail: dict[str, object] = {"code": str(self.code), "message": self.message}
+        if self.hint:
+            detail["hint"] = self.hint
+        return {"error": detail}
+
+
+class InvalidRequest(BrokerError):
+    code = ErrorCode.INVALID_REQUEST
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class Unauthenticated(BrokerError):
+    code = ErrorCode.UNAUTHENTICATED
+
+    def __init__(self, message: str = "not signed in", *, hint: str | None = "run `access login`") -> None:
+        super().__init__(message, hint=hint)
+
+
+class Forbidden(BrokerError):
+    code = ErrorCode.FORBIDDEN
+
+
+class GrantDenied(Forbidden):
+    code = ErrorCode.DENIED
+
+
+class NotFound(BrokerError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(BrokerError):
+    code = ErrorCode.CONFLICT
+
+
+class Expired(BrokerError):
+    code = ErrorCode.EXPIRED
+
+
+class RateLimited(BrokerError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class Unavailable(BrokerError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class TargetUnreachable(BrokerError):
+    code = ErrorCode.TARGET_UNREACHABLE

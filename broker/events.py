@@ -1,0 +1,49 @@
+"""Events about grants and principals that the tunnel layer subscribes to.
+
+Ending a grant is an event, not a call into one process's memory: today subscribers run in this
+process; with several replicas the same events will also arrive through PostgreSQL
+LISTEN/NOTIFY (ROADMAP 5). Meanwhile ``tunnel.watch`` polls the database, so an end decided by
+another process (an admin command, another replica) is seen within ``grant_watch_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["EventBus", "GrantEnded", "PrincipalLocked"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GrantEnded:
+    grant_id: str
+    reason: str  # "expired" | "revoked" | "locked"
+
+
+@dataclass(frozen=True)
+class PrincipalLocked:
+    principal_id: str
+
+
+Event = GrantEnded | PrincipalLocked
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[Event], None]] = []
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback`` for every event; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event``. Callbacks must be quick and thread-safe (they may run in a worker thread)."""
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:  # a broken subscriber must not stop the others
+                log.exception("event subscriber failed on %r", event)

@@ -1,0 +1,19 @@
+"""Who is making a request, as established from a verified access token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = ["AuthContext"]
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    principal_id: str
+    name: str
+    kind: str  # "user" | "service_account"
+    groups: tuple[str, ...]
+    session_id: str
+    token_id: str  # the access token's jti
+    expires_at: datetime

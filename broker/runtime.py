@@ -1,0 +1,98 @@
+"""The broker's runtime: settings, database, clock, keys, policy and the event bus, in one object.
+
+Routes reach it through ``deps.BrokerDep``; background loops and the tunnel protocol get it
+from ``app.state.broker``. Nothing in it is state that only this process knows except the
+event subscribers for its own live sockets: grants, sessions and the ledger live in the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+
+from access.broker import db
+from access.broker.clock import Clock, SystemClock
+from access.broker.errors import Unavailable
+from access.broker.events import EventBus
+from access.broker.keys import load_or_create_key
+from access.broker.policy import Policy
+from access.broker.settings import Settings
+
+__all__ = ["Broker"]
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    policy: Policy
+    token_key: Ed25519PrivateKey
+    audit_key: Ed25519PrivateKey
+    base_url: str
+    events: EventBus = field(default_factory=EventBus)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        base_url: str | None = None,
+        policy: Policy | None = None,
+        migrate: bool = True,
+    ) -> Broker:
+        """Open the database (migrating it), load or create keys, load the policy.
+
+        Raises:
+            Unavailable: the database cannot be reached.
+            PolicyError: the policy file is invalid.
+            ValueError: a key file is unsafe or malformed.
+        """
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        engine = db.create_engine(settings.resolved_database_url)
+        if migrate:
+            try:
+                db.migrate(engine)
+            except sa.exc.OperationalError as exc:
+                raise Unavailable(
+                    f"cannot reach the database: {exc.orig}",
+                    hint="check --database-url / ACCESS_BROKER_DATABASE_URL",
+                ) from exc
+        if policy is None:
+            policy = Policy.load(settings.policy) if settings.policy else Policy.empty()
+        return cls(
+            settings=settings,
+            engine=engine,
+            clock=clock or SystemClock(),
+            policy=policy,
+            token_key=load_or_create_key(settings.resolved_signing_key_file),
+            audit_key=load_or_create_key(settings.resolved_audit_key_file),
+            base_url=base_url or settings.base_url(),
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """A database transaction. Database failures become ``Unavailable``: we fail closed.
+
+        Raises:
+            Unavailable: the database could not be reached or the write failed at the database.
+        """
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError) as exc:
+            raise Unavailable(
+                "the broker's database is unavailable, so nothing was changed",
+                hint="try again shortly; operators: check the database",
+            ) from exc
+
+    def reload_policy(self, path: Path | None = None) -> None:
+        target = path or self.settings.policy
+        self.policy = Policy.load(target) if target else Policy.empty()

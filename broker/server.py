@@ -1,0 +1,75 @@
+"""Run the broker under uvicorn (uvloop + httptools), TLS when configured.
+
+The tunnel endpoint does not go through ASGI: uvicorn hands upgraded connections to
+``tunnel.protocol.TunnelProtocol``, which relays bytes with asyncio protocols. See docs/tunnel.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from access.broker.settings import Settings
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings, *, ready_file: Path | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; on shutdown the ledger gets a final signed checkpoint.
+
+    Raises:
+        Unavailable: the database cannot be reached.
+        OSError: the address cannot be bound.
+    """
+    from access.broker.admin import bind_socket
+    from access.broker.app import create_app
+    from access.broker.runtime import Broker
+    from access.broker.tunnel.protocol import TunnelProtocol
+
+    sock = bind_socket(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    broker = Broker.from_settings(settings, base_url=settings.base_url(port))
+    app = create_app(broker)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+        ws=TunnelProtocol,
+        lifespan="on",
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.02)
+        message = f"access-broker listening on {broker.base_url}"
+        print(message, file=sys.stderr, flush=True)
+        if ready_file:
+            ready_file.write_text(broker.base_url + "\n")
+
+    async def main() -> None:
+        task = asyncio.create_task(announce())
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            task.cancel()
+
+    if sys.platform != "win32":
+        import uvloop
+
+        uvloop.run(main())
+    else:  # pragma: no cover
+        asyncio.run(main())

@@ -1,0 +1,94 @@
+"""Broker settings: flags of ``access-broker serve`` and ``ACCESS_BROKER_*`` environment variables.
+
+Every field here is documented in docs/broker.md; tests/test_docs.py fails when one is not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_data_dir", "is_loopback_host"]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "access-broker"
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ACCESS_BROKER_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="keys and the SQLite database live here")
+    database_url: str | None = Field(
+        default=None, description="sqlite:///PATH or postgresql://...; default: SQLite in the data dir"
+    )
+    policy: Path | None = Field(default=None, description="policy YAML file (services and rules)")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8443, ge=0, le=65535, description="port to listen on (0: pick a free one)")
+    tls_cert: Path | None = Field(default=None, description="PEM certificate chain for HTTPS")
+    tls_key: Path | None = Field(default=None, description="PEM private key for HTTPS")
+    insecure_http: bool = Field(
+        default=False, description="serve plain HTTP on a non-loopback address (INSECURE: tokens in clear)"
+    )
+    public_url: str | None = Field(
+        default=None, description="the URL people and CLIs reach the broker at; default from host and port"
+    )
+    access_token_ttl: int = Field(default=900, ge=30, le=900, description="access token lifetime, seconds (max 900)")
+    session_ttl: int = Field(default=12 * 3600, ge=60, description="refresh token family lifetime, seconds")
+    device_code_ttl: int = Field(default=600, ge=30, le=1800, description="device code lifetime, seconds")
+    device_poll_interval: int = Field(default=5, ge=1, le=60, description="RFC 8628 polling interval, seconds")
+    checkpoint_interval: float = Field(default=60.0, gt=0, description="seconds between signed ledger checkpoints")
+    grant_watch_interval: float = Field(
+        default=0.25, gt=0, le=1.0, description="seconds between checks for grants ended by other processes"
+    )
+    signing_key_file: Path | None = Field(default=None, description="Ed25519 PEM key for tokens; default in data dir")
+    audit_key_file: Path | None = Field(default=None, description="Ed25519 PEM key for checkpoints; default in data dir")
+    log_level: str = Field(default="info", description="debug, info, warning or error")
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key, or neither")
+        if self.tls_cert is None and not self.insecure_http and not is_loopback_host(self.host):
+            raise ValueError(
+                f"refusing plain HTTP on {self.host}: give --tls-cert/--tls-key, "
+                "or --insecure-http if something in front of the broker terminates TLS"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.signing_key_file or self.data_dir / "token-signing-key.pem"
+
+    @property
+    def resolved_audit_key_file(self) -> Path:
+        return self.audit_key_file or self.data_dir / "audit-signing-key.pem"
+
+    def base_url(self, port: int | None = None) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls else "http"
+        host = "localhost" if self.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else self.host  # noqa: S104
+        return f"{scheme}://{host}:{port or self.port}"

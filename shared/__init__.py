@@ -1,0 +1,1 @@
+"""Code that both the ``access`` CLI and the broker use: wire models, error codes, durations."""

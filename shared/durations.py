@@ -1,0 +1,68 @@
+"""Durations as people write them: ``45s``, ``30m``, ``1h30m``, ``2h``, ``1d``.
+
+Parsing is strict: every part needs a unit, units go from largest to smallest
+and appear once, and the result must be positive. ``format_duration`` is the
+inverse, used for messages ("the maximum for read on svc-payments is 1h").
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+__all__ = ["DurationError", "format_duration", "parse_duration"]
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_PART = re.compile(r"(\d{1,9})([dhms])")
+# A generous ceiling keeps arithmetic on datetimes safe; policy maxima are far lower.
+_MAX_SECONDS = 366 * 86400
+
+
+class DurationError(ValueError):
+    """The text is not a duration such as ``30m`` or ``1h30m``."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``text`` into a positive ``timedelta``.
+
+    Raises:
+        DurationError: when the text is empty, has no or an unknown unit, repeats
+            or misorders units, or is zero.
+    """
+    raw = text.strip().lower()
+    if not raw:
+        raise DurationError("empty duration: write it like 45s, 30m or 1h30m")
+    pos = 0
+    total = 0
+    last_rank = -1
+    order = list(_UNITS)
+    for match in _PART.finditer(raw):
+        if match.start() != pos:
+            break
+        value, unit = int(match.group(1)), match.group(2)
+        rank = order.index(unit)
+        if rank <= last_rank:
+            raise DurationError(f"bad duration {text!r}: units must go d, h, m, s, each at most once")
+        last_rank = rank
+        total += value * _UNITS[unit]
+        pos = match.end()
+    if pos != len(raw) or pos == 0:
+        raise DurationError(f"bad duration {text!r}: write it like 45s, 30m or 1h30m")
+    if total <= 0:
+        raise DurationError(f"bad duration {text!r}: it must be longer than zero")
+    if total > _MAX_SECONDS:
+        raise DurationError(f"bad duration {text!r}: at most 366d")
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta | float) -> str:
+    """Render seconds or a ``timedelta`` compactly: ``1h30m``, ``45s``, ``0s``."""
+    seconds = int(value.total_seconds() if isinstance(value, timedelta) else value)
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in _UNITS.items():
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)

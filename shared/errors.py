@@ -1,0 +1,85 @@
+"""Error codes on the wire, with the HTTP status the broker sends and the exit code the CLI returns.
+
+One table serves both sides, so a code can never mean one thing to the broker and
+another to the CLI. The broker renders every error as::
+
+    {"error": {"code": "grant_denied", "message": "...", "hint": "..."}}
+
+OAuth endpoints (``/oauth/*``) use RFC 6749's ``{"error": ..., "error_description": ...}``
+instead, as OAuth clients expect.
+
+Exit codes of ``access`` (documented in docs/cli.md)::
+
+    0  ok
+    1  error            something failed; the message says what
+    2  usage            bad input: a flag, a TTL, a service name
+    3  needs login      no token, or it expired or was revoked: run `access login`
+    4  denied           policy or a person said no
+    5  pending          waiting on something (device approval, later: reviewers)
+    6  expired          the device code or the grant ran out
+    7  unavailable      the broker could not be reached, or refused to act (fail closed)
+    8  not found        no such service, grant or user
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+__all__ = ["ErrorCode", "ExitCode", "exit_code_for", "http_status_for"]
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NEEDS_LOGIN = 3
+    DENIED = 4
+    PENDING = 5
+    EXPIRED = 6
+    UNAVAILABLE = 7
+    NOT_FOUND = 8
+
+
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    DENIED = "grant_denied"
+    PENDING = "pending"
+    EXPIRED = "expired"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    RATE_LIMITED = "rate_limited"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNAVAILABLE = "unavailable"
+    TARGET_UNREACHABLE = "target_unreachable"
+    INTERNAL = "internal"
+
+
+_TABLE: dict[ErrorCode, tuple[int, ExitCode]] = {
+    ErrorCode.INVALID_REQUEST: (400, ExitCode.USAGE),
+    ErrorCode.UNAUTHENTICATED: (401, ExitCode.NEEDS_LOGIN),
+    ErrorCode.FORBIDDEN: (403, ExitCode.DENIED),
+    ErrorCode.DENIED: (403, ExitCode.DENIED),
+    ErrorCode.PENDING: (409, ExitCode.PENDING),
+    ErrorCode.EXPIRED: (410, ExitCode.EXPIRED),
+    ErrorCode.NOT_FOUND: (404, ExitCode.NOT_FOUND),
+    ErrorCode.CONFLICT: (409, ExitCode.ERROR),
+    ErrorCode.RATE_LIMITED: (429, ExitCode.ERROR),
+    ErrorCode.PAYLOAD_TOO_LARGE: (413, ExitCode.USAGE),
+    ErrorCode.UNAVAILABLE: (503, ExitCode.UNAVAILABLE),
+    ErrorCode.TARGET_UNREACHABLE: (502, ExitCode.UNAVAILABLE),
+    ErrorCode.INTERNAL: (500, ExitCode.ERROR),
+}
+
+
+def http_status_for(code: ErrorCode) -> int:
+    return _TABLE[code][0]
+
+
+def exit_code_for(code: str) -> ExitCode:
+    """The CLI exit code for a wire error code; unknown codes are plain errors."""
+    try:
+        return _TABLE[ErrorCode(code)][1]
+    except ValueError:
+        return ExitCode.ERROR
