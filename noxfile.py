@@ -1,0 +1,48 @@
+"""Sessions: tests (default), lint, typecheck, docs, bench. Run `nox -l` to list them."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PACKAGES = ["-p", "access.cli", "-p", "access.broker", "-p", "access.shared"]
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """The whole suite: unit tests and end-to-end tests (real broker, real CLI, real clients)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-n", "2", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff==0.17.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the installed packages (a non-editable install, so the access namespace resolves)."""
+    session.install(".", "mypy==2.4.1", "types-PyYAML")
+    session.chdir(session.create_tmp())
+    session.run("mypy", "--config-file", f"{session.invocation_dir}/pyproject.toml", *PACKAGES)
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Regenerate docs/cli-reference.md from --help, then check the docs cover every command and setting."""
+    session.install("-e", ".[test]")
+    session.run("python", "docs/generate.py")
+    session.run("pytest", "tests/test_docs.py")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Direct vs ssh -L vs access connect, side by side; writes benchmarks/results.json."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/run.py", *session.posargs)

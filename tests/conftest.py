@@ -1,0 +1,149 @@
+"""Fixtures every test folder can use: fresh databases (SQLite and PostgreSQL), clocks, brokers.
+
+PostgreSQL tests create a database of their own on the machine's server (``ACCESS_TEST_PG``,
+default ``postgresql://postgres@127.0.0.1:5432/postgres``) and drop it afterwards, so tests
+run in parallel without seeing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from access.broker.clock import FakeClock
+
+PG_ADMIN_URL = os.environ.get("ACCESS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# Tests never touch the machine's real keyring.
+os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+
+
+def _pg_admin_engine() -> sa.Engine:
+    url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg")
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test; dropped afterwards."""
+    name = f"access_t_{secrets.token_hex(6)}"
+    admin = _pg_admin_engine()
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: start it (see README) ({exc.orig})")
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file for this test."""
+    return f"sqlite:///{tmp_path / 'broker.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on SQLite and on PostgreSQL, each with a fresh database."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+DEFAULT_POLICY: dict[str, Any] = {
+    "services": [
+        {
+            "name": "svc-payments",
+            "kind": "postgres",
+            "target": "127.0.0.1:5432",
+            "description": "Payments database",
+            "scopes": ["read", "write"],
+            "max_ttl": "1h",
+            "options": {"database": "test", "user": "postgres"},
+        },
+        {
+            "name": "svc-cache",
+            "kind": "redis",
+            "target": "127.0.0.1:6379",
+            "scopes": ["read"],
+            "max_ttl": "2h",
+        },
+    ],
+    "rules": [
+        {
+            "name": "sre-payments",
+            "subjects": {"groups": ["sre"]},
+            "services": ["svc-payments"],
+            "scopes": ["read", "write"],
+            "max_ttl": "30m",
+            "require": "auto",
+        },
+        {
+            "name": "ci-payments-read",
+            "subjects": {"groups": ["ci"]},
+            "services": ["svc-payments"],
+            "scopes": ["read"],
+            "max_ttl": "15m",
+            "require": "auto",
+        },
+    ],
+    "audit": {"readers": {"groups": ["security", "sre"]}},
+}
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Callable[..., Any]:
+    """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...)``.
+
+    Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``.
+    """
+    from access.broker.policy import Policy
+    from access.broker.runtime import Broker
+    from access.broker.settings import Settings
+
+    made: list[Any] = []
+
+    def factory(
+        *,
+        db_url: str | None = None,
+        policy: dict[str, Any] | None = None,
+        clock: Any = None,
+        **settings: Any,
+    ) -> Any:
+        data_dir = tmp_path / f"broker-{len(made)}"
+        url = db_url or f"sqlite:///{data_dir / 'broker.db'}"
+        broker = Broker.from_settings(
+            Settings(data_dir=data_dir, database_url=url, **settings),
+            clock=clock or fake_clock,
+            policy=Policy.from_dict(policy if policy is not None else DEFAULT_POLICY),
+            base_url="https://broker.test",
+        )
+        made.append(broker)
+        return broker
+
+    yield factory
+    for broker in made:
+        broker.engine.dispose()
+
+
+def write_policy(path: Path, policy: dict[str, Any] | None = None) -> Path:
+    path.write_text(yaml.safe_dump(policy if policy is not None else DEFAULT_POLICY, sort_keys=False))
+    return path

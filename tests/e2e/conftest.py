@@ -1,0 +1,250 @@
+"""End-to-end harness: the real broker process on a random loopback port, the real CLI as a subprocess.
+
+Nothing here is faked: ``access-broker serve`` runs with TLS from a throwaway CA, users are added
+with ``access-broker users add``, and logins go through the HTML device page.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from access.shared.devca import DevCA, make_ca
+from tests.conftest import DEFAULT_POLICY, write_policy
+
+BIN = Path(sys.executable).parent
+ACCESS = str(BIN / "access")
+ACCESS_BROKER = str(BIN / "access-broker")
+START_TIMEOUT = 30.0
+
+
+def _require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `bash .ci/run` or install the Debian client packages (README)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def devca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+def _pump(stream: Any, sink: list[str], lines: queue.Queue[str]) -> None:
+    for line in iter(stream.readline, ""):
+        sink.append(line)
+        lines.put(line)
+    stream.close()
+
+
+@dataclass
+class BrokerProcess:
+    """A running ``access-broker serve``. ``url`` is known once it listens."""
+
+    data_dir: Path
+    database_url: str
+    policy: Path
+    ca: DevCA
+    env: dict[str, str]
+    proc: subprocess.Popen[str] | None = None
+    url: str = ""
+    output: list[str] = field(default_factory=list)
+
+    def admin(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``access-broker ARGS`` against this broker's database."""
+        result = subprocess.run(
+            [ACCESS_BROKER, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"access-broker {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def start(self) -> None:
+        lines: queue.Queue[str] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [
+                ACCESS_BROKER, "serve",
+                "--host", "127.0.0.1", "--port", "0",
+                "--tls-cert", str(self.ca.server_cert), "--tls-key", str(self.ca.server_key),
+                "--policy", str(self.policy),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+        )
+        threading.Thread(target=_pump, args=(self.proc.stderr, self.output, lines), daemon=True).start()
+        while True:
+            try:
+                line = lines.get(timeout=START_TIMEOUT)
+            except queue.Empty:
+                self.stop()
+                raise AssertionError("broker did not start in time:\n" + "".join(self.output)) from None
+            match = re.search(r"listening on (\S+)", line)
+            if match:
+                self.url = match.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError("broker exited:\n" + "".join(self.output))
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def add_user(self, name: str, password: str, *groups: str) -> None:
+        args = ["users", "add", name, "--password-stdin"]
+        for group in groups:
+            args += ["--group", group]
+        self.admin(*args, input=password + "\n")
+
+    def add_service_account(self, name: str, *groups: str) -> dict[str, str]:
+        import json
+
+        args = ["service-accounts", "add", name, "-o", "json"]
+        for group in groups:
+            args += ["--group", group]
+        result: dict[str, str] = json.loads(self.admin(*args).stdout)
+        return result
+
+
+@dataclass
+class Cli:
+    """Runs the real ``access`` CLI as a subprocess with its own config dir and no keyring."""
+
+    home: Path
+    broker: BrokerProcess
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("ACCESS_", "PYTHON_KEYRING"))
+        }
+        env.update(
+            HOME=str(self.home),
+            XDG_CONFIG_HOME=str(self.home / "config"),
+            XDG_DATA_HOME=str(self.home / "data"),
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",
+            ACCESS_BROKER_URL=self.broker.url,
+            ACCESS_CA_FILE=str(self.broker.ca.ca_cert),
+            NO_COLOR="1",
+        )
+        return env
+
+    def run(
+        self, *args: str, input: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [ACCESS, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env={**self.env, **(env or {})},
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [ACCESS, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**self.env, **(env or {})},
+        )
+
+    def device_login(self, username: str, password: str, *, approve: bool = True) -> subprocess.CompletedProcess[str]:
+        """``access login --no-browser``, completing the HTML form as a browser would."""
+        from access.cli.browser import complete_device_login
+
+        proc = self.popen("login", "--no-browser")
+        assert proc.stderr is not None
+        seen: list[str] = []
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stderr, seen, lines), daemon=True).start()
+        code = None
+        while code is None:
+            try:
+                line = lines.get(timeout=20)
+            except queue.Empty:
+                proc.kill()
+                raise AssertionError("login printed no user code:\n" + "".join(seen)) from None
+            match = re.search(r"\b([B-DF-HJ-NP-TV-XZ]{4}-[B-DF-HJ-NP-TV-XZ]{4})\b", line)
+            if match:
+                code = match.group(1)
+        complete_device_login(
+            self.broker.url, code, username, password, ca_file=str(self.broker.ca.ca_cert), approve=approve
+        )
+        stdout, _ = proc.communicate(timeout=30)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(seen))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def e2e_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'broker-data' / 'broker.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def make_broker_process(tmp_path: Path, devca: DevCA, database_url: str, policy: dict[str, Any] | None = None,
+                        **env: str) -> BrokerProcess:
+    data_dir = tmp_path / "broker-data"
+    policy_path = write_policy(tmp_path / "policy.yaml", policy if policy is not None else DEFAULT_POLICY)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCESS_")}
+    base_env.update(
+        ACCESS_BROKER_DATA_DIR=str(data_dir),
+        ACCESS_BROKER_DATABASE_URL=database_url,
+        ACCESS_BROKER_DEVICE_POLL_INTERVAL="1",
+        ACCESS_BROKER_CHECKPOINT_INTERVAL="1",
+        ACCESS_BROKER_LOG_LEVEL="warning",
+    )
+    base_env.update(env)
+    return BrokerProcess(data_dir=data_dir, database_url=database_url, policy=policy_path, ca=devca, env=base_env)
+
+
+@pytest.fixture
+def broker(tmp_path: Path, devca: DevCA, e2e_db: str) -> Iterator[BrokerProcess]:
+    """A running broker (SQLite and PostgreSQL) with alice (sre) and bob (no groups)."""
+    proc = make_broker_process(tmp_path, devca, e2e_db)
+    proc.add_user("alice", "alice-password-1", "sre")
+    proc.add_user("bob", "bob-password-1")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, broker: BrokerProcess) -> Cli:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Cli(home=home, broker=broker)
