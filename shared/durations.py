@@ -13,7 +13,7 @@ from datetime import timedelta
 __all__ = ["DurationError", "format_duration", "parse_duration"]
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d{1,9})([dhms])")
+_PART = re.compile(r"([0-9]{1,9})([dhms])", re.ASCII)
 # A generous ceiling keeps arithmetic on datetimes safe; policy maxima are far lower.
 _MAX_SECONDS = 366 * 86400
 

@@ -1,0 +1,85 @@
+"""`access-broker audit verify` catches an edited entry, a deleted entry and a cut-off tail.
+
+The database refuses UPDATE/DELETE on the ledger, so the attacker here first drops the
+append-only triggers, as someone with full database access could.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from access.broker import db
+from access.broker.ledger_ddl import append_only_ddl, drop_append_only_ddl
+from tests.e2e.conftest import BrokerProcess, Cli
+
+pytestmark = pytest.mark.e2e
+
+
+def _engine(url: str) -> sa.Engine:
+    return db.create_engine(url)
+
+
+def _verify(broker: BrokerProcess) -> tuple[int, str]:
+    result = broker.admin("audit", "verify", check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess) -> None:
+    assert cli.device_login("alice", "alice-password-1").returncode == 0
+    for ttl in ("5m", "6m", "7m"):
+        assert cli.run("request", "svc-payments", "--scope", "read", "--ttl", ttl, "--reason", "INC-7").returncode == 0
+    assert broker.stop() == 0  # graceful: the broker signs a final checkpoint
+
+    code, out = _verify(broker)
+    assert code == 0, out
+
+    engine = _engine(broker.database_url)
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        # An append-only ledger: the database itself refuses the edit.
+        with pytest.raises(sa.exc.DBAPIError):
+            with conn.begin_nested():
+                conn.execute(db.audit_log.update().where(db.audit_log.c.seq == 3).values(actor="mallory"))
+        for statement in drop_append_only_ddl(dialect):
+            conn.exec_driver_sql(statement)
+        rows = conn.execute(sa.select(db.audit_log).order_by(db.audit_log.c.seq)).mappings().all()
+    assert len(rows) >= 8
+
+    def restore() -> None:
+        with engine.begin() as conn:
+            conn.execute(db.audit_log.delete())
+            conn.execute(db.audit_log.insert(), [dict(r) for r in rows])
+        code, out = _verify(broker)
+        assert code == 0, out
+
+    # 1. An edited entry.
+    with engine.begin() as conn:
+        conn.execute(db.audit_log.update().where(db.audit_log.c.seq == 3).values(details='{"reason":"nothing to see"}'))
+    code, out = _verify(broker)
+    assert code != 0
+    assert re.search(r"\b3\b", out), out
+    restore()
+
+    # 2. A deleted entry in the middle.
+    with engine.begin() as conn:
+        conn.execute(db.audit_log.delete().where(db.audit_log.c.seq == 5))
+    code, out = _verify(broker)
+    assert code != 0
+    assert re.search(r"\b[56]\b", out), out
+    restore()
+
+    # 3. The tail cut off after the last checkpoint was signed.
+    last = rows[-1]["seq"]
+    with engine.begin() as conn:
+        conn.execute(db.audit_log.delete().where(db.audit_log.c.seq > last - 2))
+    code, out = _verify(broker)
+    assert code != 0, out
+    restore()
+
+    with engine.begin() as conn:
+        for statement in append_only_ddl(dialect):
+            conn.exec_driver_sql(statement)
+    engine.dispose()
