@@ -8,17 +8,16 @@ Subcommand groups live beside this file: ``admin_identity`` (users, service-acco
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from access.broker.admin_common import DatabaseUrl, DataDir, bind_socket, build_settings, fail, open_broker
 from access.broker.errors import BrokerError
-from access.broker.settings import Settings
 
-__all__ = ["app", "main", "open_broker"]
+__all__ = ["DataDir", "DatabaseUrl", "app", "bind_socket", "build_settings", "fail", "main", "open_broker"]
 
 app = typer.Typer(
     name="access-broker",
@@ -28,51 +27,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Broker data directory [env: ACCESS_BROKER_DATA_DIR]")
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option("--database-url", help="sqlite:///PATH or postgresql://... [env: ACCESS_BROKER_DATABASE_URL]"),
-]
-
-
-def build_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with flags that were given taking precedence.
-
-    Raises:
-        typer.BadParameter: the combination is invalid (e.g. plain HTTP on a public address).
-    """
-    from pydantic import ValidationError
-
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        messages = "; ".join(str(e.get("msg", e)).removeprefix("Value error, ") for e in exc.errors())
-        raise typer.BadParameter(messages) from exc
-
-
-def open_broker(data_dir: Path | None, database_url: str | None, **overrides: Any) -> Any:
-    """A ``Broker`` for admin commands (migrated database, keys loaded, policy if configured)."""
-    from access.broker.runtime import Broker
-
-    return Broker.from_settings(build_settings(data_dir=data_dir, database_url=database_url, **overrides))
-
-
-def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    if hint:
-        typer.echo(f"hint: {hint}", err=True)
-    return typer.Exit(code)
-
 
 @app.command()
 def serve(
     policy: Annotated[Path | None, typer.Option(help="Policy YAML file [env: ACCESS_BROKER_POLICY]")] = None,
     host: Annotated[str | None, typer.Option(help="Listen address [env: ACCESS_BROKER_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port, 0 picks a free one [env: ACCESS_BROKER_PORT]")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain [env: ACCESS_BROKER_TLS_CERT]")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Listen port, 0 picks a free one [env: ACCESS_BROKER_PORT]")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate chain [env: ACCESS_BROKER_TLS_CERT]")
+    ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key [env: ACCESS_BROKER_TLS_KEY]")] = None,
     insecure_http: Annotated[
         bool | None,
@@ -111,7 +76,8 @@ def serve(
 def migrate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the database schema, then exit."""
     broker = open_broker(data_dir, database_url)
-    typer.echo(f"database at {broker.engine.url.render_as_string(hide_password=True)} is up to date", err=True)
+    where = broker.engine.url.render_as_string(hide_password=True)
+    typer.echo(f"database at {where} is up to date", err=True)
 
 
 def _register_groups() -> None:
@@ -129,16 +95,7 @@ _register_groups()
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     app()
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening socket before the app starts, so a port of 0 is known up front."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock

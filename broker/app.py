@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import sqlalchemy as sa
@@ -94,11 +94,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(sa.exc.SQLAlchemyError)
     async def database_error(_request: Request, exc: sa.exc.SQLAlchemyError) -> Response:
         log.error("database error: %s", exc.__class__.__name__)
-        err = Unavailable("the broker's database is unavailable, so nothing was changed", hint="try again shortly")
+        err = Unavailable(
+            "the broker's database is unavailable, so nothing was changed", hint="try again shortly"
+        )
         return JSONResponse(err.body(), status_code=err.status)
 
 
-BackgroundLoop = Callable[[Broker], Awaitable[None]]
+BackgroundLoop = Callable[[Broker], Coroutine[Any, Any, None]]
 
 
 def _background_loops() -> list[BackgroundLoop]:

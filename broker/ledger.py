@@ -46,10 +46,17 @@ def format_time(at: datetime) -> str:
 
 
 def entry_hash(
-    *, seq: int, at: datetime, actor: str, action: str, target: str, details: Mapping[str, Any], prev_hash: str
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    details: Mapping[str, Any],
+    prev_hash: str,
 ) -> str:
     """SHA-256 (hex) of the canonical JSON form of one entry."""
-    body = {
+    body: dict[str, Any] = {
         "seq": seq,
         "at": format_time(at),
         "actor": actor,
@@ -98,7 +105,9 @@ def append(
     seq = 1 if head is None else head.seq + 1
     prev = GENESIS if head is None else head.hash
     at = clock.now()
-    digest = entry_hash(seq=seq, at=at, actor=actor, action=action, target=target, details=details, prev_hash=prev)
+    digest = entry_hash(
+        seq=seq, at=at, actor=actor, action=action, target=target, details=details, prev_hash=prev
+    )
     conn.execute(
         audit_log.insert().values(
             seq=seq,

@@ -27,7 +27,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         Unavailable: the database cannot be reached.
         OSError: the address cannot be bound.
     """
-    from access.broker.admin import bind_socket
+    from access.broker.admin_common import bind_socket
     from access.broker.app import create_app
     from access.broker.runtime import Broker
     from access.broker.tunnel.protocol import TunnelProtocol
@@ -53,12 +53,13 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     server = uvicorn.Server(config)
 
     async def announce() -> None:
-        while not server.started:
+        # uvicorn exposes readiness only as a flag, so poll it (bounded by startup itself).
+        while not server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         message = f"access-broker listening on {broker.base_url}"
         print(message, file=sys.stderr, flush=True)
         if ready_file:
-            ready_file.write_text(broker.base_url + "\n")
+            await asyncio.to_thread(ready_file.write_text, broker.base_url + "\n")
 
     async def main() -> None:
         task = asyncio.create_task(announce())

@@ -32,7 +32,9 @@ def is_loopback_host(host: str) -> bool:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ACCESS_BROKER_", extra="ignore")
 
-    data_dir: Path = Field(default_factory=default_data_dir, description="keys and the SQLite database live here")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="keys and the SQLite database live here"
+    )
     database_url: str | None = Field(
         default=None, description="sqlite:///PATH or postgresql://...; default: SQLite in the data dir"
     )
@@ -47,16 +49,26 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="the URL people and CLIs reach the broker at; default from host and port"
     )
-    access_token_ttl: int = Field(default=900, ge=30, le=900, description="access token lifetime, seconds (max 900)")
+    access_token_ttl: int = Field(
+        default=900, ge=30, le=900, description="access token lifetime, seconds (max 900)"
+    )
     session_ttl: int = Field(default=12 * 3600, ge=60, description="refresh token family lifetime, seconds")
     device_code_ttl: int = Field(default=600, ge=30, le=1800, description="device code lifetime, seconds")
-    device_poll_interval: int = Field(default=5, ge=1, le=60, description="RFC 8628 polling interval, seconds")
-    checkpoint_interval: float = Field(default=60.0, gt=0, description="seconds between signed ledger checkpoints")
+    device_poll_interval: int = Field(
+        default=5, ge=1, le=60, description="RFC 8628 polling interval, seconds"
+    )
+    checkpoint_interval: float = Field(
+        default=60.0, gt=0, description="seconds between signed ledger checkpoints"
+    )
     grant_watch_interval: float = Field(
         default=0.25, gt=0, le=1.0, description="seconds between checks for grants ended by other processes"
     )
-    signing_key_file: Path | None = Field(default=None, description="Ed25519 PEM key for tokens; default in data dir")
-    audit_key_file: Path | None = Field(default=None, description="Ed25519 PEM key for checkpoints; default in data dir")
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 PEM key for tokens; default in data dir"
+    )
+    audit_key_file: Path | None = Field(
+        default=None, description="Ed25519 PEM key for checkpoints; default in data dir"
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error")
 
     @model_validator(mode="after")
@@ -90,5 +102,5 @@ class Settings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         scheme = "https" if self.tls else "http"
-        host = "localhost" if self.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else self.host  # noqa: S104
+        host = "localhost" if self.host in ("127.0.0.1", "::1", "0.0.0.0", "::") else self.host
         return f"{scheme}://{host}:{port or self.port}"

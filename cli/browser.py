@@ -78,9 +78,11 @@ def complete_device_login(
     Raises:
         RuntimeError: a page did not have the form expected, or the broker refused a step.
     """
+    import ssl
+
     import httpx
 
-    verify: str | bool = ca_file if ca_file else True
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
     with httpx.Client(base_url=base_url, verify=verify, follow_redirects=True, timeout=10) as browser:
         page = browser.get("/device")
         page.raise_for_status()

@@ -56,7 +56,11 @@ def _postgres_reachable() -> bool:
     env = {**os.environ, "PGCONNECT_TIMEOUT": "2"}
     result = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc", "select 1", "-w"],
-        capture_output=True, text=True, env=env, timeout=10, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=10,
+        check=False,
     )
     return result.returncode == 0
 
@@ -153,11 +157,25 @@ class _Demo:
 
     def start_broker(self, policy: Path) -> None:
         cmd = [
-            _program("access-broker"), "serve", "--host", "127.0.0.1", "--port", "0",
-            "--tls-cert", str(self.ca.server_cert), "--tls-key", str(self.ca.server_key), "--policy", str(policy),
+            _program("access-broker"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-cert",
+            str(self.ca.server_cert),
+            "--tls-key",
+            str(self.ca.server_key),
+            "--policy",
+            str(policy),
         ]
         self.broker = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env=self.broker_env,
         )
         lines: queue.Queue[str] = queue.Queue()
@@ -186,14 +204,24 @@ class _Demo:
     def admin(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         _note("$ access-broker " + " ".join(args))
         return subprocess.run(
-            [_program("access-broker"), *args], input=stdin, capture_output=True, text=True, env=self.broker_env,
-            timeout=60, check=True,
+            [_program("access-broker"), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.broker_env,
+            timeout=60,
+            check=True,
         )
 
     def access(self, *args: str, show: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
         typer.secho("$ access " + " ".join(args), err=True, fg=typer.colors.CYAN)
         result = subprocess.run(
-            [_program("access"), *args], capture_output=True, text=True, env=self.cli_env, timeout=60, check=False,
+            [_program("access"), *args],
+            capture_output=True,
+            text=True,
+            env=self.cli_env,
+            timeout=60,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
         if show:
@@ -209,8 +237,12 @@ class _Demo:
 
         typer.secho("$ access login --no-browser", err=True, fg=typer.colors.CYAN)
         proc = subprocess.Popen(
-            [_program("access"), "login", "--no-browser"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=self.cli_env,
+            [_program("access"), "login", "--no-browser"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.cli_env,
         )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True).start()
@@ -226,8 +258,10 @@ class _Demo:
         if code is None:
             proc.kill()
             raise RuntimeError("access login printed no user code")
-        _say(f"[demo] acting as your browser: opening {self.url}/device, signing in as {username!r}, "
-             f"entering {code} and pressing Approve")
+        _say(
+            f"[demo] acting as your browser: opening {self.url}/device, signing in as {username!r}, "
+            f"entering {code} and pressing Approve"
+        )
         complete_device_login(self.url, code, username, password, ca_file=str(self.ca.ca_cert))
         proc.wait(timeout=30)
         while not lines.empty():
@@ -248,7 +282,9 @@ def _hold_connection(port: int) -> tuple[float, bytes]:
 
 
 def demo(
-    keep: bool = typer.Option(False, "--keep", help="Keep the demo's temporary directory and print where it is"),
+    keep: bool = typer.Option(
+        False, "--keep", help="Keep the demo's temporary directory and print where it is"
+    ),
 ) -> None:
     """Run the whole loop against a throwaway broker: login, request, exec, cut at expiry, audit."""
     started = time.monotonic()
@@ -258,13 +294,18 @@ def demo(
     try:
         if _postgres_reachable():
             target, kind, options = "127.0.0.1:5432", "postgres", {"database": "postgres", "user": "postgres"}
-            command = ["psql", "-Atc", "select 'connected to PostgreSQL as ' || current_user || ' at ' || now()"]
+            command = [
+                "psql",
+                "-Atc",
+                "select 'connected to PostgreSQL as ' || current_user || ' at ' || now()",
+            ]
             _say("[demo] target: the local PostgreSQL on 127.0.0.1:5432")
         else:
             service = _DemoService()
             target, kind, options = f"127.0.0.1:{service.port}", "tcp", {}
             client = (
-                "import os,socket;s=socket.create_connection((os.environ['ACCESS_HOST'],int(os.environ['ACCESS_PORT'])));"
+                "import os,socket;"
+                "s=socket.create_connection((os.environ['ACCESS_HOST'],int(os.environ['ACCESS_PORT'])));"
                 "print(s.recv(100).decode().strip())"
             )
             command = [sys.executable, "-c", client]
@@ -295,10 +336,17 @@ def demo(
         _say("\n5. A live connection is cut when the grant expires")
         connect = subprocess.Popen(
             [_program("access"), "connect", "demo-db", "--scope", "read", "-o", "json"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run.cli_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=run.cli_env,
         )
-        typer.secho("$ access connect demo-db --scope read -o json   (in the background)", err=True,
-                    fg=typer.colors.CYAN)
+        typer.secho(
+            "$ access connect demo-db --scope read -o json   (in the background)",
+            err=True,
+            fg=typer.colors.CYAN,
+        )
         assert connect.stdout is not None
         info = json.loads(connect.stdout.readline())
         _note(f"tunnel on {info['address']}; grant {info['grant_id']} expires at {info['expires_at']}")

@@ -15,7 +15,13 @@ BIN = Path(sys.executable).parent
 
 
 def _help(program: str, args: list[str]) -> str:
-    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
+    env = {
+        **os.environ,
+        "COLUMNS": "100",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+        "_TYPER_FORCE_DISABLE_TERMINAL": "1",
+    }
     env.pop("FORCE_COLOR", None)
     result = subprocess.run(
         [str(BIN / program), *args, "--help"], capture_output=True, text=True, env=env, check=True, timeout=60

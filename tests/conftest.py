@@ -110,7 +110,7 @@ DEFAULT_POLICY: dict[str, Any] = {
 
 
 @pytest.fixture
-def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Callable[..., Any]:
+def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[..., Any]]:
     """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...)``.
 
     Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``.

@@ -32,8 +32,20 @@ def test_cli_reference_is_current() -> None:
 
 def test_every_command_is_in_the_reference() -> None:
     text = (DOCS / "cli-reference.md").read_text()
-    for command in ("login", "logout", "whoami", "services", "request", "grants", "revoke", "audit",
-                    "connect", "exec", "env", "demo"):
+    for command in (
+        "login",
+        "logout",
+        "whoami",
+        "services",
+        "request",
+        "grants",
+        "revoke",
+        "audit",
+        "connect",
+        "exec",
+        "env",
+        "demo",
+    ):
         assert f"## `access {command}`" in text, command
     for command in ("serve", "users", "service-accounts", "audit", "policy"):
         assert f"## `access-broker {command}`" in text, command

@@ -12,7 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         check=True,
         capture_output=True,
         cwd=tmp_path,
@@ -38,6 +49,11 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
 
 
 def test_source_folders_do_not_leak_as_top_level_modules() -> None:
-    code = "import importlib.util, sys; sys.exit(any(importlib.util.find_spec(m) for m in ('cli', 'shared', 'broker')))"
+    code = (
+        "import importlib.util, sys;"
+        "sys.exit(any(importlib.util.find_spec(m) for m in ('cli', 'shared', 'broker')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, timeout=60)
-    assert result.returncode == 0, "a generic top-level module (cli/shared/broker) is importable after install"
+    assert result.returncode == 0, (
+        "a generic top-level module (cli/shared/broker) is importable after install"
+    )

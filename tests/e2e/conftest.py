@@ -32,7 +32,9 @@ START_TIMEOUT = 30.0
 def _require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed: run `bash .ci/run` or install the Debian client packages (README)")
+        pytest.fail(
+            f"{name} is not installed: run `bash .ci/run` or install the Debian client packages (README)"
+        )
     return path
 
 
@@ -61,7 +63,9 @@ class BrokerProcess:
     url: str = ""
     output: list[str] = field(default_factory=list)
 
-    def admin(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def admin(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``access-broker ARGS`` against this broker's database."""
         result = subprocess.run(
             [ACCESS_BROKER, *args],
@@ -72,17 +76,27 @@ class BrokerProcess:
             timeout=60,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"access-broker {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+            raise AssertionError(
+                f"access-broker {' '.join(args)} failed ({result.returncode}): {result.stderr}"
+            )
         return result
 
     def start(self) -> None:
         lines: queue.Queue[str] = queue.Queue()
         self.proc = subprocess.Popen(
             [
-                ACCESS_BROKER, "serve",
-                "--host", "127.0.0.1", "--port", "0",
-                "--tls-cert", str(self.ca.server_cert), "--tls-key", str(self.ca.server_key),
-                "--policy", str(self.policy),
+                ACCESS_BROKER,
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-cert",
+                str(self.ca.server_cert),
+                "--tls-key",
+                str(self.ca.server_key),
+                "--policy",
+                str(self.policy),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -143,9 +157,7 @@ class Cli:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("ACCESS_", "PYTHON_KEYRING"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCESS_", "PYTHON_KEYRING"))}
         env.update(
             HOME=str(self.home),
             XDG_CONFIG_HOME=str(self.home / "config"),
@@ -180,7 +192,9 @@ class Cli:
             env={**self.env, **(env or {})},
         )
 
-    def device_login(self, username: str, password: str, *, approve: bool = True) -> subprocess.CompletedProcess[str]:
+    def device_login(
+        self, username: str, password: str, *, approve: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """``access login --no-browser``, completing the HTML form as a browser would."""
         from access.cli.browser import complete_device_login
 
@@ -202,7 +216,10 @@ class Cli:
         complete_device_login(
             self.broker.url, code, username, password, ca_file=str(self.broker.ca.ca_cert), approve=approve
         )
-        stdout, _ = proc.communicate(timeout=30)
+        assert proc.stdout is not None
+        stdout = proc.stdout.read()
+        proc.wait(timeout=30)
+        proc.stdout.close()
         return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(seen))
 
 
@@ -214,8 +231,9 @@ def e2e_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def make_broker_process(tmp_path: Path, devca: DevCA, database_url: str, policy: dict[str, Any] | None = None,
-                        **env: str) -> BrokerProcess:
+def make_broker_process(
+    tmp_path: Path, devca: DevCA, database_url: str, policy: dict[str, Any] | None = None, **env: str
+) -> BrokerProcess:
     data_dir = tmp_path / "broker-data"
     policy_path = write_policy(tmp_path / "policy.yaml", policy if policy is not None else DEFAULT_POLICY)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCESS_")}
@@ -227,7 +245,9 @@ def make_broker_process(tmp_path: Path, devca: DevCA, database_url: str, policy:
         ACCESS_BROKER_LOG_LEVEL="warning",
     )
     base_env.update(env)
-    return BrokerProcess(data_dir=data_dir, database_url=database_url, policy=policy_path, ca=devca, env=base_env)
+    return BrokerProcess(
+        data_dir=data_dir, database_url=database_url, policy=policy_path, ca=devca, env=base_env
+    )
 
 
 @pytest.fixture

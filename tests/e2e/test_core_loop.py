@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
 
 def _json(result: object) -> object:
     stdout = getattr(result, "stdout", "")
-    assert getattr(result, "returncode", 1) == 0, f"exit {getattr(result, 'returncode', '?')}: {getattr(result, 'stderr', '')}"
+    assert getattr(result, "returncode", 1) == 0, (
+        f"exit {getattr(result, 'returncode', '?')}: {getattr(result, 'stderr', '')}"
+    )
     return json.loads(stdout)
 
 
@@ -38,7 +40,11 @@ def test_device_login_request_list_revoke_audit_verify(cli: Cli, broker: BrokerP
     assert [s["name"] for s in services] == ["svc-payments"]  # svc-cache: no rule for sre
     assert {s["scope"] for s in services[0]["scopes"]} == {"read", "write"}
 
-    grant = _json(cli.run("request", "svc-payments", "--scope", "read", "--ttl", "10m", "--reason", "INC-123", "-o", "json"))
+    grant = _json(
+        cli.run(
+            "request", "svc-payments", "--scope", "read", "--ttl", "10m", "--reason", "INC-123", "-o", "json"
+        )
+    )
     assert isinstance(grant, dict)
     assert grant["state"] == "active"
     assert grant["subject"] == "alice"
@@ -117,7 +123,11 @@ def test_service_account_client_credentials(cli: Cli, broker: BrokerProcess, tmp
     assert login.returncode == 0, login.stderr
     assert creds["client_secret"] not in login.stdout + login.stderr
 
-    grant = _json(cli.run("request", "svc-payments", "--scope", "read", "--ttl", "5m", "--reason", "deploy 42", "-o", "json"))
+    grant = _json(
+        cli.run(
+            "request", "svc-payments", "--scope", "read", "--ttl", "5m", "--reason", "deploy 42", "-o", "json"
+        )
+    )
     assert isinstance(grant, dict)
     assert grant["subject"] == "deploy-bot"
     write = cli.run("request", "svc-payments", "--scope", "write", "--ttl", "5m")
@@ -151,7 +161,11 @@ def test_forged_and_garbage_tokens_are_refused(cli: Cli) -> None:
         return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
     header = b64(json.dumps({"alg": "none", "typ": "at+jwt"}).encode())
-    claims = b64(json.dumps({"sub": "alice", "iss": cli.broker.url, "aud": "access-broker", "exp": 4102444800}).encode())
+    claims = b64(
+        json.dumps(
+            {"sub": "alice", "iss": cli.broker.url, "aud": "access-broker", "exp": 4102444800}
+        ).encode()
+    )
     for token in (f"{header}.{claims}.", "garbage", "a.b.c"):
         result = cli.run("whoami", env={"ACCESS_TOKEN": token})
         assert result.returncode == ExitCode.NEEDS_LOGIN, (token, result.stderr)

@@ -30,7 +30,12 @@ def _verify(broker: BrokerProcess) -> tuple[int, str]:
 def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess) -> None:
     assert cli.device_login("alice", "alice-password-1").returncode == 0
     for ttl in ("5m", "6m", "7m"):
-        assert cli.run("request", "svc-payments", "--scope", "read", "--ttl", ttl, "--reason", "INC-7").returncode == 0
+        assert (
+            cli.run(
+                "request", "svc-payments", "--scope", "read", "--ttl", ttl, "--reason", "INC-7"
+            ).returncode
+            == 0
+        )
     assert broker.stop() == 0  # graceful: the broker signs a final checkpoint
 
     code, out = _verify(broker)
@@ -40,9 +45,8 @@ def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess
     dialect = engine.dialect.name
     with engine.begin() as conn:
         # An append-only ledger: the database itself refuses the edit.
-        with pytest.raises(sa.exc.DBAPIError):
-            with conn.begin_nested():
-                conn.execute(db.audit_log.update().where(db.audit_log.c.seq == 3).values(actor="mallory"))
+        with pytest.raises(sa.exc.DBAPIError), conn.begin_nested():
+            conn.execute(db.audit_log.update().where(db.audit_log.c.seq == 3).values(actor="mallory"))
         for statement in drop_append_only_ddl(dialect):
             conn.exec_driver_sql(statement)
         rows = conn.execute(sa.select(db.audit_log).order_by(db.audit_log.c.seq)).mappings().all()
@@ -57,7 +61,9 @@ def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess
 
     # 1. An edited entry.
     with engine.begin() as conn:
-        conn.execute(db.audit_log.update().where(db.audit_log.c.seq == 3).values(details='{"reason":"nothing to see"}'))
+        conn.execute(
+            db.audit_log.update().where(db.audit_log.c.seq == 3).values(details='{"reason":"nothing to see"}')
+        )
     code, out = _verify(broker)
     assert code != 0
     assert re.search(r"\b3\b", out), out

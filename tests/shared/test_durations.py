@@ -34,7 +34,8 @@ def test_rejects(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0, "0s"), (-3, "0s"), (45, "45s"), (1800, "30m"), (5400, "1h30m"), (90061, "1d1h1m1s")]
+    ("seconds", "text"),
+    [(0, "0s"), (-3, "0s"), (45, "45s"), (1800, "30m"), (5400, "1h30m"), (90061, "1d1h1m1s")],
 )
 def test_formats(seconds: int, text: str) -> None:
     assert format_duration(seconds) == text

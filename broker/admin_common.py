@@ -1,0 +1,65 @@
+"""Options and helpers every ``access-broker`` subcommand shares (kept apart from ``admin`` so that
+subcommand modules can import them without an import cycle)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from access.broker.settings import Settings
+
+__all__ = ["DataDir", "DatabaseUrl", "bind_socket", "build_settings", "fail", "open_broker"]
+
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Broker data directory [env: ACCESS_BROKER_DATA_DIR]")
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", help="sqlite:///PATH or postgresql://... [env: ACCESS_BROKER_DATABASE_URL]"
+    ),
+]
+
+
+def build_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with flags that were given taking precedence.
+
+    Raises:
+        typer.BadParameter: the combination is invalid (e.g. plain HTTP on a public address).
+    """
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        messages = "; ".join(str(e.get("msg", e)).removeprefix("Value error, ") for e in exc.errors())
+        raise typer.BadParameter(messages) from exc
+
+
+def open_broker(data_dir: Path | None, database_url: str | None, **overrides: Any) -> Any:
+    """A ``Broker`` for admin commands (migrated database, keys loaded, policy if configured)."""
+    from access.broker.runtime import Broker
+
+    return Broker.from_settings(build_settings(data_dir=data_dir, database_url=database_url, **overrides))
+
+
+def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    return typer.Exit(code)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket before the app starts, so a port of 0 is known up front."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
