@@ -1,0 +1,157 @@
+"""Factories for identity, session and device-login tests (on top of tests/conftest.py's brokers)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from access.broker import identity
+from access.broker.db import audit_log
+from access.broker.runtime import Broker
+from access.broker.sessions import TokenSet, start_session
+
+PASSWORD = "correct horse battery staple"
+BASE_URL = "https://broker.test"
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    """An in-process broker on a fresh SQLite database, the default test policy and the fake clock."""
+    return make_broker()
+
+
+@pytest.fixture
+def any_broker(make_broker: Callable[..., Broker], db_url: str) -> Broker:
+    """The same test on SQLite and PostgreSQL (fresh database each)."""
+    return make_broker(db_url=db_url)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def client(broker: Broker) -> AsyncIterator[httpx.AsyncClient]:
+    """The broker's ASGI app over an in-process transport, as if reached at https://broker.test."""
+    from access.broker.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(broker, background=False), client=("192.0.2.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+        yield http
+
+
+def add_user(
+    broker: Broker, name: str = "alice", groups: tuple[str, ...] = ("sre",)
+) -> identity.PrincipalRecord:
+    identity.create_user(broker, name, groups, PASSWORD, actor="admin:test")
+    return next(p for p in identity.list_principals(broker) if p.name == name)
+
+
+def login(broker: Broker, user: identity.PrincipalRecord, client_id: str = "access-cli") -> TokenSet:
+    """Open a session for ``user`` directly (what a completed device login does)."""
+    with broker.transaction() as conn:
+        return start_session(conn, broker, user, client_id)
+
+
+def audit_actions(broker: Broker) -> list[str]:
+    with broker.transaction() as conn:
+        return list(conn.execute(sa.select(audit_log.c.action).order_by(audit_log.c.seq)).scalars())
+
+
+def audit_rows(broker: Broker, action: str) -> list[dict[str, Any]]:
+    with broker.transaction() as conn:
+        rows = conn.execute(
+            sa.select(audit_log).where(audit_log.c.action == action).order_by(audit_log.c.seq)
+        )
+        return [dict(row._mapping, details=json.loads(row.details)) for row in rows]
+
+
+def ledger_text(broker: Broker) -> str:
+    """Everything in the ledger as text, to assert that no secret ever lands there."""
+    with broker.transaction() as conn:
+        return "\n".join(
+            f"{r.actor} {r.action} {r.target} {r.details}" for r in conn.execute(sa.select(audit_log))
+        )
+
+
+_CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+_CONSENT_FIELD = re.compile(r'name="consent_token" value="([^"]+)"')
+
+
+@dataclass
+class DevicePage:
+    """Drives /device the way a browser without JavaScript does."""
+
+    client: httpx.AsyncClient
+
+    async def open(self, user_code: str = "") -> str:
+        response = await self.client.get("/device", params={"user_code": user_code} if user_code else None)
+        assert response.status_code == 200
+        return self.csrf(response.text)
+
+    @staticmethod
+    def csrf(html: str) -> str:
+        match = _CSRF_FIELD.search(html)
+        assert match, html
+        return match.group(1)
+
+    @staticmethod
+    def consent(html: str) -> str:
+        match = _CONSENT_FIELD.search(html)
+        assert match, html
+        return match.group(1)
+
+    async def sign_in(
+        self, user_code: str, username: str = "alice", password: str = PASSWORD
+    ) -> httpx.Response:
+        csrf = await self.open()
+        return await self.client.post(
+            "/device",
+            data={"csrf_token": csrf, "user_code": user_code, "username": username, "password": password},
+        )
+
+    async def confirm(self, html: str, action: str = "approve") -> httpx.Response:
+        data = {"csrf_token": self.csrf(html), "consent_token": self.consent(html), "action": action}
+        return await self.client.post("/device/confirm", data=data)
+
+    async def approve(
+        self, user_code: str, username: str = "alice", action: str = "approve"
+    ) -> httpx.Response:
+        page = await self.sign_in(user_code, username)
+        assert page.status_code == 200, page.text
+        done = await self.confirm(page.text, action)
+        assert done.status_code == 200, done.text
+        return done
+
+
+@pytest.fixture
+def page(client: httpx.AsyncClient) -> DevicePage:
+    return DevicePage(client)
+
+
+async def start_device(client: httpx.AsyncClient, host: str = "laptop-7") -> dict[str, Any]:
+    response = await client.post(
+        "/oauth/device_authorization", data={"client_id": "access-cli", "client_host": host}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def poll(client: httpx.AsyncClient, device_code: str) -> httpx.Response:
+    return await client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+            "device_code": device_code,
+            "client_id": "access-cli",
+        },
+    )
