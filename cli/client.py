@@ -1,0 +1,467 @@
+"""``BrokerClient``: the CLI's one way to talk to the broker (OAuth endpoints and the ``/v1`` API).
+
+It owns TLS (system trust store, or a pinned CA file), the refusal of plain HTTP to
+anything but loopback, token refresh with rotation, and the mapping of every failure to
+``access.cli.errors``. ``transport`` lets tests run it against the broker app in-process
+(any ``httpx.BaseTransport``) or against respx. httpx and pydantic are imported here, so
+commands import this module inside their function bodies, never at startup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from access.cli import config
+from access.cli.errors import (
+    BrokerUnreachable,
+    CliError,
+    Denied,
+    Expired,
+    NeedsLogin,
+    NotFound,
+    Unavailable,
+    UsageError,
+    from_wire,
+)
+from access.cli.tokens import Tokens, TokenStore, default_store, env_token, refresh_lock
+from access.shared.models import AuditEntry, AuditPage, Grant, GrantRequest, Principal, ServiceInfo
+
+__all__ = ["CLIENT_ID", "BrokerClient", "DeviceAuthorization", "normalise_url"]
+
+CLIENT_ID = "access-cli"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# Refresh a little before expiry so a token does not run out between our check and the broker's.
+MIN_VALIDITY = 60.0
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+CA_HINT = "pass the CA that signed the broker's certificate with --ca-file or ACCESS_CA_FILE"
+
+M = TypeVar("M")
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    device_code: str
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_in: int
+    interval: int
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_url(url: str, *, insecure: bool = False) -> str:
+    """``https://broker.example:8443/`` -> ``https://broker.example:8443``.
+
+    Raises:
+        UsageError: not an http(s) URL, or plain HTTP to a non-loopback host without ``insecure``.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"not a broker URL: {url!r}", "write it like https://access.example.com")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise UsageError(f"the broker URL {url!r} must not have credentials, a query or a fragment")
+    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+        raise UsageError(
+            f"refusing plain HTTP to {url}: tokens would cross the network unencrypted",
+            "use https://, or pass --insecure if you accept that risk",
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return text if "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text else None
+
+
+class BrokerClient:
+    """A client for one broker. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ca_file: str | None = None,
+        insecure: bool = False,
+        transport: httpx.BaseTransport | None = None,
+        token_store: TokenStore | None = None,
+        notify: Callable[[str], None] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = normalise_url(base_url, insecure=insecure)
+        self.ca_file = ca_file
+        self.insecure = insecure
+        self._transport = transport
+        self._store = token_store
+        self._notify = notify
+        self._now = now
+        self._ssl: ssl.SSLContext | None = None
+        self._http: httpx.Client | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        broker: str | None = None,
+        ca_file: str | None = None,
+        insecure: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> BrokerClient:
+        """A client for ``broker`` (flag or ACCESS_BROKER_URL), else the broker of the last login.
+
+        The CA file and the insecure-HTTP choice saved at login apply when the URL matches.
+
+        Raises:
+            UsageError: no broker is known, or the URL is not acceptable.
+        """
+        saved = config.load()
+        saved_url = saved.get("broker_url") if isinstance(saved.get("broker_url"), str) else None
+        url = broker or saved_url
+        if not url:
+            raise UsageError(
+                "no broker configured",
+                "run `access login --broker https://BROKER` or set ACCESS_BROKER_URL",
+            )
+        if saved_url and normalise_url(url, insecure=True) == saved_url:
+            ca_file = ca_file or saved.get("ca_file")
+            insecure = insecure or bool(saved.get("insecure"))
+        return cls(url, ca_file=ca_file, insecure=insecure, notify=notify)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> TokenStore:
+        if self._store is None:
+            self._store = default_store(self._notify)
+        return self._store
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS settings for the broker: the pinned CA file when given, else the system trust store.
+
+        Raises:
+            UsageError: the CA file is missing or not a PEM certificate.
+        """
+        if self._ssl is None:
+            try:
+                self._ssl = ssl.create_default_context(cafile=self.ca_file)
+            except FileNotFoundError as exc:
+                raise UsageError(
+                    f"CA file not found: {self.ca_file}", "check --ca-file / ACCESS_CA_FILE"
+                ) from exc
+            except (ssl.SSLError, OSError) as exc:
+                raise UsageError(
+                    f"cannot load the CA file {self.ca_file}: {exc}", "it must hold PEM certificates"
+                ) from exc
+        return self._ssl
+
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(
+                base_url=self.base_url,
+                verify=self.ssl_context(),
+                timeout=TIMEOUT,
+                transport=self._transport,
+                follow_redirects=False,
+                headers={"User-Agent": "access-cli", "Accept": "application/json"},
+            )
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        form: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """One HTTP exchange. Raises BrokerUnreachable (naming the URL) on any transport failure."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            return self._client().request(method, path, data=form, json=body, params=params, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise BrokerUnreachable(self.base_url, f"no answer in time ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            tls = _tls_failure(exc)
+            if tls:
+                raise BrokerUnreachable(self.base_url, f"TLS failed: {tls}", CA_HINT) from exc
+            raise BrokerUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
+
+    def _error(self, response: httpx.Response) -> CliError:
+        """The CLI error for a failed response: the broker's JSON error body, or the status."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            detail = data["error"]
+            return from_wire(str(detail.get("code", "")), str(detail.get("message", "")), detail.get("hint"))
+        if isinstance(data, dict) and isinstance(data.get("error"), str):
+            text = str(data.get("error_description") or data["error"])
+            return CliError(f"the broker refused: {text}", code=data["error"])
+        status = response.status_code
+        if status == 401:
+            return NeedsLogin("the broker does not accept your token")
+        if status == 404:
+            return NotFound(
+                f"{response.request.url.path} was not found on {self.base_url}",
+                "is this the broker's URL? the CLI and broker versions may differ",
+            )
+        if status >= 500:
+            return Unavailable(f"the broker at {self.base_url} answered HTTP {status}")
+        return CliError(f"the broker at {self.base_url} answered HTTP {status}")
+
+    def _parse(self, kind: type[M], data: Any) -> M:
+        try:
+            return TypeAdapter(kind).validate_python(data)
+        except ValidationError as exc:
+            raise CliError(
+                f"unexpected answer from the broker at {self.base_url}: {exc.error_count()} invalid field(s)",
+                "the CLI and the broker may be different versions: upgrade the CLI",
+            ) from exc
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def save_tokens(self, tokens: Tokens) -> None:
+        self.store.save(self.base_url, tokens)
+
+    def access_token(self) -> str:
+        """A valid access token: ACCESS_TOKEN, else the stored one, refreshed when near expiry.
+
+        Raises:
+            NeedsLogin: no token, or the refresh failed (session ended, refresh token reused).
+            BrokerUnreachable: the refresh could not reach the broker.
+        """
+        env = env_token()
+        if env:
+            return env
+        tokens = self.store.load(self.base_url)
+        if tokens is None:
+            raise NeedsLogin(f"not signed in to {self.base_url}")
+        if tokens.expires_at - self._now() > MIN_VALIDITY:
+            return tokens.access_token
+        return self._refresh(tokens).access_token
+
+    def _refresh(self, stale: Tokens) -> Tokens:
+        with refresh_lock():
+            current = self.store.load(self.base_url)
+            if current is None:
+                raise NeedsLogin(f"not signed in to {self.base_url}")
+            if current.access_token != stale.access_token and current.expires_at - self._now() > MIN_VALIDITY:
+                return current  # another access process refreshed while we waited for the lock
+            if current.refresh_token is None:
+                hint = (
+                    f"run `access login --client-id {current.client_id} --client-secret-file FILE`"
+                    if current.client_id
+                    else None
+                )
+                raise NeedsLogin(f"your token for {self.base_url} has expired", hint)
+            response = self._send(
+                "POST",
+                "/oauth/token",
+                form={
+                    "grant_type": "refresh_token",
+                    "refresh_token": current.refresh_token,
+                    "client_id": CLIENT_ID,
+                },
+            )
+            if response.status_code != 200:
+                error = self._error(response)
+                if error.code in (
+                    "invalid_grant",
+                    "invalid_token",
+                    "unauthenticated",
+                ) or response.status_code in (
+                    400,
+                    401,
+                ):
+                    # The session is over (expired, logged out, or the refresh token was reused):
+                    # the stored tokens are useless now.
+                    self.store.delete(self.base_url)
+                    raise NeedsLogin(
+                        f"your session at {self.base_url} has ended ({error.message})"
+                    ) from error
+                raise error
+            fresh = Tokens.from_response(response.json(), self._now(), current.client_id)
+            self.store.save(self.base_url, fresh)
+            return fresh
+
+    def _api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """An authenticated /v1 call; on 401 with a stored token, refresh once and retry."""
+        token = self.access_token()
+        response = self._send(method, path, token=token, **kwargs)
+        if response.status_code == 401 and env_token() is None:
+            stored = self.store.load(self.base_url)
+            if stored is not None and stored.refresh_token:
+                token = self._refresh(stored).access_token
+                response = self._send(method, path, token=token, **kwargs)
+        if response.status_code >= 400:
+            raise self._error(response)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise CliError(f"the broker at {self.base_url} sent a reply that is not JSON") from exc
+
+    # -- OAuth ---------------------------------------------------------------------------------
+
+    def _oauth(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        response = self._send("POST", path, form=form)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise self._error(response)
+        return response.status_code, data
+
+    def device_authorize(self, client_host: str | None) -> DeviceAuthorization:
+        """Start a device login (RFC 8628 section 3.1)."""
+        form = {"client_id": CLIENT_ID}
+        if client_host:
+            form["client_host"] = client_host
+        status, data = self._oauth("/oauth/device_authorization", form)
+        if status != 200:
+            raise CliError(
+                f"the broker refused to start a login: {data.get('error_description') or data.get('error')}"
+            )
+        try:
+            return DeviceAuthorization(
+                device_code=str(data["device_code"]),
+                user_code=str(data["user_code"]),
+                verification_uri=str(data["verification_uri"]),
+                verification_uri_complete=data.get("verification_uri_complete"),
+                expires_in=int(data.get("expires_in", 600)),
+                interval=int(data.get("interval", 5)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CliError("the broker's device authorization response is incomplete") from exc
+
+    def poll_token(self, device_code: str) -> Tokens | str:
+        """One poll of the token endpoint: tokens, or ``authorization_pending`` / ``slow_down``.
+
+        Raises:
+            Denied: the person pressed Deny (``access_denied``).
+            Expired: the code ran out (``expired_token``).
+            CliError: any other OAuth error (a reused device code: ``invalid_grant``).
+        """
+        status, data = self._oauth(
+            "/oauth/token", {"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": CLIENT_ID}
+        )
+        if status == 200:
+            return Tokens.from_response(data, self._now())
+        error = str(data.get("error", ""))
+        if error in ("authorization_pending", "slow_down"):
+            return error
+        if error == "access_denied":
+            raise Denied(
+                "the sign-in was denied on the verification page",
+                "run `access login` again; if you did not press Deny, tell your security team",
+            )
+        if error == "expired_token":
+            raise Expired("the code expired before it was approved", "run `access login` again")
+        raise CliError(
+            f"login failed: {data.get('error_description') or error}", "run `access login` again", code=error
+        )
+
+    def client_credentials(self, client_id: str, secret: str) -> Tokens:
+        """Sign in as a service account (OAuth client credentials).
+
+        Raises:
+            Denied: the broker refused the client id or secret.
+        """
+        status, data = self._oauth(
+            "/oauth/token",
+            {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
+        )
+        if status == 200:
+            return Tokens.from_response(data, self._now(), client_id)
+        raise Denied(
+            f"the broker refused client {client_id!r}: {data.get('error_description') or data.get('error')}",
+            "check the client id and the secret file (`access-broker service-accounts add` prints both once)",
+            code=str(data.get("error", "")),
+        )
+
+    def revoke_token(self, token: str) -> None:
+        """RFC 7009 revocation of a refresh or access token (ends its session)."""
+        status, data = self._oauth("/oauth/revoke", {"token": token, "client_id": CLIENT_ID})
+        if status != 200:
+            raise CliError(f"the broker did not revoke the token: {data.get('error_description') or data}")
+
+    # -- /v1 -----------------------------------------------------------------------------------
+
+    def whoami(self) -> Principal:
+        return self._parse(Principal, self._api("GET", "/v1/whoami"))
+
+    def logout(self, access_token: str) -> None:
+        """End the session of ``access_token`` server-side (POST /v1/logout), without refreshing.
+
+        A 401 means the session is already over, which is what was asked.
+        """
+        response = self._send("POST", "/v1/logout", token=access_token)
+        if response.status_code >= 400 and response.status_code != 401:
+            raise self._error(response)
+
+    def services(self) -> list[ServiceInfo]:
+        return self._parse(list[ServiceInfo], self._api("GET", "/v1/services"))
+
+    def request_grant(self, service: str, scope: str, ttl: str, reason: str = "") -> Grant:
+        request = GrantRequest(service=service, scope=scope, ttl=ttl, reason=reason)
+        return self._parse(Grant, self._api("POST", "/v1/grants", body=request.model_dump(mode="json")))
+
+    def list_grants(self, include_ended: bool = False) -> list[Grant]:
+        params = {"all": "true"} if include_ended else None
+        return self._parse(list[Grant], self._api("GET", "/v1/grants", params=params))
+
+    def get_grant(self, grant_id: str) -> Grant:
+        return self._parse(Grant, self._api("GET", f"/v1/grants/{quote(grant_id, safe='')}"))
+
+    def revoke(self, grant_id: str) -> Grant:
+        return self._parse(Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/revoke"))
+
+    def audit(
+        self,
+        *,
+        service: str | None = None,
+        actor: str | None = None,
+        since: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        params = {"limit": str(limit)}
+        for key, value in (("service", service), ("actor", actor), ("since", since)):
+            if value:
+                params[key] = value
+        return self._parse(AuditPage, self._api("GET", "/v1/audit", params=params)).entries

@@ -1,0 +1,68 @@
+"""``access audit``: read the ledger, for those whose policy allows it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from access.cli import render
+from access.cli.context import OutputOption, client
+from access.cli.errors import UsageError
+from access.cli.render import Output
+
+__all__ = ["audit"]
+
+
+def _details(details: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in details.items())
+
+
+def _check_since(since: str) -> None:
+    """``--since`` is a duration back from now (``1h``) or an ISO-8601 time; the broker reads both."""
+    from datetime import datetime
+
+    from access.shared.durations import DurationError, parse_duration
+
+    try:
+        parse_duration(since)
+    except DurationError:
+        try:
+            datetime.fromisoformat(since)
+        except ValueError:
+            raise UsageError(
+                f"--since {since!r} is neither a duration nor a time",
+                "write it like 1h, 30m, 2d or 2026-01-31T09:00",
+            ) from None
+
+
+def audit(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Option("--service", help="Only entries about this service")] = None,
+    actor: Annotated[
+        str | None, typer.Option("--actor", help="Only entries by this user or service account")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only entries since then: 1h, 30m, or an ISO-8601 time")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many entries")
+    ] = 100,
+    output: OutputOption = Output.text,
+) -> None:
+    """Show audit ledger entries, newest last (needs policy permission to read the audit log)."""
+    if since is not None:
+        _check_since(since)
+    entries = client(ctx).audit(service=service, actor=actor, since=since, limit=limit)
+    if output is Output.json:
+        render.json_out(entries)
+        return
+    if not entries:
+        render.message("No audit entries match.")
+        return
+    render.table(
+        ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "DETAILS"],
+        [[str(e.seq), render.when(e.at), e.actor, e.action, e.target, _details(e.details)] for e in entries],
+        keep_whole=["SEQ", "TIME", "ACTION"],
+    )

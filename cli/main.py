@@ -1,0 +1,87 @@
+"""The ``access`` command. Startup imports typer and nothing heavy: each command loads its own module.
+
+Data goes to stdout, messages and errors to stderr; ``-o json`` on every command that prints
+data; ``NO_COLOR`` is honoured; nothing prompts when stdin is not a terminal.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from access.cli.context import Globals
+from access.cli.group import AccessGroup
+
+__all__ = ["app", "main"]
+
+EPILOG = """Exit codes:
+  0 ok
+  1 error
+  2 usage: a bad flag, TTL or name
+  3 needs login: run `access login`
+  4 denied: policy or a person said no
+  5 pending: waiting on an approval
+  6 expired: the device code or the grant ran out
+  7 unavailable: the broker is unreachable or refused to act
+  8 not found: no such service or grant
+
+Environment: ACCESS_BROKER_URL, ACCESS_CA_FILE, ACCESS_TOKEN (overrides stored tokens), NO_COLOR."""
+
+app = typer.Typer(
+    name="access",
+    cls=AccessGroup,
+    help="Just-in-time, scoped, audited access to production services.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("access-jit")
+        except PackageNotFoundError:
+            number = "unknown"
+        typer.echo(f"access {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker", envvar="ACCESS_BROKER_URL", help="Broker URL (default: the one you last logged in to)"
+        ),
+    ] = None,
+    ca_file: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-file", envvar="ACCESS_CA_FILE", help="PEM CA bundle that signed the broker's certificate"
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow plain http:// to a non-loopback broker: tokens travel unencrypted"
+        ),
+    ] = False,
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit"),
+    ] = None,
+) -> None:
+    """Just-in-time, scoped, audited access to production services."""
+    ctx.obj = Globals(broker=broker or None, ca_file=ca_file or None, insecure=insecure)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="access")

@@ -1,0 +1,236 @@
+"""Token storage: the OS keyring, or a 0600 file where there is none; ``ACCESS_TOKEN`` wins over both.
+
+Tokens are kept per broker URL (keyring service ``access``, username = broker URL; in the
+file, a JSON object keyed by broker URL). Headless Linux often has no usable keyring
+backend: then tokens go to ``$XDG_CONFIG_HOME/access/tokens.json``, created with mode 0600,
+and the CLI says so once. A token file that group or others can read is refused rather than
+used: someone else may have copied it, and silently fixing the mode would hide that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from access.cli import config
+from access.cli.errors import CliError, UsageError
+
+__all__ = [
+    "ENV_TOKEN",
+    "FileStore",
+    "KeyringStore",
+    "TokenStore",
+    "Tokens",
+    "default_store",
+    "env_token",
+    "refresh_lock",
+]
+
+ENV_TOKEN = "ACCESS_TOKEN"  # noqa: S105 - a variable name, not a secret
+KEYRING_SERVICE = "access"
+TOKEN_FILE = "tokens.json"  # noqa: S105 - a file name
+_NOTE_KEY = "token_file_note_shown"
+
+
+@dataclass(frozen=True)
+class Tokens:
+    access_token: str
+    expires_at: float  # epoch seconds, from the local clock at receipt plus expires_in
+    refresh_token: str | None = None
+    client_id: str | None = None  # set for service accounts (client credentials: no refresh token)
+
+    @classmethod
+    def from_response(cls, body: dict[str, Any], now: float, client_id: str | None = None) -> Tokens:
+        """Tokens from an RFC 6749 token response.
+
+        Raises:
+            CliError: the response has no access token.
+        """
+        token = body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise CliError(
+                "the broker's token response has no access token", "report this to the broker's operator"
+            )
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 300.0
+        refresh = body.get("refresh_token")
+        return cls(
+            token, now + lifetime, refresh if isinstance(refresh, str) and refresh else None, client_id
+        )
+
+    @classmethod
+    def from_json(cls, data: Any) -> Tokens | None:
+        if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+            return None
+        try:
+            return cls(
+                access_token=data["access_token"],
+                expires_at=float(data.get("expires_at", 0)),
+                refresh_token=data.get("refresh_token") or None,
+                client_id=data.get("client_id") or None,
+            )
+        except (TypeError, ValueError):
+            return None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def env_token() -> str | None:
+    """``ACCESS_TOKEN`` when set: used as-is, never refreshed and never stored."""
+    value = os.environ.get(ENV_TOKEN, "").strip()
+    return value or None
+
+
+class TokenStore(Protocol):
+    description: str
+
+    def load(self, broker_url: str) -> Tokens | None: ...
+    def save(self, broker_url: str, tokens: Tokens) -> None: ...
+    def delete(self, broker_url: str) -> None: ...
+
+
+class FileStore:
+    """``tokens.json``: a JSON object of broker URL -> tokens, mode 0600."""
+
+    def __init__(self, path: Path, notify: Callable[[str], None] | None = None) -> None:
+        self.path = path
+        self.description = str(path)
+        self._notify = notify
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise UsageError(
+                f"refusing to use {self.path}: other users can read it (mode {stat.filemode(info.st_mode)})",
+                f"run `chmod 600 {self.path}`, then `access login` again if someone may have copied it",
+            )
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise UsageError(
+                f"refusing to use {self.path}: it belongs to another user", f"remove {self.path}"
+            )
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CliError(
+                f"cannot read {self.path}: {exc}", f"remove {self.path} and run `access login`"
+            ) from exc
+        return data if isinstance(data, dict) else {}
+
+    def load(self, broker_url: str) -> Tokens | None:
+        return Tokens.from_json(self._read().get(broker_url))
+
+    def save(self, broker_url: str, tokens: Tokens) -> None:
+        data = self._read()
+        data[broker_url] = tokens.to_json()
+        config.write_private(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if self._notify is not None and not config.load().get(_NOTE_KEY):
+            self._notify(f"no OS keyring is available: tokens are kept in {self.path} (mode 0600)")
+            config.update(**{_NOTE_KEY: True})
+
+    def delete(self, broker_url: str) -> None:
+        data = self._read()
+        if data.pop(broker_url, None) is None:
+            return
+        if data:
+            config.write_private(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+class KeyringStore:
+    """The OS keyring (macOS Keychain, Secret Service, Windows Credential Locker) via ``keyring``."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.description = f"the OS keyring ({type(backend).__name__})"
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # keyring backends raise many types (KeyringError, DBus, OSError)
+            raise CliError(
+                f"the OS keyring failed: {exc}",
+                "unlock the keyring, or set PYTHON_KEYRING_BACKEND=keyring.backends.null.Keyring "
+                "to keep tokens in a 0600 file instead",
+            ) from exc
+
+    def load(self, broker_url: str) -> Tokens | None:
+        with self._errors():
+            raw = self._backend.get_password(KEYRING_SERVICE, broker_url)
+        if not raw:
+            return None
+        try:
+            return Tokens.from_json(json.loads(raw))
+        except ValueError:
+            return None
+
+    def save(self, broker_url: str, tokens: Tokens) -> None:
+        with self._errors():
+            self._backend.set_password(KEYRING_SERVICE, broker_url, json.dumps(tokens.to_json()))
+
+    def delete(self, broker_url: str) -> None:
+        if self.load(broker_url) is None:
+            return
+        with self._errors():
+            self._backend.delete_password(KEYRING_SERVICE, broker_url)
+
+
+def _usable_keyring() -> Any | None:
+    """The keyring backend, or None when there is no usable one (fail, null, empty chainer, errors)."""
+    try:
+        import keyring
+        from keyring.backends import chainer, fail, null
+
+        backend = keyring.get_keyring()
+        if isinstance(backend, fail.Keyring | null.Keyring):
+            return None
+        if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
+            return None
+        # A backend can exist and still not work (no D-Bus session, locked collection): probe it.
+        backend.get_password(KEYRING_SERVICE, "__probe__")
+    except Exception:  # any failure here means "no usable keyring": fall back to the file
+        return None
+    return backend
+
+
+def default_store(notify: Callable[[str], None] | None = None) -> TokenStore:
+    """The OS keyring when one works; otherwise the 0600 token file (``notify`` says so once)."""
+    backend = _usable_keyring()
+    if backend is not None:
+        return KeyringStore(backend)
+    return FileStore(config.config_dir() / TOKEN_FILE, notify)
+
+
+@contextlib.contextmanager
+def refresh_lock() -> Iterator[None]:
+    """Serialise token refreshes across ``access`` processes.
+
+    Refresh tokens rotate and the broker revokes the whole session when a used one is
+    presented again, so two processes refreshing at once (a long ``access connect`` and an
+    ``access grants`` in another shell) would sign the user out. Under this lock, the second
+    process re-reads the store and finds the first one's fresh tokens.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the race is narrow and only costs a login
+        yield
+        return
+    directory = config.config_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / "refresh.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
