@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -68,6 +69,10 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         finally:
             task.cancel()
 
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the previous
+    # handler in place. A no-op handler there makes a graceful stop exit 0 rather than die by signal.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     if sys.platform != "win32":
         import uvloop
 
