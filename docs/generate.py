@@ -6,6 +6,7 @@ tests/test_docs.py fails when the file is out of date, so the reference cannot d
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,23 +31,17 @@ def _help(program: str, args: list[str]) -> str:
 
 
 def _subcommands(program: str, args: list[str]) -> list[str]:
-    """Command names listed in a group's help."""
-    text = _help(program, args)
+    """Command names listed in the "Commands" panel of a group's help."""
     names: list[str] = []
-    in_commands = False
-    for line in text.splitlines():
-        if "Commands" in line and line.lstrip().startswith(("╭", "Commands")):
-            in_commands = True
-            continue
-        if in_commands:
-            if line.lstrip().startswith(("╰", "╭")) or not line.strip():
-                in_commands = line.lstrip().startswith("╭") and False
-                if not line.strip() or line.lstrip().startswith("╰"):
-                    break
-                continue
-            word = line.strip("│ ").split(" ")[0]
-            if word and word[0].isalpha():
-                names.append(word)
+    in_panel = False
+    for line in _help(program, args).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("╭") and " Commands " in stripped:
+            in_panel = True
+        elif in_panel and stripped.startswith("╰"):
+            break
+        elif in_panel and (match := re.match(r"│ ([a-z][a-z-]*) ", stripped)):
+            names.append(match.group(1))
     return names
 
 
