@@ -1,0 +1,12 @@
+"""Redis services: a password (``REDISCLI_AUTH`` for the client) when one is configured."""
+
+from __future__ import annotations
+
+from access.broker.kinds.base import ServiceKind
+
+__all__ = ["Redis"]
+
+
+class Redis(ServiceKind):
+    name = "redis"
+    default_port = 6379

@@ -1,0 +1,171 @@
+"""Live tunnels of this broker process, by grant, and the three ways they are cut.
+
+1. A timer at the grant's ``expires_at`` (server clock): the cut lands on time, not on a poll.
+2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``): revokes and lock-outs decided in this
+   process cut at once. Subscribers may be called from worker threads, so they only hand the
+   work to the event loop (``call_soon_threadsafe``).
+3. ``watch_loop`` asks the database every ``grant_watch_interval`` (0.25 s) about the grants that
+   have live tunnels here, so an end decided by another process (``access-broker users
+   disable``, another replica) cuts within a second too.
+
+The registry also drives the heartbeat: idle connections are pinged and half-open ones closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from typing import TYPE_CHECKING, Protocol
+
+from access.broker.errors import BrokerError
+from access.broker.events import Event, GrantEnded, PrincipalLocked
+from access.shared.models import GrantState
+
+if TYPE_CHECKING:
+    from access.broker.grants import TunnelGrant
+    from access.broker.runtime import Broker
+
+__all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "registry_for", "watch_loop"]
+
+log = logging.getLogger(__name__)
+
+# Seconds of silence before the broker pings a tunnel, and then before it gives up on it.
+PING_INTERVAL = 15.0
+PING_TIMEOUT = 30.0
+
+
+class Tunnel(Protocol):
+    """What the registry needs of a live tunnel connection (``protocol.TunnelProtocol``)."""
+
+    grant_id: str
+    principal_id: str | None
+
+    def cut(self, why: str) -> None: ...
+
+    def heartbeat(self, ticks_to_timeout: int) -> None: ...
+
+
+class TunnelRegistry:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._by_grant: dict[str, set[Tunnel]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._unsubscribe = broker.events.subscribe(self._on_event)
+
+    def __len__(self) -> int:
+        return sum(len(tunnels) for tunnels in self._by_grant.values())
+
+    def grant_ids(self) -> list[str]:
+        return list(self._by_grant)
+
+    def add(self, tunnel: Tunnel) -> None:
+        """Track ``tunnel`` under the grant it asked for, before that grant is even checked:
+        an end that lands while the check runs is then not missed."""
+        self.loop = asyncio.get_running_loop()
+        self._by_grant.setdefault(tunnel.grant_id, set()).add(tunnel)
+
+    def schedule_expiry(self, grant: TunnelGrant) -> None:
+        """Cut every tunnel of ``grant`` at its expiry (one timer per grant)."""
+        if grant.grant_id in self._timers or grant.grant_id not in self._by_grant:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (grant.expires_at - self.broker.clock.now()).total_seconds())
+        self._timers[grant.grant_id] = loop.call_at(
+            loop.time() + delay, self.cut_grant, grant.grant_id, "expired"
+        )
+
+    def remove(self, tunnel: Tunnel) -> None:
+        tunnels = self._by_grant.get(tunnel.grant_id)
+        if tunnels is None:
+            return
+        tunnels.discard(tunnel)
+        if not tunnels:
+            del self._by_grant[tunnel.grant_id]
+            timer = self._timers.pop(tunnel.grant_id, None)
+            if timer is not None:
+                timer.cancel()
+
+    def cut_grant(self, grant_id: str, why: str) -> None:
+        """Cut every live tunnel of ``grant_id`` (``why``: expired, revoked or locked)."""
+        for tunnel in list(self._by_grant.get(grant_id, ())):
+            tunnel.cut(why)
+
+    def cut_principal(self, principal_id: str, why: str) -> None:
+        for tunnels in list(self._by_grant.values()):
+            for tunnel in list(tunnels):
+                if tunnel.principal_id == principal_id:
+                    tunnel.cut(why)
+
+    def heartbeat(self, ticks_to_timeout: int) -> None:
+        for tunnels in list(self._by_grant.values()):
+            for tunnel in list(tunnels):
+                tunnel.heartbeat(ticks_to_timeout)
+
+    def _on_event(self, event: Event) -> None:
+        loop = self.loop
+        if loop is None or not self._by_grant:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: no tunnels are left
+            if isinstance(event, GrantEnded):
+                loop.call_soon_threadsafe(self.cut_grant, event.grant_id, event.reason)
+            elif isinstance(event, PrincipalLocked):
+                loop.call_soon_threadsafe(self.cut_principal, event.principal_id, "locked")
+
+    def close(self) -> None:
+        self._unsubscribe()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+
+_registries: dict[int, TunnelRegistry] = {}
+
+
+def registry_for(broker: Broker) -> TunnelRegistry:
+    """The registry of ``broker`` (one per broker object; gone when the broker is)."""
+    registry = _registries.get(id(broker))
+    if registry is None:
+        registry = _registries[id(broker)] = TunnelRegistry(broker)
+        weakref.finalize(broker, _registries.pop, id(broker), None)
+    return registry
+
+
+_ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", GrantState.DENIED: "revoked"}
+
+
+async def watch_loop(broker: Broker) -> None:
+    """Forever: cut tunnels whose grant another process ended; ping idle tunnels.
+
+    Database errors are logged and retried on the next tick (expiry timers and in-process
+    events keep cutting meanwhile).
+    """
+    from access.broker.grants import grant_state
+
+    registry = registry_for(broker)
+    loop = asyncio.get_running_loop()
+    registry.loop = loop
+    interval = broker.settings.grant_watch_interval
+    next_heartbeat = loop.time() + PING_INTERVAL
+    ticks_to_timeout = max(1, round(PING_TIMEOUT / PING_INTERVAL))
+    while True:
+        await asyncio.sleep(interval)
+        if loop.time() >= next_heartbeat:
+            next_heartbeat = loop.time() + PING_INTERVAL
+            registry.heartbeat(ticks_to_timeout)
+        ids = registry.grant_ids()
+        if not ids:
+            continue
+        try:
+            states = await asyncio.to_thread(grant_state, broker, ids)
+        except BrokerError as exc:
+            log.warning("tunnel watch: cannot read grant states: %s", exc.message)
+            continue
+        except Exception:
+            log.exception("tunnel watch failed")
+            continue
+        for grant_id, (state, _expires_at) in states.items():
+            if state in _ENDED_WHY:
+                registry.cut_grant(grant_id, _ENDED_WHY[state])

@@ -1,0 +1,356 @@
+"""``access connect``, ``access exec`` and ``access env``: use a grant through the broker's tunnel.
+
+``connect`` keeps a loopback listener open until the grant ends or Ctrl-C; ``exec`` runs one
+program with the connection in its environment and exits with its exit code; ``env`` prints
+the same variables as ``export`` lines for a running ``connect``. All three reuse an active
+grant for the service and scope, or request one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from urllib.parse import quote
+
+import typer
+
+from access.cli import render
+from access.cli.context import OutputOption, client
+from access.cli.errors import CliError, Denied, Expired, UsageError
+from access.cli.render import Output
+from access.shared.durations import format_duration
+
+if TYPE_CHECKING:
+    from access.cli.client import BrokerClient
+    from access.cli.tunnel import Forwarder, TunnelEnded
+    from access.shared.kinds import ConnectionInfo
+    from access.shared.models import Grant
+
+__all__ = ["connect", "env", "exec_command"]
+
+T = TypeVar("T")
+
+# A grant with less time than this left is not reused: a new one is requested instead.
+MIN_REUSE_SECONDS = 30
+# Warn this long before expiry, or at 10% of the grant's lifetime when that is shorter.
+WARN_BEFORE_SECONDS = 300
+
+Service = Annotated[str, typer.Argument(help="Service to reach (see `access services`)")]
+Scope = Annotated[str, typer.Option("--scope", "-s", help="Scope of the grant to use or request")]
+Ttl = Annotated[str, typer.Option("--ttl", help="How long a new grant should last, e.g. 30m")]
+Reason = Annotated[
+    str, typer.Option("--reason", "-r", help="Why you need access (recorded in the audit log)")
+]
+
+
+# -- grants and details --------------------------------------------------------------------------
+
+
+def _grant_for(broker: BrokerClient, service: str, scope: str, ttl: str, reason: str) -> Grant:
+    """An active grant for ``service``/``scope`` with time left, or a new one."""
+    usable = [
+        g
+        for g in broker.list_grants()
+        if g.service == service
+        and g.scope == scope
+        and g.state == "active"
+        and g.seconds_left > MIN_REUSE_SECONDS
+    ]
+    if usable:
+        grant = max(usable, key=lambda g: g.seconds_left)
+        render.note(f"using grant {grant.id} ({format_duration(grant.seconds_left)} left)")
+        return grant
+    grant = broker.request_grant(service, scope, ttl, reason)
+    render.note(f"granted {grant.id}: {service} ({scope}) for {format_duration(grant.seconds_left)}")
+    return grant
+
+
+def _connection_info(broker: BrokerClient, grant_id: str) -> ConnectionInfo:
+    from access.shared.kinds import ConnectionInfo
+
+    data = broker._api("GET", f"/v1/grants/{quote(grant_id, safe='')}/connection")
+    return ConnectionInfo.model_validate(data)
+
+
+def _forwarder(broker: BrokerClient, grant: Grant, port: int) -> Forwarder:
+    from access.cli.tunnel import BrokerEndpoint, Forwarder
+
+    endpoint = BrokerEndpoint(
+        base_url=broker.base_url,
+        grant_id=grant.id,
+        token=broker.access_token,
+        ssl_context=broker.ssl_context() if broker.base_url.startswith("https:") else None,
+    )
+    return Forwarder(endpoint, port=port, report=render.warning)
+
+
+def _ended_error(ended: TunnelEnded, grant: Grant) -> CliError:
+    again = (
+        f"run the command again for a new grant, or `access request {grant.service} --scope {grant.scope}`"
+    )
+    if ended.code == "expired":
+        return Expired(ended.message, again)
+    return Denied(ended.message, again)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    from access.shared.tuning import tune_allocator
+
+    tune_allocator()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - Windows
+        return asyncio.run(coro)
+    result: T = uvloop.run(coro)
+    return result
+
+
+class _Clock:
+    """The grant's deadline on this machine's monotonic clock, from the broker's ``seconds_left``."""
+
+    def __init__(self, grant: Grant) -> None:
+        self.total = max(1, int((grant.expires_at - grant.created_at).total_seconds()))
+        self.deadline = time.monotonic() + grant.seconds_left
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def warn_at(self) -> float:
+        """Seconds before the end at which to warn."""
+        return min(WARN_BEFORE_SECONDS, self.total * 0.1)
+
+
+async def _warn_before_expiry(clock: _Clock, grant: Grant) -> None:
+    before = clock.warn_at()
+    wait = clock.left() - before
+    if wait < 0:
+        return
+    await asyncio.sleep(wait)
+    render.warning(
+        f"grant {grant.id} ends in {format_duration(max(1, round(clock.left())))}: "
+        f"connections through it will be cut then"
+    )
+
+
+# -- the state file that lets `access env` find a running `access connect` ----------------------
+
+
+def _state_dir() -> Path:
+    base = (
+        os.environ.get("XDG_RUNTIME_DIR")
+        or os.environ.get("XDG_STATE_HOME")
+        or str(Path.home() / ".local/state")
+    )
+    return Path(base) / "access"
+
+
+def _state_file(service: str, scope: str) -> Path:
+    return _state_dir() / f"connect-{service}-{scope}.json"
+
+
+def _write_state(service: str, scope: str, port: int, grant: Grant) -> Path:
+    from access.cli.config import write_private
+
+    path = _state_file(service, scope)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, json.dumps({"port": port, "grant_id": grant.id, "pid": os.getpid()}) + "\n")
+    return path
+
+
+def _read_state(service: str, scope: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(_state_file(service, scope).read_text())
+        os.kill(int(data["pid"]), 0)  # is that `access connect` still running?
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# -- connect ------------------------------------------------------------------------------------
+
+
+def connect(
+    ctx: typer.Context,
+    service: Service,
+    scope: Scope = "read",
+    ttl: Ttl = "30m",
+    reason: Reason = "",
+    port: Annotated[
+        int, typer.Option("--port", "-p", help="Local port (default: a free one)", min=0, max=65535)
+    ] = 0,
+    output: OutputOption = Output.text,
+) -> None:
+    """Forward a local port on 127.0.0.1 to SERVICE through the broker until the grant ends or Ctrl-C."""
+    broker = client(ctx)
+    grant = _grant_for(broker, service, scope, ttl, reason)
+    clock = _Clock(grant)
+
+    async def main() -> TunnelEnded | None:
+        forwarder = _forwarder(broker, grant, port)
+        try:
+            host, bound = await forwarder.start()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", "pick another --port"
+            ) from exc
+        state = _write_state(service, scope, bound, grant)
+        if output == Output.json:
+            # One line, flushed, while we keep running: scripts read it with `head -1` / readline().
+            info = {
+                "address": host,
+                "port": bound,
+                "grant_id": grant.id,
+                "expires_at": grant.expires_at.isoformat(),
+            }
+            sys.stdout.write(json.dumps(info) + "\n")
+            sys.stdout.flush()
+        render.message(
+            f"forwarding {host}:{bound} -> {service} ({scope}) through grant {grant.id}, "
+            f"{format_duration(max(1, round(clock.left())))} left; Ctrl-C to stop"
+        )
+        stop = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        def request_stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, request_stop)
+        warner = asyncio.create_task(_warn_before_expiry(clock, grant))
+        expiry = asyncio.create_task(asyncio.sleep(max(0.0, clock.left()) + 1.5))
+        try:
+            done, _ = await asyncio.wait({forwarder.ended, stop, expiry}, return_when=asyncio.FIRST_COMPLETED)
+            if forwarder.ended in done:
+                return forwarder.ended.result()
+            if expiry in done:
+                from access.cli.tunnel import TunnelEnded
+
+                return TunnelEnded(f"grant {grant.id} expired", "expired")
+            return None
+        finally:
+            warner.cancel()
+            expiry.cancel()
+            state.unlink(missing_ok=True)
+            await forwarder.aclose()
+
+    ended = _run(main())
+    if ended is not None:
+        raise _ended_error(ended, grant)
+    render.message("stopped")
+
+
+# -- exec ---------------------------------------------------------------------------------------
+
+
+def _exit_status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def exec_command(
+    ctx: typer.Context,
+    service: Service,
+    command: Annotated[list[str], typer.Argument(help="The program and its arguments (after --)")],
+    scope: Scope = "read",
+    ttl: Ttl = "30m",
+    reason: Reason = "",
+) -> None:
+    """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
+
+    postgres: PGHOST, PGPORT, PGDATABASE, PGUSER (and PGPASSFILE, a temporary file deleted
+    afterwards). mysql: MYSQL_HOST, MYSQL_TCP_PORT. redis: REDISCLI_AUTH when the service has a
+    password. Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
+    """
+    if not command:
+        raise UsageError("give the program to run after --", f"e.g. access exec {service} -- psql")
+    from access.shared.kinds import client_setup
+
+    broker = client(ctx)
+    grant = _grant_for(broker, service, scope, ttl, reason)
+    info = _connection_info(broker, grant.id)
+    clock = _Clock(grant)
+
+    async def main() -> int:
+        forwarder = _forwarder(broker, grant, 0)
+        host, port = await forwarder.start()
+        setup = client_setup(info, host, port)
+        try:
+            argv = setup.args_for(list(command), host, port)
+            try:
+                child = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **setup.env})
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot run {command[0]}: {exc.strerror}", "check the program name and PATH"
+                ) from exc
+            loop = asyncio.get_running_loop()
+            # Ctrl-C reaches the child (same process group) and is its to handle: psql cancels
+            # the query. We only forward a SIGTERM sent to us alone.
+            loop.add_signal_handler(signal.SIGINT, lambda: None)
+
+            def forward_term() -> None:
+                if child.returncode is None:
+                    child.terminate()
+
+            loop.add_signal_handler(signal.SIGTERM, forward_term)
+            warner = asyncio.create_task(_warn_before_expiry(clock, grant))
+            try:
+                return _exit_status(await child.wait())
+            finally:
+                warner.cancel()
+        finally:
+            setup.cleanup()
+            await forwarder.aclose()
+
+    raise typer.Exit(_run(main()))
+
+
+# -- env ----------------------------------------------------------------------------------------
+
+
+def env(
+    ctx: typer.Context,
+    service: Service,
+    scope: Scope = "read",
+    port: Annotated[
+        int | None,
+        typer.Option("--port", "-p", help="Local port of `access connect` (default: the running one)"),
+    ] = None,
+    output: OutputOption = Output.text,
+) -> None:
+    """Print `export` lines for a client of SERVICE through a running `access connect`.
+
+    Passwords are not printed: use `access exec`, which hands them over in a temporary file.
+    """
+    from access.shared.kinds import client_setup
+
+    state = _read_state(service, scope)
+    if port is None:
+        if state is None:
+            raise UsageError(
+                f"no `access connect {service}` is running for scope {scope}",
+                f"start one (`access connect {service} --scope {scope} &`) or give --port",
+            )
+        port = int(state["port"])
+    broker = client(ctx)
+    grant_id = (
+        str(state["grant_id"]) if state is not None else _grant_for(broker, service, scope, "30m", "").id
+    )
+    info = _connection_info(broker, grant_id)
+    variables = client_setup(info, "127.0.0.1", port, with_secrets=False).env
+    if output == Output.json:
+        render.json_out(variables)
+    else:
+        sys.stdout.write(
+            "".join(f"export {name}={shlex.quote(value)}\n" for name, value in variables.items())
+        )
+        sys.stdout.flush()
+    if info.password is not None:
+        render.note("the password is not printed: `access exec` hands it to the client in a temporary file")
