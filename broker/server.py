@@ -32,6 +32,9 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     from access.broker.app import create_app
     from access.broker.runtime import Broker
     from access.broker.tunnel.protocol import TunnelProtocol
+    from access.shared.tuning import tune_allocator
+
+    tune_allocator()
 
     sock = bind_socket(settings.host, settings.port)
     port = sock.getsockname()[1]
