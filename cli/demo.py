@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import typer
 __all__ = ["demo"]
 
 _BIN = Path(sys.executable).parent
-_CUT_TTL = "8s"
+_CUT_TTL = "6s"
 
 
 def _say(text: str) -> None:
@@ -270,15 +271,61 @@ class _Demo:
             raise RuntimeError(f"access login exited {proc.returncode}")
 
 
-def _hold_connection(port: int) -> tuple[float, bytes]:
-    """Open a connection through the local tunnel and wait until the far side cuts it."""
+def _hold_session(kind: str, port: int, options: dict[str, str]) -> tuple[float, str]:
+    """Hold a live session through the tunnel until the broker cuts it; return when, and what."""
+    if kind == "postgres":
+        env = {**os.environ, "PGCONNECT_TIMEOUT": "5"}
+        cmd = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", options["user"], "-d", options["database"]]
+        typer.secho(
+            "$ psql -h 127.0.0.1 -p PORT -c 'select pg_sleep(60)'   (a long query)",
+            err=True,
+            fg=typer.colors.CYAN,
+        )
+        result = subprocess.run(
+            [*cmd, "-c", "select pg_sleep(60)"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=90,
+            check=False,
+        )
+        at = time.time()
+        last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+        return at, f"psql exited {result.returncode} ({last.strip()})"
     with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
         conn.settimeout(60)
-        received = b""
+        conn.recv(100)
         with contextlib.suppress(OSError):
-            while chunk := conn.recv(65536):
-                received += chunk
-        return time.time(), received
+            while conn.recv(65536):
+                pass
+        return time.time(), "the open connection to the demo service was closed"
+
+
+def _replay_handshake(run: _Demo, grant_id: str) -> str:
+    """Ask the broker's tunnel endpoint for ``grant_id`` directly and report its answer."""
+    import base64
+    import ssl
+
+    import httpx
+
+    tokens = json.loads((run.workdir / "config" / "access" / "tokens.json").read_text())
+    entry = tokens.get(run.url, tokens) if isinstance(tokens, dict) else {}
+    token = entry.get("access_token", "") if isinstance(entry, dict) else ""
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode(),
+    }
+    verify = ssl.create_default_context(cafile=str(run.ca.ca_cert))
+    with httpx.Client(verify=verify, timeout=10) as http:
+        response = http.get(f"{run.url}/v1/tunnel", params={"grant": grant_id}, headers=headers)
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:120]
+    return f"{response.status_code}: {message}"
 
 
 def demo(
@@ -326,41 +373,61 @@ def demo(
 
         _say("\n3. They ask for a grant; policy decides, the ledger records it")
         run.access("request", "demo-db", "--scope", "write", "--ttl", "5m", "--reason", "DEMO-1", check=False)
-        run.access("request", "demo-db", "--scope", "read", "--ttl", _CUT_TTL, "--reason", "DEMO-1")
-        grants = json.loads(run.access("grants", "-o", "json", show=False).stdout)
+        grant = json.loads(
+            run.access(
+                "request", "demo-db", "--scope", "read", "--ttl", "5m", "--reason", "DEMO-1", "-o", "json"
+            ).stdout
+        )
         run.access("grants")
 
         _say("\n4. access exec: tunnel up, command runs with the connection in its environment, tunnel down")
         run.access("exec", "demo-db", "--scope", "read", "--", *command)
+        run.access("revoke", grant["id"])
 
-        _say("\n5. A live connection is cut when the grant expires")
+        _say(f"\n5. A live connection is cut when the grant expires ({_CUT_TTL} grant)")
+        args = [
+            "connect",
+            "demo-db",
+            "--scope",
+            "read",
+            "--ttl",
+            _CUT_TTL,
+            "--reason",
+            "DEMO-2",
+            "-o",
+            "json",
+        ]
+        typer.secho("$ access " + " ".join(args) + "   (in the background)", err=True, fg=typer.colors.CYAN)
         connect = subprocess.Popen(
-            [_program("access"), "connect", "demo-db", "--scope", "read", "-o", "json"],
+            [_program("access"), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=run.cli_env,
         )
-        typer.secho(
-            "$ access connect demo-db --scope read -o json   (in the background)",
-            err=True,
-            fg=typer.colors.CYAN,
-        )
         assert connect.stdout is not None
-        info = json.loads(connect.stdout.readline())
-        _note(f"tunnel on {info['address']}; grant {info['grant_id']} expires at {info['expires_at']}")
-        from datetime import datetime
-
-        expires = datetime.fromisoformat(info["expires_at"].replace("Z", "+00:00")).timestamp()
-        cut_at, _ = _hold_connection(info["port"])
-        _note(f"live connection cut {cut_at - expires:+.2f}s after the grant's expiry")
-        _note("a new connection is refused" if _refused(info["port"]) else "a new connection was NOT refused")
-        connect.terminate()
-        _, err = connect.communicate(timeout=10)
-        for line in err.strip().splitlines()[-4:]:
-            typer.echo(f"    {line}", err=True)
-        del grants
+        line = connect.stdout.readline()
+        if not line:
+            raise RuntimeError(
+                "access connect did not start: " + (connect.stderr.read() if connect.stderr else "")
+            )
+        info = json.loads(line)
+        expires = datetime.fromisoformat(info["expires_at"]).timestamp()
+        _note(
+            f"tunnel on {info['address']}:{info['port']}, grant {info['grant_id']} until {info['expires_at']}"
+        )
+        cut_at, how = _hold_session(kind, info["port"], options)
+        _note(f"{how}: cut {cut_at - expires:+.2f}s from the grant's expiry")
+        _, err = connect.communicate(timeout=15)
+        for text in err.strip().splitlines()[-2:]:
+            typer.echo(f"    {text}", err=True)
+        _note(f"access connect exited {connect.returncode}; its port is closed")
+        answer = _replay_handshake(run, info["grant_id"])
+        _note(
+            f"[demo] replaying the tunnel handshake for {info['grant_id']}, as a client that kept it would: "
+            f"the broker answers {answer}"
+        )
 
         _say("\n6. The audit trail, and the ledger's verification")
         run.access("audit", "--since", "10m")
@@ -380,13 +447,3 @@ def demo(
             typer.echo(f"demo files kept in {workdir}", err=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _refused(port: int) -> bool:
-    """True when a new connection through the tunnel gets nothing: refused, or closed at once."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as again:
-            again.settimeout(10)
-            return again.recv(100) == b""
-    except OSError:
-        return True

@@ -81,7 +81,7 @@ class BrokerProcess:
             )
         return result
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
         lines: queue.Queue[str] = queue.Queue()
         self.proc = subprocess.Popen(
             [
@@ -90,7 +90,7 @@ class BrokerProcess:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                "0",
+                str(port),
                 "--tls-cert",
                 str(self.ca.server_cert),
                 "--tls-key",
@@ -129,6 +129,8 @@ class BrokerProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         code = self.proc.returncode
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         self.proc = None
         return code
 
