@@ -207,13 +207,18 @@ def create_engine(url: str) -> Engine:
     PostgreSQL URLs are driven by psycopg 3 whatever driver the URL names.
     """
     parsed = sa.engine.make_url(url)
+    # Bound values (password and secret hashes, names) stay out of SQLAlchemy's logs and error texts.
     if parsed.get_backend_name() == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+        )
     elif parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = sa.create_engine(
+            parsed, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     else:

@@ -8,23 +8,51 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from access.broker import device, sessions
 from access.broker.deps import BrokerDep, client_ip
+from access.broker.errors import BrokerError, PayloadTooLarge
 from access.broker.tokens import OAuthError
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["oauth"])
-
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_PARAM = 4096
+
+
+class _NoStoreRoute(APIRoute):
+    """Renders errors here too with ``Cache-Control: no-store`` (RFC 6749 sections 5.1, 5.2).
+
+    The app's error handler would render them without it; an error from the token endpoint
+    can echo what the client sent, and no cache should keep it.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def no_store(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except BrokerError as exc:
+                response = JSONResponse(exc.body(), status_code=exc.status)
+                if exc.status == 401:  # RFC 6749 section 5.2: invalid_client names the scheme
+                    response.headers["WWW-Authenticate"] = 'Basic realm="access"'
+            response.headers.update(_NO_STORE)
+            return response
+
+        return no_store
+
+
+router = APIRouter(tags=["oauth"], route_class=_NoStoreRoute)
 
 
 def _json(body: dict[str, Any], status: int = 200) -> JSONResponse:
@@ -43,6 +71,8 @@ async def _form(request: Request) -> dict[str, str]:
         raise OAuthError("invalid_request", "send parameters as application/x-www-form-urlencoded")
     try:
         form = await request.form()
+    except PayloadTooLarge as exc:
+        raise OAuthError("invalid_request", exc.message, status=413) from exc
     except Exception as exc:  # malformed bodies: python-multipart raises several types
         raise OAuthError("invalid_request", "the form body could not be parsed") from exc
     params: dict[str, str] = {}

@@ -3,12 +3,17 @@ database or the ledger cannot be written. Every refusal changes nothing."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import jwt
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from access.broker.clock import FakeClock
 from access.broker.db import audit_log, grants
 from access.broker.runtime import Broker
 from tests.broker.conftest import BASE_URL, add_user, login
@@ -77,6 +82,41 @@ async def test_malformed_json_and_unknown_fields_get_clear_errors(
     assert _counts(pg_broker) == before
 
 
+async def test_forged_or_expired_tokens_are_refused_and_change_nothing(
+    http: httpx.AsyncClient, alice: dict[str, str], pg_broker: Broker
+) -> None:
+    genuine = alice["authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+
+    def unsigned(header: dict[str, str]) -> str:
+        parts = [
+            base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=").decode() for p in (header, claims)
+        ]
+        return ".".join(parts) + "."
+
+    def signed(key: Ed25519PrivateKey, **change: str) -> str:
+        return jwt.encode({**claims, **change}, key, algorithm="EdDSA", headers={"typ": "at+jwt"})
+
+    forged = {
+        "alg none": unsigned({"alg": "none", "typ": "at+jwt"}),
+        "another key": signed(Ed25519PrivateKey.generate()),
+        "wrong audience": signed(pg_broker.token_key, aud="another-service"),
+        "wrong issuer": signed(pg_broker.token_key, iss="https://evil.test"),
+    }
+    body = {"service": "svc-payments", "scope": "read", "ttl": "5m", "reason": "INC-1"}
+    before = _counts(pg_broker)
+    for what, token in forged.items():
+        response = await http.post("/v1/grants", json=body, headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 401, what
+        assert response.json()["error"]["hint"] == "run `access login`"
+    assert isinstance(pg_broker.clock, FakeClock)
+    pg_broker.clock.advance(pg_broker.settings.access_token_ttl)
+    expired = await http.post("/v1/grants", json=body, headers=alice)
+    assert expired.status_code == 401
+    assert "expired" in expired.json()["error"]["message"]
+    assert _counts(pg_broker) == before
+
+
 async def test_unknown_endpoint_and_method(http: httpx.AsyncClient) -> None:
     response = await http.get("/v1/nothing-here")
     assert response.status_code == 404
@@ -110,16 +150,17 @@ async def test_ledger_failure_fails_the_action_closed(
     body = {"service": "svc-payments", "scope": "read", "ttl": "5m", "reason": "INC-1"}
     response = await http.post("/v1/grants", json=body, headers=alice)
     assert response.status_code in (500, 503), response.text
-    assert "grant" not in response.text.lower() or response.json()["error"]["code"] in ("unavailable", "internal")
+    assert "grant" not in response.text.lower() or response.json()["error"]["code"] in (
+        "unavailable",
+        "internal",
+    )
     assert _counts(pg_broker) == before
     listed = await http.get("/v1/grants", headers=alice)
     assert listed.status_code == 200
     assert listed.json() == []
 
 
-async def test_database_gone_is_refused_with_503(
-    make_broker: Callable[..., Broker], pg_url: str
-) -> None:
+async def test_database_gone_is_refused_with_503(make_broker: Callable[..., Broker], pg_url: str) -> None:
     from access.broker.app import create_app
     from tests.conftest import _pg_admin_engine
 

@@ -56,6 +56,27 @@ async def test_values_are_escaped(client: httpx.AsyncClient) -> None:
     assert "&lt;script&gt;" in response.text or "&quot;&gt;" in response.text
 
 
+async def test_what_a_person_typed_is_escaped_when_the_form_comes_back(
+    client: httpx.AsyncClient, broker: Broker, page: DevicePage
+) -> None:
+    add_user(broker)
+    evil = '"><img src=x onerror=alert(1)>'
+    csrf = await page.open()
+    response = await client.post(
+        "/device", data={"csrf_token": csrf, "user_code": evil, "username": evil, "password": "x" * 8}
+    )
+    assert response.status_code == 400  # a malformed code: nothing was looked up
+    assert "<img" not in response.text
+    assert 'value="&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"' in response.text
+    started = await start_device(client)
+    wrong = await client.post(
+        "/device",
+        data={"csrf_token": csrf, "user_code": started["user_code"], "username": evil, "password": "x" * 8},
+    )
+    assert wrong.status_code == 401
+    assert "<img" not in wrong.text and "&lt;img" in wrong.text
+
+
 async def test_sign_in_shows_what_is_being_authorized(
     client: httpx.AsyncClient, broker: Broker, page: DevicePage
 ) -> None:

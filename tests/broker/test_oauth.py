@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,9 +19,14 @@ pytestmark = pytest.mark.anyio
 
 def _oauth_error(response: httpx.Response, error: str, status: int = 400) -> None:
     assert response.status_code == status, response.text
+    # RFC 6749 sections 5.1/5.2: token endpoint answers, errors included, are never cached.
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["pragma"] == "no-cache"
     body = response.json()
     assert body["error"] == error, body
     assert isinstance(body["error_description"], str) and body["error_description"]
+    if status == 401:
+        assert response.headers["www-authenticate"].startswith("Basic")
 
 
 async def _device_login(client: httpx.AsyncClient, page: DevicePage, fake_clock: FakeClock) -> dict[str, Any]:
@@ -191,6 +197,24 @@ async def test_token_endpoint_bad_requests(client: httpx.AsyncClient) -> None:
     _oauth_error(await client.post("/oauth/token", data={"grant_type": "refresh_token"}), "invalid_request")
     too_long = {"grant_type": "refresh_token", "refresh_token": "x" * 5000}
     _oauth_error(await client.post("/oauth/token", data=too_long), "invalid_request")
+
+
+async def test_an_oversized_form_is_an_oauth_error_and_changes_nothing(
+    client: httpx.AsyncClient, broker: Broker
+) -> None:
+    # Over the app's body limit, without a Content-Length header to refuse it early.
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"client_id=access-cli&client_host="
+        for _ in range(20):
+            yield b"a" * 10_000
+
+    response = await client.post(
+        "/oauth/device_authorization",
+        content=chunks(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    _oauth_error(response, "invalid_request", 413)
+    assert audit_actions(broker) == []
 
 
 async def test_revoke_endpoint(

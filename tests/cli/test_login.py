@@ -110,6 +110,7 @@ def instant(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     [
         ("access_denied", ExitCode.DENIED, "denied"),
         ("expired_token", ExitCode.EXPIRED, "run `access login` again"),
+        ("invalid_grant", ExitCode.ERROR, "run `access login` again"),  # e.g. a reused device code
     ],
 )
 def test_login_exit_codes(

@@ -13,6 +13,7 @@ from typer.core import TyperCommand
 
 from access.cli import group
 from access.cli.context import Globals, globals_of
+from access.cli.render import Output
 from access.shared.errors import ExitCode
 from tests.cli.conftest import invoke
 
@@ -85,6 +86,18 @@ def test_every_command_has_help(name: str) -> None:
     result = invoke(name, "--help", env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.stderr
     assert f"access {name}" in result.stdout
+
+
+# Commands whose only output is messages on stderr (or the child's own output, for exec).
+NO_DATA = {"login", "logout", "exec", "demo"}
+
+
+@pytest.mark.parametrize("name", sorted(set(group.COMMANDS) - NO_DATA))
+def test_every_command_that_prints_data_has_json_output(name: str) -> None:
+    command = group.load_command(name, group.COMMANDS[name])
+    [output] = [p for p in command.params if p.name == "output"]
+    assert set(output.opts) == {"-o", "--output"}
+    assert output.type_descriptor.annotation is Output and output.default == Output.text
 
 
 def test_version() -> None:
