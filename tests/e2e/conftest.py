@@ -6,6 +6,7 @@ with ``access-broker users add``, and logins go through the HTML device page.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -252,12 +253,9 @@ def make_broker_process(
     )
 
 
-@pytest.fixture
-def broker(tmp_path: Path, devca: DevCA, e2e_db: str) -> Iterator[BrokerProcess]:
-    """A running broker (SQLite and PostgreSQL) with alice (sre) and bob (no groups)."""
-    proc = make_broker_process(tmp_path, devca, e2e_db)
-    proc.add_user("alice", "alice-password-1", "sre")
-    proc.add_user("bob", "bob-password-1")
+@contextlib.contextmanager
+def running(proc: BrokerProcess) -> Iterator[BrokerProcess]:
+    """Start ``proc`` and stop it afterwards, whatever happens in between."""
     proc.start()
     try:
         yield proc
@@ -265,8 +263,23 @@ def broker(tmp_path: Path, devca: DevCA, e2e_db: str) -> Iterator[BrokerProcess]
         proc.stop()
 
 
-@pytest.fixture
-def cli(tmp_path: Path, broker: BrokerProcess) -> Cli:
+def new_cli(tmp_path: Path, broker: BrokerProcess) -> Cli:
+    """A CLI user with a home (config dir, token file) of their own."""
     home = tmp_path / "home"
     home.mkdir()
     return Cli(home=home, broker=broker)
+
+
+@pytest.fixture
+def broker(tmp_path: Path, devca: DevCA, e2e_db: str) -> Iterator[BrokerProcess]:
+    """A running broker (SQLite and PostgreSQL) with alice (sre) and bob (no groups)."""
+    proc = make_broker_process(tmp_path, devca, e2e_db)
+    proc.add_user("alice", "alice-password-1", "sre")
+    proc.add_user("bob", "bob-password-1")
+    with running(proc):
+        yield proc
+
+
+@pytest.fixture
+def cli(tmp_path: Path, broker: BrokerProcess) -> Cli:
+    return new_cli(tmp_path, broker)

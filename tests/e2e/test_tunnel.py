@@ -19,7 +19,7 @@ import pytest
 
 from access.shared.devca import DevCA
 from access.shared.errors import ExitCode
-from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process
+from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process, new_cli, running
 
 pytestmark = pytest.mark.e2e
 
@@ -142,18 +142,13 @@ def tunnel_broker(
     password_file.chmod(0o600)
     proc = make_broker_process(tmp_path, devca, sqlite_url, _policy(echo_target.port, password_file))
     proc.add_user("alice", "alice-password-1", "sre")
-    proc.start()
-    try:
+    with running(proc):
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
 def alice(tmp_path: Path, tunnel_broker: BrokerProcess) -> Cli:
-    home = tmp_path / "home"
-    home.mkdir()
-    cli = Cli(home=home, broker=tunnel_broker)
+    cli = new_cli(tmp_path, tunnel_broker)
     assert cli.device_login("alice", "alice-password-1").returncode == 0
     return cli
 
