@@ -5,9 +5,9 @@ and user to use, and the password when the service has one configured (read at r
 from ``options.password_file`` or ``options.password_env``, never stored in the policy). The
 CLI turns that into the client's environment (``access.shared.kinds``).
 
-Room for ROADMAP 2 without a rewrite: ``create_credentials``/``drop_credentials`` (per-grant
-database roles) and ``inspector`` (reading the byte stream for query-level audit) have
-defaults that do nothing, and a kind overrides them when it can.
+ROADMAP 2 (per-grant database roles, query-level audit from the byte stream) adds methods to
+this class, called where a grant is issued and ended and where the tunnel relays; built-in
+kinds stay one module each.
 """
 
 from __future__ import annotations
@@ -46,15 +46,6 @@ class ServiceKind:
             user=_text(options.get("user")),
             password=read_password(grant.service, options),
         )
-
-    def create_credentials(self, *, grant: Any) -> None:
-        """Per-grant credentials (ROADMAP 2). Default: the service's configured ones are used."""
-
-    def drop_credentials(self, *, grant: Any) -> None:
-        """Drop what ``create_credentials`` made and end its sessions (ROADMAP 2)."""
-
-    def inspector(self) -> None:
-        """A sans-I/O reader of the client's byte stream for query audit (ROADMAP 2). None: no audit."""
 
 
 def _text(value: object) -> str | None:
