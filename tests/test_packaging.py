@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,6 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
+    # Build from a copy: setuptools writes build/ next to the sources, and a stale build/ in the
+    # working tree could put deleted modules back into the wheel.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", ".nox", "build", "*.egg-info", "__pycache__"),
+    )
     subprocess.run(
         [
             sys.executable,
@@ -22,7 +31,7 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,
