@@ -26,7 +26,7 @@ audit_app = typer.Typer(
 )
 
 Output = Annotated[str, typer.Option("-o", "--output", help="text or json")]
-OutFile = Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file (default: stdout)")]
+OutFile = Annotated[Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")]
 
 
 def _open(data_dir: Path | None, database_url: str | None) -> Any:
@@ -113,7 +113,7 @@ def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
 @audit_app.command("export-checkpoints")
 def export_checkpoints(
     out: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write to this file (default: stdout)")
+        Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")
     ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -137,7 +137,7 @@ def export_entries(
         str | None, typer.Option(help="Only entries this recent: 1h, 7d, or an ISO-8601 time")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write to this file (default: stdout)")
+        Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")
     ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,

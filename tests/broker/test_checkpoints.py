@@ -297,7 +297,7 @@ def test_cli_export_checkpoints_then_verify_with_them(broker: Broker, tmp_path: 
     append(broker, 5)
     _cli(broker, "checkpoint")
     kept = tmp_path / "checkpoints.jsonl"
-    code, _, err = _cli(broker, "export-checkpoints", "-o", str(kept))
+    code, _, err = _cli(broker, "export-checkpoints", "--file", str(kept))
     assert code == 0 and "1 checkpoint(s) exported" in err
     tamper(broker, "DELETE FROM audit_checkpoints", "DELETE FROM audit_log WHERE seq = 5")
     assert _cli(broker, "verify")[0] == 0
