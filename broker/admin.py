@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from access.broker.admin_common import DatabaseUrl, DataDir, bind_socket, build_settings, fail, open_broker
+from access.broker.admin_common import (
+    DatabaseUrl,
+    DataDir,
+    admin_broker,
+    bind_socket,
+    build_settings,
+    fail,
+    open_broker,
+)
 from access.broker.errors import BrokerError
 
 __all__ = ["DataDir", "DatabaseUrl", "app", "bind_socket", "build_settings", "fail", "main", "open_broker"]
@@ -75,8 +83,8 @@ def serve(
 @app.command()
 def migrate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the database schema, then exit."""
-    broker = open_broker(data_dir, database_url)
-    where = broker.engine.url.render_as_string(hide_password=True)
+    with admin_broker(data_dir, database_url) as broker:
+        where = broker.engine.url.render_as_string(hide_password=True)
     typer.echo(f"database at {where} is up to date", err=True)
 
 

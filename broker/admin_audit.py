@@ -13,8 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from access.broker.admin_common import DatabaseUrl, DataDir, fail, open_broker
-from access.broker.errors import BrokerError
+from access.broker.admin_common import DatabaseUrl, DataDir, admin_broker, fail
 
 __all__ = ["audit_app"]
 
@@ -27,15 +26,6 @@ audit_app = typer.Typer(
 
 Output = Annotated[str, typer.Option("-o", "--output", help="text or json")]
 OutFile = Annotated[Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")]
-
-
-def _open(data_dir: Path | None, database_url: str | None) -> Any:
-    try:
-        return open_broker(data_dir, database_url)
-    except BrokerError as exc:
-        raise fail(exc.message, exc.hint) from exc
-    except (OSError, ValueError) as exc:
-        raise fail(str(exc)) from exc
 
 
 def _check_output(output: str) -> None:
@@ -63,11 +53,8 @@ def verify(
             external = load_checkpoints_file(checkpoints)
         except (OSError, ValueError) as exc:
             raise fail(f"cannot use {checkpoints}: {exc}", code=2) from exc
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         result = verify_ledger(broker.engine, broker.audit_key.public_key(), external)
-    finally:
-        broker.engine.dispose()
     if output == "json":
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -97,13 +84,8 @@ def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
     """Sign and store a checkpoint of the ledger now."""
     from access.broker.checkpoints import write_checkpoint
 
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         made = write_checkpoint(broker)
-    except BrokerError as exc:
-        raise fail(exc.message, exc.hint) from exc
-    finally:
-        broker.engine.dispose()
     if made is None:
         typer.echo("nothing new since the last checkpoint", err=True)
     else:
@@ -112,21 +94,15 @@ def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
 
 @audit_app.command("export-checkpoints")
 def export_checkpoints(
-    out: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")
-    ] = None,
+    out: OutFile = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Print every signed checkpoint as JSON lines (with the public key), to keep outside the database."""
     from access.broker.checkpoints import export_checkpoints as export
 
-    broker = _open(data_dir, database_url)
-    try:
-        with broker.engine.connect() as conn:
-            lines = list(export(conn, broker.audit_key))
-    finally:
-        broker.engine.dispose()
+    with admin_broker(data_dir, database_url) as broker, broker.engine.connect() as conn:
+        lines = list(export(conn, broker.audit_key))
     _write_lines(lines, out)
     typer.echo(f"{len(lines)} checkpoint(s) exported", err=True)
 
@@ -136,9 +112,7 @@ def export_entries(
     since: Annotated[
         str | None, typer.Option(help="Only entries this recent: 1h, 7d, or an ISO-8601 time")
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")
-    ] = None,
+    out: OutFile = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -146,17 +120,10 @@ def export_entries(
     from access.broker.audit import parse_since
     from access.broker.checkpoints import export_entries as export
 
-    broker = _open(data_dir, database_url)
-    try:
-        start = parse_since(since, broker.clock.now())
-    except BrokerError as exc:
-        broker.engine.dispose()
-        raise fail(exc.message, code=2) from exc
-    try:
+    with admin_broker(data_dir, database_url) as broker:
+        start = parse_since(since, broker.clock.now())  # a bad --since is InvalidRequest: exit 2
         with broker.engine.connect() as conn:
             _write_lines(export(conn, start), out)
-    finally:
-        broker.engine.dispose()
 
 
 def _write_lines(lines: Any, out: Path | None) -> None:

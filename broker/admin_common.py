@@ -3,15 +3,31 @@ subcommand modules can import them without an import cycle)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from access.broker.errors import BrokerError
 from access.broker.settings import Settings
+from access.shared.errors import exit_code_for
 
-__all__ = ["DataDir", "DatabaseUrl", "bind_socket", "build_settings", "fail", "open_broker"]
+if TYPE_CHECKING:
+    from access.broker.runtime import Broker
+
+__all__ = [
+    "DataDir",
+    "DatabaseUrl",
+    "admin_broker",
+    "bind_socket",
+    "broker_failure",
+    "build_settings",
+    "fail",
+    "open_broker",
+]
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Broker data directory [env: ACCESS_BROKER_DATA_DIR]")
@@ -52,6 +68,29 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
     if hint:
         typer.echo(f"hint: {hint}", err=True)
     return typer.Exit(code)
+
+
+def broker_failure(exc: BrokerError) -> typer.Exit:
+    """Print a broker error and return the exit carrying its documented code."""
+    return fail(exc.message, exc.hint, code=int(exit_code_for(str(exc.code))))
+
+
+@contextlib.contextmanager
+def admin_broker(data_dir: Path | None, database_url: str | None) -> Iterator[Broker]:
+    """A ``Broker`` for one admin command: broker errors become clear messages and exit codes,
+    and the database connections are closed afterwards."""
+    try:
+        broker: Broker = open_broker(data_dir, database_url)
+    except BrokerError as exc:
+        raise broker_failure(exc) from exc
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    try:
+        yield broker
+    except BrokerError as exc:
+        raise broker_failure(exc) from exc
+    finally:
+        broker.engine.dispose()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -16,10 +16,8 @@ from typing import Annotated
 import typer
 
 from access.broker import identity
-from access.broker.admin_common import DatabaseUrl, DataDir, fail, open_broker
-from access.broker.errors import BrokerError
+from access.broker.admin_common import DatabaseUrl, DataDir, admin_broker, fail
 from access.broker.runtime import Broker
-from access.shared.errors import exit_code_for
 
 __all__ = ["admin_actor", "service_accounts_app", "users_app"]
 
@@ -47,10 +45,6 @@ def admin_actor() -> str:
     return f"admin:{user}"[:64]
 
 
-def _broker_error(exc: BrokerError) -> typer.Exit:
-    return fail(exc.message, exc.hint, code=int(exit_code_for(str(exc.code))))
-
-
 def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         line = sys.stdin.readline()
@@ -63,19 +57,8 @@ def _read_password(password_stdin: bool) -> str:
     return first
 
 
-def _open(data_dir: Path | None, database_url: str | None) -> Broker:
-    try:
-        broker: Broker = open_broker(data_dir, database_url)
-    except BrokerError as exc:
-        raise _broker_error(exc) from exc
-    return broker
-
-
 def _print_principals(broker: Broker, kind: str, output: Output) -> None:
-    try:
-        records = [p for p in identity.list_principals(broker) if p.kind == kind]
-    except BrokerError as exc:
-        raise _broker_error(exc) from exc
+    records = [p for p in identity.list_principals(broker) if p.kind == kind]
     if output is Output.json:
         typer.echo(json.dumps([p.to_dict() for p in records], indent=2))
         return
@@ -94,13 +77,8 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
 
 
 def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None:
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         ended = identity.disable_principal(broker, name, admin_actor())
-    except BrokerError as exc:
-        raise _broker_error(exc) from exc
-    finally:
-        broker.engine.dispose()
     typer.echo(f"disabled {name}: sessions revoked, {len(ended)} active grant(s) ended", err=True)
 
 
@@ -116,13 +94,8 @@ def users_add(
 ) -> None:
     """Add a user. The password comes from stdin or a hidden prompt, never from argv."""
     password = _read_password(password_stdin)
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         identity.create_user(broker, name, group or [], password, actor=admin_actor())
-    except BrokerError as exc:
-        raise _broker_error(exc) from exc
-    finally:
-        broker.engine.dispose()
     groups = ", ".join(sorted(set(group or []))) or "no groups"
     typer.echo(f"added user {name} ({groups})", err=True)
 
@@ -132,11 +105,8 @@ def users_list(
     output: OutputOpt = Output.text, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
     """List users."""
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         _print_principals(broker, identity.USER, output)
-    finally:
-        broker.engine.dispose()
 
 
 @users_app.command("disable")
@@ -158,13 +128,8 @@ def service_accounts_add(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Add a service account and print its client id and secret. The secret is shown only once."""
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         client_id, secret = identity.create_service_account(broker, name, group or [], actor=admin_actor())
-    except BrokerError as exc:
-        raise _broker_error(exc) from exc
-    finally:
-        broker.engine.dispose()
     if output is Output.json:
         typer.echo(json.dumps({"name": name, "client_id": client_id, "client_secret": secret}, indent=2))
     else:
@@ -178,11 +143,8 @@ def service_accounts_list(
     output: OutputOpt = Output.text, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
     """List service accounts (never their secrets)."""
-    broker = _open(data_dir, database_url)
-    try:
+    with admin_broker(data_dir, database_url) as broker:
         _print_principals(broker, identity.SERVICE_ACCOUNT, output)
-    finally:
-        broker.engine.dispose()
 
 
 @service_accounts_app.command("disable")
