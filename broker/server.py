@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import cast
 
 import uvicorn
 
@@ -44,7 +45,9 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
-        ws=TunnelProtocol,
+        # uvicorn types ``ws`` as an asyncio.Protocol; ours is a BufferedProtocol (uvloop's TLS
+        # layer then decrypts into its buffer), which uvicorn hands the connection to just the same.
+        ws=cast("type[asyncio.Protocol]", TunnelProtocol),
         lifespan="on",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

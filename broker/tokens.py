@@ -33,6 +33,7 @@ __all__ = [
     "AccessClaims",
     "OAuthError",
     "authenticate",
+    "check_session",
     "issue_access_token",
     "verify_access_token",
 ]
@@ -167,6 +168,32 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
         Unavailable: the database could not be reached.
     """
     claims = verify_access_token(broker, raw_token)
+    row = _live_session(broker, claims.session_id, claims.subject)
+    return AuthContext(
+        principal_id=claims.subject,
+        name=row.name,
+        kind=row.kind,
+        groups=tuple(row.groups or ()),
+        session_id=claims.session_id,
+        token_id=claims.token_id,
+        expires_at=claims.expires_at,
+    )
+
+
+def check_session(broker: Broker, ctx: AuthContext) -> None:
+    """Check that the sign-in session behind ``ctx`` is still live (not its token's expiry).
+
+    A tunnel authenticates once, with a token, and then opens channels for as long as its grant
+    lasts: each channel asks again whether the person is still signed in and enabled.
+
+    Raises:
+        Unauthenticated: the session was revoked or has expired, or the principal is disabled.
+        Unavailable: the database could not be reached.
+    """
+    _live_session(broker, ctx.session_id, ctx.principal_id)
+
+
+def _live_session(broker: Broker, session_id: str, principal_id: str) -> Any:
     query = (
         sa.select(
             sessions.c.principal_id,
@@ -178,12 +205,12 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
             principals.c.disabled,
         )
         .select_from(sessions.join(principals, sessions.c.principal_id == principals.c.id))
-        .where(sessions.c.id == claims.session_id)
+        .where(sessions.c.id == session_id)
     )
     with broker.transaction() as conn:
         row = conn.execute(query).first()
     now = broker.clock.now()
-    if row is None or row.principal_id != claims.subject:
+    if row is None or row.principal_id != principal_id:
         raise Unauthenticated("the session behind this token does not exist")
     if row.revoked_at is not None:
         raise Unauthenticated("this session was signed out or revoked")
@@ -191,12 +218,4 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
         raise Unauthenticated("this session has expired")
     if row.disabled:
         raise Unauthenticated("this account is disabled", hint="ask an administrator")
-    return AuthContext(
-        principal_id=claims.subject,
-        name=row.name,
-        kind=row.kind,
-        groups=tuple(row.groups or ()),
-        session_id=claims.session_id,
-        token_id=claims.token_id,
-        expires_at=claims.expires_at,
-    )
+    return row

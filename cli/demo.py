@@ -308,6 +308,8 @@ def _replay_handshake(run: _Demo, grant_id: str) -> str:
 
     import httpx
 
+    from access.shared.muxframe import SUBPROTOCOL
+
     tokens = json.loads((run.workdir / "config" / "access" / "tokens.json").read_text())
     entry = tokens.get(run.url, tokens) if isinstance(tokens, dict) else {}
     token = entry.get("access_token", "") if isinstance(entry, dict) else ""
@@ -316,6 +318,7 @@ def _replay_handshake(run: _Demo, grant_id: str) -> str:
         "Connection": "Upgrade",
         "Upgrade": "websocket",
         "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Protocol": SUBPROTOCOL,
         "Sec-WebSocket-Key": base64.b64encode(secrets.token_bytes(16)).decode(),
     }
     verify = ssl.create_default_context(cafile=str(run.ca.ca_cert))

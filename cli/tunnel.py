@@ -1,10 +1,12 @@
 """The CLI's end of the tunnel: a loopback listener whose connections go through the broker.
 
-Every local connection (psql, mysql, a script) gets its own TLS connection to the broker's
-``/v1/tunnel`` endpoint (a WebSocket upgrade, so it passes through load balancers), carrying the
-access token and the grant id. The broker checks both and connects to the target the policy
-names. Bytes are relayed with ``shared.relay``; the broker's close frame says why a connection
-ended (the grant expired, was revoked, ...), and the listener stops when the grant has ended.
+The listener holds one TLS connection to the broker's ``/v1/tunnel`` endpoint (a WebSocket
+upgrade, so it passes through load balancers), opened with the access token and the grant id
+when the first local connection arrives. Every local connection (psql, mysql, a script) is a
+channel of it (``shared.mux``): the broker checks the grant again and connects to the target the
+policy names. The broker's close frame says why the tunnel ended (the grant expired, was
+revoked, ...), and the listener stops when the grant has ended. If the connection to the broker
+is lost, its channels are dropped (fail closed) and the next local connection opens a new one.
 
 This module imports nothing from ``access.broker``: the CLI may be installed on its own.
 """
@@ -20,18 +22,19 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-from access.shared.relay import FramedRelay, RawPeer
-from access.shared.wsframe import GRANT_ENDED_CODES, accept_key
+from access.shared.mux import Channel, MuxSession
+from access.shared.muxframe import OPEN, SUBPROTOCOL
+from access.shared.wsframe import CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
 
 __all__ = [
     "BrokerEndpoint",
-    "ClientRelay",
+    "ClientSession",
     "Forwarder",
     "HandshakeRefused",
     "TunnelEnded",
-    "open_tunnel",
 ]
 
 HANDSHAKE_TIMEOUT = 15.0
@@ -52,7 +55,7 @@ class HandshakeRefused(Exception):
     @property
     def grant_ended(self) -> bool:
         """No later connection can succeed with this grant (expired, revoked, not ours, gone)."""
-        return self.code in ("expired", "forbidden", "grant_denied", "not_found")
+        return self.code in GRANT_ENDED
 
 
 @dataclass(frozen=True)
@@ -100,61 +103,185 @@ class BrokerEndpoint:
         return token
 
 
-class ClientRelay(FramedRelay):
-    """The CLI's connection to the broker: handshake, then frames <-> the local connection."""
+_ENDED_BY_CODE = {4010: "expired", 4011: "revoked", 4012: "locked"}
+
+
+class ClientSession(MuxSession):
+    """The CLI's WebSocket to the broker: the handshake, then local connections as channels."""
 
     client = True
-    framed_closed = "broker closed"
-    raw_closed = "client closed"
+    remote_closed = "broker closed"
+    local_closed = "client closed"
 
-    def __init__(self, on_finished: Callable[[ClientRelay], None] | None = None) -> None:
+    def __init__(self, forwarder: Forwarder) -> None:
         super().__init__()
-        self.response: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.expected_accept = ""
-        self.early = b""
+        self.forwarder = forwarder
+        self.ready = False  # the handshake succeeded: channels can open
+        self.failed = False  # the handshake failed: this session will never be ready
+        self.pending: list[LocalChannel] = []  # waiting for the handshake
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._next_id = 1
+        self._expected_accept = ""
+        self._response: asyncio.Future[bytes] | None = None
         self._buffer = b""
-        self._on_finished = on_finished
+
+    @property
+    def usable(self) -> bool:
+        return not (self.failed or self._lost or self._close_sent)
+
+    # -- the handshake ---------------------------------------------------------------------
+
+    async def connect(self, endpoint: BrokerEndpoint, *, fresh_token: bool = False) -> None:
+        """Connect to the broker and upgrade; then open the channels waiting for it.
+
+        Raises:
+            HandshakeRefused: the broker said no (bad token, grant ended, ...).
+            OSError / ConnectionError / TimeoutError: the broker could not be reached.
+        """
+        loop = asyncio.get_running_loop()
+        token = await endpoint.access_token(fresh=fresh_token)
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        self._expected_accept = accept_key(key)
+        self._response = loop.create_future()
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: self,
+                endpoint.host,
+                endpoint.port,
+                ssl=endpoint.ssl_context if endpoint.tls else None,
+                server_hostname=endpoint.host if endpoint.tls else None,
+            ),
+            HANDSHAKE_TIMEOUT,
+        )
+        host = endpoint.host if endpoint.port in (80, 443) else f"{endpoint.host}:{endpoint.port}"
+        transport.write(
+            (
+                f"GET {endpoint.path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\nAuthorization: Bearer {token}\r\n"
+                "User-Agent: access-cli\r\n\r\n"
+            ).encode("latin-1")
+        )
+        try:
+            rest = await asyncio.wait_for(self._response, HANDSHAKE_TIMEOUT)
+        except BaseException:
+            transport.abort()
+            raise
+        self.ready = True
+        self.start(rest)
+        transport.resume_reading()
+        pending, self.pending = self.pending, []
+        for channel in pending:
+            if channel.why is None:
+                self._open(channel)
 
     def data_received(self, data: bytes) -> None:
         if self.open:
-            self.relay_frames(data)
+            self.feed(data)
             return
-        if self.response.done():
-            self.early += data  # after our 101, before the relay starts: keep it for the relay
+        response = self._response
+        if response is None or response.done():
             return
         self._buffer += data
         head, sep, rest = self._buffer.partition(b"\r\n\r\n")
         if not sep:
             if len(self._buffer) > MAX_RESPONSE:
-                self.response.set_exception(ConnectionError("the broker's answer is too large"))
+                response.set_exception(ConnectionError("the broker's answer is too large"))
             return
         status, headers = _parse_head(head)
         if status == 101:
-            if headers.get("sec-websocket-accept") != self.expected_accept:
-                self.response.set_exception(ConnectionError("the broker's WebSocket answer is not valid"))
-                return
-            assert self.transport is not None
-            self.transport.pause_reading()  # until the relay starts
-            self.response.set_result(rest)
+            if headers.get("sec-websocket-accept") != self._expected_accept:
+                response.set_exception(ConnectionError("the broker's WebSocket answer is not valid"))
+            elif headers.get("sec-websocket-protocol") != SUBPROTOCOL:
+                response.set_exception(
+                    ConnectionError(f"the broker does not speak {SUBPROTOCOL}: upgrade the broker or the CLI")
+                )
+            else:
+                assert self.transport is not None
+                self.transport.pause_reading()  # until start()
+                response.set_result(rest)
             return
         length = int(headers.get("content-length", "0") or 0)
         if len(rest) < min(length, MAX_RESPONSE):
             return  # the body is still coming
-        self.response.set_exception(_refusal(status, rest[:length]))
+        response.set_exception(_refusal(status, rest[:length]))
+
+    # -- channels --------------------------------------------------------------------------
+
+    def attach(self, channel: LocalChannel) -> None:
+        """A new local connection: open it as a channel now, or once the handshake is done."""
+        self.adopt(channel)
+        if self.ready and self.open:
+            self._open(channel)
+        else:
+            self.pending.append(channel)
+
+    def _open(self, channel: LocalChannel) -> None:
+        channel.id = self._next_id
+        self._next_id += 1
+        self.add_channel(channel)
+        self.send(OPEN, channel.id)
+
+    def on_open_ok(self, channel: Channel) -> None:
+        channel.activate()
+
+    def on_open_fail(self, channel: Channel, error: dict[str, Any]) -> None:
+        channel.end("refused", flush=False)
+        message = str(error.get("message", "the broker refused the connection"))
+        hint = error.get("hint")
+        self.forwarder.report(message + (f" ({hint})" if hint else ""))
+        if str(error.get("code")) in GRANT_ENDED:
+            self.forwarder.end(TunnelEnded(message, str(error.get("code"))))
+
+    def channel_finished(self, channel: Channel) -> None:
+        if channel in self.pending:
+            self.pending.remove(channel)
+
+    def fail(self) -> None:
+        """The handshake failed: drop the local connections that waited for it."""
+        self.failed = True
+        pending, self.pending = self.pending, []
+        for channel in pending:
+            channel.end("error", flush=False)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def hand_over(self, other: ClientSession) -> None:
+        """Give the local connections waiting for this session to ``other`` (a retry)."""
+        self.failed = True
+        pending, self.pending = self.pending, []
+        for channel in pending:
+            if channel.why is None:
+                self._live -= 1
+                channel.session = other
+                other.attach(channel)
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- the end ---------------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.response.done():
-            self.response.set_exception(
+        was_open = self.open
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(
                 ConnectionError("the broker closed the connection during the handshake")
             )
         super().connection_lost(exc)
+        if not self.gone.done():
+            self.gone.set_result(None)
+        self.forwarder.session_lost(self, was_open or self.remote_close is not None)
 
-    def peer_closed_message(self) -> str:
-        return "the local client closed the connection"
 
-    def finished(self) -> None:
-        if self._on_finished is not None:
-            self._on_finished(self)
+class LocalChannel(Channel):
+    """A connection to the local listener, carried as a channel of a ``ClientSession``."""
+
+    __slots__ = ()
+
+    session: ClientSession
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # paused until the broker accepts the channel
+        self.session.attach(self)
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
@@ -180,73 +307,6 @@ def _refusal(status: int, body: bytes) -> HandshakeRefused:
         return HandshakeRefused(status, "internal", f"the broker refused the tunnel (HTTP {status})")
 
 
-async def open_tunnel(
-    endpoint: BrokerEndpoint,
-    local: asyncio.Transport,
-    *,
-    on_finished: Callable[[ClientRelay], None] | None = None,
-    fresh_token: bool = False,
-) -> ClientRelay:
-    """Connect to the broker, upgrade, and start relaying ``local`` through it.
-
-    Raises:
-        HandshakeRefused: the broker said no (bad token, grant ended, target unreachable).
-        OSError / ConnectionError / TimeoutError: the broker could not be reached.
-    """
-    loop = asyncio.get_running_loop()
-    token = await endpoint.access_token(fresh=fresh_token)
-    relay = ClientRelay(on_finished)
-    key = base64.b64encode(os.urandom(16)).decode("ascii")
-    relay.expected_accept = accept_key(key)
-    transport, _ = await asyncio.wait_for(
-        loop.create_connection(
-            lambda: relay,
-            endpoint.host,
-            endpoint.port,
-            ssl=endpoint.ssl_context if endpoint.tls else None,
-            server_hostname=endpoint.host if endpoint.tls else None,
-        ),
-        HANDSHAKE_TIMEOUT,
-    )
-    host = endpoint.host if endpoint.port in (80, 443) else f"{endpoint.host}:{endpoint.port}"
-    transport.write(
-        (
-            f"GET {endpoint.path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n"
-            "User-Agent: access-cli\r\n\r\n"
-        ).encode("latin-1")
-    )
-    try:
-        rest = await asyncio.wait_for(relay.response, HANDSHAKE_TIMEOUT)
-    except BaseException:
-        transport.abort()
-        raise
-    relay.start_relay(local)
-    early = rest + relay.early
-    relay.early = b""
-    if early:
-        relay.relay_frames(early)
-    return relay
-
-
-class _LocalConnection(RawPeer):
-    __slots__ = ("forwarder", "task")
-
-    def __init__(self, forwarder: Forwarder) -> None:
-        super().__init__()
-        self.forwarder = forwarder
-        self.task: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # paused until the tunnel is open
-        self.task = asyncio.get_running_loop().create_task(self.forwarder.attach(self))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.relay is None and self.task is not None:
-            self.task.cancel()
-        super().connection_lost(exc)
-
-
 class Forwarder:
     """A loopback listener whose every connection is tunnelled through the broker.
 
@@ -264,73 +324,109 @@ class Forwarder:
         self.endpoint = endpoint
         self.port = port
         self.report = report
-        self.relays: set[ClientRelay] = set()
+        self.session: ClientSession | None = None  # the one new connections join
+        self.sessions: set[ClientSession] = set()
         self.ended: asyncio.Future[TunnelEnded] = asyncio.get_running_loop().create_future()
         self.connections = 0
         self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> tuple[str, int]:
         """Listen on 127.0.0.1 (loopback only: the tunnel is the grant holder's, nobody else's)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _LocalConnection(self), "127.0.0.1", self.port)
+        self._server = await loop.create_server(self._accept, "127.0.0.1", self.port)
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
         return "127.0.0.1", self.port
 
-    async def attach(self, local: _LocalConnection) -> None:
-        transport = local.transport
-        assert transport is not None
+    def _accept(self) -> LocalChannel:
         self.connections += 1
-        relay: ClientRelay | None = None
+        return LocalChannel(self._current())
+
+    def _current(self) -> ClientSession:
+        session = self.session
+        if session is None or not session.usable:
+            session = self.session = self._new_session()
+            task = asyncio.get_running_loop().create_task(self._connect(session))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return session
+
+    def _new_session(self) -> ClientSession:
+        session = ClientSession(self)
+        self.sessions.add(session)
+        return session
+
+    async def _connect(self, session: ClientSession) -> None:
         for attempt in range(2):
             try:
-                relay = await open_tunnel(
-                    self.endpoint, transport, on_finished=self._finished, fresh_token=attempt > 0
-                )
-                break
+                await session.connect(self.endpoint, fresh_token=attempt > 0)
+                return
             except HandshakeRefused as exc:
                 if exc.code == "unauthenticated" and attempt == 0:
-                    continue  # the cached token may have been revoked or refreshed: once more
+                    # The cached token may have been revoked or refreshed: once more, afresh.
+                    retry = self._new_session()
+                    if self.session is session:
+                        self.session = retry
+                    self.sessions.discard(session)
+                    session.hand_over(retry)
+                    session = retry
+                    continue
                 self.report(exc.message + (f" ({exc.hint})" if exc.hint else ""))
                 if exc.grant_ended:
-                    self._end(TunnelEnded(exc.message, exc.code))
+                    self.end(TunnelEnded(exc.message, exc.code))
             except (OSError, TimeoutError) as exc:
                 self.report(
                     f"cannot reach the broker at {self.endpoint.base_url}: {exc or type(exc).__name__}"
                 )
             break
-        if relay is None:
-            transport.close()
-            return
-        local.relay = relay
-        self.relays.add(relay)
+        self.sessions.discard(session)
+        if self.session is session:
+            self.session = None
+        session.fail()
 
-    def _finished(self, relay: ClientRelay) -> None:
-        self.relays.discard(relay)
-        if relay.remote_close is None:
-            if relay.why == "error":
+    def session_lost(self, session: ClientSession, relayed: bool) -> None:
+        """``session``'s connection to the broker is gone; say why if it had been working."""
+        self.sessions.discard(session)
+        if self.session is session:
+            self.session = None
+        if not relayed or self._closing:
+            return
+        if session.remote_close is None:
+            if session.why == "error" or session.channels or session._live:
                 self.report("the connection to the broker was lost")
             return
-        code, reason = relay.remote_close
+        code, reason = session.remote_close
         if code in GRANT_ENDED_CODES:
             self.report(reason)
-            self._end(TunnelEnded(reason, {4010: "expired", 4011: "revoked"}.get(code, "locked")))
+            self.end(TunnelEnded(reason, _ENDED_BY_CODE.get(code, "locked")))
         elif code not in (1000, 1005) and reason:
-            self.report(f"the broker closed a connection: {reason}")
+            self.report(f"the broker closed the tunnel: {reason}")
 
-    def _end(self, ended: TunnelEnded) -> None:
+    def end(self, ended: TunnelEnded) -> None:
         if not self.ended.done():
             self.ended.set_result(ended)
 
     async def aclose(self) -> None:
-        """Stop listening and drop every live connection."""
+        """Stop listening, drop every live connection and say goodbye to the broker."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for relay in list(self.relays):
-            if relay.transport is not None:
-                relay.transport.abort()
-            if relay.peer is not None:
-                relay.peer.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        sessions = list(self.sessions)
+        for session in sessions:
+            for channel in session.pending:
+                channel.end("client closed", flush=False)
+            session.close(CLOSE_NORMAL, "the access CLI stopped", why="client closed")
+        waits = [session.gone for session in sessions if session.transport is not None]
+        if waits:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*waits), 2)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+GRANT_ENDED = frozenset({"expired", "forbidden", "grant_denied", "not_found"})

@@ -1,14 +1,17 @@
-"""The broker's end of the tunnel: a WebSocket upgrade on ``/v1/tunnel`` relayed to the target.
+"""The broker's end of the tunnel: a WebSocket upgrade on ``/v1/tunnel``, its channels relayed to the target.
 
 uvicorn hands every ``Upgrade: websocket`` request to ``TunnelProtocol`` (``ws=`` in
 ``server.py``) with the request head re-serialised. The connection never touches ASGI:
 
-1. parse the head (``GET /v1/tunnel?grant=ID``, ``Authorization: Bearer``, WebSocket key);
-2. stop reading, and in a worker thread verify the token and the grant and write the
-   ``connection.open`` audit entry. Any failure is answered with the broker's JSON error body
-   and the connection closed: not one byte reaches the target;
-3. connect to the target the policy names (never one the client names), answer ``101``;
-4. relay (``shared.relay``) until one side closes or the grant ends, then write
+1. parse the head (``GET /v1/tunnel?grant=ID``, ``Authorization: Bearer``, WebSocket key, the
+   ``access-tunnel.v2`` subprotocol);
+2. stop reading, and in a worker thread verify the token and the grant. Any failure is answered
+   with the broker's JSON error body and the connection closed; otherwise ``101``;
+3. for each channel the CLI opens (``shared.muxframe``), in a worker thread: check again that
+   the sign-in session and the grant are live, write ``connection.open`` (fail closed), then
+   connect to the target the policy names (never one the client names) and answer ``OPEN_OK``;
+   a failure is an ``OPEN_FAIL`` carrying the JSON error, and not one byte reaches the target;
+4. relay (``shared.mux``) until a side closes or the grant ends, then write each channel's
    ``connection.close`` (bytes each way, duration, why) from a worker thread.
 """
 
@@ -36,12 +39,15 @@ from access.broker.errors import (
     Unauthenticated,
 )
 from access.broker.tunnel.registry import registry_for
-from access.shared.relay import FramedRelay, RawPeer
+from access.shared.mux import Channel, MuxSession, error_payload
+from access.shared.muxframe import MAX_CHANNELS, OPEN_FAIL, OPEN_OK, SUBPROTOCOL
 from access.shared.wsframe import (
     CLOSE_EXPIRED,
     CLOSE_GOING_AWAY,
     CLOSE_LOCKED,
+    CLOSE_PROTOCOL,
     CLOSE_REVOKED,
+    ProtocolError,
     accept_key,
 )
 
@@ -95,6 +101,12 @@ def parse_request(head: bytes) -> TunnelRequest:
         raise InvalidRequest("the tunnel endpoint takes GET")
     if headers.get("sec-websocket-version") != "13" or not headers.get("sec-websocket-key"):
         raise InvalidRequest("the tunnel endpoint needs a WebSocket (version 13) upgrade")
+    offered = {p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")}
+    if SUBPROTOCOL not in offered:
+        raise InvalidRequest(
+            f"this broker's tunnel speaks {SUBPROTOCOL}",
+            hint="install the access CLI of the broker's version",
+        )
     grants = parse_qs(url.query).get("grant", [])
     if len(grants) != 1 or not _GRANT_ID.fullmatch(grants[0]):
         raise InvalidRequest("give exactly one grant id: /v1/tunnel?grant=ID", hint="see `access grants`")
@@ -118,14 +130,28 @@ def http_error(error: BrokerError) -> bytes:
     return head.encode("latin-1") + body
 
 
-class TunnelProtocol(FramedRelay):
-    """One tunnel connection, from the upgrade request to the close audit entry."""
+class BrokerChannel(Channel):
+    """One channel: the connection to the target, and what its audit entries need."""
+
+    __slots__ = ("connection_id", "error", "opened")
+
+    def __init__(self, session: TunnelProtocol, channel_id: int) -> None:
+        super().__init__(session, channel_id)
+        self.connection_id = "c-" + secrets.token_hex(8)
+        self.opened = False  # connection.open was written: connection.close must follow
+        self.error: str | None = None
+
+
+class TunnelProtocol(MuxSession):
+    """One tunnel WebSocket, from the upgrade request to its channels' close audit entries."""
+
+    remote_closed = "client closed"
+    local_closed = "target closed"
 
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, **_: Any) -> None:
         super().__init__()
         self.broker: Broker = config.app.state.broker
         self.connections: set[Any] = server_state.connections
-        self.connection_id = "c-" + secrets.token_hex(8)
         self.grant_id = ""
         self.principal_id: str | None = None
         self.client_address = "unknown"
@@ -134,8 +160,8 @@ class TunnelProtocol(FramedRelay):
         self._head = b""
         self._handshake: asyncio.Task[None] | None = None
         self._pending_cut: str | None = None
-        self._started = time.monotonic()
-        self._target_error: str | None = None
+        self._last_id = 0
+        self._opening: set[asyncio.Task[None]] = set()
 
     # -- the HTTP phase --------------------------------------------------------------------
 
@@ -148,7 +174,7 @@ class TunnelProtocol(FramedRelay):
 
     def data_received(self, data: bytes) -> None:
         if self.open:
-            self.relay_frames(data)
+            self.feed(data)
             return
         if self._handshake is not None:
             return  # reading is paused; a client must not send frames before our 101
@@ -166,9 +192,9 @@ class TunnelProtocol(FramedRelay):
             return
         self.grant_id = request.grant_id
         registry_for(self.broker).add(self)
-        self._handshake = asyncio.get_running_loop().create_task(self._open(request))
+        self._handshake = asyncio.get_running_loop().create_task(self._upgrade(request))
 
-    async def _open(self, request: TunnelRequest) -> None:
+    async def _upgrade(self, request: TunnelRequest) -> None:
         loop = asyncio.get_running_loop()
         try:
             ctx, grant = await loop.run_in_executor(None, self._authorize, request)
@@ -181,84 +207,51 @@ class TunnelProtocol(FramedRelay):
             return
         self.ctx, self.grant = ctx, grant
         self.principal_id = grant.principal_id
-        if self._framed_lost:  # the client left during the checks: close what was opened
-            self.finished()
+        if self._lost:
+            self._maybe_finish()
             return
-        if self._pending_cut is not None:
+        if self._pending_cut is not None:  # the grant ended while we checked it
             self._refuse_ended(self._pending_cut)
             return
         registry_for(self.broker).schedule_expiry(grant)
-        try:
-            peer, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: RawPeer(self), grant.host, grant.port), CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            self._target_error = f"target {grant.host}:{grant.port} unreachable: {reason}"
-            self.why = "error"
-            self._refuse(
-                TargetUnreachable(
-                    f"{grant.service} did not answer ({reason})",
-                    hint="the service may be down; try again, or tell its owners",
-                )
-            )
-            return
         assert self.transport is not None
-        ended = self._cut_while_opening()  # the grant may have ended while we connected
-        if self._framed_lost or ended is not None:
-            if ended is not None:
-                self._refuse_ended(ended)
-            peer.close()
-            return
+        rest = self._head.partition(b"\r\n\r\n")[2]
+        self._head = b""
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Protocol: " + SUBPROTOCOL.encode("ascii") + b"\r\n"
             b"Sec-WebSocket-Accept: " + accept_key(request.key).encode("ascii") + b"\r\n\r\n"
         )
-        self.start_relay(peer)
+        self.start(rest)
+        if self.open:
+            self.transport.resume_reading()
 
     def _authorize(self, request: TunnelRequest) -> tuple[AuthContext, TunnelGrant]:
-        """Worker thread: token, grant, and the ``connection.open`` entry, or a BrokerError."""
-        from access.broker import ledger
-        from access.broker.grants import grant_target, open_for_tunnel
+        """Worker thread: the token and the grant, or a BrokerError (refusals are audited)."""
+        from access.broker.grants import open_for_tunnel
         from access.broker.tokens import authenticate
 
-        broker = self.broker
-        ctx = authenticate(broker, request.token)
+        ctx = authenticate(self.broker, request.token)
+        return ctx, self._refusal_audited(ctx, lambda: open_for_tunnel(self.broker, ctx, request.grant_id))
+
+    def _refusal_audited(self, ctx: AuthContext, check: Any) -> TunnelGrant:
+        from access.broker import ledger
+
         try:
-            grant = open_for_tunnel(broker, ctx, request.grant_id)
+            grant: TunnelGrant = check()
         except (Forbidden, Expired, NotFound) as exc:
             # Someone signed in asked for a grant they cannot use: worth a line in the ledger.
-            with broker.transaction() as conn:
+            with self.broker.transaction() as conn:
                 ledger.append(
                     conn,
-                    broker.clock,
+                    self.broker.clock,
                     actor=ctx.name,
                     action="connection.refuse",
-                    target=f"grant:{request.grant_id}",
-                    details={"grant": request.grant_id, "client": self.client_address, "why": str(exc.code)},
+                    target=f"grant:{self.grant_id}",
+                    details={"grant": self.grant_id, "client": self.client_address, "why": str(exc.code)},
                 )
             raise
-        with broker.transaction() as conn:
-            ledger.append(
-                conn,
-                broker.clock,
-                actor=ctx.name,
-                action="connection.open",
-                target=grant_target(grant.service, grant.grant_id),
-                details={
-                    "connection": self.connection_id,
-                    "grant": grant.grant_id,
-                    "service": grant.service,
-                    "scope": grant.scope,
-                    "kind": grant.kind,
-                    "client": self.client_address,
-                    "target": f"{grant.host}:{grant.port}",
-                },
-            )
-        return ctx, grant
-
-    def _cut_while_opening(self) -> str | None:
-        return self._pending_cut
+        return grant
 
     def _refuse(self, error: BrokerError) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -267,9 +260,119 @@ class TunnelProtocol(FramedRelay):
 
     def _refuse_ended(self, why: str) -> None:
         self.why = why
-        message = _CUT.get(why, _CUT["revoked"])[1].format(grant=self.grant_id)
-        error: BrokerError = Expired(message) if why == "expired" else Forbidden(message)
-        self._refuse(error)
+        self._refuse(_ended_error(why, self.grant_id))
+
+    # -- channels --------------------------------------------------------------------------
+
+    def on_open(self, channel_id: int) -> None:
+        if channel_id <= self._last_id:
+            raise ProtocolError(CLOSE_PROTOCOL, f"channel {channel_id} reused (ids only increase)")
+        self._last_id = channel_id
+        channel = BrokerChannel(self, channel_id)
+        if len(self.channels) >= MAX_CHANNELS:
+            error = InvalidRequest(
+                f"too many connections through one tunnel (at most {MAX_CHANNELS} at once)",
+                hint="close some, or run a second `access connect`",
+            )
+            self.send(OPEN_FAIL, channel_id, payload=error_payload(error.body()))
+            return
+        self.adopt(channel)
+        self.add_channel(channel)
+        task = asyncio.get_running_loop().create_task(self._open_channel(channel))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open_channel(self, channel: BrokerChannel) -> None:
+        loop = asyncio.get_running_loop()
+        grant = self.grant
+        assert grant is not None
+        try:
+            await loop.run_in_executor(None, self._authorize_channel, channel)
+            if channel.why is not None:  # the client gave up, or the tunnel was cut meanwhile
+                self.channel_failed(channel)
+                return
+            await asyncio.wait_for(
+                loop.create_connection(lambda: channel, grant.host, grant.port), CONNECT_TIMEOUT
+            )
+        except BrokerError as exc:
+            self._fail_channel(channel, exc)
+            return
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            channel.error = f"target {grant.host}:{grant.port} unreachable: {reason}"
+            self._fail_channel(
+                channel,
+                TargetUnreachable(
+                    f"{grant.service} did not answer ({reason})",
+                    hint="the service may be down; try again, or tell its owners",
+                ),
+            )
+            return
+        except Exception:
+            log.exception("opening a tunnel channel failed")
+            self._fail_channel(channel, BrokerError("internal error"))
+            return
+        if channel.why is not None or self.channels.get(channel.id) is not channel:
+            channel.end(channel.why or "client closed", flush=False)  # ended while we connected
+            return
+        self.send(OPEN_OK, channel.id)
+        channel.activate()
+
+    def _fail_channel(self, channel: BrokerChannel, error: BrokerError) -> None:
+        channel.why = channel.why or "error"
+        if self.channels.get(channel.id) is channel and self.open:
+            self.channels.pop(channel.id)
+            self.send(OPEN_FAIL, channel.id, payload=error_payload(error.body()))
+        self.channel_failed(channel)
+
+    def _authorize_channel(self, channel: BrokerChannel) -> None:
+        """Worker thread: the sign-in session and the grant still live, then ``connection.open``."""
+        from access.broker import ledger
+        from access.broker.grants import grant_target, open_for_tunnel
+        from access.broker.tokens import check_session
+
+        ctx = self.ctx
+        assert ctx is not None
+        check_session(self.broker, ctx)
+        grant = self._refusal_audited(ctx, lambda: open_for_tunnel(self.broker, ctx, self.grant_id))
+        with self.broker.transaction() as conn:
+            ledger.append(
+                conn,
+                self.broker.clock,
+                actor=ctx.name,
+                action="connection.open",
+                target=grant_target(grant.service, grant.grant_id),
+                details={
+                    "connection": channel.connection_id,
+                    "grant": grant.grant_id,
+                    "service": grant.service,
+                    "scope": grant.scope,
+                    "kind": grant.kind,
+                    "client": self.client_address,
+                    "target": f"{grant.host}:{grant.port}",
+                },
+            )
+        channel.opened = True
+
+    def channel_finished(self, channel: Channel) -> None:
+        assert isinstance(channel, BrokerChannel)
+        if not channel.opened or self.ctx is None or self.grant is None:
+            return  # refused before it opened: nothing was opened, so nothing to close
+        details: dict[str, Any] = {
+            "connection": channel.connection_id,
+            "grant": self.grant.grant_id,
+            "service": self.grant.service,
+            "bytes_up": channel.bytes_in,
+            "bytes_down": channel.bytes_out,
+            "duration_s": round(time.monotonic() - channel.started, 3),
+            "why": channel.why or "client closed",
+        }
+        if channel.error:
+            details["error"] = channel.error
+        actor = self.ctx.name
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._audit_close, actor, details)
+        future.add_done_callback(_log_failure)
 
     # -- cuts and the end ------------------------------------------------------------------
 
@@ -294,25 +397,6 @@ class TunnelProtocol(FramedRelay):
 
     def finished(self) -> None:
         registry_for(self.broker).remove(self)
-        if self.ctx is None or self.grant is None:
-            return  # refused before it opened: nothing was opened, so nothing to close
-        details: dict[str, Any] = {
-            "connection": self.connection_id,
-            "grant": self.grant.grant_id,
-            "service": self.grant.service,
-            "bytes_up": self.bytes_from_framed,
-            "bytes_down": self.bytes_to_framed,
-            "duration_s": round(time.monotonic() - self._started, 3),
-            "why": self.why or "client closed",
-        }
-        if self._target_error:
-            details["error"] = self._target_error
-        if self.remote_close is not None:
-            details["close_code"] = self.remote_close[0]
-        actor = self.ctx.name
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._audit_close, actor, details)
-        future.add_done_callback(_log_failure)
 
     def _audit_close(self, actor: str, details: dict[str, Any]) -> None:
         from access.broker import ledger
@@ -327,6 +411,11 @@ class TunnelProtocol(FramedRelay):
                 target=grant_target(str(details["service"]), str(details["grant"])),
                 details=details,
             )
+
+
+def _ended_error(why: str, grant_id: str) -> BrokerError:
+    message = _CUT.get(why, _CUT["revoked"])[1].format(grant=grant_id)
+    return Expired(message) if why == "expired" else Forbidden(message)
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

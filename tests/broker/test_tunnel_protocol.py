@@ -15,20 +15,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvicorn
 import uvloop
 
-from access.broker import grants, tokens
+from access.broker import grants, sessions, tokens
 from access.broker.app import create_app
 from access.broker.clock import SystemClock
 from access.broker.db import grants as grants_table
 from access.broker.runtime import Broker
 from access.broker.tunnel.protocol import TunnelProtocol
-from access.cli.tunnel import BrokerEndpoint, Forwarder, HandshakeRefused, open_tunnel
+from access.broker.tunnel.registry import registry_for
+from access.cli.tunnel import BrokerEndpoint, ClientSession, Forwarder, HandshakeRefused
 from access.shared.models import GrantRequest
+from access.shared.muxframe import DATA, OPEN, OPEN_FAIL, SUBPROTOCOL, header
 from access.shared.wsframe import (
     CLOSE_PROTOCOL,
     CLOSE_TOO_BIG,
@@ -142,7 +144,7 @@ def setup(make_broker: Callable[..., Broker]) -> Iterator[Setup]:
         create_app(broker),
         loop="uvloop",
         http="httptools",
-        ws=TunnelProtocol,
+        ws=cast("type[asyncio.Protocol]", TunnelProtocol),
         lifespan="on",
         log_level="warning",
         timeout_graceful_shutdown=2,
@@ -232,17 +234,9 @@ def test_refused_handshakes_never_reach_the_target(setup: Setup, case: str) -> N
     }[case]
 
     async def main() -> HandshakeRefused:
-        # Any transport serves as the local side: the refusal comes before it is used.
-        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
-        async with server:
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
-            try:
-                with pytest.raises(HandshakeRefused) as err:
-                    await open_tunnel(endpoint, writer.transport)  # type: ignore[arg-type]
-            finally:
-                writer.close()
-                await reader.read()
-                await writer.wait_closed()
+        session = ClientSession(Forwarder(endpoint))
+        with pytest.raises(HandshakeRefused) as err:
+            await session.connect(endpoint)
         return err.value
 
     refusal = run(main())
@@ -273,11 +267,13 @@ def test_expired_grant_is_refused_with_a_message(setup: Setup) -> None:
     assert setup.target.accepted == 0
 
 
-def _open_live(setup: Setup, grant_id: str) -> Callable[[], Any]:
+def _open_live(
+    setup: Setup, grant_id: str, report: Callable[[str], None] = lambda _m: None
+) -> Callable[[], Any]:
     """An async function: open a local connection through a Forwarder; return (forwarder, reader, writer)."""
 
     async def opener() -> Any:
-        forwarder = Forwarder(setup.endpoint(grant_id))
+        forwarder = Forwarder(setup.endpoint(grant_id), report=report)
         _, port = await forwarder.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"ping")
@@ -376,7 +372,7 @@ async def _raw_upgrade(setup: Setup, grant_id: str) -> tuple[asyncio.StreamReade
         (
             f"GET /v1/tunnel?grant={grant_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {setup.tokens['alice']}\r\n\r\n"
+            f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\nAuthorization: Bearer {setup.tokens['alice']}\r\n\r\n"
         ).encode()
     )
     head = await reader.readuntil(b"\r\n\r\n")
@@ -399,8 +395,22 @@ async def _close_code(reader: asyncio.StreamReader) -> int:
         (unmasked_frame(b"not masked"), CLOSE_PROTOCOL),
         (frame_header(OP_BINARY, 64 * 1024 * 1024, mask_key=b"abcd"), CLOSE_TOO_BIG),
         (b"".join(masked_frame(b"") for _ in range(5000)), 1008),
+        (masked_frame(b"".join(header(OPEN, i, 0) for i in range(1, 2000))), 1008),
+        (masked_frame(header(DATA, 7, 3) + b"abc"), CLOSE_PROTOCOL),
+        (masked_frame(header(99, 1, 0)), CLOSE_PROTOCOL),
+        (masked_frame(header(OPEN, 5, 0) + header(OPEN, 5, 0)), CLOSE_PROTOCOL),
+        (masked_frame(header(OPEN_FAIL, 1, 0)), CLOSE_PROTOCOL),
     ],
-    ids=["unmasked", "oversized", "flood"],
+    ids=[
+        "unmasked",
+        "oversized",
+        "flood",
+        "flood of opens",
+        "data before open",
+        "unknown type",
+        "reused id",
+        "open_fail from the client",
+    ],
 )
 def test_hostile_frames_close_the_connection(setup: Setup, frame: bytes, code: int) -> None:
     grant_id = setup.grant()
@@ -429,3 +439,54 @@ def test_not_the_tunnel_path_is_404(setup: Setup) -> None:
         return data
 
     assert run(main()).startswith(b"HTTP/1.1 404")
+
+
+def test_local_connections_are_channels_of_one_websocket(setup: Setup) -> None:
+    grant_id = setup.grant()
+    registry = registry_for(setup.broker)
+
+    async def main() -> list[int]:
+        forwarder = Forwarder(setup.endpoint(grant_id))
+        _, port = await forwarder.start()
+        pairs = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for i, (_reader, writer) in enumerate(pairs):
+            writer.write(f"ping {i}".encode())
+        got = [await reader.readexactly(6) for reader, _ in pairs]
+        assert got == [b"ping 0", b"ping 1", b"ping 2"]
+        tunnels = [len(registry._by_grant.get(grant_id, ())), len(forwarder.sessions)]
+        for _, writer in pairs:
+            writer.close()
+        await forwarder.aclose()
+        return tunnels
+
+    assert run(main()) == [1, 1]  # one WebSocket on each side
+    _wait_for(
+        lambda: len(audit_rows(setup.broker, "connection.close")) == 3, "three connection.close entries"
+    )
+    opened = audit_rows(setup.broker, "connection.open")
+    assert len({row["details"]["connection"] for row in opened}) == 3  # each channel audited on its own
+    assert setup.target.accepted == 3
+
+
+def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
+    grant_id = setup.grant()
+
+    async def main() -> list[str]:
+        messages: list[str] = []
+        forwarder, reader, writer = await _open_live(setup, grant_id, report=messages.append)()
+        ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+        await asyncio.to_thread(sessions.logout, setup.broker, ctx)
+        # The live channel carries on (only the grant's end cuts it) ...
+        writer.write(b"more")
+        assert await reader.readexactly(4) == b"more"
+        # ... but a new one on the same WebSocket is refused: the sign-in session is checked again.
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", forwarder.port)
+        assert await reader2.read() == b""
+        writer.close()
+        writer2.close()
+        await forwarder.aclose()
+        return messages
+
+    messages = run(main())
+    assert any("signed out" in m for m in messages), messages
+    assert setup.target.accepted == 1
