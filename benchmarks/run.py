@@ -145,9 +145,10 @@ def prepare_pgbench(pg_url: str) -> None:
 
 
 def start_broker(
-    procs: Processes, tmp: Path, targets: dict[str, int], pg_url: str
+    procs: Processes, tmp: Path, targets: dict[str, int], pg_url: str, *, tls: bool = True
 ) -> tuple[str, Path, dict[str, str]]:
-    """A real broker with TLS; a service account logged in with `access login`. Returns (url, ca, env)."""
+    """A real broker (TLS unless ``tls`` is False: plain HTTP on loopback, for comparisons only);
+    a service account logged in with `access login`. Returns (url, ca, env)."""
     from access.shared.devca import make_ca
 
     ca = make_ca(tmp / "ca")
@@ -220,10 +221,7 @@ def start_broker(
             str(tmp / "policy.yaml"),
             "--port",
             "0",
-            "--tls-cert",
-            str(ca.server_cert),
-            "--tls-key",
-            str(ca.server_key),
+            *(["--tls-cert", str(ca.server_cert), "--tls-key", str(ca.server_key)] if tls else []),
             "--ready-file",
             str(ready),
         ],
@@ -252,8 +250,7 @@ def start_broker(
             "login",
             "--broker",
             url,
-            "--ca-file",
-            str(ca.ca_cert),
+            *(["--ca-file", str(ca.ca_cert)] if tls else []),
             "--client-id",
             account["client_id"],
             "--client-secret-file",
