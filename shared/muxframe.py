@@ -161,8 +161,3 @@ class MuxParser:
             if self._remaining == 0:
                 self._kind = 0
         return out
-
-
-def describe(kind: int) -> str:
-    """The name of a message type, for errors and tests."""
-    return _NAMES.get(kind, str(kind))
