@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rfc8785
 import sqlalchemy as sa
@@ -22,7 +22,10 @@ import sqlalchemy as sa
 from access.broker.clock import Clock, utc
 from access.broker.db import audit_log
 
-__all__ = ["GENESIS", "LedgerEntry", "append", "entry_hash", "format_time"]
+if TYPE_CHECKING:
+    from access.broker.runtime import Broker
+
+__all__ = ["GENESIS", "LedgerEntry", "append", "entry_hash", "format_time", "record"]
 
 GENESIS = "0" * 64
 # Details must never carry secrets. Keys that look like they would are refused outright.
@@ -121,3 +124,16 @@ def append(
         )
     )
     return LedgerEntry(seq, at, actor, action, target, details, prev, digest)
+
+
+def record(
+    broker: Broker, *, actor: str, action: str, target: str, details: Mapping[str, Any] | None = None
+) -> LedgerEntry:
+    """Append one entry in a transaction of its own (for entries that go with no other change).
+
+    Raises:
+        ValueError: ``details`` has a key that looks like a secret.
+        Unavailable: the database could not be reached (see ``Broker.transaction``).
+    """
+    with broker.transaction() as conn:
+        return append(conn, broker.clock, actor=actor, action=action, target=target, details=details)

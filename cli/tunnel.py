@@ -252,7 +252,7 @@ class ClientSession(MuxSession):
         pending, self.pending = self.pending, []
         for channel in pending:
             if channel.why is None:
-                self._live -= 1
+                self.release(channel)
                 channel.session = other
                 other.attach(channel)
         if self.transport is not None:
@@ -394,7 +394,7 @@ class Forwarder:
         if not relayed or self._closing:
             return
         if session.remote_close is None:
-            if session.why == "error" or session.channels or session._live:
+            if session.why == "error" or session.live_channels:
                 self.report("the connection to the broker was lost")
             return
         code, reason = session.remote_close

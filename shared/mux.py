@@ -475,6 +475,15 @@ class MuxSession(asyncio.BufferedProtocol):
         """``channel`` belongs to this session until ``channel_lost`` or ``channel_failed``."""
         self._live += 1
 
+    def release(self, channel: Channel) -> None:
+        """``channel`` (adopted, never added) now belongs to another session."""
+        self._live -= 1
+
+    @property
+    def live_channels(self) -> int:
+        """Channels adopted whose TCP connection is not yet lost."""
+        return self._live
+
     def add_channel(self, channel: Channel) -> None:
         """Route messages for ``channel.id`` to ``channel``."""
         self.channels[channel.id] = channel

@@ -33,19 +33,17 @@ def connection_details(broker: Broker, ctx: AuthContext, grant_id: str) -> Conne
 
     grant = open_for_tunnel(broker, ctx, grant_id)
     info = kind_for(grant.kind).connection_details(grant=grant)
-    with broker.transaction() as conn:
-        ledger.append(
-            conn,
-            broker.clock,
-            actor=ctx.name,
-            action="grant.connection_details",
-            target=grant_target(grant.service, grant.grant_id),
-            details={
-                "grant": grant.grant_id,
-                "service": grant.service,
-                "includes_login": info.password is not None,
-            },
-        )
+    ledger.record(
+        broker,
+        actor=ctx.name,
+        action="grant.connection_details",
+        target=grant_target(grant.service, grant.grant_id),
+        details={
+            "grant": grant.grant_id,
+            "service": grant.service,
+            "includes_login": info.password is not None,
+        },
+    )
     return info
 
 

@@ -241,15 +241,13 @@ class TunnelProtocol(MuxSession):
             grant: TunnelGrant = check()
         except (Forbidden, Expired, NotFound) as exc:
             # Someone signed in asked for a grant they cannot use: worth a line in the ledger.
-            with self.broker.transaction() as conn:
-                ledger.append(
-                    conn,
-                    self.broker.clock,
-                    actor=ctx.name,
-                    action="connection.refuse",
-                    target=f"grant:{self.grant_id}",
-                    details={"grant": self.grant_id, "client": self.client_address, "why": str(exc.code)},
-                )
+            ledger.record(
+                self.broker,
+                actor=ctx.name,
+                action="connection.refuse",
+                target=f"grant:{self.grant_id}",
+                details={"grant": self.grant_id, "client": self.client_address, "why": str(exc.code)},
+            )
             raise
         return grant
 
@@ -335,23 +333,21 @@ class TunnelProtocol(MuxSession):
         assert ctx is not None
         check_session(self.broker, ctx)
         grant = self._refusal_audited(ctx, lambda: open_for_tunnel(self.broker, ctx, self.grant_id))
-        with self.broker.transaction() as conn:
-            ledger.append(
-                conn,
-                self.broker.clock,
-                actor=ctx.name,
-                action="connection.open",
-                target=grant_target(grant.service, grant.grant_id),
-                details={
-                    "connection": channel.connection_id,
-                    "grant": grant.grant_id,
-                    "service": grant.service,
-                    "scope": grant.scope,
-                    "kind": grant.kind,
-                    "client": self.client_address,
-                    "target": f"{grant.host}:{grant.port}",
-                },
-            )
+        ledger.record(
+            self.broker,
+            actor=ctx.name,
+            action="connection.open",
+            target=grant_target(grant.service, grant.grant_id),
+            details={
+                "connection": channel.connection_id,
+                "grant": grant.grant_id,
+                "service": grant.service,
+                "scope": grant.scope,
+                "kind": grant.kind,
+                "client": self.client_address,
+                "target": f"{grant.host}:{grant.port}",
+            },
+        )
         channel.opened = True
 
     def channel_finished(self, channel: Channel) -> None:
@@ -402,15 +398,13 @@ class TunnelProtocol(MuxSession):
         from access.broker import ledger
         from access.broker.grants import grant_target
 
-        with self.broker.transaction() as conn:
-            ledger.append(
-                conn,
-                self.broker.clock,
-                actor=actor,
-                action="connection.close",
-                target=grant_target(str(details["service"]), str(details["grant"])),
-                details=details,
-            )
+        ledger.record(
+            self.broker,
+            actor=actor,
+            action="connection.close",
+            target=grant_target(str(details["service"]), str(details["grant"])),
+            details=details,
+        )
 
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:
