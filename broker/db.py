@@ -216,8 +216,18 @@ def create_engine(url: str) -> Engine:
     elif parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Every transaction takes SQLite's one write lock (BEGIN IMMEDIATE, below), so a process
+        # gains nothing from a second connection: with one, threads queue in the pool and start
+        # the moment it is free, instead of sleep-polling in SQLite's busy handler (1 ms, then
+        # 2, 5, ... ms per try). The busy timeout still covers other processes (admin commands).
+        pooling: dict[str, Any] = {}
+        if parsed.database and parsed.database != ":memory:":
+            pooling = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 10}
         engine = sa.create_engine(
-            parsed, connect_args={"check_same_thread": False, "timeout": 10}, hide_parameters=True
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            hide_parameters=True,
+            **pooling,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)

@@ -44,6 +44,7 @@ __all__ = [
     "grant_state",
     "grant_target",
     "list_grants",
+    "open_connection",
     "open_for_tunnel",
     "request_grant",
     "revoke_grant",
@@ -369,7 +370,49 @@ def open_for_tunnel(broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGr
         Unavailable: the database could not be reached.
     """
     with broker.transaction() as conn:
-        row = _fetch(conn, grant_id)
+        return _usable_for_tunnel(conn, broker, ctx, grant_id)
+
+
+def open_connection(
+    broker: Broker, ctx: AuthContext, grant_id: str, *, connection_id: str, client: str
+) -> TunnelGrant:
+    """One more connection through a tunnel: in one transaction, check that the sign-in session
+    behind ``ctx`` is live and ``grant_id`` usable, and write ``connection.open`` (fail closed).
+
+    One transaction rather than one per step: on SQLite each takes the write lock, so this is
+    what a new connection through the tunnel waits for.
+
+    Raises:
+        Unauthenticated: the session was signed out, revoked or expired; the principal disabled.
+        NotFound, Forbidden, Expired: as ``open_for_tunnel``.
+        Unavailable: the database could not be reached, or the ledger not written.
+    """
+    from access.broker.tokens import check_session
+
+    with broker.transaction() as conn:
+        check_session(broker, ctx, conn)
+        grant = _usable_for_tunnel(conn, broker, ctx, grant_id)
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=ctx.name,
+            action="connection.open",
+            target=grant_target(grant.service, grant.grant_id),
+            details={
+                "connection": connection_id,
+                "grant": grant.grant_id,
+                "service": grant.service,
+                "scope": grant.scope,
+                "kind": grant.kind,
+                "client": client,
+                "target": f"{grant.host}:{grant.port}",
+            },
+        )
+    return grant
+
+
+def _usable_for_tunnel(conn: sa.Connection, broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGrant:
+    row = _fetch(conn, grant_id)
     if row is None:
         raise _not_found(grant_id)
     if row.principal_id != ctx.principal_id:

@@ -87,7 +87,12 @@ class Broker:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError) as exc:
+        except (
+            sa.exc.OperationalError,
+            sa.exc.InterfaceError,
+            sa.exc.InternalError,
+            sa.exc.TimeoutError,  # no pooled connection came free in time
+        ) as exc:
             raise Unavailable(
                 "the broker's database is unavailable, so nothing was changed",
                 hint="try again shortly; operators: check the database",

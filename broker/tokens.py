@@ -180,20 +180,23 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
     )
 
 
-def check_session(broker: Broker, ctx: AuthContext) -> None:
+def check_session(broker: Broker, ctx: AuthContext, conn: sa.Connection | None = None) -> None:
     """Check that the sign-in session behind ``ctx`` is still live (not its token's expiry).
 
     A tunnel authenticates once, with a token, and then opens channels for as long as its grant
     lasts: each channel asks again whether the person is still signed in and enabled.
+    ``conn``: check inside the caller's transaction rather than one of its own.
 
     Raises:
         Unauthenticated: the session was revoked or has expired, or the principal is disabled.
         Unavailable: the database could not be reached.
     """
-    _live_session(broker, ctx.session_id, ctx.principal_id)
+    _live_session(broker, ctx.session_id, ctx.principal_id, conn)
 
 
-def _live_session(broker: Broker, session_id: str, principal_id: str) -> Any:
+def _live_session(
+    broker: Broker, session_id: str, principal_id: str, conn: sa.Connection | None = None
+) -> Any:
     query = (
         sa.select(
             sessions.c.principal_id,
@@ -207,7 +210,10 @@ def _live_session(broker: Broker, session_id: str, principal_id: str) -> Any:
         .select_from(sessions.join(principals, sessions.c.principal_id == principals.c.id))
         .where(sessions.c.id == session_id)
     )
-    with broker.transaction() as conn:
+    if conn is None:
+        with broker.transaction() as own:
+            row = own.execute(query).first()
+    else:
         row = conn.execute(query).first()
     now = broker.clock.now()
     if row is None or row.principal_id != principal_id:

@@ -308,6 +308,71 @@ def test_open_for_tunnel_takes_the_target_from_the_policy(broker: Broker) -> Non
         grants.open_for_tunnel(broker, alice, grant.id)
 
 
+def test_open_connection_checks_session_and_grant_and_audits_in_one_go(any_broker: Broker) -> None:
+    from access.broker import tokens
+    from access.broker.errors import Unauthenticated
+    from access.broker.sessions import revoke_session
+    from tests.broker.conftest import add_user, audit_rows, login
+
+    broker = any_broker
+    issued = login(broker, add_user(broker))
+    ctx = tokens.authenticate(broker, issued.access_token)
+    grant = grants.request_grant(broker, ctx, req())
+    opened = grants.open_connection(broker, ctx, grant.id, connection_id="c-1", client="127.0.0.1:5000")
+    assert (opened.grant_id, opened.host, opened.port) == (grant.id, "127.0.0.1", 5432)
+    [entry] = audit_rows(broker, "connection.open")
+    assert entry["details"] == {
+        "connection": "c-1",
+        "grant": grant.id,
+        "service": "svc-payments",
+        "scope": "read",
+        "kind": "postgres",
+        "client": "127.0.0.1:5000",
+        "target": "127.0.0.1:5432",
+    }
+    # A refusal, for either reason, writes nothing: the caller audits refusals on its own.
+    grants.revoke_grant(broker, ctx, grant.id)
+    with pytest.raises(Forbidden, match="revoked"):
+        grants.open_connection(broker, ctx, grant.id, connection_id="c-2", client="x")
+    with broker.transaction() as conn:
+        revoke_session(conn, broker.clock, issued.session_id, "logout")
+    live = grants.request_grant(broker, ctx, req())
+    with pytest.raises(Unauthenticated, match="signed out or revoked"):
+        grants.open_connection(broker, ctx, live.id, connection_id="c-3", client="x")
+    assert len(audit_rows(broker, "connection.open")) == 1
+
+
+def test_a_sqlite_broker_queues_its_threads_for_one_connection(make_broker: Callable[..., Broker]) -> None:
+    """SQLite has one write lock and every transaction takes it: threads wait in the pool (woken
+    at once) rather than in SQLite's busy handler (sleeps of 1 ms and more)."""
+    import threading
+
+    from access.broker.errors import Unavailable
+
+    broker = make_broker()  # SQLite
+    assert broker.engine.dialect.name == "sqlite"
+    assert broker.engine.pool.size() == 1
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with broker.transaction():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        broker.engine.pool._timeout = 0.05  # type: ignore[attr-defined]  # the wait, made short
+        with pytest.raises(Unavailable, match="database is unavailable"), broker.transaction():
+            pass
+    finally:
+        release.set()
+        holder.join(10)
+    with broker.transaction() as conn:  # free again
+        assert conn.execute(sa.select(1)).scalar_one() == 1
+
+
 def test_list_grants_newest_first_with_effective_state(broker: Broker, clock: FakeClock) -> None:
     alice = add_principal(broker, "alice")
     first = grants.request_grant(broker, alice, req(ttl="1m"))
