@@ -109,12 +109,8 @@ _ENDED_BY_CODE = {4010: "expired", 4011: "revoked", 4012: "locked"}
 class ClientSession(MuxSession):
     """The CLI's WebSocket to the broker: the handshake, then local connections as channels."""
 
-    client = True
-    remote_closed = "broker closed"
-    local_closed = "client closed"
-
     def __init__(self, forwarder: Forwarder) -> None:
-        super().__init__()
+        super().__init__(client=True)
         self.forwarder = forwarder
         self.ready = False  # the handshake succeeded: channels can open
         self.failed = False  # the handshake failed: this session will never be ready
@@ -175,10 +171,7 @@ class ClientSession(MuxSession):
             if channel.why is None:
                 self._open(channel)
 
-    def data_received(self, data: bytes) -> None:
-        if self.open:
-            self.feed(data)
-            return
+    def handshake_received(self, data: bytes) -> None:
         response = self._response
         if response is None or response.done():
             return

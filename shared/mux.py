@@ -231,15 +231,16 @@ class MuxSession(asyncio.BufferedProtocol):
     """The WebSocket end of the tunnel: frames <-> channel messages <-> ``Channel`` objects.
 
     ``client`` is True on the CLI side (its frames are masked, it expects unmasked ones).
-    Subclasses do the HTTP handshake (``data_received`` before ``start``) and override
+    Subclasses do the HTTP handshake (``handshake_received``, until ``start``) and override
     ``on_open``, ``on_open_ok``, ``on_open_fail``, ``channel_finished`` and ``finished``.
     """
 
-    client = False
-    # What a channel's ``why`` says when the other side of the tunnel closed it.
-    remote_closed = "client closed"
-
-    def __init__(self) -> None:
+    def __init__(self, *, client: bool = False) -> None:
+        self.client = client
+        # What a channel's ``why`` says when the other side of the tunnel closed it, and when
+        # the channel's own TCP peer did.
+        self.remote_closed = "broker closed" if client else "client closed"
+        self.local_closed = "client closed" if client else "target closed"
         self.transport: asyncio.Transport | None = None
         self.open = False  # relaying frames <-> channels
         self.channels: dict[int, Channel] = {}
@@ -275,11 +276,16 @@ class MuxSession(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         # A buffered protocol so that uvloop's TLS layer decrypts into this buffer: as a plain
         # protocol, every TLS read allocated (and mostly freed) a 256 KiB bytes object.
-        self.data_received(bytes(self._read_view[:nbytes]))
+        if self.open:
+            self.feed(bytes(self._read_view[:nbytes]))
+        else:
+            self.handshake_received(bytes(self._read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self.open:
             self.feed(data)
+        else:
+            self.handshake_received(data)
 
     def eof_received(self) -> bool | None:
         return None  # close our end too: there is no half-close in WebSocket
@@ -509,8 +515,6 @@ class MuxSession(asyncio.BufferedProtocol):
         self.channel_finished(channel)
         self._maybe_finish()
 
-    local_closed = "target closed"  # a channel's ``why`` when its TCP peer closed it
-
     # -- the end ---------------------------------------------------------------------------
 
     def close(self, code: int, reason: str, *, why: str) -> None:
@@ -558,6 +562,9 @@ class MuxSession(asyncio.BufferedProtocol):
         self.finished()
 
     # -- for subclasses --------------------------------------------------------------------
+
+    def handshake_received(self, data: bytes) -> None:
+        """Bytes read before ``start``: the subclass's HTTP handshake (dropped here)."""
 
     def on_open(self, channel_id: int) -> None:
         """Broker: the CLI asks for channel ``channel_id``."""

@@ -145,9 +145,6 @@ class BrokerChannel(Channel):
 class TunnelProtocol(MuxSession):
     """One tunnel WebSocket, from the upgrade request to its channels' close audit entries."""
 
-    remote_closed = "client closed"
-    local_closed = "target closed"
-
     def __init__(self, config: Any, server_state: Any, app_state: Any = None, **_: Any) -> None:
         super().__init__()
         self.broker: Broker = config.app.state.broker
@@ -172,10 +169,7 @@ class TunnelProtocol(MuxSession):
         if isinstance(peer, tuple) and peer:
             self.client_address = str(peer[0])
 
-    def data_received(self, data: bytes) -> None:
-        if self.open:
-            self.feed(data)
-            return
+    def handshake_received(self, data: bytes) -> None:
         if self._handshake is not None:
             return  # reading is paused; a client must not send frames before our 101
         self._head += data

@@ -368,11 +368,8 @@ def test_a_pong_keeps_the_tunnel_open() -> None:
 
 
 def test_the_cli_side_masks_and_refuses_opens() -> None:
-    class Cli(MuxSession):
-        client = True
-
     async def main() -> None:
-        session = Cli()
+        session = MuxSession(client=True)
         ws = FakeTransport(session)
         session.connection_made(ws)
         session.start()
