@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-tls", action="store_true", help="plain-HTTP broker (comparison only)")
     args = parser.parse_args()
+    print(bench.access_build(), flush=True)
     with bench.workspace() as (tmp, procs):
         bench.prepare_pgbench(PG_URL)
         targets = {

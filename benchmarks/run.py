@@ -399,6 +399,12 @@ def rtt_us(port: int, samples: int) -> dict[str, float]:
     return {"p50": statistics.median(times), "p99": percentile(times, 99)}
 
 
+def access_build() -> str:
+    """What ``access --version`` says: the version, and whether the tunnel runs compiled."""
+    done = subprocess.run([str(BIN / "access"), "--version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
 def percentile(values: list[float], pct: int) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
@@ -548,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             "broker_tls": True,
         },
         "machine": {
+            "access": access_build(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -556,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=2) + "\n")
-    log(f"wrote {args.output} ({document['seconds']} s)")
+    log(f"{document['machine']['access']}; wrote {args.output} ({document['seconds']} s)")
     return 0
 
 

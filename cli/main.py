@@ -48,7 +48,11 @@ def _version(value: bool) -> None:
             number = version("access-jit")
         except PackageNotFoundError:
             number = "unknown"
-        typer.echo(f"access {number}")
+        from access.shared import mux
+
+        # setup.py compiles the tunnel's hot path where it can; say which one runs.
+        build = "pure-Python tunnel" if mux.__file__.endswith(".py") else "compiled tunnel"
+        typer.echo(f"access {number} ({build})")
         raise typer.Exit()
 
 

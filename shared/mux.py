@@ -24,6 +24,8 @@ import logging
 import time
 from typing import Any, cast
 
+from mypy_extensions import mypyc_attr
+
 from access.shared.muxframe import (
     CLOSE,
     DATA,
@@ -73,6 +75,8 @@ FLOOD_COUNT = 1024
 FLOOD_MIN_AVERAGE = 16
 
 
+# Compiled with mypyc where possible (setup.py); the CLI and the broker subclass these classes.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Channel(asyncio.Protocol):
     """One TCP connection carried as a channel of a ``MuxSession``.
 
@@ -227,6 +231,7 @@ class Channel(asyncio.Protocol):
                 self.transport.abort()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MuxSession(asyncio.BufferedProtocol):
     """The WebSocket end of the tunnel: frames <-> channel messages <-> ``Channel`` objects.
 

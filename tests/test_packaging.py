@@ -1,24 +1,28 @@
-"""Installing the project puts only ``access/`` into site-packages: no generic ``cli`` or ``shared``."""
+"""Installing the project puts only ``access/`` into site-packages: no generic ``cli`` or ``shared``;
+the tunnel's hot path comes compiled (mypyc) or, asked for or unbuildable, as pure Python."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
+def _build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
     # Build from a copy: setuptools writes build/ next to the sources, and a stale build/ in the
     # working tree could put deleted modules back into the wheel.
     source = tmp_path / "src"
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".git", ".venv", ".nox", "build", "*.egg-info", "__pycache__"),
+        ignore=shutil.ignore_patterns(".git", ".venv", ".nox", "build", "*.egg-info", "__pycache__", "*.so"),
     )
     subprocess.run(
         [
@@ -37,8 +41,22 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
         capture_output=True,
         cwd=tmp_path,
         timeout=300,
+        env={**os.environ, **env},
     )
     (wheel,) = tmp_path.glob("access_jit-*.whl")
+    return wheel
+
+
+BUILDS = {
+    "compiled": {},
+    "pure": {"ACCESS_PURE_PYTHON": "1"},
+    "no-compiler": {"CC": "false"},  # a machine without a working C compiler
+}
+
+
+@pytest.mark.parametrize("build", sorted(BUILDS))
+def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
+    wheel = _build_wheel(tmp_path, BUILDS[build])
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"access"}, f"unexpected top-level entries in the wheel: {sorted(top)}"
@@ -46,6 +64,7 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
         "access/cli/main.py",
         "access/broker/app.py",
         "access/shared/models.py",
+        "access/shared/mux.py",
         "access/broker/migrations/versions/0001_initial_schema.py",
         "access/broker/migrations/script.py.mako",
     ):
@@ -55,6 +74,33 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path) -> None:
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "access = access.cli.main:main" in text
     assert "access-broker = access.broker.admin:main" in text
+    # The tunnel's hot path: compiled by mypyc (this machine has a C compiler), or not at all.
+    compiled = sorted(name.split("/")[-1].split(".")[0] for name in names if name.endswith(".so"))
+    if build != "compiled":
+        assert compiled == []
+        assert build != "pure" or wheel.name.endswith("-py3-none-any.whl")
+        return
+    assert compiled == ["_speedups__mypyc", "mux", "muxframe", "wsframe"]
+    assert all(name.startswith("access/shared/") for name in names if name.endswith(".so"))
+    # The compiled modules import and frame bytes as the sources do.
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    code = (
+        "import access.shared.mux as mux, access.shared.wsframe as ws; "
+        "assert not mux.__file__.endswith('.py'), mux.__file__; "
+        "frame = ws.masked_frame(b'hello'); "
+        "assert ws.FrameParser(expect_masked=True).feed(frame) == [(ws.OP_BINARY, b'hello')]; "
+        "print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=unpacked,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(unpacked)},
+    )
+    assert result.stdout.strip() == "ok", result.stderr
 
 
 def test_source_folders_do_not_leak_as_top_level_modules() -> None:

@@ -100,9 +100,13 @@ def test_every_command_that_prints_data_has_json_output(name: str) -> None:
     assert output.type_descriptor.annotation is Output and output.default == Output.text
 
 
-def test_version() -> None:
+def test_version_says_whether_the_tunnel_is_compiled() -> None:
+    from access.shared import mux
+
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.startswith("access ")
+    compiled = not mux.__file__.endswith(".py")
+    assert ("(compiled tunnel)" if compiled else "(pure-Python tunnel)") in result.stdout
 
 
 def test_globals_default_when_a_command_runs_alone() -> None:
