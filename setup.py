@@ -2,7 +2,7 @@
 the rest of the project's metadata).
 
 ``shared/mux.py``, ``shared/muxframe.py`` and ``shared/wsframe.py`` run once per message through
-the tunnel; compiled, they cost about a fifth less CPU per message (docs/tunnel.md). They are
+the tunnel; compiled, they cost about a sixth less user-space CPU (docs/tunnel.md). They are
 plain, strictly typed Python too, and that is what runs when compiling is not possible:
 
 * ``ACCESS_PURE_PYTHON=1`` asks for no compiling;

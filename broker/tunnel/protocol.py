@@ -319,28 +319,19 @@ class TunnelProtocol(MuxSession):
 
     def _authorize_channel(self, channel: BrokerChannel) -> None:
         """Worker thread: the sign-in session and the grant still live, then ``connection.open``."""
-        from access.broker import ledger
-        from access.broker.grants import grant_target, open_for_tunnel
-        from access.broker.tokens import check_session
+        from access.broker.grants import open_connection
 
         ctx = self.ctx
         assert ctx is not None
-        check_session(self.broker, ctx)
-        grant = self._refusal_audited(ctx, lambda: open_for_tunnel(self.broker, ctx, self.grant_id))
-        ledger.record(
-            self.broker,
-            actor=ctx.name,
-            action="connection.open",
-            target=grant_target(grant.service, grant.grant_id),
-            details={
-                "connection": channel.connection_id,
-                "grant": grant.grant_id,
-                "service": grant.service,
-                "scope": grant.scope,
-                "kind": grant.kind,
-                "client": self.client_address,
-                "target": f"{grant.host}:{grant.port}",
-            },
+        self._refusal_audited(
+            ctx,
+            lambda: open_connection(
+                self.broker,
+                ctx,
+                self.grant_id,
+                connection_id=channel.connection_id,
+                client=self.client_address,
+            ),
         )
         channel.opened = True
 
