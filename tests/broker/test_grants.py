@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -12,16 +13,27 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from access.broker import grants
+from access.broker import grants, tokens
 from access.broker.clock import FakeClock
 from access.broker.db import audit_log, principals
 from access.broker.db import grants as grants_table
-from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest, NotFound
+from access.broker.errors import (
+    Conflict,
+    Expired,
+    Forbidden,
+    GrantDenied,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from access.broker.events import Event, GrantEnded
 from access.broker.policy import Policy
 from access.broker.principal import AuthContext
 from access.broker.runtime import Broker
+from access.broker.sessions import revoke_session
 from access.shared.models import GrantRequest, GrantState
+from tests.broker.conftest import add_user, audit_rows, login
 from tests.conftest import DEFAULT_POLICY
 
 
@@ -309,10 +321,6 @@ def test_open_for_tunnel_takes_the_target_from_the_policy(broker: Broker) -> Non
 
 
 def test_open_connection_checks_session_and_grant_and_audits_in_one_go(any_broker: Broker) -> None:
-    from access.broker import tokens
-    from access.broker.errors import Unauthenticated
-    from access.broker.sessions import revoke_session
-    from tests.broker.conftest import add_user, audit_rows, login
 
     broker = any_broker
     issued = login(broker, add_user(broker))
@@ -345,10 +353,6 @@ def test_open_connection_checks_session_and_grant_and_audits_in_one_go(any_broke
 def test_a_sqlite_broker_queues_its_threads_for_one_connection(make_broker: Callable[..., Broker]) -> None:
     """SQLite has one write lock and every transaction takes it: threads wait in the pool (woken
     at once) rather than in SQLite's busy handler (sleeps of 1 ms and more)."""
-    import threading
-
-    from access.broker.errors import Unavailable
-
     broker = make_broker()  # SQLite
     assert broker.engine.dialect.name == "sqlite"
     assert broker.engine.pool.size() == 1
