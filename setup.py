@@ -41,16 +41,12 @@ def _compiled_extensions() -> list[Any]:
     except ImportError:
         _warn("mypyc is not available")
         return []
-    # mypyc names modules after their paths: lay the sources out as they install (access/shared),
-    # the way the noxfile's typecheck session does for mypy.
-    tree = Path(tempfile.mkdtemp(prefix="access-mypyc-"))
-    atexit.register(shutil.rmtree, tree, ignore_errors=True)
-    (tree / "access").mkdir()
-    (tree / "access" / "__init__.py").write_text("")
-    shutil.copytree(HERE / "shared", tree / "access" / "shared")
+    # mypyc names modules after their paths: access/shared links to shared/, the installed layout.
+    build = Path(tempfile.mkdtemp(prefix="access-mypyc-"))
+    atexit.register(shutil.rmtree, build, ignore_errors=True)
     cwd = Path.cwd()
     try:
-        os.chdir(tree)
+        os.chdir(HERE)
         return list(
             mypycify(
                 # The build environment has none of our dependencies (websockets' C masking
@@ -58,7 +54,7 @@ def _compiled_extensions() -> list[Any]:
                 ["--ignore-missing-imports", *(f"access/shared/{name}.py" for name in HOT_MODULES)],
                 opt_level="3",
                 group_name="access.shared._speedups",
-                target_dir=str(tree / "build"),
+                target_dir=str(build),
             )
         )
     except (Exception, SystemExit) as exc:  # mypyc exits on type errors; any failure: pure Python

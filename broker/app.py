@@ -104,8 +104,8 @@ BackgroundLoop = Callable[[Broker], Coroutine[Any, Any, None]]
 
 
 def _background_loops() -> list[BackgroundLoop]:
-    from access.broker.checkpoints import checkpoint_loop
-    from access.broker.grants import expiry_loop
+    from access.broker.audit.checkpoints import checkpoint_loop
+    from access.broker.grants.service import expiry_loop
     from access.broker.tunnel.registry import watch_loop
 
     return [checkpoint_loop, expiry_loop, watch_loop]
@@ -128,12 +128,14 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if background:
-                from access.broker.checkpoints import write_checkpoint
+                from access.broker.audit.checkpoints import write_checkpoint
 
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(write_checkpoint, broker)
 
-    from access.broker.routes import api, device_page, health, oauth
+    from access.broker.api import health, oauth
+    from access.broker.api import router as api
+    from access.broker.web import device as device_page
 
     app = FastAPI(
         title="access broker",

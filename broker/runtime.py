@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 
-from access.broker import db
 from access.broker.clock import Clock, SystemClock
 from access.broker.errors import Unavailable
-from access.broker.events import EventBus
+from access.broker.events.bus import EventBus
 from access.broker.keys import load_or_create_key
-from access.broker.policy import Policy
+from access.broker.policy.model import Policy
 from access.broker.settings import Settings
+from access.broker.store import db
 
 __all__ = ["Broker"]
 

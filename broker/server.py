@@ -29,7 +29,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         Unavailable: the database cannot be reached.
         OSError: the address cannot be bound.
     """
-    from access.broker.admin_common import bind_socket
+    from access.broker.admin.common import bind_socket
     from access.broker.app import create_app
     from access.broker.runtime import Broker
     from access.broker.tunnel.protocol import TunnelProtocol

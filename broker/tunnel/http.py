@@ -10,10 +10,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from access.broker import ledger
-from access.broker.deps import BrokerDep, CurrentPrincipal
+from access.broker.api.deps import BrokerDep, CurrentPrincipal
+from access.broker.audit import ledger
+from access.broker.auth.principal import AuthContext
 from access.broker.kinds import kind_for
-from access.broker.principal import AuthContext
 from access.broker.runtime import Broker
 from access.shared.kinds import ConnectionInfo
 
@@ -29,7 +29,7 @@ def connection_details(broker: Broker, ctx: AuthContext, grant_id: str) -> Conne
         NotFound / Forbidden / Expired: the grant is not the caller's or not usable now.
         Unavailable: the database, or the service's configured password source, failed.
     """
-    from access.broker.grants import grant_target, open_for_tunnel
+    from access.broker.grants.service import grant_target, open_for_tunnel
 
     grant = open_for_tunnel(broker, ctx, grant_id)
     info = kind_for(grant.kind).connection_details(grant=grant)

@@ -52,8 +52,8 @@ from access.shared.wsframe import (
 )
 
 if TYPE_CHECKING:
-    from access.broker.grants import TunnelGrant
-    from access.broker.principal import AuthContext
+    from access.broker.auth.principal import AuthContext
+    from access.broker.grants.service import TunnelGrant
     from access.broker.runtime import Broker
 
 __all__ = ["CONNECT_TIMEOUT", "TUNNEL_PATH", "TunnelProtocol", "TunnelRequest", "parse_request"]
@@ -222,14 +222,14 @@ class TunnelProtocol(MuxSession):
 
     def _authorize(self, request: TunnelRequest) -> tuple[AuthContext, TunnelGrant]:
         """Worker thread: the token and the grant, or a BrokerError (refusals are audited)."""
-        from access.broker.grants import open_for_tunnel
-        from access.broker.tokens import authenticate
+        from access.broker.auth.tokens import authenticate
+        from access.broker.grants.service import open_for_tunnel
 
         ctx = authenticate(self.broker, request.token)
         return ctx, self._refusal_audited(ctx, lambda: open_for_tunnel(self.broker, ctx, request.grant_id))
 
     def _refusal_audited(self, ctx: AuthContext, check: Any) -> TunnelGrant:
-        from access.broker import ledger
+        from access.broker.audit import ledger
 
         try:
             grant: TunnelGrant = check()
@@ -319,7 +319,7 @@ class TunnelProtocol(MuxSession):
 
     def _authorize_channel(self, channel: BrokerChannel) -> None:
         """Worker thread: the sign-in session and the grant still live, then ``connection.open``."""
-        from access.broker.grants import open_connection
+        from access.broker.grants.service import open_connection
 
         ctx = self.ctx
         assert ctx is not None
@@ -380,8 +380,8 @@ class TunnelProtocol(MuxSession):
         registry_for(self.broker).remove(self)
 
     def _audit_close(self, actor: str, details: dict[str, Any]) -> None:
-        from access.broker import ledger
-        from access.broker.grants import grant_target
+        from access.broker.audit import ledger
+        from access.broker.grants.service import grant_target
 
         ledger.record(
             self.broker,

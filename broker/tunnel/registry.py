@@ -20,11 +20,11 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from access.broker.errors import BrokerError
-from access.broker.events import Event, GrantEnded, PrincipalLocked
+from access.broker.events.bus import Event, GrantEnded, PrincipalLocked
 from access.shared.models import GrantState
 
 if TYPE_CHECKING:
-    from access.broker.grants import TunnelGrant
+    from access.broker.grants.service import TunnelGrant
     from access.broker.runtime import Broker
 
 __all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "registry_for", "watch_loop"]
@@ -142,7 +142,7 @@ async def watch_loop(broker: Broker) -> None:
     Database errors are logged and retried on the next tick (expiry timers and in-process
     events keep cutting meanwhile).
     """
-    from access.broker.grants import grant_state
+    from access.broker.grants.service import grant_state
 
     registry = registry_for(broker)
     loop = asyncio.get_running_loop()

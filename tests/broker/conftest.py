@@ -12,10 +12,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from access.broker import identity
-from access.broker.db import audit_log
+from access.broker.auth import identity
+from access.broker.auth.sessions import TokenSet, start_session
 from access.broker.runtime import Broker
-from access.broker.sessions import TokenSet, start_session
+from access.broker.store.db import audit_log
 
 PASSWORD = "correct horse battery staple"
 BASE_URL = "https://broker.test"

@@ -12,8 +12,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from access.broker import db, identity
+from access.broker.auth import identity
 from access.broker.runtime import Broker
+from access.broker.store import db
 from tests.broker.conftest import PASSWORD, DevicePage, add_user, ledger_text, poll, start_device
 
 pytestmark = pytest.mark.anyio

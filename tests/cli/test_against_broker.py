@@ -56,7 +56,7 @@ def cli_client(make_broker: Callable[..., Any], tmp_path: Path) -> Iterator[tupl
 
 
 def test_service_account_core_loop(cli_client: tuple[BrokerClient, Any]) -> None:
-    from access.broker.identity import create_service_account
+    from access.broker.auth.identity import create_service_account
 
     client, broker = cli_client
     client_id, secret = create_service_account(broker, "deploy-bot", ["ci"])

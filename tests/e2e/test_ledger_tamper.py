@@ -11,8 +11,8 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from access.broker import db
-from access.broker.ledger_ddl import append_only_ddl, drop_append_only_ddl
+from access.broker.store import db
+from access.broker.store.ledger_ddl import append_only_ddl, drop_append_only_ddl
 from tests.e2e.conftest import BrokerProcess, Cli
 
 pytestmark = pytest.mark.e2e

@@ -1,0 +1,1 @@
+"""The `access-broker` commands (typer): serve, migrate, users, service-accounts, policy, audit."""

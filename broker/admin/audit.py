@@ -1,0 +1,137 @@
+"""``access-broker audit``: verify the ledger, write and export checkpoints, export entries.
+
+Exit codes of ``audit verify``: 0 the ledger is intact; 1 it is not (the first bad entry is
+named); 2 bad usage (e.g. an unreadable checkpoints file).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail
+
+__all__ = ["audit_app"]
+
+audit_app = typer.Typer(
+    help="Verify and export the tamper-evident audit ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+Output = Annotated[str, typer.Option("-o", "--output", help="text or json")]
+OutFile = Annotated[Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")]
+
+
+def _check_output(output: str) -> None:
+    if output not in ("text", "json"):
+        raise fail(f"unknown output format {output!r}: use text or json", code=2)
+
+
+@audit_app.command()
+def verify(
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option("--checkpoints", help="Also check against checkpoints exported earlier (JSON lines)"),
+    ] = None,
+    output: Output = "text",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Check every entry's hash, the chain and every signed checkpoint; exit 1 naming the first bad entry."""
+    from access.broker.audit.checkpoints import load_checkpoints_file, verify_ledger
+
+    _check_output(output)
+    external = None
+    if checkpoints is not None:
+        try:
+            external = load_checkpoints_file(checkpoints)
+        except (OSError, ValueError) as exc:
+            raise fail(f"cannot use {checkpoints}: {exc}", code=2) from exc
+    with admin_broker(data_dir, database_url) as broker:
+        result = verify_ledger(broker.engine, broker.audit_key.public_key(), external)
+    if output == "json":
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        for warning in result.warnings:
+            typer.echo(f"warning: {warning}", err=True)
+        if result.ok:
+            typer.echo(result.summary())
+            if result.unsigned_tail:
+                typer.echo(
+                    f"note: the last {result.unsigned_tail} entries are not covered by a checkpoint yet "
+                    "(run `access-broker audit checkpoint`)",
+                    err=True,
+                )
+        else:
+            for problem in result.problems:
+                typer.echo(f"error: {problem.message}", err=True)
+            typer.echo(
+                f"ledger FAILED verification: {len(result.problems)} problem(s) in {result.entries} entries",
+                err=True,
+            )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command()
+def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Sign and store a checkpoint of the ledger now."""
+    from access.broker.audit.checkpoints import write_checkpoint
+
+    with admin_broker(data_dir, database_url) as broker:
+        made = write_checkpoint(broker)
+    if made is None:
+        typer.echo("nothing new since the last checkpoint", err=True)
+    else:
+        typer.echo(f"checkpoint at seq {made.seq} (head {made.head_hash[:16]}…), key {made.key_id}", err=True)
+
+
+@audit_app.command("export-checkpoints")
+def export_checkpoints(
+    out: OutFile = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print every signed checkpoint as JSON lines (with the public key), to keep outside the database."""
+    from access.broker.audit.checkpoints import export_checkpoints as export
+
+    with admin_broker(data_dir, database_url) as broker, broker.engine.connect() as conn:
+        lines = list(export(conn, broker.audit_key))
+    _write_lines(lines, out)
+    typer.echo(f"{len(lines)} checkpoint(s) exported", err=True)
+
+
+@audit_app.command("export")
+def export_entries(
+    since: Annotated[
+        str | None, typer.Option(help="Only entries this recent: 1h, 7d, or an ISO-8601 time")
+    ] = None,
+    out: OutFile = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Print ledger entries, oldest first, as JSON lines (with their hashes)."""
+    from access.broker.audit.checkpoints import export_entries as export
+    from access.broker.audit.search import parse_since
+
+    with admin_broker(data_dir, database_url) as broker:
+        start = parse_since(since, broker.clock.now())  # a bad --since is InvalidRequest: exit 2
+        with broker.engine.connect() as conn:
+            _write_lines(export(conn, start), out)
+
+
+def _write_lines(lines: Any, out: Path | None) -> None:
+    if out is None:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        return
+    with out.open("w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(line + "\n")

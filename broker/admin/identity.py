@@ -1,0 +1,157 @@
+"""``access-broker users ...`` and ``access-broker service-accounts ...``: the embedded directory.
+
+Secrets never pass through argv: passwords come from stdin (``--password-stdin``) or a hidden
+prompt, and a service account's client secret is printed once, at creation.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail
+from access.broker.auth import identity
+from access.broker.runtime import Broker
+
+__all__ = ["admin_actor", "service_accounts_app", "users_app"]
+
+users_app = typer.Typer(help="Manage users of the embedded directory.", no_args_is_help=True)
+service_accounts_app = typer.Typer(
+    help="Manage service accounts (OAuth client credentials for pipelines).", no_args_is_help=True
+)
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+Groups = Annotated[list[str] | None, typer.Option("--group", "-g", help="Group membership (repeatable)")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format")]
+
+
+def admin_actor() -> str:
+    """The audit actor for admin commands: ``admin:<os user>``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):
+        user = "unknown"
+    return f"admin:{user}"[:64]
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line.removesuffix("\n").removesuffix("\r")
+    if not sys.stdin.isatty():
+        raise fail("no password given", "pipe it in with --password-stdin", code=2)
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Repeat password: "):
+        raise fail("the passwords do not match; nothing was changed", code=2)
+    return first
+
+
+def _print_principals(broker: Broker, kind: str, output: Output) -> None:
+    records = [p for p in identity.list_principals(broker) if p.kind == kind]
+    if output is Output.json:
+        typer.echo(json.dumps([p.to_dict() for p in records], indent=2))
+        return
+    if not records:
+        typer.echo(f"no {kind.replace('_', ' ')}s yet", err=True)
+        return
+    header = ("NAME", "GROUPS", "STATUS", "CREATED", "CLIENT ID" if kind == identity.SERVICE_ACCOUNT else "")
+    rows = [header]
+    for p in records:
+        status = "disabled" if p.disabled else "active"
+        created = p.created_at.strftime("%Y-%m-%d %H:%M UTC")
+        rows.append((p.name, ",".join(p.groups) or "-", status, created, p.client_id or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None:
+    with admin_broker(data_dir, database_url) as broker:
+        ended = identity.disable_principal(broker, name, admin_actor())
+    typer.echo(f"disabled {name}: sessions revoked, {len(ended)} active grant(s) ended", err=True)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="User name (lowercase letters, digits, '.', '_', '-')")],
+    group: Groups = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin")
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Add a user. The password comes from stdin or a hidden prompt, never from argv."""
+    password = _read_password(password_stdin)
+    with admin_broker(data_dir, database_url) as broker:
+        identity.create_user(broker, name, group or [], password, actor=admin_actor())
+    groups = ", ".join(sorted(set(group or []))) or "no groups"
+    typer.echo(f"added user {name} ({groups})", err=True)
+
+
+@users_app.command("list")
+def users_list(
+    output: OutputOpt = Output.text, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """List users."""
+    with admin_broker(data_dir, database_url) as broker:
+        _print_principals(broker, identity.USER, output)
+
+
+@users_app.command("disable")
+def users_disable(
+    name: Annotated[str, typer.Argument(help="User to disable")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Disable a user: revoke their sessions and end their active grants (tunnels close)."""
+    _disable(name, data_dir, database_url)
+
+
+@service_accounts_app.command("add")
+def service_accounts_add(
+    name: Annotated[str, typer.Argument(help="Service account name, e.g. deploy-bot")],
+    group: Groups = None,
+    output: OutputOpt = Output.text,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Add a service account and print its client id and secret. The secret is shown only once."""
+    with admin_broker(data_dir, database_url) as broker:
+        client_id, secret = identity.create_service_account(broker, name, group or [], actor=admin_actor())
+    if output is Output.json:
+        typer.echo(json.dumps({"name": name, "client_id": client_id, "client_secret": secret}, indent=2))
+    else:
+        typer.echo(f"client_id:     {client_id}")
+        typer.echo(f"client_secret: {secret}")
+    typer.echo("store the secret now: it cannot be shown again", err=True)
+
+
+@service_accounts_app.command("list")
+def service_accounts_list(
+    output: OutputOpt = Output.text, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """List service accounts (never their secrets)."""
+    with admin_broker(data_dir, database_url) as broker:
+        _print_principals(broker, identity.SERVICE_ACCOUNT, output)
+
+
+@service_accounts_app.command("disable")
+def service_accounts_disable(
+    name: Annotated[str, typer.Argument(help="Service account to disable")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Disable a service account: revoke its sessions and end its active grants."""
+    _disable(name, data_dir, database_url)

@@ -1,0 +1,1 @@
+"""Thin JSON and OAuth routes: parse, call one service function, return a model."""

@@ -1,0 +1,1 @@
+"""The audit ledger: actions, appends, signed checkpoints, verification and search."""

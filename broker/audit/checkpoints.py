@@ -1,0 +1,447 @@
+"""Signed checkpoints of the audit ledger, and verification of the whole ledger against them.
+
+The hash chain alone catches an edited or deleted entry in the middle, but not someone who
+rewrites every hash after an edit, or cuts entries off the end. A checkpoint pins
+(entry count, head hash) with the broker's Ed25519 audit key: after it, such rewrites no longer
+match a signature the attacker cannot make. Checkpoints live in the database and can be
+exported as JSON lines (with the public key), so that a copy kept elsewhere still catches an
+attacker who also deleted checkpoint rows.
+
+The signed message is the RFC 8785 canonical JSON of
+``{"type": "access-audit-checkpoint/v1", "seq", "head_hash", "at", "key_id"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from access.broker.audit import ledger
+from access.broker.clock import utc
+from access.broker.keys import key_id, public_pem
+from access.broker.runtime import Broker
+from access.broker.store.db import audit_checkpoints, audit_log
+
+__all__ = [
+    "Checkpoint",
+    "Problem",
+    "VerifyResult",
+    "checkpoint_loop",
+    "export_checkpoints",
+    "export_entries",
+    "load_checkpoints",
+    "load_checkpoints_file",
+    "sign_checkpoint",
+    "stored_checkpoints",
+    "verify_ledger",
+    "write_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+_TYPE = "access-audit-checkpoint/v1"
+_BATCH = 1000
+_MAX_PROBLEMS = 50
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    head_hash: str
+    at: datetime
+    key_id: str
+    signature: str  # base64 of the Ed25519 signature over ``message()``
+
+    def message(self) -> bytes:
+        body: dict[str, Any] = {
+            "type": _TYPE,
+            "seq": self.seq,
+            "head_hash": self.head_hash,
+            "at": ledger.format_time(self.at),
+            "key_id": self.key_id,
+        }
+        data: bytes = rfc8785.dumps(body)
+        return data
+
+    def signature_valid(self, public_key: Ed25519PublicKey) -> bool:
+        try:
+            public_key.verify(base64.b64decode(self.signature, validate=True), self.message())
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    def to_json(self, public_key_pem: str | None = None) -> str:
+        data: dict[str, Any] = {
+            "seq": self.seq,
+            "head_hash": self.head_hash,
+            "at": ledger.format_time(self.at),
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
+        if public_key_pem is not None:
+            data["public_key"] = public_key_pem
+        return json.dumps(data, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the ledger. ``seq`` is the first entry it concerns, when known."""
+
+    seq: int | None
+    kind: str  # changed | missing | broken_link | checkpoint_mismatch | truncated | bad_signature | ...
+    message: str
+
+
+@dataclass
+class VerifyResult:
+    entries: int = 0
+    head_hash: str = ledger.GENESIS
+    checkpoints_checked: int = 0
+    last_checkpoint_seq: int | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def unsigned_tail(self) -> int:
+        """Entries after the last checkpoint: no signature covers them yet."""
+        return self.entries - (self.last_checkpoint_seq or 0)
+
+    def summary(self) -> str:
+        if not self.ok:
+            return self.problems[0].message
+        where = f"seq {self.last_checkpoint_seq}" if self.last_checkpoint_seq is not None else "none yet"
+        return f"ledger OK: {self.entries} entries, last checkpoint at {where}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["unsigned_tail"] = self.unsigned_tail
+        return data
+
+
+def sign_checkpoint(key: Ed25519PrivateKey, seq: int, head_hash: str, at: datetime) -> Checkpoint:
+    unsigned = Checkpoint(seq, head_hash, utc(at), key_id(key), "")
+    signature = base64.b64encode(key.sign(unsigned.message())).decode()
+    return Checkpoint(seq, head_hash, unsigned.at, unsigned.key_id, signature)
+
+
+def write_checkpoint(broker: Broker) -> Checkpoint | None:
+    """Sign the ledger's current (entry count, head hash) and store it; None when nothing is new.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        head = conn.execute(
+            sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+        ).first()
+        if head is None:
+            return None
+        last = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.seq))).scalar()
+        if last is not None and last >= head.seq:
+            return None
+        checkpoint = sign_checkpoint(broker.audit_key, head.seq, head.hash, broker.clock.now())
+        conn.execute(
+            audit_checkpoints.insert().values(
+                seq=checkpoint.seq,
+                head_hash=checkpoint.head_hash,
+                at=checkpoint.at,
+                key_id=checkpoint.key_id,
+                signature=checkpoint.signature,
+            )
+        )
+    return checkpoint
+
+
+async def checkpoint_loop(broker: Broker) -> None:
+    """Forever: write a checkpoint every ``settings.checkpoint_interval`` seconds (errors are logged)."""
+    while True:
+        await asyncio.sleep(broker.settings.checkpoint_interval)
+        try:
+            await asyncio.to_thread(write_checkpoint, broker)
+        except Exception:
+            log.exception("writing an audit checkpoint failed; retrying next interval")
+
+
+# ---------------------------------------------------------------- export and import
+
+
+def stored_checkpoints(conn: sa.Connection) -> list[Checkpoint]:
+    """The checkpoints in the database, by seq.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database could not be read.
+    """
+    rows = conn.execute(
+        sa.select(audit_checkpoints).order_by(audit_checkpoints.c.seq, audit_checkpoints.c.id)
+    )
+    return [Checkpoint(r.seq, r.head_hash, r.at, r.key_id, r.signature) for r in rows]
+
+
+def export_checkpoints(conn: sa.Connection, key: Ed25519PrivateKey | Ed25519PublicKey) -> Iterator[str]:
+    """Every stored checkpoint as one JSON line, each carrying the public key (PEM) and key id.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database could not be read.
+    """
+    pem = public_pem(key)
+    for checkpoint in stored_checkpoints(conn):
+        yield checkpoint.to_json(pem)
+
+
+def load_checkpoints(lines: Iterable[str], source: str = "checkpoints") -> list[Checkpoint]:
+    """Parse exported checkpoint JSON lines (blank lines are skipped).
+
+    The ``public_key`` in the file is informational: signatures are checked against the key
+    the verifier trusts, never against one an attacker could have written into the file.
+
+    Raises:
+        ValueError: a line is not a checkpoint; the message names the line.
+    """
+    result = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            result.append(
+                Checkpoint(
+                    seq=int(data["seq"]),
+                    head_hash=str(data["head_hash"]),
+                    at=utc(datetime.fromisoformat(str(data["at"]).replace("Z", "+00:00"))),
+                    key_id=str(data["key_id"]),
+                    signature=str(data["signature"]),
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{source} line {number}: not a checkpoint ({exc})") from exc
+    return result
+
+
+def load_checkpoints_file(path: Path) -> list[Checkpoint]:
+    """Read a file written by ``export_checkpoints``.
+
+    Raises:
+        ValueError: a line is not a checkpoint.
+        OSError: the file cannot be read.
+    """
+    with path.open(encoding="utf-8") as fh:
+        return load_checkpoints(fh, str(path))
+
+
+def export_entries(conn: sa.Connection, since: datetime | None = None) -> Iterator[str]:
+    """Ledger entries (oldest first, read in batches) as JSON lines, each with its hashes.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database could not be read.
+    """
+    after = 0
+    while True:
+        query = sa.select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(_BATCH)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
+        rows = conn.execute(query).all()
+        for row in rows:
+            try:
+                details = json.loads(row.details)
+            except ValueError:
+                details = row.details
+            yield json.dumps(
+                {
+                    "seq": row.seq,
+                    "at": ledger.format_time(row.at),
+                    "actor": row.actor,
+                    "action": row.action,
+                    "target": row.target,
+                    "details": details,
+                    "prev_hash": row.prev_hash,
+                    "hash": row.hash,
+                },
+                separators=(",", ":"),
+            )
+        if len(rows) < _BATCH:
+            return
+        after = rows[-1].seq
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _read_batches(source: sa.Engine | sa.Connection) -> Iterator[Sequence[Any]]:
+    """The ledger in seq order, ``_BATCH`` rows at a time (keyset pagination: memory-bounded).
+
+    With an Engine each batch is its own short read, so a long verification never holds
+    SQLite's write lock (every transaction there is BEGIN IMMEDIATE) against the broker.
+    """
+    after = 0
+    while True:
+        query = sa.select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(_BATCH)
+        if isinstance(source, sa.Engine):
+            with source.connect() as conn:
+                rows = conn.execute(query).all()
+        else:
+            rows = source.execute(query).all()
+        if rows:
+            yield rows
+        if len(rows) < _BATCH:
+            return
+        after = rows[-1].seq
+
+
+def _recomputed(row: Any) -> str | None:
+    try:
+        details = json.loads(row.details)
+    except ValueError:
+        return None
+    if not isinstance(details, dict):
+        return None
+    return ledger.entry_hash(
+        seq=row.seq,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        details=details,
+        prev_hash=row.prev_hash,
+    )
+
+
+def verify_ledger(
+    source: sa.Engine | sa.Connection,
+    public_key: Ed25519PublicKey,
+    checkpoints: Iterable[Checkpoint] | None = None,
+) -> VerifyResult:
+    """Check the whole ledger: every hash, the chain, seq continuity, and every checkpoint.
+
+    ``checkpoints`` adds checkpoints kept outside the database (``load_checkpoints``); they
+    are checked together with the stored ones. Detects an edited entry (names the first bad
+    seq), a deleted entry, a rewritten chain or a cut-off tail (a checkpoint whose head no
+    longer matches, or that counts more entries than the ledger has), and forged checkpoints.
+    Entries after the last checkpoint are covered by the chain only (``unsigned_tail``).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database could not be read.
+    """
+    result = VerifyResult()
+    if isinstance(source, sa.Engine):
+        with source.connect() as conn:
+            stored = stored_checkpoints(conn)
+    else:
+        stored = stored_checkpoints(source)
+    all_checkpoints = _merge(stored, list(checkpoints or ()), result)
+    wanted_id = key_id(public_key)
+    by_seq: dict[int, list[Checkpoint]] = {}
+    for checkpoint in all_checkpoints:
+        if checkpoint.key_id != wanted_id or not checkpoint.signature_valid(public_key):
+            _problem(
+                result,
+                checkpoint.seq,
+                "bad_signature",
+                f"checkpoint at seq {checkpoint.seq} has no valid signature by the audit key {wanted_id} "
+                f"(key id {checkpoint.key_id}): it was forged or altered",
+            )
+            continue
+        by_seq.setdefault(checkpoint.seq, []).append(checkpoint)
+    _walk(source, by_seq, result)
+    result.checkpoints_checked = sum(len(v) for v in by_seq.values())
+    signed = [seq for seq in by_seq if seq <= result.entries]
+    result.last_checkpoint_seq = max(signed) if signed else None
+    for seq in sorted(s for s in by_seq if s > result.entries):
+        _problem(
+            result,
+            result.entries + 1,
+            "truncated",
+            f"entry {result.entries + 1} is missing: a checkpoint signed {seq} entries but the ledger "
+            f"has only {result.entries} (the tail was cut off)",
+        )
+    # The first problem in ledger order is the one to name ("the first bad entry").
+    result.problems.sort(key=lambda p: (p.seq is None, p.seq or 0))
+    return result
+
+
+def _merge(stored: list[Checkpoint], external: list[Checkpoint], result: VerifyResult) -> list[Checkpoint]:
+    seen = {(c.seq, c.head_hash, c.signature) for c in stored}
+    merged = list(stored)
+    for checkpoint in external:
+        if (checkpoint.seq, checkpoint.head_hash, checkpoint.signature) not in seen:
+            result.warnings.append(
+                f"the checkpoint at seq {checkpoint.seq} from the file is not in the database "
+                "(checkpoint rows may have been deleted)"
+            )
+            seen.add((checkpoint.seq, checkpoint.head_hash, checkpoint.signature))
+            merged.append(checkpoint)
+    return merged
+
+
+def _problem(result: VerifyResult, seq: int | None, kind: str, message: str) -> None:
+    if len(result.problems) < _MAX_PROBLEMS:
+        result.problems.append(Problem(seq, kind, message))
+
+
+def _walk(
+    source: sa.Engine | sa.Connection, by_seq: dict[int, list[Checkpoint]], result: VerifyResult
+) -> None:
+    expected_seq = 1
+    prev_hash = ledger.GENESIS
+    good_since = 0  # the last seq confirmed by a matching checkpoint
+    for rows in _read_batches(source):
+        for row in rows:
+            if row.seq != expected_seq:
+                gap = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq} to {row.seq - 1}"
+                _problem(
+                    result,
+                    expected_seq,
+                    "missing",
+                    f"entry {gap} was deleted: the ledger jumps from seq {expected_seq - 1} to {row.seq}",
+                )
+            elif row.prev_hash != prev_hash:
+                # Either the previous entry was edited and its hash recomputed, or this one was
+                # rewritten with a new prev_hash: the chain cannot tell which, so name both.
+                _problem(
+                    result,
+                    row.seq - 1,
+                    "broken_link",
+                    f"entry {row.seq - 1} or {row.seq} was changed: entry {row.seq}'s prev_hash does not "
+                    f"match entry {row.seq - 1}'s hash",
+                )
+            digest = _recomputed(row)
+            if digest != row.hash:
+                _problem(
+                    result,
+                    row.seq,
+                    "changed",
+                    f"entry {row.seq} was changed: its contents ({row.action} by {row.actor}) "
+                    "do not match its hash",
+                )
+            for checkpoint in by_seq.get(row.seq, ()):
+                if checkpoint.head_hash != row.hash:
+                    _problem(
+                        result,
+                        good_since + 1,
+                        "checkpoint_mismatch",
+                        f"entries {good_since + 1} to {row.seq} were rewritten: the checkpoint at seq "
+                        f"{row.seq} signed head {checkpoint.head_hash[:12]}…, "
+                        f"the ledger has {row.hash[:12]}…",
+                    )
+                else:
+                    good_since = row.seq
+            prev_hash = row.hash
+            expected_seq = row.seq + 1
+            result.entries = row.seq
+            result.head_hash = row.hash

@@ -1,0 +1,139 @@
+"""The audit ledger: append-only, hash-chained, with signed checkpoints.
+
+Each entry's ``hash`` is SHA-256 over the RFC 8785 canonical JSON of
+``{seq, at, actor, action, target, details, prev_hash}``; ``prev_hash`` is the previous entry's
+hash (64 zeros for the first). Appends happen inside the caller's transaction, so the action
+and its record commit together or not at all: if the ledger cannot be written, the action
+fails (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import rfc8785
+import sqlalchemy as sa
+
+from access.broker.clock import Clock, utc
+from access.broker.store.db import audit_log
+
+if TYPE_CHECKING:
+    from access.broker.runtime import Broker
+
+__all__ = ["GENESIS", "LedgerEntry", "append", "entry_hash", "format_time", "record"]
+
+GENESIS = "0" * 64
+# Details must never carry secrets. Keys that look like they would are refused outright.
+_SECRET_WORDS = ("password", "secret", "token", "credential", "private_key", "passfile")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def format_time(at: datetime) -> str:
+    return utc(at).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(
+    *,
+    seq: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    details: Mapping[str, Any],
+    prev_hash: str,
+) -> str:
+    """SHA-256 (hex) of the canonical JSON form of one entry."""
+    body: dict[str, Any] = {
+        "seq": seq,
+        "at": format_time(at),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "details": dict(details),
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+
+
+def _check_details(details: Mapping[str, Any]) -> None:
+    for key in details:
+        lowered = key.lower()
+        if any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(("_id", "_kind")):
+            raise ValueError(f"audit details must not carry secrets (key {key!r})")
+
+
+def append(
+    conn: sa.Connection,
+    clock: Clock,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    details: Mapping[str, Any] | None = None,
+) -> LedgerEntry:
+    """Append one entry inside the caller's transaction on ``conn`` and return it.
+
+    Appenders are serialised by the database (PostgreSQL: a transaction-scoped advisory lock;
+    SQLite: BEGIN IMMEDIATE), so concurrent processes extend one chain.
+
+    Raises:
+        ValueError: ``details`` has a key that looks like a secret.
+        sqlalchemy.exc.SQLAlchemyError: the ledger could not be written; the caller's
+            transaction must then fail, and with it the action.
+    """
+    details = dict(details or {})
+    _check_details(details)
+    target = target[:200]
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('access_audit_log'))"))
+    head = conn.execute(
+        sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+    ).first()
+    seq = 1 if head is None else head.seq + 1
+    prev = GENESIS if head is None else head.hash
+    at = clock.now()
+    digest = entry_hash(
+        seq=seq, at=at, actor=actor, action=action, target=target, details=details, prev_hash=prev
+    )
+    conn.execute(
+        audit_log.insert().values(
+            seq=seq,
+            at=at,
+            actor=actor,
+            action=action,
+            target=target,
+            details=json.dumps(details, sort_keys=True, separators=(",", ":")),
+            prev_hash=prev,
+            hash=digest,
+        )
+    )
+    return LedgerEntry(seq, at, actor, action, target, details, prev, digest)
+
+
+def record(
+    broker: Broker, *, actor: str, action: str, target: str, details: Mapping[str, Any] | None = None
+) -> LedgerEntry:
+    """Append one entry in a transaction of its own (for entries that go with no other change).
+
+    Raises:
+        ValueError: ``details`` has a key that looks like a secret.
+        Unavailable: the database could not be reached (see ``Broker.transaction``).
+    """
+    with broker.transaction() as conn:
+        return append(conn, broker.clock, actor=actor, action=action, target=target, details=details)

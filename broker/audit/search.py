@@ -1,0 +1,110 @@
+"""Reading the audit ledger over the API (``GET /v1/audit``): newest first, for audit readers only."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from access.broker.auth.principal import AuthContext
+from access.broker.errors import Forbidden, InvalidRequest
+from access.broker.runtime import Broker
+from access.broker.store.db import audit_log
+from access.shared.durations import DurationError, parse_duration
+from access.shared.models import AuditEntry, AuditPage
+from access.shared.names import is_dns_label, is_principal_name
+
+__all__ = ["MAX_LIMIT", "parse_since", "search_audit"]
+
+MAX_LIMIT = 1000
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """``1h`` (that long ago) or an ISO-8601 time; None for no bound.
+
+    Raises:
+        InvalidRequest: neither a duration nor an ISO-8601 time.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        since: datetime = now - parse_duration(text)
+        return since
+    except DurationError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(
+            f"bad since {text[:40]!r}: give a duration such as 1h or 7d, "
+            "or a time such as 2030-01-01T00:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+
+
+def search_audit(
+    broker: Broker,
+    ctx: AuthContext,
+    *,
+    service: str | None = None,
+    actor: str | None = None,
+    since: str | None = None,
+    limit: int = 100,
+) -> AuditPage:
+    """Ledger entries matching the filters, newest first. Only for the policy's audit readers.
+
+    Raises:
+        Forbidden: the policy's ``audit.readers`` do not include the caller.
+        InvalidRequest: a bad filter (service or actor name, since, limit).
+        Unavailable: the database could not be reached.
+    """
+    if not broker.policy.can_read_audit(ctx):
+        raise Forbidden(
+            "your policy does not let you read the audit log",
+            hint="ask an operator to add you (or a group of yours) to audit.readers in the broker's policy",
+        )
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}")
+    query = sa.select(audit_log)
+    if service:
+        if not is_dns_label(service):
+            raise InvalidRequest(f"bad service name {service[:63]!r}", hint="see `access services`")
+        # Grant and connection entries target "service:NAME/GRANT" (see grants.grant_target).
+        query = query.where(
+            sa.or_(
+                audit_log.c.target == f"service:{service}",
+                audit_log.c.target.startswith(f"service:{service}/"),
+            )
+        )
+    if actor:
+        if not is_principal_name(actor) and actor != "broker":
+            raise InvalidRequest(f"bad actor name {actor[:64]!r}")
+        query = query.where(audit_log.c.actor == actor)
+    start = parse_since(since, broker.clock.now())
+    if start is not None:
+        query = query.where(audit_log.c.at >= start)
+    with broker.transaction() as conn:
+        rows = conn.execute(query.order_by(audit_log.c.seq.desc()).limit(limit)).all()
+    return AuditPage(
+        entries=[
+            AuditEntry(
+                seq=row.seq,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                target=row.target,
+                details=_details(row.details),
+                hash=row.hash,
+            )
+            for row in rows
+        ]
+    )
+
+
+def _details(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"unparseable": text[:200]}
+    return value if isinstance(value, dict) else {"value": value}

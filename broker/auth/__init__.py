@@ -1,0 +1,1 @@
+"""Who is calling: tokens, sessions, the device flow, rate limits and identity sources."""

@@ -1,0 +1,88 @@
+"""Sliding-window rate limits kept in the database, so every broker replica sees the same counts.
+
+Used against guessing: wrong user codes per client IP, wrong passwords per username and IP.
+Each failure is one row in ``rate_events``; a key is limited when it has ``limit`` rows in the
+last ``window``. Rows older than the window are pruned whenever the key is hit again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from access.broker.clock import Clock
+from access.broker.errors import RateLimited
+from access.broker.store.db import rate_events
+
+__all__ = [
+    "DEVICE_STARTS",
+    "PASSWORD_FAILURES",
+    "USER_CODE_GUESSES",
+    "Limit",
+    "check",
+    "count",
+    "hit",
+    "prune",
+]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``limit`` events per ``window`` for keys starting with ``prefix``."""
+
+    prefix: str
+    limit: int
+    window: timedelta
+
+    def key(self, *parts: str) -> str:
+        # Parts can be attacker-chosen (usernames): hash them, so keys are bounded and opaque.
+        digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+        return f"{self.prefix}:{digest}"
+
+
+# Ten wrong user codes per IP in ten minutes: a guesser gets 10 tries out of 20^8 codes.
+USER_CODE_GUESSES = Limit("user_code", 10, timedelta(minutes=10))
+# Device authorizations started per IP in ten minutes: each writes a row and an audit entry.
+DEVICE_STARTS = Limit("device_start", 30, timedelta(minutes=10))
+# Ten wrong passwords per (username, IP) in fifteen minutes.
+PASSWORD_FAILURES = Limit("password", 10, timedelta(minutes=15))
+
+
+def count(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> int:
+    """Events recorded for ``key`` within ``limit.window`` of now."""
+    since = clock.now() - limit.window
+    query = (
+        sa.select(sa.func.count())
+        .select_from(rate_events)
+        .where(rate_events.c.key == key, rate_events.c.at > since)
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def check(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> None:
+    """Refuse when ``key`` has used up its allowance.
+
+    Raises:
+        RateLimited: ``limit.limit`` events or more within the window.
+    """
+    if count(conn, clock, limit, key) >= limit.limit:
+        minutes = max(1, int(limit.window.total_seconds() // 60))
+        raise RateLimited(
+            "too many failed attempts from here",
+            hint=f"wait up to {minutes} minutes and try again",
+        )
+
+
+def hit(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> None:
+    """Record one event for ``key`` (and prune its events older than the window)."""
+    now = clock.now()
+    conn.execute(rate_events.delete().where(rate_events.c.key == key, rate_events.c.at <= now - limit.window))
+    conn.execute(rate_events.insert().values(key=key, at=now))
+
+
+def prune(conn: sa.Connection, clock: Clock, older_than: timedelta = timedelta(days=1)) -> None:
+    """Drop events older than any window (housekeeping, not an audited action)."""
+    conn.execute(rate_events.delete().where(rate_events.c.at <= clock.now() - older_than))

@@ -1,0 +1,303 @@
+"""Login sessions and refresh tokens.
+
+A session is one refresh-token family: every use of a refresh token marks it used and issues
+its successor. Presenting a refresh token that was already used means two parties hold the
+family (one of them stole it), so the whole session is revoked (``refresh_reuse``) and its
+access tokens stop working at once (``tokens.authenticate`` checks the session).
+
+Refresh tokens are 256-bit random strings stored as SHA-256: the table alone grants nothing.
+Service accounts (client credentials) get a session without refresh tokens that lives as long
+as their access token: they simply authenticate again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from access.broker.audit import ledger
+from access.broker.auth.identity import PrincipalRecord, check_client_secret
+from access.broker.auth.principal import AuthContext
+from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
+from access.broker.clock import Clock
+from access.broker.errors import Unauthenticated
+from access.broker.runtime import Broker
+from access.broker.store.db import principals, refresh_tokens, sessions
+
+__all__ = [
+    "TokenSet",
+    "client_credentials",
+    "hash_token",
+    "logout",
+    "refresh",
+    "revoke_principal_sessions",
+    "revoke_session",
+    "revoke_token",
+    "start_session",
+]
+
+_MAX_REFRESH_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What the token endpoint returns (``refresh_token`` is None for service accounts)."""
+
+    access_token: str
+    expires_in: int
+    refresh_token: str | None
+    session_id: str
+
+    def to_response(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+        }
+        if self.refresh_token is not None:
+            body["refresh_token"] = self.refresh_token
+        return body
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 hex of a random token (refresh tokens, device codes, consent tokens)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _new_refresh_token(conn: sa.Connection, clock: Clock, session_id: str, expires_at: object) -> str:
+    token = secrets.token_urlsafe(32)
+    conn.execute(
+        refresh_tokens.insert().values(
+            token_hash=hash_token(token), session_id=session_id, created_at=clock.now(), expires_at=expires_at
+        )
+    )
+    return token
+
+
+def start_session(
+    conn: sa.Connection,
+    broker: Broker,
+    principal: PrincipalRecord,
+    client_id: str,
+    *,
+    with_refresh: bool = True,
+) -> TokenSet:
+    """Open a session for ``principal`` inside the caller's transaction and issue its tokens.
+
+    The caller writes the audit entry for the login that led here.
+    """
+    now = broker.clock.now()
+    lifetime = broker.settings.session_ttl if with_refresh else broker.settings.access_token_ttl
+    expires_at = now + timedelta(seconds=lifetime)
+    session_id = str(uuid.uuid4())
+    conn.execute(
+        sessions.insert().values(
+            id=session_id,
+            principal_id=principal.id,
+            client_id=client_id,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if with_refresh else None
+    access, expires_in = issue_access_token(
+        broker, principal_id=principal.id, session_id=session_id, client_id=client_id
+    )
+    return TokenSet(access, expires_in, refresh_token, session_id)
+
+
+def revoke_session(conn: sa.Connection, clock: Clock, session_id: str, reason: str) -> bool:
+    """Revoke one session (no-op if already revoked). True if this call revoked it."""
+    result = conn.execute(
+        sessions.update()
+        .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=clock.now(), revoked_reason=reason)
+    )
+    return result.rowcount > 0
+
+
+def revoke_principal_sessions(conn: sa.Connection, clock: Clock, principal_id: str, reason: str) -> int:
+    """Revoke every live session of a principal. Returns how many were revoked."""
+    result = conn.execute(
+        sessions.update()
+        .where(sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=clock.now(), revoked_reason=reason)
+    )
+    return int(result.rowcount)
+
+
+_invalid_refresh = "the refresh token is invalid, expired or revoked: run `access login`"
+
+
+def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
+    """Rotate a refresh token: mark it used, issue its successor and a new access token.
+
+    Raises:
+        OAuthError: ``invalid_grant`` when the token is unknown, expired, of a revoked session or
+            disabled principal, issued to another client, or already used (in which case the
+            whole session has been revoked and ``token.refresh_reuse`` audited).
+        Unavailable: the database could not be reached.
+    """
+    if not raw_token or len(raw_token) > _MAX_REFRESH_LENGTH:
+        raise OAuthError("invalid_grant", _invalid_refresh)
+    reused = False
+    with broker.transaction() as conn:
+        row = conn.execute(
+            sa.select(
+                refresh_tokens.c.token_hash,
+                refresh_tokens.c.used_at,
+                refresh_tokens.c.expires_at,
+                sessions.c.id.label("session_id"),
+                sessions.c.client_id,
+                sessions.c.revoked_at,
+                sessions.c.expires_at.label("session_expires_at"),
+                principals.c.id.label("principal_id"),
+                principals.c.name,
+                principals.c.disabled,
+            )
+            .select_from(
+                refresh_tokens.join(sessions, refresh_tokens.c.session_id == sessions.c.id).join(
+                    principals, sessions.c.principal_id == principals.c.id
+                )
+            )
+            .where(refresh_tokens.c.token_hash == hash_token(raw_token))
+        ).first()
+        now = broker.clock.now()
+        if row is None or row.revoked_at is not None or row.disabled:
+            raise OAuthError("invalid_grant", _invalid_refresh)
+        if client_id is not None and client_id != row.client_id:
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        # Mark used only if nobody did yet: two concurrent uses cannot both succeed.
+        marked = conn.execute(
+            refresh_tokens.update()
+            .where(refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used_at.is_(None))
+            .values(used_at=now)
+        ).rowcount
+        if row.used_at is not None or marked == 0:
+            reused = True
+            revoke_session(conn, broker.clock, row.session_id, "refresh_reuse")
+            ledger.append(
+                conn,
+                broker.clock,
+                actor=row.name,
+                action="token.refresh_reuse",
+                target=f"session:{row.session_id}",
+                details={"session_id": row.session_id, "outcome": "session revoked"},
+            )
+        elif row.expires_at <= now or row.session_expires_at <= now:
+            raise OAuthError("invalid_grant", "the session has expired: run `access login`")
+        else:
+            successor = _new_refresh_token(conn, broker.clock, row.session_id, row.session_expires_at)
+            access, expires_in = issue_access_token(
+                broker, principal_id=row.principal_id, session_id=row.session_id, client_id=row.client_id
+            )
+            ledger.append(
+                conn,
+                broker.clock,
+                actor=row.name,
+                action="token.refresh",
+                target=f"session:{row.session_id}",
+                details={"session_id": row.session_id},
+            )
+    if reused:
+        # Raised after commit: the revocation and its audit entry must stick.
+        raise OAuthError("invalid_grant", "this refresh token was already used; the session is revoked")
+    return TokenSet(access, expires_in, successor, row.session_id)
+
+
+def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: str) -> TokenSet:
+    """Authenticate a service account (OAuth client credentials) and open a short session.
+
+    Raises:
+        OAuthError: ``invalid_client`` for an unknown, disabled or wrongly authenticated
+            client (audited as ``login.failure``).
+        Unavailable: the database could not be reached.
+    """
+    account, reason = check_client_secret(broker, client_id, secret)
+    with broker.transaction() as conn:
+        if account is None:
+            ledger.append(
+                conn,
+                broker.clock,
+                actor="anonymous",
+                action="login.failure",
+                target=f"client:{client_id[:64]}",
+                details={"method": "client_credentials", "reason": reason, "ip": client_ip},
+            )
+            tokens = None
+        else:
+            tokens = start_session(conn, broker, account, client_id, with_refresh=False)
+            ledger.append(
+                conn,
+                broker.clock,
+                actor=account.name,
+                action="login.success",
+                target=f"principal:{account.name}",
+                details={"method": "client_credentials", "session_id": tokens.session_id, "ip": client_ip},
+            )
+    if tokens is None:
+        raise OAuthError("invalid_client", "unknown client or wrong client secret")
+    return tokens
+
+
+def logout(broker: Broker, ctx: AuthContext) -> None:
+    """Revoke the caller's session, so its refresh and access tokens stop working.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        revoke_session(conn, broker.clock, ctx.session_id, "logout")
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=ctx.name,
+            action="logout",
+            target=f"session:{ctx.session_id}",
+            details={"session_id": ctx.session_id},
+        )
+
+
+def revoke_token(broker: Broker, token: str) -> bool:
+    """RFC 7009: revoke the session behind a refresh or access token. True if one was revoked.
+
+    Unknown, malformed or already-revoked tokens are not an error (the RFC says to answer 200).
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    session_id: str | None = None
+    if 0 < len(token) <= _MAX_REFRESH_LENGTH:
+        with broker.transaction() as conn:
+            session_id = conn.execute(
+                sa.select(refresh_tokens.c.session_id).where(refresh_tokens.c.token_hash == hash_token(token))
+            ).scalar_one_or_none()
+    if session_id is None and token.count(".") == 2:
+        try:
+            session_id = verify_access_token(broker, token).session_id
+        except Unauthenticated:  # an invalid token is simply not revocable
+            session_id = None
+    if session_id is None:
+        return False
+    with broker.transaction() as conn:
+        name = conn.execute(
+            sa.select(principals.c.name)
+            .select_from(sessions.join(principals, sessions.c.principal_id == principals.c.id))
+            .where(sessions.c.id == session_id)
+        ).scalar_one_or_none()
+        if name is None or not revoke_session(conn, broker.clock, session_id, "revoked"):
+            return False
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=str(name),
+            action="token.revoke",
+            target=f"session:{session_id}",
+            details={"session_id": session_id},
+        )
+    return True

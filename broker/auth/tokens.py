@@ -1,0 +1,227 @@
+"""Access tokens: short-lived JWTs (RFC 9068) signed with the broker's Ed25519 key.
+
+Verification pins the algorithm to EdDSA, so neither ``alg: none`` nor an HMAC token keyed
+with our public key can pass. Time checks (``exp``, ``iat``) use ``broker.clock``, not the
+host's clock inside PyJWT: the broker's time is authoritative and tests inject a FakeClock.
+A valid signature is not enough: ``authenticate`` also checks in the database that the
+session behind the token is live and the principal is not disabled, so logout, refresh-token
+reuse and disabling a user stop access tokens that have not yet expired.
+
+``OAuthError`` lives here too: it is how token issuance says no, in RFC 6749's words.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import sqlalchemy as sa
+
+from access.broker.auth.principal import AuthContext
+from access.broker.errors import BrokerError, Unauthenticated
+from access.broker.keys import key_id
+from access.broker.runtime import Broker
+from access.broker.store.db import principals, sessions
+from access.shared.errors import ErrorCode
+
+__all__ = [
+    "AUDIENCE",
+    "TOKEN_TYPE",
+    "AccessClaims",
+    "OAuthError",
+    "authenticate",
+    "check_session",
+    "issue_access_token",
+    "verify_access_token",
+]
+
+AUDIENCE = "access-broker"
+TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
+ALGORITHM = "EdDSA"
+# Tolerated skew for ``iat`` only; ``exp`` is exact because the broker is the only clock.
+_IAT_SKEW = timedelta(seconds=60)
+_MAX_TOKEN_LENGTH = 4096
+_REQUIRED = ["iss", "aud", "exp", "iat", "jti", "sub", "sid"]
+
+
+class OAuthError(BrokerError):
+    """An RFC 6749 error (``invalid_grant``, ``authorization_pending``...) from an OAuth endpoint.
+
+    Rendered as ``{"error": ..., "error_description": ...}`` with status 400, or 401 for
+    ``invalid_client`` (or the ``status`` given, e.g. 429 when rate-limited).
+    """
+
+    code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, error: str, description: str, *, status: int | None = None) -> None:
+        super().__init__(description)
+        self.error = error
+        self._status = status
+
+    @property
+    def status(self) -> int:
+        if self._status is not None:
+            return self._status
+        return 401 if self.error == "invalid_client" else 400
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.error, "error_description": self.message}
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    subject: str  # principal id
+    session_id: str
+    token_id: str
+    client_id: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+def issue_access_token(
+    broker: Broker, *, principal_id: str, session_id: str, client_id: str
+) -> tuple[str, int]:
+    """Sign a new access token for a session. Returns ``(token, expires_in_seconds)``."""
+    now = broker.clock.now()
+    ttl = broker.settings.access_token_ttl
+    claims: dict[str, Any] = {
+        "iss": broker.base_url,
+        "aud": AUDIENCE,
+        "sub": principal_id,
+        "sid": session_id,
+        "client_id": client_id,
+        "jti": secrets.token_urlsafe(16),
+        "iat": int(now.timestamp()),
+        "exp": int((now + timedelta(seconds=ttl)).timestamp()),
+    }
+    headers = {"typ": TOKEN_TYPE, "kid": key_id(broker.token_key)}
+    token = jwt.encode(claims, broker.token_key, algorithm=ALGORITHM, headers=headers)
+    return token, ttl
+
+
+def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
+    """Check an access token's signature, type, issuer, audience and times (no database).
+
+    Raises:
+        Unauthenticated: the token is malformed, forged, of the wrong type, for another
+            issuer or audience, expired, or issued in the future.
+    """
+    if not raw_token or len(raw_token) > _MAX_TOKEN_LENGTH:
+        raise Unauthenticated("the access token is malformed")
+    try:
+        header = jwt.get_unverified_header(raw_token)
+        claims = jwt.decode(
+            raw_token,
+            broker.token_key.public_key(),
+            algorithms=[ALGORITHM],  # pinned: never taken from the token
+            audience=AUDIENCE,
+            issuer=broker.base_url,
+            options={
+                "require": _REQUIRED,
+                # Checked below against broker.clock: PyJWT would read the host clock.
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
+        )
+    except jwt.InvalidAudienceError as exc:
+        raise Unauthenticated("the access token is for another audience") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise Unauthenticated("the access token was issued by another broker") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthenticated(f"the access token lacks the {exc.claim!r} claim") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthenticated("the access token is invalid or forged") from exc
+    # RFC 9068: the type is in the header, so an ID token or other JWT can't pass as one of ours.
+    if str(header.get("typ", "")).lower() not in (TOKEN_TYPE, "application/" + TOKEN_TYPE):
+        raise Unauthenticated("the token is not an access token")
+    try:
+        expires_at = datetime.fromtimestamp(int(claims["exp"]), tz=UTC)
+        issued_at = datetime.fromtimestamp(int(claims["iat"]), tz=UTC)
+        subject, session_id, token_id = str(claims["sub"]), str(claims["sid"]), str(claims["jti"])
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise Unauthenticated("the access token is malformed") from exc
+    now = broker.clock.now()
+    if expires_at <= now:
+        raise Unauthenticated("the access token has expired", hint="run `access login` if refreshing fails")
+    if issued_at > now + _IAT_SKEW:
+        raise Unauthenticated("the access token was issued in the future")
+    return AccessClaims(
+        subject=subject,
+        session_id=session_id,
+        token_id=token_id,
+        client_id=str(claims.get("client_id", "")),
+        issued_at=issued_at,
+        expires_at=expires_at,
+    )
+
+
+def authenticate(broker: Broker, raw_token: str) -> AuthContext:
+    """Verify an access token and the live session and principal behind it.
+
+    Raises:
+        Unauthenticated: the token is invalid (see ``verify_access_token``), its session was
+            revoked or has expired, or its principal is unknown or disabled.
+        Unavailable: the database could not be reached.
+    """
+    claims = verify_access_token(broker, raw_token)
+    row = _live_session(broker, claims.session_id, claims.subject)
+    return AuthContext(
+        principal_id=claims.subject,
+        name=row.name,
+        kind=row.kind,
+        groups=tuple(row.groups or ()),
+        session_id=claims.session_id,
+        token_id=claims.token_id,
+        expires_at=claims.expires_at,
+    )
+
+
+def check_session(broker: Broker, ctx: AuthContext, conn: sa.Connection | None = None) -> None:
+    """Check that the sign-in session behind ``ctx`` is still live (not its token's expiry).
+
+    A tunnel authenticates once, with a token, and then opens channels for as long as its grant
+    lasts: each channel asks again whether the person is still signed in and enabled.
+    ``conn``: check inside the caller's transaction rather than one of its own.
+
+    Raises:
+        Unauthenticated: the session was revoked or has expired, or the principal is disabled.
+        Unavailable: the database could not be reached.
+    """
+    _live_session(broker, ctx.session_id, ctx.principal_id, conn)
+
+
+def _live_session(
+    broker: Broker, session_id: str, principal_id: str, conn: sa.Connection | None = None
+) -> Any:
+    query = (
+        sa.select(
+            sessions.c.principal_id,
+            sessions.c.expires_at,
+            sessions.c.revoked_at,
+            principals.c.name,
+            principals.c.kind,
+            principals.c.groups,
+            principals.c.disabled,
+        )
+        .select_from(sessions.join(principals, sessions.c.principal_id == principals.c.id))
+        .where(sessions.c.id == session_id)
+    )
+    if conn is None:
+        with broker.transaction() as own:
+            row = own.execute(query).first()
+    else:
+        row = conn.execute(query).first()
+    now = broker.clock.now()
+    if row is None or row.principal_id != principal_id:
+        raise Unauthenticated("the session behind this token does not exist")
+    if row.revoked_at is not None:
+        raise Unauthenticated("this session was signed out or revoked")
+    if row.expires_at <= now:
+        raise Unauthenticated("this session has expired")
+    if row.disabled:
+        raise Unauthenticated("this account is disabled", hint="ask an administrator")
+    return row

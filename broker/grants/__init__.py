@@ -1,0 +1,1 @@
+"""The grant lifecycle: request, decide, issue, end; expiry."""

@@ -1,0 +1,1 @@
+"""The policy file: model, loading and pure evaluation."""

@@ -1,0 +1,1 @@
+"""Tables, the engine, migrations; all SQL lives in this package."""

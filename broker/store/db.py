@@ -1,0 +1,250 @@
+"""Tables, the engine, and migrations. One schema for SQLite (embedded default) and PostgreSQL.
+
+Times are stored in UTC and always come back as aware UTC datetimes. Every write that
+matters happens in a transaction together with its audit entry (see ``ledger.append``),
+so an action whose audit entry cannot be written does not happen.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Dialect, Engine
+
+from access.broker.clock import utc
+
+__all__ = [
+    "audit_checkpoints",
+    "audit_log",
+    "create_engine",
+    "device_codes",
+    "grants",
+    "metadata",
+    "migrate",
+    "principals",
+    "rate_events",
+    "refresh_tokens",
+    "sessions",
+]
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and read back as an aware UTC datetime."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = utc(value)
+        # SQLite has no time zones: store naive UTC so that string comparison orders correctly.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else utc(value)
+
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Users and service accounts of the embedded identity directory. ``source`` leaves room for
+# other identity sources (upstream OIDC, CI identity tokens: ROADMAP 3).
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "user" | "service_account"
+    sa.Column("source", sa.String(32), nullable=False, server_default="embedded"),
+    sa.Column("groups", sa.JSON, nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=True),  # argon2id, users only
+    sa.Column("client_id", sa.String(64), nullable=True, unique=True),  # service accounts only
+    sa.Column("secret_hash", sa.Text, nullable=True),  # argon2id, service accounts only
+    sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("disabled_at", UTCDateTime, nullable=True),
+)
+
+# A login session: one refresh-token family. Access tokens carry its id (``sid``), so revoking
+# the session (logout, reuse of a refresh token, disabling the user) stops its access tokens too.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("principal_id", sa.String(36), sa.ForeignKey("principals.id"), nullable=False, index=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_reason", sa.String(64), nullable=True),
+)
+
+# Refresh tokens are stored as SHA-256 of the token: a leaked table grants nothing.
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("used_at", UTCDateTime, nullable=True),
+)
+
+# RFC 8628 device authorizations. The device code is stored hashed; the user code is stored
+# normalised (upper case, no dash) because the person types it.
+device_codes = sa.Table(
+    "device_codes",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("device_code_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_code", sa.String(8), nullable=False, unique=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("client_host", sa.String(255), nullable=True),
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("interval", sa.Integer, nullable=False),
+    sa.Column("last_poll_at", UTCDateTime, nullable=True),
+    # pending -> approved | denied; approved -> consumed (single use)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("principal_id", sa.String(36), sa.ForeignKey("principals.id"), nullable=True),
+    sa.Column("consent_hash", sa.String(64), nullable=True),
+    sa.Column("decided_at", UTCDateTime, nullable=True),
+)
+
+# Sliding-window rate limiting that every replica sees (user-code guessing, password guessing).
+rate_events = sa.Table(
+    "rate_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.String(200), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Index("ix_rate_events_key_at", "key", "at"),
+)
+
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("principal_id", sa.String(36), sa.ForeignKey("principals.id"), nullable=False, index=True),
+    sa.Column("subject", sa.String(64), nullable=False),
+    sa.Column("service", sa.String(63), nullable=False, index=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("scope", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    # active | expired | revoked | denied | pending (approvals, ROADMAP 1)
+    sa.Column("state", sa.String(16), nullable=False, index=True),
+    sa.Column("rule", sa.String(128), nullable=True),
+    sa.Column("requirement", sa.String(16), nullable=False, server_default="auto"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("ended_reason", sa.String(64), nullable=True),
+    sa.Column("ended_by", sa.String(64), nullable=True),
+)
+
+# The audit ledger: append-only (triggers refuse UPDATE/DELETE/TRUNCATE), hash-chained.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column(
+        "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False, index=True),
+    sa.Column("details", sa.Text, nullable=False),  # canonical JSON
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+# Signed checkpoints: (entry count, head hash) signed with the broker's Ed25519 audit key.
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=False),
+    sa.Column("head_hash", sa.String(64), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.Text, nullable=False),  # base64
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not pysqlite, decide when transactions begin, so we can BEGIN IMMEDIATE.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock at BEGIN: two processes (the broker, an admin command)
+    # can never read the same ledger head and both append after it.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(url: str) -> Engine:
+    """Create an engine for ``url`` (``sqlite:///path`` or ``postgresql://...``).
+
+    PostgreSQL URLs are driven by psycopg 3 whatever driver the URL names.
+    """
+    parsed = sa.engine.make_url(url)
+    # Bound values (password and secret hashes, names) stay out of SQLAlchemy's logs and error texts.
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = sa.create_engine(
+            parsed, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+        )
+    elif parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # Every transaction takes SQLite's one write lock (BEGIN IMMEDIATE, below), so a process
+        # gains nothing from a second connection: with one, threads queue in the pool and start
+        # the moment it is free, instead of sleep-polling in SQLite's busy handler (1 ms, then
+        # 2, 5, ... ms per try). The busy timeout still covers other processes (admin commands).
+        pooling: dict[str, Any] = {}
+        if parsed.database and parsed.database != ":memory:":
+            pooling = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 10}
+        engine = sa.create_engine(
+            parsed,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            hide_parameters=True,
+            **pooling,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        raise ValueError(
+            f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://"
+        )
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "access.broker.store:migrations")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
