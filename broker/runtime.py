@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,7 +21,7 @@ from access.broker.events.bus import EventBus
 from access.broker.keys import load_or_create_key
 from access.broker.policy.model import Policy
 from access.broker.settings import Settings
-from access.broker.store import db
+from access.broker.store import engine as store_engine
 
 __all__ = ["Broker"]
 
@@ -56,10 +55,10 @@ class Broker:
             ValueError: a key file is unsafe or malformed.
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        engine = db.create_engine(settings.resolved_database_url)
+        engine = store_engine.create_engine(settings.resolved_database_url, settings.pool)
         if migrate:
             try:
-                db.migrate(engine)
+                store_engine.migrate(engine)
             except sa.exc.OperationalError as exc:
                 raise Unavailable(
                     f"cannot reach the database: {exc.orig}",
@@ -97,7 +96,3 @@ class Broker:
                 "the broker's database is unavailable, so nothing was changed",
                 hint="try again shortly; operators: check the database",
             ) from exc
-
-    def reload_policy(self, path: Path | None = None) -> None:
-        target = path or self.settings.policy
-        self.policy = Policy.load(target) if target else Policy.empty()

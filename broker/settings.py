@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from access.broker.store.engine import PoolSettings
+
 __all__ = ["Settings", "default_data_dir", "is_loopback_host"]
 
 
@@ -69,6 +71,18 @@ class Settings(BaseSettings):
     audit_key_file: Path | None = Field(
         default=None, description="Ed25519 PEM key for checkpoints; default in data dir"
     )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=200, description="PostgreSQL: connections kept open per broker process"
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, le=200, description="PostgreSQL: extra connections allowed under load"
+    )
+    db_pool_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="seconds to wait for a pooled connection before refusing (503)",
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error")
 
     @model_validator(mode="after")
@@ -89,6 +103,12 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def pool(self) -> PoolSettings:
+        return PoolSettings(
+            size=self.db_pool_size, max_overflow=self.db_max_overflow, timeout=self.db_pool_timeout
+        )
 
     @property
     def resolved_signing_key_file(self) -> Path:

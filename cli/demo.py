@@ -337,6 +337,15 @@ def demo(
     ),
 ) -> None:
     """Run the whole loop against a throwaway broker: login, request, exec, cut at expiry, audit."""
+    from access.cli.errors import CliError
+    from access.shared.extras import BROKER_INSTALL_HINT, missing_broker_modules
+
+    if missing := missing_broker_modules():
+        raise CliError(
+            f"access demo starts a broker, and the broker's dependencies are not installed "
+            f"({', '.join(missing)})",
+            hint=BROKER_INSTALL_HINT,
+        )
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="access-demo-"))
     service: _DemoService | None = None

@@ -65,15 +65,28 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         "access/broker/app.py",
         "access/shared/models.py",
         "access/shared/mux.py",
-        "access/broker/migrations/versions/0001_initial_schema.py",
-        "access/broker/migrations/script.py.mako",
+        "access/broker/store/migrations/versions/0001_initial_schema.py",
+        "access/broker/store/migrations/script.py.mako",
     ):
         assert expected in names
-    assert any(name.startswith("access/broker/templates/") and name.endswith(".html") for name in names)
+    assert any(name.startswith("access/broker/web/templates/") and name.endswith(".html") for name in names)
+    # Every source package lands without being listed anywhere (packages.find through access/).
+    for init in sorted(ROOT.glob("*/**/__init__.py")):
+        relative = init.relative_to(ROOT)
+        if relative.parts[0] in {"cli", "broker", "shared"}:
+            assert f"access/{relative.as_posix()}" in names, f"{relative.parent} is missing from the wheel"
+    # `pip install access-jit` is the CLI alone: the broker's server stack comes with [broker].
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    plain = {
+        line.split()[1].split("[")[0].split(">")[0].lower() for line in requires if "extra ==" not in line
+    }
+    assert plain.isdisjoint({"fastapi", "uvicorn", "sqlalchemy", "psycopg", "argon2-cffi", "alembic"}), plain
+    assert any("fastapi" in line and 'extra == "broker"' in line for line in requires), requires
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "access = access.cli.main:main" in text
-    assert "access-broker = access.broker.admin.main:main" in text
+    assert "access-broker = access.broker.admin:main" in text
     # The tunnel's hot path: compiled by mypyc (this machine has a C compiler), or not at all.
     compiled = sorted(name.split("/")[-1].split(".")[0] for name in names if name.endswith(".so"))
     if build != "compiled":
@@ -112,3 +125,26 @@ def test_source_folders_do_not_leak_as_top_level_modules() -> None:
     assert result.returncode == 0, (
         "a generic top-level module (cli/shared/broker) is importable after install"
     )
+
+
+# A CLI-only install (`pip install access-jit`) lacks the broker's modules; sys.modules[name] = None
+# makes an import of that name fail as it would there.
+_WITHOUT_FASTAPI = "import sys; sys.modules['fastapi'] = None; sys.argv = ['{prog}', *{args!r}]; "
+
+
+@pytest.mark.parametrize(
+    ("prog", "args", "entry"),
+    [
+        ("access-broker", ["users", "list"], "from access.broker.admin import main; main()"),
+        ("access", ["demo"], "from access.cli.main import main; main()"),
+    ],
+)
+def test_without_the_broker_extra_commands_say_what_to_install(
+    prog: str, args: list[str], entry: str
+) -> None:
+    code = _WITHOUT_FASTAPI.format(prog=prog, args=args) + entry
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "fastapi" in result.stderr
+    assert "pip install 'access-jit[broker]'" in result.stderr
+    assert "Traceback" not in result.stderr

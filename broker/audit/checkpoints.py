@@ -32,7 +32,7 @@ from access.broker.audit import ledger
 from access.broker.clock import utc
 from access.broker.keys import key_id, public_pem
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_checkpoints, audit_log
+from access.broker.store.tables import audit_checkpoints, audit_log
 
 __all__ = [
     "Checkpoint",

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import rfc8785
 import sqlalchemy as sa
 
+from access.broker.audit.actions import Action
 from access.broker.clock import Clock, utc
-from access.broker.store.db import audit_log
+from access.broker.store.tables import audit_log
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
@@ -83,11 +84,13 @@ def append(
     clock: Clock,
     *,
     actor: str,
-    action: str,
+    action: Action,
     target: str,
     details: Mapping[str, Any] | None = None,
 ) -> LedgerEntry:
     """Append one entry inside the caller's transaction on ``conn`` and return it.
+
+    ``action`` is one of ``audit.actions.Action``: the ledger records nothing else.
 
     Appenders are serialised by the database (PostgreSQL: a transaction-scoped advisory lock;
     SQLite: BEGIN IMMEDIATE), so concurrent processes extend one chain.
@@ -97,6 +100,7 @@ def append(
         sqlalchemy.exc.SQLAlchemyError: the ledger could not be written; the caller's
             transaction must then fail, and with it the action.
     """
+    action = Action(action)  # a plain string that is no action fails here, before anything is written
     details = dict(details or {})
     _check_details(details)
     target = target[:200]
@@ -109,25 +113,25 @@ def append(
     prev = GENESIS if head is None else head.hash
     at = clock.now()
     digest = entry_hash(
-        seq=seq, at=at, actor=actor, action=action, target=target, details=details, prev_hash=prev
+        seq=seq, at=at, actor=actor, action=action.value, target=target, details=details, prev_hash=prev
     )
     conn.execute(
         audit_log.insert().values(
             seq=seq,
             at=at,
             actor=actor,
-            action=action,
+            action=action.value,
             target=target,
             details=json.dumps(details, sort_keys=True, separators=(",", ":")),
             prev_hash=prev,
             hash=digest,
         )
     )
-    return LedgerEntry(seq, at, actor, action, target, details, prev, digest)
+    return LedgerEntry(seq, at, actor, action.value, target, details, prev, digest)
 
 
 def record(
-    broker: Broker, *, actor: str, action: str, target: str, details: Mapping[str, Any] | None = None
+    broker: Broker, *, actor: str, action: Action, target: str, details: Mapping[str, Any] | None = None
 ) -> LedgerEntry:
     """Append one entry in a transaction of its own (for entries that go with no other change).
 

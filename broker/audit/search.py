@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Forbidden, InvalidRequest
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_log
+from access.broker.store.tables import audit_log
 from access.shared.durations import DurationError, parse_duration
 from access.shared.models import AuditEntry, AuditPage
 from access.shared.names import is_dns_label, is_principal_name

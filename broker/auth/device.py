@@ -24,13 +24,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.auth import ratelimit
 from access.broker.auth.identity import check_password, get_principal
 from access.broker.auth.sessions import TokenSet, hash_token, start_session
 from access.broker.auth.tokens import OAuthError
 from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
-from access.broker.store.db import device_codes, principals
+from access.broker.store.tables import device_codes, principals
 from access.shared.names import is_principal_name
 
 __all__ = [
@@ -175,7 +176,7 @@ def start(broker: Broker, client_id: str, client_host: str | None, client_ip: st
             conn,
             broker.clock,
             actor="anonymous",
-            action="device.request",
+            action=Action.DEVICE_REQUEST,
             target=f"device:{device_id}",
             details={"client_id": client_id, "client_host": client_host, "ip": client_ip[:64]},
         )
@@ -255,7 +256,7 @@ def exchange(broker: Broker, device_code: str, client_id: str) -> TokenSet:
                 conn,
                 broker.clock,
                 actor=principal.name,
-                action="token.issue",
+                action=Action.TOKEN_ISSUE,
                 target=f"session:{tokens.session_id}",
                 details={
                     "method": "device_code",
@@ -320,7 +321,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
                 conn,
                 broker.clock,
                 actor=username if valid_name else "anonymous",
-                action="login.failure",
+                action=Action.LOGIN_FAILURE,
                 target=f"user:{username if valid_name else '(invalid name)'}",
                 details={
                     "method": "device_page",
@@ -344,7 +345,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
                     conn,
                     broker.clock,
                     actor=user.name,
-                    action="login.success",
+                    action=Action.LOGIN_SUCCESS,
                     target=f"principal:{user.name}",
                     details={"method": "device_page", "ip": client_ip[:64], "device_id": row.id},
                 )
@@ -396,7 +397,7 @@ def decide(broker: Broker, consent_token: str, approve: bool, client_ip: str) ->
                     conn,
                     broker.clock,
                     actor=name,
-                    action="device.approve" if approve else "device.deny",
+                    action=Action.DEVICE_APPROVE if approve else Action.DEVICE_DENY,
                     target=f"device:{row.id}",
                     details={
                         "client_id": row.client_id,

@@ -21,10 +21,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.errors import Conflict, InvalidRequest, NotFound
 from access.broker.events.bus import GrantEnded, PrincipalLocked
 from access.broker.runtime import Broker
-from access.broker.store.db import principals
+from access.broker.store.tables import principals
 from access.shared.names import NAME_RULE, is_principal_name
 
 __all__ = [
@@ -117,7 +118,7 @@ def _clean_groups(groups: Iterable[str]) -> list[str]:
     return cleaned
 
 
-def _insert(broker: Broker, values: dict[str, object], *, actor: str, action: str) -> None:
+def _insert(broker: Broker, values: dict[str, object], *, actor: str, action: Action) -> None:
     name = str(values["name"])
     with broker.transaction() as conn:
         exists = conn.execute(sa.select(principals.c.id).where(principals.c.name == name)).first()
@@ -157,7 +158,7 @@ def create_user(
         "password_hash": _hasher.hash(password),
         "created_at": broker.clock.now(),
     }
-    _insert(broker, values, actor=actor, action="user.create")
+    _insert(broker, values, actor=actor, action=Action.USER_CREATE)
     return principal_id
 
 
@@ -185,7 +186,7 @@ def create_service_account(
         "secret_hash": _hasher.hash(secret),
         "created_at": broker.clock.now(),
     }
-    _insert(broker, values, actor=actor, action="service_account.create")
+    _insert(broker, values, actor=actor, action=Action.SERVICE_ACCOUNT_CREATE)
     return client_id, secret
 
 
@@ -310,7 +311,7 @@ def disable_principal(broker: Broker, name: str, actor: str) -> list[str]:
         )
         revoked = revoke_principal_sessions(conn, broker.clock, principal.id, "principal_disabled")
         ended = end_grants_for_principal(conn, broker, principal.id, "locked", actor)
-        action = "user.disable" if principal.kind == USER else "service_account.disable"
+        action = Action.USER_DISABLE if principal.kind == USER else Action.SERVICE_ACCOUNT_DISABLE
         ledger.append(
             conn,
             broker.clock,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from access.broker.clock import Clock
 from access.broker.errors import RateLimited
-from access.broker.store.db import rate_events
+from access.broker.store.tables import rate_events
 
 __all__ = [
     "DEVICE_STARTS",

@@ -21,13 +21,14 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.auth.identity import PrincipalRecord, check_client_secret
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
 from access.broker.clock import Clock
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
-from access.broker.store.db import principals, refresh_tokens, sessions
+from access.broker.store.tables import principals, refresh_tokens, sessions
 
 __all__ = [
     "TokenSet",
@@ -185,7 +186,7 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
                 conn,
                 broker.clock,
                 actor=row.name,
-                action="token.refresh_reuse",
+                action=Action.TOKEN_REFRESH_REUSE,
                 target=f"session:{row.session_id}",
                 details={"session_id": row.session_id, "outcome": "session revoked"},
             )
@@ -200,7 +201,7 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
                 conn,
                 broker.clock,
                 actor=row.name,
-                action="token.refresh",
+                action=Action.TOKEN_REFRESH,
                 target=f"session:{row.session_id}",
                 details={"session_id": row.session_id},
             )
@@ -225,7 +226,7 @@ def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: s
                 conn,
                 broker.clock,
                 actor="anonymous",
-                action="login.failure",
+                action=Action.LOGIN_FAILURE,
                 target=f"client:{client_id[:64]}",
                 details={"method": "client_credentials", "reason": reason, "ip": client_ip},
             )
@@ -236,7 +237,7 @@ def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: s
                 conn,
                 broker.clock,
                 actor=account.name,
-                action="login.success",
+                action=Action.LOGIN_SUCCESS,
                 target=f"principal:{account.name}",
                 details={"method": "client_credentials", "session_id": tokens.session_id, "ip": client_ip},
             )
@@ -257,7 +258,7 @@ def logout(broker: Broker, ctx: AuthContext) -> None:
             conn,
             broker.clock,
             actor=ctx.name,
-            action="logout",
+            action=Action.LOGOUT,
             target=f"session:{ctx.session_id}",
             details={"session_id": ctx.session_id},
         )
@@ -296,7 +297,7 @@ def revoke_token(broker: Broker, token: str) -> bool:
             conn,
             broker.clock,
             actor=str(name),
-            action="token.revoke",
+            action=Action.TOKEN_REVOKE,
             target=f"session:{session_id}",
             details={"session_id": session_id},
         )

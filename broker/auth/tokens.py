@@ -24,7 +24,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import BrokerError, Unauthenticated
 from access.broker.keys import key_id
 from access.broker.runtime import Broker
-from access.broker.store.db import principals, sessions
+from access.broker.store.tables import principals, sessions
 from access.shared.errors import ErrorCode
 
 __all__ = [

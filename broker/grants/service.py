@@ -23,12 +23,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest, NotFound
 from access.broker.events.bus import GrantEnded
 from access.broker.policy.model import Decision, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
-from access.broker.store.db import grants as grants_table
+from access.broker.store.tables import grants as grants_table
 from access.shared.durations import DurationError, format_duration, parse_duration
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest, GrantState
 from access.shared.names import NAME_RULE, is_dns_label, is_scope
@@ -196,7 +197,7 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
             conn,
             broker.clock,
             actor=ctx.name,
-            action="grant.request",
+            action=Action.GRANT_REQUEST,
             target=target,
             details={
                 "grant_id": grant_id,
@@ -214,12 +215,12 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         if denial is None:
             details["expires_at"] = ledger.format_time(expires_at)
             ledger.append(
-                conn, broker.clock, actor=ctx.name, action="grant.issue", target=target, details=details
+                conn, broker.clock, actor=ctx.name, action=Action.GRANT_ISSUE, target=target, details=details
             )
         else:
             details["why"] = denial
             ledger.append(
-                conn, broker.clock, actor=ctx.name, action="grant.deny", target=target, details=details
+                conn, broker.clock, actor=ctx.name, action=Action.GRANT_DENY, target=target, details=details
             )
     if denial is not None:
         hint = "see `access services` for what you may request"
@@ -298,7 +299,7 @@ def _end(
     )
     if result.rowcount != 1:
         return False
-    action = "grant.expired" if state == GrantState.EXPIRED else "grant.revoke"
+    action = Action.GRANT_EXPIRED if state == GrantState.EXPIRED else Action.GRANT_REVOKE
     details = {"grant_id": row.id, "reason": reason, "subject": row.subject, "scope": row.scope}
     ledger.append(
         conn,
@@ -396,7 +397,7 @@ def open_connection(
             conn,
             broker.clock,
             actor=ctx.name,
-            action="connection.open",
+            action=Action.CONNECTION_OPEN,
             target=grant_target(grant.service, grant.grant_id),
             details={
                 "connection": connection_id,

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
 from access.broker.kinds import kind_for
 from access.broker.runtime import Broker
@@ -36,7 +37,7 @@ def connection_details(broker: Broker, ctx: AuthContext, grant_id: str) -> Conne
     ledger.record(
         broker,
         actor=ctx.name,
-        action="grant.connection_details",
+        action=Action.GRANT_CONNECTION_DETAILS,
         target=grant_target(grant.service, grant.grant_id),
         details={
             "grant": grant.grant_id,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from access.broker.audit.actions import Action
 from access.broker.errors import (
     BrokerError,
     Expired,
@@ -238,7 +239,7 @@ class TunnelProtocol(MuxSession):
             ledger.record(
                 self.broker,
                 actor=ctx.name,
-                action="connection.refuse",
+                action=Action.CONNECTION_REFUSE,
                 target=f"grant:{self.grant_id}",
                 details={"grant": self.grant_id, "client": self.client_address, "why": str(exc.code)},
             )
@@ -386,7 +387,7 @@ class TunnelProtocol(MuxSession):
         ledger.record(
             self.broker,
             actor=actor,
-            action="connection.close",
+            action=Action.CONNECTION_CLOSE,
             target=grant_target(str(details["service"]), str(details["grant"])),
             details=details,
         )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from access.broker.auth import identity
 from access.broker.auth.sessions import TokenSet, start_session
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_log
+from access.broker.store.tables import audit_log
 
 PASSWORD = "correct horse battery staple"
 BASE_URL = "https://broker.test"

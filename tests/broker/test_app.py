@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from access.broker.clock import FakeClock
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_log, grants
+from access.broker.store.tables import audit_log, grants
 from tests.broker.conftest import BASE_URL, add_user, login
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from access.broker.auth import identity
 from access.broker.runtime import Broker
-from access.broker.store import db
+from access.broker.store import tables as db
 from tests.broker.conftest import PASSWORD, DevicePage, add_user, ledger_text, poll, start_device
 
 pytestmark = pytest.mark.anyio

@@ -11,7 +11,8 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from access.broker.store import db
+from access.broker.store import engine as db_engine
+from access.broker.store import tables as db
 from access.broker.store.ledger_ddl import append_only_ddl, drop_append_only_ddl
 from tests.e2e.conftest import BrokerProcess, Cli
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _engine(url: str) -> sa.Engine:
-    return db.create_engine(url)
+    return db_engine.create_engine(url)
 
 
 def _verify(broker: BrokerProcess) -> tuple[int, str]:

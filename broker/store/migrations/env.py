@@ -1,10 +1,10 @@
-"""Alembic environment: runs on the connection that ``access.broker.store.db.migrate`` hands over."""
+"""Alembic environment: runs on the connection that ``access.broker.store.engine.migrate`` hands over."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from access.broker.store.db import metadata
+from access.broker.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - alembic CLI use

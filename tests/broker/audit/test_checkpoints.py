@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from access.broker.admin.main import app as admin_app
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.audit.checkpoints import (
     checkpoint_loop,
     export_checkpoints,
@@ -31,8 +32,8 @@ from access.broker.audit.checkpoints import (
 )
 from access.broker.clock import FakeClock
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_checkpoints, audit_log
 from access.broker.store.ledger_ddl import drop_append_only_ddl
+from access.broker.store.tables import audit_checkpoints, audit_log
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def append(broker: Broker, n: int, actor: str = "alice") -> None:
         with broker.transaction() as conn:
             seq = conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one() + 1
             ledger.append(
-                conn, broker.clock, actor=actor, action="test.event", target=f"thing:{seq}", details={}
+                conn, broker.clock, actor=actor, action=Action.LOGOUT, target=f"thing:{seq}", details={}
             )
 
 

@@ -14,10 +14,11 @@ import rfc8785
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.audit.checkpoints import verify_ledger
 from access.broker.clock import SystemClock
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_log
+from access.broker.store.tables import audit_log
 
 AT = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -37,7 +38,7 @@ def test_entry_hash_is_sha256_of_canonical_json() -> None:
         seq=7,
         at=AT,
         actor="alice",
-        action="grant.issue",
+        action=Action.GRANT_ISSUE,
         target="service:svc-payments/g-1",
         details={"a": "é", "b": 1},  # key order does not matter
         prev_hash=ledger.GENESIS,
@@ -79,7 +80,7 @@ def _append(broker: Broker, n: int, actor: str = "alice") -> None:
     for i in range(n):
         with broker.transaction() as conn:
             ledger.append(
-                conn, broker.clock, actor=actor, action="test.event", target=f"thing:{i}", details={"i": i}
+                conn, broker.clock, actor=actor, action=Action.LOGOUT, target=f"thing:{i}", details={"i": i}
             )
 
 
@@ -106,7 +107,9 @@ def test_chain_links_every_entry(broker: Broker) -> None:
 
 def test_secrets_are_refused_in_details(broker: Broker) -> None:
     with pytest.raises(ValueError, match="must not carry secrets"), broker.transaction() as conn:
-        ledger.append(conn, broker.clock, actor="a", action="x", target="t", details={"password": "hunter2"})
+        ledger.append(
+            conn, broker.clock, actor="a", action=Action.LOGOUT, target="t", details={"password": "hunter2"}
+        )
     with broker.transaction() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one() == 0
 

@@ -12,7 +12,7 @@ from access.broker.auth.tokens import OAuthError
 from access.broker.clock import FakeClock
 from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
-from access.broker.store.db import device_codes
+from access.broker.store.tables import device_codes
 from tests.broker.conftest import BASE_URL, PASSWORD, add_user, audit_actions, audit_rows, ledger_text
 
 IP = "192.0.2.10"

@@ -16,7 +16,7 @@ from access.broker.errors import Conflict, InvalidRequest, NotFound, Unauthentic
 from access.broker.events.bus import GrantEnded, PrincipalLocked
 from access.broker.grants.service import request_grant
 from access.broker.runtime import Broker
-from access.broker.store.db import principals, sessions
+from access.broker.store.tables import principals, sessions
 from access.shared.models import GrantRequest, GrantState
 from tests.broker.conftest import PASSWORD, add_user, audit_actions, audit_rows, ledger_text, login
 
@@ -158,7 +158,7 @@ def test_disable_revokes_sessions_ends_grants_and_publishes(any_broker: Broker) 
 
 
 def test_disabled_grant_state(broker: Broker) -> None:
-    from access.broker.store.db import grants
+    from access.broker.store.tables import grants
 
     alice = add_user(broker, "alice", ("sre",))
     ctx = tokens.authenticate(broker, login(broker, alice).access_token)

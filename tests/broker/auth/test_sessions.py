@@ -10,8 +10,8 @@ from access.broker.auth.tokens import OAuthError
 from access.broker.clock import FakeClock
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
-from access.broker.store.db import refresh_tokens
-from access.broker.store.db import sessions as sessions_table
+from access.broker.store.tables import refresh_tokens
+from access.broker.store.tables import sessions as sessions_table
 from tests.broker.conftest import add_user, audit_actions, audit_rows, ledger_text, login
 
 

@@ -31,8 +31,8 @@ from access.broker.events.bus import Event, GrantEnded
 from access.broker.grants import service as grants
 from access.broker.policy.model import Policy
 from access.broker.runtime import Broker
-from access.broker.store.db import audit_log, principals
-from access.broker.store.db import grants as grants_table
+from access.broker.store.tables import audit_log, principals
+from access.broker.store.tables import grants as grants_table
 from access.shared.models import GrantRequest, GrantState
 from tests.broker.conftest import add_user, audit_rows, login
 from tests.conftest import DEFAULT_POLICY

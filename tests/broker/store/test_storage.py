@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from access.broker.runtime import Broker
-from access.broker.store.db import principals
+from access.broker.store.tables import principals
 
 
 def test_times_are_stored_and_read_back_in_utc(make_broker: Callable[..., Broker], db_url: str) -> None:

@@ -26,7 +26,7 @@ from access.broker.auth import sessions, tokens
 from access.broker.clock import SystemClock
 from access.broker.grants import service as grants
 from access.broker.runtime import Broker
-from access.broker.store.db import grants as grants_table
+from access.broker.store.tables import grants as grants_table
 from access.broker.tunnel.protocol import TunnelProtocol
 from access.broker.tunnel.registry import registry_for
 from access.cli.tunnel import BrokerEndpoint, ClientSession, Forwarder, HandshakeRefused

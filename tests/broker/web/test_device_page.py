@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from access.broker.runtime import Broker
-from access.broker.store.db import device_codes
+from access.broker.store.tables import device_codes
 from access.broker.web.device import CSRF_COOKIE
 from tests.broker.conftest import PASSWORD, DevicePage, add_user, audit_actions, start_device
 

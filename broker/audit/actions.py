@@ -1,0 +1,42 @@
+"""Every action the ledger records, in one enumeration (docs/audit.md lists them; a test keeps both equal).
+
+An entry's ``action`` is one of these values and nothing else: ``ledger.append`` and
+``ledger.record`` take an :class:`Action`, so a new kind of entry starts here, with its line in
+docs/audit.md. The values are stored as they are and covered by the hash chain: never rename one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Action"]
+
+
+class Action(StrEnum):
+    # Sign-in (auth/): the device flow, password checks, tokens and sessions.
+    DEVICE_REQUEST = "device.request"
+    DEVICE_APPROVE = "device.approve"
+    DEVICE_DENY = "device.deny"
+    LOGIN_SUCCESS = "login.success"
+    LOGIN_FAILURE = "login.failure"
+    LOGOUT = "logout"
+    TOKEN_ISSUE = "token.issue"
+    TOKEN_REFRESH = "token.refresh"
+    TOKEN_REFRESH_REUSE = "token.refresh_reuse"
+    TOKEN_REVOKE = "token.revoke"
+    # The directory (auth/identity): users and service accounts.
+    USER_CREATE = "user.create"
+    USER_DISABLE = "user.disable"
+    SERVICE_ACCOUNT_CREATE = "service_account.create"
+    SERVICE_ACCOUNT_DISABLE = "service_account.disable"
+    # Grants (grants/): the request, the policy's decision, and the end.
+    GRANT_REQUEST = "grant.request"
+    GRANT_ISSUE = "grant.issue"
+    GRANT_DENY = "grant.deny"
+    GRANT_REVOKE = "grant.revoke"
+    GRANT_EXPIRED = "grant.expired"
+    GRANT_CONNECTION_DETAILS = "grant.connection_details"
+    # The tunnel (tunnel/): each channel's connection to the target.
+    CONNECTION_OPEN = "connection.open"
+    CONNECTION_CLOSE = "connection.close"
+    CONNECTION_REFUSE = "connection.refuse"
