@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
+from access.broker.loops import Loop
 from access.broker.runtime import Broker
 from access.shared.models import MAX_JSON_BODY_BYTES
 
@@ -100,15 +101,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=err.status)
 
 
-BackgroundLoop = Callable[[Broker], Coroutine[Any, Any, None]]
+def _background_loops(broker: Broker) -> list[Loop]:
+    from access.broker.audit.checkpoints import CheckpointLoop
+    from access.broker.grants.service import ExpiryLoop
+    from access.broker.tunnel.registry import TunnelWatch
 
-
-def _background_loops() -> list[BackgroundLoop]:
-    from access.broker.audit.checkpoints import checkpoint_loop
-    from access.broker.grants.service import expiry_loop
-    from access.broker.tunnel.registry import watch_loop
-
-    return [checkpoint_loop, expiry_loop, watch_loop]
+    return [CheckpointLoop(broker), ExpiryLoop(broker), TunnelWatch(broker)]
 
 
 def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
@@ -118,7 +116,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[Any]] = []
         if background:
-            tasks = [asyncio.create_task(loop(broker)) for loop in _background_loops()]
+            tasks = [asyncio.create_task(loop.run()) for loop in _background_loops(broker)]
         try:
             yield
         finally:

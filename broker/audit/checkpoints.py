@@ -31,14 +31,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from access.broker.audit import ledger
 from access.broker.clock import utc
 from access.broker.keys import key_id, public_pem
+from access.broker.loops import Loop
 from access.broker.runtime import Broker
 from access.broker.store.tables import audit_checkpoints, audit_log
 
 __all__ = [
     "Checkpoint",
+    "CheckpointLoop",
     "Problem",
     "VerifyResult",
-    "checkpoint_loop",
     "export_checkpoints",
     "export_entries",
     "load_checkpoints",
@@ -169,14 +170,17 @@ def write_checkpoint(broker: Broker) -> Checkpoint | None:
     return checkpoint
 
 
-async def checkpoint_loop(broker: Broker) -> None:
-    """Forever: write a checkpoint every ``settings.checkpoint_interval`` seconds (errors are logged)."""
-    while True:
-        await asyncio.sleep(broker.settings.checkpoint_interval)
-        try:
-            await asyncio.to_thread(write_checkpoint, broker)
-        except Exception:
-            log.exception("writing an audit checkpoint failed; retrying next interval")
+class CheckpointLoop(Loop):
+    """Every ``settings.checkpoint_interval`` seconds: sign the ledger's head if it moved."""
+
+    name = "audit checkpoints"
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__(broker, broker.settings.checkpoint_interval, max_backoff=60.0)
+
+    async def tick(self) -> None:
+        """Raises: Unavailable: the database could not be reached."""
+        await asyncio.to_thread(write_checkpoint, self.broker)
 
 
 # ---------------------------------------------------------------- export and import

@@ -27,6 +27,7 @@ from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest, NotFound
 from access.broker.events.bus import GrantEnded
+from access.broker.loops import Loop
 from access.broker.policy.model import Decision, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.tables import grants as grants_table
@@ -36,11 +37,11 @@ from access.shared.names import NAME_RULE, is_dns_label, is_scope
 
 __all__ = [
     "EXPIRY_INTERVAL",
+    "ExpiryLoop",
     "TunnelGrant",
     "effective_state",
     "end_grants_for_principal",
     "expire_due",
-    "expiry_loop",
     "get_grant",
     "grant_state",
     "grant_target",
@@ -473,7 +474,7 @@ def expire_due(broker: Broker) -> list[str]:
     """Mark active grants past their expiry as expired (audited ``grant.expired``); return their ids.
 
     Safe with several replicas: the update is conditional on ``state='active'``, so each grant
-    is expired and audited exactly once. Nothing is published (``expiry_loop`` does that).
+    is expired and audited exactly once. Nothing is published (``ExpiryLoop`` does that).
 
     Raises:
         Unavailable: the database could not be reached; nothing changed.
@@ -493,18 +494,19 @@ def expire_due(broker: Broker) -> list[str]:
         ]
 
 
-async def expiry_loop(broker: Broker, interval: float = EXPIRY_INTERVAL) -> None:
-    """Forever: expire due grants every ``interval`` seconds and publish ``GrantEnded(id, "expired")``.
+class ExpiryLoop(Loop):
+    """Every ``EXPIRY_INTERVAL`` seconds: expire due grants and publish ``GrantEnded(id, "expired")``.
 
-    Database errors are logged and retried on the next tick. Tunnels do not wait for this loop:
-    they cut at ``expires_at`` on their own timers; this records the end in the ledger.
+    Tunnels do not wait for this loop: they cut at ``expires_at`` on their own timers; this
+    records the end in the ledger.
     """
-    while True:
-        try:
-            ended = await asyncio.to_thread(expire_due, broker)
-        except Exception:
-            log.exception("expiring grants failed; retrying")
-        else:
-            for grant_id in ended:
-                broker.events.publish(GrantEnded(grant_id, "expired"))
-        await asyncio.sleep(interval)
+
+    name = "grant expiry"
+
+    def __init__(self, broker: Broker, interval: float = EXPIRY_INTERVAL) -> None:
+        super().__init__(broker, interval)
+
+    async def tick(self) -> None:
+        """Raises: Unavailable: the database could not be reached; nothing changed."""
+        for grant_id in await asyncio.to_thread(expire_due, self.broker):
+            self.broker.events.publish(GrantEnded(grant_id, "expired"))

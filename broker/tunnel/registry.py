@@ -4,7 +4,7 @@
 2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``): revokes and lock-outs decided in this
    process cut at once. Subscribers may be called from worker threads, so they only hand the
    work to the event loop (``call_soon_threadsafe``).
-3. ``watch_loop`` asks the database every ``grant_watch_interval`` (0.25 s) about the grants that
+3. ``TunnelWatch`` asks the database every ``grant_watch_interval`` (0.25 s) about the grants that
    have live tunnels here, so an end decided by another process (``access-broker users
    disable``, another replica) cuts within a second too.
 
@@ -19,15 +19,15 @@ import logging
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
-from access.broker.errors import BrokerError
 from access.broker.events.bus import Event, GrantEnded, PrincipalLocked
+from access.broker.loops import Loop
 from access.shared.models import GrantState
 
 if TYPE_CHECKING:
     from access.broker.grants.service import TunnelGrant
     from access.broker.runtime import Broker
 
-__all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "registry_for", "watch_loop"]
+__all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "TunnelWatch", "registry_for"]
 
 log = logging.getLogger(__name__)
 
@@ -136,36 +136,36 @@ def registry_for(broker: Broker) -> TunnelRegistry:
 _ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", GrantState.DENIED: "revoked"}
 
 
-async def watch_loop(broker: Broker) -> None:
-    """Forever: cut tunnels whose grant another process ended; ping idle tunnels.
+class TunnelWatch(Loop):
+    """Every ``grant_watch_interval``: cut tunnels whose grant another process ended; ping idle ones.
 
-    Database errors are logged and retried on the next tick (expiry timers and in-process
-    events keep cutting meanwhile).
+    While the database cannot be read the loop backs off (expiry timers and in-process events
+    keep cutting meanwhile); the heartbeat goes on, since it needs no database.
     """
-    from access.broker.grants.service import grant_state
 
-    registry = registry_for(broker)
-    loop = asyncio.get_running_loop()
-    registry.loop = loop
-    interval = broker.settings.grant_watch_interval
-    next_heartbeat = loop.time() + PING_INTERVAL
-    ticks_to_timeout = max(1, round(PING_TIMEOUT / PING_INTERVAL))
-    while True:
-        await asyncio.sleep(interval)
-        if loop.time() >= next_heartbeat:
-            next_heartbeat = loop.time() + PING_INTERVAL
-            registry.heartbeat(ticks_to_timeout)
-        ids = registry.grant_ids()
+    name = "tunnel watch"
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__(broker, broker.settings.grant_watch_interval, max_backoff=1.0)
+        self.registry = registry_for(broker)
+        self.ticks_to_timeout = max(1, round(PING_TIMEOUT / PING_INTERVAL))
+        self.next_heartbeat: float | None = None
+
+    async def tick(self) -> None:
+        """Raises: Unavailable: the grants' states could not be read."""
+        from access.broker.grants.service import grant_state
+
+        loop = asyncio.get_running_loop()
+        self.registry.loop = loop
+        if self.next_heartbeat is None:
+            self.next_heartbeat = loop.time() + PING_INTERVAL
+        elif loop.time() >= self.next_heartbeat:
+            self.next_heartbeat = loop.time() + PING_INTERVAL
+            self.registry.heartbeat(self.ticks_to_timeout)
+        ids = self.registry.grant_ids()
         if not ids:
-            continue
-        try:
-            states = await asyncio.to_thread(grant_state, broker, ids)
-        except BrokerError as exc:
-            log.warning("tunnel watch: cannot read grant states: %s", exc.message)
-            continue
-        except Exception:
-            log.exception("tunnel watch failed")
-            continue
+            return
+        states = await asyncio.to_thread(grant_state, self.broker, ids)
         for grant_id, (state, _expires_at) in states.items():
             if state in _ENDED_WHY:
-                registry.cut_grant(grant_id, _ENDED_WHY[state])
+                self.registry.cut_grant(grant_id, _ENDED_WHY[state])
