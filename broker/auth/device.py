@@ -110,7 +110,7 @@ class DeviceRequest:
     expires_at: datetime
 
     @classmethod
-    def of(cls, code: DeviceCode) -> DeviceRequest:
+    def from_code(cls, code: DeviceCode) -> DeviceRequest:
         return cls(
             id=code.id,
             user_code=format_user_code(code.user_code),
@@ -337,7 +337,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
         raise Unauthenticated("Wrong username or password.", hint=None)
     if not updated:
         raise InvalidRequest(_BAD_CODE)
-    return SignIn(DeviceRequest.of(row), user.name, consent)
+    return SignIn(DeviceRequest.from_code(row), user.name, consent)
 
 
 @dataclass(frozen=True)
@@ -395,4 +395,4 @@ def decide(broker: Broker, consent_token: str, approve: bool, client_ip: str) ->
         )
     if disabled:
         raise Unauthenticated("This account is disabled.", hint=None)
-    return Decision(DeviceRequest.of(row), name, approve)
+    return Decision(DeviceRequest.from_code(row), name, approve)
