@@ -24,7 +24,6 @@ from typing import ClassVar
 from access.shared.errors import ExitCode, exit_code_for
 
 __all__ = [
-    "EXIT_CODES_HELP",
     "BrokerUnreachable",
     "CliError",
     "Denied",
@@ -38,12 +37,6 @@ __all__ = [
 ]
 
 LOGIN_HINT = "run `access login`"
-
-# Shown in `access --help`; docs/cli.md carries the same table.
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 1 error, 2 usage, 3 needs login, 4 denied, 5 pending, 6 expired, "
-    "7 broker unavailable or unreachable, 8 not found."
-)
 
 
 class CliError(Exception):

@@ -104,10 +104,6 @@ class Subject:
     kind: str  # "user" | "service_account"
     groups: tuple[str, ...] = ()
 
-    @classmethod
-    def of(cls, who: SubjectLike) -> Subject:
-        return cls(who.name, who.kind, tuple(who.groups))
-
 
 @dataclass(frozen=True)
 class Subjects:
