@@ -224,8 +224,8 @@ def test_revoke_and_audit(live: LiveBroker) -> None:
     mine = [e["action"] for e in entries if e["target"].endswith(gid)]
     assert mine == ["grant.revoke", "grant.issue", "grant.request"]  # as the broker sends them: newest first
     assert {e["actor"] for e in entries} == {"alice"} and len(entries) <= 5
-    [issue] = [e for e in entries if e["action"] == "grant.issue"]
-    assert issue["details"]["scope"] == "read" and len(issue["hash"]) == 64
+    [asked] = [e for e in entries if e["action"] == "grant.request"]
+    assert asked["details"]["scope"] == "read" and len(asked["hash"]) == 64
     assert dict(live.sent("GET", "/v1/audit")[0].url.params) == {"actor": "alice", "since": "1h", "limit": "5"}
     text = live.invoke("audit")
     assert "grant.issue" in text.stdout and "scope=read" in text.stdout
