@@ -4,8 +4,8 @@
 catches errors in production) with its own stdout and stderr. ``broker_app()`` builds a real
 broker (fresh SQLite, the test's FakeClock) and returns a :class:`LiveBroker` whose
 ``invoke`` runs the same app with every HTTP exchange going to the broker's ASGI app through
-:class:`InProcessTransport` (no sockets), on the broker's clock. respx (the ``broker``
-fixture) is left for replies the real broker cannot give: malformed or foreign HTTP. Tests
+:class:`InProcessTransport` (no sockets), on the broker's clock. respx (the
+``stub_broker`` fixture) is left for replies the real broker cannot give: malformed or foreign HTTP. Tests
 that need a socket use loopback.
 """
 
@@ -92,8 +92,9 @@ def memory_keyring() -> Iterator[MemoryKeyring]:
 
 
 @pytest.fixture
-def broker() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=BROKER, assert_all_called=False) as router:
+def stub_broker() -> Iterator[respx.MockRouter]:
+    """respx routes on ``BROKER``, for replies the real broker cannot give (foreign or malformed HTTP)."""
+    with respx.mock(base_url=BROKER) as router:
         yield router
 
 
@@ -130,26 +131,6 @@ def stored(config_dir: Path, url: str = BROKER) -> dict[str, Any] | None:
     return entry
 
 
-PRINCIPAL = {"name": "alice", "kind": "user", "groups": ["sre"], "session_id": "s1", "can_read_audit": True}
-
-
-def grant_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": "g-0123456789abcdef0123456789abcdef",
-        "subject": "alice",
-        "service": "svc-payments",
-        "kind": "postgres",
-        "scope": "read",
-        "reason": "INC-123",
-        "state": "active",
-        "created_at": "2026-01-01T10:00:00Z",
-        "expires_at": "2026-01-01T10:30:00Z",
-        "seconds_left": 1800,
-    }
-    body.update(overrides)
-    return body
-
-
 T = TypeVar("T")
 
 
@@ -161,7 +142,8 @@ class InProcessTransport(httpx.BaseTransport):
     request; here one loop serves the whole test, so the app sees one process-like world, and
     the same loop runs the async helpers (the device page) through :meth:`run`.
 
-    Every request is kept in ``requests`` so tests can check what the CLI sent on the wire.
+    Every request is kept in ``requests`` (its response at the same index in ``responses``) so
+    tests can check what the CLI sent on the wire and what the broker answered.
     ``close`` is a no-op because each CLI command closes its httpx client (and with it the
     transport) while the app lives on for the next command; :meth:`shutdown` ends the loop.
     """
@@ -171,6 +153,7 @@ class InProcessTransport(httpx.BaseTransport):
         self._inner = httpx.ASGITransport(app=app)
         self._loop = asyncio.new_event_loop()
         self.requests: list[httpx.Request] = []
+        self.responses: list[httpx.Response] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coroutine)
@@ -185,7 +168,9 @@ class InProcessTransport(httpx.BaseTransport):
             content = await response.aread()
             return httpx.Response(response.status_code, headers=response.headers, content=content)
 
-        return self.run(exchange())
+        response = self.run(exchange())
+        self.responses.append(response)
+        return response
 
     def close(self) -> None:
         pass
@@ -215,6 +200,11 @@ class LiveBroker:
     def sent(self, method: str, path: str) -> list[httpx.Request]:
         """The requests the CLI sent to ``method path``, oldest first."""
         return [r for r in self.transport.requests if r.method == method and r.url.path == path]
+
+    def answered(self, method: str, path: str) -> list[Any]:
+        """The JSON bodies the broker answered to ``method path``, oldest first."""
+        pairs = zip(self.transport.requests, self.transport.responses, strict=False)
+        return [reply.json() for r, reply in pairs if r.method == method and r.url.path == path]
 
     def sign_in(self, name: str = "alice", *, expires_at: float | None = None) -> Tokens:
         """A session for ``name`` opened on the broker, its tokens stored as `access login` leaves them.

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 import pytest
 import respx
 
@@ -198,17 +199,40 @@ def test_an_unavailable_database_is_exit_code_unavailable(live: LiveBroker) -> N
     ],
 )
 def test_broker_errors_map_to_exit_codes_with_their_hint(
-    config_dir: Path, broker: respx.MockRouter, status: int, code: str, exit_code: int
+    config_dir: Path, stub_broker: respx.MockRouter, status: int, code: str, exit_code: int
 ) -> None:
     # respx: the exact rendering of an error body for each wire code, with a message and hint we
     # choose; the real broker cannot send some of them here (409 pending: approvals are not
     # enabled yet). The real broker's refusals are covered by the two tests above.
     store_tokens(config_dir)
     body = {"error": {"code": code, "message": f"broker says {code}", "hint": "see `access services`"}}
-    broker.post("/v1/grants").respond(status, json=body)
+    stub_broker.post("/v1/grants").respond(status, json=body)
     result = invoke("request", "svc-payments", "--scope", "read", "--ttl", "5m")
     assert result.exit_code == exit_code
     assert result.stderr == f"error: broker says {code}\nhint: see `access services`\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("reply", "exit_code", "text"),
+    [
+        # A proxy in front of the broker failing with its own HTML page.
+        (httpx.Response(502, html="<h1>Bad Gateway</h1>"), ExitCode.UNAVAILABLE, "answered HTTP 502"),
+        # Some other web server at that URL.
+        (httpx.Response(404, html="<h1>Not Found</h1>"), ExitCode.NOT_FOUND, "is this the broker's URL?"),
+        (httpx.Response(200, text="{not json"), ExitCode.ERROR, "sent a reply that is not JSON"),
+        (httpx.Response(200, json=[{"id": 7}]), ExitCode.ERROR, "invalid field(s)"),
+    ],
+)
+def test_foreign_or_malformed_replies_are_reported(
+    config_dir: Path, stub_broker: respx.MockRouter, reply: httpx.Response, exit_code: int, text: str
+) -> None:
+    # respx: no real broker sends these; the CLI must still say something useful.
+    store_tokens(config_dir)
+    stub_broker.get("/v1/grants").mock(return_value=reply)
+    result = invoke("grants")
+    assert result.exit_code == exit_code, result.stderr
+    assert text in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
 
 
@@ -226,7 +250,11 @@ def test_revoke_and_audit(live: LiveBroker) -> None:
     assert {e["actor"] for e in entries} == {"alice"} and len(entries) <= 5
     [asked] = [e for e in entries if e["action"] == "grant.request"]
     assert asked["details"]["scope"] == "read" and len(asked["hash"]) == 64
-    assert dict(live.sent("GET", "/v1/audit")[0].url.params) == {"actor": "alice", "since": "1h", "limit": "5"}
+    assert dict(live.sent("GET", "/v1/audit")[0].url.params) == {
+        "actor": "alice",
+        "since": "1h",
+        "limit": "5",
+    }
     text = live.invoke("audit")
     assert "grant.issue" in text.stdout and "scope=read" in text.stdout
 
