@@ -128,10 +128,13 @@ class BrokerClient:
         ca_file: str | None = None,
         insecure: bool = False,
         notify: Callable[[str], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        now: Callable[[], float] | None = None,
     ) -> BrokerClient:
         """A client for ``broker`` (flag or ACCESS_BROKER_URL), else the broker of the last login.
 
         The CA file and the insecure-HTTP choice saved at login apply when the URL matches.
+        ``transport`` and ``now`` are passed through (see ``access.cli.context.Globals``).
 
         Raises:
             UsageError: no broker is known, or the URL is not acceptable.
@@ -147,7 +150,9 @@ class BrokerClient:
         if saved_url and normalise_url(url, insecure=True) == saved_url:
             ca_file = ca_file or saved.get("ca_file")
             insecure = insecure or bool(saved.get("insecure"))
-        return cls(url, ca_file=ca_file, insecure=insecure, notify=notify)
+        return cls(
+            url, ca_file=ca_file, insecure=insecure, notify=notify, transport=transport, now=now or time.time
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
 
