@@ -54,7 +54,10 @@ def audit(
     """Show audit ledger entries, newest last (needs policy permission to read the audit log)."""
     if since is not None:
         _check_since(since)
-    entries = client(ctx).audit(service=service, actor=actor, since=since, limit=limit)
+    # The broker sends the newest ``limit`` entries newest first; shown as a log reads: newest last.
+    entries = sorted(
+        client(ctx).audit(service=service, actor=actor, since=since, limit=limit), key=lambda e: e.seq
+    )
     if output is Output.json:
         render.json_out(entries)
         return

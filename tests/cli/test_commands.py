@@ -246,7 +246,7 @@ def test_revoke_and_audit(live: LiveBroker) -> None:
     assert result.exit_code == 0, result.stderr
     entries = json.loads(result.stdout)
     mine = [e["action"] for e in entries if e["target"].endswith(gid)]
-    assert mine == ["grant.revoke", "grant.issue", "grant.request"]  # as the broker sends them: newest first
+    assert mine == ["grant.request", "grant.issue", "grant.revoke"]  # newest last, as --help says
     assert {e["actor"] for e in entries} == {"alice"} and len(entries) <= 5
     [asked] = [e for e in entries if e["action"] == "grant.request"]
     assert asked["details"]["scope"] == "read" and len(asked["hash"]) == 64
