@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from access.cli.errors import CliError
 from access.shared.mux import Channel, MuxSession
 from access.shared.muxframe import OPEN, SUBPROTOCOL
 from access.shared.wsframe import CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
@@ -42,15 +43,14 @@ MAX_RESPONSE = 64 * 1024
 TOKEN_CACHE_SECONDS = 30.0
 
 
-class HandshakeRefused(Exception):
+class HandshakeRefused(CliError):
     """The broker answered the upgrade with an error (its JSON body, when it sent one)."""
 
+    code: str  # the broker's wire code: always known here ("internal" when the body was not JSON)
+
     def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, hint, code=code)
         self.status = status
-        self.code = code
-        self.message = message
-        self.hint = hint
 
     @property
     def grant_ended(self) -> bool:
