@@ -32,6 +32,7 @@ from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
 from access.broker.store.db import device_codes, principals
 from access.shared.names import is_principal_name
+from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = [
     "CLIENTS",
@@ -50,7 +51,6 @@ __all__ = [
     "start",
 ]
 
-DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 USER_CODE_LENGTH = 8
 SLOW_DOWN_STEP = 5  # seconds added to the interval on slow_down (RFC 8628 section 3.5)
