@@ -17,10 +17,11 @@ from fastapi import FastAPI, WebSocket
 from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
 
+from access.broker.tunnel.protocol import TunnelProtocol
+from access.broker.tunnel.registry import registry_for
 from access.cli.tunnel import Forwarder
 from tests.broker.tunnel.test_protocol import (
     Setup,
-    _echo,
     run,
     setup,  # noqa: F401 (the fixture, used by name)
 )
@@ -79,7 +80,14 @@ def test_an_asgi_websocket_route_takes_its_upgrade_and_the_tunnel_still_works(
             answer = str(await ws.recv())
         forwarder = Forwarder(setup.endpoint(grant_id))
         _, port = await forwarder.start()
-        through_tunnel = await _echo(port, b"over the tunnel")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"over the tunnel")
+        through_tunnel = await reader.readexactly(15)
+        # The tunnel's protocol is the transport's own: no wrapper sits on the per-frame path.
+        (tunnel,) = registry_for(setup.broker)._by_grant[grant_id]
+        assert type(tunnel) is TunnelProtocol
+        assert tunnel.transport is not None and tunnel.transport.get_protocol() is tunnel
+        writer.close()
         await forwarder.aclose()
         return answer, through_tunnel
 
