@@ -10,7 +10,14 @@
     ├── Expired              (6) the device code or the grant ran out
     ├── Unavailable          (7) the broker refused to act (it fails closed)
     │   └── BrokerUnreachable    (7) no answer from the broker: names the URL tried
-    └── NotFound             (8) no such service, grant or user
+    ├── NotFound             (8) no such service, grant or user
+    └── tunnel.HandshakeRefused  (1) the broker refused a tunnel upgrade (its JSON error and HTTP
+                                 status); the listener reports it and stays up, so it does not
+                                 normally reach ``main``
+
+Outside the tree: ``shared.errors.SharedError`` (bad durations, ``--since`` values), which the
+commands turn into ``UsageError`` with a remedy, and ``shared.wsframe.ProtocolError``, which the
+tunnel turns into a close frame.
 
 Exit codes come from ``access.shared.errors.ExitCode``, the table the broker uses too, and
 broker JSON errors are mapped by their wire code (:func:`from_wire`). This module is imported

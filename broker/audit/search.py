@@ -9,7 +9,8 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import Forbidden, InvalidRequest
 from access.broker.runtime import Broker
 from access.broker.store import audit as store
-from access.shared.durations import DurationError, parse_duration
+from access.shared import durations
+from access.shared.durations import SinceError
 from access.shared.models import AuditEntry, AuditPage
 from access.shared.names import is_dns_label, is_principal_name
 
@@ -19,26 +20,18 @@ MAX_LIMIT = 1000
 
 
 def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """``1h`` (that long ago) or an ISO-8601 time; None for no bound.
+    """``1h`` (that long ago) or an ISO-8601 time; None for no bound (``shared.durations.parse_since``).
 
     Raises:
         InvalidRequest: neither a duration nor an ISO-8601 time.
     """
-    if text is None or not text.strip():
-        return None
     try:
-        since: datetime = now - parse_duration(text)
-        return since
-    except DurationError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return durations.parse_since(text, now)
+    except SinceError:
         raise InvalidRequest(
-            f"bad since {text[:40]!r}: give a duration such as 1h or 7d, "
+            f"bad since {(text or '')[:40]!r}: give a duration such as 1h or 7d, "
             "or a time such as 2030-01-01T00:00:00Z"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
 
 
 def search_audit(

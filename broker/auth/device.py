@@ -34,6 +34,7 @@ from access.broker.runtime import Broker
 from access.broker.store import device_codes, principals
 from access.broker.store.device_codes import DeviceCode
 from access.shared.names import is_principal_name
+from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = [
     "CLIENTS",
@@ -51,7 +52,6 @@ __all__ = [
     "start",
 ]
 
-DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 USER_CODE_LENGTH = 8
 # Public clients allowed to start a device authorization, with the name shown to people.
