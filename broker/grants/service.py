@@ -26,7 +26,7 @@ from access.broker.audit import ledger
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest, NotFound
 from access.broker.events.bus import GrantEnded
-from access.broker.policy.model import Decision, UnknownScope, UnknownService, evaluate
+from access.broker.policy import Decision, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.db import grants as grants_table
 from access.shared.durations import DurationError, format_duration, parse_duration
