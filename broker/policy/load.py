@@ -15,7 +15,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from access.broker.policy.model import Located, Policy, PolicyError, PolicyFile, Problem, type_name
+from access.broker.policy.fields import Located, type_name
+from access.broker.policy.model import Policy, PolicyError, PolicyFile, Problem
 
 __all__ = ["load_policy", "policy_from_data"]
 

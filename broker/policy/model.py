@@ -21,36 +21,39 @@ Format::
       readers: {groups: [security], users: [], service_accounts: []}
 
 Every model forbids keys it does not know (a typo such as ``require: deny`` under the wrong
-key must not be ignored). Validators raise ``ValueError``; a check that is about a place below
-the field it runs on raises ``Located`` with the rest of the path. ``load.py`` turns pydantic's
-errors into one ``PolicyError`` naming the file, the field path and the line.
+key must not be ignored). The field types are in ``fields.py``; a check across fields that is
+about a place below the model it runs on raises ``Located`` with the rest of the path.
+``load.py`` turns pydantic's errors into one ``PolicyError`` naming file, field path and line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    PlainValidator,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic import Field as PydanticField
 
-from access.broker.kinds import UnsupportedKind, check_kind
-from access.shared.durations import DurationError, parse_duration
-from access.shared.names import NAME_RULE, is_dns_label, is_principal_name, is_scope
+from access.broker.policy.fields import (
+    Duration,
+    Kind,
+    Located,
+    OptionalDuration,
+    Options,
+    PrincipalNames,
+    ScopeNames,
+    ServiceName,
+    ServiceNames,
+    Target,
+    Text,
+    none_is,
+    split_target,
+)
 
 __all__ = [
     "REQUIREMENTS",
-    "Located",
+    "AuditConfig",
     "Policy",
     "PolicyError",
     "PolicyFile",
@@ -68,15 +71,8 @@ __all__ = [
 REQUIREMENTS = ("auto", "approval", "deny")
 Requirement = Literal["auto", "approval", "deny"]
 
-# Options are handed to the service kind (database, user, password_file, ...). A password
-# written into the policy file itself would end up in backups and diffs: refer to a file or
-# an environment variable instead.
-_FORBIDDEN_OPTIONS = ("password", "secret", "token")
 _MAX_SERVICES = 10_000
 _MAX_RULES = 10_000
-_MAX_NAMES = 1000
-_PRINCIPAL_RULE = "lowercase letters, digits, '.', '_' and '-'"
-_SCOPE_RULE = "lowercase letters, digits, '_' and '-'"
 
 
 # ---------------------------------------------------------------- errors
@@ -114,94 +110,6 @@ class UnknownScope(LookupError):
     """The service exists but does not offer this scope."""
 
 
-class Located(ValueError):
-    """A validation error about ``loc`` below the field whose validator raised it."""
-
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-
-
-# ---------------------------------------------------------------- field types
-
-
-def type_name(value: Any) -> str:
-    """How messages name the type of a value that is not what the file should have."""
-    return "nothing" if value is None else type(value).__name__
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {type_name(value)}")
-    return value
-
-
-def _duration(value: Any) -> timedelta:
-    try:
-        ttl: timedelta = parse_duration(_text(value))
-    except DurationError as exc:
-        raise ValueError(str(exc)) from exc
-    return ttl
-
-
-def _optional_duration(value: Any) -> timedelta | None:
-    return None if value is None else _duration(value)
-
-
-def _name_check(check: Callable[[str], bool], rule: str, what: str = "name") -> Callable[[Any], str]:
-    def validate(value: Any) -> str:
-        if not isinstance(value, str) or not check(value):
-            raise ValueError(f"bad {what} {value!r}: {rule}")
-        return value
-
-    return validate
-
-
-def _unique(names: tuple[str, ...]) -> tuple[str, ...]:
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate names")
-    return names
-
-
-def _not_empty(names: tuple[str, ...]) -> tuple[str, ...]:
-    if not names:
-        raise ValueError("must not be empty")
-    return names
-
-
-def _none_is(default: Any) -> BeforeValidator:
-    """Treat ``key:`` with no value (YAML null) as the default, as the file format always has."""
-    return BeforeValidator(lambda value: default if value is None else value)
-
-
-Text = Annotated[str, PlainValidator(_text)]
-Duration = Annotated[timedelta, PlainValidator(_duration)]
-OptionalDuration = Annotated[timedelta | None, PlainValidator(_optional_duration)]
-_service_name = _name_check(is_dns_label, NAME_RULE, "service name")
-ServiceName = Annotated[str, PlainValidator(_service_name)]
-ScopeName = Annotated[str, PlainValidator(_name_check(is_scope, _SCOPE_RULE))]
-PrincipalName = Annotated[str, PlainValidator(_name_check(is_principal_name, _PRINCIPAL_RULE))]
-# Lists of names: duplicates are refused rather than silently merged.
-ScopeNames = Annotated[
-    tuple[ScopeName, ...],
-    _none_is(()),
-    PydanticField(max_length=_MAX_NAMES),
-    AfterValidator(_unique),
-    AfterValidator(_not_empty),
-]
-ServiceNames = Annotated[
-    tuple[ServiceName, ...],
-    _none_is(()),
-    PydanticField(max_length=_MAX_NAMES),
-    AfterValidator(_unique),
-    AfterValidator(_not_empty),
-]
-PrincipalNames = Annotated[
-    tuple[PrincipalName, ...], _none_is(()), PydanticField(max_length=_MAX_NAMES), AfterValidator(_unique)
-]
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -236,9 +144,9 @@ class Subject:
 class Subjects(_Model):
     """A set of principals named by group, user name or service-account name."""
 
-    groups: PrincipalNames = ()
-    users: PrincipalNames = ()
-    service_accounts: PrincipalNames = ()
+    groups: PrincipalNames = frozenset()
+    users: PrincipalNames = frozenset()
+    service_accounts: PrincipalNames = frozenset()
 
     def match(self, who: SubjectLike) -> bool:
         names = (
@@ -258,68 +166,17 @@ class Subjects(_Model):
 # ---------------------------------------------------------------- services and rules
 
 
-def split_target(text: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` too) as ``(host, port)``.
-
-    Raises:
-        ValueError: not a host and a port in 1..65535.
-    """
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"expected host:port (e.g. 127.0.0.1:5432 or [::1]:5432), got {text!r}")
-    if any(c.isspace() or c in "/@" for c in host):
-        raise ValueError(f"bad host {host!r}")
-    return host, int(port_text)
-
-
-def _target(value: Any) -> str:
-    host, port = split_target(_text(value))
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _kind(value: Any) -> str:
-    name = _text(value)
-    try:
-        check_kind(name)
-    except UnsupportedKind as exc:
-        raise ValueError(str(exc)) from exc
-    return name
-
-
-def _options(value: Any) -> dict[str, str | int | float | bool]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping, got {type_name(value)}")
-    options: dict[str, str | int | float | bool] = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError("option names must be strings")
-        if key.lower() in _FORBIDDEN_OPTIONS:
-            raise Located(
-                (key,), f"do not put secrets in the policy; use {key}_file (a path) or {key}_env (a variable)"
-            )
-        if not isinstance(item, str | int | float | bool) or (isinstance(item, str) and not item):
-            raise Located((key,), "expected a non-empty string, number or boolean")
-        options[key] = item
-    return options
-
-
 class ServiceConfig(_Model):
     """A service: where it is (always from here, never from a client) and what it offers."""
 
-    name: Annotated[str, PlainValidator(_text), AfterValidator(_service_name)]
-    kind: Annotated[str, PlainValidator(_kind)]
+    name: ServiceName
+    kind: Kind
     # Normalised ``host:port``; ``host`` and ``port`` are derived from it.
-    target: Annotated[str, PlainValidator(_target)]
-    description: Annotated[str, _none_is("")] = ""
+    target: Target
+    description: Annotated[str, none_is("")] = ""
     scopes: ScopeNames
     max_ttl: Duration
-    options: Annotated[Mapping[str, str | int | float | bool], PlainValidator(_options)] = PydanticField(
-        default_factory=dict
-    )
+    options: Options = PydanticField(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -334,7 +191,7 @@ class Rule(_Model):
     """Who (``subjects``) may get which ``scopes`` of which ``services``, how long, on what terms."""
 
     name: Text
-    subjects: Annotated[Subjects, _none_is({})]
+    subjects: Annotated[Subjects, none_is({})]
     services: ServiceNames
     scopes: ScopeNames
     max_ttl: OptionalDuration = None
@@ -360,35 +217,26 @@ class Rule(_Model):
 
 
 class AuditConfig(_Model):
-    readers: Annotated[Subjects, _none_is({})] = Subjects()
+    readers: Annotated[Subjects, none_is({})] = Subjects()
 
 
 class PolicyFile(_Model):
     """The whole file, as written: services and rules are lists, in the file's order."""
 
-    services: Annotated[tuple[ServiceConfig, ...], _none_is(()), PydanticField(max_length=_MAX_SERVICES)] = ()
-    rules: Annotated[tuple[Rule, ...], _none_is(()), PydanticField(max_length=_MAX_RULES)] = ()
-    audit: Annotated[AuditConfig, _none_is({})] = AuditConfig()
+    services: Annotated[tuple[ServiceConfig, ...], none_is(()), PydanticField(max_length=_MAX_SERVICES)] = ()
+    rules: Annotated[tuple[Rule, ...], none_is(()), PydanticField(max_length=_MAX_RULES)] = ()
+    audit: Annotated[AuditConfig, none_is({})] = AuditConfig()
 
-    @field_validator("services")
+    @field_validator("services", "rules")
     @classmethod
-    def _unique_services(cls, services: tuple[ServiceConfig, ...]) -> tuple[ServiceConfig, ...]:
+    def _unique_names(cls, items: tuple[ServiceConfig | Rule, ...], info: ValidationInfo) -> Any:
+        what = "service" if info.field_name == "services" else "rule"
         seen: set[str] = set()
-        for i, svc in enumerate(services):
-            if svc.name in seen:
-                raise Located((i, "name"), f"duplicate service name {svc.name!r}")
-            seen.add(svc.name)
-        return services
-
-    @field_validator("rules")
-    @classmethod
-    def _unique_rules(cls, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-        seen: set[str] = set()
-        for i, rule in enumerate(rules):
-            if rule.name in seen:
-                raise Located((i, "name"), f"duplicate rule name {rule.name!r}")
-            seen.add(rule.name)
-        return rules
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise Located((i, "name"), f"duplicate {what} name {item.name!r}")
+            seen.add(item.name)
+        return items
 
     @model_validator(mode="after")
     def _rules_name_what_exists(self) -> PolicyFile:

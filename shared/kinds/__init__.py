@@ -23,13 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from access.shared.kinds.base import ClientKind, ClientSetup, ConnectionInfo
+from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, ConnectionInfo
 from access.shared.kinds.mysql import MySQLClient
 from access.shared.kinds.postgres import PostgresClient
 from access.shared.kinds.redis import RedisClient
 from access.shared.kinds.tcp import TcpClient
 
-__all__ = ["CLIENT_KINDS", "ClientKind", "ClientSetup", "ConnectionInfo", "client_setup"]
+__all__ = ["CLIENT_KINDS", "ClientContext", "ClientKind", "ClientSetup", "ConnectionInfo", "client_setup"]
 
 CLIENT_KINDS: Mapping[str, ClientKind] = {
     kind.name: kind for kind in (PostgresClient(), MySQLClient(), RedisClient(), TcpClient())
@@ -55,5 +55,5 @@ def client_setup(
         ACCESS_GRANT=info.grant_id,
     )
     if setup.kind is not None:
-        setup.kind.configure(setup, info, host, port, with_secrets=with_secrets, secret_dir=secret_dir)
+        setup.kind.configure(setup, info, ClientContext(host, port, with_secrets, secret_dir))
     return setup

@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ClientKind", "ClientSetup", "ConnectionInfo"]
+__all__ = ["ClientContext", "ClientKind", "ClientSetup", "ConnectionInfo"]
 
 
 class ConnectionInfo(BaseModel):
@@ -36,22 +36,23 @@ class ConnectionInfo(BaseModel):
     password: str | None = Field(default=None, repr=False)
 
 
+class ClientContext(NamedTuple):
+    """Where the client program reaches the service (the tunnel's local end), and how."""
+
+    host: str
+    port: int
+    # False for ``access env``: passwords are left out and no file is written.
+    with_secrets: bool = True
+    secret_dir: Path | None = None  # where private files go (the system's temporary folder)
+
+
 class ClientKind:
     """The client side of one service kind (``name`` matches the broker's ``ServiceKind``)."""
 
     name: ClassVar[str]
 
-    def configure(
-        self,
-        setup: ClientSetup,
-        info: ConnectionInfo,
-        host: str,
-        port: int,
-        *,
-        with_secrets: bool,
-        secret_dir: Path | None,
-    ) -> None:
-        """Add this kind's variables (and, ``with_secrets``, private files) to ``setup``."""
+    def configure(self, setup: ClientSetup, info: ConnectionInfo, where: ClientContext) -> None:
+        """Add this kind's variables (and, ``where.with_secrets``, private files) to ``setup``."""
 
     def args_for(self, setup: ClientSetup, argv: list[str], host: str, port: int) -> list[str]:
         """``argv`` (not empty) with what a known client cannot take from the environment."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from access.shared.kinds.base import ClientKind, ClientSetup, ConnectionInfo
+from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, ConnectionInfo
 
 __all__ = ["MySQLClient"]
 
@@ -19,18 +19,9 @@ def _mycnf_escape(value: str) -> str:
 class MySQLClient(ClientKind):
     name = "mysql"
 
-    def configure(
-        self,
-        setup: ClientSetup,
-        info: ConnectionInfo,
-        host: str,
-        port: int,
-        *,
-        with_secrets: bool,
-        secret_dir: Path | None,
-    ) -> None:
-        setup.env.update(MYSQL_HOST=host, MYSQL_TCP_PORT=str(port))
-        if not with_secrets:
+    def configure(self, setup: ClientSetup, info: ConnectionInfo, where: ClientContext) -> None:
+        setup.env.update(MYSQL_HOST=where.host, MYSQL_TCP_PORT=str(where.port))
+        if not where.with_secrets:
             return
         lines = ["[client]"]
         if info.user:
@@ -40,7 +31,7 @@ class MySQLClient(ClientKind):
         if info.database:
             lines.append(f'database="{_mycnf_escape(info.database)}"')
         if len(lines) > 1:
-            setup.option_file = setup.secret_file(secret_dir, "access-my-", "\n".join(lines) + "\n")
+            setup.option_file = setup.secret_file(where.secret_dir, "access-my-", "\n".join(lines) + "\n")
 
     def args_for(self, setup: ClientSetup, argv: list[str], host: str, port: int) -> list[str]:
         if Path(argv[0]).name in _PROGRAMS and setup.option_file is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from access.shared.kinds.base import ClientKind, ClientSetup, ConnectionInfo
+from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, ConnectionInfo
 
 __all__ = ["PostgresClient"]
 
@@ -16,25 +14,16 @@ def _pgpass_escape(value: str) -> str:
 class PostgresClient(ClientKind):
     name = "postgres"
 
-    def configure(
-        self,
-        setup: ClientSetup,
-        info: ConnectionInfo,
-        host: str,
-        port: int,
-        *,
-        with_secrets: bool,
-        secret_dir: Path | None,
-    ) -> None:
+    def configure(self, setup: ClientSetup, info: ConnectionInfo, where: ClientContext) -> None:
         env = setup.env
-        env.update(PGHOST=host, PGPORT=str(port))
+        env.update(PGHOST=where.host, PGPORT=str(where.port))
         if info.database:
             env["PGDATABASE"] = info.database
         if info.user:
             env["PGUSER"] = info.user
-        if with_secrets and info.password is not None:
+        if where.with_secrets and info.password is not None:
             # A passfile rather than PGPASSWORD: the environment of a process is readable by
             # its user's other processes and ends up in crash reports.
-            fields = (host, str(port), info.database or "*", info.user or "*", info.password)
+            fields = (where.host, str(where.port), info.database or "*", info.user or "*", info.password)
             line = ":".join(_pgpass_escape(v) for v in fields)
-            env["PGPASSFILE"] = str(setup.secret_file(secret_dir, "access-pgpass-", line + "\n"))
+            env["PGPASSFILE"] = str(setup.secret_file(where.secret_dir, "access-pgpass-", line + "\n"))

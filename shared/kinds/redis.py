@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from access.shared.kinds.base import ClientKind, ClientSetup, ConnectionInfo
+from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, ConnectionInfo
 
 __all__ = ["RedisClient"]
 
@@ -12,17 +12,8 @@ __all__ = ["RedisClient"]
 class RedisClient(ClientKind):
     name = "redis"
 
-    def configure(
-        self,
-        setup: ClientSetup,
-        info: ConnectionInfo,
-        host: str,
-        port: int,
-        *,
-        with_secrets: bool,
-        secret_dir: Path | None,
-    ) -> None:
-        if with_secrets and info.password is not None:
+    def configure(self, setup: ClientSetup, info: ConnectionInfo, where: ClientContext) -> None:
+        if where.with_secrets and info.password is not None:
             # redis-cli reads it from here instead of argv (it warns about -a on the command line).
             setup.env["REDISCLI_AUTH"] = info.password
 
