@@ -272,6 +272,7 @@ class Policy:
 
     @classmethod
     def from_file(cls, document: PolicyFile) -> Policy:
+        """The policy a validated file describes (raises nothing: the file was checked)."""
         return cls({svc.name: svc for svc in document.services}, document.rules, document.audit.readers)
 
     @classmethod
