@@ -28,7 +28,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest, NotFound
 from access.broker.events.bus import GrantEnded
 from access.broker.loops import Loop
-from access.broker.policy.model import Decision, UnknownScope, UnknownService, evaluate
+from access.broker.policy import Decision, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.tables import grants as grants_table
 from access.shared.durations import DurationError, format_duration, parse_duration
