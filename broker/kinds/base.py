@@ -10,7 +10,7 @@ side beside it (``client``: the ``access.shared.kinds`` module of the same name)
 ``access.broker.kinds`` registers them, and ``kind_for`` refuses a name it does not have
 (``UnsupportedKind``): nothing falls back to raw TCP.
 
-ROADMAP 2: per-grant credentials (a database role made when a grant is issued, dropped when it
+Coming next: per-grant credentials (a database role made when a grant is issued, dropped when it
 ends) and stream inspection hooks (query-level audit from the bytes the tunnel relays) will be
 added as methods of this class. A kind never opens sockets itself: the broker reaches targets
 through a dialer and hands the kind what it needs.

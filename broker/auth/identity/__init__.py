@@ -2,7 +2,7 @@
 
 ``embedded`` is today's only identity source: users with passwords and service accounts with
 client secrets, stored as argon2id hashes in our own database. Upstream OIDC and CI-token
-sources (ROADMAP 3) are meant to join it here as sibling modules; ``principals.source`` says
+sources (not built yet) are meant to join it here as sibling modules; ``principals.source`` says
 where a principal comes from. ``directory`` holds what applies whatever the source (listing,
 disabling). Identity may import the store and ``grants.service`` (to end a disabled
 principal's grants), never ``auth.sessions`` or ``auth.device``, which import it.
