@@ -54,7 +54,8 @@ def _compiled_extensions() -> list[Any]:
                 ["--ignore-missing-imports", *(f"access/shared/{name}.py" for name in HOT_MODULES)],
                 opt_level="3",
                 group_name="access.shared._speedups",
-                target_dir=str(build),
+                # setuptools refuses absolute source paths: name the build folder relative to here.
+                target_dir=os.path.relpath(build, HERE),
             )
         )
     except (Exception, SystemExit) as exc:  # mypyc exits on type errors; any failure: pure Python
