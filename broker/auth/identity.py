@@ -294,7 +294,7 @@ def disable_principal(broker: Broker, name: str, actor: str) -> list[str]:
     """
     # Imported here: grants imports the identity layer's neighbours, and is written separately.
     from access.broker.auth.sessions import revoke_principal_sessions
-    from access.broker.grants.service import end_grants_for_principal
+    from access.broker.grants import end_grants_for_principal
 
     with broker.transaction() as conn:
         row = conn.execute(sa.select(*_COLUMNS).where(principals.c.name == name)).first()

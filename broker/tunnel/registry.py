@@ -24,7 +24,7 @@ from access.broker.loops import Loop
 from access.shared.models import GrantState
 
 if TYPE_CHECKING:
-    from access.broker.grants.service import TunnelGrant
+    from access.broker.grants import TunnelGrant
     from access.broker.runtime import Broker
 
 __all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "TunnelWatch", "registry_for"]
@@ -153,7 +153,7 @@ class TunnelWatch(Loop):
 
     async def tick(self) -> None:
         """Raises: Unavailable: the grants' states could not be read."""
-        from access.broker.grants.service import grant_state
+        from access.broker.grants import grant_state
 
         loop = asyncio.get_running_loop()
         self.registry.loop = loop

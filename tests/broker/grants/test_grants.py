@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from access.broker import grants
 from access.broker.auth import tokens
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.sessions import revoke_session
@@ -28,7 +29,6 @@ from access.broker.errors import (
     Unavailable,
 )
 from access.broker.events.bus import Event, GrantEnded
-from access.broker.grants import service as grants
 from access.broker.policy.model import Policy
 from access.broker.runtime import Broker
 from access.broker.store.tables import audit_log, principals
