@@ -2,8 +2,9 @@
 
 ::
 
-    (new) --issue--> active --revoke--> revoked     (an owner, an audit reader, a lock-out)
-    (new) --deny---> denied        \\---expire--> expired   (the expiry loop, at expires_at)
+    (new) --issue--> active --revoke--> revoked   (owner, audit reader, lock-out)
+      |                 '----expire--> expired   (the expiry loop, at expires_at)
+      '---deny---> denied
 
     from      event    to        audit entry     ends the grant
     (new)     issue    active    grant.issue     no
