@@ -1,4 +1,10 @@
-"""The broker's ASGI application: routers, one error handler, request size limits, background loops."""
+"""The broker's ASGI application: routers, one error handler, request size limits, background loops.
+
+Every error a client sees has the broker's JSON shape (``BrokerError.body()``): ``BrokerError``
+subclasses render their own status and code; validation, routing and database errors are mapped
+to one; anything else is a bug, answered ``500 {"error": {"code": "internal", ...}}`` by
+:class:`CatchAll`, whose traceback goes to the log once and never to the client.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +20,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
 from access.broker.loops import Loop
 from access.broker.runtime import Broker
 from access.shared.models import MAX_JSON_BODY_BYTES
 
-__all__ = ["create_app"]
+__all__ = ["CatchAll", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,43 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class CatchAll:
+    """Answer an unexpected exception with a 500 in the broker's JSON shape, and log it once.
+
+    Starlette's own last-resort handler re-raises after answering, so the server logs the same
+    traceback again; this one is the end of the line. The exception's text stays in the log:
+    it may carry internals (SQL, paths, tokens) that are nobody's business outside.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
+            if not started:  # otherwise the status line is gone: the truncated answer says enough
+                await _send_error(send, _INTERNAL)
+
+
+_INTERNAL = BrokerError(
+    "internal error: the broker failed to answer this request",
+    hint="try again; if it persists, tell the broker's operator",
+)
 
 
 async def _send_error(send: Send, error: BrokerError) -> None:
@@ -91,6 +135,20 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             err = InvalidRequest(str(exc.detail))
         return JSONResponse(err.body(), status_code=exc.status_code if exc.status_code < 500 else 500)
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette answers an unknown WebSocket path with a bare close (uvicorn sends 403);
+        # a 404 with the usual JSON body says what is actually wrong, as for plain requests.
+        if scope["type"] == "websocket" and "websocket.http.response" in scope.get("extensions", {}):
+            err = NotFound("no such endpoint")
+            await WebSocket(scope, receive, send).send_denial_response(
+                JSONResponse(err.body(), status_code=err.status, headers={"Cache-Control": "no-store"})
+            )
+            return
+        await starlette_not_found(scope, receive, send)
+
+    starlette_not_found = app.router.not_found
+    app.router.default = not_found
 
     @app.exception_handler(sa.exc.SQLAlchemyError)
     async def database_error(_request: Request, exc: sa.exc.SQLAlchemyError) -> Response:
@@ -150,4 +208,5 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.include_router(device_page.router)
     app.include_router(api.router)
     app.add_middleware(BodySizeLimit, limit=MAX_JSON_BODY_BYTES)
+    app.add_middleware(CatchAll)  # added last, so outermost: it sees what the others raise
     return app

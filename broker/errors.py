@@ -8,16 +8,29 @@
     ├── Unauthenticated              (401) no, expired, forged or revoked token
     ├── Forbidden                    (403) authenticated but not allowed (e.g. audit read)
     │   └── GrantDenied              (403) policy said no
-    ├── NotFound                     (404) unknown service, grant, user
+    ├── NotFound                     (404) unknown service, grant, user, endpoint
     ├── Conflict                     (409) already exists / already ended
     ├── Expired                      (410) the grant or code ran out
     ├── RateLimited                  (429)
     ├── Unavailable                  (503) the database or ledger is down: we fail closed
-    └── TargetUnreachable            (502) the service behind a tunnel did not answer
+    ├── TargetUnreachable            (502) the service behind a tunnel did not answer
+    └── OAuthError                   (400, 401 invalid_client, or as given) an RFC 6749 error from
+                                     /oauth/*, rendered ``{"error", "error_description"}``;
+                                     defined in ``auth/tokens.py`` beside the tokens it is about
 
 The HTTP status and exit code come from ``access.shared.errors``; one handler in
-``broker/app.py`` renders them. Third-party errors are mapped at the boundary
-(``raise Unavailable(...) from exc``) and never leak to clients.
+``broker/app.py`` renders them. Any other exception reaching ``app.py`` is a bug: ``CatchAll``
+answers ``500 {"error": {"code": "internal", ...}}`` and logs the traceback, never its text.
+
+Outside the tree, on purpose (mapped at the boundary, ``raise X(...) from exc``):
+
+    policy.model.PolicyError         (ValueError) a policy file that does not load: pure code with
+                                     no HTTP in it; ``access-broker policy`` prints it, startup stops
+    policy.model.UnknownService      (LookupError) } lookups in a loaded policy; grants.requests
+    policy.model.UnknownScope        (LookupError) } maps them to NotFound / InvalidRequest
+    shared.errors.SharedError        parse errors of the shared modules (durations, ``since``,
+                                     HTTP heads); services map them to InvalidRequest
+    shared.wsframe.ProtocolError     a tunnel peer broke the protocol: a close frame, not HTTP
 """
 
 from __future__ import annotations

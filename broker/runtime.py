@@ -19,7 +19,7 @@ from access.broker.clock import Clock, SystemClock
 from access.broker.errors import Unavailable
 from access.broker.events.bus import EventBus
 from access.broker.keys import load_or_create_key
-from access.broker.policy.model import Policy
+from access.broker.policy import Policy
 from access.broker.settings import Settings
 from access.broker.store import engine as store_engine
 

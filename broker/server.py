@@ -1,7 +1,10 @@
 """Run the broker under uvicorn (uvloop + httptools), TLS when configured.
 
-The tunnel endpoint does not go through ASGI: uvicorn hands upgraded connections to
-``tunnel.protocol.TunnelProtocol``, which relays bytes with asyncio protocols. See docs/tunnel.md.
+The tunnel endpoint does not go through ASGI: a WebSocket upgrade on ``/v1/tunnel`` becomes a
+``tunnel.protocol.TunnelProtocol``, which relays bytes with asyncio protocols (docs/tunnel.md).
+Every other upgrade goes to uvicorn's own WebSocket implementation and so to the ASGI app's
+routes, like any request. :class:`BrokerHttpProtocol` makes that choice, once per connection,
+from the path httptools parsed: the tunnel's per-message path never sees it.
 """
 
 from __future__ import annotations
@@ -11,15 +14,46 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from access.broker.settings import Settings
 
-__all__ = ["run"]
+__all__ = ["BrokerHttpProtocol", "protocols", "run"]
 
 log = logging.getLogger(__name__)
+
+
+class BrokerHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that an upgrade on the tunnel path goes to the tunnel.
+
+    uvicorn builds ``self.ws_protocol_class(config=..., server_state=..., app_state=...)`` for an
+    upgrade, gives it the transport and the re-serialised head, and makes it the transport's
+    protocol. Choosing the class here, before that, keeps uvicorn's hand-over intact for both:
+    the tunnel gets the connection directly (no wrapper between it and its bytes), and everything
+    else gets the ``ws`` implementation the config names.
+    """
+
+    def handle_websocket_upgrade(self) -> None:
+        from access.broker.tunnel.protocol import TUNNEL_PATH, TunnelProtocol
+
+        # The same test the tunnel applies to the head (``parse_request``): the exact path.
+        if urlsplit(self.url.decode("latin-1")).path == TUNNEL_PATH:
+            # uvicorn types ``ws`` as an asyncio.Protocol; ours is a BufferedProtocol (uvloop's TLS
+            # layer then decrypts into its buffer), which uvicorn hands the connection to just the same.
+            self.ws_protocol_class = cast("type[asyncio.Protocol]", TunnelProtocol)
+        else:
+            self.ws_protocol_class = self.config.ws_protocol_class
+        super().handle_websocket_upgrade()
+
+
+def protocols() -> dict[str, Any]:
+    """uvicorn's ``http`` and ``ws`` settings for the broker: the tunnel on its path, ASGI elsewhere."""
+    # websockets' sans-I/O implementation: the legacy one is deprecated (warnings are errors in tests).
+    return {"http": BrokerHttpProtocol, "ws": "websockets-sansio"}
 
 
 def run(settings: Settings, *, ready_file: Path | None = None) -> None:
@@ -32,7 +66,6 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     from access.broker.admin.common import bind_socket
     from access.broker.app import create_app
     from access.broker.runtime import Broker
-    from access.broker.tunnel.protocol import TunnelProtocol
     from access.shared.tuning import tune_allocator
 
     tune_allocator()
@@ -44,10 +77,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     config = uvicorn.Config(
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
-        http="httptools",
-        # uvicorn types ``ws`` as an asyncio.Protocol; ours is a BufferedProtocol (uvloop's TLS
-        # layer then decrypts into its buffer), which uvicorn hands the connection to just the same.
-        ws=cast("type[asyncio.Protocol]", TunnelProtocol),
+        **protocols(),
         lifespan="on",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

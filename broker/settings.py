@@ -5,7 +5,6 @@ Every field here is documented in docs/broker.md; tests/test_docs.py fails when 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from access.broker.store.engine import PoolSettings
+from access.shared.net import is_loopback_host
 
 __all__ = ["Settings", "default_data_dir", "is_loopback_host"]
 
@@ -20,15 +20,6 @@ __all__ = ["Settings", "default_data_dir", "is_loopback_host"]
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "access-broker"
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings):

@@ -9,7 +9,6 @@ commands import this module inside their function bodies, never at startup.
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import time
 from collections.abc import Callable
@@ -34,11 +33,12 @@ from access.cli.errors import (
 )
 from access.cli.tokens import Tokens, TokenStore, default_store, env_token, refresh_lock
 from access.shared.models import AuditEntry, AuditPage, Grant, GrantRequest, Principal, ServiceInfo
+from access.shared.net import is_loopback_host
+from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = ["CLIENT_ID", "BrokerClient", "DeviceAuthorization", "normalise_url"]
 
 CLIENT_ID = "access-cli"
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 # Refresh a little before expiry so a token does not run out between our check and the broker's.
 MIN_VALIDITY = 60.0
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
@@ -57,15 +57,6 @@ class DeviceAuthorization:
     interval: int
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def normalise_url(url: str, *, insecure: bool = False) -> str:
     """``https://broker.example:8443/`` -> ``https://broker.example:8443``.
 
@@ -77,7 +68,7 @@ def normalise_url(url: str, *, insecure: bool = False) -> str:
         raise UsageError(f"not a broker URL: {url!r}", "write it like https://access.example.com")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise UsageError(f"the broker URL {url!r} must not have credentials, a query or a fragment")
-    if parts.scheme == "http" and not insecure and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not insecure and not is_loopback_host(parts.hostname):
         raise UsageError(
             f"refusing plain HTTP to {url}: tokens would cross the network unencrypted",
             "use https://, or pass --insecure if you accept that risk",
@@ -128,10 +119,13 @@ class BrokerClient:
         ca_file: str | None = None,
         insecure: bool = False,
         notify: Callable[[str], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        now: Callable[[], float] | None = None,
     ) -> BrokerClient:
         """A client for ``broker`` (flag or ACCESS_BROKER_URL), else the broker of the last login.
 
         The CA file and the insecure-HTTP choice saved at login apply when the URL matches.
+        ``transport`` and ``now`` are passed through (see ``access.cli.context.Globals``).
 
         Raises:
             UsageError: no broker is known, or the URL is not acceptable.
@@ -147,7 +141,9 @@ class BrokerClient:
         if saved_url and normalise_url(url, insecure=True) == saved_url:
             ca_file = ca_file or saved.get("ca_file")
             insecure = insecure or bool(saved.get("insecure"))
-        return cls(url, ca_file=ca_file, insecure=insecure, notify=notify)
+        return cls(
+            url, ca_file=ca_file, insecure=insecure, notify=notify, transport=transport, now=now or time.time
+        )
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -379,7 +375,8 @@ class BrokerClient:
             CliError: any other OAuth error (a reused device code: ``invalid_grant``).
         """
         status, data = self._oauth(
-            "/oauth/token", {"grant_type": DEVICE_GRANT, "device_code": device_code, "client_id": CLIENT_ID}
+            "/oauth/token",
+            {"grant_type": DEVICE_GRANT_TYPE, "device_code": device_code, "client_id": CLIENT_ID},
         )
         if status == 200:
             return Tokens.from_response(data, self._now())

@@ -3,10 +3,17 @@
 Commands (ours and the tunnel's) call :func:`client` with their ``typer.Context``; it
 resolves the broker from ``--broker``/``ACCESS_BROKER_URL``, else the last login's. Importing
 this module stays cheap: httpx and pydantic load inside :func:`client`.
+
+The seam: :class:`Globals` also carries an optional ``httpx.BaseTransport`` and wall clock,
+which every client a command makes uses. Nothing on the command line sets them; a caller that
+runs the app itself injects them explicitly as the root context's object, e.g. the tests'
+``CliRunner().invoke(app, args, obj=Globals(transport=..., now=...))`` drives every ``access``
+command against the broker's ASGI app in-process, on the broker's fake clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,6 +23,8 @@ from access.cli import render
 from access.cli.render import Output
 
 if TYPE_CHECKING:
+    import httpx
+
     from access.cli.client import BrokerClient
 
 __all__ = ["Globals", "Output", "OutputOption", "client", "globals_of"]
@@ -28,9 +37,13 @@ OutputOption = Annotated[
 
 @dataclass
 class Globals:
+    """The root options, plus the injected HTTP transport and clock (None: the real network and time)."""
+
     broker: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    transport: httpx.BaseTransport | None = None
+    now: Callable[[], float] | None = None
 
 
 def globals_of(ctx: typer.Context) -> Globals:
@@ -55,7 +68,12 @@ def client(
 
     options = globals_of(ctx)
     made = BrokerClient.from_config(
-        broker or options.broker, ca_file or options.ca_file, insecure or options.insecure, notify=render.note
+        broker or options.broker,
+        ca_file or options.ca_file,
+        insecure or options.insecure,
+        notify=render.note,
+        transport=options.transport,
+        now=options.now,
     )
     ctx.call_on_close(made.close)
     return made

@@ -10,7 +10,14 @@
     ├── Expired              (6) the device code or the grant ran out
     ├── Unavailable          (7) the broker refused to act (it fails closed)
     │   └── BrokerUnreachable    (7) no answer from the broker: names the URL tried
-    └── NotFound             (8) no such service, grant or user
+    ├── NotFound             (8) no such service, grant or user
+    └── tunnel.HandshakeRefused  (1) the broker refused a tunnel upgrade (its JSON error and HTTP
+                                 status); the listener reports it and stays up, so it does not
+                                 normally reach ``main``
+
+Outside the tree: ``shared.errors.SharedError`` (bad durations, ``--since`` values), which the
+commands turn into ``UsageError`` with a remedy, and ``shared.wsframe.ProtocolError``, which the
+tunnel turns into a close frame.
 
 Exit codes come from ``access.shared.errors.ExitCode``, the table the broker uses too, and
 broker JSON errors are mapped by their wire code (:func:`from_wire`). This module is imported
@@ -24,7 +31,6 @@ from typing import ClassVar
 from access.shared.errors import ExitCode, exit_code_for
 
 __all__ = [
-    "EXIT_CODES_HELP",
     "BrokerUnreachable",
     "CliError",
     "Denied",
@@ -38,12 +44,6 @@ __all__ = [
 ]
 
 LOGIN_HINT = "run `access login`"
-
-# Shown in `access --help`; docs/cli.md carries the same table.
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 1 error, 2 usage, 3 needs login, 4 denied, 5 pending, 6 expired, "
-    "7 broker unavailable or unreachable, 8 not found."
-)
 
 
 class CliError(Exception):

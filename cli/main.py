@@ -6,6 +6,7 @@ data; ``NO_COLOR`` is honoured; nothing prompts when stdin is not a terminal.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -83,7 +84,9 @@ def root(
     ] = None,
 ) -> None:
     """Just-in-time, scoped, audited access to production services."""
-    ctx.obj = Globals(broker=broker or None, ca_file=ca_file or None, insecure=insecure)
+    # Keep what a caller injected as the root object (see access.cli.context.Globals).
+    injected = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
+    ctx.obj = replace(injected, broker=broker or None, ca_file=ca_file or None, insecure=insecure)
 
 
 def main() -> None:

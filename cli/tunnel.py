@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from access.cli.errors import CliError
+from access.shared.closecodes import ended_why
+from access.shared.httphead import HeadError, parse_response_head, split_head
 from access.shared.mux import Channel, MuxSession
 from access.shared.muxframe import OPEN, SUBPROTOCOL
 from access.shared.wsframe import CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
@@ -42,15 +45,14 @@ MAX_RESPONSE = 64 * 1024
 TOKEN_CACHE_SECONDS = 30.0
 
 
-class HandshakeRefused(Exception):
+class HandshakeRefused(CliError):
     """The broker answered the upgrade with an error (its JSON body, when it sent one)."""
 
+    code: str  # the broker's wire code: always known here ("internal" when the body was not JSON)
+
     def __init__(self, status: int, code: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, hint, code=code)
         self.status = status
-        self.code = code
-        self.message = message
-        self.hint = hint
 
     @property
     def grant_ended(self) -> bool:
@@ -101,9 +103,6 @@ class BrokerEndpoint:
         token = await asyncio.to_thread(self.token)
         self._cached = (token, now)
         return token
-
-
-_ENDED_BY_CODE = {4010: "expired", 4011: "revoked", 4012: "locked"}
 
 
 class ClientSession(MuxSession):
@@ -176,12 +175,16 @@ class ClientSession(MuxSession):
         if response is None or response.done():
             return
         self._buffer += data
-        head, sep, rest = self._buffer.partition(b"\r\n\r\n")
-        if not sep:
-            if len(self._buffer) > MAX_RESPONSE:
-                response.set_exception(ConnectionError("the broker's answer is too large"))
+        try:
+            split = split_head(self._buffer, MAX_RESPONSE)
+        except HeadError:
+            response.set_exception(ConnectionError("the broker's answer is too large"))
             return
-        status, headers = _parse_head(head)
+        if split is None:
+            return
+        rest = split[1]
+        parsed = parse_response_head(split[0])
+        status, headers = parsed.status, parsed.headers
         if status == 101:
             if headers.get("sec-websocket-accept") != self._expected_accept:
                 response.set_exception(ConnectionError("the broker's WebSocket answer is not valid"))
@@ -275,21 +278,6 @@ class LocalChannel(Channel):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # paused until the broker accepts the channel
         self.session.attach(self)
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    try:
-        status = int(parts[1])
-    except (IndexError, ValueError):
-        status = 0
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return status, headers
 
 
 def _refusal(status: int, body: bytes) -> HandshakeRefused:
@@ -393,7 +381,7 @@ class Forwarder:
         code, reason = session.remote_close
         if code in GRANT_ENDED_CODES:
             self.report(reason)
-            self.end(TunnelEnded(reason, _ENDED_BY_CODE.get(code, "locked")))
+            self.end(TunnelEnded(reason, ended_why(code) or "locked"))
         elif code not in (1000, 1005) and reason:
             self.report(f"the broker closed the tunnel: {reason}")
 

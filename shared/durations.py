@@ -1,16 +1,20 @@
-"""Durations as people write them: ``45s``, ``30m``, ``1h30m``, ``2h``, ``1d``.
+"""Durations as people write them: ``45s``, ``30m``, ``1h30m``, ``2h``, ``1d``; and ``since`` bounds.
 
 Parsing is strict: every part needs a unit, units go from largest to smallest
 and appear once, and the result must be positive. ``format_duration`` is the
 inverse, used for messages ("the maximum for read on svc-payments is 1h").
+``parse_since`` reads an audit search's ``since`` (a duration back from now, or an ISO-8601
+time): the CLI checks ``--since`` with it before asking, the broker applies it.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-__all__ = ["DurationError", "format_duration", "parse_duration"]
+from access.shared.errors import SharedError
+
+__all__ = ["DurationError", "SinceError", "format_duration", "parse_duration", "parse_since"]
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PART = re.compile(r"([0-9]{1,9})([dhms])", re.ASCII)
@@ -18,8 +22,12 @@ _PART = re.compile(r"([0-9]{1,9})([dhms])", re.ASCII)
 _MAX_SECONDS = 366 * 86400
 
 
-class DurationError(ValueError):
+class DurationError(SharedError, ValueError):
     """The text is not a duration such as ``30m`` or ``1h30m``."""
+
+
+class SinceError(SharedError, ValueError):
+    """The text is neither a duration such as ``1h`` nor an ISO-8601 time."""
 
 
 def parse_duration(text: str) -> timedelta:
@@ -66,3 +74,24 @@ def format_duration(value: timedelta | float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """``1h`` (that long before ``now``) or an ISO-8601 time; None for no bound (None or blank).
+
+    A time without a zone is taken in ``now``'s zone.
+
+    Raises:
+        SinceError: neither a duration nor an ISO-8601 time.
+    """
+    if text is None or not text.strip():
+        return None
+    try:
+        return now - parse_duration(text)
+    except DurationError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SinceError(f"{text[:40]!r} is neither a duration nor a time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)

@@ -1,4 +1,19 @@
-"""Error codes on the wire, with the HTTP status the broker sends and the exit code the CLI returns.
+"""The shared exception tree, and the error codes on the wire with the HTTP status the broker
+sends and the exit code the CLI returns.
+
+Exceptions of ``access.shared`` (pure parsing: each side maps them to its own tree at the edge,
+the broker to ``InvalidRequest``, the CLI to ``UsageError``)::
+
+    SharedError                          (base)
+    ├── durations.DurationError          (also ValueError) not a duration such as ``30m``
+    ├── durations.SinceError             (also ValueError) neither a duration nor an ISO-8601 time
+    └── httphead.HeadError               (also ValueError) a malformed HTTP head, or one over its ceiling
+
+    wsframe.ProtocolError                (Exception) a peer broke the WebSocket or mux protocol; it
+                                         carries the close code to answer with. Not a SharedError:
+                                         wsframe is compiled with mypyc (setup.py), whose native
+                                         classes may only derive from built-in exceptions, and it
+                                         never leaves the tunnel (``shared.mux`` turns it into a close).
 
 One table serves both sides, so a code can never mean one thing to the broker and
 another to the CLI. The broker renders every error as::
@@ -25,7 +40,11 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
-__all__ = ["ErrorCode", "ExitCode", "exit_code_for", "http_status_for"]
+__all__ = ["ErrorCode", "ExitCode", "SharedError", "exit_code_for", "http_status_for"]
+
+
+class SharedError(Exception):
+    """Base of the exceptions raised by ``access.shared``."""
 
 
 class ExitCode(IntEnum):

@@ -39,7 +39,7 @@ class GrantState(StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     DENIED = "denied"
-    # Room for approvals (ROADMAP 1): a grant waiting on reviewers.
+    # A grant waiting on reviewers (approvals are not built yet: nothing is pending today).
     PENDING = "pending"
 
 

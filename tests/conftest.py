@@ -115,7 +115,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
 
     Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``.
     """
-    from access.broker.policy.model import Policy
+    from access.broker.policy import Policy
     from access.broker.runtime import Broker
     from access.broker.settings import Settings
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from access.broker.admin.common import fail
-from access.broker.policy.model import Policy, PolicyError
+from access.broker.policy import Policy, PolicyError
 from access.shared.durations import format_duration
 
 __all__ = ["policy_app"]

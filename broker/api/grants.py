@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from access.broker import grants
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
 from access.broker.audit import search as audit
-from access.broker.policy.model import allowed_services
+from access.broker.policy import allowed_services
 from access.shared.models import AuditPage, Grant, GrantRequest, ScopeInfo, ServiceInfo
 
 __all__ = ["router"]

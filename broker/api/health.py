@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 
 from access.broker.api.deps import BrokerDep
-from access.broker.errors import Unavailable
+from access.broker.store import engine
 
 router = APIRouter()
 
@@ -20,7 +19,5 @@ def healthz() -> dict[str, str]:
 def readyz(broker: BrokerDep) -> dict[str, str]:
     """Ready when the database answers. Raises Unavailable otherwise."""
     with broker.transaction() as conn:
-        conn.execute(sa.text("SELECT 1"))
-    if broker.engine is None:  # pragma: no cover - defensive
-        raise Unavailable("no database")
+        engine.ping(conn)
     return {"status": "ready"}

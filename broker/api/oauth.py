@@ -22,6 +22,7 @@ from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import device, sessions
 from access.broker.auth.tokens import OAuthError
 from access.broker.errors import BrokerError, PayloadTooLarge
+from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = ["router"]
 
@@ -137,7 +138,7 @@ async def token(request: Request, broker: BrokerDep) -> JSONResponse:
     """The token endpoint: device_code, refresh_token and client_credentials grants."""
     params = await _form(request)
     grant_type = _required(params, "grant_type")
-    if grant_type == device.DEVICE_GRANT_TYPE:
+    if grant_type == DEVICE_GRANT_TYPE:
         code, client_id = _required(params, "device_code"), _required(params, "client_id")
         tokens = await run_in_threadpool(device.exchange, broker, code, client_id)
     elif grant_type == "refresh_token":
@@ -172,7 +173,7 @@ def metadata(broker: BrokerDep) -> JSONResponse:
             "token_endpoint": f"{base}/oauth/token",
             "device_authorization_endpoint": f"{base}/oauth/device_authorization",
             "revocation_endpoint": f"{base}/oauth/revoke",
-            "grant_types_supported": [device.DEVICE_GRANT_TYPE, "refresh_token", "client_credentials"],
+            "grant_types_supported": [DEVICE_GRANT_TYPE, "refresh_token", "client_credentials"],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": [],

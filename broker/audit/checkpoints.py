@@ -33,7 +33,7 @@ from access.broker.clock import utc
 from access.broker.keys import key_id, public_pem
 from access.broker.loops import Loop
 from access.broker.runtime import Broker
-from access.broker.store.tables import audit_checkpoints, audit_log
+from access.broker.store import audit as store
 
 __all__ = [
     "Checkpoint",
@@ -149,23 +149,20 @@ def write_checkpoint(broker: Broker) -> Checkpoint | None:
         Unavailable: the database could not be reached.
     """
     with broker.transaction() as conn:
-        head = conn.execute(
-            sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-        ).first()
+        head = store.chain_head(conn)
         if head is None:
             return None
-        last = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.seq))).scalar()
-        if last is not None and last >= head.seq:
+        last = store.last_checkpoint_seq(conn)
+        if last is not None and last >= head[0]:
             return None
-        checkpoint = sign_checkpoint(broker.audit_key, head.seq, head.hash, broker.clock.now())
-        conn.execute(
-            audit_checkpoints.insert().values(
-                seq=checkpoint.seq,
-                head_hash=checkpoint.head_hash,
-                at=checkpoint.at,
-                key_id=checkpoint.key_id,
-                signature=checkpoint.signature,
-            )
+        checkpoint = sign_checkpoint(broker.audit_key, head[0], head[1], broker.clock.now())
+        store.insert_checkpoint(
+            conn,
+            seq=checkpoint.seq,
+            head_hash=checkpoint.head_hash,
+            at=checkpoint.at,
+            key_id=checkpoint.key_id,
+            signature=checkpoint.signature,
         )
     return checkpoint
 
@@ -192,9 +189,7 @@ def stored_checkpoints(conn: sa.Connection) -> list[Checkpoint]:
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database could not be read.
     """
-    rows = conn.execute(
-        sa.select(audit_checkpoints).order_by(audit_checkpoints.c.seq, audit_checkpoints.c.id)
-    )
+    rows = store.checkpoint_rows(conn)
     return [Checkpoint(r.seq, r.head_hash, r.at, r.key_id, r.signature) for r in rows]
 
 
@@ -257,10 +252,7 @@ def export_entries(conn: sa.Connection, since: datetime | None = None) -> Iterat
     """
     after = 0
     while True:
-        query = sa.select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(_BATCH)
-        if since is not None:
-            query = query.where(audit_log.c.at >= since)
-        rows = conn.execute(query).all()
+        rows = store.entries_after(conn, after, _BATCH, since)
         for row in rows:
             try:
                 details = json.loads(row.details)
@@ -295,12 +287,11 @@ def _read_batches(source: sa.Engine | sa.Connection) -> Iterator[Sequence[Any]]:
     """
     after = 0
     while True:
-        query = sa.select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(_BATCH)
         if isinstance(source, sa.Engine):
             with source.connect() as conn:
-                rows = conn.execute(query).all()
+                rows = store.entries_after(conn, after, _BATCH)
         else:
-            rows = source.execute(query).all()
+            rows = store.entries_after(source, after, _BATCH)
         if rows:
             yield rows
         if len(rows) < _BATCH:

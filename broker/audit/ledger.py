@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from access.broker.audit.actions import Action
 from access.broker.clock import Clock, utc
-from access.broker.store.tables import audit_log
+from access.broker.store import audit as store
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
@@ -104,28 +104,24 @@ def append(
     details = dict(details or {})
     _check_details(details)
     target = target[:200]
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('access_audit_log'))"))
-    head = conn.execute(
-        sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-    ).first()
-    seq = 1 if head is None else head.seq + 1
-    prev = GENESIS if head is None else head.hash
+    store.lock_chain(conn)
+    head = store.chain_head(conn)
+    seq = 1 if head is None else head[0] + 1
+    prev = GENESIS if head is None else head[1]
     at = clock.now()
     digest = entry_hash(
         seq=seq, at=at, actor=actor, action=action.value, target=target, details=details, prev_hash=prev
     )
-    conn.execute(
-        audit_log.insert().values(
-            seq=seq,
-            at=at,
-            actor=actor,
-            action=action.value,
-            target=target,
-            details=json.dumps(details, sort_keys=True, separators=(",", ":")),
-            prev_hash=prev,
-            hash=digest,
-        )
+    store.insert_entry(
+        conn,
+        seq=seq,
+        at=at,
+        actor=actor,
+        action=action.value,
+        target=target,
+        details_json=json.dumps(details, sort_keys=True, separators=(",", ":")),
+        prev_hash=prev,
+        digest=digest,
     )
     return LedgerEntry(seq, at, actor, action.value, target, details, prev, digest)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-import sqlalchemy as sa
-
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Forbidden, InvalidRequest
 from access.broker.runtime import Broker
-from access.broker.store.tables import audit_log
-from access.shared.durations import DurationError, parse_duration
+from access.broker.store import audit as store
+from access.shared import durations
+from access.shared.durations import SinceError
 from access.shared.models import AuditEntry, AuditPage
 from access.shared.names import is_dns_label, is_principal_name
 
@@ -21,26 +20,18 @@ MAX_LIMIT = 1000
 
 
 def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """``1h`` (that long ago) or an ISO-8601 time; None for no bound.
+    """``1h`` (that long ago) or an ISO-8601 time; None for no bound (``shared.durations.parse_since``).
 
     Raises:
         InvalidRequest: neither a duration nor an ISO-8601 time.
     """
-    if text is None or not text.strip():
-        return None
     try:
-        since: datetime = now - parse_duration(text)
-        return since
-    except DurationError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return durations.parse_since(text, now)
+    except SinceError:
         raise InvalidRequest(
-            f"bad since {text[:40]!r}: give a duration such as 1h or 7d, "
+            f"bad since {(text or '')[:40]!r}: give a duration such as 1h or 7d, "
             "or a time such as 2030-01-01T00:00:00Z"
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
 
 
 def search_audit(
@@ -66,26 +57,13 @@ def search_audit(
         )
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}")
-    query = sa.select(audit_log)
-    if service:
-        if not is_dns_label(service):
-            raise InvalidRequest(f"bad service name {service[:63]!r}", hint="see `access services`")
-        # Grant and connection entries target "service:NAME/GRANT" (see grants.grant_target).
-        query = query.where(
-            sa.or_(
-                audit_log.c.target == f"service:{service}",
-                audit_log.c.target.startswith(f"service:{service}/"),
-            )
-        )
-    if actor:
-        if not is_principal_name(actor) and actor != "broker":
-            raise InvalidRequest(f"bad actor name {actor[:64]!r}")
-        query = query.where(audit_log.c.actor == actor)
+    if service and not is_dns_label(service):
+        raise InvalidRequest(f"bad service name {service[:63]!r}", hint="see `access services`")
+    if actor and not is_principal_name(actor) and actor != "broker":
+        raise InvalidRequest(f"bad actor name {actor[:64]!r}")
     start = parse_since(since, broker.clock.now())
-    if start is not None:
-        query = query.where(audit_log.c.at >= start)
     with broker.transaction() as conn:
-        rows = conn.execute(query.order_by(audit_log.c.seq.desc()).limit(limit)).all()
+        rows = store.search(conn, service=service, actor=actor, start=start, limit=limit)
     return AuditPage(
         entries=[
             AuditEntry(

@@ -1,6 +1,6 @@
 """OAuth 2.0 device authorization grant (RFC 8628): codes, polling, sign-in and consent.
 
-Life of a device authorization::
+Life of a device authorization (the states and their transitions: ``device_flow``)::
 
     pending --(person signs in and approves)--> approved --(CLI exchanges the code)--> consumed
        \\--(person denies)--> denied                      (a second exchange: invalid_grant)
@@ -19,20 +19,22 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth import ratelimit
-from access.broker.auth.identity import check_password, get_principal
+from access.broker.auth.device_flow import Event, Poll, next_step, transition
+from access.broker.auth.identity import check_password
 from access.broker.auth.sessions import TokenSet, hash_token, start_session
 from access.broker.auth.tokens import OAuthError
 from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
-from access.broker.store.tables import device_codes, principals
+from access.broker.store import device_codes, principals
+from access.broker.store.device_codes import DeviceCode
 from access.shared.names import is_principal_name
+from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = [
     "CLIENTS",
@@ -46,15 +48,12 @@ __all__ = [
     "exchange",
     "format_user_code",
     "normalise_user_code",
-    "rate_limited",
     "sign_in",
     "start",
 ]
 
-DEVICE_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 USER_CODE_LENGTH = 8
-SLOW_DOWN_STEP = 5  # seconds added to the interval on slow_down (RFC 8628 section 3.5)
 # Public clients allowed to start a device authorization, with the name shown to people.
 CLIENTS = {"access-cli": "access CLI"}
 
@@ -111,16 +110,15 @@ class DeviceRequest:
     expires_at: datetime
 
     @classmethod
-    def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> DeviceRequest:
-        m = row._mapping
+    def from_code(cls, code: DeviceCode) -> DeviceRequest:
         return cls(
-            id=str(m["id"]),
-            user_code=format_user_code(str(m["user_code"])),
-            client_name=CLIENTS.get(str(m["client_id"]), str(m["client_id"])),
-            client_host=m["client_host"],
-            client_ip=m["client_ip"],
-            created_at=m["created_at"],
-            expires_at=m["expires_at"],
+            id=code.id,
+            user_code=format_user_code(code.user_code),
+            client_name=CLIENTS.get(code.client_id, code.client_id),
+            client_host=code.client_host,
+            client_ip=code.client_ip,
+            created_at=code.created_at,
+            expires_at=code.expires_at,
         )
 
 
@@ -155,22 +153,20 @@ def start(broker: Broker, client_id: str, client_host: str | None, client_ip: st
             raise OAuthError("temporarily_unavailable", f"{exc.message}: {exc.hint}", status=429) from exc
         ratelimit.hit(conn, broker.clock, ratelimit.DEVICE_STARTS, start_key)
         ratelimit.prune(conn, broker.clock)
-        conn.execute(device_codes.delete().where(device_codes.c.expires_at <= now - _KEEP_EXPIRED))
+        device_codes.delete_expired(conn, now - _KEEP_EXPIRED)
         user_code = _unused_user_code(conn)
         device_id = str(uuid.uuid4())
-        conn.execute(
-            device_codes.insert().values(
-                id=device_id,
-                device_code_hash=hash_token(device_code),
-                user_code=user_code,
-                client_id=client_id,
-                client_host=client_host,
-                client_ip=client_ip[:64],
-                created_at=now,
-                expires_at=now + timedelta(seconds=settings.device_code_ttl),
-                interval=settings.device_poll_interval,
-                status="pending",
-            )
+        device_codes.insert_pending(
+            conn,
+            device_id=device_id,
+            device_code_hash=hash_token(device_code),
+            user_code=user_code,
+            client_id=client_id,
+            client_host=client_host,
+            client_ip=client_ip[:64],
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.device_code_ttl),
+            interval=settings.device_poll_interval,
         )
         ledger.append(
             conn,
@@ -195,8 +191,7 @@ def start(broker: Broker, client_id: str, client_host: str | None, client_ip: st
 def _unused_user_code(conn: sa.Connection) -> str:
     for _ in range(10):
         code = "".join(secrets.choice(USER_CODE_ALPHABET) for _ in range(USER_CODE_LENGTH))
-        taken = conn.execute(sa.select(device_codes.c.id).where(device_codes.c.user_code == code)).first()
-        if taken is None:
+        if not device_codes.user_code_taken(conn, code):
             return code
     raise RuntimeError("could not find an unused user code")  # 20^8 codes: practically unreachable
 
@@ -215,57 +210,27 @@ def exchange(broker: Broker, device_code: str, client_id: str) -> TokenSet:
     error: OAuthError | None = None
     tokens: TokenSet | None = None
     with broker.transaction() as conn:
-        row = conn.execute(
-            sa.select(device_codes).where(device_codes.c.device_code_hash == hash_token(device_code))
-        ).first()
+        code = device_codes.by_device_code_hash(conn, hash_token(device_code))
         now = broker.clock.now()
-        if row is None or row.client_id != client_id:
+        if code is None or code.client_id != client_id:
             raise OAuthError("invalid_grant", "unknown device code")
-        if row.status == "consumed":
-            raise OAuthError("invalid_grant", "this device code was already used: run `access login` again")
-        if row.expires_at <= now:
-            raise OAuthError("expired_token", "the device code expired before it was approved")
-        this_row = device_codes.c.id == row.id
-        if row.status == "denied":
-            raise OAuthError("access_denied", "the sign-in request was denied in the browser")
-        if row.status == "pending":
-            if row.last_poll_at is not None and now - row.last_poll_at < timedelta(seconds=row.interval):
-                interval = row.interval + SLOW_DOWN_STEP
-                conn.execute(
-                    device_codes.update().where(this_row).values(interval=interval, last_poll_at=now)
-                )
-                error = OAuthError("slow_down", f"polling too fast: wait {interval} seconds between polls")
-            else:
-                conn.execute(device_codes.update().where(this_row).values(last_poll_at=now))
-                error = OAuthError("authorization_pending", "waiting for approval in the browser")
-        else:  # approved: consume it exactly once, even against a concurrent poll
-            consumed = conn.execute(
-                device_codes.update()
-                .where(this_row, device_codes.c.status == "approved")
-                .values(status="consumed", last_poll_at=now)
-            ).rowcount
-            principal = get_principal(conn, row.principal_id) if row.principal_id else None
-            if consumed == 0 or principal is None:
-                raise OAuthError(
-                    "invalid_grant", "this device code was already used: run `access login` again"
-                )
-            if principal.disabled:
-                raise OAuthError("access_denied", "the account that approved this request is disabled")
-            tokens = start_session(conn, broker, principal, client_id)
-            ledger.append(
-                conn,
-                broker.clock,
-                actor=principal.name,
-                action=Action.TOKEN_ISSUE,
-                target=f"session:{tokens.session_id}",
-                details={
-                    "method": "device_code",
-                    "device_id": row.id,
-                    "session_id": tokens.session_id,
-                    "client_id": client_id,
-                    "client_host": row.client_host,
-                },
+        step = next_step(code.status, now, code.expires_at, code.last_poll_at, code.interval)
+        if step.outcome is Poll.USED:
+            raise OAuthError(Poll.USED.value, _ALREADY_USED)
+        if step.outcome is Poll.EXPIRED:
+            raise OAuthError(Poll.EXPIRED.value, "the device code expired before it was approved")
+        if step.outcome is Poll.DENIED:
+            raise OAuthError(Poll.DENIED.value, "the sign-in request was denied in the browser")
+        if step.outcome is Poll.SLOW_DOWN:
+            device_codes.record_poll(conn, code.id, now, step.interval)
+            error = OAuthError(
+                Poll.SLOW_DOWN.value, f"polling too fast: wait {step.interval} seconds between polls"
             )
+        elif step.outcome is Poll.PENDING:
+            device_codes.record_poll(conn, code.id, now)
+            error = OAuthError(Poll.PENDING.value, "waiting for approval in the browser")
+        else:
+            tokens = _consume(conn, broker, code, now)
     # Polling state commits before we answer "pending" or "slow_down".
     if error is not None:
         raise error
@@ -273,11 +238,34 @@ def exchange(broker: Broker, device_code: str, client_id: str) -> TokenSet:
     return tokens
 
 
-def _pending_row(conn: sa.Connection, now: datetime, **where: str) -> sa.Row[*tuple[Any, ...]] | None:
-    query = sa.select(device_codes).where(device_codes.c.status == "pending", device_codes.c.expires_at > now)
-    for column, value in where.items():
-        query = query.where(device_codes.c[column] == value)
-    return conn.execute(query).first()
+_ALREADY_USED = "this device code was already used: run `access login` again"
+
+
+def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetime) -> TokenSet:
+    """Exchange an approved code for a session, exactly once even against a concurrent poll."""
+    transition(code.status, Event.EXCHANGE)  # approved -> consumed; mark_consumed does it if it still is
+    consumed = device_codes.mark_consumed(conn, code.id, now)
+    principal = principals.by_id(conn, code.principal_id) if code.principal_id else None
+    if not consumed or principal is None:
+        raise OAuthError(Poll.USED.value, _ALREADY_USED)
+    if principal.disabled:
+        raise OAuthError(Poll.DENIED.value, "the account that approved this request is disabled")
+    tokens = start_session(conn, broker, principal, code.client_id)
+    ledger.append(
+        conn,
+        broker.clock,
+        actor=principal.name,
+        action=Action.TOKEN_ISSUE,
+        target=f"session:{tokens.session_id}",
+        details={
+            "method": "device_code",
+            "device_id": code.id,
+            "session_id": tokens.session_id,
+            "client_id": code.client_id,
+            "client_host": code.client_host,
+        },
+    )
+    return tokens
 
 
 _BAD_CODE = (
@@ -305,7 +293,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     with broker.transaction() as conn:
         ratelimit.check(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
         ratelimit.check(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
-        row = None if code is None else _pending_row(conn, broker.clock.now(), user_code=code)
+        row = None if code is None else device_codes.open_by_user_code(conn, code, broker.clock.now())
         if row is None:
             ratelimit.hit(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
     if row is None:
@@ -331,15 +319,11 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
                 },
             )
         else:
-            updated = conn.execute(
-                device_codes.update()
-                .where(
-                    device_codes.c.id == row.id,
-                    device_codes.c.status == "pending",
-                    device_codes.c.expires_at > broker.clock.now(),
-                )
-                .values(principal_id=user.id, consent_hash=hash_token(consent))
-            ).rowcount
+            transition(row.status, Event.SIGN_IN)  # pending stays pending, now with a consent token
+            # Conditional: the code may have been decided or have expired during the argon2 check.
+            updated = device_codes.attach_consent(
+                conn, row.id, user.id, hash_token(consent), broker.clock.now()
+            )
             if updated:
                 ledger.append(
                     conn,
@@ -353,7 +337,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
         raise Unauthenticated("Wrong username or password.", hint=None)
     if not updated:
         raise InvalidRequest(_BAD_CODE)
-    return SignIn(DeviceRequest.from_row(row), user.name, consent)
+    return SignIn(DeviceRequest.from_code(row), user.name, consent)
 
 
 @dataclass(frozen=True)
@@ -380,19 +364,18 @@ def decide(broker: Broker, consent_token: str, approve: bool, client_ip: str) ->
         row = None
         name, disabled = "", False
         if 0 < len(consent_token) <= _MAX_DEVICE_CODE_LENGTH:
-            row = _pending_row(conn, now, consent_hash=hash_token(consent_token))
+            row = device_codes.open_by_consent_hash(conn, hash_token(consent_token), now)
         if row is None:
             ratelimit.hit(conn, broker.clock, ratelimit.USER_CODE_GUESSES, key)
         else:
-            name, disabled = conn.execute(
-                sa.select(principals.c.name, principals.c.disabled).where(principals.c.id == row.principal_id)
-            ).one()
+            # A consent hash is only ever stored with the principal who signed in (attach_consent).
+            principal = principals.by_id(conn, row.principal_id) if row.principal_id else None
+            if principal is None:
+                raise RuntimeError(f"device authorization {row.id} has a consent token but no principal")
+            name, disabled = principal.name, principal.disabled
             if not disabled:
-                conn.execute(
-                    device_codes.update()
-                    .where(device_codes.c.id == row.id)
-                    .values(status="approved" if approve else "denied", decided_at=now, consent_hash=None)
-                )
+                decided = transition(row.status, Event.APPROVE if approve else Event.DENY)
+                device_codes.record_decision(conn, row.id, decided, now)
                 ledger.append(
                     conn,
                     broker.clock,
@@ -412,15 +395,4 @@ def decide(broker: Broker, consent_token: str, approve: bool, client_ip: str) ->
         )
     if disabled:
         raise Unauthenticated("This account is disabled.", hint=None)
-    return Decision(DeviceRequest.from_row(row), str(name), approve)
-
-
-def rate_limited(broker: Broker, client_ip: str) -> bool:
-    """True when this IP has used up its user-code guesses (the page then refuses early)."""
-    key = ratelimit.USER_CODE_GUESSES.key(client_ip)
-    with broker.transaction() as conn:
-        try:
-            ratelimit.check(conn, broker.clock, ratelimit.USER_CODE_GUESSES, key)
-        except RateLimited:
-            return True
-    return False
+    return Decision(DeviceRequest.from_code(row), name, approve)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from access.broker.clock import Clock
 from access.broker.errors import RateLimited
-from access.broker.store.tables import rate_events
+from access.broker.store import rate_events
 
 __all__ = [
     "DEVICE_STARTS",
@@ -53,13 +53,7 @@ PASSWORD_FAILURES = Limit("password", 10, timedelta(minutes=15))
 
 def count(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> int:
     """Events recorded for ``key`` within ``limit.window`` of now."""
-    since = clock.now() - limit.window
-    query = (
-        sa.select(sa.func.count())
-        .select_from(rate_events)
-        .where(rate_events.c.key == key, rate_events.c.at > since)
-    )
-    return int(conn.execute(query).scalar_one())
+    return rate_events.count_since(conn, key, clock.now() - limit.window)
 
 
 def check(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> None:
@@ -79,10 +73,10 @@ def check(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> None:
 def hit(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> None:
     """Record one event for ``key`` (and prune its events older than the window)."""
     now = clock.now()
-    conn.execute(rate_events.delete().where(rate_events.c.key == key, rate_events.c.at <= now - limit.window))
-    conn.execute(rate_events.insert().values(key=key, at=now))
+    rate_events.delete_for_key_before(conn, key, now - limit.window)
+    rate_events.insert(conn, key, now)
 
 
 def prune(conn: sa.Connection, clock: Clock, older_than: timedelta = timedelta(days=1)) -> None:
     """Drop events older than any window (housekeeping, not an audited action)."""
-    conn.execute(rate_events.delete().where(rate_events.c.at <= clock.now() - older_than))
+    rate_events.delete_before(conn, clock.now() - older_than)

@@ -16,19 +16,20 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
-from access.broker.auth.identity import PrincipalRecord, check_client_secret
+from access.broker.auth.identity import check_client_secret
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
 from access.broker.clock import Clock
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
-from access.broker.store.tables import principals, refresh_tokens, sessions
+from access.broker.store import sessions
+from access.broker.store.principals import PrincipalRecord
 
 __all__ = [
     "TokenSet",
@@ -36,7 +37,6 @@ __all__ = [
     "hash_token",
     "logout",
     "refresh",
-    "revoke_principal_sessions",
     "revoke_session",
     "revoke_token",
     "start_session",
@@ -70,12 +70,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _new_refresh_token(conn: sa.Connection, clock: Clock, session_id: str, expires_at: object) -> str:
+def _new_refresh_token(conn: sa.Connection, clock: Clock, session_id: str, expires_at: datetime) -> str:
     token = secrets.token_urlsafe(32)
-    conn.execute(
-        refresh_tokens.insert().values(
-            token_hash=hash_token(token), session_id=session_id, created_at=clock.now(), expires_at=expires_at
-        )
+    sessions.insert_refresh_token(
+        conn,
+        token_hash=hash_token(token),
+        session_id=session_id,
+        created_at=clock.now(),
+        expires_at=expires_at,
     )
     return token
 
@@ -96,14 +98,13 @@ def start_session(
     lifetime = broker.settings.session_ttl if with_refresh else broker.settings.access_token_ttl
     expires_at = now + timedelta(seconds=lifetime)
     session_id = str(uuid.uuid4())
-    conn.execute(
-        sessions.insert().values(
-            id=session_id,
-            principal_id=principal.id,
-            client_id=client_id,
-            created_at=now,
-            expires_at=expires_at,
-        )
+    sessions.insert(
+        conn,
+        session_id=session_id,
+        principal_id=principal.id,
+        client_id=client_id,
+        created_at=now,
+        expires_at=expires_at,
     )
     refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if with_refresh else None
     access, expires_in = issue_access_token(
@@ -114,22 +115,7 @@ def start_session(
 
 def revoke_session(conn: sa.Connection, clock: Clock, session_id: str, reason: str) -> bool:
     """Revoke one session (no-op if already revoked). True if this call revoked it."""
-    result = conn.execute(
-        sessions.update()
-        .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=clock.now(), revoked_reason=reason)
-    )
-    return result.rowcount > 0
-
-
-def revoke_principal_sessions(conn: sa.Connection, clock: Clock, principal_id: str, reason: str) -> int:
-    """Revoke every live session of a principal. Returns how many were revoked."""
-    result = conn.execute(
-        sessions.update()
-        .where(sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=clock.now(), revoked_reason=reason)
-    )
-    return int(result.rowcount)
+    return sessions.revoke(conn, session_id, clock.now(), reason)
 
 
 _invalid_refresh = "the refresh token is invalid, expired or revoked: run `access login`"
@@ -148,38 +134,15 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
         raise OAuthError("invalid_grant", _invalid_refresh)
     reused = False
     with broker.transaction() as conn:
-        row = conn.execute(
-            sa.select(
-                refresh_tokens.c.token_hash,
-                refresh_tokens.c.used_at,
-                refresh_tokens.c.expires_at,
-                sessions.c.id.label("session_id"),
-                sessions.c.client_id,
-                sessions.c.revoked_at,
-                sessions.c.expires_at.label("session_expires_at"),
-                principals.c.id.label("principal_id"),
-                principals.c.name,
-                principals.c.disabled,
-            )
-            .select_from(
-                refresh_tokens.join(sessions, refresh_tokens.c.session_id == sessions.c.id).join(
-                    principals, sessions.c.principal_id == principals.c.id
-                )
-            )
-            .where(refresh_tokens.c.token_hash == hash_token(raw_token))
-        ).first()
+        row = sessions.refresh_token(conn, hash_token(raw_token))
         now = broker.clock.now()
         if row is None or row.revoked_at is not None or row.disabled:
             raise OAuthError("invalid_grant", _invalid_refresh)
         if client_id is not None and client_id != row.client_id:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
         # Mark used only if nobody did yet: two concurrent uses cannot both succeed.
-        marked = conn.execute(
-            refresh_tokens.update()
-            .where(refresh_tokens.c.token_hash == row.token_hash, refresh_tokens.c.used_at.is_(None))
-            .values(used_at=now)
-        ).rowcount
-        if row.used_at is not None or marked == 0:
+        marked = sessions.mark_refresh_token_used(conn, row.token_hash, now)
+        if row.used_at is not None or not marked:
             reused = True
             revoke_session(conn, broker.clock, row.session_id, "refresh_reuse")
             ledger.append(
@@ -275,9 +238,7 @@ def revoke_token(broker: Broker, token: str) -> bool:
     session_id: str | None = None
     if 0 < len(token) <= _MAX_REFRESH_LENGTH:
         with broker.transaction() as conn:
-            session_id = conn.execute(
-                sa.select(refresh_tokens.c.session_id).where(refresh_tokens.c.token_hash == hash_token(token))
-            ).scalar_one_or_none()
+            session_id = sessions.session_of_refresh_token(conn, hash_token(token))
     if session_id is None and token.count(".") == 2:
         try:
             session_id = verify_access_token(broker, token).session_id
@@ -286,17 +247,13 @@ def revoke_token(broker: Broker, token: str) -> bool:
     if session_id is None:
         return False
     with broker.transaction() as conn:
-        name = conn.execute(
-            sa.select(principals.c.name)
-            .select_from(sessions.join(principals, sessions.c.principal_id == principals.c.id))
-            .where(sessions.c.id == session_id)
-        ).scalar_one_or_none()
+        name = sessions.principal_name(conn, session_id)
         if name is None or not revoke_session(conn, broker.clock, session_id, "revoked"):
             return False
         ledger.append(
             conn,
             broker.clock,
-            actor=str(name),
+            actor=name,
             action=Action.TOKEN_REVOKE,
             target=f"session:{session_id}",
             details={"session_id": session_id},

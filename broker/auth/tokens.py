@@ -24,7 +24,8 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import BrokerError, Unauthenticated
 from access.broker.keys import key_id
 from access.broker.runtime import Broker
-from access.broker.store.tables import principals, sessions
+from access.broker.store import sessions
+from access.broker.store.sessions import SessionView
 from access.shared.errors import ErrorCode
 
 __all__ = [
@@ -173,7 +174,7 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
         principal_id=claims.subject,
         name=row.name,
         kind=row.kind,
-        groups=tuple(row.groups or ()),
+        groups=row.groups,
         session_id=claims.session_id,
         token_id=claims.token_id,
         expires_at=claims.expires_at,
@@ -196,25 +197,12 @@ def check_session(broker: Broker, ctx: AuthContext, conn: sa.Connection | None =
 
 def _live_session(
     broker: Broker, session_id: str, principal_id: str, conn: sa.Connection | None = None
-) -> Any:
-    query = (
-        sa.select(
-            sessions.c.principal_id,
-            sessions.c.expires_at,
-            sessions.c.revoked_at,
-            principals.c.name,
-            principals.c.kind,
-            principals.c.groups,
-            principals.c.disabled,
-        )
-        .select_from(sessions.join(principals, sessions.c.principal_id == principals.c.id))
-        .where(sessions.c.id == session_id)
-    )
+) -> SessionView:
     if conn is None:
         with broker.transaction() as own:
-            row = own.execute(query).first()
+            row = sessions.by_id(own, session_id)
     else:
-        row = conn.execute(query).first()
+        row = sessions.by_id(conn, session_id)
     now = broker.clock.now()
     if row is None or row.principal_id != principal_id:
         raise Unauthenticated("the session behind this token does not exist")

@@ -18,7 +18,7 @@ from access.broker.errors import GrantDenied, InvalidRequest, NotFound
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model
-from access.broker.policy.model import Decision, UnknownScope, UnknownService, evaluate
+from access.broker.policy import Decision, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
 from access.shared.durations import DurationError, format_duration, parse_duration

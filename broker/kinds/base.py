@@ -5,9 +5,15 @@ and user to use, and the password when the service has one configured (read at r
 from ``options.password_file`` or ``options.password_env``, never stored in the policy). The
 CLI turns that into the client's environment (``access.shared.kinds``).
 
-ROADMAP 2 (per-grant database roles, query-level audit from the byte stream) adds methods to
-this class, called where a grant is issued and ended and where the tunnel relays; built-in
-kinds stay one module each.
+Each kind is one subclass in its own module (``postgres.py``, ``mysql.py``, ...) with its client
+side beside it (``client``: the ``access.shared.kinds`` module of the same name);
+``access.broker.kinds`` registers them, and ``kind_for`` refuses a name it does not have
+(``UnsupportedKind``): nothing falls back to raw TCP.
+
+Coming next: per-grant credentials (a database role made when a grant is issued, dropped when it
+ends) and stream inspection hooks (query-level audit from the bytes the tunnel relays) will be
+added as methods of this class. A kind never opens sockets itself: the broker reaches targets
+through a dialer and hands the kind what it needs.
 """
 
 from __future__ import annotations
@@ -18,14 +24,21 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from access.broker.errors import Unavailable
-from access.shared.kinds import ConnectionInfo
+from access.shared.kinds import ClientKind, ConnectionInfo
 
-__all__ = ["ServiceKind"]
+__all__ = ["ServiceKind", "UnsupportedKind", "read_password"]
+
+
+class UnsupportedKind(LookupError):
+    """No service kind of this name; the message lists the kinds there are."""
 
 
 class ServiceKind:
-    name: ClassVar[str] = "tcp"
-    default_port: ClassVar[int | None] = None
+    """The broker side of one service kind."""
+
+    name: ClassVar[str]
+    # The client side of the same kind: the environment ``access exec`` builds.
+    client: ClassVar[ClientKind]
     # Options of a service (policy ``options:``) that this kind reads.
     uses_database: ClassVar[bool] = False
 

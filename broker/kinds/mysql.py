@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from access.broker.kinds.base import ServiceKind
+from access.shared.kinds.mysql import MySQLClient
 
 __all__ = ["MySQL"]
 
 
 class MySQL(ServiceKind):
     name = "mysql"
-    default_port = 3306
+    client = MySQLClient()
     uses_database = True

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from access.broker.kinds.base import ServiceKind
+from access.shared.kinds.postgres import PostgresClient
 
 __all__ = ["Postgres"]
 
 
 class Postgres(ServiceKind):
     name = "postgres"
-    default_port = 5432
+    client = PostgresClient()
     uses_database = True

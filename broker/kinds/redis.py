@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from access.broker.kinds.base import ServiceKind
+from access.shared.kinds.redis import RedisClient
 
 __all__ = ["Redis"]
 
 
 class Redis(ServiceKind):
     name = "redis"
-    default_port = 6379
+    client = RedisClient()

@@ -1,1 +1,66 @@
-"""The policy file: model, loading and pure evaluation."""
+"""The policy room: which services exist, and who may get which scopes of them for how long.
+
+- ``model.py``: the file's schema (pydantic models that forbid unknown keys) and ``Policy``;
+- ``load.py``: YAML in, with lines kept, and validation errors as ``PolicyError`` messages that
+  name the file, the field path and the line;
+- ``evaluate.py``: the pure decision (no I/O): deny by default, an explicit deny wins, the
+  maximum TTL is the smaller of the rule's and the service's.
+
+Errors::
+
+    ValueError
+    └── PolicyError       the file is unreadable or invalid (``problems`` lists what and where)
+    LookupError
+    ├── UnknownService    the policy has no service of this name
+    └── UnknownScope      the service does not offer this scope
+
+This package imports ``access.broker.kinds`` (which kinds exist) and ``access.shared``, and
+nothing that does I/O besides ``load.py`` reading the file. Import from ``access.broker.policy``.
+"""
+
+from __future__ import annotations
+
+from access.broker.policy.evaluate import (
+    Decision,
+    ServiceAccess,
+    allowed_services,
+    can_read_audit,
+    evaluate,
+)
+from access.broker.policy.load import load_policy, policy_from_data
+from access.broker.policy.model import (
+    REQUIREMENTS,
+    Policy,
+    PolicyError,
+    Problem,
+    Requirement,
+    Rule,
+    ServiceConfig,
+    Subject,
+    SubjectLike,
+    Subjects,
+    UnknownScope,
+    UnknownService,
+)
+
+__all__ = [
+    "REQUIREMENTS",
+    "Decision",
+    "Policy",
+    "PolicyError",
+    "Problem",
+    "Requirement",
+    "Rule",
+    "ServiceAccess",
+    "ServiceConfig",
+    "Subject",
+    "SubjectLike",
+    "Subjects",
+    "UnknownScope",
+    "UnknownService",
+    "allowed_services",
+    "can_read_audit",
+    "evaluate",
+    "load_policy",
+    "policy_from_data",
+]

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-__all__ = ["PoolSettings", "create_engine", "migrate"]
+__all__ = ["PoolSettings", "create_engine", "migrate", "ping"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,8 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def ping(conn: sa.Connection) -> None:
+    """Ask the database for an answer (readiness). Raises what the driver raises."""
+    conn.execute(sa.text("SELECT 1"))

@@ -57,7 +57,7 @@ metadata = sa.MetaData(
 )
 
 # Users and service accounts of the embedded identity directory. ``source`` leaves room for
-# other identity sources (upstream OIDC, CI identity tokens: ROADMAP 3).
+# other identity sources (upstream OIDC, CI identity tokens), which are not built yet.
 principals = sa.Table(
     "principals",
     metadata,
@@ -141,7 +141,7 @@ grants = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("scope", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    # active | expired | revoked | denied | pending (approvals, ROADMAP 1)
+    # active | expired | revoked | denied | pending (once approvals exist)
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("rule", sa.String(128), nullable=True),
     sa.Column("requirement", sa.String(16), nullable=False, server_default="auto"),

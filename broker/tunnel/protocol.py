@@ -1,7 +1,8 @@
 """The broker's end of the tunnel: a WebSocket upgrade on ``/v1/tunnel``, its channels relayed to the target.
 
-uvicorn hands every ``Upgrade: websocket`` request to ``TunnelProtocol`` (``ws=`` in
-``server.py``) with the request head re-serialised. The connection never touches ASGI:
+uvicorn hands an ``Upgrade: websocket`` request on ``/v1/tunnel`` to ``TunnelProtocol``
+(``server.BrokerHttpProtocol`` picks it, once per connection) with the request head
+re-serialised. The connection never touches ASGI:
 
 1. parse the head (``GET /v1/tunnel?grant=ID``, ``Authorization: Bearer``, WebSocket key, the
    ``access-tunnel.v2`` subprotocol);
@@ -40,17 +41,11 @@ from access.broker.errors import (
     Unauthenticated,
 )
 from access.broker.tunnel.registry import registry_for
+from access.shared.closecodes import grant_ended_close
+from access.shared.httphead import HeadError, parse_request_head, split_head
 from access.shared.mux import Channel, MuxSession, error_payload
 from access.shared.muxframe import MAX_CHANNELS, OPEN_FAIL, OPEN_OK, SUBPROTOCOL
-from access.shared.wsframe import (
-    CLOSE_EXPIRED,
-    CLOSE_GOING_AWAY,
-    CLOSE_LOCKED,
-    CLOSE_PROTOCOL,
-    CLOSE_REVOKED,
-    ProtocolError,
-    accept_key,
-)
+from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_PROTOCOL, ProtocolError, accept_key
 
 if TYPE_CHECKING:
     from access.broker.auth.principal import AuthContext
@@ -65,11 +60,6 @@ TUNNEL_PATH = "/v1/tunnel"
 CONNECT_TIMEOUT = 5.0
 MAX_HEAD = 16 * 1024
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_CUT = {
-    "expired": (CLOSE_EXPIRED, "grant {grant} expired"),
-    "revoked": (CLOSE_REVOKED, "grant {grant} was revoked"),
-    "locked": (CLOSE_LOCKED, "grant {grant} ended: the account was locked out"),
-}
 
 
 @dataclass(frozen=True)
@@ -87,15 +77,9 @@ def parse_request(head: bytes) -> TunnelRequest:
         InvalidRequest: not a usable WebSocket upgrade, or no/bad ``grant`` parameter.
         Unauthenticated: no bearer token.
     """
-    lines = head.decode("latin-1").split("\r\n")
-    method, _, rest = lines[0].partition(" ")
-    target = rest.rpartition(" ")[0]
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    url = urlsplit(target)
+    parsed = parse_request_head(head)
+    method, headers = parsed.method, parsed.headers
+    url = urlsplit(parsed.target)
     if url.path != TUNNEL_PATH:
         raise NotFound("no such endpoint")
     if method != "GET":
@@ -174,14 +158,17 @@ class TunnelProtocol(MuxSession):
         if self._handshake is not None:
             return  # reading is paused; a client must not send frames before our 101
         self._head += data
-        if b"\r\n\r\n" not in self._head:
-            if len(self._head) > MAX_HEAD:
-                self._refuse(InvalidRequest("request head too large"))
+        try:
+            split = split_head(self._head, MAX_HEAD)
+        except HeadError:
+            self._refuse(InvalidRequest("request head too large"))
+            return
+        if split is None:
             return
         assert self.transport is not None
         self.transport.pause_reading()
         try:
-            request = parse_request(self._head.partition(b"\r\n\r\n")[0])
+            request = parse_request(split[0])
         except BrokerError as exc:
             self._refuse(exc)
             return
@@ -363,8 +350,8 @@ class TunnelProtocol(MuxSession):
         if not self.open:
             self._pending_cut = why  # the handshake is still running: it refuses at its next step
             return
-        code, text = _CUT.get(why, _CUT["revoked"])
-        self.close(code, text.format(grant=self.grant_id), why=why)
+        code, text = grant_ended_close(why, self.grant_id)
+        self.close(code, text, why=why)
 
     def shutdown(self) -> None:
         """uvicorn is shutting down: tunnels fail closed (the CLI reconnects after a restart)."""
@@ -394,7 +381,7 @@ class TunnelProtocol(MuxSession):
 
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:
-    message = _CUT.get(why, _CUT["revoked"])[1].format(grant=grant_id)
+    message = grant_ended_close(why, grant_id)[1]
     return Expired(message) if why == "expired" else Forbidden(message)
 
 

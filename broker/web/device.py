@@ -3,21 +3,13 @@
 Flow: GET /device (code, username, password) -> POST /device (checks them, shows what is
 being authorized) -> POST /device/confirm (Approve or Deny) -> "return to your terminal".
 
-CSRF protection is double-submit: a random ``access_csrf`` cookie (HttpOnly, SameSite=Strict,
-Secure over TLS) must equal the hidden ``csrf_token`` field; another site can make a browser
-send the cookie but cannot read it to fill in the field. Every value shown is HTML-escaped,
-and the pages forbid framing, scripts and referrers.
+Every POST must pass the double-submit CSRF check (``web.csrf``); every value shown is
+HTML-escaped by the template environment (``web.render``), and every page carries the
+headers that forbid framing, scripts and referrers.
 """
 
 from __future__ import annotations
 
-import functools
-import hmac
-import html
-import importlib.resources
-import re
-import secrets
-from string import Template
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -28,75 +20,30 @@ from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import device
 from access.broker.errors import BrokerError
 from access.broker.runtime import Broker
+from access.broker.web import csrf
+from access.broker.web.csrf import CSRF_COOKIE, CSRF_FIELD
+from access.broker.web.render import html_response, render
 
 __all__ = ["CSRF_COOKIE", "router"]
 
 router = APIRouter(include_in_schema=False)
 
-CSRF_COOKIE = "access_csrf"
-_CSRF_FIELD = "csrf_token"
-_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-_HEADERS = {
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
 _BAD_CSRF = "This form expired or your browser blocked its cookie. Please try again."
 
 
-@functools.cache
-def _template(name: str) -> Template:
-    text = importlib.resources.files("access.broker.web").joinpath("templates", name).read_text("utf-8")
-    return Template(text)
-
-
-def _render(name: str, **values: str) -> str:
-    """Fill a template; every value is HTML-escaped except pre-rendered ``*_html`` ones."""
-    escaped = {
-        k.removesuffix("_html"): v if k.endswith("_html") else html.escape(v) for k, v in values.items()
-    }
-    return _template(name).substitute(escaped)
-
-
-def _page(broker: Broker, title: str, content: str, *, csrf: str, status: int = 200) -> HTMLResponse:
-    body = _render("layout.html", title=title, content_html=content)
-    response = HTMLResponse(body, status_code=status, headers=_HEADERS)
-    response.set_cookie(
-        CSRF_COOKIE,
-        csrf,
-        httponly=True,
-        samesite="strict",
-        secure=broker.base_url.startswith("https://"),
-        path="/device",
-    )
+def _page(
+    broker: Broker, name: str, title: str, *, csrf_token: str, status: int = 200, **values: Any
+) -> HTMLResponse:
+    """Render ``name`` inside the layout, with the security headers and the CSRF cookie."""
+    body = render(name, title=title, csrf_token=csrf_token, **values)
+    response = html_response(body, status=status)
+    csrf.set_cookie(response, csrf_token, secure=broker.base_url.startswith("https://"))
     return response
-
-
-def _message(text: str | None, css_class: str = "error") -> str:
-    if not text:
-        return ""
-    return f'<p class="{css_class}" role="alert">{html.escape(text)}</p>'
-
-
-def _csrf_from_cookie(request: Request) -> str | None:
-    value = request.cookies.get(CSRF_COOKIE, "")
-    return value if _TOKEN_SHAPE.match(value) else None
-
-
-def _csrf_ok(request: Request, form: dict[str, str]) -> bool:
-    cookie = _csrf_from_cookie(request)
-    field = form.get(_CSRF_FIELD, "")
-    return cookie is not None and hmac.compare_digest(cookie.encode(), field.encode())
 
 
 def _form_page(
     broker: Broker,
-    csrf: str,
+    csrf_token: str,
     *,
     user_code: str = "",
     username: str = "",
@@ -105,14 +52,16 @@ def _form_page(
 ) -> HTMLResponse:
     normalised = device.normalise_user_code(user_code)
     shown = device.format_user_code(normalised) if normalised else user_code[:20]
-    content = _render(
+    return _page(
+        broker,
         "device_form.html",
-        message_html=_message(error),
-        csrf_token=csrf,
+        "Authorize a device",
+        csrf_token=csrf_token,
+        status=status,
+        error=error or "",
         user_code=shown,
         username=username[:64],
     )
-    return _page(broker, "Authorize a device", content, csrf=csrf, status=status)
 
 
 def _error_text(exc: BrokerError) -> str:
@@ -133,8 +82,8 @@ async def _read_form(request: Request) -> dict[str, str]:
 @router.get("/device", response_class=HTMLResponse)
 def device_form(request: Request, broker: BrokerDep, user_code: str = "") -> HTMLResponse:
     """The sign-in form, with the code pre-filled from ``verification_uri_complete``."""
-    csrf = _csrf_from_cookie(request) or secrets.token_urlsafe(32)
-    return _form_page(broker, csrf, user_code=user_code)
+    token = csrf.token_from_cookie(request) or csrf.new_token()
+    return _form_page(broker, token, user_code=user_code)
 
 
 @router.post("/device", response_class=HTMLResponse)
@@ -142,21 +91,24 @@ async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
     """Check CSRF, the code and the password; show what is being authorized."""
     form = await _read_form(request)
     user_code, username = form.get("user_code", ""), form.get("username", "")
-    if not _csrf_ok(request, form):
-        csrf = secrets.token_urlsafe(32)
-        return _form_page(broker, csrf, user_code=user_code, username=username, error=_BAD_CSRF, status=403)
-    csrf = form[_CSRF_FIELD]
+    if not csrf.form_is_ours(request, form):
+        token = csrf.new_token()
+        return _form_page(broker, token, user_code=user_code, username=username, error=_BAD_CSRF, status=403)
+    token = form[CSRF_FIELD]
     try:
         result = await run_in_threadpool(
             device.sign_in, broker, user_code, username, form.get("password", ""), client_ip(request)
         )
     except BrokerError as exc:
         return _form_page(
-            broker, csrf, user_code=user_code, username=username, error=_error_text(exc), status=exc.status
+            broker, token, user_code=user_code, username=username, error=_error_text(exc), status=exc.status
         )
     req = result.request
-    content = _render(
+    return _page(
+        broker,
         "device_confirm.html",
+        "Authorize this sign-in?",
+        csrf_token=token,
         user_name=result.user_name,
         client_name=req.client_name,
         client_host=req.client_host or "(not given)",
@@ -164,27 +116,25 @@ async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
         asked_at=req.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
         user_code=req.user_code,
         consent_token=result.consent_token,
-        csrf_token=csrf,
     )
-    return _page(broker, "Authorize this sign-in?", content, csrf=csrf)
 
 
 @router.post("/device/confirm", response_class=HTMLResponse)
 async def device_confirm(request: Request, broker: BrokerDep) -> HTMLResponse:
     """Approve or deny, once; then tell the person to go back to the terminal."""
     form = await _read_form(request)
-    if not _csrf_ok(request, form):
-        return _form_page(broker, secrets.token_urlsafe(32), error=_BAD_CSRF, status=403)
-    csrf = form[_CSRF_FIELD]
+    if not csrf.form_is_ours(request, form):
+        return _form_page(broker, csrf.new_token(), error=_BAD_CSRF, status=403)
+    token = form[CSRF_FIELD]
     action = form.get("action", "")
     if action not in ("approve", "deny"):
-        return _form_page(broker, csrf, error="Choose Approve or Deny.", status=400)
+        return _form_page(broker, token, error="Choose Approve or Deny.", status=400)
     try:
         decision = await run_in_threadpool(
             device.decide, broker, form.get("consent_token", ""), action == "approve", client_ip(request)
         )
     except BrokerError as exc:
-        return _form_page(broker, csrf, error=_error_text(exc), status=exc.status)
+        return _form_page(broker, token, error=_error_text(exc), status=exc.status)
     values: dict[str, Any] = (
         {
             "headline": "Device authorized",
@@ -199,5 +149,4 @@ async def device_confirm(request: Request, broker: BrokerDep) -> HTMLResponse:
             "detail": "The sign-in request was denied; the terminal will say so.",
         }
     )
-    content = _render("device_done.html", **values)
-    return _page(broker, values["headline"], content, csrf=csrf)
+    return _page(broker, "device_done.html", values["headline"], csrf_token=token, **values)

@@ -21,20 +21,19 @@ def _details(details: dict[str, Any]) -> str:
 
 def _check_since(since: str) -> None:
     """``--since`` is a duration back from now (``1h``) or an ISO-8601 time; the broker reads both."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
-    from access.shared.durations import DurationError, parse_duration
+    from access.shared.durations import SinceError, parse_since
 
     try:
-        parse_duration(since)
-    except DurationError:
-        try:
-            datetime.fromisoformat(since)
-        except ValueError:
-            raise UsageError(
-                f"--since {since!r} is neither a duration nor a time",
-                "write it like 1h, 30m, 2d or 2026-01-31T09:00",
-            ) from None
+        bound = parse_since(since, datetime.now(UTC))
+    except SinceError:
+        bound = None
+    if bound is None:  # blank is "no bound" to the broker, but as a flag value it is a mistake
+        raise UsageError(
+            f"--since {since!r} is neither a duration nor a time",
+            "write it like 1h, 30m, 2d or 2026-01-31T09:00",
+        )
 
 
 def audit(
@@ -54,7 +53,10 @@ def audit(
     """Show audit ledger entries, newest last (needs policy permission to read the audit log)."""
     if since is not None:
         _check_since(since)
-    entries = client(ctx).audit(service=service, actor=actor, since=since, limit=limit)
+    # The broker sends the newest ``limit`` entries newest first; shown as a log reads: newest last.
+    entries = sorted(
+        client(ctx).audit(service=service, actor=actor, since=since, limit=limit), key=lambda e: e.seq
+    )
     if output is Output.json:
         render.json_out(entries)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -181,3 +182,30 @@ async def test_database_gone_is_refused_with_503(make_broker: Callable[..., Brok
         )
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "unavailable"
+
+
+async def test_an_unexpected_exception_is_a_json_500_logged_once(
+    broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    from access.broker.app import create_app
+
+    app = create_app(broker, background=False)
+
+    @app.get("/test/boom")
+    async def boom() -> None:
+        raise ValueError("secret-internal-detail")
+
+    transport = httpx.ASGITransport(app=app)  # raises what the app lets escape: nothing should
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+        with caplog.at_level(logging.ERROR, logger="access.broker.app"):
+            response = await client.get("/test/boom")
+
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["code"] == "internal"
+    assert error["message"] and "hint" in error
+    assert "secret-internal-detail" not in response.text
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1
+    assert isinstance(logged[0].exc_info[1], ValueError)  # type: ignore[index]
+    assert "/test/boom" in logged[0].getMessage()

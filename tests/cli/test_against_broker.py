@@ -1,44 +1,20 @@
 """The CLI's BrokerClient against the real broker app, in-process (no sockets): the wire contract holds.
 
-The broker runs on a FakeClock; the client gets the app through an httpx transport.
+The broker runs on a FakeClock; the client gets the app through the harness's InProcessTransport.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from access.cli.client import BrokerClient
 from access.cli.errors import Denied, NeedsLogin, NotFound, UsageError
 from access.cli.tokens import FileStore
-from tests.cli.conftest import BROKER
-
-
-class SyncASGITransport(httpx.BaseTransport):
-    """httpx's ASGITransport is async-only; the CLI's client is sync. Run each exchange on a private loop."""
-
-    def __init__(self, app: Any) -> None:
-        self._inner = httpx.ASGITransport(app=app)
-        self._loop = asyncio.new_event_loop()
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        async def exchange() -> httpx.Response:
-            inner = httpx.Request(
-                request.method, request.url, headers=request.headers, content=request.read()
-            )
-            response = await self._inner.handle_async_request(inner)
-            content = await response.aread()
-            return httpx.Response(response.status_code, headers=response.headers, content=content)
-
-        return self._loop.run_until_complete(exchange())
-
-    def close(self) -> None:
-        self._loop.close()
+from tests.cli.conftest import BROKER, InProcessTransport
 
 
 @pytest.fixture
@@ -46,13 +22,13 @@ def cli_client(make_broker: Callable[..., Any], tmp_path: Path) -> Iterator[tupl
     from access.broker.app import create_app
 
     broker = make_broker()
-    transport = SyncASGITransport(create_app(broker, background=False))
+    transport = InProcessTransport(create_app(broker, background=False))
     client = BrokerClient(BROKER, transport=transport, token_store=FileStore(tmp_path / "tokens.json"))
     try:
         yield client, broker
     finally:
         client.close()
-        transport.close()
+        transport.shutdown()
 
 
 def test_service_account_core_loop(cli_client: tuple[BrokerClient, Any]) -> None:

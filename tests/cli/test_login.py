@@ -1,23 +1,26 @@
-"""`access login`: the device flow (RFC 8628) with injected time, and client credentials."""
+"""`access login` against the real broker in-process: the device flow (RFC 8628) with injected
+time, and client credentials.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs
 
-import httpx
 import pytest
-import respx
 
 from access.cli import device
 from access.cli.client import BrokerClient, DeviceAuthorization
 from access.cli.errors import Denied, Expired
-from access.cli.tokens import Tokens
+from access.cli.tokens import FileStore, Tokens
 from access.shared.errors import ExitCode
-from tests.cli.conftest import BROKER, PRINCIPAL, invoke, stored
+from tests.cli.conftest import BROKER, BrokerApp, LiveBroker, invoke, stored
 
+# A device authorization as the broker sends it (for tests of the code display alone).
 DEVICE = {
     "device_code": "dc-secret",
     "user_code": "BCDF-GHJK",
@@ -26,99 +29,154 @@ DEVICE = {
     "expires_in": 600,
     "interval": 5,
 }
-TOKENS = {"access_token": "at-new", "refresh_token": "rt-new", "token_type": "Bearer", "expires_in": 900}
-
-
-class FakeTime:
-    """sleep() records the interval and advances monotonic(): polling without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def monotonic(self) -> float:
-        return self.now
-
-
-def _oauth_error(error: str) -> httpx.Response:
-    return httpx.Response(400, json={"error": error, "error_description": error.replace("_", " ")})
-
-
-def _token_route(broker: respx.MockRouter, *responses: httpx.Response) -> respx.Route:
-    return broker.post("/oauth/token").mock(side_effect=list(responses))
 
 
 def _auth(**overrides: object) -> DeviceAuthorization:
     return DeviceAuthorization(**{**DEVICE, **overrides})  # type: ignore[arg-type]
 
 
-def test_polling_honours_interval_and_slow_down(broker: respx.MockRouter) -> None:
-    route = _token_route(
-        broker,
-        _oauth_error("authorization_pending"),
-        _oauth_error("slow_down"),
-        _oauth_error("authorization_pending"),
-        httpx.Response(200, json=TOKENS),
+class FakeTime:
+    """sleep() records the interval and moves monotonic() and the broker's clock: polling without waiting.
+
+    ``during[n]`` runs while the CLI sleeps for the n-th time (from 1): what the person in the
+    browser, or the world, does meanwhile. ``broker_lag[n]`` makes the broker's clock move that
+    many seconds less during the n-th sleep, as if the poll came early by the broker's watch.
+    """
+
+    def __init__(self, live: LiveBroker) -> None:
+        self.live = live
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self.during: dict[int, Callable[[], None]] = {}
+        self.broker_lag: dict[int, float] = {}
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self.live.clock.advance(seconds - self.broker_lag.get(len(self.sleeps), 0.0))
+        action = self.during.get(len(self.sleeps))
+        if action is not None:
+            action()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def restart(self) -> None:
+        self.sleeps.clear()
+        self.during.clear()
+        self.broker_lag.clear()
+
+
+@pytest.fixture
+def live(broker_app: BrokerApp) -> LiveBroker:
+    return broker_app()
+
+
+@pytest.fixture
+def client(live: LiveBroker, tmp_path: Path) -> BrokerClient:
+    return BrokerClient(
+        BROKER, transport=live.transport, token_store=FileStore(tmp_path / "t.json"), now=live.now
     )
-    clock = FakeTime()
+
+
+def _approve(live: LiveBroker, action: str = "approve") -> Callable[[], None]:
+    """Press Approve (or Deny) on the page for the latest device authorization."""
+    return lambda: live.device_page(
+        live.answered("POST", "/oauth/device_authorization")[-1]["user_code"], action
+    )
+
+
+def _expire(live: LiveBroker) -> Callable[[], None]:
+    return lambda: live.clock.advance(live.broker.settings.device_code_ttl)
+
+
+def _steal(live: LiveBroker) -> Callable[[], None]:
+    """Someone else approves and exchanges the code first (a copied code): the CLI's code is spent."""
+    from access.broker.auth.device import exchange
+
+    def run() -> None:
+        _approve(live)()
+        code = live.answered("POST", "/oauth/device_authorization")[-1]["device_code"]
+        exchange(live.broker, code, "access-cli")
+
+    return run
+
+
+def test_polling_honours_interval_and_slow_down(live: LiveBroker, client: BrokerClient) -> None:
+    clock = FakeTime(live)
+    clock.broker_lag[2] = 1  # the second poll is a second early for the broker: slow_down
+    clock.during[4] = _approve(live)
     tokens = device.wait_for_approval(
-        BrokerClient(BROKER), _auth(), sleep=clock.sleep, monotonic=clock.monotonic
+        client, client.device_authorize("laptop-1"), sleep=clock.sleep, monotonic=clock.monotonic
     )
     assert isinstance(tokens, Tokens)
-    assert tokens.access_token == "at-new" and tokens.refresh_token == "rt-new"
+    assert tokens.access_token and tokens.refresh_token
     assert clock.sleeps == [5, 5, 10, 10]  # slow_down adds 5 s for the rest of the login
-    sent = parse_qs(route.calls[0].request.content.decode())
+    errors = [body.get("error") for body in live.answered("POST", "/oauth/token")]
+    assert errors == ["authorization_pending", "slow_down", "authorization_pending", None]
+    sent = parse_qs(live.sent("POST", "/oauth/token")[0].content.decode())
     assert sent == {
         "grant_type": ["urn:ietf:params:oauth:grant-type:device_code"],
-        "device_code": ["dc-secret"],
+        "device_code": [live.answered("POST", "/oauth/device_authorization")[0]["device_code"]],
         "client_id": ["access-cli"],
     }
 
 
-def test_polling_gives_up_when_the_code_runs_out(broker: respx.MockRouter) -> None:
-    _token_route(broker, *[_oauth_error("authorization_pending")] * 5)
-    clock = FakeTime()
+def test_polling_gives_up_when_the_code_runs_out(live: LiveBroker, client: BrokerClient) -> None:
+    # The CLI keeps its own deadline from expires_in: here shorter than the broker's, so the
+    # broker still says "pending" when the CLI stops.
+    auth = dataclasses.replace(client.device_authorize("laptop-1"), expires_in=12)
+    clock = FakeTime(live)
     with pytest.raises(Expired):
-        device.wait_for_approval(
-            BrokerClient(BROKER), _auth(expires_in=12), sleep=clock.sleep, monotonic=clock.monotonic
-        )
+        device.wait_for_approval(client, auth, sleep=clock.sleep, monotonic=clock.monotonic)
     assert clock.sleeps == [5, 5, 5]
+    assert {body["error"] for body in live.answered("POST", "/oauth/token")} == {"authorization_pending"}
 
 
-@pytest.mark.parametrize(("error", "exception"), [("access_denied", Denied), ("expired_token", Expired)])
-def test_polling_stops_on_terminal_errors(broker: respx.MockRouter, error: str, exception: type) -> None:
-    _token_route(broker, _oauth_error("authorization_pending"), _oauth_error(error))
-    clock = FakeTime()
+@pytest.mark.parametrize(
+    ("meanwhile", "exception"), [(lambda live: _approve(live, "deny"), Denied), (_expire, Expired)]
+)
+def test_polling_stops_on_terminal_errors(
+    live: LiveBroker,
+    client: BrokerClient,
+    meanwhile: Callable[[LiveBroker], Callable[[], None]],
+    exception: type,
+) -> None:
+    clock = FakeTime(live)
+    clock.during[2] = meanwhile(live)
     with pytest.raises(exception):
-        device.wait_for_approval(BrokerClient(BROKER), _auth(), sleep=clock.sleep, monotonic=clock.monotonic)
+        device.wait_for_approval(
+            client, client.device_authorize("laptop-1"), sleep=clock.sleep, monotonic=clock.monotonic
+        )
+    assert len(clock.sleeps) == 2
 
 
 @pytest.fixture
-def instant(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
-    clock = FakeTime()
+def instant(live: LiveBroker, monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    clock = FakeTime(live)
     monkeypatch.setattr(device, "SLEEP", clock.sleep)
     monkeypatch.setattr(device, "MONOTONIC", clock.monotonic)
     return clock
 
 
 @pytest.mark.parametrize(
-    ("error", "code", "text"),
+    ("meanwhile", "code", "text"),
     [
-        ("access_denied", ExitCode.DENIED, "denied"),
-        ("expired_token", ExitCode.EXPIRED, "run `access login` again"),
-        ("invalid_grant", ExitCode.ERROR, "run `access login` again"),  # e.g. a reused device code
+        (lambda live: _approve(live, "deny"), ExitCode.DENIED, "denied"),
+        (_expire, ExitCode.EXPIRED, "run `access login` again"),
+        (_steal, ExitCode.ERROR, "run `access login` again"),  # a device code already used
     ],
 )
 def test_login_exit_codes(
-    broker: respx.MockRouter, instant: FakeTime, config_dir: Path, error: str, code: int, text: str
+    live: LiveBroker,
+    instant: FakeTime,
+    config_dir: Path,
+    meanwhile: Callable[[LiveBroker], Callable[[], None]],
+    code: int,
+    text: str,
 ) -> None:
-    broker.post("/oauth/device_authorization").respond(200, json=DEVICE)
-    _token_route(broker, _oauth_error("authorization_pending"), _oauth_error(error))
-    result = invoke("--broker", BROKER, "login", "--no-browser")
+    instant.during[2] = meanwhile(live)
+    result = live.invoke("--broker", BROKER, "login", "--no-browser")
     assert result.exit_code == code, result.stderr
     assert text in result.stderr
     assert "error: " in result.stderr and "hint: " in result.stderr
@@ -126,75 +184,86 @@ def test_login_exit_codes(
 
 
 def test_device_login_stores_tokens_and_says_so_once(
-    broker: respx.MockRouter, instant: FakeTime, config_dir: Path
+    live: LiveBroker, instant: FakeTime, config_dir: Path
 ) -> None:
-    authorize = broker.post("/oauth/device_authorization").respond(200, json=DEVICE)
-    _token_route(broker, _oauth_error("authorization_pending"), httpx.Response(200, json=TOKENS))
-    whoami = broker.get("/v1/whoami").respond(200, json=PRINCIPAL)
-    result = invoke("login", "--broker", BROKER + "/", "--no-browser")
+    instant.during[2] = _approve(live)
+    result = live.invoke("login", "--broker", BROKER + "/", "--no-browser")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # messages only: all on stderr
-    assert f"{BROKER}/device" in result.stderr and "BCDF-GHJK" in result.stderr
+    [authorization] = live.answered("POST", "/oauth/device_authorization")
+    assert f"{BROKER}/device" in result.stderr and authorization["user_code"] in result.stderr
     assert "tokens are kept in" in result.stderr
     assert "Signed in to https://broker.test as alice" in result.stderr
-    form = parse_qs(authorize.calls[0].request.content.decode())
+    form = parse_qs(live.sent("POST", "/oauth/device_authorization")[0].content.decode())
     assert form["client_id"] == ["access-cli"] and form["client_host"]
-    assert whoami.calls[0].request.headers["authorization"] == "Bearer at-new"
+    first = stored(config_dir)
+    assert first is not None and first["refresh_token"]
+    assert live.sent("GET", "/v1/whoami")[0].headers["authorization"] == f"Bearer {first['access_token']}"
 
     token_file = config_dir / "tokens.json"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert stored(config_dir)["refresh_token"] == "rt-new"  # type: ignore[index]
     assert json.loads((config_dir / "config.json").read_text())["broker_url"] == BROKER
 
     # Second login: the token-file note is not repeated, the replaced session is revoked.
-    _token_route(broker, httpx.Response(200, json={**TOKENS, "refresh_token": "rt-2"}))
-    revoke = broker.post("/oauth/revoke").respond(200, json={})
-    again = invoke("login", "--no-browser")  # no --broker: the last login's broker
+    instant.restart()
+    instant.during[1] = _approve(live)
+    again = live.invoke("login", "--no-browser")  # no --broker: the last login's broker
     assert again.exit_code == 0, again.stderr
     assert "tokens are kept in" not in again.stderr
-    assert parse_qs(revoke.calls[0].request.content.decode())["token"] == ["rt-new"]
+    assert parse_qs(live.sent("POST", "/oauth/revoke")[0].content.decode())["token"] == [
+        first["refresh_token"]
+    ]
+    old = live.invoke("whoami", env={"ACCESS_TOKEN": first["access_token"]})
+    assert old.exit_code == ExitCode.NEEDS_LOGIN  # the replaced session is over on the broker
 
 
 def test_client_credentials_reads_the_secret_from_a_private_file(
-    broker: respx.MockRouter, tmp_path: Path, config_dir: Path
+    live: LiveBroker, tmp_path: Path, config_dir: Path
 ) -> None:
-    token = broker.post("/oauth/token").respond(200, json={"access_token": "at-bot", "expires_in": 900})
-    broker.get("/v1/whoami").respond(200, json={**PRINCIPAL, "name": "deploy-bot", "kind": "service_account"})
+    client_id, client_secret = live.service_account("deploy-bot", ["ci"])
     secret = tmp_path / "secret"
-    secret.write_text("s3cret-value\n")
+    secret.write_text(client_secret + "\n")
 
     secret.chmod(0o644)
-    loose = invoke("--broker", BROKER, "login", "--client-id", "cid", "--client-secret-file", str(secret))
+    loose = live.invoke(
+        "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
+    )
     assert loose.exit_code == ExitCode.USAGE
     assert f"chmod 600 {secret}" in loose.stderr
-    assert not token.called
+    assert live.transport.requests == []
 
     secret.chmod(0o600)
-    ok = invoke("--broker", BROKER, "login", "--client-id", "cid", "--client-secret-file", str(secret))
+    ok = live.invoke(
+        "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
+    )
     assert ok.exit_code == 0, ok.stderr
-    assert "s3cret-value" not in ok.stdout + ok.stderr
-    form = parse_qs(token.calls[0].request.content.decode())
+    assert client_secret not in ok.stdout + ok.stderr
+    assert "as deploy-bot (service_account; groups: ci)" in ok.stderr
+    form = parse_qs(live.sent("POST", "/oauth/token")[0].content.decode())
     assert form == {
         "grant_type": ["client_credentials"],
-        "client_id": ["cid"],
-        "client_secret": ["s3cret-value"],
+        "client_id": [client_id],
+        "client_secret": [client_secret],
     }
-    assert stored(config_dir)["client_id"] == "cid"  # type: ignore[index]
+    entry = stored(config_dir)
+    assert entry is not None and entry["client_id"] == client_id and entry["refresh_token"] is None
 
 
-def test_client_id_without_a_secret_file_does_not_prompt_without_a_terminal(broker: respx.MockRouter) -> None:
+def test_client_id_without_a_secret_file_does_not_prompt_without_a_terminal(config_dir: Path) -> None:
     result = invoke("--broker", BROKER, "login", "--client-id", "cid", input="")
     assert result.exit_code == ExitCode.USAGE
     assert "--client-secret-file" in result.stderr
 
 
-def test_wrong_client_secret_is_denied(broker: respx.MockRouter, tmp_path: Path) -> None:
-    broker.post("/oauth/token").respond(
-        401, json={"error": "invalid_client", "error_description": "bad secret"}
-    )
+def test_wrong_client_secret_is_denied(live: LiveBroker, tmp_path: Path) -> None:
+    client_id, _ = live.service_account("deploy-bot", ["ci"])
     secret = tmp_path / "secret"
-    secret.write_text("wrong")
+    secret.write_text("wrong-secret-value")
     secret.chmod(0o600)
-    result = invoke("--broker", BROKER, "login", "--client-id", "cid", "--client-secret-file", str(secret))
+    result = live.invoke(
+        "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
+    )
     assert result.exit_code == ExitCode.DENIED
-    assert "bad secret" in result.stderr and "wrong" not in result.stderr
+    [refusal] = live.answered("POST", "/oauth/token")
+    assert refusal["error"] == "invalid_client"
+    assert refusal["error_description"] in result.stderr and "wrong-secret-value" not in result.stderr

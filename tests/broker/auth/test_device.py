@@ -214,11 +214,12 @@ def test_user_code_guessing_is_rate_limited_per_ip(any_broker: Broker, fake_cloc
     # Now even the right code is refused from this IP...
     with pytest.raises(RateLimited):
         device.sign_in(broker, auth.user_code, "alice", PASSWORD, IP)
-    assert device.rate_limited(broker, IP)
+    # ...and so is answering a consent from it (the same allowance)...
+    with pytest.raises(RateLimited):
+        device.decide(broker, "not-a-consent-token", True, IP)
     # ...but not from another one, and not after the window.
     device.sign_in(broker, auth.user_code, "alice", PASSWORD, "192.0.2.99")
     fake_clock.advance(10 * 60)
-    assert not device.rate_limited(broker, IP)
     device.sign_in(broker, _start(broker).user_code, "alice", PASSWORD, IP)
 
 

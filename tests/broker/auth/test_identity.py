@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from access.broker.auth import identity, tokens
+from access.broker.auth.identity import embedded
 from access.broker.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from access.broker.events.bus import GrantEnded, PrincipalLocked
 from access.broker.grants import request_grant
@@ -93,9 +94,9 @@ def test_check_password(any_broker: Broker) -> None:
 
 def test_an_unknown_user_still_costs_one_argon2_verification(broker: Broker) -> None:
     # Same work whether or not the name exists: the dummy hash is used for unknown names.
-    identity._dummy_hash.cache_clear()
+    embedded._dummy_hash.cache_clear()
     identity.check_password(broker, "nobody", PASSWORD)
-    assert identity._dummy_hash.cache_info().misses == 1
+    assert embedded._dummy_hash.cache_info().misses == 1
 
 
 def test_service_accounts_cannot_sign_in_with_a_password(broker: Broker) -> None:

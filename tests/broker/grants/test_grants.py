@@ -29,7 +29,7 @@ from access.broker.errors import (
     Unavailable,
 )
 from access.broker.events.bus import Event, GrantEnded
-from access.broker.policy.model import Policy
+from access.broker.policy import Policy
 from access.broker.runtime import Broker
 from access.broker.store.tables import audit_log, principals
 from access.broker.store.tables import grants as grants_table

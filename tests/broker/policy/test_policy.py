@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from access.broker.admin.main import app as admin_app
-from access.broker.policy.model import (
+from access.broker.policy import (
     Policy,
     PolicyError,
     Subject,

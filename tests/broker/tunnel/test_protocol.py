@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import uvicorn
@@ -26,8 +26,8 @@ from access.broker.app import create_app
 from access.broker.auth import sessions, tokens
 from access.broker.clock import SystemClock
 from access.broker.runtime import Broker
+from access.broker.server import protocols
 from access.broker.store.tables import grants as grants_table
-from access.broker.tunnel.protocol import TunnelProtocol
 from access.broker.tunnel.registry import registry_for
 from access.cli.tunnel import BrokerEndpoint, ClientSession, Forwarder, HandshakeRefused
 from access.shared.models import GrantRequest
@@ -130,7 +130,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def setup(make_broker: Callable[..., Broker]) -> Iterator[Setup]:
+def wrap_app() -> Callable[[Any], Any]:
+    """The ASGI app the broker is served as: test modules override this to add routes."""
+    return lambda app: app
+
+
+@pytest.fixture
+def setup(make_broker: Callable[..., Broker], wrap_app: Callable[[Any], Any]) -> Iterator[Setup]:
     target = RecordingTarget()
     threading.Thread(target=target.serve_forever, daemon=True).start()
     broker = make_broker(policy=_policy(target.port, _free_port()), clock=SystemClock())
@@ -142,10 +148,9 @@ def setup(make_broker: Callable[..., Broker]) -> Iterator[Setup]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(broker),
+        wrap_app(create_app(broker)),
         loop="uvloop",
-        http="httptools",
-        ws=cast("type[asyncio.Protocol]", TunnelProtocol),
+        **protocols(),  # as server.run serves it: the tunnel on its path, ASGI for other upgrades
         lifespan="on",
         log_level="warning",
         timeout_graceful_shutdown=2,

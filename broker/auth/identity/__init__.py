@@ -1,0 +1,36 @@
+"""Identity: who the principals are and how they prove it.
+
+``embedded`` is today's only identity source: users with passwords and service accounts with
+client secrets, stored as argon2id hashes in our own database. Upstream OIDC and CI-token
+sources (not built yet) are meant to join it here as sibling modules; ``principals.source`` says
+where a principal comes from. ``directory`` holds what applies whatever the source (listing,
+disabling). Identity may import the store and ``grants`` (to end a disabled
+principal's grants), never ``auth.sessions`` or ``auth.device``, which import it.
+"""
+
+from access.broker.auth.identity.directory import disable_principal, list_principals
+from access.broker.auth.identity.embedded import (
+    MAX_GROUPS,
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    check_client_secret,
+    check_password,
+    create_service_account,
+    create_user,
+)
+from access.broker.store.principals import SERVICE_ACCOUNT, USER, PrincipalRecord
+
+__all__ = [
+    "MAX_GROUPS",
+    "MAX_PASSWORD_LENGTH",
+    "MIN_PASSWORD_LENGTH",
+    "SERVICE_ACCOUNT",
+    "USER",
+    "PrincipalRecord",
+    "check_client_secret",
+    "check_password",
+    "create_service_account",
+    "create_user",
+    "disable_principal",
+    "list_principals",
+]

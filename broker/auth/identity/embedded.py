@@ -1,0 +1,214 @@
+"""The embedded identity source: users (passwords) and service accounts (client secrets).
+
+Passwords and client secrets are stored as argon2id hashes. Verifying against an unknown
+name still runs one argon2 verification (against a dummy hash), so response time does not tell
+whether a name exists.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import uuid
+from collections.abc import Iterable
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from access.broker.audit import ledger
+from access.broker.audit.actions import Action
+from access.broker.errors import Conflict, InvalidRequest
+from access.broker.runtime import Broker
+from access.broker.store import principals
+from access.broker.store.principals import SERVICE_ACCOUNT, USER, PrincipalRecord
+from access.shared.names import NAME_RULE, is_principal_name
+
+__all__ = [
+    "MAX_GROUPS",
+    "MAX_PASSWORD_LENGTH",
+    "MIN_PASSWORD_LENGTH",
+    "check_client_secret",
+    "check_password",
+    "create_service_account",
+    "create_user",
+]
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+MAX_GROUPS = 64
+_SECRET_MAX_LENGTH = 256
+
+_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory parameters
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+def _check_name(name: str, what: str) -> None:
+    if not is_principal_name(name):
+        raise InvalidRequest(
+            f"invalid {what} name {name[:80]!r}", hint=f"use {NAME_RULE} ('.' and '_' allowed)"
+        )
+
+
+def _clean_groups(groups: Iterable[str]) -> list[str]:
+    cleaned = sorted(set(groups))
+    for group in cleaned:
+        _check_name(group, "group")
+    if len(cleaned) > MAX_GROUPS:
+        raise InvalidRequest(f"at most {MAX_GROUPS} groups per principal")
+    return cleaned
+
+
+def _insert(
+    broker: Broker,
+    *,
+    kind: str,
+    name: str,
+    groups: list[str],
+    actor: str,
+    action: Action,
+    password_hash: str | None = None,
+    client_id: str | None = None,
+    secret_hash: str | None = None,
+) -> str:
+    principal_id = str(uuid.uuid4())
+    with broker.transaction() as conn:
+        if principals.name_taken(conn, name):
+            raise Conflict(f"a user or service account named {name!r} already exists")
+        principals.insert(
+            conn,
+            principal_id=principal_id,
+            name=name,
+            kind=kind,
+            groups=groups,
+            created_at=broker.clock.now(),
+            password_hash=password_hash,
+            client_id=client_id,
+            secret_hash=secret_hash,
+        )
+        details: dict[str, object] = {"kind": kind, "groups": groups}
+        if client_id:
+            details["client_id"] = client_id
+        ledger.append(
+            conn, broker.clock, actor=actor, action=action, target=f"principal:{name}", details=details
+        )
+    return principal_id
+
+
+def create_user(
+    broker: Broker, name: str, groups: Iterable[str], password: str, *, actor: str = "admin"
+) -> str:
+    """Add a user with an argon2id-hashed password. Returns the new principal id.
+
+    Raises:
+        InvalidRequest: bad name or group, or a password shorter than 8 characters.
+        Conflict: the name is taken.
+        Unavailable: the database could not be reached.
+    """
+    _check_name(name, "user")
+    cleaned = _clean_groups(groups)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidRequest(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidRequest(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+    return _insert(
+        broker,
+        kind=USER,
+        name=name,
+        groups=cleaned,
+        actor=actor,
+        action=Action.USER_CREATE,
+        password_hash=_hasher.hash(password),
+    )
+
+
+def create_service_account(
+    broker: Broker, name: str, groups: Iterable[str], *, actor: str = "admin"
+) -> tuple[str, str]:
+    """Add a service account. Returns ``(client_id, client_secret)``; the secret is not stored.
+
+    Raises:
+        InvalidRequest: bad name or group.
+        Conflict: the name is taken.
+        Unavailable: the database could not be reached.
+    """
+    _check_name(name, "service account")
+    cleaned = _clean_groups(groups)
+    # The client id must fit 64 characters: "sa-" + up to 48 of the name + "-" + 12 random.
+    client_id = f"sa-{name[:48]}-{secrets.token_hex(6)}"
+    secret = secrets.token_urlsafe(32)
+    _insert(
+        broker,
+        kind=SERVICE_ACCOUNT,
+        name=name,
+        groups=cleaned,
+        actor=actor,
+        action=Action.SERVICE_ACCOUNT_CREATE,
+        client_id=client_id,
+        secret_hash=_hasher.hash(secret),
+    )
+    return client_id, secret
+
+
+def _verify(stored_hash: str | None, secret: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash or _dummy_hash(), secret) and stored_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_password(broker: Broker, name: str, password: str) -> tuple[PrincipalRecord | None, str]:
+    """Check a user's password. Returns ``(user, "ok")`` or ``(None, reason)``.
+
+    ``reason`` is one of ``unknown_user``, ``wrong_credentials``, ``disabled`` (for the audit
+    entry; people are told only "wrong username or password"). One argon2 verification runs
+    whatever the outcome, so timing does not reveal whether the user exists. The caller writes
+    the audit entry and the rate-limit event.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    found = None
+    if is_principal_name(name) and len(password) <= MAX_PASSWORD_LENGTH:
+        with broker.transaction() as conn:
+            found = principals.user_credentials(conn, name)
+    stored = None if found is None else found[1]
+    ok = _verify(stored, password[:MAX_PASSWORD_LENGTH])
+    if found is None:
+        return None, "unknown_user"
+    if not ok:
+        return None, "wrong_credentials"
+    user = found[0]
+    if user.disabled:
+        return None, "disabled"
+    if stored is not None and _hasher.check_needs_rehash(stored):
+        with broker.transaction() as conn:
+            principals.set_password_hash(conn, user.id, _hasher.hash(password))
+    return user, "ok"
+
+
+def check_client_secret(broker: Broker, client_id: str, secret: str) -> tuple[PrincipalRecord | None, str]:
+    """Check a service account's client secret. Returns ``(account, "ok")`` or ``(None, reason)``.
+
+    ``reason`` is ``unknown_client``, ``wrong_credentials`` or ``disabled``. Constant-time as for
+    ``check_password``.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    found = None
+    if 0 < len(client_id) <= 64 and len(secret) <= _SECRET_MAX_LENGTH:
+        with broker.transaction() as conn:
+            found = principals.service_account_credentials(conn, client_id)
+    ok = _verify(None if found is None else found[1], secret[:_SECRET_MAX_LENGTH])
+    if found is None:
+        return None, "unknown_client"
+    if not ok:
+        return None, "wrong_credentials"
+    account = found[0]
+    if account.disabled:
+        return None, "disabled"
+    return account, "ok"

@@ -1,0 +1,111 @@
+"""Deciding a request against a policy. Pure: no I/O, no clock, so it is tested as a table.
+
+Deny by default: a request is allowed only when an allow rule (``require: auto`` or
+``approval``) matches its subject, service and scope, no ``require: deny`` rule matches, and
+the TTL is within the smaller of the service's and the rule's ``max_ttl``. ``approval``
+decisions are allowed but not ``issuable``: the grants service refuses them until reviewers
+exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import NamedTuple
+
+from access.broker.policy.model import Policy, Requirement, Rule, ServiceConfig, SubjectLike
+from access.shared.durations import format_duration
+
+__all__ = ["Decision", "ServiceAccess", "allowed_services", "can_read_audit", "evaluate"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one evaluation: a value, so later approvals can build on it.
+
+    ``allowed`` says the policy permits the request (perhaps after approval: see
+    ``requirement``); ``issuable`` says a grant may be issued right now.
+    """
+
+    allowed: bool
+    service: str
+    scope: str
+    max_ttl: timedelta | None
+    requirement: Requirement
+    rule: str | None
+    reason: str
+
+    @property
+    def issuable(self) -> bool:
+        return self.allowed and self.requirement == "auto"
+
+
+class ServiceAccess(NamedTuple):
+    """One scope of one service that a subject may request (``GET /v1/services``)."""
+
+    service: ServiceConfig
+    scope: str
+    max_ttl: timedelta
+    requirement: Requirement
+
+
+def evaluate(policy: Policy, subject: SubjectLike, service: str, scope: str, ttl: timedelta) -> Decision:
+    """Decide whether ``subject`` may get ``scope`` on ``service`` for ``ttl``. No I/O.
+
+    A matching ``require: deny`` rule wins over any allow rule. Among allow rules, ``auto``
+    beats ``approval``, then the longer effective maximum wins, then the earlier rule.
+
+    Raises:
+        UnknownService: the policy has no such service.
+        UnknownScope: the service does not offer ``scope``.
+    """
+    svc = policy.lookup(service, scope)
+    what = f"{scope} on {service}"
+    matching = [rule for rule in policy.rules if rule.matches(subject, service, scope)]
+    for rule in matching:
+        if rule.require == "deny":
+            return Decision(
+                False, service, scope, None, "deny", rule.name, f"{what} is denied by rule {rule.name}"
+            )
+    if not matching:
+        reason = f"no policy rule gives {subject.name} {what}"
+        return Decision(False, service, scope, None, "deny", None, reason)
+    fitting = [rule for rule in matching if ttl <= _effective_max(svc, rule)]
+    if not fitting:
+        best = _best(svc, matching)
+        limit = _effective_max(svc, best)
+        reason = f"ttl {format_duration(ttl)} is over the maximum {format_duration(limit)} for {what}"
+        return Decision(False, service, scope, limit, best.require, best.name, reason)
+    best = _best(svc, fitting)
+    if best.require == "approval":
+        reason = f"{what} needs approval (rule {best.name})"
+    else:
+        reason = f"{what} allowed by rule {best.name}"
+    return Decision(True, service, scope, _effective_max(svc, best), best.require, best.name, reason)
+
+
+def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess]:
+    """Every (service, scope) that ``subject`` may request, with its maximum TTL. No I/O."""
+    result: list[ServiceAccess] = []
+    for svc in sorted(policy.services.values(), key=lambda s: s.name):
+        for scope in svc.scopes:
+            matching = [rule for rule in policy.rules if rule.matches(subject, svc.name, scope)]
+            if not matching or any(rule.require == "deny" for rule in matching):
+                continue
+            best = _best(svc, matching)
+            result.append(ServiceAccess(svc, scope, _effective_max(svc, best), best.require))
+    return result
+
+
+def can_read_audit(policy: Policy, who: SubjectLike) -> bool:
+    """True when the policy's ``audit.readers`` include ``who``. Fails closed: no readers, no one."""
+    return policy.can_read_audit(who)
+
+
+def _effective_max(svc: ServiceConfig, rule: Rule) -> timedelta:
+    return svc.max_ttl if rule.max_ttl is None else min(svc.max_ttl, rule.max_ttl)
+
+
+def _best(svc: ServiceConfig, rules: list[Rule]) -> Rule:
+    # Stable sort: on a tie the rule written first wins.
+    return sorted(rules, key=lambda r: (r.require != "auto", -_effective_max(svc, r).total_seconds()))[0]

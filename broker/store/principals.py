@@ -1,0 +1,175 @@
+"""Users and service accounts (the ``principals`` table).
+
+Every function takes the caller's connection, so what commits together is the caller's choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from access.broker.store.tables import principals
+
+__all__ = [
+    "SERVICE_ACCOUNT",
+    "USER",
+    "PrincipalRecord",
+    "all_by_name",
+    "by_id",
+    "by_name",
+    "disable",
+    "insert",
+    "name_taken",
+    "service_account_credentials",
+    "set_password_hash",
+    "user_credentials",
+]
+
+# The values of ``principals.kind``.
+USER = "user"
+SERVICE_ACCOUNT = "service_account"
+
+
+@dataclass(frozen=True)
+class PrincipalRecord:
+    """A user or service account, without its password or secret hash."""
+
+    id: str
+    name: str
+    kind: str  # "user" | "service_account"
+    groups: tuple[str, ...]
+    disabled: bool
+    created_at: datetime
+    client_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> PrincipalRecord:
+        m = row._mapping
+        return cls(
+            id=str(m["id"]),
+            name=str(m["name"]),
+            kind=str(m["kind"]),
+            groups=tuple(m["groups"] or ()),
+            disabled=bool(m["disabled"]),
+            created_at=m["created_at"],
+            client_id=m["client_id"],
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "groups": list(self.groups),
+            "disabled": self.disabled,
+            "created_at": self.created_at.isoformat(),
+            "client_id": self.client_id,
+        }
+
+
+_COLUMNS = (
+    principals.c.id,
+    principals.c.name,
+    principals.c.kind,
+    principals.c.groups,
+    principals.c.disabled,
+    principals.c.created_at,
+    principals.c.client_id,
+)
+
+
+def _one(conn: sa.Connection, where: sa.ColumnElement[bool]) -> PrincipalRecord | None:
+    row = conn.execute(sa.select(*_COLUMNS).where(where)).first()
+    return None if row is None else PrincipalRecord.from_row(row)
+
+
+def by_id(conn: sa.Connection, principal_id: str) -> PrincipalRecord | None:
+    """The principal with this id, or None."""
+    return _one(conn, principals.c.id == principal_id)
+
+
+def by_name(conn: sa.Connection, name: str) -> PrincipalRecord | None:
+    """The principal with this name (users and service accounts share one namespace), or None."""
+    return _one(conn, principals.c.name == name)
+
+
+def name_taken(conn: sa.Connection, name: str) -> bool:
+    """True when a user or service account already has this name."""
+    return conn.execute(sa.select(principals.c.id).where(principals.c.name == name)).first() is not None
+
+
+def all_by_name(conn: sa.Connection) -> list[PrincipalRecord]:
+    """Every principal, ordered by name."""
+    rows = conn.execute(sa.select(*_COLUMNS).order_by(principals.c.name)).all()
+    return [PrincipalRecord.from_row(row) for row in rows]
+
+
+def insert(
+    conn: sa.Connection,
+    *,
+    principal_id: str,
+    name: str,
+    kind: str,
+    groups: Sequence[str],
+    created_at: datetime,
+    password_hash: str | None = None,
+    client_id: str | None = None,
+    secret_hash: str | None = None,
+) -> None:
+    """Add a principal (``source`` keeps its default, ``embedded``).
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: the name or client id is taken.
+    """
+    conn.execute(
+        principals.insert().values(
+            id=principal_id,
+            name=name,
+            kind=kind,
+            groups=list(groups),
+            created_at=created_at,
+            password_hash=password_hash,
+            client_id=client_id,
+            secret_hash=secret_hash,
+        )
+    )
+
+
+def user_credentials(conn: sa.Connection, name: str) -> tuple[PrincipalRecord, str | None] | None:
+    """The user named ``name`` and its password hash, or None (also for a service account)."""
+    row = conn.execute(
+        sa.select(*_COLUMNS, principals.c.password_hash).where(
+            principals.c.name == name, principals.c.kind == USER
+        )
+    ).first()
+    return None if row is None else (PrincipalRecord.from_row(row), row.password_hash)
+
+
+def service_account_credentials(
+    conn: sa.Connection, client_id: str
+) -> tuple[PrincipalRecord, str | None] | None:
+    """The service account with this client id and its secret hash, or None."""
+    row = conn.execute(
+        sa.select(*_COLUMNS, principals.c.secret_hash).where(
+            principals.c.client_id == client_id, principals.c.kind == SERVICE_ACCOUNT
+        )
+    ).first()
+    return None if row is None else (PrincipalRecord.from_row(row), row.secret_hash)
+
+
+def set_password_hash(conn: sa.Connection, principal_id: str, password_hash: str) -> None:
+    """Replace a user's password hash (argon2 parameters changed: rehash on login)."""
+    conn.execute(
+        principals.update().where(principals.c.id == principal_id).values(password_hash=password_hash)
+    )
+
+
+def disable(conn: sa.Connection, principal_id: str, now: datetime) -> None:
+    """Mark a principal disabled as of ``now``."""
+    conn.execute(
+        principals.update().where(principals.c.id == principal_id).values(disabled=True, disabled_at=now)
+    )

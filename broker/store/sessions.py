@@ -1,0 +1,203 @@
+"""Login sessions and their refresh tokens (the ``sessions`` and ``refresh_tokens`` tables).
+
+Revocations and the refresh-token "mark used" are conditional updates that report whether
+they changed a row, so two replicas racing on the same session or token cannot both win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from access.broker.store.tables import principals, refresh_tokens, sessions
+
+__all__ = [
+    "RefreshToken",
+    "SessionView",
+    "by_id",
+    "insert",
+    "insert_refresh_token",
+    "mark_refresh_token_used",
+    "principal_name",
+    "refresh_token",
+    "revoke",
+    "revoke_for_principal",
+    "session_of_refresh_token",
+]
+
+_with_principal = sessions.join(principals, sessions.c.principal_id == principals.c.id)
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A refresh token with its session and principal, as ``refresh`` needs to judge it."""
+
+    token_hash: str
+    used_at: datetime | None
+    expires_at: datetime
+    session_id: str
+    client_id: str
+    revoked_at: datetime | None
+    session_expires_at: datetime
+    principal_id: str
+    name: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session and its principal, as access-token checks need them (live or not)."""
+
+    principal_id: str
+    expires_at: datetime
+    revoked_at: datetime | None
+    name: str
+    kind: str
+    groups: tuple[str, ...]
+    disabled: bool
+
+
+def insert(
+    conn: sa.Connection,
+    *,
+    session_id: str,
+    principal_id: str,
+    client_id: str,
+    created_at: datetime,
+    expires_at: datetime,
+) -> None:
+    """Open a session."""
+    conn.execute(
+        sessions.insert().values(
+            id=session_id,
+            principal_id=principal_id,
+            client_id=client_id,
+            created_at=created_at,
+            expires_at=expires_at,
+        )
+    )
+
+
+def insert_refresh_token(
+    conn: sa.Connection, *, token_hash: str, session_id: str, created_at: datetime, expires_at: datetime
+) -> None:
+    """Store a refresh token (its hash) for a session."""
+    conn.execute(
+        refresh_tokens.insert().values(
+            token_hash=token_hash, session_id=session_id, created_at=created_at, expires_at=expires_at
+        )
+    )
+
+
+def revoke(conn: sa.Connection, session_id: str, now: datetime, reason: str) -> bool:
+    """Revoke one session unless it already is. True if this call revoked it."""
+    result = conn.execute(
+        sessions.update()
+        .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+    return result.rowcount > 0
+
+
+def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, reason: str) -> int:
+    """Revoke every session of a principal not yet revoked. Returns how many this call revoked."""
+    result = conn.execute(
+        sessions.update()
+        .where(sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None))
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+    return int(result.rowcount)
+
+
+def refresh_token(conn: sa.Connection, token_hash: str) -> RefreshToken | None:
+    """The refresh token with this hash, with its session and principal, or None."""
+    row = conn.execute(
+        sa.select(
+            refresh_tokens.c.token_hash,
+            refresh_tokens.c.used_at,
+            refresh_tokens.c.expires_at,
+            sessions.c.id.label("session_id"),
+            sessions.c.client_id,
+            sessions.c.revoked_at,
+            sessions.c.expires_at.label("session_expires_at"),
+            principals.c.id.label("principal_id"),
+            principals.c.name,
+            principals.c.disabled,
+        )
+        .select_from(
+            refresh_tokens.join(sessions, refresh_tokens.c.session_id == sessions.c.id).join(
+                principals, sessions.c.principal_id == principals.c.id
+            )
+        )
+        .where(refresh_tokens.c.token_hash == token_hash)
+    ).first()
+    if row is None:
+        return None
+    return RefreshToken(
+        token_hash=row.token_hash,
+        used_at=row.used_at,
+        expires_at=row.expires_at,
+        session_id=row.session_id,
+        client_id=row.client_id,
+        revoked_at=row.revoked_at,
+        session_expires_at=row.session_expires_at,
+        principal_id=row.principal_id,
+        name=row.name,
+        disabled=bool(row.disabled),
+    )
+
+
+def mark_refresh_token_used(conn: sa.Connection, token_hash: str, now: datetime) -> bool:
+    """Mark a refresh token used unless someone already did. True if this call marked it."""
+    result = conn.execute(
+        refresh_tokens.update()
+        .where(refresh_tokens.c.token_hash == token_hash, refresh_tokens.c.used_at.is_(None))
+        .values(used_at=now)
+    )
+    return result.rowcount > 0
+
+
+def session_of_refresh_token(conn: sa.Connection, token_hash: str) -> str | None:
+    """The id of the session a refresh token belongs to, or None for an unknown token."""
+    session_id = conn.execute(
+        sa.select(refresh_tokens.c.session_id).where(refresh_tokens.c.token_hash == token_hash)
+    ).scalar_one_or_none()
+    return None if session_id is None else str(session_id)
+
+
+def principal_name(conn: sa.Connection, session_id: str) -> str | None:
+    """The name of the principal a session belongs to, or None for an unknown session."""
+    name = conn.execute(
+        sa.select(principals.c.name).select_from(_with_principal).where(sessions.c.id == session_id)
+    ).scalar_one_or_none()
+    return None if name is None else str(name)
+
+
+def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
+    """The session with this id and its principal (revoked or expired too), or None."""
+    row = conn.execute(
+        sa.select(
+            sessions.c.principal_id,
+            sessions.c.expires_at,
+            sessions.c.revoked_at,
+            principals.c.name,
+            principals.c.kind,
+            principals.c.groups,
+            principals.c.disabled,
+        )
+        .select_from(_with_principal)
+        .where(sessions.c.id == session_id)
+    ).first()
+    if row is None:
+        return None
+    return SessionView(
+        principal_id=row.principal_id,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        name=row.name,
+        kind=row.kind,
+        groups=tuple(row.groups or ()),
+        disabled=bool(row.disabled),
+    )
