@@ -161,10 +161,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.audit.checkpoints import CheckpointLoop
-    from access.broker.grants.service import ExpiryLoop
+    from access.broker.events.outbox import OutboxLoop
+    from access.broker.grants import ExpiryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
-    return [CheckpointLoop(broker), ExpiryLoop(broker), TunnelWatch(broker)]
+    return [CheckpointLoop(broker), ExpiryLoop(broker), OutboxLoop(broker), TunnelWatch(broker)]
 
 
 def create_app(broker: Broker, *, background: bool = True) -> FastAPI:

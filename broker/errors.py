@@ -26,7 +26,7 @@ Outside the tree, on purpose (mapped at the boundary, ``raise X(...) from exc``)
 
     policy.model.PolicyError         (ValueError) a policy file that does not load: pure code with
                                      no HTTP in it; ``access-broker policy`` prints it, startup stops
-    policy.model.UnknownService      (LookupError) } lookups in a loaded policy; grants.service
+    policy.model.UnknownService      (LookupError) } lookups in a loaded policy; grants.requests
     policy.model.UnknownScope        (LookupError) } maps them to NotFound / InvalidRequest
     shared.errors.SharedError        parse errors of the shared modules (durations, ``since``,
                                      HTTP heads); services map them to InvalidRequest

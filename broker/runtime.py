@@ -19,7 +19,7 @@ from access.broker.clock import Clock, SystemClock
 from access.broker.errors import Unavailable
 from access.broker.events.bus import EventBus
 from access.broker.keys import load_or_create_key
-from access.broker.policy import Policy
+from access.broker.policy import Policy, load_policy
 from access.broker.settings import Settings
 from access.broker.store import engine as store_engine
 
@@ -65,7 +65,7 @@ class Broker:
                     hint="check --database-url / ACCESS_BROKER_DATABASE_URL",
                 ) from exc
         if policy is None:
-            policy = Policy.load(settings.policy) if settings.policy else Policy.empty()
+            policy = load_policy(settings.policy) if settings.policy else Policy.empty()
         return cls(
             settings=settings,
             engine=engine,

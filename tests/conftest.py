@@ -115,7 +115,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
 
     Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``.
     """
-    from access.broker.policy import Policy
+    from access.broker.policy import policy_from_data
     from access.broker.runtime import Broker
     from access.broker.settings import Settings
 
@@ -133,7 +133,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
         broker = Broker.from_settings(
             Settings(data_dir=data_dir, database_url=url, **settings),
             clock=clock or fake_clock,
-            policy=Policy.from_dict(policy if policy is not None else DEFAULT_POLICY),
+            policy=policy_from_data(policy if policy is not None else DEFAULT_POLICY),
             base_url="https://broker.test",
         )
         made.append(broker)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from access.broker.admin.common import fail
-from access.broker.policy import Policy, PolicyError
+from access.broker.policy import PolicyError, load_policy
 from access.shared.durations import format_duration
 
 __all__ = ["policy_app"]
@@ -31,7 +31,7 @@ def check(
     if output not in ("text", "json"):
         raise fail(f"unknown output format {output!r}: use text or json", code=2)
     try:
-        policy = Policy.load(file)
+        policy = load_policy(file)
     except PolicyError as exc:
         raise fail(str(exc), hint="see docs/policy.md for the format", code=2) from exc
     services = [

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from access.broker import grants
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
 from access.broker.audit import search as audit
-from access.broker.grants import service as grants
 from access.broker.policy import allowed_services
 from access.shared.models import AuditPage, Grant, GrantRequest, ScopeInfo, ServiceInfo
 

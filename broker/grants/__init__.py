@@ -1,1 +1,43 @@
-"""The grant lifecycle: request, decide, issue, end; expiry."""
+"""The grant lifecycle: request, decide, issue, end; expiry.
+
+``lifecycle`` holds the states, the transition table and the one function that applies a
+transition (store, audit, outbox in one transaction; events after the commit). ``requests``
+decides requests by the (pure) policy; ``revoke`` ends grants early; ``expiry`` ends them on
+time; ``queries`` reads them (lists, visibility, the tunnel's checks). SQL lives in
+``access.broker.store.grants``; this package imports no table.
+
+May import: audit, auth.principal (auth.tokens lazily), events, policy, runtime, store.
+"""
+
+from access.broker.grants.expiry import EXPIRY_INTERVAL, ExpiryLoop, expire_due
+from access.broker.grants.lifecycle import GrantEvent, IllegalTransition, grant_target
+from access.broker.grants.queries import (
+    TunnelGrant,
+    effective_state,
+    get_grant,
+    grant_state,
+    list_grants,
+    open_connection,
+    open_for_tunnel,
+)
+from access.broker.grants.requests import request_grant
+from access.broker.grants.revoke import end_grants_for_principal, revoke_grant
+
+__all__ = [
+    "EXPIRY_INTERVAL",
+    "ExpiryLoop",
+    "GrantEvent",
+    "IllegalTransition",
+    "TunnelGrant",
+    "effective_state",
+    "end_grants_for_principal",
+    "expire_due",
+    "get_grant",
+    "grant_state",
+    "grant_target",
+    "list_grants",
+    "open_connection",
+    "open_for_tunnel",
+    "request_grant",
+    "revoke_grant",
+]

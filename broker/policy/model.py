@@ -255,7 +255,10 @@ class PolicyFile(_Model):
 
 @dataclass(frozen=True)
 class Policy:
-    """A validated policy, services by name. Build it with ``load``, ``from_dict`` or ``empty``."""
+    """A validated policy, services by name.
+
+    Build it with ``load.load_policy`` (a file), ``load.policy_from_data`` (parsed data) or ``empty``.
+    """
 
     services: Mapping[str, ServiceConfig] = field(default_factory=dict, hash=False)
     rules: tuple[Rule, ...] = ()
@@ -270,30 +273,6 @@ class Policy:
     def from_file(cls, document: PolicyFile) -> Policy:
         """The policy a validated file describes (raises nothing: the file was checked)."""
         return cls({svc.name: svc for svc in document.services}, document.rules, document.audit.readers)
-
-    @classmethod
-    def load(cls, path: Any) -> Policy:
-        """Load and validate the YAML policy at ``path`` (see ``load.load_policy``).
-
-        Raises:
-            PolicyError: the file cannot be read, is not YAML, or is not a valid policy; the
-                message names the file, the field path and the line.
-        """
-        # Imported here: load.py builds on this module's models.
-        from access.broker.policy.load import load_policy
-
-        return load_policy(path)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Policy:
-        """Validate parsed YAML (or a dict built in code) into a ``Policy``.
-
-        Raises:
-            PolicyError: the data is not a valid policy; the message names the offending path.
-        """
-        from access.broker.policy.load import policy_from_data
-
-        return policy_from_data(data)
 
     def service(self, name: str) -> ServiceConfig | None:
         return self.services.get(name)

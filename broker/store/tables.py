@@ -21,6 +21,7 @@ __all__ = [
     "device_codes",
     "grants",
     "metadata",
+    "outbox",
     "principals",
     "rate_events",
     "refresh_tokens",
@@ -177,4 +178,21 @@ audit_checkpoints = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.Text, nullable=False),  # base64
+)
+
+# Work that must follow a commit (``events.outbox``): written in the transaction that decides
+# it, so it exists exactly when that decision does; worked off by ``OutboxLoop`` on any replica.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # Due from then on: after a failure, the retry time; while a replica works on it, its lease.
+    sa.Column("available_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("done_at", UTCDateTime, nullable=True),
+    sa.Index("ix_outbox_due", "done_at", "available_at"),
 )

@@ -30,7 +30,7 @@ def connection_details(broker: Broker, ctx: AuthContext, grant_id: str) -> Conne
         NotFound / Forbidden / Expired: the grant is not the caller's or not usable now.
         Unavailable: the database, or the service's configured password source, failed.
     """
-    from access.broker.grants.service import grant_target, open_for_tunnel
+    from access.broker.grants import grant_target, open_for_tunnel
 
     grant = open_for_tunnel(broker, ctx, grant_id)
     info = kind_for(grant.kind).connection_details(grant=grant)

@@ -49,7 +49,7 @@ from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_PROTOCOL, ProtocolErro
 
 if TYPE_CHECKING:
     from access.broker.auth.principal import AuthContext
-    from access.broker.grants.service import TunnelGrant
+    from access.broker.grants import TunnelGrant
     from access.broker.runtime import Broker
 
 __all__ = ["CONNECT_TIMEOUT", "TUNNEL_PATH", "TunnelProtocol", "TunnelRequest", "parse_request"]
@@ -211,7 +211,7 @@ class TunnelProtocol(MuxSession):
     def _authorize(self, request: TunnelRequest) -> tuple[AuthContext, TunnelGrant]:
         """Worker thread: the token and the grant, or a BrokerError (refusals are audited)."""
         from access.broker.auth.tokens import authenticate
-        from access.broker.grants.service import open_for_tunnel
+        from access.broker.grants import open_for_tunnel
 
         ctx = authenticate(self.broker, request.token)
         return ctx, self._refusal_audited(ctx, lambda: open_for_tunnel(self.broker, ctx, request.grant_id))
@@ -307,7 +307,7 @@ class TunnelProtocol(MuxSession):
 
     def _authorize_channel(self, channel: BrokerChannel) -> None:
         """Worker thread: the sign-in session and the grant still live, then ``connection.open``."""
-        from access.broker.grants.service import open_connection
+        from access.broker.grants import open_connection
 
         ctx = self.ctx
         assert ctx is not None
@@ -369,7 +369,7 @@ class TunnelProtocol(MuxSession):
 
     def _audit_close(self, actor: str, details: dict[str, Any]) -> None:
         from access.broker.audit import ledger
-        from access.broker.grants.service import grant_target
+        from access.broker.grants import grant_target
 
         ledger.record(
             self.broker,

@@ -1,6 +1,8 @@
 """Live tunnels of this broker process, by grant, and the three ways they are cut.
 
 1. A timer at the grant's ``expires_at`` (server clock): the cut lands on time, not on a poll.
+   The timer follows the grant's current expiry: when ``TunnelWatch`` reads a different
+   ``expires_at`` (an extension, or a shortening), the timer moves, earlier or later.
 2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``): revokes and lock-outs decided in this
    process cut at once. Subscribers may be called from worker threads, so they only hand the
    work to the event loop (``call_soon_threadsafe``).
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from access.broker.events.bus import Event, GrantEnded, PrincipalLocked
@@ -24,7 +27,7 @@ from access.broker.loops import Loop
 from access.shared.models import GrantState
 
 if TYPE_CHECKING:
-    from access.broker.grants.service import TunnelGrant
+    from access.broker.grants import TunnelGrant
     from access.broker.runtime import Broker
 
 __all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "TunnelWatch", "registry_for"]
@@ -53,6 +56,7 @@ class TunnelRegistry:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_grant: dict[str, set[Tunnel]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._expiries: dict[str, datetime] = {}  # the expiry each timer is set for
         self._unsubscribe = broker.events.subscribe(self._on_event)
 
     def __len__(self) -> int:
@@ -68,14 +72,29 @@ class TunnelRegistry:
         self._by_grant.setdefault(tunnel.grant_id, set()).add(tunnel)
 
     def schedule_expiry(self, grant: TunnelGrant) -> None:
-        """Cut every tunnel of ``grant`` at its expiry (one timer per grant)."""
-        if grant.grant_id in self._timers or grant.grant_id not in self._by_grant:
+        """Cut every tunnel of ``grant`` at its expiry (one timer per grant, at its latest expiry)."""
+        if grant.grant_id in self._by_grant:
+            self._set_timer(grant.grant_id, grant.expires_at)
+
+    def follow_expiry(self, grant_id: str, expires_at: datetime) -> None:
+        """Move the cut of a grant that has a timer to ``expires_at``, if that is a new expiry."""
+        if grant_id in self._timers and grant_id in self._by_grant:
+            self._set_timer(grant_id, expires_at)
+
+    def expiry_timer(self, grant_id: str) -> asyncio.TimerHandle | None:
+        """The timer that cuts ``grant_id``'s tunnels at its expiry, if one is set."""
+        return self._timers.get(grant_id)
+
+    def _set_timer(self, grant_id: str, expires_at: datetime) -> None:
+        if self._expiries.get(grant_id) == expires_at and grant_id in self._timers:
             return
+        old = self._timers.pop(grant_id, None)
+        if old is not None:
+            old.cancel()
         loop = asyncio.get_running_loop()
-        delay = max(0.0, (grant.expires_at - self.broker.clock.now()).total_seconds())
-        self._timers[grant.grant_id] = loop.call_at(
-            loop.time() + delay, self.cut_grant, grant.grant_id, "expired"
-        )
+        delay = max(0.0, (expires_at - self.broker.clock.now()).total_seconds())
+        self._timers[grant_id] = loop.call_at(loop.time() + delay, self.cut_grant, grant_id, "expired")
+        self._expiries[grant_id] = expires_at
 
     def remove(self, tunnel: Tunnel) -> None:
         tunnels = self._by_grant.get(tunnel.grant_id)
@@ -85,6 +104,7 @@ class TunnelRegistry:
         if not tunnels:
             del self._by_grant[tunnel.grant_id]
             timer = self._timers.pop(tunnel.grant_id, None)
+            self._expiries.pop(tunnel.grant_id, None)
             if timer is not None:
                 timer.cancel()
 
@@ -119,6 +139,7 @@ class TunnelRegistry:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._expiries.clear()
 
 
 _registries: dict[int, TunnelRegistry] = {}
@@ -137,7 +158,8 @@ _ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", Gran
 
 
 class TunnelWatch(Loop):
-    """Every ``grant_watch_interval``: cut tunnels whose grant another process ended; ping idle ones.
+    """Every ``grant_watch_interval``: cut tunnels whose grant another process ended, move expiry
+    timers to the grants' current ``expires_at``; ping idle ones.
 
     While the database cannot be read the loop backs off (expiry timers and in-process events
     keep cutting meanwhile); the heartbeat goes on, since it needs no database.
@@ -153,7 +175,7 @@ class TunnelWatch(Loop):
 
     async def tick(self) -> None:
         """Raises: Unavailable: the grants' states could not be read."""
-        from access.broker.grants.service import grant_state
+        from access.broker.grants import grant_state
 
         loop = asyncio.get_running_loop()
         self.registry.loop = loop
@@ -166,6 +188,8 @@ class TunnelWatch(Loop):
         if not ids:
             return
         states = await asyncio.to_thread(grant_state, self.broker, ids)
-        for grant_id, (state, _expires_at) in states.items():
+        for grant_id, (state, expires_at) in states.items():
             if state in _ENDED_WHY:
                 self.registry.cut_grant(grant_id, _ENDED_WHY[state])
+            else:
+                self.registry.follow_expiry(grant_id, expires_at)

@@ -4,7 +4,7 @@
 client secrets, stored as argon2id hashes in our own database. Upstream OIDC and CI-token
 sources (not built yet) are meant to join it here as sibling modules; ``principals.source`` says
 where a principal comes from. ``directory`` holds what applies whatever the source (listing,
-disabling). Identity may import the store and ``grants.service`` (to end a disabled
+disabling). Identity may import the store and ``grants`` (to end a disabled
 principal's grants), never ``auth.sessions`` or ``auth.device``, which import it.
 """
 

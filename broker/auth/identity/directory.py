@@ -35,9 +35,9 @@ def disable_principal(broker: Broker, name: str, actor: str) -> list[str]:
         Conflict: it is already disabled.
         Unavailable: the database could not be reached; nothing changed.
     """
-    # Imported here: grants.service is another room that imports auth, and is written separately;
+    # Imported here: grants is another room that imports auth, and is written separately;
     # importing it when first needed keeps identity importable on its own.
-    from access.broker.grants.service import end_grants_for_principal
+    from access.broker.grants import end_grants_for_principal
 
     with broker.transaction() as conn:
         principal = principals.by_name(conn, name)

@@ -15,7 +15,7 @@ from access.broker.auth import identity, tokens
 from access.broker.auth.identity import embedded
 from access.broker.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from access.broker.events.bus import GrantEnded, PrincipalLocked
-from access.broker.grants.service import request_grant
+from access.broker.grants import request_grant
 from access.broker.runtime import Broker
 from access.broker.store.tables import principals, sessions
 from access.shared.models import GrantRequest, GrantState

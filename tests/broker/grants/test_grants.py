@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from access.broker import grants
 from access.broker.auth import tokens
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.sessions import revoke_session
@@ -28,8 +29,7 @@ from access.broker.errors import (
     Unavailable,
 )
 from access.broker.events.bus import Event, GrantEnded
-from access.broker.grants import service as grants
-from access.broker.policy import Policy
+from access.broker.policy import policy_from_data
 from access.broker.runtime import Broker
 from access.broker.store.tables import audit_log, principals
 from access.broker.store.tables import grants as grants_table
@@ -306,7 +306,7 @@ def test_open_for_tunnel_takes_the_target_from_the_policy(broker: Broker) -> Non
     )
     assert tunnel.options == {"database": "test", "user": "postgres"}
     # The service leaves the policy: the grant can no longer be used.
-    broker.policy = Policy.from_dict({"services": [], "rules": []})
+    broker.policy = policy_from_data({"services": [], "rules": []})
     with pytest.raises(NotFound, match="no longer in the broker's policy"):
         grants.open_for_tunnel(broker, alice, grant.id)
 

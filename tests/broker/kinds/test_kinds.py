@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from access.broker.errors import Unavailable
-from access.broker.grants.service import TunnelGrant
+from access.broker.grants import TunnelGrant
 from access.broker.kinds import KINDS, UnsupportedKind, check_kind, kind_for
 from access.broker.kinds.base import read_password
 from access.shared.kinds import CLIENT_KINDS

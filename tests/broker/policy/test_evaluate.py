@@ -7,12 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from access.broker.policy import Policy, Subject, evaluate
+from access.broker.policy import Subject, evaluate, policy_from_data
 
 M = timedelta(minutes=1)
 H = timedelta(hours=1)
 
-POLICY = Policy.from_dict(
+POLICY = policy_from_data(
     {
         "services": [
             {

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from access.broker.admin.main import app as admin_app
-from access.broker.policy import Policy, PolicyError, Problem
+from access.broker.policy import PolicyError, Problem, load_policy, policy_from_data
 from access.broker.runtime import Broker
 from access.broker.settings import Settings
 
@@ -120,7 +120,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_good_file_loads(tmp_path: Path) -> None:
-    policy = Policy.load(_write(tmp_path, GOOD))
+    policy = load_policy(_write(tmp_path, GOOD))
     assert list(policy.services) == ["svc-payments"]
     assert [rule.name for rule in policy.rules] == ["sre"]
 
@@ -133,7 +133,7 @@ def test_a_bad_file_names_the_file_the_field_and_the_line(
     assert GOOD.count(old) == 1
     path = _write(tmp_path, GOOD.replace(old, new))
     with pytest.raises(PolicyError) as caught:
-        Policy.load(path)
+        load_policy(path)
     assert str(caught.value) == f"{path}: {where}: {message} (line {line})"
     assert caught.value.problems == (Problem(where, message, line),)
 
@@ -142,7 +142,7 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
     text = GOOD.replace("kind: postgres", "kind: kubernetes").replace("max_ttl: 30m", "max_ttl: 0s")
     path = _write(tmp_path, text)
     with pytest.raises(PolicyError) as caught:
-        Policy.load(path)
+        load_policy(path)
     assert str(caught.value).splitlines() == [
         f"{path}: services[0].kind: kind kubernetes is not supported yet; {SUPPORTED} (line 3)",
         f"{path}: rules[0].max_ttl: bad duration '0s': it must be longer than zero (line 12)",
@@ -156,7 +156,7 @@ def test_a_long_list_of_problems_is_cut_short(tmp_path: Path) -> None:
         GOOD.replace("    scopes: [read]\n    max_ttl: 1h", f"    scopes: [{scopes}]\n    max_ttl: 1h"),
     )
     with pytest.raises(PolicyError) as caught:
-        Policy.load(path)
+        load_policy(path)
     lines = str(caught.value).splitlines()
     assert len(caught.value.problems) == 25
     assert len(lines) == 21
@@ -171,7 +171,7 @@ def test_lines_in_flow_style(tmp_path: Path) -> None:
         "  - {name: svc-b, kind: tcp, target: 'b:1', scopes: [read], max_ttl: 1h, colour: x}\n"
     )
     with pytest.raises(PolicyError, match=r"services\[1\]: unknown key 'colour' .*\(line 3\)$"):
-        Policy.load(_write(tmp_path, text))
+        load_policy(_write(tmp_path, text))
 
 
 def test_from_dict_names_the_field_without_a_file_or_line() -> None:
@@ -181,7 +181,7 @@ def test_from_dict_names_the_field_without_a_file_or_line() -> None:
         ]
     }
     with pytest.raises(PolicyError) as caught:
-        Policy.from_dict(data)
+        policy_from_data(data)
     assert str(caught.value) == f"services[0].kind: kind kubernetes is not supported yet; {SUPPORTED}"
 
 

@@ -22,6 +22,8 @@ from access.broker.policy import (
     allowed_services,
     can_read_audit,
     evaluate,
+    load_policy,
+    policy_from_data,
 )
 
 POLICY: dict[str, Any] = {
@@ -104,7 +106,7 @@ SECURITY = Subject("sam", "user", ("security",))
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    return Policy.from_dict(POLICY)
+    return policy_from_data(POLICY)
 
 
 M = timedelta(minutes=1)
@@ -368,7 +370,7 @@ INVALID = [
 @pytest.mark.parametrize(("path", "value", "message"), INVALID)
 def test_invalid_policies_are_refused_naming_the_place(path: str, value: Any, message: str) -> None:
     with pytest.raises(PolicyError) as caught:
-        Policy.from_dict(_broken(path, value))
+        policy_from_data(_broken(path, value))
     assert message in str(caught.value)
 
 
@@ -377,7 +379,7 @@ def test_invalid_policies_are_refused_naming_the_place(path: str, value: Any, me
 )
 def test_policy_must_be_a_mapping(data: Any, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
-        Policy.from_dict(data)
+        policy_from_data(data)
 
 
 def test_load_from_yaml(tmp_path: Path) -> None:
@@ -398,9 +400,9 @@ rules:
     max_ttl: 30m
 """
     )
-    policy = Policy.load(path)
+    policy = load_policy(path)
     assert evaluate(policy, ALICE, "svc-payments", "read", timedelta(minutes=30)).issuable
-    assert Policy.load(_write(tmp_path / "empty.yaml", "")).services == {}
+    assert load_policy(_write(tmp_path / "empty.yaml", "")).services == {}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -419,14 +421,14 @@ def _write(path: Path, text: str) -> Path:
 def test_load_errors_name_the_file(tmp_path: Path, text: str, message: str) -> None:
     path = _write(tmp_path / "policy.yaml", text)
     with pytest.raises(PolicyError) as caught:
-        Policy.load(path)
+        load_policy(path)
     assert str(path) in str(caught.value)
     assert message in str(caught.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="cannot read policy file"):
-        Policy.load(tmp_path / "nope.yaml")
+        load_policy(tmp_path / "nope.yaml")
 
 
 # ---------------------------------------------------------------- access-broker policy check

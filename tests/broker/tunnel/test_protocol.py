@@ -21,10 +21,10 @@ import pytest
 import uvicorn
 import uvloop
 
+from access.broker import grants
 from access.broker.app import create_app
 from access.broker.auth import sessions, tokens
 from access.broker.clock import SystemClock
-from access.broker.grants import service as grants
 from access.broker.runtime import Broker
 from access.broker.server import protocols
 from access.broker.store.tables import grants as grants_table

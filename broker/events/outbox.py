@@ -1,0 +1,182 @@
+"""The outbox: work that must happen after a commit, written in the transaction that decides it.
+
+Guarantees
+    * A row exists exactly when the decision does: ``enqueue`` takes the deciding transaction's
+      connection, so a rolled-back decision leaves no row and a committed one cannot lose it.
+    * One replica at a time works on a row. ``OutboxLoop.tick`` claims due rows with a lease
+      (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas claiming at once skip each other's
+      rows; SQLite's ``BEGIN IMMEDIATE`` already puts claims one after another), runs the
+      handler registered for the row's kind, and marks the row done.
+    * A failing handler is retried: the error is recorded in ``last_error`` and the row is due
+      again after an exponential backoff (``backoff``: 1 s, 2 s, 4 s ... capped at 5 minutes).
+      A row whose kind has no handler here (written by a newer broker, say) fails the same way.
+    * At least once, not exactly once, across crashes: a replica that dies after the handler
+      ran but before marking the row done leaves it to be claimed again when the lease
+      (``LEASE``) runs out. Handlers must therefore be idempotent (``DROP ROLE IF EXISTS``, a
+      webhook with an idempotency key) and finish well within the lease.
+    * Done rows are kept for ``RETENTION`` (what ran, and when, for operators) and then pruned.
+
+What goes here: work that must happen once for the whole deployment, whichever replica does
+it: dropping a grant's database role (credentials), notifying approvers (approvals), calling a
+webhook (operations). Those kinds register their handlers with ``register(kind, handler)``.
+
+Today one kind is carried, ``grant.ended`` (written by every transition that ends a grant,
+``grants.lifecycle``): its handler publishes ``GrantEnded`` on the bus of the process that runs
+it, so a grant ended by an admin command in another process (which has no tunnels and no
+loops) reaches the serving broker's tunnels. With several replicas only ONE of them runs the
+row, yet EVERY replica must cut its own tunnels: cutting across replicas therefore does not
+rely on the outbox but on ``tunnel.registry.TunnelWatch`` polling the grants' states (and on
+PostgreSQL LISTEN/NOTIFY later, issue 14). The future credentials handler will hang off the
+same ``grant.ended`` row, which is where "exactly one replica drops the role" belongs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from access.broker.events.bus import GrantEnded
+from access.broker.loops import Loop
+from access.broker.store import outbox as store
+
+if TYPE_CHECKING:
+    from access.broker.clock import Clock
+    from access.broker.runtime import Broker
+
+__all__ = [
+    "GRANT_ENDED",
+    "LEASE",
+    "OUTBOX_INTERVAL",
+    "RETENTION",
+    "Handler",
+    "Handlers",
+    "OutboxLoop",
+    "backoff",
+    "default_handlers",
+    "enqueue",
+    "register",
+]
+
+log = logging.getLogger(__name__)
+
+GRANT_ENDED = "grant.ended"
+
+OUTBOX_INTERVAL = 0.5
+# How long a claim holds a row: a handler must finish well within it.
+LEASE = timedelta(minutes=5)
+RETENTION = timedelta(days=7)
+_BACKOFF_BASE = timedelta(seconds=1)
+_BACKOFF_CAP = timedelta(minutes=5)
+_BATCH = 50
+_PRUNE_EVERY = 60.0  # seconds (monotonic) between prunes
+_ERROR_LENGTH = 500
+
+# A handler gets the broker and the row's payload; raising means "try again later".
+Handler = Callable[["Broker", Mapping[str, Any]], None]
+
+
+class Handlers:
+    """Which handler runs the rows of each kind."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Handler] = {}
+
+    def register(self, kind: str, handler: Handler) -> None:
+        """Run ``handler`` for rows of ``kind``. Raises: ValueError: ``kind`` has a handler already."""
+        if kind in self._by_kind:
+            raise ValueError(f"outbox kind {kind!r} already has a handler")
+        self._by_kind[kind] = handler
+
+    def get(self, kind: str) -> Handler | None:
+        return self._by_kind.get(kind)
+
+
+default_handlers = Handlers()
+register = default_handlers.register
+
+
+def enqueue(conn: sa.Connection, clock: Clock, kind: str, payload: Mapping[str, Any]) -> int:
+    """Add work of ``kind`` in the caller's transaction (it runs only if that commits); return its id.
+
+    ``payload`` must be JSON: ids and reasons, never secrets (rows are kept for ``RETENTION``).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the caller's transaction must fail.
+    """
+    return store.add(conn, kind, payload, clock.now())
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait before the next try after ``attempts`` failed tries: doubling, capped."""
+    doublings = min(max(attempts - 1, 0), 20)  # bounded: 2**20 s is far past the cap already
+    wait: timedelta = _BACKOFF_BASE * (2**doublings)
+    return min(wait, _BACKOFF_CAP)
+
+
+def _publish_grant_ended(broker: Broker, payload: Mapping[str, Any]) -> None:
+    broker.events.publish(GrantEnded(str(payload["grant_id"]), str(payload["reason"])))
+
+
+register(GRANT_ENDED, _publish_grant_ended)
+
+
+class OutboxLoop(Loop):
+    """Every ``OUTBOX_INTERVAL`` seconds: claim due rows, run their handlers, record the outcome."""
+
+    name = "outbox"
+
+    def __init__(
+        self, broker: Broker, handlers: Handlers | None = None, interval: float = OUTBOX_INTERVAL
+    ) -> None:
+        super().__init__(broker, interval)
+        self.handlers = handlers or default_handlers
+        self._next_prune: float | None = None
+
+    async def tick(self) -> None:
+        """Raises: Unavailable: the database could not be reached (a handler's failure is not raised)."""
+        await asyncio.to_thread(self.run_due)
+
+    def run_due(self) -> int:
+        """Claim and run the due rows once; return how many ran successfully.
+
+        Raises:
+            Unavailable: the database could not be reached.
+        """
+        clock = self.broker.clock
+        now = clock.now()
+        with self.broker.transaction() as conn:
+            claimed = store.claim_due(conn, now=now, lease_until=now + LEASE, limit=_BATCH)
+        succeeded = sum(self._run(entry) for entry in claimed)
+        self._prune_if_due()
+        return succeeded
+
+    def _run(self, entry: store.OutboxEntry) -> bool:
+        handler = self.handlers.get(entry.kind)
+        try:
+            if handler is None:
+                raise LookupError(f"no handler for outbox kind {entry.kind!r}")
+            handler(self.broker, entry.payload)
+        except Exception as exc:  # any failure of the work: record it and try again later
+            error = f"{type(exc).__name__}: {exc}"[:_ERROR_LENGTH]
+            retry_at = self.broker.clock.now() + backoff(entry.attempts)
+            log.warning("outbox %s #%d failed (attempt %d): %s", entry.kind, entry.id, entry.attempts, error)
+            with self.broker.transaction() as conn:
+                store.failed(conn, entry, error, retry_at)
+            return False
+        with self.broker.transaction() as conn:
+            if not store.done(conn, entry, self.broker.clock.now()):
+                log.warning("outbox %s #%d ran past its lease", entry.kind, entry.id)
+        return True
+
+    def _prune_if_due(self) -> None:
+        mono = self.broker.clock.monotonic()
+        if self._next_prune is not None and mono < self._next_prune:
+            return
+        self._next_prune = mono + _PRUNE_EVERY
+        with self.broker.transaction() as conn:
+            store.prune_done(conn, self.broker.clock.now() - RETENTION)

@@ -1,0 +1,187 @@
+"""A grant's states and the transitions between them, in one table, and the one way to apply one.
+
+::
+
+    (new) --issue--> active --revoke--> revoked   (owner, audit reader, lock-out)
+      |                 '----expire--> expired   (the expiry loop, at expires_at)
+      '---deny---> denied
+
+    from      event    to        audit entry     ends the grant
+    (new)     issue    active    grant.issue     no
+    (new)     deny     denied    grant.deny      no
+    active    revoke   revoked   grant.revoke    yes
+    active    expire   expired   grant.expired   yes
+
+``pending`` is a state with no transitions yet: approvals (ROADMAP 1) will add
+``(new) --park--> pending``, ``pending --approve--> active`` and ``pending --reject--> denied``,
+each with its audit action. Revoked, denied and expired are final. ``TRANSITIONS`` is the table;
+``next_state`` is its pure lookup, tested as a table.
+
+``apply`` makes a transition happen, and is the only code that changes a grant's state:
+
+1. in the store, in the caller's transaction, conditional on the from-state (a new grant is
+   an insert; an end is an update ``WHERE state = <from>``, so of two replicas, or a replica and
+   an admin command, exactly one moves the grant and the other gets False);
+2. its audit entry (the action of the table) in the SAME transaction: a change whose entry
+   cannot be written does not happen;
+3. for a transition that ends the grant, an outbox row ``grant.ended`` in the same transaction
+   (``events.outbox``: the cross-process signal today, dropping per-grant credentials later);
+4. for a transition that ends the grant, ``GrantEnded`` on ``broker.events`` only after the
+   commit: ``transaction(broker)`` publishes what its transitions collected once it has
+   committed, so a subscriber never hears of an end that was rolled back. A caller that owns
+   the transaction itself (``end_grants_for_principal``) publishes after its own commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from access.broker.audit import ledger
+from access.broker.audit.actions import Action
+from access.broker.errors import Conflict
+from access.broker.events import outbox
+from access.broker.events.bus import Event, GrantEnded
+from access.broker.runtime import Broker
+from access.broker.store import grants as store
+from access.broker.store.grants import GrantRecord
+from access.shared.models import GrantState
+
+__all__ = [
+    "TRANSITIONS",
+    "GrantEvent",
+    "GrantTx",
+    "IllegalTransition",
+    "Transition",
+    "apply",
+    "grant_target",
+    "next_state",
+    "transaction",
+]
+
+
+class GrantEvent(StrEnum):
+    ISSUE = "issue"
+    DENY = "deny"
+    REVOKE = "revoke"
+    EXPIRE = "expire"
+
+
+@dataclass(frozen=True)
+class Transition:
+    to_state: GrantState
+    action: Action
+    ends: bool  # the grant stops being usable: an outbox row, and GrantEnded after the commit
+
+
+# (from-state, event) -> transition. ``None`` is a grant not stored yet.
+TRANSITIONS: Mapping[tuple[GrantState | None, GrantEvent], Transition] = {
+    (None, GrantEvent.ISSUE): Transition(GrantState.ACTIVE, Action.GRANT_ISSUE, ends=False),
+    (None, GrantEvent.DENY): Transition(GrantState.DENIED, Action.GRANT_DENY, ends=False),
+    (GrantState.ACTIVE, GrantEvent.REVOKE): Transition(GrantState.REVOKED, Action.GRANT_REVOKE, ends=True),
+    (GrantState.ACTIVE, GrantEvent.EXPIRE): Transition(GrantState.EXPIRED, Action.GRANT_EXPIRED, ends=True),
+}
+
+_CREATING = frozenset(event for (state, event) in TRANSITIONS if state is None)
+
+
+class IllegalTransition(Conflict):
+    """The table has no such transition (a grant revoked twice, say): a 409, nothing changed."""
+
+
+def next_state(state: GrantState | None, event: GrantEvent) -> Transition:
+    """The transition ``event`` makes from ``state`` (None: a new grant). Pure.
+
+    Raises:
+        IllegalTransition: no such transition.
+    """
+    transition = TRANSITIONS.get((state, event))
+    if transition is None:
+        raise IllegalTransition(f"a grant that is {state or 'new'} cannot {event}")
+    return transition
+
+
+def grant_target(service: str, grant_id: str) -> str:
+    """The ledger ``target`` of entries about a grant (``service:svc-payments/g-…``).
+
+    ``GET /v1/audit?service=`` matches on it, so the tunnel's connection entries use it too.
+    """
+    return f"service:{service}/{grant_id}"
+
+
+@dataclass
+class GrantTx:
+    """One transaction of grant changes: its connection, and the events to publish once it commits."""
+
+    conn: sa.Connection
+    broker: Broker
+    after_commit: list[Event] = field(default_factory=list)
+
+
+@contextmanager
+def transaction(broker: Broker) -> Iterator[GrantTx]:
+    """A database transaction whose transitions' events are published after it commits.
+
+    Raises:
+        Unavailable: the database could not be reached; nothing changed, nothing is published.
+    """
+    with broker.transaction() as conn:
+        tx = GrantTx(conn, broker)
+        yield tx
+    for event in tx.after_commit:
+        broker.events.publish(event)
+
+
+def apply(
+    tx: GrantTx,
+    grant: GrantRecord,
+    event: GrantEvent,
+    *,
+    actor: str,
+    now: datetime,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> bool:
+    """Make ``event`` happen to ``grant`` in ``tx``: store, audit, outbox; publish after commit.
+
+    For a new grant (issue, deny) ``grant`` is the row to insert (its state is set here). For an
+    end, ``grant`` is the row as read, and ``reason`` says why (``revoked``, ``locked``,
+    ``expired``). ``details`` are the audit entry's (ends default to id, reason, subject, scope).
+    Returns False when the grant was no longer in the state read: someone else moved it first,
+    and nothing was written.
+
+    Raises:
+        IllegalTransition: the table has no such transition from the grant's state.
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the transaction must fail.
+    """
+    from_state = None if event in _CREATING else GrantState(grant.state)
+    transition = next_state(from_state, event)
+    why = reason or str(transition.to_state)
+    if from_state is None:
+        store.insert(tx.conn, replace(grant, state=transition.to_state))
+    else:
+        to_state = transition.to_state
+        if not store.end(
+            tx.conn, grant.id, from_state=from_state, to_state=to_state, now=now, reason=why, actor=actor
+        ):
+            return False
+        if details is None:
+            details = {"grant_id": grant.id, "reason": why, "subject": grant.subject, "scope": grant.scope}
+    ledger.append(
+        tx.conn,
+        tx.broker.clock,
+        actor=actor,
+        action=transition.action,
+        target=grant_target(grant.service, grant.id),
+        details=dict(details or {"grant_id": grant.id}),
+    )
+    if transition.ends:
+        outbox.enqueue(tx.conn, tx.broker.clock, outbox.GRANT_ENDED, {"grant_id": grant.id, "reason": why})
+        tx.after_commit.append(GrantEnded(grant.id, why))
+    return True

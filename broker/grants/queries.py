@@ -1,0 +1,235 @@
+"""Reading grants: list, get, who may see one, and the tunnel's checks (open, connect, watch).
+
+A grant's ``state`` column says what was decided; whether it is usable is decided by the server
+clock too: a grant past ``expires_at`` is never usable whatever the column says
+(``effective_state``).
+
+Who may see and revoke a grant: its owner, and the policy's audit readers (the people who can
+already see every grant in the ledger). Anyone else gets ``NotFound``, so grant ids do not leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from access.broker.audit import ledger
+from access.broker.audit.actions import Action
+from access.broker.auth.principal import AuthContext
+from access.broker.errors import Expired, Forbidden, NotFound
+from access.broker.grants.lifecycle import grant_target
+from access.broker.runtime import Broker
+from access.broker.store import grants as store
+from access.broker.store.grants import GrantRecord
+from access.shared.models import Grant, GrantState
+
+__all__ = [
+    "TunnelGrant",
+    "effective_state",
+    "fetch",
+    "get_grant",
+    "grant_state",
+    "list_grants",
+    "not_found",
+    "open_connection",
+    "open_for_tunnel",
+    "to_model",
+    "visible",
+]
+
+_LIST_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class TunnelGrant:
+    """What the tunnel needs to connect: the target comes from the policy, never from the client."""
+
+    grant_id: str
+    principal_id: str
+    subject: str
+    service: str
+    scope: str
+    kind: str
+    host: str
+    port: int
+    expires_at: datetime
+    options: Mapping[str, Any]
+
+
+def effective_state(state: str, expires_at: datetime, now: datetime) -> GrantState:
+    """The state a grant really is in: active past its expiry is expired (at the exact instant too)."""
+    if state == GrantState.ACTIVE and now >= expires_at:
+        return GrantState.EXPIRED
+    return GrantState(state)
+
+
+def to_model(record: GrantRecord, now: datetime) -> Grant:
+    """The API's view of a stored grant at ``now`` (effective state, seconds left)."""
+    state = effective_state(record.state, record.expires_at, now)
+    ended_at, ended_reason = record.ended_at, record.ended_reason
+    if state == GrantState.EXPIRED and ended_at is None:
+        ended_at, ended_reason = record.expires_at, "expired"
+    left = int((record.expires_at - now).total_seconds()) if state == GrantState.ACTIVE else 0
+    return Grant(
+        id=record.id,
+        subject=record.subject,
+        service=record.service,
+        kind=record.kind,
+        scope=record.scope,
+        reason=record.reason,
+        state=state,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        ended_at=ended_at,
+        ended_reason=ended_reason,
+        seconds_left=max(0, left),
+        rule=record.rule,
+    )
+
+
+def visible(ctx: AuthContext, record: GrantRecord, broker: Broker) -> bool:
+    """Whether ``ctx`` may see (and revoke) the grant: its owner or an audit reader."""
+    return bool(record.principal_id == ctx.principal_id or broker.policy.can_read_audit(ctx))
+
+
+def fetch(conn: sa.Connection, grant_id: str) -> GrantRecord | None:
+    """The grant, or None; ids that cannot be grant ids are not even looked up."""
+    if not grant_id.startswith("g-") or len(grant_id) > 40:
+        return None
+    return store.get(conn, grant_id)
+
+
+def not_found(grant_id: str) -> NotFound:
+    return NotFound(f"no grant {grant_id[:40]!r}", hint="see `access grants --all`")
+
+
+def list_grants(broker: Broker, ctx: AuthContext, include_ended: bool = False) -> list[Grant]:
+    """The caller's grants, newest first: only usable ones unless ``include_ended``.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    now = broker.clock.now()
+    with broker.transaction() as conn:
+        records = store.list_for_principal(
+            conn, ctx.principal_id, usable_at=None if include_ended else now, limit=_LIST_LIMIT
+        )
+    return [to_model(record, now) for record in records]
+
+
+def get_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
+    """One grant, for its owner or an audit reader.
+
+    Raises:
+        NotFound: no such grant, or not the caller's to see.
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        record = fetch(conn, grant_id)
+    if record is None or not visible(ctx, record, broker):
+        raise not_found(grant_id)
+    return to_model(record, broker.clock.now())
+
+
+def open_for_tunnel(broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGrant:
+    """Check that ``grant_id`` is usable by ``ctx`` right now and say where to connect.
+
+    Raises:
+        NotFound: no such grant, or its service is no longer in the policy.
+        Forbidden: the grant belongs to someone else, was revoked, denied or is pending.
+        Expired: the grant is past its expiry (whatever its state column says).
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        return _usable_for_tunnel(conn, broker, ctx, grant_id)
+
+
+def open_connection(
+    broker: Broker, ctx: AuthContext, grant_id: str, *, connection_id: str, client: str
+) -> TunnelGrant:
+    """One more connection through a tunnel: in one transaction, check that the sign-in session
+    behind ``ctx`` is live and ``grant_id`` usable, and write ``connection.open`` (fail closed).
+
+    One transaction rather than one per step: on SQLite each takes the write lock, so this is
+    what a new connection through the tunnel waits for.
+
+    Raises:
+        Unauthenticated: the session was signed out, revoked or expired; the principal disabled.
+        NotFound, Forbidden, Expired: as ``open_for_tunnel``.
+        Unavailable: the database could not be reached, or the ledger not written.
+    """
+    from access.broker.auth.tokens import check_session
+
+    with broker.transaction() as conn:
+        check_session(broker, ctx, conn)
+        grant = _usable_for_tunnel(conn, broker, ctx, grant_id)
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=ctx.name,
+            action=Action.CONNECTION_OPEN,
+            target=grant_target(grant.service, grant.grant_id),
+            details={
+                "connection": connection_id,
+                "grant": grant.grant_id,
+                "service": grant.service,
+                "scope": grant.scope,
+                "kind": grant.kind,
+                "client": client,
+                "target": f"{grant.host}:{grant.port}",
+            },
+        )
+    return grant
+
+
+def _usable_for_tunnel(conn: sa.Connection, broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGrant:
+    record = fetch(conn, grant_id)
+    if record is None:
+        raise not_found(grant_id)
+    if record.principal_id != ctx.principal_id:
+        raise Forbidden(f"grant {grant_id} is not yours", hint="see `access grants`")
+    state = effective_state(record.state, record.expires_at, broker.clock.now())
+    if state == GrantState.EXPIRED:
+        raise Expired(
+            f"grant {grant_id} expired at {ledger.format_time(record.expires_at)}", hint=_ask_again(record)
+        )
+    if state != GrantState.ACTIVE:
+        raise Forbidden(f"grant {grant_id} is {state}", hint=_ask_again(record))
+    svc = broker.policy.service(record.service)
+    if svc is None or record.scope not in svc.scopes:
+        raise NotFound(
+            f"{record.service} ({record.scope}) is no longer in the broker's policy",
+            hint="see `access services`",
+        )
+    return TunnelGrant(
+        grant_id=record.id,
+        principal_id=record.principal_id,
+        subject=record.subject,
+        service=svc.name,
+        scope=record.scope,
+        kind=svc.kind,
+        host=svc.host,
+        port=svc.port,
+        expires_at=record.expires_at,
+        options=dict(svc.options),
+    )
+
+
+def _ask_again(record: GrantRecord) -> str:
+    return f"request a new grant: `access request {record.service} --scope {record.scope} --ttl ...`"
+
+
+def grant_state(broker: Broker, grant_ids: Sequence[str]) -> dict[str, tuple[GrantState, datetime]]:
+    """Effective state and expiry of each known id (unknown ids are left out). For the tunnel watcher.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        found = store.states(conn, grant_ids)
+    now = broker.clock.now()
+    return {gid: (effective_state(state, expires, now), expires) for gid, (state, expires) in found.items()}

@@ -1,0 +1,164 @@
+"""Requesting a grant: check the request, let the (pure) policy decide, record the outcome.
+
+The request is audited (``grant.request``), then the decision is applied as a lifecycle
+transition (``issue`` or ``deny``, each with its audit entry), all in one transaction. A denied
+request is stored as a grant in state ``denied``, so ``access grants --all`` shows it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from access.broker.audit import ledger
+from access.broker.audit.actions import Action
+from access.broker.auth.principal import AuthContext
+from access.broker.errors import GrantDenied, InvalidRequest, NotFound
+from access.broker.grants import lifecycle
+from access.broker.grants.lifecycle import GrantEvent, grant_target
+from access.broker.grants.queries import to_model
+from access.broker.policy import Decision, UnknownScope, UnknownService, evaluate
+from access.broker.runtime import Broker
+from access.broker.store.grants import GrantRecord
+from access.shared.durations import DurationError, format_duration, parse_duration
+from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest
+from access.shared.names import NAME_RULE, is_dns_label, is_scope
+
+__all__ = ["request_grant"]
+
+
+def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Grant:
+    """Decide ``request`` by the policy and record it; return the active grant.
+
+    The request and the decision are audited (``grant.request`` then ``grant.issue`` or
+    ``grant.deny``); a denied request is stored as a grant in state ``denied``.
+
+    Raises:
+        InvalidRequest: bad service name, scope, TTL or reason (nothing is recorded).
+        NotFound: the policy has no such service (nothing is recorded).
+        GrantDenied: the policy said no, or the rule needs approval (recorded as denied).
+        Unavailable: the database or the ledger could not be written; nothing changed.
+    """
+    decision, ttl, reason = _decide(broker, ctx, request)
+    denial = _denial(decision)
+    event = GrantEvent.ISSUE if denial is None else GrantEvent.DENY
+    now = broker.clock.now()
+    record = _record(broker, ctx, decision, reason, now, ttl, denial)
+    with lifecycle.transaction(broker) as tx:
+        target = grant_target(record.service, record.id)
+        details = {
+            "grant_id": record.id,
+            "scope": record.scope,
+            "ttl": format_duration(ttl),
+            "reason": reason,
+        }
+        ledger.append(
+            tx.conn, broker.clock, actor=ctx.name, action=Action.GRANT_REQUEST, target=target, details=details
+        )
+        lifecycle.apply(
+            tx, record, event, actor=ctx.name, now=now, details=_decision_details(record, decision, denial)
+        )
+    if denial is not None:
+        raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
+    return to_model(record, now)
+
+
+def _denial(decision: Decision) -> str | None:
+    """Why the decision issues nothing, or None when it issues a grant."""
+    if not decision.allowed:
+        return decision.reason
+    if not decision.issuable:
+        # Approvals (ROADMAP 1) will park such requests as "pending"; until reviewers exist,
+        # a grant that needs approval cannot be issued.
+        return f"{decision.reason}, and approvals are not enabled on this broker yet"
+    return None
+
+
+def _decision_details(record: GrantRecord, decision: Decision, denial: str | None) -> dict[str, Any]:
+    """The audit details of ``grant.issue`` (with the expiry) or ``grant.deny`` (with why)."""
+    details: dict[str, Any] = {
+        "grant_id": record.id,
+        "rule": decision.rule,
+        "requirement": decision.requirement,
+    }
+    if denial is None:
+        details["expires_at"] = ledger.format_time(record.expires_at)
+    else:
+        details["why"] = denial
+    return details
+
+
+def _denial_hint(decision: Decision, ttl: timedelta) -> str:
+    if decision.max_ttl is not None and ttl > decision.max_ttl:
+        return f"ask for --ttl {format_duration(decision.max_ttl)} or less"
+    return "see `access services` for what you may request"
+
+
+def _record(
+    broker: Broker,
+    ctx: AuthContext,
+    decision: Decision,
+    reason: str,
+    now: datetime,
+    ttl: timedelta,
+    denial: str | None,
+) -> GrantRecord:
+    """The row the decision stores, in the state its transition leads to."""
+    svc = broker.policy.services[decision.service]
+    denied = denial is not None
+    event = GrantEvent.DENY if denied else GrantEvent.ISSUE
+    return GrantRecord(
+        id="g-" + secrets.token_hex(8),
+        principal_id=ctx.principal_id,
+        subject=ctx.name,
+        service=svc.name,
+        kind=svc.kind,
+        scope=decision.scope,
+        reason=reason,
+        state=lifecycle.next_state(None, event).to_state,
+        rule=decision.rule,
+        requirement=decision.requirement,
+        created_at=now,
+        expires_at=now if denied else now + ttl,
+        ended_at=now if denied else None,
+        ended_reason="denied" if denied else None,
+        ended_by="policy" if denied else None,
+    )
+
+
+def _check_reason(reason: str) -> str:
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidRequest(f"reason is over {MAX_REASON_LENGTH} characters")
+    if any(not ch.isprintable() for ch in reason):
+        raise InvalidRequest("reason must be one line of printable text")
+    return reason.strip()
+
+
+def _parse_ttl(text: str, broker: Broker, ctx: AuthContext, service: str, scope: str) -> timedelta:
+    try:
+        ttl: timedelta = parse_duration(text)
+    except DurationError as exc:
+        probe = evaluate(broker.policy, ctx, service, scope, timedelta(seconds=1))
+        limit = ""
+        if probe.allowed and probe.max_ttl is not None:
+            limit = f"; the maximum for {scope} on {service} is {format_duration(probe.max_ttl)}"
+        raise InvalidRequest(f"{exc}{limit}", hint="write the ttl like 45s, 30m or 1h30m") from exc
+    return ttl
+
+
+def _decide(broker: Broker, ctx: AuthContext, request: GrantRequest) -> tuple[Decision, timedelta, str]:
+    service, scope = request.service, request.scope
+    if not is_dns_label(service):
+        raise InvalidRequest(f"bad service name {service[:63]!r}: {NAME_RULE}", hint="see `access services`")
+    if not is_scope(scope):
+        raise InvalidRequest(f"bad scope {scope[:32]!r}", hint="see `access services` for the scopes")
+    reason = _check_reason(request.reason)
+    try:
+        broker.policy.lookup(service, scope)
+    except UnknownService as exc:
+        raise NotFound(str(exc), hint="see `access services` for what you may request") from exc
+    except UnknownScope as exc:
+        raise InvalidRequest(str(exc), hint="see `access services`") from exc
+    ttl = _parse_ttl(request.ttl, broker, ctx, service, scope)
+    return evaluate(broker.policy, ctx, service, scope, ttl), ttl, reason

@@ -1,0 +1,60 @@
+"""Ending grants before their expiry: a revoke by the owner or an audit reader, and a lock-out."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from access.broker.auth.principal import AuthContext
+from access.broker.errors import Conflict
+from access.broker.grants import lifecycle
+from access.broker.grants.lifecycle import GrantEvent, GrantTx
+from access.broker.grants.queries import effective_state, fetch, not_found, to_model, visible
+from access.broker.runtime import Broker
+from access.broker.store import grants as store
+from access.shared.models import Grant, GrantState
+
+__all__ = ["end_grants_for_principal", "revoke_grant"]
+
+
+def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
+    """End an active grant now (owner or audit reader), audited; live tunnels are cut.
+
+    Raises:
+        NotFound: no such grant, or not the caller's to see.
+        Conflict: the grant is not active (already expired, revoked or denied).
+        Unavailable: the database could not be reached; nothing changed.
+    """
+    with lifecycle.transaction(broker) as tx:
+        record = fetch(tx.conn, grant_id)
+        if record is None or not visible(ctx, record, broker):
+            raise not_found(grant_id)
+        now = broker.clock.now()
+        state = effective_state(record.state, record.expires_at, now)
+        if state != GrantState.ACTIVE:
+            raise Conflict(f"grant {grant_id} is already {state}", hint="see `access grants`")
+        if not lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=ctx.name, now=now, reason="revoked"):
+            raise Conflict(f"grant {grant_id} was ended meanwhile", hint="see `access grants`")
+        record = store.get(tx.conn, grant_id)
+    assert record is not None  # we just updated it, in this transaction
+    return to_model(record, now)
+
+
+def end_grants_for_principal(
+    conn: sa.Connection, broker: Broker, principal_id: str, reason: str, actor: str
+) -> list[str]:
+    """Revoke every usable grant of a principal inside the caller's transaction; return their ids.
+
+    Each is audited (``grant.revoke`` with ``reason``) and gets its ``grant.ended`` outbox row.
+    Nothing is published: the caller owns the transaction, so it publishes
+    ``GrantEnded(id, reason)`` after its commit.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the caller's transaction must fail.
+    """
+    tx = GrantTx(conn, broker)
+    now = broker.clock.now()
+    return [
+        record.id
+        for record in store.usable_for_principal(conn, principal_id, now)
+        if lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=actor, now=now, reason=reason)
+    ]

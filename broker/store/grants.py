@@ -1,0 +1,130 @@
+"""The grants table: every statement ``access.broker.grants`` runs, one small function each.
+
+Each takes the caller's connection, so it runs in the caller's transaction. State changes are
+conditional on the state the caller read (``end``): with several replicas, or a replica and an
+admin command, exactly one of them moves a grant, and only that one audits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from access.broker.store.tables import grants
+
+__all__ = [
+    "GrantRecord",
+    "due_for_expiry",
+    "end",
+    "get",
+    "insert",
+    "list_for_principal",
+    "states",
+    "usable_for_principal",
+]
+
+# Lists of ids are sent in chunks: databases bound the number of parameters of one statement.
+_ID_BATCH = 500
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    """One row of ``grants``, as stored (``state`` is the column; see ``effective_state``)."""
+
+    id: str
+    principal_id: str
+    subject: str
+    service: str
+    kind: str
+    scope: str
+    reason: str
+    state: str
+    rule: str | None
+    requirement: str
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None = None
+    ended_reason: str | None = None
+    ended_by: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> GrantRecord:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+
+def insert(conn: sa.Connection, record: GrantRecord) -> None:
+    """Store a new grant. Raises: sqlalchemy.exc.IntegrityError: the id is taken."""
+    conn.execute(grants.insert().values(**asdict(record)))
+
+
+def get(conn: sa.Connection, grant_id: str) -> GrantRecord | None:
+    """The grant with this id, or None."""
+    row = conn.execute(sa.select(grants).where(grants.c.id == grant_id)).first()
+    return None if row is None else GrantRecord.from_row(row)
+
+
+def list_for_principal(
+    conn: sa.Connection, principal_id: str, *, usable_at: datetime | None, limit: int
+) -> list[GrantRecord]:
+    """A principal's grants, newest first; only those usable at ``usable_at`` unless it is None."""
+    query = sa.select(grants).where(grants.c.principal_id == principal_id)
+    if usable_at is not None:
+        query = query.where(grants.c.state == "active", grants.c.expires_at > usable_at)
+    query = query.order_by(grants.c.created_at.desc(), grants.c.id).limit(limit)
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def usable_for_principal(conn: sa.Connection, principal_id: str, now: datetime) -> list[GrantRecord]:
+    """Every grant of a principal that is active and not past its expiry at ``now``."""
+    query = sa.select(grants).where(
+        grants.c.principal_id == principal_id, grants.c.state == "active", grants.c.expires_at > now
+    )
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def due_for_expiry(conn: sa.Connection, now: datetime, limit: int) -> list[GrantRecord]:
+    """Active grants whose expiry is at or before ``now``, the oldest expiry first."""
+    query = (
+        sa.select(grants)
+        .where(grants.c.state == "active", grants.c.expires_at <= now)
+        .order_by(grants.c.expires_at)
+        .limit(limit)
+    )
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def states(conn: sa.Connection, grant_ids: Sequence[str]) -> dict[str, tuple[str, datetime]]:
+    """The state column and expiry of each known id (unknown ids are left out)."""
+    ids = list(dict.fromkeys(grant_ids))
+    found: dict[str, tuple[str, datetime]] = {}
+    for start in range(0, len(ids), _ID_BATCH):
+        query = sa.select(grants.c.id, grants.c.state, grants.c.expires_at).where(
+            grants.c.id.in_(ids[start : start + _ID_BATCH])
+        )
+        for row in conn.execute(query):
+            found[row.id] = (row.state, row.expires_at)
+    return found
+
+
+def end(
+    conn: sa.Connection,
+    grant_id: str,
+    *,
+    from_state: str,
+    to_state: str,
+    now: datetime,
+    reason: str,
+    actor: str,
+) -> bool:
+    """Move a grant from ``from_state`` to ``to_state``; False when it was no longer in ``from_state``
+    (someone else moved it first), and then nothing changed."""
+    result = conn.execute(
+        grants.update()
+        .where(grants.c.id == grant_id, grants.c.state == from_state)
+        .values(state=to_state, ended_at=now, ended_reason=reason, ended_by=actor)
+    )
+    return result.rowcount == 1
