@@ -2,7 +2,7 @@
 
 Ending a grant is an event, not a call into one process's memory: today subscribers run in this
 process; with several replicas the same events will also arrive through PostgreSQL
-LISTEN/NOTIFY (ROADMAP 5). Meanwhile ``tunnel.watch`` polls the database, so an end decided by
+LISTEN/NOTIFY (not built yet). Meanwhile ``tunnel.registry.TunnelWatch`` polls the database, so an end decided by
 another process (an admin command, another replica) is seen within ``grant_watch_interval``.
 """
 

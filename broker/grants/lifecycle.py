@@ -12,7 +12,7 @@
     active    revoke   revoked   grant.revoke    yes
     active    expire   expired   grant.expired   yes
 
-``pending`` is a state with no transitions yet: approvals (ROADMAP 1) will add
+``pending`` is a state with no transitions yet: approvals (not built yet) will add
 ``(new) --park--> pending``, ``pending --approve--> active`` and ``pending --reject--> denied``,
 each with its audit action. Revoked, denied and expired are final. ``TRANSITIONS`` is the table;
 ``next_state`` is its pure lookup, tested as a table.

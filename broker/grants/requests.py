@@ -69,7 +69,7 @@ def _denial(decision: Decision) -> str | None:
     if not decision.allowed:
         return decision.reason
     if not decision.issuable:
-        # Approvals (ROADMAP 1) will park such requests as "pending"; until reviewers exist,
+        # Approvals (not built yet) will park such requests as "pending"; until reviewers exist,
         # a grant that needs approval cannot be issued.
         return f"{decision.reason}, and approvals are not enabled on this broker yet"
     return None

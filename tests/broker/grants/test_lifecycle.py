@@ -40,7 +40,7 @@ TABLE: list[tuple[GrantState | None, GrantEvent, tuple[GrantState, Action, bool]
     (A, GrantEvent.EXPIRE, (X, Action.GRANT_EXPIRED, True)),
     # Ended grants are final, whatever happens next.
     *[(state, event, None) for state in (X, R, D) for event in GrantEvent],
-    # Pending has no transitions until approvals exist (ROADMAP 1).
+    # Pending has no transitions until approvals exist.
     *[(P, event, None) for event in GrantEvent],
 ]
 
