@@ -2,8 +2,9 @@
 
 Ending a grant is an event, not a call into one process's memory: today subscribers run in this
 process; with several replicas the same events will also arrive through PostgreSQL
-LISTEN/NOTIFY (not built yet). Meanwhile ``tunnel.registry.TunnelWatch`` polls the database, so an end decided by
-another process (an admin command, another replica) is seen within ``grant_watch_interval``.
+LISTEN/NOTIFY (not built yet). Meanwhile ``tunnel.registry.TunnelWatch`` polls the database, so
+an end decided by another process (an admin command, another replica) is seen within
+``grant_watch_interval``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["EventBus", "GrantEnded", "PrincipalLocked"]
+__all__ = ["Event", "EventBus", "GrantDecided", "GrantEnded", "PrincipalLocked"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GrantDecided:
+    grant_id: str
+    state: str  # "active" (issued) | "denied"
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,8 @@ class PrincipalLocked:
     principal_id: str
 
 
-Event = GrantEnded | PrincipalLocked
+# Every grant transition is a GrantDecided or a GrantEnded (grants.lifecycle publishes it after commit).
+Event = GrantDecided | GrantEnded | PrincipalLocked
 
 
 class EventBus:

@@ -26,10 +26,11 @@ each with its audit action. Revoked, denied and expired are final. ``TRANSITIONS
    cannot be written does not happen;
 3. for a transition that ends the grant, an outbox row ``grant.ended`` in the same transaction
    (``events.outbox``: the cross-process signal today, dropping per-grant credentials later);
-4. for a transition that ends the grant, ``GrantEnded`` on ``broker.events`` only after the
-   commit: ``transaction(broker)`` publishes what its transitions collected once it has
-   committed, so a subscriber never hears of an end that was rolled back. A caller that owns
-   the transaction itself (``end_grants_for_principal``) publishes after its own commit.
+4. its event on ``broker.events`` only after the commit (``GrantDecided`` for an issue or a
+   deny, ``GrantEnded`` for an end): ``transaction(broker)`` publishes what its transitions
+   collected once it has committed, so a subscriber never hears of a change that was rolled
+   back. A caller that owns the transaction itself (``end_grants_for_principal``) publishes
+   after its own commit.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.errors import Conflict
 from access.broker.events import outbox
-from access.broker.events.bus import Event, GrantEnded
+from access.broker.events.bus import Event, GrantDecided, GrantEnded
 from access.broker.runtime import Broker
 from access.broker.store import grants as store
 from access.broker.store.grants import GrantRecord
@@ -184,4 +185,6 @@ def apply(
     if transition.ends:
         outbox.enqueue(tx.conn, tx.broker.clock, outbox.GRANT_ENDED, {"grant_id": grant.id, "reason": why})
         tx.after_commit.append(GrantEnded(grant.id, why))
+    else:
+        tx.after_commit.append(GrantDecided(grant.id, str(transition.to_state)))
     return True

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from access.broker import grants
 from access.broker.audit.actions import Action
-from access.broker.events.bus import Event, GrantEnded
+from access.broker.errors import GrantDenied
+from access.broker.events.bus import Event, GrantDecided, GrantEnded
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import TRANSITIONS, GrantEvent, IllegalTransition, next_state
 from access.broker.runtime import Broker
@@ -104,6 +105,20 @@ def test_an_end_writes_state_audit_and_outbox_together_and_publishes_after_commi
         "subject": "alice",
         "scope": "read",
     }
+
+
+def test_issue_and_deny_are_published_after_commit_too(broker: Broker) -> None:
+    alice = add_principal(broker, "alice")
+    heard: list[Event] = []
+    broker.events.subscribe(heard.append)
+    eve = add_principal(broker, "eve", groups=("marketing",))
+    issued = grants.request_grant(broker, alice, req())
+    with pytest.raises(GrantDenied):
+        grants.request_grant(broker, eve, req())
+    assert len(heard) == 2
+    assert heard[0] == GrantDecided(issued.id, "active")
+    assert isinstance(heard[1], GrantDecided) and heard[1].state == "denied"
+    assert heard[1].grant_id != issued.id
 
 
 def test_a_rolled_back_end_leaves_no_state_audit_outbox_or_event(broker: Broker) -> None:
