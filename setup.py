@@ -51,7 +51,13 @@ def _compiled_extensions() -> list[Any]:
             mypycify(
                 # The build environment has none of our dependencies (websockets' C masking
                 # function among them): mypyc treats them as untyped, as at runtime.
-                ["--ignore-missing-imports", *(f"access/shared/{name}.py" for name in HOT_MODULES)],
+                # No config file: pyproject.toml's [tool.mypy] names the pydantic plugin, which the
+                # isolated build environment does not have.
+                [
+                    "--config-file=",
+                    "--ignore-missing-imports",
+                    *(f"access/shared/{name}.py" for name in HOT_MODULES),
+                ],
                 opt_level="3",
                 group_name="access.shared._speedups",
                 # setuptools refuses absolute source paths: name the build folder relative to here.

@@ -24,6 +24,14 @@ def _build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
         source,
         ignore=shutil.ignore_patterns(".git", ".venv", ".nox", "build", "*.egg-info", "__pycache__", "*.so"),
     )
+    # The build runs without isolation (no downloads), in this environment, which has all of our
+    # dependencies; the isolated one pip makes for users has none of them (only the build
+    # requirements). Hide the ones mypy could reach through pyproject.toml (its pydantic plugin),
+    # so the build sees what users' builds see.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['pydantic'] = None\n")
+    env = {"PYTHONPATH": str(hide), **env}
     subprocess.run(
         [
             sys.executable,
