@@ -25,6 +25,7 @@ from access.broker.policy import (
     load_policy,
     policy_from_data,
 )
+from tests.broker.policy.test_load import GOOD
 
 POLICY: dict[str, Any] = {
     "services": [
@@ -383,23 +384,7 @@ def test_policy_must_be_a_mapping(data: Any, message: str) -> None:
 
 
 def test_load_from_yaml(tmp_path: Path) -> None:
-    path = tmp_path / "policy.yaml"
-    path.write_text(
-        """
-services:
-  - name: svc-payments
-    kind: postgres
-    target: 127.0.0.1:5432
-    scopes: [read]
-    max_ttl: 1h
-rules:
-  - name: sre
-    subjects: {groups: [sre]}
-    services: [svc-payments]
-    scopes: [read]
-    max_ttl: 30m
-"""
-    )
+    path = _write(tmp_path / "policy.yaml", GOOD)
     policy = load_policy(path)
     assert evaluate(policy, ALICE, "svc-payments", "read", timedelta(minutes=30)).issuable
     assert load_policy(_write(tmp_path / "empty.yaml", "")).services == {}
