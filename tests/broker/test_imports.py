@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import pkgutil
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,28 @@ def test_no_import_cycles_even_through_function_level_imports() -> None:
 def test_the_store_imports_no_service() -> None:
     allowed = ("access.broker.store", "access.broker.clock", "access.broker.errors")
     assert _violations(IMPORTS, "access.broker.store", "access.broker", allowed) == []
+
+
+# What building or running a query looks like in SQLAlchemy Core: none of it outside store/.
+_SQL = re.compile(
+    r"\bsa\.(select|insert|update|delete|text|func|and_|or_)\b|\.(insert|update|delete)\(\)"
+    r"|\bexec_driver_sql\b|\.execute\("
+)
+
+
+def test_all_sql_lives_in_the_store() -> None:
+    outside = {name: path for name, path in MODULES.items() if _within(name, "access.broker")}
+    outside = {n: p for n, p in outside.items() if not _within(n, "access.broker.store")}
+    tables = _violations(IMPORTS, "access.broker", "access.broker.store.tables")
+    tables = [v for v in tables if not v.startswith("access.broker.store")]
+    assert tables == [], "only store/ uses the tables"
+    queries = [
+        f"{name}:{number}: {line.strip()}"
+        for name, path in sorted(outside.items())
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if _SQL.search(line)
+    ]
+    assert queries == [], "SQL outside access.broker.store"
 
 
 @pytest.mark.parametrize("importers", ["access.cli", "access.shared"])
