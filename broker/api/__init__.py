@@ -1,1 +1,7 @@
-"""Thin JSON and OAuth routes: parse, call one service function, return a model."""
+"""Thin JSON and OAuth routes: parse, call one service function, return a model.
+
+``deps`` holds the ``Annotated`` dependencies (``BrokerDep``, ``CurrentPrincipal``); ``router``
+mounts the /v1 API. Routes hold no SQL and no decisions: they may import the services (auth,
+grants, audit, policy for listings), ``deps``, ``errors`` and ``shared`` models; nothing imports
+``api`` but ``app``.
+"""

@@ -1,1 +1,7 @@
-"""Events published after commit, and the outbox for work that must happen after it."""
+"""What happens after a commit: the in-process event bus, and the outbox.
+
+``bus``: events (``GrantDecided``, ``GrantEnded``, ``PrincipalLocked``) delivered to this
+process's subscribers (the tunnel registry) after the transaction that decided them commits.
+``outbox``: work written in that transaction and run later by ``OutboxLoop``, once, with
+retries. May import: store, loops, runtime, errors; never a service room.
+"""
