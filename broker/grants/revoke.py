@@ -19,9 +19,13 @@ __all__ = ["end_grants_for_principal", "revoke_grant"]
 def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
     """End an active grant now (owner or audit reader), audited; live tunnels are cut.
 
+    Idempotent: a grant that already ended (expired, revoked, denied) is returned as it is,
+    unchanged and with nothing audited, so "revoke whatever happened" in a pipeline's clean-up
+    succeeds; the caller tells by its ``state`` and ``ended_at``.
+
     Raises:
         NotFound: no such grant, or not the caller's to see.
-        Conflict: the grant is not active (already expired, revoked or denied).
+        Conflict: the grant is pending (nothing to revoke yet).
         Unavailable: the database could not be reached; nothing changed.
     """
     with lifecycle.transaction(broker) as tx:
@@ -30,12 +34,13 @@ def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
             raise not_found(grant_id)
         now = broker.clock.now()
         state = effective_state(record.state, record.expires_at, now)
-        if state != GrantState.ACTIVE:
-            raise Conflict(f"grant {grant_id} is already {state}", hint="see `access grants`")
-        if not lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=ctx.name, now=now, reason="revoked"):
-            raise Conflict(f"grant {grant_id} was ended meanwhile", hint="see `access grants`")
-        record = store.get(tx.conn, grant_id)
-    assert record is not None  # we just updated it, in this transaction
+        if state == GrantState.PENDING:
+            raise Conflict(f"grant {grant_id} is still {state}", hint="see `access grants`")
+        if state == GrantState.ACTIVE:
+            # False: ended meanwhile (expired or revoked by another request): as it is, then.
+            lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=ctx.name, now=now, reason="revoked")
+            record = store.get(tx.conn, grant_id)
+    assert record is not None  # read (and maybe updated) in this transaction
     return to_model(record, now)
 
 

@@ -150,7 +150,17 @@ def revoke(
     grant_id: Annotated[str, typer.Argument(help="Grant id (see `access grants`)", metavar="GRANT_ID")],
     output: OutputOption = Output.text,
 ) -> None:
-    """End a grant now; live connections through it are cut."""
-    grant = client(ctx).revoke(grant_id)
+    """End a grant now; live connections through it are cut.
+
+    A grant of yours that had already ended (expired, revoked, denied) is fine too: it says so
+    and exits 0, so a clean-up step can revoke whatever happened.
+    """
+    broker = client(ctx)
+    before = broker.get_grant(grant_id)  # not found (8) for someone else's or a made-up id
+    ended = before.state not in ("active", "pending")
+    grant = before if ended else broker.revoke(grant_id)
     _show_grant(grant, output)
-    render.message(f"Revoked grant {grant.id}.")
+    if ended:
+        render.message(f"Grant {grant.id} had already ended ({grant.ended_reason or grant.state}).")
+    else:
+        render.message(f"Revoked grant {grant.id}.")

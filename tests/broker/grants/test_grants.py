@@ -19,7 +19,6 @@ from access.broker.auth.principal import AuthContext
 from access.broker.auth.sessions import revoke_session
 from access.broker.clock import FakeClock
 from access.broker.errors import (
-    Conflict,
     Expired,
     Forbidden,
     GrantDenied,
@@ -184,8 +183,17 @@ def test_expiry_is_exact_at_the_boundary(broker: Broker, clock: FakeClock) -> No
     assert grants.grant_state(broker, [grant.id])[grant.id] == (GrantState.EXPIRED, grant.expires_at)
     with pytest.raises(Expired):
         grants.open_for_tunnel(broker, alice, grant.id)
-    with pytest.raises(Conflict, match="already expired"):
-        grants.revoke_grant(broker, alice, grant.id)
+    # Revoking an ended grant is idempotent: the grant as it is, unchanged, nothing audited.
+    entries = len(ledger(broker))
+    again = grants.revoke_grant(broker, alice, grant.id)
+    assert (again.state, again.ended_reason, again.ended_at) == (
+        GrantState.EXPIRED,
+        "expired",
+        grant.expires_at,
+    )
+    assert len(ledger(broker)) == entries
+    with broker.transaction() as conn:
+        assert conn.execute(sa.select(grants_table.c.state)).scalar_one() == "active"
 
 
 def test_expire_due_marks_audits_once(broker: Broker, clock: FakeClock) -> None:
@@ -228,8 +236,11 @@ def test_revoke_by_owner_publishes_after_commit(broker: Broker) -> None:
     assert (revoked.state, revoked.ended_reason, revoked.seconds_left) == (GrantState.REVOKED, "revoked", 0)
     assert states_seen == [GrantState.REVOKED]
     assert ledger(broker)[-1][:2] == ("alice", "grant.revoke")
-    with pytest.raises(Conflict, match="already revoked"):
-        grants.revoke_grant(broker, alice, grant.id)
+    # Again: idempotent, the grant as it was revoked, no second audit entry or event.
+    entries = len(ledger(broker))
+    assert grants.revoke_grant(broker, alice, grant.id) == revoked
+    assert len(ledger(broker)) == entries
+    assert states_seen == [GrantState.REVOKED]
     with pytest.raises(Forbidden, match="is revoked"):
         grants.open_for_tunnel(broker, alice, grant.id)
 
@@ -249,6 +260,8 @@ def test_other_users_cannot_see_or_revoke_but_audit_readers_can(broker: Broker) 
     assert grants.get_grant(broker, sam, grant.id).id == grant.id
     assert grants.revoke_grant(broker, sam, grant.id).state == GrantState.REVOKED
     assert ledger(broker)[-1][:2] == ("sam", "grant.revoke")
+    with pytest.raises(NotFound):  # ended, and still not mallory's to see or revoke
+        grants.revoke_grant(broker, mallory, grant.id)
 
 
 @pytest.mark.parametrize("grant_id", ["g-doesnotexist", "x" * 100, "'; drop table grants; --"])
