@@ -1,5 +1,10 @@
 """Where the CLI keeps its state: ``$XDG_CONFIG_HOME/access`` (default ``~/.config/access``).
 
+Files that live only while a command runs (the state file of a running ``access connect``, the
+secret files ``access exec`` hands its program) go to :func:`runtime_dir`: ``$XDG_RUNTIME_DIR/access``
+where there is one, else ``$XDG_STATE_HOME/access`` (default ``~/.local/state/access``); never the
+shared temporary folder. It is mode 0700 and ours, or the CLI refuses to use it.
+
 ``config.json`` remembers the broker (URL, CA file, insecure-HTTP choice) used at the last
 login, so later commands need no ``--broker``, and whether the token-file note was shown.
 It holds no secrets; tokens live in the keyring or ``tokens.json`` (see ``tokens.py``).
@@ -9,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["config_dir", "load", "update", "write_private"]
+from access.cli.errors import UsageError
+
+__all__ = ["config_dir", "load", "runtime_dir", "update", "write_private"]
 
 CONFIG_FILE = "config.json"
 
@@ -22,6 +30,43 @@ def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME", "")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
     return root / "access"
+
+
+def _ours(path: str) -> bool:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and (not hasattr(os, "getuid") or info.st_uid == os.getuid())
+
+
+def runtime_dir() -> Path:
+    """The CLI's private folder for files that live while a command runs, created 0700.
+
+    ``$XDG_RUNTIME_DIR/access`` when ``XDG_RUNTIME_DIR`` is an absolute folder of ours (systemd's
+    per-user tmpfs, emptied at logout), else ``$XDG_STATE_HOME/access`` (default
+    ``~/.local/state/access``).
+
+    Raises:
+        UsageError: the folder is not ours, is not a folder, or others can enter it.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime) and _ours(runtime):
+        path = Path(runtime) / "access"
+    else:
+        state = os.environ.get("XDG_STATE_HOME", "")
+        root = Path(state) if state and os.path.isabs(state) else Path.home() / ".local/state"
+        path = root / "access"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise UsageError(f"refusing to use {path}: it is not a folder of yours", f"remove {path}")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(
+            f"refusing to use {path}: other users can enter it (mode {stat.filemode(info.st_mode)})",
+            f"run `chmod 700 {path}`",
+        )
+    return path
 
 
 def load() -> dict[str, Any]:

@@ -11,6 +11,8 @@
     ├── Unavailable          (7) the broker refused to act (it fails closed)
     │   └── BrokerUnreachable    (7) no answer from the broker: names the URL tried
     ├── NotFound             (8) no such service, grant or user
+    ├── NotExecutable        (126) `access exec`'s program is there but cannot be run
+    ├── CommandNotFound      (127) `access exec`'s program is not there (nor on PATH)
     └── tunnel.HandshakeRefused  (1) the broker refused a tunnel upgrade (its JSON error and HTTP
                                  status); the listener reports it and stays up, so it does not
                                  normally reach ``main``
@@ -33,9 +35,11 @@ from access.shared.errors import ExitCode, exit_code_for
 __all__ = [
     "BrokerUnreachable",
     "CliError",
+    "CommandNotFound",
     "Denied",
     "Expired",
     "NeedsLogin",
+    "NotExecutable",
     "NotFound",
     "Pending",
     "Unavailable",
@@ -98,6 +102,14 @@ class BrokerUnreachable(Unavailable):
 
 class NotFound(CliError):
     exit_code = ExitCode.NOT_FOUND
+
+
+class NotExecutable(CliError):
+    exit_code = ExitCode.NOT_EXECUTABLE
+
+
+class CommandNotFound(CliError):
+    exit_code = ExitCode.COMMAND_NOT_FOUND
 
 
 _BY_EXIT: dict[ExitCode, type[CliError]] = {

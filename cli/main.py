@@ -26,6 +26,8 @@ EPILOG = """Exit codes:
   6 expired: the device code or the grant ran out
   7 unavailable: the broker is unreachable or refused to act
   8 not found: no such service or grant
+  126 `access exec`: the program cannot be run (no grant asked for)
+  127 `access exec`: no such program (no grant asked for)
 
 Environment: ACCESS_BROKER_URL, ACCESS_CA_FILE, ACCESS_TOKEN (overrides stored tokens), NO_COLOR."""
 

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -313,10 +314,16 @@ class Forwarder:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    async def start(self) -> tuple[str, int]:
-        """Listen on 127.0.0.1 (loopback only: the tunnel is the grant holder's, nobody else's)."""
+    async def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen on 127.0.0.1 (loopback only: the tunnel is the grant holder's, nobody else's).
+
+        ``sock``: a socket already listening on 127.0.0.1, to serve instead of binding ``port``.
+        """
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._accept, "127.0.0.1", self.port)
+        if sock is not None:
+            self._server = await loop.create_server(self._accept, sock=sock)
+        else:
+            self._server = await loop.create_server(self._accept, "127.0.0.1", self.port)
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
         return "127.0.0.1", self.port

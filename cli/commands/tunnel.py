@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Coroutine
@@ -24,7 +25,7 @@ import typer
 
 from access.cli import render
 from access.cli.context import OutputOption, client
-from access.cli.errors import CliError, Denied, Expired, UsageError
+from access.cli.errors import CliError, CommandNotFound, Denied, Expired, NotExecutable, UsageError
 from access.cli.render import Output
 from access.shared.durations import format_duration
 
@@ -140,16 +141,22 @@ async def _warn_before_expiry(clock: _Clock, grant: Grant) -> None:
     )
 
 
-# -- the state file that lets `access env` find a running `access connect` ----------------------
+# -- the private folder: secret files, and the state file of a running `access connect` ---------
 
 
 def _state_dir() -> Path:
-    base = (
-        os.environ.get("XDG_RUNTIME_DIR")
-        or os.environ.get("XDG_STATE_HOME")
-        or str(Path.home() / ".local/state")
-    )
-    return Path(base) / "access"
+    from access.cli.config import runtime_dir
+
+    return runtime_dir()
+
+
+def _private_dir() -> Path:
+    """The CLI's 0700 folder, rid of the secret files of runs that were killed before cleaning up."""
+    from access.shared.kinds import remove_stale_secrets
+
+    directory = _state_dir()
+    remove_stale_secrets(directory)
+    return directory
 
 
 def _state_file(service: str, scope: str) -> Path:
@@ -160,7 +167,6 @@ def _write_state(service: str, scope: str, port: int, grant: Grant) -> Path:
     from access.cli.config import write_private
 
     path = _state_file(service, scope)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(path, json.dumps({"port": port, "grant_id": grant.id, "pid": os.getpid()}) + "\n")
     return path
 
@@ -177,6 +183,20 @@ def _read_state(service: str, scope: str) -> dict[str, Any] | None:
 # -- connect ------------------------------------------------------------------------------------
 
 
+def _listen(port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1:``port`` (0: a free one), as asyncio's server would open it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(100)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", "pick another --port") from exc
+    return sock
+
+
 def connect(
     ctx: typer.Context,
     service: Service,
@@ -189,18 +209,20 @@ def connect(
     output: OutputOption = Output.text,
 ) -> None:
     """Forward a local port on 127.0.0.1 to SERVICE through the broker until the grant ends or Ctrl-C."""
-    broker = client(ctx)
-    grant = _grant_for(broker, service, scope, ttl, reason)
+    _private_dir()
+    # The port first: a busy --port fails before any grant is asked for.
+    listener = _listen(port)
+    try:
+        broker = client(ctx)
+        grant = _grant_for(broker, service, scope, ttl, reason)
+    except BaseException:
+        listener.close()
+        raise
     clock = _Clock(grant)
 
     async def main() -> TunnelEnded | None:
         forwarder = _forwarder(broker, grant, port)
-        try:
-            host, bound = await forwarder.start()
-        except OSError as exc:
-            raise UsageError(
-                f"cannot listen on 127.0.0.1:{port}: {exc.strerror}", "pick another --port"
-            ) from exc
+        host, bound = await forwarder.start(sock=listener)
         state = _write_state(service, scope, bound, grant)
         if output == Output.json:
             # One line, flushed, while we keep running: scripts read it with `head -1` / readline().
@@ -255,6 +277,31 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _check_program(name: str, search_path: str) -> None:
+    """Fail as a shell would, 127 or 126, when ``name`` cannot be run with ``search_path`` as PATH.
+
+    Checked before any grant is asked for: a typo must not leave a grant behind.
+    """
+    hint = "check the program name and PATH"
+    explicit = os.sep in name or (os.altsep is not None and os.altsep in name)
+    if explicit:
+        candidates = [Path(name)]
+    else:
+        candidates = [Path(entry or ".") / name for entry in search_path.split(os.pathsep)]
+    present = None
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return
+        # A PATH search passes over folders, as shells do; a path given is what it is.
+        if present is None and (candidate.is_file() or (explicit and candidate.exists())):
+            present = candidate
+    if present is not None:
+        what = "a folder" if present.is_dir() else "not executable"
+        raise NotExecutable(f"cannot run {name}: {present} is {what}", hint)
+    where = "" if explicit else " on PATH"
+    raise CommandNotFound(f"cannot run {name}: no such program{where}", hint)
+
+
 def exec_command(
     ctx: typer.Context,
     service: Service,
@@ -265,14 +312,19 @@ def exec_command(
 ) -> None:
     """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
 
-    postgres: PGHOST, PGPORT, PGDATABASE, PGUSER (and PGPASSFILE, a temporary file deleted
+    postgres: PGHOST, PGPORT, PGDATABASE, PGUSER (and PGPASSFILE, a private file deleted
     afterwards). mysql: MYSQL_HOST, MYSQL_TCP_PORT. redis: REDISCLI_AUTH when the service has a
     password. Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
+
+    The program is looked up first, before any grant is asked for: 127 when there is no such
+    program (nor on PATH), 126 when it cannot be run, as shells do.
     """
     if not command:
         raise UsageError("give the program to run after --", f"e.g. access exec {service} -- psql")
     from access.shared.kinds import client_setup
 
+    secret_dir = _private_dir()
+    _check_program(command[0], os.environ.get("PATH", os.defpath))
     broker = client(ctx)
     grant = _grant_for(broker, service, scope, ttl, reason)
     info = _connection_info(broker, grant.id)
@@ -281,13 +333,17 @@ def exec_command(
     async def main() -> int:
         forwarder = _forwarder(broker, grant, 0)
         host, port = await forwarder.start()
-        setup = client_setup(info, host, port)
+        setup = client_setup(info, host, port, secret_dir=secret_dir)
         try:
             argv = setup.args_for(list(command), host, port)
             try:
                 child = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **setup.env})
+            except FileNotFoundError as exc:  # gone since it was checked
+                raise CommandNotFound(
+                    f"cannot run {command[0]}: {exc.strerror}", "check the program name and PATH"
+                ) from exc
             except OSError as exc:
-                raise UsageError(
+                raise NotExecutable(
                     f"cannot run {command[0]}: {exc.strerror}", "check the program name and PATH"
                 ) from exc
             loop = asyncio.get_running_loop()
@@ -327,10 +383,11 @@ def env(
 ) -> None:
     """Print `export` lines for a client of SERVICE through a running `access connect`.
 
-    Passwords are not printed: use `access exec`, which hands them over in a temporary file.
+    Passwords are not printed: use `access exec`, which hands them over in a private file.
     """
     from access.shared.kinds import client_setup
 
+    _private_dir()
     state = _read_state(service, scope)
     if port is None:
         if state is None:

@@ -6,7 +6,7 @@ program ``access exec`` runs (and the ``export`` lines of ``access env``):
 
 - every kind: ``ACCESS_HOST``, ``ACCESS_PORT``, ``ACCESS_ADDR``, ``ACCESS_SERVICE``, ``ACCESS_GRANT``;
 - postgres (``postgres.py``): ``PGHOST``, ``PGPORT``, ``PGDATABASE``, ``PGUSER``, and the password
-  through a temporary ``PGPASSFILE`` (mode 0600, deleted afterwards): never in argv or the environment;
+  through a private ``PGPASSFILE`` (mode 0600, deleted afterwards): never in argv or the environment;
 - mysql (``mysql.py``): ``MYSQL_HOST``, ``MYSQL_TCP_PORT``; user, password and database through an
   option file (0600, deleted afterwards) that ``mysql``/``mariadb`` get as ``--defaults-extra-file``;
 - redis (``redis.py``): ``REDISCLI_AUTH`` where a password is configured; ``redis-cli`` reads no
@@ -15,7 +15,9 @@ program ``access exec`` runs (and the ``export`` lines of ``access env``):
 
 Each kind is one ``ClientKind`` (``base.py``) in its own module, the client side of the broker's
 ``access.broker.kinds`` module of the same name. Secret files are written by ``ClientSetup``;
-the caller deletes them with ``cleanup``. This package imports nothing from the broker or the CLI.
+the caller deletes them with ``cleanup``, in a private folder it chooses (the CLI's is 0700);
+their names carry the writer's pid, so ``remove_stale_secrets`` can delete those of a process
+that was killed before it could. This package imports nothing from the broker or the CLI.
 """
 
 from __future__ import annotations
@@ -23,13 +25,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, ConnectionInfo
+from access.shared.kinds.base import (
+    ClientContext,
+    ClientKind,
+    ClientSetup,
+    ConnectionInfo,
+    remove_stale_secrets,
+)
 from access.shared.kinds.mysql import MySQLClient
 from access.shared.kinds.postgres import PostgresClient
 from access.shared.kinds.redis import RedisClient
 from access.shared.kinds.tcp import TcpClient
 
-__all__ = ["CLIENT_KINDS", "ClientContext", "ClientKind", "ClientSetup", "ConnectionInfo", "client_setup"]
+__all__ = [
+    "CLIENT_KINDS",
+    "ClientContext",
+    "ClientKind",
+    "ClientSetup",
+    "ConnectionInfo",
+    "client_setup",
+    "remove_stale_secrets",
+]
 
 CLIENT_KINDS: Mapping[str, ClientKind] = {
     kind.name: kind for kind in (PostgresClient(), MySQLClient(), RedisClient(), TcpClient())

@@ -9,6 +9,7 @@ environment variables, private files and arguments for a program that ``access e
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,11 @@ from typing import ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ClientContext", "ClientKind", "ClientSetup", "ConnectionInfo"]
+__all__ = ["ClientContext", "ClientKind", "ClientSetup", "ConnectionInfo", "remove_stale_secrets"]
+
+# Secret files are named ``access-<what>-<pid>-<random>``: the pid of the process that wrote
+# them, so a later run can tell the files of a process that is gone (killed with SIGKILL, say).
+_SECRET_NAME = re.compile(r"access-[a-z]+-(?P<pid>[0-9]+)-")
 
 
 class ConnectionInfo(BaseModel):
@@ -43,7 +48,9 @@ class ClientContext(NamedTuple):
     port: int
     # False for ``access env``: passwords are left out and no file is written.
     with_secrets: bool = True
-    secret_dir: Path | None = None  # where private files go (the system's temporary folder)
+    # Where private files go: the caller's private folder (the CLI's is 0700); None is the
+    # system's temporary folder, for callers that have nothing better.
+    secret_dir: Path | None = None
 
 
 class ClientKind:
@@ -76,8 +83,13 @@ class ClientSetup:
         return self.kind.args_for(self, argv, host, port)
 
     def secret_file(self, directory: Path | None, prefix: str, content: str) -> Path:
-        """Write ``content`` to a new file only its owner can read; ``cleanup`` deletes it."""
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=directory)  # created 0600
+        """Write ``content`` to a new file only its owner can read; ``cleanup`` deletes it.
+
+        ``prefix`` is ``access-<what>-``; the file's name adds this process's id (see
+        :func:`remove_stale_secrets`).
+        """
+        # created 0600, with O_EXCL
+        fd, name = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}-", dir=directory)
         path = Path(name)
         self.files.append(path)
         with os.fdopen(fd, "w") as fh:
@@ -88,3 +100,38 @@ class ClientSetup:
         for path in self.files:
             path.unlink(missing_ok=True)
         self.files.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's process: alive
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def remove_stale_secrets(directory: Path) -> list[Path]:
+    """Delete the secret files in ``directory`` whose writing process is no longer running.
+
+    A process killed with SIGKILL cannot run ``cleanup``; the next run calls this. Files of a
+    running process, and files not named by ``secret_file``, are left alone. Returns what it deleted.
+    """
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        match = _SECRET_NAME.match(path.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed

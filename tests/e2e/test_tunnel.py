@@ -4,9 +4,12 @@ live connections cut at expiry, on revoke and on lock, and the refusals.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -333,3 +336,64 @@ def test_broker_restart_fails_tunnels_closed_then_recovers(alice: Cli, tunnel_br
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat_line = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren.
+            if int(stat_line.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_passfile_of_a_killed_exec_is_removed_by_the_next_exec(alice: Cli, tmp_path: Path) -> None:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    private = runtime / "access"
+    proc = alice.popen("exec", "svc-payments", "--ttl", "5m", "--", "sleep", "30", env=env)
+    child: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not child and time.monotonic() < deadline and proc.poll() is None:
+            child = _children(proc.pid)
+            time.sleep(0.05)  # a bounded poll for the child `sleep`, not a synchronisation
+        assert child, "access exec started no program: " + (proc.stderr.read() if proc.stderr else "")
+        environ = Path(f"/proc/{child[0]}/environ").read_bytes().split(b"\0")
+        passfile = Path(next(v for v in environ if v.startswith(b"PGPASSFILE=")).split(b"=", 1)[1].decode())
+        assert passfile.parent == private and str(proc.pid) in passfile.name
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700
+        assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+        assert "s3cret-pg-password" in passfile.read_text()
+        proc.kill()  # SIGKILL: no clean-up runs
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in child:  # the orphaned `sleep` holds our pipes: end it before reading them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+    assert passfile.exists(), "the killed exec's passfile should still be there before the next run"
+    result = alice.run("exec", "svc-payments", "--ttl", "5m", "--", "true", env=env)
+    assert result.returncode == 0, result.stderr
+    assert not passfile.exists(), "the next access exec left the stale PGPASSFILE behind"
+    assert list(private.glob("access-*")) == []
+
+
+def test_exec_of_a_missing_program_exits_127_and_asks_for_no_grant(alice: Cli, tmp_path: Path) -> None:
+    missing = alice.run("exec", "svc-payments", "--", "/nonexistent")
+    assert missing.returncode == ExitCode.COMMAND_NOT_FOUND == 127, missing.stderr
+    assert "/nonexistent" in missing.stderr
+    not_executable = tmp_path / "script"
+    not_executable.write_text("#!/bin/sh\n")
+    cannot = alice.run("exec", "svc-payments", "--", str(not_executable))
+    assert cannot.returncode == ExitCode.NOT_EXECUTABLE == 126, cannot.stderr
+    grants = alice.run("grants", "--all", "-o", "json")
+    assert grants.returncode == 0 and json.loads(grants.stdout) == []

@@ -124,3 +124,28 @@ def test_an_empty_argv_is_left_alone() -> None:
 def test_each_client_kind_is_registered_under_its_name() -> None:
     assert list(CLIENT_KINDS) == ["postgres", "mysql", "redis", "tcp"]
     assert all(kind.name == name for name, kind in CLIENT_KINDS.items())
+
+
+def test_secret_files_carry_the_writers_pid_and_stale_ones_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from access.shared.kinds import remove_stale_secrets
+
+    setup = client_setup(info("postgres", password="pw"), "127.0.0.1", 4000, secret_dir=tmp_path)
+    passfile = Path(setup.env["PGPASSFILE"])
+    assert passfile.parent == tmp_path
+    assert passfile.name.startswith(f"access-pgpass-{os.getpid()}-")
+    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = [tmp_path / f"access-pgpass-{gone.pid}-x1", tmp_path / f"access-my-{gone.pid}-x2"]
+    kept = [tmp_path / "notes.txt", tmp_path / "access-pgpass-nopid", tmp_path / "connect-svc-read.json"]
+    for path in (*stale, *kept):
+        path.write_text("x")
+    assert sorted(remove_stale_secrets(tmp_path)) == sorted(stale)
+    assert passfile.exists()  # this process is running: its file stays
+    assert all(path.exists() for path in kept)
+    assert remove_stale_secrets(tmp_path / "missing") == []
+    setup.cleanup()
+    assert not passfile.exists()
