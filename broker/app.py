@@ -13,12 +13,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -145,6 +147,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                 JSONResponse(err.body(), status_code=err.status, headers={"Cache-Control": "no-store"})
             )
             return
+        location = _without_trailing_slash(app, scope)
+        if location is not None:
+            await RedirectResponse(location, status_code=307)(scope, receive, send)
+            return
         await starlette_not_found(scope, receive, send)
 
     starlette_not_found = app.router.not_found
@@ -157,6 +163,25 @@ def _install_error_handlers(app: FastAPI) -> None:
             "the broker's database is unavailable, so nothing was changed", hint="try again shortly"
         )
         return JSONResponse(err.body(), status_code=err.status)
+
+
+def _without_trailing_slash(app: FastAPI, scope: Scope) -> str | None:
+    """``/device/`` -> ``<public URL>/device`` when that is a route, else None.
+
+    Starlette's own ``redirect_slashes`` builds the Location from the request's Host header, so
+    ``Host: evil.example`` would send people to another site; this one always names the
+    broker's configured public URL (``broker.base_url``).
+    """
+    path: str = scope["path"]
+    if scope["type"] != "http" or path == "/" or not path.endswith("/"):
+        return None
+    stripped = {**scope, "path": path.rstrip("/") or "/"}
+    if not any(route.matches(stripped)[0] is not Match.NONE for route in app.router.routes):
+        return None
+    raw = scope.get("raw_path") or quote(path).encode()
+    location = app.state.broker.base_url + raw.decode("latin-1").rstrip("/")
+    query: bytes = scope.get("query_string", b"")
+    return f"{location}?{query.decode('latin-1')}" if query else location
 
 
 def _background_loops(broker: Broker) -> list[Loop]:
@@ -200,6 +225,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # Starlette's would trust the Host header: see _without_trailing_slash
     )
     app.state.broker = broker
     _install_error_handlers(app)

@@ -1,20 +1,23 @@
 """The broker's Ed25519 keys: one signs access tokens, one signs audit checkpoints.
 
 Keys are PEM files, created on first start with mode 0600. Replicas that share a database
-must share both files (mount the same secret); see docs/broker.md.
+must share both files (mount the same secret); see docs/broker.md. ``derived_secret`` turns
+a key into a symmetric secret for one purpose (the audit key keys the tags that stand in for
+names nobody has, see ``auth.tags``), so no third key file is needed.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["key_id", "load_or_create_key", "public_pem"]
+__all__ = ["derived_secret", "key_id", "load_or_create_key", "public_pem"]
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -54,3 +57,15 @@ def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.urlsafe_b64encode(hashlib.sha256(raw).digest()[:12]).decode().rstrip("=")
+
+
+def derived_secret(key: Ed25519PrivateKey, purpose: str) -> bytes:
+    """32 bytes for ``purpose``: HMAC-SHA256 keyed with ``key``'s raw private bytes.
+
+    The same key and purpose give the same secret on every replica; other purposes, or the
+    public key, reveal nothing about it.
+    """
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return hmac.new(raw, purpose.encode(), hashlib.sha256).digest()

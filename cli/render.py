@@ -3,6 +3,14 @@
 Colour follows the terminal and ``NO_COLOR`` (https://no-color.org): set to anything
 non-empty, it turns colour off. rich is imported on first use, so commands that print
 nothing, and ``-o json``, never pay for it.
+
+Nothing from the broker reaches the terminal as it came: table cells and ``pairs`` values are
+identifiers unless their column (key) is named as free text, and are escaped with
+:func:`access.shared.terminal.name` (printable ASCII only) or :func:`~access.shared.terminal.text`
+(controls, bidi and invisible characters escaped); messages, notes, warnings and errors are
+escaped as free text, so a command interpolating an identifier into one wraps it in
+:func:`name`. No string is read as rich markup. JSON output is exact. docs/cli.md, "What the
+terminal shows", states the rule for users.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from access.shared import terminal
+
 if TYPE_CHECKING:
     from datetime import datetime
 
@@ -22,7 +32,20 @@ if TYPE_CHECKING:
 
     from access.cli.errors import CliError
 
-__all__ = ["Output", "console", "error", "json_out", "message", "note", "pairs", "table", "warning", "when"]
+__all__ = [
+    "Output",
+    "console",
+    "error",
+    "json_out",
+    "message",
+    "name",
+    "note",
+    "pairs",
+    "table",
+    "text",
+    "warning",
+    "when",
+]
 
 # Tables in pipes and files are not cut to 80 columns: ids must stay whole.
 _PIPE_WIDTH = 200
@@ -46,17 +69,32 @@ def console(stderr: bool = False) -> Console:
     return Console(file=stream, no_color=no_color(), highlight=False, width=width, soft_wrap=stderr)
 
 
-def _say(prefix: str, style: str, text: str) -> None:
+def name(value: str) -> str:
+    """An identifier (service, grant id, user, client id) for a message: printable ASCII only.
+
+    Messages are escaped as free text, which keeps non-ASCII letters; an identifier in one goes
+    through here first so that a Cyrillic er shows as ``\\u0440``.
+    """
+    return terminal.name(value)
+
+
+def text(value: str) -> str:
+    """Free text (a reason) for a line built by hand: controls, bidi and invisible characters escaped."""
+    return terminal.text(value)
+
+
+def _say(prefix: str, style: str, line: str) -> None:
+    line = terminal.text(line)  # broker errors and interpolated values may carry client input
     # Plain writes when nothing needs styling: messages are frequent and rich costs an import.
     stream = sys.stderr
     if no_color() or not (stream.isatty() or os.environ.get("FORCE_COLOR")):
-        stream.write(f"{prefix}{text}\n" if prefix else f"{text}\n")
+        stream.write(f"{prefix}{line}\n" if prefix else f"{line}\n")
         stream.flush()
         return
-    from rich.markup import escape
+    from rich.text import Text
 
-    label = f"[{style}]{escape(prefix)}[/]" if prefix else ""
-    console(stderr=True).print(f"{label}{escape(text)}")
+    # Text, not a markup string: "[bold]" or ":smile:" in a message print as they are.
+    console(stderr=True).print(Text.assemble((prefix, style), line))
     stream.flush()
 
 
@@ -95,23 +133,38 @@ def json_out(value: Any) -> None:
     sys.stdout.flush()
 
 
-def table(columns: Sequence[str], rows: Sequence[Sequence[str]], *, keep_whole: Sequence[str] = ()) -> None:
-    """A table on stdout. Columns named in ``keep_whole`` (ids) are never wrapped or cut."""
+def table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    keep_whole: Sequence[str] = (),
+    free_text: Sequence[str] = (),
+) -> None:
+    """A table on stdout. Columns named in ``keep_whole`` (ids) are never wrapped or cut.
+
+    Cells are identifiers, escaped to printable ASCII, except in the columns named in
+    ``free_text`` (a reason), where printable letters of any script stay.
+    """
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for name in columns:
-        whole = name in keep_whole
-        grid.add_column(name, no_wrap=whole, overflow="fold", min_width=None)
+    for column in columns:
+        whole = column in keep_whole
+        grid.add_column(column, no_wrap=whole, overflow="fold", min_width=None)
+    escapes = [terminal.text if column in free_text else terminal.name for column in columns]
     for row in rows:
-        grid.add_row(*(Text(cell) for cell in row))  # Text: data is never read as markup
+        # Text: data is never read as markup
+        grid.add_row(*(Text(escape(cell)) for escape, cell in zip(escapes, row, strict=True)))
     console().print(grid)
 
 
-def pairs(items: Sequence[tuple[str, str]]) -> None:
-    """``key  value`` lines on stdout, for one object (whoami, one grant)."""
+def pairs(items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) -> None:
+    """``key  value`` lines on stdout, for one object (whoami, one grant).
+
+    Values are identifiers, escaped to printable ASCII, except for the keys in ``free_text``.
+    """
     from rich.table import Table
     from rich.text import Text
 
@@ -119,7 +172,8 @@ def pairs(items: Sequence[tuple[str, str]]) -> None:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     for key, value in items:
-        grid.add_row(Text(key), Text(value))
+        escape = terminal.text if key in free_text else terminal.name
+        grid.add_row(Text(terminal.name(key)), Text(escape(value)))
     console().print(grid)
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail
+from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, say
 
 __all__ = ["audit_app"]
 
@@ -59,9 +59,9 @@ def verify(
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:
         for warning in result.warnings:
-            typer.echo(f"warning: {warning}", err=True)
+            say(f"warning: {warning}", err=True)
         if result.ok:
-            typer.echo(result.summary())
+            say(result.summary())
             if result.unsigned_tail:
                 typer.echo(
                     f"note: the last {result.unsigned_tail} entries are not covered by a checkpoint yet "
@@ -70,7 +70,7 @@ def verify(
                 )
         else:
             for problem in result.problems:
-                typer.echo(f"error: {problem.message}", err=True)
+                say(f"error: {problem.message}", err=True)
             typer.echo(
                 f"ledger FAILED verification: {len(result.problems)} problem(s) in {result.entries} entries",
                 err=True,

@@ -13,6 +13,7 @@ import typer
 
 from access.broker.errors import BrokerError
 from access.broker.settings import Settings
+from access.shared import terminal
 from access.shared.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = [
     "build_settings",
     "fail",
     "open_broker",
+    "say",
 ]
 
 DataDir = Annotated[
@@ -63,10 +65,18 @@ def open_broker(data_dir: Path | None, database_url: str | None, **overrides: An
     return Broker.from_settings(build_settings(data_dir=data_dir, database_url=database_url, **overrides))
 
 
+def say(line: str, err: bool = False) -> None:
+    """A text line for the terminal, escaped (see access.shared.terminal): stored values pass here.
+
+    A line that interpolates an identifier wraps it in ``terminal.name`` first; JSON is echoed as it is.
+    """
+    typer.echo(terminal.text(line), err=err)
+
+
 def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    say(f"error: {message}", err=True)
     if hint:
-        typer.echo(f"hint: {hint}", err=True)
+        say(f"hint: {hint}", err=True)
     return typer.Exit(code)
 
 

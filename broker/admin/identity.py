@@ -15,9 +15,10 @@ from typing import Annotated
 
 import typer
 
-from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail
+from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, say
 from access.broker.auth import identity
 from access.broker.runtime import Broker
+from access.shared import terminal
 
 __all__ = ["admin_actor", "service_accounts_app", "users_app"]
 
@@ -66,11 +67,14 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
         typer.echo(f"no {kind.replace('_', ' ')}s yet", err=True)
         return
     header = ("NAME", "GROUPS", "STATUS", "CREATED", "CLIENT ID" if kind == identity.SERVICE_ACCOUNT else "")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for p in records:
         status = "disabled" if p.disabled else "active"
         created = p.created_at.strftime("%Y-%m-%d %H:%M UTC")
-        rows.append((p.name, ",".join(p.groups) or "-", status, created, p.client_id or ""))
+        groups = ",".join(p.groups) or "-"
+        rows.append(
+            tuple(terminal.name(cell) for cell in (p.name, groups, status, created, p.client_id or ""))
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
@@ -79,7 +83,7 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
 def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None:
     with admin_broker(data_dir, database_url) as broker:
         ended = identity.disable_principal(broker, name, admin_actor())
-    typer.echo(f"disabled {name}: sessions revoked, {len(ended)} active grant(s) ended", err=True)
+    say(f"disabled {terminal.name(name)}: sessions revoked, {len(ended)} active grant(s) ended", err=True)
 
 
 @users_app.command("add")
@@ -96,8 +100,8 @@ def users_add(
     password = _read_password(password_stdin)
     with admin_broker(data_dir, database_url) as broker:
         identity.create_user(broker, name, group or [], password, actor=admin_actor())
-    groups = ", ".join(sorted(set(group or []))) or "no groups"
-    typer.echo(f"added user {name} ({groups})", err=True)
+    groups = ", ".join(terminal.name(g) for g in sorted(set(group or []))) or "no groups"
+    say(f"added user {terminal.name(name)} ({groups})", err=True)
 
 
 @users_app.command("list")
@@ -133,7 +137,7 @@ def service_accounts_add(
     if output is Output.json:
         typer.echo(json.dumps({"name": name, "client_id": client_id, "client_secret": secret}, indent=2))
     else:
-        typer.echo(f"client_id:     {client_id}")
+        say(f"client_id:     {terminal.name(client_id)}")
         typer.echo(f"client_secret: {secret}")
     typer.echo("store the secret now: it cannot be shown again", err=True)
 

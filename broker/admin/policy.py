@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from access.broker.admin.common import fail
+from access.broker.admin.common import fail, say
 from access.broker.policy import PolicyError, load_policy
 from access.shared.durations import format_duration
 
@@ -62,10 +62,10 @@ def check(
     if output == "json":
         typer.echo(json.dumps({"ok": True, "services": services, "rules": rules}, indent=2))
         return
-    typer.echo(f"{file}: OK, {len(services)} service(s), {len(rules)} rule(s)")
+    say(f"{file}: OK, {len(services)} service(s), {len(rules)} rule(s)")
     for svc in policy.services.values():
         scopes = ", ".join(svc.scopes)
-        typer.echo(
+        say(
             f"  service {svc.name} ({svc.kind} at {svc.target}): {scopes}, max {format_duration(svc.max_ttl)}"
         )
     for rule in policy.rules:
@@ -78,4 +78,4 @@ def check(
         who = "; ".join(f"{label} {', '.join(sorted(names))}" for label, names in named if names)
         ttl = "" if rule.max_ttl is None else f", max {format_duration(rule.max_ttl)}"
         what = f"{', '.join(rule.services)} ({', '.join(rule.scopes)}){ttl}"
-        typer.echo(f"  rule {rule.name} [{rule.require}]: {who} -> {what}")
+        say(f"  rule {rule.name} [{rule.require}]: {who} -> {what}")

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
-from access.broker.auth import ratelimit
+from access.broker.auth import ratelimit, tags
 from access.broker.auth.device_flow import Event, Poll, next_step, transition
 from access.broker.auth.identity import check_password
 from access.broker.auth.sessions import TokenSet, hash_token, start_session
@@ -33,7 +33,6 @@ from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
 from access.broker.store import device_codes, principals
 from access.broker.store.device_codes import DeviceCode
-from access.shared.names import is_principal_name
 from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = [
@@ -145,7 +144,7 @@ def start(broker: Broker, client_id: str, client_host: str | None, client_ip: st
     device_code = secrets.token_urlsafe(32)
     settings = broker.settings
     now = broker.clock.now()
-    start_key = ratelimit.DEVICE_STARTS.key(client_ip)
+    start_key = ratelimit.DEVICE_STARTS.key(broker, client_ip)
     with broker.transaction() as conn:
         try:
             ratelimit.check(conn, broker.clock, ratelimit.DEVICE_STARTS, start_key)
@@ -278,7 +277,8 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
 
     On success the device request gets a one-time consent token (returned; stored hashed) and
     ``login.success`` is audited; nothing is approved yet. A wrong code counts against the
-    client IP, a wrong password against (username, IP), and is audited as ``login.failure``.
+    client IP, a wrong password against (username, IP), and is audited as ``login.failure``
+    (a username that matches no account as its ``tags.unknown_name``, never as typed).
 
     Raises:
         RateLimited: too many wrong codes from this IP, or wrong passwords for this name here.
@@ -288,8 +288,8 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     """
     username = username.strip()
     code = normalise_user_code(user_code)
-    code_key = ratelimit.USER_CODE_GUESSES.key(client_ip)
-    password_key = ratelimit.PASSWORD_FAILURES.key(username.lower(), client_ip)
+    code_key = ratelimit.USER_CODE_GUESSES.key(broker, client_ip)
+    password_key = ratelimit.PASSWORD_FAILURES.key(broker, username.lower(), client_ip)
     with broker.transaction() as conn:
         ratelimit.check(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
         ratelimit.check(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
@@ -304,13 +304,15 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     with broker.transaction() as conn:
         if user is None:
             ratelimit.hit(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
-            valid_name = is_principal_name(username)
+            # A name that matches no account may be a password typed in the wrong field: the
+            # ledger keeps only its keyed tag (same name, same tag), never the text.
+            name = tags.unknown_name(broker, username) if reason == "unknown_user" else username
             ledger.append(
                 conn,
                 broker.clock,
-                actor=username if valid_name else "anonymous",
+                actor=name,
                 action=Action.LOGIN_FAILURE,
-                target=f"user:{username if valid_name else '(invalid name)'}",
+                target=f"user:{name}",
                 details={
                     "method": "device_page",
                     "reason": reason,
@@ -357,7 +359,7 @@ def decide(broker: Broker, consent_token: str, approve: bool, client_ip: str) ->
         RateLimited: too many bad attempts from this IP.
         Unavailable: the database could not be reached.
     """
-    key = ratelimit.USER_CODE_GUESSES.key(client_ip)
+    key = ratelimit.USER_CODE_GUESSES.key(broker, client_ip)
     with broker.transaction() as conn:
         ratelimit.check(conn, broker.clock, ratelimit.USER_CODE_GUESSES, key)
         now = broker.clock.now()

@@ -3,18 +3,21 @@
 Used against guessing: wrong user codes per client IP, wrong passwords per username and IP.
 Each failure is one row in ``rate_events``; a key is limited when it has ``limit`` rows in the
 last ``window``. Rows older than the window are pruned whenever the key is hit again.
+Keys are keyed hashes (``tags.digest``): a password typed as a username leaves no row that
+could be tested against guesses.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
 
+from access.broker.auth import tags
 from access.broker.clock import Clock
 from access.broker.errors import RateLimited
+from access.broker.runtime import Broker
 from access.broker.store import rate_events
 
 __all__ = [
@@ -37,10 +40,10 @@ class Limit:
     limit: int
     window: timedelta
 
-    def key(self, *parts: str) -> str:
-        # Parts can be attacker-chosen (usernames): hash them, so keys are bounded and opaque.
-        digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
-        return f"{self.prefix}:{digest}"
+    def key(self, broker: Broker, *parts: str) -> str:
+        # Parts can be attacker-chosen (usernames, or a password typed as one): a keyed hash
+        # keeps keys bounded and opaque, and a stored key cannot be tested against guesses.
+        return f"{self.prefix}:{tags.digest(broker, *parts)}"
 
 
 # Ten wrong user codes per IP in ten minutes: a guesser gets 10 tries out of 20^8 codes.

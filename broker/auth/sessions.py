@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
+from access.broker.auth import tags
 from access.broker.auth.identity import check_client_secret
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
@@ -185,12 +186,14 @@ def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: s
     account, reason = check_client_secret(broker, client_id, secret)
     with broker.transaction() as conn:
         if account is None:
+            # An unknown client id may be a pasted secret: the ledger keeps its keyed tag only.
+            known = reason != "unknown_client"
             ledger.append(
                 conn,
                 broker.clock,
                 actor="anonymous",
                 action=Action.LOGIN_FAILURE,
-                target=f"client:{client_id[:64]}",
+                target=f"client:{client_id if known else tags.unknown_name(broker, client_id)}",
                 details={"method": "client_credentials", "reason": reason, "ip": client_ip},
             )
             tokens = None

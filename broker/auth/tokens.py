@@ -1,8 +1,8 @@
 """Access tokens: short-lived JWTs (RFC 9068) signed with the broker's Ed25519 key.
 
 Verification pins the algorithm to EdDSA, so neither ``alg: none`` nor an HMAC token keyed
-with our public key can pass. Time checks (``exp``, ``iat``) use ``broker.clock``, not the
-host's clock inside PyJWT: the broker's time is authoritative and tests inject a FakeClock.
+with our public key can pass. Time checks (``exp``, ``iat``, ``nbf``) use ``broker.clock``, not
+the host's clock inside PyJWT: the broker's time is authoritative and tests inject a FakeClock.
 A valid signature is not enough: ``authenticate`` also checks in the database that the
 session behind the token is live and the principal is not disabled, so logout, refresh-token
 reuse and disabling a user stop access tokens that have not yet expired.
@@ -42,7 +42,7 @@ __all__ = [
 AUDIENCE = "access-broker"
 TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
 ALGORITHM = "EdDSA"
-# Tolerated skew for ``iat`` only; ``exp`` is exact because the broker is the only clock.
+# Tolerated skew for ``iat`` and ``nbf``; ``exp`` is exact because the broker is the only clock.
 _IAT_SKEW = timedelta(seconds=60)
 _MAX_TOKEN_LENGTH = 4096
 _REQUIRED = ["iss", "aud", "exp", "iat", "jti", "sub", "sid"]
@@ -108,7 +108,7 @@ def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
 
     Raises:
         Unauthenticated: the token is malformed, forged, of the wrong type, for another
-            issuer or audience, expired, or issued in the future.
+            issuer or audience, expired, or issued (or valid only from) in the future.
     """
     if not raw_token or len(raw_token) > _MAX_TOKEN_LENGTH:
         raise Unauthenticated("the access token is malformed")
@@ -142,6 +142,8 @@ def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
     try:
         expires_at = datetime.fromtimestamp(int(claims["exp"]), tz=UTC)
         issued_at = datetime.fromtimestamp(int(claims["iat"]), tz=UTC)
+        # We never set ``nbf``, but a token that carries one is held to it (RFC 7519 4.1.5).
+        not_before = None if "nbf" not in claims else datetime.fromtimestamp(int(claims["nbf"]), tz=UTC)
         subject, session_id, token_id = str(claims["sub"]), str(claims["sid"]), str(claims["jti"])
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise Unauthenticated("the access token is malformed") from exc
@@ -150,6 +152,8 @@ def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
         raise Unauthenticated("the access token has expired", hint="run `access login` if refreshing fails")
     if issued_at > now + _IAT_SKEW:
         raise Unauthenticated("the access token was issued in the future")
+    if not_before is not None and not_before > now + _IAT_SKEW:
+        raise Unauthenticated("the access token is not valid yet")
     return AccessClaims(
         subject=subject,
         session_id=session_id,

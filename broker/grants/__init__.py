@@ -12,6 +12,7 @@ May import: audit, auth.principal (auth.tokens lazily), events, policy, runtime,
 from access.broker.grants.expiry import EXPIRY_INTERVAL, ExpiryLoop, expire_due
 from access.broker.grants.lifecycle import GrantEvent, IllegalTransition, grant_target
 from access.broker.grants.queries import (
+    NotYours,
     TunnelGrant,
     effective_state,
     get_grant,
@@ -28,6 +29,7 @@ __all__ = [
     "ExpiryLoop",
     "GrantEvent",
     "IllegalTransition",
+    "NotYours",
     "TunnelGrant",
     "effective_state",
     "end_grants_for_principal",

@@ -28,6 +28,7 @@ from access.broker.store.grants import GrantRecord
 from access.shared.models import Grant, GrantState
 
 __all__ = [
+    "NotYours",
     "TunnelGrant",
     "effective_state",
     "fetch",
@@ -107,6 +108,18 @@ def not_found(grant_id: str) -> NotFound:
     return NotFound(f"no grant {grant_id[:40]!r}", hint="see `access grants --all`")
 
 
+class NotYours(NotFound):
+    """Someone else's grant, asked for by a person who may not see it.
+
+    Its status, code, message and hint are those of ``not_found``: the caller cannot tell it
+    from a grant that does not exist. Only the ledger (the tunnel's ``connection.refuse``)
+    says which it was.
+    """
+
+    def __init__(self, same_as: NotFound) -> None:
+        super().__init__(same_as.message, hint=same_as.hint)
+
+
 def list_grants(broker: Broker, ctx: AuthContext, include_ended: bool = False) -> list[Grant]:
     """The caller's grants, newest first: only usable ones unless ``include_ended``.
 
@@ -139,8 +152,10 @@ def open_for_tunnel(broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGr
     """Check that ``grant_id`` is usable by ``ctx`` right now and say where to connect.
 
     Raises:
-        NotFound: no such grant, or its service is no longer in the policy.
-        Forbidden: the grant belongs to someone else, was revoked, denied or is pending.
+        NotFound: no such grant, someone else's grant (``NotYours``, answered the same way),
+            or its service is no longer in the policy.
+        Forbidden: the grant was revoked, denied or is pending; or, for an audit reader (who
+            can see it anyway), it belongs to someone else.
         Expired: the grant is past its expiry (whatever its state column says).
         Unavailable: the database could not be reached.
     """
@@ -191,6 +206,9 @@ def _usable_for_tunnel(conn: sa.Connection, broker: Broker, ctx: AuthContext, gr
     if record is None:
         raise not_found(grant_id)
     if record.principal_id != ctx.principal_id:
+        if not visible(ctx, record, broker):
+            raise NotYours(not_found(grant_id))  # answered exactly as a missing grant
+        # An audit reader sees the grant anyway: saying why is no oracle.
         raise Forbidden(f"grant {grant_id} is not yours", hint="see `access grants`")
     state = effective_state(record.state, record.expires_at, broker.clock.now())
     if state == GrantState.EXPIRED:

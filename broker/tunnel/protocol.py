@@ -218,17 +218,20 @@ class TunnelProtocol(MuxSession):
 
     def _refusal_audited(self, ctx: AuthContext, check: Any) -> TunnelGrant:
         from access.broker.audit import ledger
+        from access.broker.grants import NotYours
 
         try:
             grant: TunnelGrant = check()
         except (Forbidden, Expired, NotFound) as exc:
             # Someone signed in asked for a grant they cannot use: worth a line in the ledger.
+            # Someone else's grant is answered as a missing one, but recorded as before.
+            why = "forbidden" if isinstance(exc, NotYours) else str(exc.code)
             ledger.record(
                 self.broker,
                 actor=ctx.name,
                 action=Action.CONNECTION_REFUSE,
                 target=f"grant:{self.grant_id}",
-                details={"grant": self.grant_id, "client": self.client_address, "why": str(exc.code)},
+                details={"grant": self.grant_id, "client": self.client_address, "why": why},
             )
             raise
         return grant

@@ -15,8 +15,20 @@ from access.cli.render import Output
 __all__ = ["audit"]
 
 
+# Detail values that are free text (a requester's reason, why a connection ended); the rest are
+# identifiers (client ids, hosts, session ids) and show as printable ASCII only.
+_FREE_TEXT = frozenset({"reason", "why", "outcome"})
+
+
 def _details(details: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in details.items())
+    """``key=value`` pairs, each already escaped for the terminal (the DETAILS column is free text)."""
+
+    def shown(key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            return json.dumps(value)  # ensure_ascii: printable ASCII, controls as \u escapes
+        return render.text(value) if key in _FREE_TEXT else render.name(value)
+
+    return " ".join(f"{render.name(k)}={shown(k, v)}" for k, v in details.items())
 
 
 def _check_since(since: str) -> None:
@@ -67,4 +79,5 @@ def audit(
         ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "DETAILS"],
         [[str(e.seq), render.when(e.at), e.actor, e.action, e.target, _details(e.details)] for e in entries],
         keep_whole=["SEQ", "TIME", "ACTION"],
+        free_text=["TIME", "DETAILS"],
     )

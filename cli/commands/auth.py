@@ -173,8 +173,9 @@ def login(
         )
         return
     me = broker_client.whoami()
-    groups = ", ".join(me.groups) or "none"
-    render.message(f"Signed in to {url} as {me.name} ({me.kind}; groups: {groups}).")
+    groups = ", ".join(render.name(g) for g in me.groups) or "none"
+    who = f"{render.name(me.name)} ({render.name(me.kind)}; groups: {groups})"
+    render.message(f"Signed in to {render.name(url)} as {who}.")
 
 
 def logout(ctx: typer.Context) -> None:
@@ -188,7 +189,7 @@ def logout(ctx: typer.Context) -> None:
         render.warning("ACCESS_TOKEN is set in your environment; logout does not revoke it: unset it")
     tokens = broker_client.store.load(url)
     if tokens is None:
-        render.message(f"Not signed in to {url}.")
+        render.message(f"Not signed in to {render.name(url)}.")
         return
     try:
         broker_client.logout(tokens.access_token)
@@ -200,7 +201,7 @@ def logout(ctx: typer.Context) -> None:
         render.warning(f"the broker did not confirm the sign-out: {exc.message}")
     finally:
         broker_client.store.delete(url)
-    render.message(f"Signed out of {url}; local tokens deleted.")
+    render.message(f"Signed out of {render.name(url)}; local tokens deleted.")
 
 
 def whoami(ctx: typer.Context, output: OutputOption = Output.text) -> None:
@@ -219,5 +220,6 @@ def whoami(ctx: typer.Context, output: OutputOption = Output.text) -> None:
             ("session", me.session_id or "-"),
             ("token expires", render.when(me.token_expires_at) if me.token_expires_at else "-"),
             ("audit log", "can read" if me.can_read_audit else "cannot read"),
-        ]
+        ],
+        free_text=["token expires"],
     )

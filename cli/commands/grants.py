@@ -45,6 +45,7 @@ def services(ctx: typer.Context, output: OutputOption = Output.text) -> None:
         ["SERVICE", "KIND", "SCOPES", "MAX TTL", "DESCRIPTION"],
         [[s.name, s.kind, _scopes(s), _max_ttl(s), s.description] for s in items],
         keep_whole=["SERVICE"],
+        free_text=["DESCRIPTION"],
     )
 
 
@@ -70,7 +71,8 @@ def _show_grant(grant: Grant, output: Output) -> None:
             ("expires", render.when(grant.expires_at)),
             ("reason", grant.reason or "-"),
             *([("ended", f"{render.when(grant.ended_at)} ({grant.ended_reason})")] if grant.ended_at else []),
-        ]
+        ],
+        free_text=["expires", "reason", "ended"],
     )
 
 
@@ -110,12 +112,16 @@ def request(
     grant = client(ctx).request_grant(service, scope, ttl, reason)
     if grant.state == "denied":
         raise Denied(
-            f"the request for {scope} on {service} was denied: {grant.ended_reason or 'policy'}",
+            f"the request for {render.name(scope)} on {render.name(service)} was denied: "
+            f"{grant.ended_reason or 'policy'}",
             "see `access services` for what you may request",
         )
     _show_grant(grant, output)
     if grant.state == "pending":
-        raise Pending(f"grant {grant.id} is waiting for approval", "check on it with `access grants`")
+        raise Pending(
+            f"grant {render.name(grant.id)} is waiting for approval", "check on it with `access grants`"
+        )
+    service, scope = render.name(service), render.name(scope)
     render.message(
         f"Granted {scope} on {service} for {format_duration(grant.seconds_left)}. "
         f"Use it with `access connect {service} --scope {scope}` "
@@ -142,6 +148,7 @@ def grants(
         ["ID", "SERVICE", "SCOPE", "STATE", "LEFT", "REASON"],
         [[g.id, g.service, g.scope, str(g.state), _left(g), g.reason] for g in items],
         keep_whole=["ID", "SERVICE"],
+        free_text=["REASON"],
     )
 
 
@@ -161,6 +168,8 @@ def revoke(
     grant = before if ended else broker.revoke(grant_id)
     _show_grant(grant, output)
     if ended:
-        render.message(f"Grant {grant.id} had already ended ({grant.ended_reason or grant.state}).")
+        render.message(
+            f"Grant {render.name(grant.id)} had already ended ({grant.ended_reason or grant.state})."
+        )
     else:
-        render.message(f"Revoked grant {grant.id}.")
+        render.message(f"Revoked grant {render.name(grant.id)}.")

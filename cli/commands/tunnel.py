@@ -67,10 +67,13 @@ def _grant_for(broker: BrokerClient, service: str, scope: str, ttl: str, reason:
     ]
     if usable:
         grant = max(usable, key=lambda g: g.seconds_left)
-        render.note(f"using grant {grant.id} ({format_duration(grant.seconds_left)} left)")
+        render.note(f"using grant {render.name(grant.id)} ({format_duration(grant.seconds_left)} left)")
         return grant
     grant = broker.request_grant(service, scope, ttl, reason)
-    render.note(f"granted {grant.id}: {service} ({scope}) for {format_duration(grant.seconds_left)}")
+    render.note(
+        f"granted {render.name(grant.id)}: {render.name(service)} ({render.name(scope)}) "
+        f"for {format_duration(grant.seconds_left)}"
+    )
     return grant
 
 
@@ -136,7 +139,7 @@ async def _warn_before_expiry(clock: _Clock, grant: Grant) -> None:
         return
     await asyncio.sleep(wait)
     render.warning(
-        f"grant {grant.id} ends in {format_duration(max(1, round(clock.left())))}: "
+        f"grant {render.name(grant.id)} ends in {format_duration(max(1, round(clock.left())))}: "
         f"connections through it will be cut then"
     )
 
@@ -235,7 +238,8 @@ def connect(
             sys.stdout.write(json.dumps(info) + "\n")
             sys.stdout.flush()
         render.message(
-            f"forwarding {host}:{bound} -> {service} ({scope}) through grant {grant.id}, "
+            f"forwarding {host}:{bound} -> {render.name(service)} ({render.name(scope)}) "
+            f"through grant {render.name(grant.id)}, "
             f"{format_duration(max(1, round(clock.left())))} left; Ctrl-C to stop"
         )
         stop = asyncio.get_running_loop().create_future()

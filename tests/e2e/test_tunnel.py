@@ -275,8 +275,12 @@ def test_revoke_cuts_live_connection(alice: Cli) -> None:
         conn = _open_echo(info["port"])
         started = time.time()
         assert alice.run("revoke", info["grant_id"]).returncode == 0
+        done = time.time()  # the broker committed the revoke before it answered the command
         cut = _wait_for_cut(conn, timeout=10)
-        assert cut - started <= 1.0 + 1.0  # the revoke command's own start-up included
+        # Within a second of the end: measured from the revoke's answer, not from the start of
+        # the `access revoke` process, whose start-up (0.5 s quiet, several seconds on a loaded
+        # machine) is not the broker's to answer for.
+        assert started <= cut <= done + 1.0, f"cut {cut - done:.2f}s after the revoke returned"
         conn.close()
         _, err = proc.communicate(timeout=10)
         assert "revoked" in err

@@ -115,6 +115,30 @@ async def test_unknown_grant_is_404(client: httpx.AsyncClient, alice: dict[str, 
     assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
 
 
+async def test_someone_elses_grant_answers_like_a_missing_one(
+    client: httpx.AsyncClient, broker: Broker, robot: dict[str, str]
+) -> None:
+    other = bearer(broker, "robot-2", ("ci",))  # no audit reader: may not see robot's grants
+    response = await request(client, robot, ttl="15m")
+    assert response.status_code == 201, response.text
+    theirs = response.json()["id"]
+    missing = "g-" + "0" * (len(theirs) - 2)
+    for suffix in ("", "/connection", "/revoke"):
+        method = "POST" if suffix == "/revoke" else "GET"
+        answers = [
+            await client.request(method, f"/v1/grants/{grant_id}{suffix}", headers=other)
+            for grant_id in (theirs, missing)
+        ]
+        shapes = [
+            (r.status_code, r.text.replace(i, "ID")) for r, i in zip(answers, (theirs, missing), strict=True)
+        ]
+        assert shapes[0] == shapes[1], suffix
+        assert answers[0].status_code == 404
+        assert answers[0].json()["error"]["code"] == "not_found"
+    # The owner still gets the details.
+    assert (await client.get(f"/v1/grants/{theirs}/connection", headers=robot)).status_code == 200
+
+
 async def test_audit_for_readers_newest_first_with_filters(client: httpx.AsyncClient, broker: Broker) -> None:
     clock = broker.clock
     assert isinstance(clock, FakeClock)

@@ -7,7 +7,7 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from access.broker.auth import device, identity, tokens
+from access.broker.auth import device, identity, tags, tokens
 from access.broker.auth.tokens import OAuthError
 from access.broker.clock import FakeClock
 from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
@@ -187,7 +187,7 @@ def test_wrong_password_is_audited_without_the_password(broker: Broker) -> None:
     failures = audit_rows(broker, "login.failure")
     assert [(f["actor"], f["details"]["reason"]) for f in failures] == [
         ("alice", "wrong_credentials"),
-        ("mallory", "unknown_user"),
+        (tags.unknown_name(broker, "mallory"), "unknown_user"),  # no such user: a keyed tag
     ]
     assert "hunter2" not in ledger_text(broker)
     with broker.transaction() as conn:

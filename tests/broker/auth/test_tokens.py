@@ -160,6 +160,25 @@ def test_a_token_issued_in_the_future_is_refused(broker: Broker, session_claims:
     _refused(broker, token, "in the future")
 
 
+def test_a_token_not_valid_yet_is_refused_until_its_nbf(
+    broker: Broker, session_claims: dict[str, Any], fake_clock: FakeClock
+) -> None:
+    now = int(broker.clock.now().timestamp())
+    # Signed with the broker's own key and issued now: only ``nbf`` says "not yet".
+    claims = dict(session_claims, iat=now, nbf=now + 3600, exp=now + 7200)
+    token = jwt.encode(claims, broker.token_key, algorithm="EdDSA", headers={"typ": "at+jwt"})
+    _refused(broker, token, "not valid yet")
+    fake_clock.advance(timedelta(seconds=3600 - 60))  # within the leeway: accepted
+    assert tokens.authenticate(broker, token).name == "alice"
+
+
+def test_an_nbf_within_the_leeway_is_accepted(broker: Broker, session_claims: dict[str, Any]) -> None:
+    now = int(broker.clock.now().timestamp())
+    claims = dict(session_claims, iat=now, nbf=now + 30)
+    token = jwt.encode(claims, broker.token_key, algorithm="EdDSA", headers={"typ": "at+jwt"})
+    assert tokens.authenticate(broker, token).name == "alice"
+
+
 def test_a_revoked_session_stops_its_access_tokens(broker: Broker) -> None:
     issued = login(broker, add_user(broker))
     with broker.transaction() as conn:

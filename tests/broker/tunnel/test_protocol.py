@@ -235,7 +235,7 @@ def test_refused_handshakes_never_reach_the_target(setup: Setup, case: str) -> N
     expected = {
         "no token": 401,
         "forged token": 401,
-        "someone else's grant": 403,
+        "someone else's grant": 404,  # answered as a missing grant: ids do not leak
         "unknown grant": 404,
     }[case]
 
@@ -250,6 +250,29 @@ def test_refused_handshakes_never_reach_the_target(setup: Setup, case: str) -> N
     assert refusal.message
     assert setup.target.accepted == 0
     assert audit_rows(setup.broker, "connection.open") == []
+
+
+def test_someone_elses_grant_is_refused_exactly_like_a_missing_one(setup: Setup) -> None:
+    bobs = setup.grant("bob")
+    missing = "g-" + "0" * (len(bobs) - 2)
+
+    async def refusal(grant_id: str) -> HandshakeRefused:
+        endpoint = setup.endpoint(grant_id)  # alice's token
+        with pytest.raises(HandshakeRefused) as err:
+            await ClientSession(Forwarder(endpoint)).connect(endpoint)
+        return err.value
+
+    theirs, nobodys = run(refusal(bobs)), run(refusal(missing))
+    assert (theirs.status, theirs.code, theirs.hint) == (nobodys.status, nobodys.code, nobodys.hint)
+    assert (theirs.status, theirs.code) == (404, "not_found")
+    assert theirs.message.replace(bobs, "ID") == nobodys.message.replace(missing, "ID")
+    # The ledger still tells them apart, as before.
+    refused = audit_rows(setup.broker, "connection.refuse")
+    assert [(r["actor"], r["details"]["grant"], r["details"]["why"]) for r in refused] == [
+        ("alice", bobs, "forbidden"),
+        ("alice", missing, "not_found"),
+    ]
+    assert setup.target.accepted == 0
 
 
 def test_expired_grant_is_refused_with_a_message(setup: Setup) -> None:
