@@ -24,7 +24,7 @@ import typer
 
 from access.cli import render
 from access.cli.context import OutputOption, client
-from access.cli.errors import CliError, Denied, Expired, UsageError
+from access.cli.errors import CliError, Denied, Expired, NeedsLogin, UsageError
 from access.cli.render import Output
 from access.shared.durations import format_duration
 
@@ -98,6 +98,8 @@ def _ended_error(ended: TunnelEnded, grant: Grant) -> CliError:
     )
     if ended.code == "expired":
         return Expired(ended.message, again)
+    if ended.code == "signed out":
+        return NeedsLogin(ended.message, "run `access login`, then the command again")
     return Denied(ended.message, again)
 
 
