@@ -497,13 +497,15 @@ def _cut_after(setup: Setup, grant_id: str, end: Callable[[], object]) -> tuple[
     async def main() -> tuple[float, str, list[str]]:
         messages: list[str] = []
         forwarder, reader, writer = await _open_live(setup, grant_id, report=messages.append)()
-        started = time.monotonic()
-        await asyncio.to_thread(end)
-        assert await asyncio.wait_for(reader.read(), 1.0) == b""  # the live channel is cut
-        elapsed = time.monotonic() - started
-        ended = await asyncio.wait_for(forwarder.ended, TIMEOUT)
-        writer.close()
-        await forwarder.aclose()
+        try:
+            started = time.monotonic()
+            await asyncio.to_thread(end)
+            assert await asyncio.wait_for(reader.read(), 1.0) == b""  # the live channel is cut
+            elapsed = time.monotonic() - started
+            ended = await asyncio.wait_for(forwarder.ended, TIMEOUT)
+        finally:
+            writer.close()
+            await forwarder.aclose()
         return elapsed, ended.code, messages
 
     result: tuple[float, str, list[str]] = run(main())
