@@ -66,7 +66,7 @@ class TunnelEnded:
     """Why the listener stopped: the grant ended (``code`` from the close frame or the refusal)."""
 
     message: str
-    code: str  # "expired" | "revoked" | "locked" | "forbidden" | ...
+    code: str  # "expired" | "revoked" | "locked" | "signed out" | "forbidden" | ...
 
 
 @dataclass

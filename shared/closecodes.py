@@ -1,7 +1,8 @@
 """Why the broker ended a tunnel, as the WebSocket close code and reason it sends.
 
-The codes are ``shared.wsframe``'s ``CLOSE_EXPIRED`` (4010), ``CLOSE_REVOKED`` (4011) and
-``CLOSE_LOCKED`` (4012), defined there beside the other close codes of the compiled frame
+The codes are ``shared.wsframe``'s ``CLOSE_EXPIRED`` (4010), ``CLOSE_REVOKED`` (4011),
+``CLOSE_LOCKED`` (4012) and ``CLOSE_SIGNED_OUT`` (4013, the sign-in session behind the tunnel
+ended: logout, refresh-token reuse, revoke), defined there beside the other close codes of the compiled frame
 layer; this module is the one table of what each means. The broker closes with
 :func:`grant_ended_close`; the CLI reads the close back with :func:`ended_why`. None of this is
 on the per-frame path: it runs once, when a tunnel ends.
@@ -11,7 +12,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from access.shared.wsframe import CLOSE_EXPIRED, CLOSE_LOCKED, CLOSE_REVOKED, GRANT_ENDED_CODES
+from access.shared.wsframe import (
+    CLOSE_EXPIRED,
+    CLOSE_LOCKED,
+    CLOSE_REVOKED,
+    CLOSE_SIGNED_OUT,
+    GRANT_ENDED_CODES,
+)
 
 __all__ = ["GRANT_ENDED_CLOSE", "GRANT_ENDED_CODES", "ended_why", "grant_ended_close"]
 
@@ -21,16 +28,20 @@ GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     "expired": (CLOSE_EXPIRED, "grant {grant} expired"),
     "revoked": (CLOSE_REVOKED, "grant {grant} was revoked"),
     "locked": (CLOSE_LOCKED, "grant {grant} ended: the account was locked out"),
+    "signed out": (CLOSE_SIGNED_OUT, "grant {grant} ended: its sign-in session ended; run `access login`"),
 }
 _WHY_BY_CODE: Final[dict[int, str]] = {code: why for why, (code, _) in GRANT_ENDED_CLOSE.items()}
 
 
 def grant_ended_close(why: str, grant_id: str) -> tuple[int, str]:
-    """The close code and reason for grant ``grant_id`` ended because ``why`` (expired, revoked, locked)."""
+    """The close code and reason for grant ``grant_id`` ended because ``why``.
+
+    ``why``: expired, revoked, locked, or signed out (the sign-in session behind the tunnel ended).
+    """
     code, reason = GRANT_ENDED_CLOSE.get(why, GRANT_ENDED_CLOSE["revoked"])
     return code, reason.format(grant=grant_id)
 
 
 def ended_why(code: int) -> str | None:
-    """``expired`` / ``revoked`` / ``locked`` for a grant-ended close code; None for any other code."""
+    """``expired`` / ``revoked`` / ``locked`` / ``signed out`` for a tunnel-ended close code, else None."""
     return _WHY_BY_CODE.get(code)

@@ -28,6 +28,7 @@ __all__ = [
     "CLOSE_POLICY",
     "CLOSE_PROTOCOL",
     "CLOSE_REVOKED",
+    "CLOSE_SIGNED_OUT",
     "CLOSE_TARGET",
     "CLOSE_TOO_BIG",
     "CLOSE_UNSUPPORTED",
@@ -71,7 +72,8 @@ CLOSE_TARGET = 4002  # the target closed the connection or failed
 CLOSE_EXPIRED = 4010
 CLOSE_REVOKED = 4011
 CLOSE_LOCKED = 4012
-GRANT_ENDED_CODES = frozenset({CLOSE_EXPIRED, CLOSE_REVOKED, CLOSE_LOCKED})
+CLOSE_SIGNED_OUT = 4013  # the sign-in session ended (logout, refresh-token reuse, revoke)
+GRANT_ENDED_CODES = frozenset({CLOSE_EXPIRED, CLOSE_REVOKED, CLOSE_LOCKED, CLOSE_SIGNED_OUT})
 
 MAX_CONTROL_PAYLOAD = 125
 # Frames we send carry whatever one read returned (uvloop reads at most 256 KiB); frames larger

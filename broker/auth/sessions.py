@@ -28,6 +28,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
 from access.broker.clock import Clock
 from access.broker.errors import Unauthenticated
+from access.broker.events.bus import SessionEnded
 from access.broker.runtime import Broker
 from access.broker.store import sessions
 from access.broker.store.principals import PrincipalRecord
@@ -35,6 +36,7 @@ from access.broker.store.principals import PrincipalRecord
 __all__ = [
     "TokenSet",
     "client_credentials",
+    "ended_sessions",
     "hash_token",
     "logout",
     "refresh",
@@ -171,6 +173,7 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
             )
     if reused:
         # Raised after commit: the revocation and its audit entry must stick.
+        broker.events.publish(SessionEnded(row.session_id, "refresh_reuse"))
         raise OAuthError("invalid_grant", "this refresh token was already used; the session is revoked")
     return TokenSet(access, expires_in, successor, row.session_id)
 
@@ -228,6 +231,7 @@ def logout(broker: Broker, ctx: AuthContext) -> None:
             target=f"session:{ctx.session_id}",
             details={"session_id": ctx.session_id},
         )
+    broker.events.publish(SessionEnded(ctx.session_id, "logout"))
 
 
 def revoke_token(broker: Broker, token: str) -> bool:
@@ -261,4 +265,16 @@ def revoke_token(broker: Broker, token: str) -> bool:
             target=f"session:{session_id}",
             details={"session_id": session_id},
         )
+    broker.events.publish(SessionEnded(session_id, "revoked"))
     return True
+
+
+def ended_sessions(broker: Broker, session_ids: list[str]) -> dict[str, str]:
+    """Which of ``session_ids`` were revoked, with the reason (``logout``, ``refresh_reuse``,
+    ``revoked``, ``principal_disabled``): one query for all of them. For the tunnel watcher.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        return sessions.revoked_reasons(conn, session_ids)

@@ -1,4 +1,4 @@
-"""Events about grants and principals that the tunnel layer subscribes to.
+"""Events about grants, sessions and principals that the tunnel layer subscribes to.
 
 Ending a grant is an event, not a call into one process's memory: today subscribers run in this
 process; with several replicas the same events will also arrive through PostgreSQL
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Event", "EventBus", "GrantDecided", "GrantEnded", "PrincipalLocked"]
+__all__ = ["Event", "EventBus", "GrantDecided", "GrantEnded", "PrincipalLocked", "SessionEnded"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,16 @@ class PrincipalLocked:
     principal_id: str
 
 
+@dataclass(frozen=True)
+class SessionEnded:
+    """A sign-in session was ended (published after commit by ``auth.sessions``): its tunnels close."""
+
+    session_id: str
+    reason: str  # "logout" | "refresh_reuse" | "revoked"
+
+
 # Every grant transition is a GrantDecided or a GrantEnded (grants.lifecycle publishes it after commit).
-Event = GrantDecided | GrantEnded | PrincipalLocked
+Event = GrantDecided | GrantEnded | PrincipalLocked | SessionEnded
 
 
 class EventBus:

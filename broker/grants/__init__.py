@@ -20,6 +20,7 @@ from access.broker.grants.queries import (
     list_grants,
     open_connection,
     open_for_tunnel,
+    watched_grants,
 )
 from access.broker.grants.requests import request_grant
 from access.broker.grants.revoke import end_grants_for_principal, revoke_grant
@@ -42,4 +43,5 @@ __all__ = [
     "open_for_tunnel",
     "request_grant",
     "revoke_grant",
+    "watched_grants",
 ]

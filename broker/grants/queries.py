@@ -40,6 +40,7 @@ __all__ = [
     "open_for_tunnel",
     "to_model",
     "visible",
+    "watched_grants",
 ]
 
 _LIST_LIMIT = 500
@@ -242,7 +243,19 @@ def _ask_again(record: GrantRecord) -> str:
 
 
 def grant_state(broker: Broker, grant_ids: Sequence[str]) -> dict[str, tuple[GrantState, datetime]]:
-    """Effective state and expiry of each known id (unknown ids are left out). For the tunnel watcher.
+    """Effective state and expiry of each known id (unknown ids are left out).
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    return {gid: (state, expires) for gid, (state, expires, _) in watched_grants(broker, grant_ids).items()}
+
+
+def watched_grants(
+    broker: Broker, grant_ids: Sequence[str]
+) -> dict[str, tuple[GrantState, datetime, str | None]]:
+    """Effective state, expiry and ended reason (``locked`` for a disabled principal's grants) of
+    each known id (unknown ids are left out). For the tunnel watcher.
 
     Raises:
         Unavailable: the database could not be reached.
@@ -250,4 +263,7 @@ def grant_state(broker: Broker, grant_ids: Sequence[str]) -> dict[str, tuple[Gra
     with broker.transaction() as conn:
         found = store.states(conn, grant_ids)
     now = broker.clock.now()
-    return {gid: (effective_state(state, expires, now), expires) for gid, (state, expires) in found.items()}
+    return {
+        gid: (effective_state(state, expires, now), expires, reason)
+        for gid, (state, expires, reason) in found.items()
+    }

@@ -97,16 +97,16 @@ def due_for_expiry(conn: sa.Connection, now: datetime, limit: int) -> list[Grant
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
 
-def states(conn: sa.Connection, grant_ids: Sequence[str]) -> dict[str, tuple[str, datetime]]:
-    """The state column and expiry of each known id (unknown ids are left out)."""
+def states(conn: sa.Connection, grant_ids: Sequence[str]) -> dict[str, tuple[str, datetime, str | None]]:
+    """The state column, expiry and ended reason of each known id (unknown ids are left out)."""
     ids = list(dict.fromkeys(grant_ids))
-    found: dict[str, tuple[str, datetime]] = {}
+    found: dict[str, tuple[str, datetime, str | None]] = {}
     for start in range(0, len(ids), _ID_BATCH):
-        query = sa.select(grants.c.id, grants.c.state, grants.c.expires_at).where(
+        query = sa.select(grants.c.id, grants.c.state, grants.c.expires_at, grants.c.ended_reason).where(
             grants.c.id.in_(ids[start : start + _ID_BATCH])
         )
         for row in conn.execute(query):
-            found[row.id] = (row.state, row.expires_at)
+            found[row.id] = (row.state, row.expires_at, row.ended_reason)
     return found
 
 

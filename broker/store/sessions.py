@@ -6,6 +6,7 @@ they changed a row, so two replicas racing on the same session or token cannot b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,8 +25,11 @@ __all__ = [
     "refresh_token",
     "revoke",
     "revoke_for_principal",
+    "revoked_reasons",
     "session_of_refresh_token",
 ]
+
+_ID_BATCH = 500  # ids per IN (...): well under every backend's bound-parameter limit
 
 _with_principal = sessions.join(principals, sessions.c.principal_id == principals.c.id)
 
@@ -109,6 +113,20 @@ def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, 
         .values(revoked_at=now, revoked_reason=reason)
     )
     return int(result.rowcount)
+
+
+def revoked_reasons(conn: sa.Connection, session_ids: Sequence[str]) -> dict[str, str]:
+    """The revoked ones among ``session_ids``, each with its ``revoked_reason`` (live and unknown
+    ids are left out). One query per 500 ids."""
+    ids = list(dict.fromkeys(session_ids))
+    found: dict[str, str] = {}
+    for start in range(0, len(ids), _ID_BATCH):
+        query = sa.select(sessions.c.id, sessions.c.revoked_reason).where(
+            sessions.c.id.in_(ids[start : start + _ID_BATCH]), sessions.c.revoked_at.is_not(None)
+        )
+        for row in conn.execute(query):
+            found[row.id] = row.revoked_reason or "revoked"
+    return found
 
 
 def refresh_token(conn: sa.Connection, token_hash: str) -> RefreshToken | None:

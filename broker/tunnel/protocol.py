@@ -136,6 +136,7 @@ class TunnelProtocol(MuxSession):
         self.connections: set[Any] = server_state.connections
         self.grant_id = ""
         self.principal_id: str | None = None
+        self.session_id: str | None = None
         self.client_address = "unknown"
         self.ctx: AuthContext | None = None
         self.grant: TunnelGrant | None = None
@@ -189,6 +190,10 @@ class TunnelProtocol(MuxSession):
             return
         self.ctx, self.grant = ctx, grant
         self.principal_id = grant.principal_id
+        # Indexed by session from here on: a logout, a refresh-token reuse or a revoke cuts it.
+        # An end that landed during the check above is caught by TunnelWatch's next poll.
+        self.session_id = ctx.session_id
+        registry_for(self.broker).add_session(self)
         if self._lost:
             self._maybe_finish()
             return
@@ -349,7 +354,8 @@ class TunnelProtocol(MuxSession):
     # -- cuts and the end ------------------------------------------------------------------
 
     def cut(self, why: str) -> None:
-        """End this tunnel because its grant ended (``why``: expired, revoked, locked)."""
+        """End this tunnel because its grant or sign-in session ended (``why``: expired, revoked,
+        locked, signed out)."""
         if not self.open:
             self._pending_cut = why  # the handshake is still running: it refuses at its next step
             return
@@ -385,6 +391,8 @@ class TunnelProtocol(MuxSession):
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:
     message = grant_ended_close(why, grant_id)[1]
+    if why == "signed out":
+        return Unauthenticated(message, hint="run `access login`")
     return Expired(message) if why == "expired" else Forbidden(message)
 
 

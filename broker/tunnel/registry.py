@@ -1,14 +1,17 @@
-"""Live tunnels of this broker process, by grant, and the three ways they are cut.
+"""Live tunnels of this broker process, by grant and by sign-in session, and the three ways they are cut.
 
 1. A timer at the grant's ``expires_at`` (server clock): the cut lands on time, not on a poll.
    The timer follows the grant's current expiry: when ``TunnelWatch`` reads a different
    ``expires_at`` (an extension, or a shortening), the timer moves, earlier or later.
-2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``): revokes and lock-outs decided in this
+2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``, ``SessionEnded``): revokes, lock-outs
+   and ended sign-in sessions (logout, refresh-token reuse, token revoke) decided in this
    process cut at once. Subscribers may be called from worker threads, so they only hand the
    work to the event loop (``call_soon_threadsafe``).
 3. ``TunnelWatch`` asks the database every ``grant_watch_interval`` (0.25 s) about the grants that
-   have live tunnels here, so an end decided by another process (``access-broker users
-   disable``, another replica) cuts within a second too.
+   have live tunnels here, and about the sessions behind them (one query each), so an end
+   decided by another process (``access-broker users disable``, a logout on another replica)
+   cuts within a second too. The why comes from the database's reasons: a grant ended
+   ``locked`` and a session revoked because its principal was disabled cut as ``locked``.
 
 The registry also drives the heartbeat: idle connections are pinged and half-open ones closed.
 """
@@ -22,7 +25,7 @@ import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from access.broker.events.bus import Event, GrantEnded, PrincipalLocked
+from access.broker.events.bus import Event, GrantEnded, PrincipalLocked, SessionEnded
 from access.broker.loops import Loop
 from access.shared.models import GrantState
 
@@ -44,6 +47,7 @@ class Tunnel(Protocol):
 
     grant_id: str
     principal_id: str | None
+    session_id: str | None  # known once the token is verified
 
     def cut(self, why: str) -> None: ...
 
@@ -55,6 +59,7 @@ class TunnelRegistry:
         self.broker = broker
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_grant: dict[str, set[Tunnel]] = {}
+        self._by_session: dict[str, set[Tunnel]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._expiries: dict[str, datetime] = {}  # the expiry each timer is set for
         self._unsubscribe = broker.events.subscribe(self._on_event)
@@ -65,11 +70,19 @@ class TunnelRegistry:
     def grant_ids(self) -> list[str]:
         return list(self._by_grant)
 
+    def session_ids(self) -> list[str]:
+        return list(self._by_session)
+
     def add(self, tunnel: Tunnel) -> None:
         """Track ``tunnel`` under the grant it asked for, before that grant is even checked:
         an end that lands while the check runs is then not missed."""
         self.loop = asyncio.get_running_loop()
         self._by_grant.setdefault(tunnel.grant_id, set()).add(tunnel)
+
+    def add_session(self, tunnel: Tunnel) -> None:
+        """Track ``tunnel`` under its sign-in session too, once its token has told which one."""
+        if tunnel.session_id is not None and tunnel in self._by_grant.get(tunnel.grant_id, ()):
+            self._by_session.setdefault(tunnel.session_id, set()).add(tunnel)
 
     def schedule_expiry(self, grant: TunnelGrant) -> None:
         """Cut every tunnel of ``grant`` at its expiry (one timer per grant, at its latest expiry)."""
@@ -97,6 +110,12 @@ class TunnelRegistry:
         self._expiries[grant_id] = expires_at
 
     def remove(self, tunnel: Tunnel) -> None:
+        if tunnel.session_id is not None:
+            of_session = self._by_session.get(tunnel.session_id)
+            if of_session is not None:
+                of_session.discard(tunnel)
+                if not of_session:
+                    del self._by_session[tunnel.session_id]
         tunnels = self._by_grant.get(tunnel.grant_id)
         if tunnels is None:
             return
@@ -111,6 +130,11 @@ class TunnelRegistry:
     def cut_grant(self, grant_id: str, why: str) -> None:
         """Cut every live tunnel of ``grant_id`` (``why``: expired, revoked or locked)."""
         for tunnel in list(self._by_grant.get(grant_id, ())):
+            tunnel.cut(why)
+
+    def cut_session(self, session_id: str, why: str) -> None:
+        """Cut every live tunnel opened with sign-in session ``session_id`` (``why``: signed out, locked)."""
+        for tunnel in list(self._by_session.get(session_id, ())):
             tunnel.cut(why)
 
     def cut_principal(self, principal_id: str, why: str) -> None:
@@ -133,6 +157,8 @@ class TunnelRegistry:
                 loop.call_soon_threadsafe(self.cut_grant, event.grant_id, event.reason)
             elif isinstance(event, PrincipalLocked):
                 loop.call_soon_threadsafe(self.cut_principal, event.principal_id, "locked")
+            elif isinstance(event, SessionEnded):
+                loop.call_soon_threadsafe(self.cut_session, event.session_id, "signed out")
 
     def close(self) -> None:
         self._unsubscribe()
@@ -157,9 +183,21 @@ def registry_for(broker: Broker) -> TunnelRegistry:
 _ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", GrantState.DENIED: "revoked"}
 
 
+def _grant_why(state: GrantState, ended_reason: str | None) -> str:
+    """How to cut a tunnel whose grant the database shows ended: a disabled principal's grants
+    are stored revoked with ``ended_reason`` "locked", and cut as locked (4012), not revoked."""
+    if state == GrantState.REVOKED and ended_reason == "locked":
+        return "locked"
+    return _ENDED_WHY[state]
+
+
+def _session_why(revoked_reason: str) -> str:
+    return "locked" if revoked_reason == "principal_disabled" else "signed out"
+
+
 class TunnelWatch(Loop):
-    """Every ``grant_watch_interval``: cut tunnels whose grant another process ended, move expiry
-    timers to the grants' current ``expires_at``; ping idle ones.
+    """Every ``grant_watch_interval``: cut tunnels whose grant or sign-in session another process
+    ended, move expiry timers to the grants' current ``expires_at``; ping idle ones.
 
     While the database cannot be read the loop backs off (expiry timers and in-process events
     keep cutting meanwhile); the heartbeat goes on, since it needs no database.
@@ -174,8 +212,9 @@ class TunnelWatch(Loop):
         self.next_heartbeat: float | None = None
 
     async def tick(self) -> None:
-        """Raises: Unavailable: the grants' states could not be read."""
-        from access.broker.grants import grant_state
+        """Raises: Unavailable: the grants' or sessions' states could not be read."""
+        from access.broker.auth.sessions import ended_sessions
+        from access.broker.grants import watched_grants
 
         loop = asyncio.get_running_loop()
         self.registry.loop = loop
@@ -187,9 +226,15 @@ class TunnelWatch(Loop):
         ids = self.registry.grant_ids()
         if not ids:
             return
-        states = await asyncio.to_thread(grant_state, self.broker, ids)
-        for grant_id, (state, expires_at) in states.items():
+        states = await asyncio.to_thread(watched_grants, self.broker, ids)
+        for grant_id, (state, expires_at, ended_reason) in states.items():
             if state in _ENDED_WHY:
-                self.registry.cut_grant(grant_id, _ENDED_WHY[state])
+                self.registry.cut_grant(grant_id, _grant_why(state, ended_reason))
             else:
                 self.registry.follow_expiry(grant_id, expires_at)
+        session_ids = self.registry.session_ids()
+        if not session_ids:
+            return
+        ended = await asyncio.to_thread(ended_sessions, self.broker, session_ids)
+        for session_id, reason in ended.items():
+            self.registry.cut_session(session_id, _session_why(reason))

@@ -25,7 +25,15 @@ import typer
 
 from access.cli import render
 from access.cli.context import OutputOption, client
-from access.cli.errors import CliError, CommandNotFound, Denied, Expired, NotExecutable, UsageError
+from access.cli.errors import (
+    CliError,
+    CommandNotFound,
+    Denied,
+    Expired,
+    NeedsLogin,
+    NotExecutable,
+    UsageError,
+)
 from access.cli.render import Output
 from access.shared.durations import format_duration
 
@@ -102,6 +110,8 @@ def _ended_error(ended: TunnelEnded, grant: Grant) -> CliError:
     )
     if ended.code == "expired":
         return Expired(ended.message, again)
+    if ended.code == "signed out":
+        return NeedsLogin(ended.message, "run `access login`, then the command again")
     return Denied(ended.message, again)
 
 

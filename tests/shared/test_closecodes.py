@@ -14,6 +14,7 @@ from access.shared.wsframe import CLOSE_NORMAL, CLOSE_PROTOCOL
         ("expired", 4010, "grant g-1 expired"),
         ("revoked", 4011, "grant g-1 was revoked"),
         ("locked", 4012, "grant g-1 ended: the account was locked out"),
+        ("signed out", 4013, "grant g-1 ended: its sign-in session ended; run `access login`"),
     ],
 )
 def test_each_end_has_its_code_and_reason_and_reads_back(why: str, code: int, reason: str) -> None:
@@ -26,7 +27,7 @@ def test_an_unknown_why_closes_as_revoked() -> None:
     assert grant_ended_close("something new", "g-2") == (4011, "grant g-2 was revoked")
 
 
-@pytest.mark.parametrize("code", [CLOSE_NORMAL, CLOSE_PROTOCOL, 4000, 4013])
+@pytest.mark.parametrize("code", [CLOSE_NORMAL, CLOSE_PROTOCOL, 4000, 4014])
 def test_other_codes_are_not_grant_ends(code: int) -> None:
     assert ended_why(code) is None
     assert code not in GRANT_ENDED_CODES

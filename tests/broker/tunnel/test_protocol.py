@@ -23,7 +23,9 @@ import uvloop
 
 from access.broker import grants
 from access.broker.app import create_app
-from access.broker.auth import sessions, tokens
+from access.broker.auth import identity, sessions, tokens
+from access.broker.auth.sessions import revoke_session
+from access.broker.auth.tokens import OAuthError
 from access.broker.clock import SystemClock
 from access.broker.runtime import Broker
 from access.broker.server import protocols
@@ -82,10 +84,22 @@ class Setup:
     url: str
     target: RecordingTarget
     tokens: dict[str, str] = field(default_factory=dict)
+    refresh_tokens: dict[str, str] = field(default_factory=dict)
+    make_broker: Callable[..., Broker] | None = None
 
     def grant(self, user: str = "alice", service: str = "svc-echo", ttl: str = "5m") -> str:
         ctx = tokens.authenticate(self.broker, self.tokens[user])
         return grants.request_grant(self.broker, ctx, GrantRequest(service=service, scope="read", ttl=ttl)).id
+
+    def other_process(self) -> Broker:
+        """Another broker object on the same database: what it decides reaches this one's
+        tunnels only through the database (its event bus is its own)."""
+        assert self.make_broker is not None
+        return self.make_broker(
+            db_url=str(self.broker.settings.database_url),
+            policy=_policy(self.target.port, 1),
+            clock=SystemClock(),
+        )
 
     def endpoint(self, grant_id: str, user: str = "alice", token: str | None = None) -> BrokerEndpoint:
         value = token if token is not None else self.tokens[user]
@@ -140,10 +154,12 @@ def setup(make_broker: Callable[..., Broker], wrap_app: Callable[[Any], Any]) ->
     target = RecordingTarget()
     threading.Thread(target=target.serve_forever, daemon=True).start()
     broker = make_broker(policy=_policy(target.port, _free_port()), clock=SystemClock())
-    tokens_by_user = {}
+    tokens_by_user, refresh_by_user = {}, {}
     for name in ("alice", "bob"):
         user = add_user(broker, name, ("sre",))
-        tokens_by_user[name] = login(broker, user).access_token
+        token_set = login(broker, user)
+        tokens_by_user[name] = token_set.access_token
+        refresh_by_user[name] = token_set.refresh_token or ""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -163,7 +179,7 @@ def setup(make_broker: Callable[..., Broker], wrap_app: Callable[[Any], Any]) ->
         assert thread.is_alive() and time.monotonic() < deadline, "the broker did not start"
         time.sleep(0.01)
     try:
-        yield Setup(broker, f"http://127.0.0.1:{port}", target, tokens_by_user)
+        yield Setup(broker, f"http://127.0.0.1:{port}", target, tokens_by_user, refresh_by_user, make_broker)
     finally:
         server.should_exit = True
         thread.join(TIMEOUT)
@@ -497,25 +513,89 @@ def test_local_connections_are_channels_of_one_websocket(setup: Setup) -> None:
     assert setup.target.accepted == 3
 
 
+def _cut_after(setup: Setup, grant_id: str, end: Callable[[], object]) -> tuple[float, str, list[str]]:
+    """Open a live channel, run ``end`` (in a worker thread), and wait at most a second for the
+    cut; return how long it took, the Forwarder's end code and what it reported."""
+
+    async def main() -> tuple[float, str, list[str]]:
+        messages: list[str] = []
+        forwarder, reader, writer = await _open_live(setup, grant_id, report=messages.append)()
+        try:
+            started = time.monotonic()
+            await asyncio.to_thread(end)
+            assert await asyncio.wait_for(reader.read(), 1.0) == b""  # the live channel is cut
+            elapsed = time.monotonic() - started
+            ended = await asyncio.wait_for(forwarder.ended, TIMEOUT)
+        finally:
+            writer.close()
+            await forwarder.aclose()
+        return elapsed, ended.code, messages
+
+    result: tuple[float, str, list[str]] = run(main())
+    return result
+
+
+def _refresh_reuse(setup: Setup) -> None:
+    first = setup.refresh_tokens["alice"]
+    sessions.refresh(setup.broker, first, "access-cli")
+    with pytest.raises(OAuthError):
+        sessions.refresh(setup.broker, first, "access-cli")  # used twice: the session is revoked
+
+
+@pytest.mark.parametrize("how", ["logout", "refresh-token reuse", "revoked by another process"])
+def test_ending_the_session_cuts_its_live_channel_within_a_second(setup: Setup, how: str) -> None:
+    grant_id = setup.grant()
+    ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+    ends: dict[str, Callable[[], object]] = {
+        "logout": lambda: sessions.logout(setup.broker, ctx),
+        "refresh-token reuse": lambda: _refresh_reuse(setup),
+        # The poll path: another broker object revokes (RFC 7009); only the database knows.
+        "revoked by another process": lambda: sessions.revoke_token(
+            setup.other_process(), setup.refresh_tokens["alice"]
+        ),
+    }
+
+    elapsed, code, messages = _cut_after(setup, grant_id, ends[how])
+    assert elapsed < 1.0, f"cut {elapsed:.2f}s after the session ended"
+    assert code == "signed out"
+    assert any("sign-in session ended" in m and "access login" in m for m in messages), messages
+    _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 1, "connection.close")
+    assert audit_rows(setup.broker, "connection.close")[0]["details"]["why"] == "signed out"
+
+
+@pytest.mark.parametrize("where", ["this process", "another process"])
+def test_disabling_the_user_closes_with_locked(setup: Setup, where: str) -> None:
+    """docs/tunnel.md promises 4012 "locked" for a disabled account, also when the disable is
+    seen through the database (``access-broker users disable`` is another process)."""
+    grant_id = setup.grant()
+    broker = setup.broker if where == "this process" else setup.other_process()
+    elapsed, code, messages = _cut_after(
+        setup, grant_id, lambda: identity.disable_principal(broker, "alice", "admin:root")
+    )
+    assert elapsed < 1.0, elapsed
+    assert code == "locked"  # read back from close code 4012
+    assert any("locked" in m for m in messages), messages
+    _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 1, "connection.close")
+    assert audit_rows(setup.broker, "connection.close")[0]["details"]["why"] == "locked"
+
+
 def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
     grant_id = setup.grant()
+    ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+    with setup.broker.transaction() as conn:
+        # Signed out behind the broker's back (no event, and before the tunnel opens).
+        assert revoke_session(conn, setup.broker.clock, ctx.session_id, "logout")
 
     async def main() -> list[str]:
         messages: list[str] = []
-        forwarder, reader, writer = await _open_live(setup, grant_id, report=messages.append)()
-        ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
-        await asyncio.to_thread(sessions.logout, setup.broker, ctx)
-        # The live channel carries on (only the grant's end cuts it) ...
-        writer.write(b"more")
-        assert await reader.readexactly(4) == b"more"
-        # ... but a new one on the same WebSocket is refused: the sign-in session is checked again.
-        reader2, writer2 = await asyncio.open_connection("127.0.0.1", forwarder.port)
-        assert await reader2.read() == b""
+        forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append)
+        _, port = await forwarder.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.read() == b""
         writer.close()
-        writer2.close()
         await forwarder.aclose()
         return messages
 
     messages = run(main())
-    assert any("signed out" in m for m in messages), messages
-    assert setup.target.accepted == 1
+    assert messages, "the refusal was not reported"
+    assert setup.target.accepted == 0

@@ -28,6 +28,7 @@ class FakeTunnel:
 
     grant_id: str
     principal_id: str | None
+    session_id: str | None = None
     cuts: list[tuple[str, float]] = field(default_factory=list)
     cut_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -44,17 +45,17 @@ def broker(make_broker: Callable[..., Broker], db_url: str) -> Broker:
     return make_broker(db_url=db_url)
 
 
-def live_grant(broker: Broker, ttl: str = "30m") -> grants.TunnelGrant:
+def live_grant(broker: Broker, ttl: str = "30m", name: str = "alice") -> grants.TunnelGrant:
     principal_id = str(uuid.uuid4())
     with broker.transaction() as conn:
         conn.execute(
             principals.insert().values(
-                id=principal_id, name="alice", kind="user", groups=["sre"], created_at=broker.clock.now()
+                id=principal_id, name=name, kind="user", groups=["sre"], created_at=broker.clock.now()
             )
         )
     ctx = AuthContext(
         principal_id=principal_id,
-        name="alice",
+        name=name,
         kind="user",
         groups=("sre",),
         session_id="s-test",
@@ -147,3 +148,60 @@ def test_a_second_tunnel_of_the_same_grant_keeps_one_timer(broker: Broker) -> No
         assert timer.cancelled()
 
     asyncio.run(main())
+
+
+def test_a_grant_ended_locked_in_the_store_is_cut_as_locked(broker: Broker) -> None:
+    """``access-broker users disable`` runs in another process: the watch sees a grant stored as
+    revoked with ended_reason "locked", and must cut it as locked (4012), not revoked (4011)."""
+    grant = live_grant(broker)
+    with broker.transaction() as conn:
+        conn.execute(
+            grants_table.update()
+            .where(grants_table.c.id == grant.grant_id)
+            .values(state="revoked", ended_reason="locked", ended_at=broker.clock.now())
+        )
+
+    async def main() -> list[str]:
+        registry = registry_for(broker)
+        tunnel = FakeTunnel(grant.grant_id, grant.principal_id)
+        registry.add(tunnel)
+        await TunnelWatch(broker).tick()
+        registry.remove(tunnel)
+        return [why for why, _ in tunnel.cuts]
+
+    assert asyncio.run(main()) == ["locked"]
+
+
+@pytest.mark.parametrize(("reason", "why"), [("logout", "signed out"), ("principal_disabled", "locked")])
+def test_a_session_revoked_in_the_store_cuts_its_tunnels(broker: Broker, reason: str, why: str) -> None:
+    from access.broker.store import sessions
+
+    grant = live_grant(broker)
+    other = live_grant(broker, name="bob")  # another session's tunnel: untouched
+    with broker.transaction() as conn:
+        for session_id in ("s-live", "s-ended"):
+            sessions.insert(
+                conn,
+                session_id=session_id,
+                principal_id=grant.principal_id,
+                client_id="access-cli",
+                created_at=broker.clock.now(),
+                expires_at=broker.clock.now() + timedelta(hours=1),
+            )
+        assert sessions.revoke(conn, "s-ended", broker.clock.now(), reason)
+
+    async def main() -> tuple[list[str], list[str]]:
+        registry = registry_for(broker)
+        ended = FakeTunnel(grant.grant_id, grant.principal_id, session_id="s-ended")
+        live = FakeTunnel(other.grant_id, other.principal_id, session_id="s-live")
+        for tunnel in (ended, live):
+            registry.add(tunnel)
+            registry.add_session(tunnel)
+        assert sorted(registry.session_ids()) == ["s-ended", "s-live"]
+        await TunnelWatch(broker).tick()
+        for tunnel in (ended, live):
+            registry.remove(tunnel)
+        assert registry.session_ids() == []
+        return [w for w, _ in ended.cuts], [w for w, _ in live.cuts]
+
+    assert asyncio.run(main()) == ([why], [])
