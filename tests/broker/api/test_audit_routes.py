@@ -80,8 +80,10 @@ async def test_request_list_get_revoke(
     assert (await client.get("/v1/grants", headers=alice)).json() == []
     every = (await client.get("/v1/grants", params={"all": "true"}, headers=alice)).json()
     assert [(g["id"], g["state"]) for g in every] == [(grant.id, "revoked")]
+    # Revoking an ended grant answers it as it is: 200, unchanged (issue 9: idempotent revoke).
     again = await client.post(f"/v1/grants/{grant.id}/revoke", headers=alice)
-    assert (again.status_code, again.json()["error"]["code"]) == (409, "conflict")
+    assert (again.status_code, again.json()["state"]) == (200, "revoked")
+    assert again.json()["ended_at"] == revoked.json()["ended_at"]
 
 
 @pytest.mark.parametrize(
