@@ -210,6 +210,23 @@ def _wait_for(predicate: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
+def _one_refused_connection(setup: Setup, grant_id: str) -> list[str]:
+    """Open one local connection through a new Forwarder, see it closed, return what was reported."""
+
+    async def main() -> list[str]:
+        messages: list[str] = []
+        forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append)
+        _, port = await forwarder.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await reader.read() == b""
+        writer.close()
+        await forwarder.aclose()
+        return messages
+
+    result: list[str] = run(main())
+    return result
+
+
 def test_bytes_flow_both_ways_and_each_connection_is_audited(setup: Setup) -> None:
     grant_id = setup.grant()
     payload = os.urandom(3 * 1024 * 1024 + 17)
@@ -391,17 +408,7 @@ def test_an_end_decided_by_another_process_is_seen_by_the_watcher(setup: Setup) 
 def test_unreachable_target_closes_the_local_connection_with_a_message(setup: Setup) -> None:
     grant_id = setup.grant(service="svc-dead")
 
-    async def main() -> list[str]:
-        messages: list[str] = []
-        forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append)
-        _, port = await forwarder.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await reader.read() == b""
-        writer.close()
-        await forwarder.aclose()
-        return messages
-
-    messages = run(main())
+    messages = _one_refused_connection(setup, grant_id)
     assert any("svc-dead did not answer" in m for m in messages), messages
     _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 1, "connection.close")
     closed = audit_rows(setup.broker, "connection.close")[0]["details"]
@@ -586,16 +593,6 @@ def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
         # Signed out behind the broker's back (no event, and before the tunnel opens).
         assert revoke_session(conn, setup.broker.clock, ctx.session_id, "logout")
 
-    async def main() -> list[str]:
-        messages: list[str] = []
-        forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append)
-        _, port = await forwarder.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        assert await reader.read() == b""
-        writer.close()
-        await forwarder.aclose()
-        return messages
-
-    messages = run(main())
+    messages = _one_refused_connection(setup, grant_id)
     assert messages, "the refusal was not reported"
     assert setup.target.accepted == 0
