@@ -436,8 +436,34 @@ class BrokerClient:
         return self._parse(list[ServiceInfo], self._api("GET", "/v1/services"))
 
     def request_grant(self, service: str, scope: str, ttl: str, reason: str = "") -> Grant:
+        """Ask for a grant. A service the broker does not know gets "did you mean" (see below).
+
+        Raises:
+            NotFound: no such service; the hint names the likeliest of those you may request.
+        """
         request = GrantRequest(service=service, scope=scope, ttl=ttl, reason=reason)
-        return self._parse(Grant, self._api("POST", "/v1/grants", body=request.model_dump(mode="json")))
+        try:
+            data = self._api("POST", "/v1/grants", body=request.model_dump(mode="json"))
+        except NotFound as exc:
+            raise self._unknown_service(exc, service) from None
+        return self._parse(Grant, data)
+
+    def _unknown_service(self, exc: NotFound, service: str) -> NotFound:
+        """``exc`` with "did you mean" from ``access services``: never a name this user cannot list."""
+        from access.shared.clihelp import close_matches
+        from access.shared.terminal import name as shown_name
+
+        if exc.code != "not_found":
+            return exc  # not the broker's answer (a wrong URL): nothing to suggest
+        try:
+            names = [item.name for item in self.services()]
+        except CliError:
+            return exc
+        matches = close_matches(service, names)
+        if not matches:
+            return exc
+        shown = " or ".join(f"`{shown_name(match)}`" for match in matches)
+        return NotFound(exc.message, f"did you mean {shown}? see `access services`", code=exc.code)
 
     def list_grants(self, include_ended: bool = False) -> list[Grant]:
         params = {"all": "true"} if include_ended else None

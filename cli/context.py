@@ -13,9 +13,10 @@ command against the broker's ASGI app in-process, on the broker's fake clock.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from access.cli.client import BrokerClient
 
-__all__ = ["Globals", "Output", "OutputOption", "client", "globals_of"]
+__all__ = ["GLOBAL_PANEL", "Globals", "Output", "OutputOption", "client", "global_options", "globals_of"]
 
 OutputOption = Annotated[
     Output,
@@ -42,6 +43,7 @@ class Globals:
     broker: str | None = None
     ca_file: str | None = None
     insecure: bool = False
+    output: Output | None = None  # `access -o json COMMAND`: the command's -o unless it has its own
     transport: httpx.BaseTransport | None = None
     now: Callable[[], float] | None = None
 
@@ -77,3 +79,47 @@ def client(
     )
     ctx.call_on_close(made.close)
     return made
+
+
+# -- the global options, accepted after the command too: `access grants --broker URL` ------------
+
+GLOBAL_PANEL = "Global options"
+
+
+def _keep(name: str) -> Callable[[typer.Context, Any], None]:
+    def keep(ctx: typer.Context, value: Any) -> None:
+        if value:  # not given: what the root options (or their environment variables) said stays
+            setattr(globals_of(ctx), name, value)
+
+    return keep
+
+
+def _inherited(flag: str, field: str, text: str, metavar: str | None = None) -> Any:
+    return typer.Option(
+        flag,
+        metavar=metavar,
+        help=f"{text} (as before the command)",
+        callback=_keep(field),
+        expose_value=False,
+        rich_help_panel=GLOBAL_PANEL,
+    )
+
+
+def _holder(
+    broker: Annotated[str | None, _inherited("--broker", "broker", "Broker URL", "URL")] = None,
+    ca_file: Annotated[str | None, _inherited("--ca-file", "ca_file", "PEM CA bundle", "FILE")] = None,
+    insecure: Annotated[bool, _inherited("--insecure", "insecure", "Allow plain http://")] = False,
+) -> None:
+    """Holds the global options that every command accepts after its name too."""
+
+
+@functools.cache
+def _inherited_params() -> tuple[Any, ...]:
+    holder = typer.Typer(add_completion=False)
+    holder.command()(_holder)
+    return tuple(typer.main.get_command(holder).params)
+
+
+def global_options(taken: set[str]) -> list[Any]:
+    """The root's --broker, --ca-file and --insecure for a command, less those it has its own of."""
+    return [param for param in _inherited_params() if not taken & set(param.opts)]

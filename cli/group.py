@@ -5,6 +5,10 @@ Every subcommand lives in a module that is imported only when that command runs 
 imports no command module at all: the listing uses the one-line summaries below. A command
 whose module is missing from this installation fails with a clear error instead of breaking
 the whole CLI.
+
+Each command's help ends with its examples (below, beside its summary), names values as
+argparse does (access.shared.clihelp), and accepts the global options after its name too:
+``access grants -o json --broker URL`` is ``access -o json --broker URL grants``.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from access.cli import render
-from access.cli.errors import CliError
+from access.cli.errors import CliError, UsageError
+from access.shared.clihelp import HelpfulGroup, examples, tidy
 
-__all__ = ["COMMANDS", "EXEC_CONTEXT", "AccessGroup", "LazyCommand", "load_command"]
+__all__ = ["COMMANDS", "EXEC_CONTEXT", "AccessCommand", "AccessGroup", "LazyCommand", "load_command"]
 
 # `access exec SERVICE [options] -- COMMAND ARGS...`: after `--` everything goes to COMMAND,
 # and its own options (psql -c ...) are never taken for ours.
@@ -32,6 +37,9 @@ class LazyCommand:
     attr: str
     summary: str
     context_settings: dict[str, Any] = field(default_factory=dict)
+    examples: tuple[str, ...] = ()
+    usage: str | None = None  # the usage line after the command's name, when typer's would mislead
+    global_options: bool = True  # False: the command talks to no broker (--broker would be ignored)
 
 
 _AUTH, _GRANTS, _TUNNEL = (
@@ -42,23 +50,133 @@ _AUTH, _GRANTS, _TUNNEL = (
 
 # The command index, in the order `access --help` lists it.
 COMMANDS: dict[str, LazyCommand] = {
-    "login": LazyCommand(_AUTH, "login", "Sign in (device flow, or --client-id for service accounts)."),
-    "logout": LazyCommand(_AUTH, "logout", "Sign out on the broker and delete the local tokens."),
-    "whoami": LazyCommand(_AUTH, "whoami", "Show who you are signed in as, and your groups."),
-    "services": LazyCommand(_GRANTS, "services", "List services you may request: kind, scopes, max TTL."),
-    "request": LazyCommand(_GRANTS, "request", "Ask for a time-limited grant on a service."),
-    "grants": LazyCommand(_GRANTS, "grants", "List your grants with state and time left."),
-    "revoke": LazyCommand(_GRANTS, "revoke", "End a grant now; live connections are cut."),
-    "connect": LazyCommand(_TUNNEL, "connect", "Forward a local port to a service through the broker."),
+    "login": LazyCommand(
+        _AUTH,
+        "login",
+        "Sign in (device flow, or --client-id for service accounts).",
+        examples=(
+            "access login --broker https://access.example.com",
+            "# a pipeline, as a service account:",
+            "access login --client-id ci-deploy --client-secret-file /run/secrets/access",
+        ),
+    ),
+    "logout": LazyCommand(
+        _AUTH, "logout", "Sign out on the broker and delete the local tokens.", examples=("access logout",)
+    ),
+    "whoami": LazyCommand(
+        _AUTH,
+        "whoami",
+        "Show who you are signed in as, and your groups.",
+        examples=("access whoami", "access whoami -o json"),
+    ),
+    "services": LazyCommand(
+        _GRANTS,
+        "services",
+        "List services you may request: kind, scopes, max TTL.",
+        examples=("access services", "access services -o json"),
+    ),
+    "request": LazyCommand(
+        _GRANTS,
+        "request",
+        "Ask for a time-limited grant on a service.",
+        examples=(
+            "access request payments-db -s read -t 1h -r INC-123",
+            "access request payments-db -s write -t 15m -r 'CHG-42 schema fix' -o json",
+        ),
+    ),
+    "grants": LazyCommand(
+        _GRANTS,
+        "grants",
+        "List your grants with state and time left.",
+        examples=("access grants", "access grants --all -o json"),
+    ),
+    "revoke": LazyCommand(
+        _GRANTS,
+        "revoke",
+        "End a grant now; live connections are cut.",
+        examples=("access revoke g-3f9c2a71d04be886",),
+    ),
+    "connect": LazyCommand(
+        _TUNNEL,
+        "connect",
+        "Forward a local port to a service through the broker.",
+        examples=(
+            "access connect payments-db -s read -t 1h -r INC-123",
+            "access connect cache -p 6380 &",
+            "# scripts: one JSON line with the address, then it keeps running",
+            "access connect payments-db -o json | head -1",
+        ),
+    ),
     "exec": LazyCommand(
-        _TUNNEL, "exec_command", "Run a command with a tunnel to a service (-- CMD ARGS).", EXEC_CONTEXT
+        _TUNNEL,
+        "exec_command",
+        "Run a command with a tunnel to a service (-- CMD ARGS).",
+        EXEC_CONTEXT,
+        examples=(
+            "access exec payments-db -r INC-123 -- psql -c 'select 1'",
+            "access exec cache -s write -t 10m -- redis-cli ping",
+        ),
+        usage="[OPTIONS] SERVICE -- COMMAND...",
     ),
-    "env": LazyCommand(_TUNNEL, "env", "Print a service's connection variables as exports."),
+    "env": LazyCommand(
+        _TUNNEL,
+        "env",
+        "Print a service's connection variables as exports.",
+        examples=("access connect payments-db &", 'eval "$(access env payments-db)"; psql'),
+    ),
     "audit": LazyCommand(
-        "access.cli.commands.audit", "audit", "Show audit ledger entries (if policy lets you)."
+        "access.cli.commands.audit",
+        "audit",
+        "Show audit ledger entries (if policy lets you).",
+        examples=(
+            "access audit --since 1h",
+            "access audit --service payments-db --actor alice -n 20",
+            "access audit --since 2026-01-31T09:00 -o json",
+        ),
     ),
-    "demo": LazyCommand("access.cli.demo", "demo", "Run the whole loop against a throwaway broker."),
+    "demo": LazyCommand(
+        "access.cli.demo",
+        "demo",
+        "Run the whole loop against a throwaway broker.",
+        examples=("access demo", "access demo --keep"),
+        global_options=False,
+    ),
+    "completion": LazyCommand(
+        "access.cli.commands.completion",
+        "completion",
+        "Print a shell completion script (bash, zsh or fish).",
+        examples=(
+            "source <(access completion bash)        # in ~/.bashrc",
+            'access completion zsh > "${fpath[1]}/_access"',
+            "access completion fish > ~/.config/fish/completions/access.fish",
+        ),
+        global_options=False,
+    ),
 }
+
+
+class AccessCommand(TyperCommand):
+    """A subcommand: a usage line that may be spelled out, and the root's ``-o`` as its default."""
+
+    usage: str | None = None
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.usage] if self.usage else super().collect_usage_pieces(ctx)
+
+    def invoke(self, ctx: Any) -> Any:
+        from typer._click.core import ParameterSource
+
+        from access.cli.context import globals_of
+
+        wanted = globals_of(ctx).output
+        if wanted is not None:
+            if "output" not in ctx.params:
+                raise UsageError(
+                    f"`access {ctx.info_name}` has no -o/--output", f"run `access {ctx.info_name}` without it"
+                )
+            if ctx.get_parameter_source("output") in (ParameterSource.DEFAULT, None):
+                ctx.params["output"] = wanted  # `access -o json grants`; `grants -o text` still wins
+        return super().invoke(ctx)
 
 
 def _unavailable(name: str, spec: LazyCommand, reason: str) -> TyperCommand:
@@ -83,11 +201,24 @@ def load_command(name: str, spec: LazyCommand) -> Any:
     if function is None:
         return _unavailable(name, spec, f"{spec.module} has no {spec.attr}")
     single = typer.Typer(add_completion=False)
-    single.command(name, context_settings=dict(spec.context_settings) or None)(function)
-    return typer.main.get_command(single)
+    single.command(
+        name,
+        cls=AccessCommand,
+        context_settings=dict(spec.context_settings) or None,
+        epilog=examples(*spec.examples) if spec.examples else None,
+    )(function)
+    command: AccessCommand = typer.main.get_command(single)  # type: ignore[assignment]
+    command.usage = spec.usage
+    if spec.global_options:
+        from access.cli.context import global_options
+
+        taken = {opt for param in command.params for opt in param.opts}
+        command.params.extend(global_options(taken))
+    tidy(command)
+    return command
 
 
-class AccessGroup(TyperGroup):
+class AccessGroup(HelpfulGroup):
     """Lazy subcommands, and the one place a :class:`CliError` becomes a message and an exit code."""
 
     def list_commands(self, ctx: Any) -> list[str]:

@@ -13,10 +13,23 @@ import typer
 
 from access.cli.context import Globals
 from access.cli.group import AccessGroup
+from access.cli.render import Output
+from access.shared.clihelp import examples
 
 __all__ = ["app", "main"]
 
-EPILOG = """Exit codes:
+EXAMPLES = examples(
+    "access login --broker https://access.example.com",
+    "access services",
+    "access exec payments-db -t 1h -r INC-123 -- psql",
+    "access grants -o json",
+)
+
+EPILOG = (
+    EXAMPLES
+    + """
+
+Exit codes:
   0 ok
   1 error
   2 usage: a bad flag, TTL or name
@@ -30,6 +43,7 @@ EPILOG = """Exit codes:
   127 `access exec`: no such program (no grant asked for)
 
 Environment: ACCESS_BROKER_URL, ACCESS_CA_FILE, ACCESS_TOKEN (overrides stored tokens), NO_COLOR."""
+)
 
 app = typer.Typer(
     name="access",
@@ -65,13 +79,19 @@ def root(
     broker: Annotated[
         str | None,
         typer.Option(
-            "--broker", envvar="ACCESS_BROKER_URL", help="Broker URL (default: the one you last logged in to)"
+            "--broker",
+            envvar="ACCESS_BROKER_URL",
+            metavar="URL",
+            help="Broker URL (default: the one you last logged in to)",
         ),
     ] = None,
     ca_file: Annotated[
         str | None,
         typer.Option(
-            "--ca-file", envvar="ACCESS_CA_FILE", help="PEM CA bundle that signed the broker's certificate"
+            "--ca-file",
+            envvar="ACCESS_CA_FILE",
+            metavar="FILE",
+            help="PEM CA bundle that signed the broker's certificate",
         ),
     ] = None,
     insecure: Annotated[
@@ -80,6 +100,15 @@ def root(
             "--insecure", help="Allow plain http:// to a non-loopback broker: tokens travel unencrypted"
         ),
     ] = False,
+    output: Annotated[
+        Output | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="text for people, json for scripts (the command's own -o wins)",
+            case_sensitive=False,
+        ),
+    ] = None,
     version: Annotated[
         bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit"),
@@ -88,7 +117,9 @@ def root(
     """Just-in-time, scoped, audited access to production services."""
     # Keep what a caller injected as the root object (see access.cli.context.Globals).
     injected = ctx.obj if isinstance(ctx.obj, Globals) else Globals()
-    ctx.obj = replace(injected, broker=broker or None, ca_file=ca_file or None, insecure=insecure)
+    ctx.obj = replace(
+        injected, broker=broker or None, ca_file=ca_file or None, insecure=insecure, output=output
+    )
 
 
 def main() -> None:

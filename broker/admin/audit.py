@@ -14,11 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, say
+from access.shared.clihelp import examples
 
 __all__ = ["audit_app"]
 
 audit_app = typer.Typer(
     help="Verify and export the tamper-evident audit ledger.",
+    epilog=examples("access-broker audit verify", "access-broker audit export --since 7d > ledger.jsonl"),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -33,7 +35,12 @@ def _check_output(output: str) -> None:
         raise fail(f"unknown output format {output!r}: use text or json", code=2)
 
 
-@audit_app.command()
+@audit_app.command(
+    epilog=examples(
+        "access-broker audit verify",
+        "access-broker audit verify --checkpoints offsite/checkpoints.jsonl -o json",
+    )
+)
 def verify(
     checkpoints: Annotated[
         Path | None,
@@ -79,7 +86,7 @@ def verify(
         raise typer.Exit(1)
 
 
-@audit_app.command()
+@audit_app.command(epilog=examples("access-broker audit checkpoint"))
 def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Sign and store a checkpoint of the ledger now."""
     from access.broker.audit.checkpoints import write_checkpoint
@@ -92,7 +99,13 @@ def checkpoint(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> No
         typer.echo(f"checkpoint at seq {made.seq} (head {made.head_hash[:16]}…), key {made.key_id}", err=True)
 
 
-@audit_app.command("export-checkpoints")
+@audit_app.command(
+    "export-checkpoints",
+    epilog=examples(
+        "access-broker audit export-checkpoints -f offsite/checkpoints.jsonl",
+        "access-broker audit export-checkpoints | ssh vault 'cat >> checkpoints.jsonl'",
+    ),
+)
 def export_checkpoints(
     out: OutFile = None,
     data_dir: DataDir = None,
@@ -107,7 +120,13 @@ def export_checkpoints(
     typer.echo(f"{len(lines)} checkpoint(s) exported", err=True)
 
 
-@audit_app.command("export")
+@audit_app.command(
+    "export",
+    epilog=examples(
+        "access-broker audit export --since 1d -f today.jsonl",
+        "access-broker audit export --since 2026-01-01T00:00 | jq -r .action",
+    ),
+)
 def export_entries(
     since: Annotated[
         str | None, typer.Option(help="Only entries this recent: 1h, 7d, or an ISO-8601 time")

@@ -29,17 +29,33 @@ __all__ = [
     "fail",
     "open_broker",
     "say",
+    "setting_help",
 ]
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Broker data directory [env: ACCESS_BROKER_DATA_DIR]")
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url", help="sqlite:///PATH or postgresql://... [env: ACCESS_BROKER_DATABASE_URL]"
-    ),
-]
+# Defaults that are computed, shown as the rule that computes them (not this machine's value).
+_COMPUTED_DEFAULTS = {"data_dir": "$XDG_DATA_HOME/access-broker, else ~/.local/share/access-broker"}
+
+
+def setting_help(name: str) -> str:
+    """The help of the flag for setting ``name``: its description, environment variable and default.
+
+    One source: the field in access.broker.settings. Brackets are escaped: typer reads help as markup.
+    """
+    field = Settings.model_fields[name]
+    default = _COMPUTED_DEFAULTS.get(name)
+    if default is None and field.default is not None and field.default_factory is None:
+        default = (
+            ("on" if field.default else "off") if isinstance(field.default, bool) else str(field.default)
+        )
+    description = field.description or ""
+    if description.split(" ", 1)[0].isalpha():  # not "sqlite:///PATH ..."
+        description = description[:1].upper() + description[1:]
+    shown = f"{description} \\[env var: ACCESS_BROKER_{name.upper()}]"
+    return f"{shown} \\[default: {default}]" if default is not None else shown
+
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help=setting_help("data_dir"))]
+DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help=setting_help("database_url"))]
 
 
 def build_settings(**overrides: Any) -> Settings:

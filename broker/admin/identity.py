@@ -19,12 +19,21 @@ from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail,
 from access.broker.auth import identity
 from access.broker.runtime import Broker
 from access.shared import terminal
+from access.shared.clihelp import examples
 
 __all__ = ["admin_actor", "service_accounts_app", "users_app"]
 
-users_app = typer.Typer(help="Manage users of the embedded directory.", no_args_is_help=True)
+users_app = typer.Typer(
+    help="Manage users of the embedded directory.",
+    epilog=examples("access-broker users add alice -g sre", "access-broker users list"),
+    no_args_is_help=True,
+)
 service_accounts_app = typer.Typer(
-    help="Manage service accounts (OAuth client credentials for pipelines).", no_args_is_help=True
+    help="Manage service accounts (OAuth client credentials for pipelines).",
+    epilog=examples(
+        "access-broker service-accounts add deploy-bot -g ci", "access-broker service-accounts list"
+    ),
+    no_args_is_help=True,
 )
 
 
@@ -86,7 +95,14 @@ def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None
     say(f"disabled {terminal.name(name)}: sessions revoked, {len(ended)} active grant(s) ended", err=True)
 
 
-@users_app.command("add")
+@users_app.command(
+    "add",
+    epilog=examples(
+        "access-broker users add alice -g sre -g oncall",
+        "# from a script: the password is the first line of stdin",
+        "printf '%s\\n' \"$PASSWORD\" | access-broker users add bob --password-stdin",
+    ),
+)
 def users_add(
     name: Annotated[str, typer.Argument(help="User name (lowercase letters, digits, '.', '_', '-')")],
     group: Groups = None,
@@ -104,7 +120,7 @@ def users_add(
     say(f"added user {terminal.name(name)} ({groups})", err=True)
 
 
-@users_app.command("list")
+@users_app.command("list", epilog=examples("access-broker users list", "access-broker users list -o json"))
 def users_list(
     output: OutputOpt = Output.text, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
@@ -113,7 +129,7 @@ def users_list(
         _print_principals(broker, identity.USER, output)
 
 
-@users_app.command("disable")
+@users_app.command("disable", epilog=examples("access-broker users disable alice"))
 def users_disable(
     name: Annotated[str, typer.Argument(help="User to disable")],
     data_dir: DataDir = None,
@@ -123,7 +139,13 @@ def users_disable(
     _disable(name, data_dir, database_url)
 
 
-@service_accounts_app.command("add")
+@service_accounts_app.command(
+    "add",
+    epilog=examples(
+        "access-broker service-accounts add deploy-bot -g ci",
+        "access-broker service-accounts add deploy-bot -g ci -o json > deploy-bot.json",
+    ),
+)
 def service_accounts_add(
     name: Annotated[str, typer.Argument(help="Service account name, e.g. deploy-bot")],
     group: Groups = None,
@@ -142,7 +164,10 @@ def service_accounts_add(
     typer.echo("store the secret now: it cannot be shown again", err=True)
 
 
-@service_accounts_app.command("list")
+@service_accounts_app.command(
+    "list",
+    epilog=examples("access-broker service-accounts list", "access-broker service-accounts list -o json"),
+)
 def service_accounts_list(
     output: OutputOpt = Output.text, data_dir: DataDir = None, database_url: DatabaseUrl = None
 ) -> None:
@@ -151,7 +176,7 @@ def service_accounts_list(
         _print_principals(broker, identity.SERVICE_ACCOUNT, output)
 
 
-@service_accounts_app.command("disable")
+@service_accounts_app.command("disable", epilog=examples("access-broker service-accounts disable deploy-bot"))
 def service_accounts_disable(
     name: Annotated[str, typer.Argument(help="Service account to disable")],
     data_dir: DataDir = None,

@@ -22,43 +22,60 @@ from access.broker.admin.common import (
     build_settings,
     fail,
     open_broker,
+    setting_help,
 )
 from access.broker.errors import BrokerError
+from access.shared.clihelp import HELP_NAMES, HelpfulGroup, Shell, completion_script, examples
 
 __all__ = ["DataDir", "DatabaseUrl", "app", "bind_socket", "build_settings", "fail", "main", "open_broker"]
 
 app = typer.Typer(
     name="access-broker",
+    cls=HelpfulGroup,
     help="The access grant broker: policy, expiry, the audit ledger and the tunnel endpoint.",
+    epilog=examples(
+        "access-broker migrate --database-url postgresql://access@db/access",
+        "access-broker serve --policy policy.yaml --tls-cert cert.pem --tls-key key.pem",
+        "access-broker users add alice -g sre --password-stdin < password.txt",
+        "access-broker audit verify",
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": HELP_NAMES},
 )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "access-broker serve --policy policy.yaml --tls-cert cert.pem --tls-key key.pem",
+        "# behind a proxy that terminates TLS:",
+        "access-broker serve --host 0.0.0.0 --insecure-http --public-url https://access.example.com",
+        "# settings from the environment:",
+        "ACCESS_BROKER_POLICY=policy.yaml ACCESS_BROKER_PORT=8443 access-broker serve",
+    )
+)
 def serve(
-    policy: Annotated[Path | None, typer.Option(help="Policy YAML file [env: ACCESS_BROKER_POLICY]")] = None,
-    host: Annotated[str | None, typer.Option(help="Listen address [env: ACCESS_BROKER_HOST]")] = None,
-    port: Annotated[
-        int | None, typer.Option(help="Listen port, 0 picks a free one [env: ACCESS_BROKER_PORT]")
-    ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option(help="PEM certificate chain [env: ACCESS_BROKER_TLS_CERT]")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="PEM private key [env: ACCESS_BROKER_TLS_KEY]")] = None,
+    policy: Annotated[Path | None, typer.Option(help=setting_help("policy"))] = None,
+    host: Annotated[str | None, typer.Option(help=setting_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=setting_help("port"))] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help=setting_help("tls_cert"))] = None,
+    tls_key: Annotated[Path | None, typer.Option(help=setting_help("tls_key"))] = None,
     insecure_http: Annotated[
-        bool | None,
-        typer.Option("--insecure-http", help="Allow plain HTTP on a non-loopback address (INSECURE)"),
+        bool | None, typer.Option("--insecure-http", help=setting_help("insecure_http"))
     ] = None,
-    public_url: Annotated[str | None, typer.Option(help="URL clients reach the broker at")] = None,
+    public_url: Annotated[str | None, typer.Option(help=setting_help("public_url"))] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     ready_file: Annotated[
         Path | None, typer.Option(help="Write the broker's URL to this file once it accepts connections")
     ] = None,
 ) -> None:
-    """Run the broker: HTTPS API, device-login page and tunnel endpoint on one port."""
+    """Run the broker: HTTPS API, device-login page and tunnel endpoint on one port.
+
+    Flags win over their ACCESS_BROKER_* variables; the other settings are variables only
+    (docs/broker.md lists them all).
+    """
     settings = build_settings(
         policy=policy,
         host=host,
@@ -80,12 +97,33 @@ def serve(
         raise fail(str(exc)) from exc
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "access-broker migrate",
+        "access-broker migrate --database-url postgresql://access@db.internal/access",
+    )
+)
 def migrate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Create or upgrade the database schema, then exit."""
     with admin_broker(data_dir, database_url) as broker:
         where = broker.engine.url.render_as_string(hide_password=True)
     typer.echo(f"database at {where} is up to date", err=True)
+
+
+@app.command(
+    epilog=examples(
+        "source <(access-broker completion bash)        # in ~/.bashrc",
+        "access-broker completion fish > ~/.config/fish/completions/access-broker.fish",
+    )
+)
+def completion(
+    ctx: typer.Context,
+    shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish", case_sensitive=False)],
+) -> None:
+    """Print a shell completion script (bash, zsh or fish)."""
+    sys.stdout.write(
+        completion_script(ctx.find_root().info_name or "access-broker", shell).rstrip("\n") + "\n"
+    )
 
 
 def _register_groups() -> None:

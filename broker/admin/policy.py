@@ -10,19 +10,25 @@ import typer
 
 from access.broker.admin.common import fail, say
 from access.broker.policy import PolicyError, load_policy
+from access.shared.clihelp import examples
 from access.shared.durations import format_duration
 
 __all__ = ["policy_app"]
 
 policy_app = typer.Typer(
     help="Check the policy file (services, rules, audit readers).",
+    epilog=examples("access-broker policy check policy.yaml"),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
-@policy_app.command()
+@policy_app.command(
+    epilog=examples(
+        "access-broker policy check policy.yaml", "access-broker policy check policy.yaml -o json"
+    )
+)
 def check(
     file: Annotated[Path, typer.Argument(help="Policy YAML file")],
     output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",

@@ -54,7 +54,7 @@ WARN_BEFORE_SECONDS = 300
 
 Service = Annotated[str, typer.Argument(help="Service to reach (see `access services`)")]
 Scope = Annotated[str, typer.Option("--scope", "-s", help="Scope of the grant to use or request")]
-Ttl = Annotated[str, typer.Option("--ttl", help="How long a new grant should last, e.g. 30m")]
+Ttl = Annotated[str, typer.Option("--ttl", "-t", help="How long a new grant should last, e.g. 30m")]
 Reason = Annotated[
     str, typer.Option("--reason", "-r", help="Why you need access (recorded in the audit log)")
 ]

@@ -275,3 +275,11 @@ def broker_app(
     yield factory
     for transport in made:
         transport.shutdown()
+
+
+@pytest.fixture
+def signed_in(broker_app: BrokerApp) -> LiveBroker:
+    """The default broker (tests/conftest.py's policy), alice (sre) signed in."""
+    live = broker_app()
+    live.sign_in("alice")
+    return live

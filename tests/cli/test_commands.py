@@ -207,6 +207,8 @@ def test_broker_errors_map_to_exit_codes_with_their_hint(
     store_tokens(config_dir)
     body = {"error": {"code": code, "message": f"broker says {code}", "hint": "see `access services`"}}
     stub_broker.post("/v1/grants").respond(status, json=body)
+    if code == "not_found":  # the CLI looks for a "did you mean" among your services: none here
+        stub_broker.get("/v1/services").respond(200, json=[])
     result = invoke("request", "svc-payments", "--scope", "read", "--ttl", "5m")
     assert result.exit_code == exit_code
     assert result.stderr == f"error: broker says {code}\nhint: see `access services`\n"

@@ -88,8 +88,9 @@ def test_every_command_has_help(name: str) -> None:
     assert f"access {name}" in result.stdout
 
 
-# Commands whose only output is messages on stderr (or the child's own output, for exec).
-NO_DATA = {"login", "logout", "exec", "demo"}
+# Commands whose only output is messages on stderr (or the child's own output, for exec; a script,
+# for completion).
+NO_DATA = {"login", "logout", "exec", "demo", "completion"}
 
 
 @pytest.mark.parametrize("name", sorted(set(group.COMMANDS) - NO_DATA))
