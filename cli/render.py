@@ -37,6 +37,7 @@ __all__ = [
     "console",
     "error",
     "json_out",
+    "layout",
     "message",
     "name",
     "note",
@@ -45,9 +46,10 @@ __all__ = [
     "text",
     "warning",
     "when",
+    "width",
 ]
 
-# Tables in pipes and files are not cut to 80 columns: ids must stay whole.
+# Messages (rich, on stderr) in pipes and files are not cut to 80 columns: ids must stay whole.
 _PIPE_WIDTH = 200
 
 
@@ -133,6 +135,132 @@ def json_out(value: Any) -> None:
     sys.stdout.flush()
 
 
+# A column is never squeezed below this (unless its longest word is shorter): no one-letter folds.
+MIN_COLUMN = 8
+_GAP = "  "
+_BELOW_INDENT = "    "
+
+
+def width() -> int | None:
+    """Columns to lay tables out in: ``COLUMNS``, else the terminal's; None (no limit) in a pipe."""
+    try:
+        return max(20, int(os.environ["COLUMNS"]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns if sys.stdout.isatty() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cells(value: str) -> int:
+    from rich.cells import cell_len
+
+    return cell_len(value)
+
+
+def _wrap(value: str, limit: int | None) -> list[str]:
+    """``value`` in lines of at most ``limit`` cells: broken at spaces, words longer than that folded."""
+    if limit is None or _cells(value) <= limit:
+        return [value]
+    from rich.cells import chop_cells
+
+    lines: list[str] = []
+    line = ""
+    for word in value.split(" "):
+        candidate = f"{line} {word}" if line else word
+        if _cells(candidate) <= limit:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        pieces = chop_cells(word, limit) if _cells(word) > limit else [word]
+        lines.extend(pieces[:-1])
+        line = pieces[-1]
+    lines.append(line)
+    return lines
+
+
+def _fit(natural: list[int], wrappable: list[bool], total: int | None) -> list[int]:
+    """Column widths within ``total`` cells: the widest wrappable column gives way first."""
+    widths = list(natural)
+    if total is None:
+        return widths
+    room = total - len(_GAP) * (len(widths) - 1)
+    while sum(widths) > room:
+        candidates = [i for i, w in enumerate(widths) if wrappable[i] and w > MIN_COLUMN]
+        if not candidates:
+            break  # too many whole columns for this width: the lines run long rather than fold ids
+        widest = max(candidates, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
+
+
+def layout(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    total: int | None,
+    keep_whole: Sequence[str] = (),
+    free_text: Sequence[str] = (),
+    rule: bool = False,
+) -> list[str]:
+    """A table as lines of at most ``total`` cells (None: one line per row, however long).
+
+    The last column, when it is free text (a reason, a description, details), moves to an
+    indented line of its own under each row when the table would not fit: the other columns
+    keep their room instead of all folding to a few letters. No line ends in spaces.
+    """
+    escapes = [terminal.text if column in free_text else terminal.name for column in columns]
+    grid = [[escape(cell) for escape, cell in zip(escapes, row, strict=True)] for row in rows]
+    heads = list(columns)
+
+    def natural(index: int) -> int:
+        return max(_cells(cell) for cell in [heads[index], *(row[index] for row in grid)])
+
+    count = len(heads)
+    below: list[str] | None = None
+    if total is not None and count > 1 and heads[-1] in free_text:
+        needed = sum(natural(i) for i in range(count)) + len(_GAP) * (count - 1)
+        if needed > total:
+            below = [row[-1] for row in grid]
+            heads, grid, count = heads[:-1], [row[:-1] for row in grid], count - 1
+    wrappable = [head not in keep_whole for head in heads]
+    widths = _fit([natural(i) for i in range(count)], wrappable, total)
+
+    def line(cells: Sequence[str]) -> str:
+        return _GAP.join(
+            cell + " " * (w - _cells(cell)) for cell, w in zip(cells, widths, strict=True)
+        ).rstrip()
+
+    lines = [line(heads)]
+    if rule:
+        lines.append("─" * (sum(widths) + len(_GAP) * (count - 1)))
+    for index, row in enumerate(grid):
+        wrapped = [
+            _wrap(cell, w) if wrap else [cell] for cell, w, wrap in zip(row, widths, wrappable, strict=True)
+        ]
+        for n in range(max(len(cell) for cell in wrapped)):
+            lines.append(line([cell[n] if n < len(cell) else "" for cell in wrapped]))
+        if below is not None and below[index]:
+            limit = None if total is None else max(MIN_COLUMN, total - len(_BELOW_INDENT))
+            lines.extend((_BELOW_INDENT + part).rstrip() for part in _wrap(below[index], limit))
+    return lines
+
+
+def _styled() -> bool:
+    return not no_color() and (sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR")))
+
+
+def _write(lines: Sequence[str], *, bold_first: int = 0) -> None:
+    """``lines`` on stdout; with colour, the first ``bold_first`` cells of the first line in bold."""
+    if lines and bold_first and _styled():
+        head = lines[0]
+        lines = [f"\x1b[1m{head[:bold_first]}\x1b[0m{head[bold_first:]}", *lines[1:]]
+    sys.stdout.write("".join(f"{line}\n" for line in lines))
+    sys.stdout.flush()
+
+
 def table(
     columns: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -140,41 +268,38 @@ def table(
     keep_whole: Sequence[str] = (),
     free_text: Sequence[str] = (),
 ) -> None:
-    """A table on stdout. Columns named in ``keep_whole`` (ids) are never wrapped or cut.
+    """A table on stdout, laid out by :func:`layout` for this terminal's width.
 
-    Cells are identifiers, escaped to printable ASCII, except in the columns named in
-    ``free_text`` (a reason), where printable letters of any script stay.
+    Columns named in ``keep_whole`` (ids) are never wrapped or cut. Cells are identifiers,
+    escaped to printable ASCII, except in the columns named in ``free_text`` (a reason), where
+    printable letters of any script stay. A terminal gets a rule under the header; a pipe or
+    a file gets none, and one line per row unless ``COLUMNS`` asks for a width.
     """
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    grid = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for column in columns:
-        whole = column in keep_whole
-        grid.add_column(column, no_wrap=whole, overflow="fold", min_width=None)
-    escapes = [terminal.text if column in free_text else terminal.name for column in columns]
-    for row in rows:
-        # Text: data is never read as markup
-        grid.add_row(*(Text(escape(cell)) for escape, cell in zip(escapes, row, strict=True)))
-    console().print(grid)
+    lines = layout(
+        columns, rows, total=width(), keep_whole=keep_whole, free_text=free_text, rule=sys.stdout.isatty()
+    )
+    _write(lines, bold_first=len(lines[0]) if lines else 0)
 
 
 def pairs(items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) -> None:
     """``key  value`` lines on stdout, for one object (whoami, one grant).
 
     Values are identifiers, escaped to printable ASCII, except for the keys in ``free_text``.
+    A long value wraps under itself, not under the keys.
     """
-    from rich.table import Table
-    from rich.text import Text
-
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(overflow="fold")
-    for key, value in items:
-        escape = terminal.text if key in free_text else terminal.name
-        grid.add_row(Text(terminal.name(key)), Text(escape(value)))
-    console().print(grid)
+    keys = [terminal.name(key) for key, _ in items]
+    pad = max((len(key) for key in keys), default=0)
+    total = width()
+    limit = None if total is None else max(MIN_COLUMN, total - pad - len(_GAP))
+    styled = _styled()
+    lines: list[str] = []
+    for key, (raw, value) in zip(keys, items, strict=True):
+        escape = terminal.text if raw in free_text else terminal.name
+        shown = f"\x1b[1m{key}\x1b[0m" if styled else key
+        for n, part in enumerate(_wrap(escape(value), limit)):
+            lead = shown + " " * (pad - len(key)) if n == 0 else " " * pad
+            lines.append(f"{lead}{_GAP}{part}".rstrip())
+    _write(lines)
 
 
 def when(moment: datetime) -> str:
