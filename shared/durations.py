@@ -5,16 +5,24 @@ and appear once, and the result must be positive. ``format_duration`` is the
 inverse, used for messages ("the maximum for read on svc-payments is 1h").
 ``parse_since`` reads an audit search's ``since`` (a duration back from now, or an ISO-8601
 time): the CLI checks ``--since`` with it before asking, the broker applies it.
+``format_instant`` writes a moment for scripts: ISO-8601 in UTC with ``Z``, in every ``-o json``.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from access.shared.errors import SharedError
 
-__all__ = ["DurationError", "SinceError", "format_duration", "parse_duration", "parse_since"]
+__all__ = [
+    "DurationError",
+    "SinceError",
+    "format_duration",
+    "format_instant",
+    "parse_duration",
+    "parse_since",
+]
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _PART = re.compile(r"([0-9]{1,9})([dhms])", re.ASCII)
@@ -95,3 +103,9 @@ def parse_since(text: str | None, now: datetime) -> datetime | None:
     except ValueError:
         raise SinceError(f"{text[:40]!r} is neither a duration nor a time") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=now.tzinfo)
+
+
+def format_instant(moment: datetime) -> str:
+    """``moment`` as ISO-8601 in UTC with ``Z``: ``2026-01-31T09:00:00Z`` (a naive one is taken as UTC)."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")

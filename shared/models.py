@@ -1,16 +1,18 @@
 """Wire models of the broker's JSON API (``/v1``). The broker returns them; the CLI parses them.
 
-Times are UTC ISO-8601 and always the broker's: the CLI never decides whether something
-has expired, it shows what the broker computed (``seconds_left``).
+Times are UTC ISO-8601 with ``Z`` (:data:`Instant`) and always the broker's: the CLI never
+decides whether something has expired, it shows what the broker computed (``seconds_left``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+
+from access.shared.durations import format_instant
 
 __all__ = [
     "AuditEntry",
@@ -20,10 +22,19 @@ __all__ = [
     "Grant",
     "GrantRequest",
     "GrantState",
+    "Instant",
     "Principal",
     "ScopeInfo",
     "ServiceInfo",
 ]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# A moment: aware, in UTC, and written as ISO-8601 with Z in JSON (the broker's and `-o json`).
+Instant = Annotated[datetime, AfterValidator(_utc), PlainSerializer(format_instant, when_used="json")]
 
 # Bounds that the broker enforces at the boundary; the CLI uses them for early messages.
 MAX_REASON_LENGTH = 500
@@ -58,7 +69,7 @@ class Principal(_Model):
     kind: str  # "user" or "service_account"
     groups: list[str]
     session_id: str | None = None
-    token_expires_at: datetime | None = None
+    token_expires_at: Instant | None = None
     can_read_audit: bool = False
 
 
@@ -92,9 +103,9 @@ class Grant(_Model):
     scope: str
     reason: str
     state: GrantState
-    created_at: datetime
-    expires_at: datetime
-    ended_at: datetime | None = None
+    created_at: Instant
+    expires_at: Instant
+    ended_at: Instant | None = None
     ended_reason: str | None = None
     seconds_left: int
     rule: str | None = None
@@ -102,7 +113,7 @@ class Grant(_Model):
 
 class AuditEntry(_Model):
     seq: int
-    at: datetime
+    at: Instant
     actor: str
     action: str
     target: str

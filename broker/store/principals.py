@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from access.broker.store.tables import principals
+from access.shared.durations import format_instant
 
 __all__ = [
     "SERVICE_ACCOUNT",
@@ -66,7 +67,7 @@ class PrincipalRecord:
             "kind": self.kind,
             "groups": list(self.groups),
             "disabled": self.disabled,
-            "created_at": self.created_at.isoformat(),
+            "created_at": format_instant(self.created_at),
             "client_id": self.client_id,
         }
 

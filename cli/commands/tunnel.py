@@ -35,7 +35,7 @@ from access.cli.errors import (
     UsageError,
 )
 from access.cli.render import Output
-from access.shared.durations import format_duration
+from access.shared.durations import format_duration, format_instant
 
 if TYPE_CHECKING:
     from access.cli.client import BrokerClient
@@ -243,7 +243,7 @@ def connect(
                 "address": host,
                 "port": bound,
                 "grant_id": grant.id,
-                "expires_at": grant.expires_at.isoformat(),
+                "expires_at": format_instant(grant.expires_at),
             }
             sys.stdout.write(json.dumps(info) + "\n")
             sys.stdout.flush()

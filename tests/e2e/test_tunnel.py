@@ -250,6 +250,7 @@ def test_connect_expiry_cuts_live_connection_within_window(alice: Cli, echo_targ
     proc, info = _start_connect(alice, "svc-echo", "--scope", "read", "--ttl", "3s", "--reason", "cut")
     try:
         assert info["address"] == "127.0.0.1"
+        assert info["expires_at"].endswith("Z"), info  # ISO-8601 with Z, as every -o json
         conn = _open_echo(info["port"])
         cut = _wait_for_cut(conn, timeout=10)
         conn.close()
