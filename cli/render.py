@@ -137,6 +137,8 @@ def json_out(value: Any) -> None:
 
 # A column is never squeezed below this (unless its longest word is shorter): no one-letter folds.
 MIN_COLUMN = 8
+# A last free-text column with less room than this goes under its row instead.
+MIN_TEXT_COLUMN = 24
 _GAP = "  "
 _BELOW_INDENT = "    "
 
@@ -207,9 +209,10 @@ def layout(
 ) -> list[str]:
     """A table as lines of at most ``total`` cells (None: one line per row, however long).
 
-    The last column, when it is free text (a reason, a description, details), moves to an
-    indented line of its own under each row when the table would not fit: the other columns
-    keep their room instead of all folding to a few letters. No line ends in spaces.
+    The last column, when it is free text (a reason, a description, details), wraps in place
+    when it has room for a few words, and otherwise moves to an indented line of its own under
+    each row: the other columns keep their room instead of all folding to a few letters. No
+    line ends in spaces.
     """
     escapes = [terminal.text if column in free_text else terminal.name for column in columns]
     grid = [[escape(cell) for escape, cell in zip(escapes, row, strict=True)] for row in rows]
@@ -221,8 +224,8 @@ def layout(
     count = len(heads)
     below: list[str] | None = None
     if total is not None and count > 1 and heads[-1] in free_text:
-        needed = sum(natural(i) for i in range(count)) + len(_GAP) * (count - 1)
-        if needed > total:
+        others = sum(natural(i) for i in range(count - 1)) + len(_GAP) * (count - 1)
+        if others + natural(count - 1) > total and total - others < MIN_TEXT_COLUMN:
             below = [row[-1] for row in grid]
             heads, grid, count = heads[:-1], [row[:-1] for row in grid], count - 1
     wrappable = [head not in keep_whole for head in heads]

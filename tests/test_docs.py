@@ -45,9 +45,10 @@ def test_every_command_is_in_the_reference() -> None:
         "exec",
         "env",
         "demo",
+        "completion",
     ):
         assert f"## `access {command}`" in text, command
-    for command in ("serve", "users", "service-accounts", "audit", "policy"):
+    for command in ("serve", "users", "service-accounts", "audit", "policy", "completion"):
         assert f"## `access-broker {command}`" in text, command
 
 

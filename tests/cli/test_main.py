@@ -44,6 +44,7 @@ def exec_recorder(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
         (["--", "psql", "-c", "select 1"], ["psql", "-c", "select 1"]),
         (["--", "redis-cli", "--scope", "x", "--", "ping"], ["redis-cli", "--scope", "x", "--", "ping"]),
         (["--", "sh", "-c", "echo $PGHOST"], ["sh", "-c", "echo $PGHOST"]),
+        (["--", "psql", "-h", "db.internal"], ["psql", "-h", "db.internal"]),  # -h is psql's, not help
     ],
 )
 def test_exec_passes_everything_after_double_dash_to_the_command(
