@@ -50,6 +50,7 @@ AUDIT_KEY = Setting("ACCESS_BROKER_AUDIT_KEY_FILE")
 HOST = Setting("ACCESS_BROKER_HOST", "--host")
 PORT = Setting("ACCESS_BROKER_PORT", "--port")
 PUBLIC_URL = Setting("ACCESS_BROKER_PUBLIC_URL", "--public-url")
+DATABASE_URL = Setting("ACCESS_BROKER_DATABASE_URL", "--database-url")
 
 
 def _reason(exc: OSError) -> str:
@@ -61,6 +62,8 @@ def _reason(exc: OSError) -> str:
         return "is a directory, not a file"
     if exc.errno == errno.ENOTDIR:
         return "a part of the path is not a directory"
+    if exc.errno == errno.EEXIST:
+        return "exists and is not a directory"
     return (exc.strerror or str(exc)).lower()
 
 
@@ -147,6 +150,11 @@ def preflight(settings: Settings) -> None:
         Misconfigured: a file or the data directory cannot be used; the message says which.
     """
     _check_data_dir(settings.data_dir)
+    database = sa.engine.make_url(settings.resolved_database_url)
+    if database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:"):
+        folder = Path(database.database).parent
+        with about_file("the SQLite database's directory", folder, DATABASE_URL):
+            folder.mkdir(parents=True, exist_ok=True)
     if settings.policy is not None:
         with about_file("policy file", settings.policy, POLICY):
             _readable(settings.policy)

@@ -28,9 +28,9 @@ Serve = Callable[..., tuple[int, str]]
 def serve(tmp_path: Path) -> Serve:
     from access.broker.admin.main import app
 
-    def run(*args: str, data_dir: Path | None = None, db: str | None = None) -> tuple[int, str]:
+    def run(*args: str, data_dir: Path | None = None, db: str | Path | None = None) -> tuple[int, str]:
         data = data_dir or tmp_path / "data"
-        url = db or f"sqlite:///{tmp_path / 'broker.db'}"
+        url = f"sqlite:///{db}" if isinstance(db, Path) else db or f"sqlite:///{tmp_path / 'broker.db'}"
         result = CliRunner().invoke(
             app, ["serve", "--port", "0", "--data-dir", str(data), "--database-url", url, *args]
         )
@@ -73,6 +73,7 @@ def _fault(tmp_path: Path, cas: tuple[DevCA, DevCA], name: str) -> tuple[list[st
         "policy-is-a-directory": (["--policy", str(tmp_path)], {}),
         "data-dir-open-to-others": ([], {"data_dir": wide}),
         "data-dir-under-a-file": ([], {"data_dir": garbage / "data"}),
+        "sqlite-in-a-file": ([], {"db": garbage / "broker.db"}),
     }
     return faults[name]
 
@@ -94,6 +95,7 @@ def _fault(tmp_path: Path, cas: tuple[DevCA, DevCA], name: str) -> tuple[list[st
         ("policy-is-a-directory", ["is a directory, not a file", "--policy"]),
         ("data-dir-open-to-others", ["wide is writable by group or others (mode 777)", "chmod 700"]),
         ("data-dir-under-a-file", ["garbage.pem/data: a part of the path is not a directory", "--data-dir"]),
+        ("sqlite-in-a-file", ["database's directory", "garbage.pem: exists and is not a directory"]),
     ],
 )
 def test_a_file_setting_that_cannot_be_used_is_named(
