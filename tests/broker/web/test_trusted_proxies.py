@@ -20,7 +20,7 @@ VICTIM = "198.51.100.5"
 
 @pytest.fixture
 def proxied_broker(make_broker: Callable[..., Broker]) -> Broker:
-    return make_broker(trusted_proxies="10.0.0.0/8", login_failures_per_address=3)
+    return make_broker(trusted_proxies="10.0.0.0/8", login_failures_per_address=2)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ async def test_one_client_behind_the_proxy_cannot_lock_out_another(
 ) -> None:
     add_user(proxied_broker)
     attackers_code = await _start(lb, ATTACKER)
-    for _ in range(3):
+    for _ in range(2):
         wrong = await _sign_in(lb, ATTACKER, attackers_code, "alice", "not-her-password")
         assert wrong.status_code == 401
     locked = await _sign_in(lb, ATTACKER, attackers_code, "alice", PASSWORD)
@@ -90,7 +90,7 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(make_broker: Call
     # A broker that trusts no proxy: a client cannot pick its own address.
     from access.broker.app import create_app
 
-    broker = make_broker(login_failures_per_address=3)
+    broker = make_broker(login_failures_per_address=2)
     transport = httpx.ASGITransport(app=create_app(broker, background=False), client=("192.0.2.7", 1))
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
         await _forwarded_for_is_ignored(client, broker)
@@ -99,7 +99,7 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(make_broker: Call
 async def _forwarded_for_is_ignored(client: httpx.AsyncClient, broker: Broker) -> None:
     add_user(broker)
     code = await _start(client, VICTIM)
-    for _ in range(3):
+    for _ in range(2):
         wrong = await _sign_in(client, f"203.0.113.{_}", code, "alice", "not-her-password")
         assert wrong.status_code == 401
     assert (await _sign_in(client, VICTIM, code, "alice", PASSWORD)).status_code == 429
