@@ -14,6 +14,8 @@
     ├── RateLimited                  (429)
     ├── Unavailable                  (503) the database or ledger is down: we fail closed
     ├── TargetUnreachable            (502) the service behind a tunnel did not answer
+    ├── Misconfigured                (no HTTP) ``serve`` refuses to start: a file, the listen
+    │                                address or the replica identity (``broker/startup.py``)
     └── OAuthError                   (400, 401 invalid_client, or as given) an RFC 6749 error from
                                      /oauth/*, rendered ``{"error", "error_description"}``;
                                      defined in ``auth/tokens.py`` beside the tokens it is about
@@ -44,6 +46,7 @@ __all__ = [
     "Forbidden",
     "GrantDenied",
     "InvalidRequest",
+    "Misconfigured",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -117,3 +120,8 @@ class Unavailable(BrokerError):
 
 class TargetUnreachable(BrokerError):
     code = ErrorCode.TARGET_UNREACHABLE
+
+
+class Misconfigured(BrokerError):
+    """``access-broker serve`` cannot start as configured; the message names the file, address
+    or value, and the hint the setting to change. Raised before serving, never an HTTP answer."""

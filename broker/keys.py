@@ -25,12 +25,18 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
     Raises:
         ValueError: the file exists but is readable by group or others, or is not an Ed25519 key.
+        OSError: the file or its directory cannot be read or written.
     """
     if path.exists():
         mode = path.stat().st_mode & 0o077
         if mode:
             raise ValueError(f"{path} is readable by group or others: run `chmod 600 {path}`")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:  # not PEM, or encrypted with a password
+            raise ValueError(
+                f"{path} is not an unencrypted PEM private key: move it away to have a new one created"
+            ) from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 private key")
         return key

@@ -60,19 +60,26 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     """Serve until SIGINT/SIGTERM; on shutdown the ledger gets a final signed checkpoint.
 
     Raises:
+        Misconfigured: a file a setting names, the listen address or the replica identity is
+            wrong (``broker/startup.py`` names which, and what to do).
         Unavailable: the database cannot be reached.
-        OSError: the address cannot be bound.
     """
-    from access.broker.admin.common import bind_socket
+    from access.broker import startup
     from access.broker.app import create_app
     from access.broker.runtime import Broker
     from access.shared.tuning import tune_allocator
 
     tune_allocator()
 
-    sock = bind_socket(settings.host, settings.port)
+    startup.preflight(settings)
+    sock = startup.listen(settings.host, settings.port)
     port = sock.getsockname()[1]
-    broker = Broker.from_settings(settings, base_url=settings.base_url(port))
+    try:
+        broker = Broker.from_settings(settings, base_url=settings.base_url(port))
+        startup.claim_identity(broker, stable_issuer=settings.public_url is not None or settings.port != 0)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(broker)
     config = uvicorn.Config(
         app,

@@ -5,14 +5,16 @@ Every field here is documented in docs/broker.md; tests/test_docs.py fails when 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from access.broker.store.engine import PoolSettings
-from access.shared.net import is_loopback_host
+from access.shared.net import IPNetwork, is_loopback_host
 
 __all__ = ["Settings", "default_data_dir", "is_loopback_host"]
 
@@ -75,6 +77,31 @@ class Settings(BaseSettings):
         description="seconds to wait for a pooled connection before refusing (503)",
     )
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    # -- issue 9: operations (client addresses behind proxies, lockout) -------------------
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
+        default=(),
+        description="CIDRs of proxies whose X-Forwarded-For is believed (comma-separated); default none",
+    )
+    login_failures_per_address: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="failed logins (any name) one client address may make in 15 minutes",
+    )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.replace(" ", ",").split(",") if part]
+        if isinstance(value, list | tuple):
+            try:
+                return tuple(ipaddress.ip_network(str(part), strict=True) for part in value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"trusted proxies: {exc}; give networks such as 10.0.0.0/8,2001:db8::/32"
+                ) from exc
+        return value
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

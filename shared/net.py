@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
-__all__ = ["is_loopback_host"]
+__all__ = ["IPNetwork", "forwarded_client", "is_loopback_host"]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -19,3 +20,51 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def forwarded_client(peer: str, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]) -> str:
+    """The client's address: ``peer`` unless it is a trusted proxy, then from ``X-Forwarded-For``.
+
+    The rightmost-untrusted rule: walk the ``X-Forwarded-For`` entries (``forwarded_for`` is every
+    header line, in order) from the right, past every trusted proxy; the first address that is
+    not one is the client. Entries left of it were written by that client and are never
+    believed. When every entry is trusted, the leftmost is the client. An entry that is not an
+    address (a proxy we trust wrote garbage) stops the walk at the proxy that handed it over.
+    """
+    if not trusted or not _within(peer, trusted):
+        return peer
+    entries = [entry.strip() for line in forwarded_for for entry in line.split(",") if entry.strip()]
+    client = peer
+    for entry in reversed(entries):
+        address = _address(entry)
+        if address is None:
+            return client
+        client = address
+        if not _within(address, trusted):
+            return address
+    return client
+
+
+def _address(entry: str) -> str | None:
+    text = entry
+    if text.startswith("["):  # "[2001:db8::1]:443"
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # "192.0.2.1:443"
+        text = text.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _within(address: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)

@@ -101,12 +101,27 @@ def serve(
     epilog=examples(
         "access-broker migrate",
         "access-broker migrate --database-url postgresql://access@db.internal/access",
+        "access-broker migrate --forget-identity",
     )
 )
-def migrate(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def migrate(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    forget_identity: Annotated[
+        bool,
+        typer.Option(
+            "--forget-identity",
+            help="Forget the issuer and keys replicas must share; the next serve records its own",
+        ),
+    ] = False,
+) -> None:
     """Create or upgrade the database schema, then exit."""
     with admin_broker(data_dir, database_url) as broker:
         where = broker.engine.url.render_as_string(hide_password=True)
+        if forget_identity:
+            from access.broker.startup import forget_identity as forget
+
+            forget(broker)
     typer.echo(f"database at {where} is up to date", err=True)
 
 

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
+from access.shared.net import forwarded_client
 
 __all__ = ["BrokerDep", "CurrentPrincipal", "bearer_token", "client_ip", "get_broker", "get_principal"]
 
@@ -32,7 +33,14 @@ def bearer_token(request: Request) -> str:
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address: the peer's, or behind a trusted proxy the one it forwarded.
+
+    Used for every per-client decision and record: rate limits, the device page, the ledger.
+    ``X-Forwarded-For`` is believed only from ``trusted_proxies`` (see ``shared.net.forwarded_client``).
+    """
+    peer = request.client.host if request.client else "unknown"
+    trusted = get_broker(request).settings.trusted_proxies
+    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), trusted)[:64]
 
 
 def get_principal(request: Request) -> AuthContext:

@@ -277,11 +277,13 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
 
     On success the device request gets a one-time consent token (returned; stored hashed) and
     ``login.success`` is audited; nothing is approved yet. A wrong code counts against the
-    client IP, a wrong password against (username, IP), and is audited as ``login.failure``
+    client IP, a wrong password against (username, IP) and against the IP (any name, a higher
+    allowance), and is audited as ``login.failure``
     (a username that matches no account as its ``tags.unknown_name``, never as typed).
 
     Raises:
-        RateLimited: too many wrong codes from this IP, or wrong passwords for this name here.
+        RateLimited: too many wrong codes or failed logins from this IP, or wrong passwords for
+            this name from this IP.
         InvalidRequest: the user code is malformed, unknown, expired or already decided.
         Unauthenticated: wrong username or password, or a disabled user.
         Unavailable: the database could not be reached.
@@ -290,8 +292,11 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     code = normalise_user_code(user_code)
     code_key = ratelimit.USER_CODE_GUESSES.key(broker, client_ip)
     password_key = ratelimit.PASSWORD_FAILURES.key(broker, username.lower(), client_ip)
+    per_address = ratelimit.login_failures_per_address(broker)
+    address_key = per_address.key(broker, client_ip)
     with broker.transaction() as conn:
         ratelimit.check(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
+        ratelimit.check(conn, broker.clock, per_address, address_key)
         ratelimit.check(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
         row = None if code is None else device_codes.open_by_user_code(conn, code, broker.clock.now())
         if row is None:
@@ -304,6 +309,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     with broker.transaction() as conn:
         if user is None:
             ratelimit.hit(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
+            ratelimit.hit(conn, broker.clock, per_address, address_key)
             # A name that matches no account may be a password typed in the wrong field: the
             # ledger keeps only its keyed tag (same name, same tag), never the text.
             name = tags.unknown_name(broker, username) if reason == "unknown_user" else username

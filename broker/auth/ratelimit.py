@@ -1,6 +1,9 @@
 """Sliding-window rate limits kept in the database, so every broker replica sees the same counts.
 
-Used against guessing: wrong user codes per client IP, wrong passwords per username and IP.
+Used against guessing: wrong user codes per client IP, wrong passwords per (username, IP),
+wrong client secrets per (client id, IP), and every failed login per IP. No limit is kept per
+username alone: failures from one address never lock a name out at another (the client IP is
+the one ``trusted_proxies`` lets through, see ``api.deps.client_ip``; docs/security.md).
 Each failure is one row in ``rate_events``; a key is limited when it has ``limit`` rows in the
 last ``window``. Rows older than the window are pruned whenever the key is hit again.
 Keys are keyed hashes (``tags.digest``): a password typed as a username leaves no row that
@@ -21,6 +24,7 @@ from access.broker.runtime import Broker
 from access.broker.store import rate_events
 
 __all__ = [
+    "CLIENT_SECRET_FAILURES",
     "DEVICE_STARTS",
     "PASSWORD_FAILURES",
     "USER_CODE_GUESSES",
@@ -28,6 +32,7 @@ __all__ = [
     "check",
     "count",
     "hit",
+    "login_failures_per_address",
     "prune",
 ]
 
@@ -50,8 +55,18 @@ class Limit:
 USER_CODE_GUESSES = Limit("user_code", 10, timedelta(minutes=10))
 # Device authorizations started per IP in ten minutes: each writes a row and an audit entry.
 DEVICE_STARTS = Limit("device_start", 30, timedelta(minutes=10))
-# Ten wrong passwords per (username, IP) in fifteen minutes.
+# Ten wrong passwords per (username, IP) in fifteen minutes: an attacker elsewhere cannot use
+# up the allowance of the person at their own address.
 PASSWORD_FAILURES = Limit("password", 10, timedelta(minutes=15))
+# Ten wrong secrets per (client id, IP) in fifteen minutes, for service accounts.
+CLIENT_SECRET_FAILURES = Limit("client_secret", 10, timedelta(minutes=15))
+
+
+def login_failures_per_address(broker: Broker) -> Limit:
+    """Failed logins of any name or client from one IP (``login_failures_per_address`` per 15
+    minutes): one address cannot spray passwords over many names, nor burn argon2 time, and
+    only that address waits."""
+    return Limit("login_address", broker.settings.login_failures_per_address, timedelta(minutes=15))
 
 
 def count(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> int:

@@ -22,12 +22,12 @@ import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
-from access.broker.auth import tags
+from access.broker.auth import ratelimit, tags
 from access.broker.auth.identity import check_client_secret
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
 from access.broker.clock import Clock
-from access.broker.errors import Unauthenticated
+from access.broker.errors import RateLimited, Unauthenticated
 from access.broker.events.bus import SessionEnded
 from access.broker.runtime import Broker
 from access.broker.store import sessions
@@ -183,12 +183,24 @@ def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: s
 
     Raises:
         OAuthError: ``invalid_client`` for an unknown, disabled or wrongly authenticated
-            client (audited as ``login.failure``).
+            client (audited as ``login.failure``); ``temporarily_unavailable`` (429) after too
+            many failures for this client id from this IP, or from this IP at all.
         Unavailable: the database could not be reached.
     """
+    client_key = ratelimit.CLIENT_SECRET_FAILURES.key(broker, client_id, client_ip)
+    per_address = ratelimit.login_failures_per_address(broker)
+    address_key = per_address.key(broker, client_ip)
+    with broker.transaction() as conn:
+        try:
+            ratelimit.check(conn, broker.clock, per_address, address_key)
+            ratelimit.check(conn, broker.clock, ratelimit.CLIENT_SECRET_FAILURES, client_key)
+        except RateLimited as exc:
+            raise OAuthError("temporarily_unavailable", f"{exc.message}: {exc.hint}", status=429) from exc
     account, reason = check_client_secret(broker, client_id, secret)
     with broker.transaction() as conn:
         if account is None:
+            ratelimit.hit(conn, broker.clock, ratelimit.CLIENT_SECRET_FAILURES, client_key)
+            ratelimit.hit(conn, broker.clock, per_address, address_key)
             # An unknown client id may be a pasted secret: the ledger keeps its keyed tag only.
             known = reason != "unknown_client"
             ledger.append(

@@ -18,6 +18,7 @@ from access.broker.clock import utc
 __all__ = [
     "audit_checkpoints",
     "audit_log",
+    "broker_meta",
     "device_codes",
     "grants",
     "metadata",
@@ -195,4 +196,17 @@ outbox = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("done_at", UTCDateTime, nullable=True),
     sa.Index("ix_outbox_due", "done_at", "available_at"),
+)
+
+# What every replica on this database must share (``broker.startup.claim_identity``): the token
+# issuer (the public URL) and the fingerprints (``keys.key_id``) of the token and audit keys.
+# One row, id 1, written by the first ``serve``; a replica that differs refuses to start.
+broker_meta = sa.Table(
+    "broker_meta",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("issuer", sa.String(2048), nullable=True),
+    sa.Column("token_key_id", sa.String(64), nullable=False),
+    sa.Column("audit_key_id", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
 )

@@ -45,6 +45,7 @@ from access.shared.closecodes import grant_ended_close
 from access.shared.httphead import HeadError, parse_request_head, split_head
 from access.shared.mux import Channel, MuxSession, error_payload
 from access.shared.muxframe import MAX_CHANNELS, OPEN_FAIL, OPEN_OK, SUBPROTOCOL
+from access.shared.net import forwarded_client
 from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_PROTOCOL, ProtocolError, accept_key
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class TunnelRequest:
     grant_id: str
     token: str
     key: str
+    forwarded_for: str = ""
 
 
 def parse_request(head: bytes) -> TunnelRequest:
@@ -98,7 +100,12 @@ def parse_request(head: bytes) -> TunnelRequest:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the tunnel needs a bearer token")
-    return TunnelRequest(grant_id=grants[0], token=token.strip(), key=headers["sec-websocket-key"])
+    return TunnelRequest(
+        grant_id=grants[0],
+        token=token.strip(),
+        key=headers["sec-websocket-key"],
+        forwarded_for=headers.get("x-forwarded-for", ""),
+    )
 
 
 def http_error(error: BrokerError) -> bytes:
@@ -174,6 +181,9 @@ class TunnelProtocol(MuxSession):
             self._refuse(exc)
             return
         self.grant_id = request.grant_id
+        self.client_address = forwarded_client(
+            self.client_address, [request.forwarded_for], self.broker.settings.trusted_proxies
+        )[:64]
         registry_for(self.broker).add(self)
         self._handshake = asyncio.get_running_loop().create_task(self._upgrade(request))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import os
 import socket
 import socketserver
@@ -596,3 +597,25 @@ def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
     messages = _one_refused_connection(setup, grant_id)
     assert messages, "the refusal was not reported"
     assert setup.target.accepted == 0
+
+
+@pytest.mark.parametrize(("trusted", "client"), [(True, "203.0.113.66"), (False, "127.0.0.1")])
+def test_the_tunnel_records_the_client_a_trusted_proxy_forwards(
+    setup: Setup, trusted: bool, client: str
+) -> None:
+    # The broker sees this test as its peer (127.0.0.1); as a load balancer it forwards a client.
+    if trusted:
+        setup.broker.settings.trusted_proxies = (ipaddress.ip_network("127.0.0.0/8"),)
+    missing = "g-" + "0" * 16
+    host, port = setup.url.removeprefix("http://").split(":")
+    head = (
+        f"GET /v1/tunnel?grant={missing} HTTP/1.1\r\nHost: broker\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\nAuthorization: Bearer {setup.tokens['alice']}\r\n"
+        "X-Forwarded-For: 192.0.2.250, 203.0.113.66\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(head.encode())
+        assert sock.recv(64).startswith(b"HTTP/1.1 404")
+    [refused] = audit_rows(setup.broker, "connection.refuse")
+    assert refused["details"]["client"] == client
