@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from access.cli.errors import CliError
+    from access.shared.models import Grant
 
 __all__ = [
     "Output",
     "console",
     "error",
+    "grant_label",
     "json_out",
     "message",
     "name",
@@ -175,6 +177,14 @@ def pairs(items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) ->
         escape = terminal.text if key in free_text else terminal.name
         grid.add_row(Text(terminal.name(key)), Text(escape(value)))
     console().print(grid)
+
+
+def grant_label(grant: Grant) -> str:
+    """``g-… (read, 21m left, reason "INC-9")``: a grant in a message, identifiers escaped."""
+    from access.shared.durations import format_duration
+
+    reason = f'reason "{grant.reason}"' if grant.reason else "no reason"
+    return f"{name(grant.id)} ({name(grant.scope)}, {format_duration(grant.seconds_left)} left, {reason})"
 
 
 def when(moment: datetime) -> str:
