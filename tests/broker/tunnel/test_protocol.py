@@ -596,3 +596,38 @@ def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
     messages = _one_refused_connection(setup, grant_id)
     assert messages, "the refusal was not reported"
     assert setup.target.accepted == 0
+
+
+def test_a_session_whose_lifetime_ends_cuts_its_live_channel_on_time(setup: Setup) -> None:
+    """Session expiry, not only revocation, cuts: a timer at the session's end (close 4013)."""
+    from datetime import UTC, datetime, timedelta
+
+    from access.broker.store.tables import sessions as sessions_table
+
+    grant_id = setup.grant()
+    ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+    ends_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    with setup.broker.transaction() as conn:  # as a short session_ttl would have set it at login
+        conn.execute(
+            sessions_table.update().where(sessions_table.c.id == ctx.session_id).values(expires_at=ends_at)
+        )
+
+    async def main() -> tuple[float, str, list[str]]:
+        messages: list[str] = []
+        forwarder, reader, writer = await _open_live(setup, grant_id, report=messages.append)()
+        try:
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # the cut
+            cut_at = time.time()
+            ended = await asyncio.wait_for(forwarder.ended, TIMEOUT)
+        finally:
+            writer.close()
+            await forwarder.aclose()
+        return cut_at, ended.code, messages
+
+    cut_at, code, messages = run(main())
+    late = cut_at - ends_at.timestamp()
+    assert -0.05 <= late <= 1.0, f"cut {late:+.2f}s from the session's end"
+    assert code == "signed out"  # 4013: sign in again
+    assert any("sign-in session expired" in m and "access login" in m for m in messages), messages
+    _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 1, "connection.close")
+    assert audit_rows(setup.broker, "connection.close")[0]["details"]["why"] == "session expired"
