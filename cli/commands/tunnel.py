@@ -179,7 +179,8 @@ def _forwarder(broker: BrokerClient, grant: Grant, port: int) -> Forwarder:
         token=broker.access_token,
         ssl_context=broker.ssl_context() if broker.base_url.startswith("https:") else None,
     )
-    return Forwarder(endpoint, port=port, report=render.warning)
+    # Held: the broker's close for an end reaches us even with no local connection open.
+    return Forwarder(endpoint, port=port, report=render.warning, hold=True)
 
 
 def _ended_error(ended: TunnelEnded, grant: Grant, after: str = "") -> CliError:
@@ -414,7 +415,9 @@ def exec_command(
     password. Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
 
     The program is looked up first, before any grant is asked for: 127 when there is no such
-    program (nor on PATH), 126 when it cannot be run, as shells do.
+    program (nor on PATH), 126 when it cannot be run, as shells do. If the grant or your sign-in
+    session ends while it runs, its connections are cut and, once it exits, so does exec: 6
+    expired, 3 signed out, 4 revoked or locked.
     """
     if not command:
         raise UsageError("give the program to run after --", f"e.g. access exec {service} -- psql")
@@ -427,7 +430,7 @@ def exec_command(
     info = _connection_info(broker, grant.id)
     clock = _Clock(grant)
 
-    async def main() -> int:
+    async def main() -> tuple[int, TunnelEnded | None]:
         forwarder = _forwarder(broker, grant, 0)
         host, port = await forwarder.start()
         setup = client_setup(info, host, port, secret_dir=secret_dir)
@@ -455,14 +458,20 @@ def exec_command(
             loop.add_signal_handler(signal.SIGTERM, forward_term)
             warner = asyncio.create_task(_warn_before_expiry(clock, grant))
             try:
-                return _exit_status(await child.wait())
+                # An end cuts the program's connections (the broker closes the tunnel, and it is
+                # reported at once); the program decides when to exit, and the end decides the code.
+                status = _exit_status(await child.wait())
             finally:
                 warner.cancel()
+            return status, forwarder.ended.result() if forwarder.ended.done() else None
         finally:
             setup.cleanup()
             await forwarder.aclose()
 
-    raise typer.Exit(_run(main()))
+    status, ended = _run(main())
+    if ended is not None:
+        raise _ended_error(ended, grant, f"; its connections were cut and {command[0]} exited {status}")
+    raise typer.Exit(status)
 
 
 # -- env ----------------------------------------------------------------------------------------

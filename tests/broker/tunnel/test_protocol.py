@@ -598,6 +598,43 @@ def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
     assert setup.target.accepted == 0
 
 
+@pytest.mark.parametrize("how", ["revoke", "logout", "disable"])
+def test_an_idle_held_forwarder_hears_the_end_within_a_second(setup: Setup, how: str) -> None:
+    """`access connect` with no local connection open stops within a second of any end: it holds
+    its WebSocket open (hold=True), so the broker's close reaches it."""
+    grant_id = setup.grant()
+    ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+    registry = registry_for(setup.broker)
+    ends: dict[str, tuple[Callable[[], object], str]] = {
+        "revoke": (lambda: grants.revoke_grant(setup.broker, ctx, grant_id), "revoked"),
+        "logout": (lambda: sessions.logout(setup.broker, ctx), "signed out"),
+        "disable": (lambda: identity.disable_principal(setup.broker, "alice", "admin:root"), "locked"),
+    }
+    end, code = ends[how]
+
+    async def main() -> tuple[float, str, list[str]]:
+        messages: list[str] = []
+        forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append, hold=True)
+        await forwarder.start()
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while not (
+                forwarder.session is not None and forwarder.session.ready and grant_id in registry._by_grant
+            ):
+                assert time.monotonic() < deadline, "the held WebSocket did not open"
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            await asyncio.to_thread(end)
+            ended = await asyncio.wait_for(forwarder.ended, 1.0)
+            return time.monotonic() - started, ended.code, messages
+        finally:
+            await forwarder.aclose()
+
+    elapsed, got, messages = run(main())
+    assert elapsed < 1.0 and got == code, (elapsed, got, messages)
+    assert setup.target.accepted == 0  # idle: no channel, nothing reached the target
+
+
 def test_a_session_whose_lifetime_ends_cuts_its_live_channel_on_time(setup: Setup) -> None:
     """Session expiry, not only revocation, cuts: a timer at the session's end (close 4013)."""
     from datetime import UTC, datetime, timedelta
