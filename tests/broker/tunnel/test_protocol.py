@@ -598,31 +598,56 @@ def test_a_signed_out_session_opens_no_new_channel(setup: Setup) -> None:
     assert setup.target.accepted == 0
 
 
-@pytest.mark.parametrize("how", ["revoke", "logout", "disable"])
+async def _held(
+    forwarder: Forwarder, setup: Setup, grant_id: str, other_than: object = None
+) -> ClientSession:
+    """Wait for the Forwarder's held WebSocket (a new one, if ``other_than``) to be open on both sides."""
+    registry = registry_for(setup.broker)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        session = forwarder.session
+        if (
+            session is not None
+            and session is not other_than
+            and session.ready
+            and registry._by_grant.get(grant_id)
+        ):
+            return session
+        assert time.monotonic() < deadline, "the held WebSocket did not open"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["revoke", "logout", "disable", "revoke after a lost connection"])
 def test_an_idle_held_forwarder_hears_the_end_within_a_second(setup: Setup, how: str) -> None:
     """`access connect` with no local connection open stops within a second of any end: it holds
-    its WebSocket open (hold=True), so the broker's close reaches it."""
+    its WebSocket open (hold=True), reopened after a loss, so the broker's close reaches it."""
     grant_id = setup.grant()
     ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
     registry = registry_for(setup.broker)
+    revoke = (lambda: grants.revoke_grant(setup.broker, ctx, grant_id), "revoked")
     ends: dict[str, tuple[Callable[[], object], str]] = {
-        "revoke": (lambda: grants.revoke_grant(setup.broker, ctx, grant_id), "revoked"),
+        "revoke": revoke,
         "logout": (lambda: sessions.logout(setup.broker, ctx), "signed out"),
         "disable": (lambda: identity.disable_principal(setup.broker, "alice", "admin:root"), "locked"),
+        "revoke after a lost connection": revoke,
     }
     end, code = ends[how]
+
+    def drop_on_the_broker() -> None:  # on the broker's loop: its side goes away (1001)
+        for tunnel in list(registry._by_grant.get(grant_id, ())):
+            tunnel.shutdown()  # type: ignore[attr-defined]
 
     async def main() -> tuple[float, str, list[str]]:
         messages: list[str] = []
         forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append, hold=True)
         await forwarder.start()
         try:
-            deadline = time.monotonic() + TIMEOUT
-            while not (
-                forwarder.session is not None and forwarder.session.ready and grant_id in registry._by_grant
-            ):
-                assert time.monotonic() < deadline, "the held WebSocket did not open"
-                await asyncio.sleep(0.01)
+            session = await _held(forwarder, setup, grant_id)
+            if how.endswith("after a lost connection"):
+                assert registry.loop is not None
+                registry.loop.call_soon_threadsafe(drop_on_the_broker)
+                await asyncio.wait_for(session.gone, TIMEOUT)
+                await _held(forwarder, setup, grant_id, other_than=session)  # reopened, still idle
             started = time.monotonic()
             await asyncio.to_thread(end)
             ended = await asyncio.wait_for(forwarder.ended, 1.0)
