@@ -31,11 +31,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from access.cli.errors import CliError
+    from access.shared.models import Grant
 
 __all__ = [
     "Output",
     "console",
     "error",
+    "grant_label",
     "json_out",
     "layout",
     "message",
@@ -303,6 +305,14 @@ def pairs(items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) ->
             lead = shown + " " * (pad - len(key)) if n == 0 else " " * pad
             lines.append(f"{lead}{_GAP}{part}".rstrip())
     _write(lines)
+
+
+def grant_label(grant: Grant) -> str:
+    """``g-… (read, 21m left, reason "INC-9")``: a grant in a message, identifiers escaped."""
+    from access.shared.durations import format_duration
+
+    reason = f'reason "{grant.reason}"' if grant.reason else "no reason"
+    return f"{name(grant.id)} ({name(grant.scope)}, {format_duration(grant.seconds_left)} left, {reason})"
 
 
 def when(moment: datetime) -> str:

@@ -1,12 +1,15 @@
 """The CLI's end of the tunnel: a loopback listener whose connections go through the broker.
 
 The listener holds one TLS connection to the broker's ``/v1/tunnel`` endpoint (a WebSocket
-upgrade, so it passes through load balancers), opened with the access token and the grant id
-when the first local connection arrives. Every local connection (psql, mysql, a script) is a
-channel of it (``shared.mux``): the broker checks the grant again and connects to the target the
-policy names. The broker's close frame says why the tunnel ended (the grant expired, was
-revoked, ...), and the listener stops when the grant has ended. If the connection to the broker
-is lost, its channels are dropped (fail closed) and the next local connection opens a new one.
+upgrade, so it passes through load balancers), opened with the access token and the grant id.
+With ``hold=True`` (``access connect`` and ``exec``) it is opened at once and kept open, reopened
+after a loss, whether local connections are open or not: the broker's close frame for an end
+(the grant expired or was revoked, the account locked, the sign-in session ended) then reaches
+an idle listener too, within the broker's cut window. Without it, the first local connection
+opens it. Every local connection (psql, mysql, a script) is a channel of it (``shared.mux``): the
+broker checks the grant again and connects to the target the policy names. The listener stops
+when the grant has ended. If the connection to the broker is lost, its channels are dropped
+(fail closed) and a new connection is opened (at once when held, else by the next local one).
 
 This module imports nothing from ``access.broker``: the CLI may be installed on its own.
 """
@@ -21,12 +24,12 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from access.cli.errors import CliError
+from access.cli.errors import CliError, NeedsLogin
 from access.shared.closecodes import ended_why
 from access.shared.httphead import HeadError, parse_response_head, split_head
 from access.shared.mux import Channel, MuxSession
@@ -44,6 +47,9 @@ __all__ = [
 HANDSHAKE_TIMEOUT = 15.0
 MAX_RESPONSE = 64 * 1024
 TOKEN_CACHE_SECONDS = 30.0
+# A held connection that could not be (re)opened is tried again after this, doubling up to the cap.
+HOLD_RETRY = 0.5
+HOLD_RETRY_MAX = 10.0
 
 
 class HandshakeRefused(CliError):
@@ -115,7 +121,10 @@ class ClientSession(MuxSession):
         self.ready = False  # the handshake succeeded: channels can open
         self.failed = False  # the handshake failed: this session will never be ready
         self.pending: list[LocalChannel] = []  # waiting for the handshake
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handed_over: ClientSession | None = None  # the retry that took over from this one
+        loop = asyncio.get_running_loop()
+        self.gone: asyncio.Future[None] = loop.create_future()
+        self.settled: asyncio.Future[None] = loop.create_future()  # ready, or failed
         self._next_id = 1
         self._expected_accept = ""
         self._response: asyncio.Future[bytes] | None = None
@@ -164,6 +173,7 @@ class ClientSession(MuxSession):
             transport.abort()
             raise
         self.ready = True
+        self._settle()
         self.start(rest)
         transport.resume_reading()
         pending, self.pending = self.pending, []
@@ -234,9 +244,14 @@ class ClientSession(MuxSession):
         if channel in self.pending:
             self.pending.remove(channel)
 
+    def _settle(self) -> None:
+        if not self.settled.done():
+            self.settled.set_result(None)
+
     def fail(self) -> None:
         """The handshake failed: drop the local connections that waited for it."""
         self.failed = True
+        self._settle()
         pending, self.pending = self.pending, []
         for channel in pending:
             channel.end("error", flush=False)
@@ -246,6 +261,8 @@ class ClientSession(MuxSession):
     def hand_over(self, other: ClientSession) -> None:
         """Give the local connections waiting for this session to ``other`` (a retry)."""
         self.failed = True
+        self.handed_over = other
+        self._settle()
         pending, self.pending = self.pending, []
         for channel in pending:
             if channel.why is None:
@@ -293,7 +310,8 @@ class Forwarder:
     """A loopback listener whose every connection is tunnelled through the broker.
 
     ``report`` receives one-line messages for the person (refusals, cuts). ``ended`` resolves
-    when the grant has ended, as the broker said in a close frame or a refusal.
+    when the grant has ended, as the broker said in a close frame or a refusal. ``hold``: keep a
+    connection to the broker open from :meth:`start` on, so that an end is heard while idle.
     """
 
     def __init__(
@@ -302,10 +320,12 @@ class Forwarder:
         *,
         port: int = 0,
         report: Callable[[str], None] = lambda _message: None,
+        hold: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.port = port
         self.report = report
+        self.hold = hold
         self.session: ClientSession | None = None  # the one new connections join
         self.sessions: set[ClientSession] = set()
         self.ended: asyncio.Future[TunnelEnded] = asyncio.get_running_loop().create_future()
@@ -326,19 +346,46 @@ class Forwarder:
             self._server = await loop.create_server(self._accept, "127.0.0.1", self.port)
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
+        if self.hold:
+            self._spawn(self._hold())
         return "127.0.0.1", self.port
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hold(self) -> None:
+        """Keep a connection to the broker open until the grant ends or we close.
+
+        A lost connection is reopened at once, then after ``HOLD_RETRY`` doubling up to
+        ``HOLD_RETRY_MAX`` while it cannot be; only the first failure of a run is reported.
+        """
+        delay = HOLD_RETRY
+        quiet = False
+        while not (self._closing or self.ended.done()):
+            session = self._current(quiet=quiet)
+            # Shielded: cancelling this task (aclose) must not cancel the session's own futures.
+            await asyncio.shield(session.settled)
+            if session.handed_over is not None:
+                continue  # retried with a fresh token: that one is self.session now
+            if session.ready:
+                delay, quiet = HOLD_RETRY, False
+                await asyncio.shield(session.gone)
+                continue
+            quiet = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, HOLD_RETRY_MAX)
 
     def _accept(self) -> LocalChannel:
         self.connections += 1
         return LocalChannel(self._current())
 
-    def _current(self) -> ClientSession:
+    def _current(self, *, quiet: bool = False) -> ClientSession:
         session = self.session
         if session is None or not session.usable:
             session = self.session = self._new_session()
-            task = asyncio.get_running_loop().create_task(self._connect(session))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._connect(session, quiet=quiet))
         return session
 
     def _new_session(self) -> ClientSession:
@@ -346,7 +393,8 @@ class Forwarder:
         self.sessions.add(session)
         return session
 
-    async def _connect(self, session: ClientSession) -> None:
+    async def _connect(self, session: ClientSession, *, quiet: bool = False) -> None:
+        """Open ``session``; report a failure unless ``quiet`` (a held connection's retries)."""
         for attempt in range(2):
             try:
                 await session.connect(self.endpoint, fresh_token=attempt > 0)
@@ -361,13 +409,26 @@ class Forwarder:
                     session.hand_over(retry)
                     session = retry
                     continue
-                self.report(exc.message + (f" ({exc.hint})" if exc.hint else ""))
                 if exc.grant_ended:
+                    self.report(exc.message + (f" ({exc.hint})" if exc.hint else ""))
                     self.end(TunnelEnded(exc.message, exc.code))
+                elif exc.code == "unauthenticated" and self.hold:
+                    # Refused with a fresh token as well: the sign-in session behind it is over.
+                    self.report(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+                    self.end(TunnelEnded(exc.message, "signed out"))
+                elif not quiet:
+                    self.report(exc.message + (f" ({exc.hint})" if exc.hint else ""))
             except (OSError, TimeoutError) as exc:
-                self.report(
-                    f"cannot reach the broker at {self.endpoint.base_url}: {exc or type(exc).__name__}"
-                )
+                if not quiet:
+                    self.report(
+                        f"cannot reach the broker at {self.endpoint.base_url}: {exc or type(exc).__name__}"
+                    )
+            except CliError as exc:  # no token to be had: a refresh refused (signed out), or unreachable
+                signed_out = isinstance(exc, NeedsLogin)
+                if signed_out or not quiet:
+                    self.report(exc.message + (f" ({exc.hint})" if exc.hint else ""))
+                if signed_out and self.hold:
+                    self.end(TunnelEnded(exc.message, "signed out"))
             break
         self.sessions.discard(session)
         if self.session is session:

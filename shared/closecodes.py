@@ -29,14 +29,22 @@ GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     "revoked": (CLOSE_REVOKED, "grant {grant} was revoked"),
     "locked": (CLOSE_LOCKED, "grant {grant} ended: the account was locked out"),
     "signed out": (CLOSE_SIGNED_OUT, "grant {grant} ended: its sign-in session ended; run `access login`"),
+    # The session's lifetime ran out: the same code (the person must sign in again), its own words.
+    "session expired": (
+        CLOSE_SIGNED_OUT,
+        "grant {grant} ended: its sign-in session expired; run `access login`",
+    ),
 }
-_WHY_BY_CODE: Final[dict[int, str]] = {code: why for why, (code, _) in GRANT_ENDED_CLOSE.items()}
+_WHY_BY_CODE: Final[dict[int, str]] = {
+    code: why for why, (code, _) in GRANT_ENDED_CLOSE.items() if why != "session expired"
+}
 
 
 def grant_ended_close(why: str, grant_id: str) -> tuple[int, str]:
     """The close code and reason for grant ``grant_id`` ended because ``why``.
 
-    ``why``: expired, revoked, locked, or signed out (the sign-in session behind the tunnel ended).
+    ``why``: expired, revoked, locked, signed out (the sign-in session behind the tunnel ended)
+    or session expired (its lifetime ran out; 4013 as signed out).
     """
     code, reason = GRANT_ENDED_CLOSE.get(why, GRANT_ENDED_CLOSE["revoked"])
     return code, reason.format(grant=grant_id)

@@ -17,3 +17,4 @@ class AuthContext:
     session_id: str
     token_id: str  # the access token's jti
     expires_at: datetime
+    session_expires_at: datetime | None = None  # the sign-in session's end (None: not looked up)

@@ -203,7 +203,7 @@ class TunnelProtocol(MuxSession):
         # Indexed by session from here on: a logout, a refresh-token reuse or a revoke cuts it.
         # An end that landed during the check above is caught by TunnelWatch's next poll.
         self.session_id = ctx.session_id
-        registry_for(self.broker).add_session(self)
+        registry_for(self.broker).add_session(self, ctx.session_expires_at)
         if self._lost:
             self._maybe_finish()
             return
@@ -365,7 +365,7 @@ class TunnelProtocol(MuxSession):
 
     def cut(self, why: str) -> None:
         """End this tunnel because its grant or sign-in session ended (``why``: expired, revoked,
-        locked, signed out)."""
+        locked, signed out, session expired)."""
         if not self.open:
             self._pending_cut = why  # the handshake is still running: it refuses at its next step
             return
@@ -401,7 +401,7 @@ class TunnelProtocol(MuxSession):
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:
     message = grant_ended_close(why, grant_id)[1]
-    if why == "signed out":
+    if why in ("signed out", "session expired"):
         return Unauthenticated(message, hint="run `access login`")
     return Expired(message) if why == "expired" else Forbidden(message)
 

@@ -2,7 +2,9 @@
 
 1. A timer at the grant's ``expires_at`` (server clock): the cut lands on time, not on a poll.
    The timer follows the grant's current expiry: when ``TunnelWatch`` reads a different
-   ``expires_at`` (an extension, or a shortening), the timer moves, earlier or later.
+   ``expires_at`` (an extension, or a shortening), the timer moves, earlier or later. Likewise a
+   timer at the sign-in session's ``expires_at`` cuts the session's tunnels when its lifetime
+   ends ("session expired", close 4013 as for signed out).
 2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``, ``SessionEnded``): revokes, lock-outs
    and ended sign-in sessions (logout, refresh-token reuse, token revoke) decided in this
    process cut at once. Subscribers may be called from worker threads, so they only hand the
@@ -62,6 +64,7 @@ class TunnelRegistry:
         self._by_session: dict[str, set[Tunnel]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._expiries: dict[str, datetime] = {}  # the expiry each timer is set for
+        self._session_timers: dict[str, asyncio.TimerHandle] = {}
         self._unsubscribe = broker.events.subscribe(self._on_event)
 
     def __len__(self) -> int:
@@ -79,10 +82,23 @@ class TunnelRegistry:
         self.loop = asyncio.get_running_loop()
         self._by_grant.setdefault(tunnel.grant_id, set()).add(tunnel)
 
-    def add_session(self, tunnel: Tunnel) -> None:
-        """Track ``tunnel`` under its sign-in session too, once its token has told which one."""
-        if tunnel.session_id is not None and tunnel in self._by_grant.get(tunnel.grant_id, ()):
-            self._by_session.setdefault(tunnel.session_id, set()).add(tunnel)
+    def add_session(self, tunnel: Tunnel, expires_at: datetime | None = None) -> None:
+        """Track ``tunnel`` under its sign-in session too, once its token has told which one;
+        cut the session's tunnels at ``expires_at``, the session's end (one timer per session)."""
+        session_id = tunnel.session_id
+        if session_id is None or tunnel not in self._by_grant.get(tunnel.grant_id, ()):
+            return
+        self._by_session.setdefault(session_id, set()).add(tunnel)
+        if expires_at is not None and session_id not in self._session_timers:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, (expires_at - self.broker.clock.now()).total_seconds())
+            self._session_timers[session_id] = loop.call_at(
+                loop.time() + delay, self.cut_session, session_id, "session expired"
+            )
+
+    def session_timer(self, session_id: str) -> asyncio.TimerHandle | None:
+        """The timer that cuts ``session_id``'s tunnels when the session's lifetime ends, if set."""
+        return self._session_timers.get(session_id)
 
     def schedule_expiry(self, grant: TunnelGrant) -> None:
         """Cut every tunnel of ``grant`` at its expiry (one timer per grant, at its latest expiry)."""
@@ -116,6 +132,9 @@ class TunnelRegistry:
                 of_session.discard(tunnel)
                 if not of_session:
                     del self._by_session[tunnel.session_id]
+                    timer = self._session_timers.pop(tunnel.session_id, None)
+                    if timer is not None:
+                        timer.cancel()
         tunnels = self._by_grant.get(tunnel.grant_id)
         if tunnels is None:
             return
@@ -133,7 +152,8 @@ class TunnelRegistry:
             tunnel.cut(why)
 
     def cut_session(self, session_id: str, why: str) -> None:
-        """Cut every live tunnel opened with sign-in session ``session_id`` (``why``: signed out, locked)."""
+        """Cut every live tunnel opened with sign-in session ``session_id`` (``why``: signed out,
+        session expired, locked)."""
         for tunnel in list(self._by_session.get(session_id, ())):
             tunnel.cut(why)
 
@@ -162,9 +182,10 @@ class TunnelRegistry:
 
     def close(self) -> None:
         self._unsubscribe()
-        for timer in self._timers.values():
+        for timer in [*self._timers.values(), *self._session_timers.values()]:
             timer.cancel()
         self._timers.clear()
+        self._session_timers.clear()
         self._expiries.clear()
 
 

@@ -1,7 +1,9 @@
-"""``access services``, ``access request``, ``access grants``, ``access revoke``."""
+"""``access services``, ``access request``, ``access grants``, ``access revoke``; which grant
+``connect``, ``exec`` and ``env`` use (:func:`pick`, the rule docs/cli.md states)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -14,7 +16,7 @@ from access.cli.render import Output
 if TYPE_CHECKING:
     from access.shared.models import Grant, ServiceInfo
 
-__all__ = ["grants", "request", "revoke", "services"]
+__all__ = ["Ask", "checked", "grants", "mismatch", "pick", "request", "revoke", "services"]
 
 
 def _max_ttl(service: ServiceInfo) -> str:
@@ -94,6 +96,106 @@ def _validate(service: str, scope: str, ttl: str, reason: str) -> None:
         raise UsageError(f"the reason is {len(reason)} characters; at most {MAX_REASON_LENGTH} are allowed")
 
 
+def checked(grant: Grant) -> Grant:
+    """``grant`` as the broker answered a request for it, if it was issued; else the error.
+
+    Raises:
+        Denied: policy said no.
+        Pending: it waits for approval.
+    """
+    from access.cli.errors import Denied, Pending
+
+    if grant.state == "denied":
+        raise Denied(
+            f"the request for {render.name(grant.scope)} on {render.name(grant.service)} was denied: "
+            f"{grant.ended_reason or 'policy'}",
+            "see `access services` for what you may request",
+        )
+    if grant.state == "pending":
+        raise Pending(
+            f"grant {render.name(grant.id)} is waiting for approval", "check on it with `access grants`"
+        )
+    return grant
+
+
+# -- which grant connect, exec and env use ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What the person asked for: ``ttl_seconds`` and ``reason`` are None when not given."""
+
+    service: str
+    scope: str
+    ttl_seconds: int | None = None
+    reason: str | None = None
+
+    def given(self) -> str:
+        """The flags that constrain reuse, as typed: ``--ttl 20s, --reason "INC-9"``."""
+        from access.shared.durations import format_duration
+
+        flags = []
+        if self.ttl_seconds is not None:
+            flags.append(f"--ttl {format_duration(self.ttl_seconds)}")
+        if self.reason is not None:
+            flags.append(f'--reason "{self.reason}"')
+        return ", ".join(flags)
+
+
+def mismatch(grant: Grant, ask: Ask) -> list[str]:
+    """Why the active ``grant`` of the asked service and scope is not what was asked (empty: it is).
+
+    With ``--reason``: the grant's reason must be the same text. With ``--ttl T``: its time left
+    must be at most T (never more access than asked) and at least half of T (the access lasts
+    about as long as asked).
+    """
+    from access.shared.durations import format_duration
+
+    why = []
+    if ask.reason is not None and grant.reason != ask.reason:
+        has = f'its reason is "{grant.reason}"' if grant.reason else "it has no reason"
+        why.append(f'{has}, not "{ask.reason}"')
+    if ask.ttl_seconds is not None:
+        left, ttl = format_duration(grant.seconds_left), format_duration(ask.ttl_seconds)
+        if grant.seconds_left > ask.ttl_seconds:
+            why.append(f"{left} left is more than the {ttl} asked")
+        elif grant.seconds_left * 2 < ask.ttl_seconds:
+            why.append(f"{left} left is less than half the {ttl} asked")
+    return why
+
+
+def pick(items: list[Grant], ask: Ask) -> tuple[Grant | None, str]:
+    """The grant to reuse for ``ask`` among ``items`` (the newest that matches), or None; and why.
+
+    Only active grants with time left of the asked service and scope count. With neither
+    ``--ttl`` nor ``--reason``, the newest of them is used.
+    """
+    candidates = sorted(
+        (
+            g
+            for g in items
+            if (g.service, g.scope) == (ask.service, ask.scope) and g.state == "active" and g.seconds_left > 0
+        ),
+        key=lambda g: g.created_at,
+        reverse=True,
+    )
+    what = f"{render.name(ask.service)} ({render.name(ask.scope)})"
+    for grant in candidates:
+        if not mismatch(grant, ask):
+            if ask.ttl_seconds is None and ask.reason is None:
+                return grant, f"the newest active grant for {what}"
+            return grant, f"matches what you asked ({ask.given()})"
+    if not candidates:
+        return None, f"no active grant for {what}"
+    newest = candidates[0]
+    others = len(candidates) - 1
+    tail = f" (nor does any of your {others} other active grants for it)" if others else ""
+    return None, (
+        f"{render.grant_label(newest)} does not match what you asked ({ask.given()}): "
+        f"{'; '.join(mismatch(newest, ask))}{tail}"
+    )
+
+
 def request(
     ctx: typer.Context,
     service: Annotated[
@@ -105,27 +207,19 @@ def request(
     output: OutputOption = Output.text,
 ) -> None:
     """Ask for a time-limited grant on a service; policy decides and the ledger records it."""
-    from access.cli.errors import Denied, Pending
     from access.shared.durations import format_duration
 
     _validate(service, scope, ttl, reason)
     grant = client(ctx).request_grant(service, scope, ttl, reason)
-    if grant.state == "denied":
-        raise Denied(
-            f"the request for {render.name(scope)} on {render.name(service)} was denied: "
-            f"{grant.ended_reason or 'policy'}",
-            "see `access services` for what you may request",
-        )
-    _show_grant(grant, output)
-    if grant.state == "pending":
-        raise Pending(
-            f"grant {render.name(grant.id)} is waiting for approval", "check on it with `access grants`"
-        )
-    service, scope = render.name(service), render.name(scope)
+    if grant.state != "denied":
+        _show_grant(grant, output)
+    checked(grant)
+    # The hint names this very grant: `connect`/`exec` without --grant might pick another one.
+    service, grant_id = render.name(service), render.name(grant.id)
     render.message(
-        f"Granted {scope} on {service} for {format_duration(grant.seconds_left)}. "
-        f"Use it with `access connect {service} --scope {scope}` "
-        f"or `access exec {service} --scope {scope} -- CMD`."
+        f"Granted {render.name(scope)} on {service} for {format_duration(grant.seconds_left)}. "
+        f"Use it with `access connect {service} --grant {grant_id}` "
+        f"or `access exec {service} --grant {grant_id} -- CMD`."
     )
 
 

@@ -2,8 +2,9 @@
 
 ``connect`` keeps a loopback listener open until the grant ends or Ctrl-C; ``exec`` runs one
 program with the connection in its environment and exits with its exit code; ``env`` prints
-the same variables as ``export`` lines for a running ``connect``. All three reuse an active
-grant for the service and scope, or request one.
+the same variables as ``export`` lines for a running ``connect``. All three use the grant
+``--grant`` names, or reuse an active one that matches what was asked (``commands.grants.pick``,
+the rule docs/cli.md states), or request one; they say on stderr which and why.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from access.cli.errors import (
     Expired,
     NeedsLogin,
     NotExecutable,
+    Pending,
     UsageError,
 )
 from access.cli.render import Output
@@ -47,41 +49,117 @@ __all__ = ["connect", "env", "exec_command"]
 
 T = TypeVar("T")
 
-# A grant with less time than this left is not reused: a new one is requested instead.
-MIN_REUSE_SECONDS = 30
 # Warn this long before expiry, or at 10% of the grant's lifetime when that is shorter.
 WARN_BEFORE_SECONDS = 300
 
 Service = Annotated[str, typer.Argument(help="Service to reach (see `access services`)")]
-Scope = Annotated[str, typer.Option("--scope", "-s", help="Scope of the grant to use or request")]
-Ttl = Annotated[str, typer.Option("--ttl", "-t", help="How long a new grant should last, e.g. 30m")]
+DEFAULT_SCOPE = "read"
+DEFAULT_TTL = "30m"
+
+Scope = Annotated[
+    str | None,
+    typer.Option(
+        "--scope", "-s", help="Scope of the grant to use or request (default: read)", show_default=False
+    ),
+]
+Ttl = Annotated[
+    str | None,
+    typer.Option(
+        "--ttl",
+        "-t",
+        help="How long the access should last, e.g. 20s, 30m: an active grant is reused only if its "
+        "time left is at most this and at least half of it (new grants: 30m)",
+        show_default=False,
+    ),
+]
 Reason = Annotated[
-    str, typer.Option("--reason", "-r", help="Why you need access (recorded in the audit log)")
+    str | None,
+    typer.Option(
+        "--reason",
+        "-r",
+        help="Why you need access (recorded in the audit log): only a grant with this reason is reused",
+        show_default=False,
+    ),
+]
+GrantId = Annotated[
+    str | None,
+    typer.Option(
+        "--grant", help="Use this grant (see `access grants`) instead of choosing one", show_default=False
+    ),
 ]
 
 
 # -- grants and details --------------------------------------------------------------------------
 
 
-def _grant_for(broker: BrokerClient, service: str, scope: str, ttl: str, reason: str) -> Grant:
-    """An active grant for ``service``/``scope`` with time left, or a new one."""
-    usable = [
-        g
-        for g in broker.list_grants()
-        if g.service == service
-        and g.scope == scope
-        and g.state == "active"
-        and g.seconds_left > MIN_REUSE_SECONDS
-    ]
-    if usable:
-        grant = max(usable, key=lambda g: g.seconds_left)
-        render.note(f"using grant {render.name(grant.id)} ({format_duration(grant.seconds_left)} left)")
+def _grant_for(
+    broker: BrokerClient,
+    service: str,
+    scope: str | None,
+    ttl: str | None,
+    reason: str | None,
+    grant_id: str | None = None,
+) -> Grant:
+    """The grant ``--grant`` names, or an active one that matches what was asked, or a new one.
+
+    Says on stderr which grant is used and why (docs/cli.md, "Which grant is used").
+
+    Raises:
+        UsageError: a bad TTL, or --grant with --ttl/--reason or another service or scope.
+        NotFound / Expired / Denied / Pending: the grant named is not usable, or the new one
+            was not issued.
+    """
+    from access.cli.commands.grants import Ask, checked, pick
+    from access.shared.durations import DurationError, parse_duration
+
+    if grant_id is not None:
+        return _named_grant(broker, service, scope, ttl, reason, grant_id)
+    try:
+        ttl_seconds = None if ttl is None else int(parse_duration(ttl).total_seconds())
+    except DurationError as exc:
+        raise UsageError(str(exc), "see `access services` for each scope's maximum TTL") from exc
+    ask = Ask(service, scope or DEFAULT_SCOPE, ttl_seconds, reason)
+    grant, why = pick(broker.list_grants(), ask)
+    if grant is not None:
+        render.note(f"using grant {render.grant_label(grant)}: {why}")
         return grant
-    grant = broker.request_grant(service, scope, ttl, reason)
+    render.note(f"requesting a new grant: {why}")
+    grant = checked(broker.request_grant(ask.service, ask.scope, ttl or DEFAULT_TTL, reason or ""))
     render.note(
-        f"granted {render.name(grant.id)}: {render.name(service)} ({render.name(scope)}) "
+        f"granted {render.name(grant.id)}: {render.name(service)} ({render.name(grant.scope)}) "
         f"for {format_duration(grant.seconds_left)}"
     )
+    return grant
+
+
+def _named_grant(
+    broker: BrokerClient, service: str, scope: str | None, ttl: str | None, reason: str | None, grant_id: str
+) -> Grant:
+    """``--grant ID``: that grant as it is, if it is an active grant of ``service`` (and ``scope``)."""
+    if ttl is not None or reason is not None:
+        raise UsageError(
+            "--grant uses that grant as it is: --ttl and --reason are for choosing or requesting one",
+            "leave out --ttl and --reason, or --grant",
+        )
+    grant = broker.get_grant(grant_id)  # not found (8) for someone else's or a made-up id
+    name = render.name(grant.id)
+    if grant.service != service:
+        raise UsageError(
+            f"grant {name} is for {render.name(grant.service)}, not {render.name(service)}",
+            "name the grant's service, or see `access grants`",
+        )
+    if scope is not None and grant.scope != scope:
+        raise UsageError(
+            f"grant {name} is for scope {render.name(grant.scope)}, not {render.name(scope)}",
+            "leave out --scope, or see `access grants`",
+        )
+    if grant.state == "pending":
+        raise Pending(f"grant {name} is waiting for approval", "check on it with `access grants`")
+    again = f"request a new one: `access request {render.name(service)} --scope {render.name(grant.scope)}`"
+    if grant.state != "active" or grant.seconds_left <= 0:
+        ended = f"grant {name} has ended ({grant.ended_reason or grant.state})"
+        raise Expired(ended, again) if grant.state in ("active", "expired") else Denied(ended, again)
+    render.note(f"using grant {render.grant_label(grant)}: named with --grant")
     return grant
 
 
@@ -101,18 +179,21 @@ def _forwarder(broker: BrokerClient, grant: Grant, port: int) -> Forwarder:
         token=broker.access_token,
         ssl_context=broker.ssl_context() if broker.base_url.startswith("https:") else None,
     )
-    return Forwarder(endpoint, port=port, report=render.warning)
+    # Held: the broker's close for an end reaches us even with no local connection open.
+    return Forwarder(endpoint, port=port, report=render.warning, hold=True)
 
 
-def _ended_error(ended: TunnelEnded, grant: Grant) -> CliError:
+def _ended_error(ended: TunnelEnded, grant: Grant, after: str = "") -> CliError:
+    """The error (and exit code) for a tunnel the broker ended: 6 expired, 3 signed out, else 4."""
     again = (
         f"run the command again for a new grant, or `access request {grant.service} --scope {grant.scope}`"
     )
+    message = ended.message + after
     if ended.code == "expired":
-        return Expired(ended.message, again)
+        return Expired(message, again)
     if ended.code == "signed out":
-        return NeedsLogin(ended.message, "run `access login`, then the command again")
-    return Denied(ended.message, again)
+        return NeedsLogin(message, "run `access login`, then the command again")
+    return Denied(message, again)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -213,9 +294,10 @@ def _listen(port: int) -> socket.socket:
 def connect(
     ctx: typer.Context,
     service: Service,
-    scope: Scope = "read",
-    ttl: Ttl = "30m",
-    reason: Reason = "",
+    scope: Scope = None,
+    ttl: Ttl = None,
+    reason: Reason = None,
+    grant_id: GrantId = None,
     port: Annotated[
         int, typer.Option("--port", "-p", help="Local port (default: a free one)", min=0, max=65535)
     ] = 0,
@@ -227,10 +309,11 @@ def connect(
     listener = _listen(port)
     try:
         broker = client(ctx)
-        grant = _grant_for(broker, service, scope, ttl, reason)
+        grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
     except BaseException:
         listener.close()
         raise
+    scope = grant.scope
     clock = _Clock(grant)
 
     async def main() -> TunnelEnded | None:
@@ -320,9 +403,10 @@ def exec_command(
     ctx: typer.Context,
     service: Service,
     command: Annotated[list[str], typer.Argument(help="The program and its arguments (after --)")],
-    scope: Scope = "read",
-    ttl: Ttl = "30m",
-    reason: Reason = "",
+    scope: Scope = None,
+    ttl: Ttl = None,
+    reason: Reason = None,
+    grant_id: GrantId = None,
 ) -> None:
     """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
 
@@ -331,7 +415,9 @@ def exec_command(
     password. Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
 
     The program is looked up first, before any grant is asked for: 127 when there is no such
-    program (nor on PATH), 126 when it cannot be run, as shells do.
+    program (nor on PATH), 126 when it cannot be run, as shells do. If the grant or your sign-in
+    session ends while it runs, its connections are cut and, once it exits, so does exec: 6
+    expired, 3 signed out, 4 revoked or locked.
     """
     if not command:
         raise UsageError("give the program to run after --", f"e.g. access exec {service} -- psql")
@@ -340,11 +426,11 @@ def exec_command(
     secret_dir = _private_dir()
     _check_program(command[0], os.environ.get("PATH", os.defpath))
     broker = client(ctx)
-    grant = _grant_for(broker, service, scope, ttl, reason)
+    grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
     info = _connection_info(broker, grant.id)
     clock = _Clock(grant)
 
-    async def main() -> int:
+    async def main() -> tuple[int, TunnelEnded | None]:
         forwarder = _forwarder(broker, grant, 0)
         host, port = await forwarder.start()
         setup = client_setup(info, host, port, secret_dir=secret_dir)
@@ -372,14 +458,20 @@ def exec_command(
             loop.add_signal_handler(signal.SIGTERM, forward_term)
             warner = asyncio.create_task(_warn_before_expiry(clock, grant))
             try:
-                return _exit_status(await child.wait())
+                # An end cuts the program's connections (the broker closes the tunnel, and it is
+                # reported at once); the program decides when to exit, and the end decides the code.
+                status = _exit_status(await child.wait())
             finally:
                 warner.cancel()
+            return status, forwarder.ended.result() if forwarder.ended.done() else None
         finally:
             setup.cleanup()
             await forwarder.aclose()
 
-    raise typer.Exit(_run(main()))
+    status, ended = _run(main())
+    if ended is not None:
+        raise _ended_error(ended, grant, f"; its connections were cut and {command[0]} exited {status}")
+    raise typer.Exit(status)
 
 
 # -- env ----------------------------------------------------------------------------------------
@@ -388,7 +480,7 @@ def exec_command(
 def env(
     ctx: typer.Context,
     service: Service,
-    scope: Scope = "read",
+    scope: Scope = None,
     port: Annotated[
         int | None,
         typer.Option("--port", "-p", help="Local port of `access connect` (default: the running one)"),
@@ -402,6 +494,7 @@ def env(
     from access.shared.kinds import client_setup
 
     _private_dir()
+    scope = scope or DEFAULT_SCOPE
     state = _read_state(service, scope)
     if port is None:
         if state is None:
@@ -412,7 +505,7 @@ def env(
         port = int(state["port"])
     broker = client(ctx)
     grant_id = (
-        str(state["grant_id"]) if state is not None else _grant_for(broker, service, scope, "30m", "").id
+        str(state["grant_id"]) if state is not None else _grant_for(broker, service, scope, None, None).id
     )
     info = _connection_info(broker, grant_id)
     variables = client_setup(info, "127.0.0.1", port, with_secrets=False).env

@@ -402,3 +402,62 @@ def test_exec_of_a_missing_program_exits_127_and_asks_for_no_grant(alice: Cli, t
     assert cannot.returncode == ExitCode.NOT_EXECUTABLE == 126, cannot.stderr
     grants = alice.run("grants", "--all", "-o", "json")
     assert grants.returncode == 0 and json.loads(grants.stdout) == []
+
+
+def test_an_idle_connect_stops_within_a_second_of_a_revoke(alice: Cli) -> None:
+    """No local connection open: `connect` still hears the end (it holds its WebSocket open)."""
+    proc, info = _start_connect(alice, "svc-echo", "--ttl", "10m", "--reason", "idle")
+    try:
+        assert alice.run("revoke", info["grant_id"]).returncode == 0
+        done = time.time()
+        code = proc.wait(timeout=10)
+        stopped = time.time()
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert stopped - done <= 1.0, f"connect stopped {stopped - done:.2f}s after the revoke returned"
+    assert code == ExitCode.DENIED, err
+    assert f"grant {info['grant_id']} was revoked" in err
+    with pytest.raises(OSError):  # nobody listens on its port any more
+        socket.create_connection(("127.0.0.1", info["port"]), timeout=2).close()
+
+
+# Reads through the tunnel until it is cut, then prints when, and exits 0 as a naive reader
+# would: the end, not the reader, decides `access exec`'s exit code.
+READER = """
+import os, socket, sys, time
+s = socket.create_connection((os.environ["ACCESS_HOST"], int(os.environ["ACCESS_PORT"])))
+s.sendall(b"ping\\n")
+assert s.recv(100) == b"ping\\n"
+print("ready", flush=True)
+try:
+    while s.recv(65536):
+        pass
+except OSError:
+    pass
+print("cut", time.time(), flush=True)
+"""
+
+
+def test_logout_from_another_process_cuts_a_running_exec(alice: Cli) -> None:
+    proc = alice.popen(
+        "exec", "svc-echo", "--ttl", "10m", "--reason", "logout", "--", "python3", "-c", READER
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline()
+        assert ready == "ready\n", ready + (proc.stderr.read() if proc.stderr else "")
+        logout = alice.run("logout")
+        done = time.time()  # the broker ended the session before it answered
+        assert logout.returncode == 0, logout.stderr
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    cut = float(out.split()[-1])
+    assert cut - done <= 1.0, f"cut {cut - done:.2f}s after the logout returned"
+    assert proc.returncode == ExitCode.NEEDS_LOGIN, err
+    assert "its sign-in session ended" in err and "access login" in err

@@ -619,3 +619,100 @@ def test_the_tunnel_records_the_client_a_trusted_proxy_forwards(
         assert sock.recv(64).startswith(b"HTTP/1.1 404")
     [refused] = audit_rows(setup.broker, "connection.refuse")
     assert refused["details"]["client"] == client
+
+
+async def _held(
+    forwarder: Forwarder, setup: Setup, grant_id: str, other_than: object = None
+) -> ClientSession:
+    """Wait for the Forwarder's held WebSocket (a new one, if ``other_than``) to be open on both sides."""
+    registry = registry_for(setup.broker)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        session = forwarder.session
+        if (
+            session is not None
+            and session is not other_than
+            and session.ready
+            and registry._by_grant.get(grant_id)
+        ):
+            return session
+        assert time.monotonic() < deadline, "the held WebSocket did not open"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["revoke", "logout", "disable", "revoke after a lost connection"])
+def test_an_idle_held_forwarder_hears_the_end_within_a_second(setup: Setup, how: str) -> None:
+    """`access connect` with no local connection open stops within a second of any end: it holds
+    its WebSocket open (hold=True), reopened after a loss, so the broker's close reaches it."""
+    grant_id = setup.grant()
+    ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+    registry = registry_for(setup.broker)
+    revoke = (lambda: grants.revoke_grant(setup.broker, ctx, grant_id), "revoked")
+    ends: dict[str, tuple[Callable[[], object], str]] = {
+        "revoke": revoke,
+        "logout": (lambda: sessions.logout(setup.broker, ctx), "signed out"),
+        "disable": (lambda: identity.disable_principal(setup.broker, "alice", "admin:root"), "locked"),
+        "revoke after a lost connection": revoke,
+    }
+    end, code = ends[how]
+
+    def drop_on_the_broker() -> None:  # on the broker's loop: its side goes away (1001)
+        for tunnel in list(registry._by_grant.get(grant_id, ())):
+            tunnel.shutdown()  # type: ignore[attr-defined]
+
+    async def main() -> tuple[float, str, list[str]]:
+        messages: list[str] = []
+        forwarder = Forwarder(setup.endpoint(grant_id), report=messages.append, hold=True)
+        await forwarder.start()
+        try:
+            session = await _held(forwarder, setup, grant_id)
+            if how.endswith("after a lost connection"):
+                assert registry.loop is not None
+                registry.loop.call_soon_threadsafe(drop_on_the_broker)
+                await asyncio.wait_for(session.gone, TIMEOUT)
+                await _held(forwarder, setup, grant_id, other_than=session)  # reopened, still idle
+            started = time.monotonic()
+            await asyncio.to_thread(end)
+            ended = await asyncio.wait_for(forwarder.ended, 1.0)
+            return time.monotonic() - started, ended.code, messages
+        finally:
+            await forwarder.aclose()
+
+    elapsed, got, messages = run(main())
+    assert elapsed < 1.0 and got == code, (elapsed, got, messages)
+    assert setup.target.accepted == 0  # idle: no channel, nothing reached the target
+
+
+def test_a_session_whose_lifetime_ends_cuts_its_live_channel_on_time(setup: Setup) -> None:
+    """Session expiry, not only revocation, cuts: a timer at the session's end (close 4013)."""
+    from datetime import UTC, datetime, timedelta
+
+    from access.broker.store.tables import sessions as sessions_table
+
+    grant_id = setup.grant()
+    ctx = tokens.authenticate(setup.broker, setup.tokens["alice"])
+    ends_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    with setup.broker.transaction() as conn:  # as a short session_ttl would have set it at login
+        conn.execute(
+            sessions_table.update().where(sessions_table.c.id == ctx.session_id).values(expires_at=ends_at)
+        )
+
+    async def main() -> tuple[float, str, list[str]]:
+        messages: list[str] = []
+        forwarder, reader, writer = await _open_live(setup, grant_id, report=messages.append)()
+        try:
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # the cut
+            cut_at = time.time()
+            ended = await asyncio.wait_for(forwarder.ended, TIMEOUT)
+        finally:
+            writer.close()
+            await forwarder.aclose()
+        return cut_at, ended.code, messages
+
+    cut_at, code, messages = run(main())
+    late = cut_at - ends_at.timestamp()
+    assert -0.05 <= late <= 1.0, f"cut {late:+.2f}s from the session's end"
+    assert code == "signed out"  # 4013: sign in again
+    assert any("sign-in session expired" in m and "access login" in m for m in messages), messages
+    _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 1, "connection.close")
+    assert audit_rows(setup.broker, "connection.close")[0]["details"]["why"] == "session expired"

@@ -205,3 +205,33 @@ def test_a_session_revoked_in_the_store_cuts_its_tunnels(broker: Broker, reason:
         return [w for w, _ in ended.cuts], [w for w, _ in live.cuts]
 
     assert asyncio.run(main()) == ([why], [])
+
+
+def test_a_session_timer_cuts_at_the_sessions_end_and_goes_with_its_last_tunnel(
+    make_broker: Callable[..., Broker],
+) -> None:
+    broker = make_broker()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        registry = registry_for(broker)
+        ending = [FakeTunnel("g-1", "p-1", "s-ending"), FakeTunnel("g-2", "p-1", "s-ending")]
+        kept = FakeTunnel("g-3", "p-1", "s-kept")
+        for tunnel, ttl in ((ending[0], 0.3), (ending[1], 0.3), (kept, 0.3)):
+            registry.add(tunnel)
+            registry.add_session(tunnel, broker.clock.now() + timedelta(seconds=ttl))
+        started = loop.time()
+        timer = registry.session_timer("s-ending")
+        assert timer is not None and timer.when() <= started + 0.3 + SLACK
+        # The last tunnel of a session gone: its timer goes too (nothing left to cut).
+        registry.remove(kept)
+        assert registry.session_timer("s-kept") is None
+        await asyncio.wait_for(asyncio.gather(*(t.cut_event.wait() for t in ending)), 5)
+        assert [why for t in ending for why, _ in t.cuts] == ["session expired", "session expired"]
+        assert all(at >= started + 0.3 - SLACK for t in ending for _, at in t.cuts)
+        assert kept.cuts == []
+        for tunnel in ending:
+            registry.remove(tunnel)
+        assert registry.session_timer("s-ending") is None
+
+    asyncio.run(main())
