@@ -45,6 +45,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "login": LazyCommand(_AUTH, "login", "Sign in (device flow, or --client-id for service accounts)."),
     "logout": LazyCommand(_AUTH, "logout", "Sign out on the broker and delete the local tokens."),
     "whoami": LazyCommand(_AUTH, "whoami", "Show who you are signed in as, and your groups."),
+    "status": LazyCommand(_AUTH, "status", "Show every broker profile: who, session end, active grants."),
     "services": LazyCommand(_GRANTS, "services", "List services you may request: kind, scopes, max TTL."),
     "request": LazyCommand(_GRANTS, "request", "Ask for a time-limited grant on a service."),
     "grants": LazyCommand(_GRANTS, "grants", "List your grants with state and time left."),

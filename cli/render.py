@@ -41,6 +41,7 @@ __all__ = [
     "name",
     "note",
     "pairs",
+    "section",
     "table",
     "text",
     "warning",
@@ -175,6 +176,15 @@ def pairs(items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) ->
         escape = terminal.text if key in free_text else terminal.name
         grid.add_row(Text(terminal.name(key)), Text(escape(value)))
     console().print(grid)
+
+
+def section(title: str, items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) -> None:
+    """A heading line (an identifier) and its ``pairs`` indented below it, then a blank line."""
+    sys.stdout.write(terminal.name(title) + "\n")
+    sys.stdout.flush()
+    pairs([("  " + key, value) for key, value in items], free_text=["  " + key for key in free_text])
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 def when(moment: datetime) -> str:

@@ -59,6 +59,7 @@ class Principal(_Model):
     groups: list[str]
     session_id: str | None = None
     token_expires_at: datetime | None = None
+    session_expires_at: datetime | None = None  # when the sign-in session ends (refreshes stop)
     can_read_audit: bool = False
 
 

@@ -182,6 +182,7 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
         session_id=claims.session_id,
         token_id=claims.token_id,
         expires_at=claims.expires_at,
+        session_expires_at=row.expires_at,
     )
 
 

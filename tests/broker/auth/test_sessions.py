@@ -125,12 +125,19 @@ def test_client_credentials(any_broker: Broker) -> None:
 
     issued = sessions.client_credentials(any_broker, client_id, secret, "192.0.2.1")
 
-    assert issued.refresh_token is None
     ctx = tokens.authenticate(any_broker, issued.access_token)
     assert (ctx.name, ctx.kind, ctx.groups) == ("deploy-bot", "service_account", ("ci",))
-    # The session lives only as long as the access token.
+    # A refreshable session, bounded by the service-account session lifetime (not the token's).
     row = _session(any_broker, issued.session_id)
-    assert (row.expires_at - row.created_at).total_seconds() == any_broker.settings.access_token_ttl
+    lifetime = any_broker.settings.service_account_session_ttl
+    assert (row.expires_at - row.created_at).total_seconds() == lifetime
+    assert ctx.session_expires_at == row.expires_at
+    assert issued.refresh_token is not None
+    renewed = sessions.refresh(any_broker, issued.refresh_token, client_id)
+    assert renewed.session_id == issued.session_id and renewed.refresh_token not in (
+        None,
+        issued.refresh_token,
+    )
     [entry] = audit_rows(any_broker, "login.success")
     assert entry["details"]["method"] == "client_credentials"
     assert secret not in ledger_text(any_broker)
