@@ -316,6 +316,7 @@ def status(ctx: typer.Context, output: OutputOption = Output.text) -> None:
     if output is Output.json:
         render.json_out(entries)
     if failure is not None:
+        render.error(failure)
         raise typer.Exit(int(failure.exit_code))
 
 
