@@ -60,7 +60,7 @@ class Tokens:
     # that the token has expired (the broker's 401 decides; the local clock may be wrong).
     expires_at: float
     refresh_token: str | None = None
-    client_id: str | None = None  # set for service accounts (client credentials: no refresh token)
+    client_id: str | None = None  # a service account's (client credentials); refreshes send it
 
     @classmethod
     def from_response(cls, body: dict[str, Any], now: float, client_id: str | None = None) -> Tokens:

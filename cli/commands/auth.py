@@ -193,12 +193,14 @@ def logout(ctx: typer.Context) -> None:
     """
     from access.cli import config
     from access.cli.errors import BrokerUnreachable
-    from access.cli.tokens import env_token
+    from access.cli.tokens import ENV_CLIENT_ID, env_token
 
     broker_client = client(ctx)
     url = broker_client.base_url
     if env_token():
         render.warning("ACCESS_TOKEN is set in your environment; logout does not revoke it: unset it")
+    if os.environ.get(ENV_CLIENT_ID):
+        render.warning(f"{ENV_CLIENT_ID} is set: later commands still sign in with it; unset it to stop that")
     tokens = broker_client.store.load(url)
     if tokens is None:
         render.message(f"Not signed in to {render.name(url)}.")
@@ -274,8 +276,7 @@ def _profile_status(broker_client: BrokerClient) -> tuple[Principal | None, list
 def status(ctx: typer.Context, output: OutputOption = Output.text) -> None:
     """Show every broker profile: who is signed in, until when, and their active grants.
 
-    --broker shows one. Exits 0 when the current profile (or the --broker one) is signed in and
-    its broker answered; otherwise with that profile's error code (3: not signed in).
+    --broker shows one. Exits 0 if the current (or --broker) profile is signed in, else with its code.
 
     Examples:
       access status

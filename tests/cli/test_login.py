@@ -237,13 +237,22 @@ def test_a_client_secret_file_others_can_change_is_refused(
 
 # 0600/0400: a file of one's own; 0644: a Kubernetes secret volume; 0444: a Docker secret.
 @pytest.mark.parametrize("mode", [0o600, 0o400, 0o644, 0o444])
-def test_client_credentials_read_the_secret_from_a_file_only_its_owner_can_change(
-    live: LiveBroker, tmp_path: Path, config_dir: Path, mode: int
+def test_a_secret_file_only_its_owner_can_change_is_read(tmp_path: Path, mode: int) -> None:
+    from access.cli.tokens import read_secret_file
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(mode)
+    assert read_secret_file(str(secret)) == "s3cret"
+
+
+def test_client_credentials_read_the_secret_from_a_kubernetes_style_file(
+    live: LiveBroker, tmp_path: Path, config_dir: Path
 ) -> None:
     client_id, client_secret = live.service_account("deploy-bot", ["ci"])
     secret = tmp_path / "secret"
     secret.write_text(client_secret + "\n")
-    secret.chmod(mode)
+    secret.chmod(0o644)
     ok = live.invoke(
         "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
     )
