@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=900, ge=30, le=900, description="access token lifetime, seconds (max 900)"
     )
     session_ttl: int = Field(default=12 * 3600, ge=60, description="refresh token family lifetime, seconds")
+    service_account_session_ttl: int = Field(
+        default=12 * 3600,
+        ge=60,
+        description="service account (client credentials) session lifetime, seconds; refreshed within it",
+    )
     device_code_ttl: int = Field(default=600, ge=30, le=1800, description="device code lifetime, seconds")
     device_poll_interval: int = Field(
         default=5, ge=1, le=60, description="RFC 8628 polling interval, seconds"

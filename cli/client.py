@@ -9,7 +9,10 @@ commands import this module inside their function bodies, never at startup.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +34,15 @@ from access.cli.errors import (
     UsageError,
     from_wire,
 )
-from access.cli.tokens import Tokens, TokenStore, default_store, env_token, refresh_lock
+from access.cli.tokens import (
+    ENV_CLIENT_ID,
+    Tokens,
+    TokenStore,
+    default_store,
+    env_credentials,
+    env_token,
+    refresh_lock,
+)
 from access.shared.models import AuditEntry, AuditPage, Grant, GrantRequest, Principal, ServiceInfo
 from access.shared.net import is_loopback_host
 from access.shared.oauth import DEVICE_GRANT_TYPE
@@ -39,8 +50,6 @@ from access.shared.oauth import DEVICE_GRANT_TYPE
 __all__ = ["CLIENT_ID", "BrokerClient", "DeviceAuthorization", "normalise_url"]
 
 CLIENT_ID = "access-cli"
-# Refresh a little before expiry so a token does not run out between our check and the broker's.
-MIN_VALIDITY = 60.0
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 CA_HINT = "pass the CA that signed the broker's certificate with --ca-file or ACCESS_CA_FILE"
 
@@ -111,6 +120,11 @@ class BrokerClient:
         self._now = now
         self._ssl: ssl.SSLContext | None = None
         self._http: httpx.Client | None = None
+        # A sign-in from ACCESS_CLIENT_ID/ACCESS_CLIENT_SECRET: kept here, never stored, and
+        # ended when this client closes. The tunnel reads it from a worker thread: the lock.
+        self._memory: Tokens | None = None
+        self._opened_from_env = False
+        self._memory_lock = threading.Lock()
 
     @classmethod
     def from_config(
@@ -122,25 +136,23 @@ class BrokerClient:
         transport: httpx.BaseTransport | None = None,
         now: Callable[[], float] | None = None,
     ) -> BrokerClient:
-        """A client for ``broker`` (flag or ACCESS_BROKER_URL), else the broker of the last login.
+        """A client for ``broker`` (flag or ACCESS_BROKER_URL), else the current profile's broker.
 
-        The CA file and the insecure-HTTP choice saved at login apply when the URL matches.
-        ``transport`` and ``now`` are passed through (see ``access.cli.context.Globals``).
+        The CA file and the insecure-HTTP choice of that broker's profile apply (flags add to
+        them). ``transport`` and ``now`` are passed through (see ``access.cli.context.Globals``).
 
         Raises:
             UsageError: no broker is known, or the URL is not acceptable.
         """
-        saved = config.load()
-        saved_url = saved.get("broker_url") if isinstance(saved.get("broker_url"), str) else None
-        url = broker or saved_url
+        url = broker or config.current_broker()
         if not url:
             raise UsageError(
                 "no broker configured",
                 "run `access login --broker https://BROKER` or set ACCESS_BROKER_URL",
             )
-        if saved_url and normalise_url(url, insecure=True) == saved_url:
-            ca_file = ca_file or saved.get("ca_file")
-            insecure = insecure or bool(saved.get("insecure"))
+        profile = config.profiles().get(normalise_url(url, insecure=True), {})
+        ca_file = ca_file or profile.get("ca_file")
+        insecure = insecure or bool(profile.get("insecure"))
         return cls(
             url, ca_file=ca_file, insecure=insecure, notify=notify, transport=transport, now=now or time.time
         )
@@ -185,6 +197,13 @@ class BrokerClient:
         return self._http
 
     def close(self) -> None:
+        """Close the connection; end the session signed in from the environment, if any."""
+        with self._memory_lock:
+            opened, self._memory = self._memory if self._opened_from_env else None, None
+            self._opened_from_env = False
+        if opened is not None and opened.refresh_token:
+            with contextlib.suppress(CliError):  # it ends by itself at the session's end anyway
+                self.revoke_token(opened.refresh_token)
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -255,76 +274,109 @@ class BrokerClient:
     def save_tokens(self, tokens: Tokens) -> None:
         self.store.save(self.base_url, tokens)
 
-    def access_token(self) -> str:
-        """A valid access token: ACCESS_TOKEN, else the stored one, refreshed when near expiry.
+    def access_token(self, fresh: bool = False) -> str:
+        """The access token to send: ACCESS_TOKEN, else the stored one, else a sign-in from
+        ``ACCESS_CLIENT_ID``/``ACCESS_CLIENT_SECRET[_FILE]`` kept in memory for this command.
+
+        The CLI never decides from its own clock that a token has expired (that clock may be
+        wrong; the broker's is authoritative): it sends the token, and a 401 makes :meth:`_api`
+        refresh once and retry. ``fresh``: the broker has just refused the current token (the
+        tunnel's retry), so refresh first.
 
         Raises:
             NeedsLogin: no token, or the refresh failed (session ended, refresh token reused).
             BrokerUnreachable: the refresh could not reach the broker.
+            UsageError: ``ACCESS_CLIENT_ID`` is set without a usable secret.
         """
         env = env_token()
         if env:
             return env
-        tokens = self.store.load(self.base_url)
-        if tokens is None:
-            raise NeedsLogin(f"not signed in to {self.base_url}")
-        if tokens.expires_at - self._now() > MIN_VALIDITY:
-            return tokens.access_token
-        return self._refresh(tokens).access_token
+        tokens = self._tokens()
+        return (self._refresh(tokens.access_token) if fresh else tokens).access_token
 
-    def _refresh(self, stale: Tokens) -> Tokens:
+    def _tokens(self) -> Tokens:
+        with self._memory_lock:
+            if self._memory is not None:
+                return self._memory
+        stored = self.store.load(self.base_url)
+        env_id = os.environ.get(ENV_CLIENT_ID, "").strip()
+        credentials = env_credentials() if env_id and (stored is None or stored.client_id != env_id) else None
+        if credentials is not None:
+            # As gh with GH_TOKEN: the environment's identity wins, and nothing is stored.
+            signed_in = self.client_credentials(*credentials)
+            with self._memory_lock:
+                self._memory = signed_in
+                self._opened_from_env = True
+            return signed_in
+        if stored is None:
+            raise NeedsLogin(f"not signed in to {self.base_url}")
+        return stored
+
+    def _refresh(self, refused: str) -> Tokens:
+        """Tokens to replace the access token ``refused`` (the broker said 401 to it)."""
+        with self._memory_lock:
+            if self._memory is not None:
+                if self._memory.access_token == refused:
+                    self._memory = self._exchange(self._memory)
+                return self._memory
         with refresh_lock():
             current = self.store.load(self.base_url)
             if current is None:
                 raise NeedsLogin(f"not signed in to {self.base_url}")
-            if current.access_token != stale.access_token and current.expires_at - self._now() > MIN_VALIDITY:
+            if current.access_token != refused:
                 return current  # another access process refreshed while we waited for the lock
-            if current.refresh_token is None:
-                hint = (
-                    f"run `access login --client-id {current.client_id} --client-secret-file FILE`"
-                    if current.client_id
-                    else None
-                )
-                raise NeedsLogin(f"your token for {self.base_url} has expired", hint)
-            response = self._send(
-                "POST",
-                "/oauth/token",
-                form={
-                    "grant_type": "refresh_token",
-                    "refresh_token": current.refresh_token,
-                    "client_id": CLIENT_ID,
-                },
-            )
-            if response.status_code != 200:
-                error = self._error(response)
-                if error.code in (
-                    "invalid_grant",
-                    "invalid_token",
-                    "unauthenticated",
-                ) or response.status_code in (
-                    400,
-                    401,
-                ):
-                    # The session is over (expired, logged out, or the refresh token was reused):
-                    # the stored tokens are useless now.
-                    self.store.delete(self.base_url)
-                    raise NeedsLogin(
-                        f"your session at {self.base_url} has ended ({error.message})"
-                    ) from error
-                raise error
-            fresh = Tokens.from_response(response.json(), self._now(), current.client_id)
+            try:
+                fresh = self._exchange(current)
+            except NeedsLogin:
+                self.store.delete(self.base_url)  # the session is over: the tokens are useless now
+                raise
             self.store.save(self.base_url, fresh)
             return fresh
 
+    def _exchange(self, current: Tokens) -> Tokens:
+        """Spend ``current``'s refresh token (it rotates) for new tokens.
+
+        Raises:
+            NeedsLogin: there is no refresh token, or the broker says the session is over.
+        """
+        if current.refresh_token is None:
+            hint = (
+                f"run `access login --client-id {current.client_id} --client-secret-file FILE`"
+                if current.client_id
+                else None
+            )
+            raise NeedsLogin(f"the broker no longer accepts your token for {self.base_url}", hint)
+        response = self._send(
+            "POST",
+            "/oauth/token",
+            form={
+                "grant_type": "refresh_token",
+                "refresh_token": current.refresh_token,
+                "client_id": current.client_id or CLIENT_ID,
+            },
+        )
+        if response.status_code != 200:
+            error = self._error(response)
+            if error.code in (
+                "invalid_grant",
+                "invalid_token",
+                "unauthenticated",
+            ) or response.status_code in (
+                400,
+                401,
+            ):
+                # The session is over (expired, logged out, or the refresh token was reused).
+                raise NeedsLogin(f"your session at {self.base_url} has ended ({error.message})") from error
+            raise error
+        return Tokens.from_response(response.json(), self._now(), current.client_id)
+
     def _api(self, method: str, path: str, **kwargs: Any) -> Any:
-        """An authenticated /v1 call; on 401 with a stored token, refresh once and retry."""
+        """An authenticated /v1 call; on 401 with our own tokens, refresh once and retry."""
         token = self.access_token()
         response = self._send(method, path, token=token, **kwargs)
         if response.status_code == 401 and env_token() is None:
-            stored = self.store.load(self.base_url)
-            if stored is not None and stored.refresh_token:
-                token = self._refresh(stored).access_token
-                response = self._send(method, path, token=token, **kwargs)
+            token = self._refresh(token).access_token
+            response = self._send(method, path, token=token, **kwargs)
         if response.status_code >= 400:
             raise self._error(response)
         try:

@@ -5,9 +5,12 @@ secret files ``access exec`` hands its program) go to :func:`runtime_dir`: ``$XD
 where there is one, else ``$XDG_STATE_HOME/access`` (default ``~/.local/state/access``); never the
 shared temporary folder. It is mode 0700 and ours, or the CLI refuses to use it.
 
-``config.json`` remembers the broker (URL, CA file, insecure-HTTP choice) used at the last
-login, so later commands need no ``--broker``, and whether the token-file note was shown.
-It holds no secrets; tokens live in the keyring or ``tokens.json`` (see ``tokens.py``).
+``config.json`` keeps one profile per broker signed in to (its URL, CA file, insecure-HTTP
+choice, and who signed in), which one is current (the last ``access login``: commands without
+``--broker`` use it), and whether the token-file note was shown. It holds no secrets; tokens
+live in the keyring or ``tokens.json``, keyed by broker URL (see ``tokens.py``). A file written
+by an older CLI (one ``broker_url``, ``ca_file``, ``insecure``) reads as that one profile,
+current, and is rewritten in the new form at the next change.
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ from typing import Any
 
 from access.cli.errors import UsageError
 
-__all__ = ["config_dir", "load", "runtime_dir", "update", "write_private"]
+__all__ = [
+    "config_dir",
+    "current_broker",
+    "forget_profile_user",
+    "load",
+    "profiles",
+    "runtime_dir",
+    "save_profile",
+    "update",
+    "write_private",
+]
 
 CONFIG_FILE = "config.json"
 
@@ -69,14 +82,80 @@ def runtime_dir() -> Path:
     return path
 
 
+_LEGACY = ("broker_url", "ca_file", "insecure")
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """The single-broker form of older CLIs as one profile, current; unknown shapes dropped."""
+    legacy = data.get("broker_url")
+    found = data.get("profiles")
+    table: dict[str, Any] = (
+        {k: v for k, v in found.items() if isinstance(v, dict)} if isinstance(found, dict) else {}
+    )
+    if isinstance(legacy, str) and legacy:
+        old = table.setdefault(legacy, {})
+        if isinstance(data.get("ca_file"), str):
+            old.setdefault("ca_file", data["ca_file"])
+        if data.get("insecure"):
+            old.setdefault("insecure", True)
+        data.setdefault("current", legacy)
+    for key in _LEGACY:
+        data.pop(key, None)
+    data["profiles"] = table
+    if not isinstance(data.get("current"), str) or data["current"] not in table:
+        data.pop("current", None)
+    return data
+
+
 def load() -> dict[str, Any]:
     """The saved settings; an unreadable or corrupt file counts as empty (it holds no secrets)."""
     path = config_dir() / CONFIG_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        data = {}
+    return _migrate(data if isinstance(data, dict) else {})
+
+
+def profiles() -> dict[str, dict[str, Any]]:
+    """Broker URL -> its profile (``ca_file``, ``insecure``, ``name``, ``kind``, ``client_id``)."""
+    table: dict[str, dict[str, Any]] = load()["profiles"]
+    return table
+
+
+def current_broker() -> str | None:
+    """The current profile's broker URL (the last ``access login``), or None."""
+    value = load().get("current")
+    return value if isinstance(value, str) else None
+
+
+def save_profile(url: str, *, make_current: bool = True, **values: Any) -> None:
+    """Merge ``values`` into ``url``'s profile (None removes a key); make it current."""
+    data = load()
+    entry = data["profiles"].setdefault(url, {})
+    for key, value in values.items():
+        if value is None:
+            entry.pop(key, None)
+        else:
+            entry[key] = value
+    if make_current:
+        data["current"] = url
+    _write(data)
+
+
+def forget_profile_user(url: str) -> None:
+    """After a logout: keep ``url``'s profile (URL and CA, for the next login), drop who it was."""
+    data = load()
+    entry = data["profiles"].get(url)
+    if entry is None:
+        return
+    for key in ("name", "kind", "client_id"):
+        entry.pop(key, None)
+    _write(data)
+
+
+def _write(data: dict[str, Any]) -> None:
+    write_private(config_dir() / CONFIG_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def update(**values: Any) -> None:
@@ -87,7 +166,7 @@ def update(**values: Any) -> None:
             data.pop(key, None)
         else:
             data[key] = value
-    write_private(config_dir() / CONFIG_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    _write(data)
 
 
 def write_private(path: Path, text: str) -> None:

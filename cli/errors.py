@@ -11,6 +11,7 @@
     ├── Unavailable          (7) the broker refused to act (it fails closed)
     │   └── BrokerUnreachable    (7) no answer from the broker: names the URL tried
     ├── NotFound             (8) no such service, grant or user
+    ├── TimedOut             (9) `access login` waited --timeout and nobody approved the code
     ├── NotExecutable        (126) `access exec`'s program is there but cannot be run
     ├── CommandNotFound      (127) `access exec`'s program is not there (nor on PATH)
     └── tunnel.HandshakeRefused  (1) the broker refused a tunnel upgrade (its JSON error and HTTP
@@ -42,6 +43,7 @@ __all__ = [
     "NotExecutable",
     "NotFound",
     "Pending",
+    "TimedOut",
     "Unavailable",
     "UsageError",
     "from_wire",
@@ -102,6 +104,10 @@ class BrokerUnreachable(Unavailable):
 
 class NotFound(CliError):
     exit_code = ExitCode.NOT_FOUND
+
+
+class TimedOut(CliError):
+    exit_code = ExitCode.TIMED_OUT
 
 
 class NotExecutable(CliError):

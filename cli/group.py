@@ -69,6 +69,16 @@ COMMANDS: dict[str, LazyCommand] = {
         "Show who you are signed in as, and your groups.",
         examples=("access whoami", "access whoami -o json"),
     ),
+    "status": LazyCommand(
+        _AUTH,
+        "status",
+        "Show every broker profile: who, session end, active grants.",
+        examples=(
+            "access status",
+            "access status -o json",
+            "access status --broker https://access.example.com",
+        ),
+    ),
     "services": LazyCommand(
         _GRANTS,
         "services",

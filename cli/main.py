@@ -39,10 +39,13 @@ Exit codes:
   6 expired: the device code or the grant ran out
   7 unavailable: the broker is unreachable or refused to act
   8 not found: no such service or grant
+  9 timed out: `access login` waited --timeout and nobody approved
   126 `access exec`: the program cannot be run (no grant asked for)
   127 `access exec`: no such program (no grant asked for)
 
-Environment: ACCESS_BROKER_URL, ACCESS_CA_FILE, ACCESS_TOKEN (overrides stored tokens), NO_COLOR."""
+Environment: ACCESS_BROKER_URL, ACCESS_CA_FILE, ACCESS_TOKEN (overrides stored tokens),
+ACCESS_CLIENT_ID with ACCESS_CLIENT_SECRET or ACCESS_CLIENT_SECRET_FILE (sign in as a service
+account: see docs/cli.md, "Pipelines"), NO_COLOR."""
 )
 
 app = typer.Typer(

@@ -44,6 +44,7 @@ __all__ = [
     "name",
     "note",
     "pairs",
+    "section",
     "table",
     "text",
     "warning",
@@ -313,6 +314,15 @@ def grant_label(grant: Grant) -> str:
 
     reason = f'reason "{grant.reason}"' if grant.reason else "no reason"
     return f"{name(grant.id)} ({name(grant.scope)}, {format_duration(grant.seconds_left)} left, {reason})"
+
+
+def section(title: str, items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) -> None:
+    """A heading line (an identifier) and its ``pairs`` indented below it, then a blank line."""
+    sys.stdout.write(terminal.name(title) + "\n")
+    sys.stdout.flush()
+    pairs([("  " + key, value) for key, value in items], free_text=["  " + key for key in free_text])
+    sys.stdout.write("\n")
+    sys.stdout.flush()
 
 
 def when(moment: datetime) -> str:

@@ -1,5 +1,9 @@
 """Token storage: the OS keyring, or a 0600 file where there is none; ``ACCESS_TOKEN`` wins over both.
 
+Pipelines sign in from the environment: ``ACCESS_CLIENT_ID`` with ``ACCESS_CLIENT_SECRET`` or
+``ACCESS_CLIENT_SECRET_FILE`` (:func:`env_credentials`); the secret is never stored and never
+passed on to programs that ``access exec`` runs (:func:`child_environment`).
+
 Tokens are kept per broker URL (keyring service ``access``, username = broker URL; in the
 file, a JSON object keyed by broker URL). Headless Linux often has no usable keyring
 backend: then tokens go to ``$XDG_CONFIG_HOME/access/tokens.json``, created with mode 0600,
@@ -13,7 +17,8 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,17 +27,27 @@ from access.cli import config
 from access.cli.errors import CliError, UsageError
 
 __all__ = [
+    "ENV_CLIENT_ID",
+    "ENV_CLIENT_SECRET",
+    "ENV_CLIENT_SECRET_FILE",
     "ENV_TOKEN",
     "FileStore",
     "KeyringStore",
     "TokenStore",
     "Tokens",
+    "child_environment",
     "default_store",
+    "env_credentials",
+    "env_secret",
     "env_token",
+    "read_secret_file",
     "refresh_lock",
 ]
 
 ENV_TOKEN = "ACCESS_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_CLIENT_ID = "ACCESS_CLIENT_ID"
+ENV_CLIENT_SECRET = "ACCESS_CLIENT_SECRET"  # noqa: S105 - a variable name
+ENV_CLIENT_SECRET_FILE = "ACCESS_CLIENT_SECRET_FILE"  # noqa: S105 - a variable name
 KEYRING_SERVICE = "access"
 TOKEN_FILE = "tokens.json"  # noqa: S105 - a file name
 _NOTE_KEY = "token_file_note_shown"
@@ -41,9 +56,11 @@ _NOTE_KEY = "token_file_note_shown"
 @dataclass(frozen=True)
 class Tokens:
     access_token: str
-    expires_at: float  # epoch seconds, from the local clock at receipt plus expires_in
+    # Epoch seconds, the local clock at receipt plus expires_in: shown, never used to decide
+    # that the token has expired (the broker's 401 decides; the local clock may be wrong).
+    expires_at: float
     refresh_token: str | None = None
-    client_id: str | None = None  # set for service accounts (client credentials: no refresh token)
+    client_id: str | None = None  # a service account's (client credentials); refreshes send it
 
     @classmethod
     def from_response(cls, body: dict[str, Any], now: float, client_id: str | None = None) -> Tokens:
@@ -86,6 +103,79 @@ def env_token() -> str | None:
     """``ACCESS_TOKEN`` when set: used as-is, never refreshed and never stored."""
     value = os.environ.get(ENV_TOKEN, "").strip()
     return value or None
+
+
+def read_secret_file(path: str) -> str:
+    """A client secret from ``path`` (``-`` for stdin). Secrets never come from argv.
+
+    Accepted: files of ours or root's (Kubernetes secret volumes are root's, 0644; Docker
+    secrets 0444) that only their owner can change. Refused: a file that group or others can
+    write (someone may have swapped the secret), or one owned by another user.
+
+    Raises:
+        UsageError: the file is missing, empty, writable by others or another user's.
+    """
+    if path == "-":
+        secret = sys.stdin.readline().strip()
+    else:
+        try:
+            info = os.stat(path)
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"cannot read the client secret file {path}: {reason}") from exc
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UsageError(
+                f"refusing to read {path}: other users can change it (mode {stat.filemode(info.st_mode)})",
+                f"run `chmod go-w {path}`; if someone may have changed or read it, rotate the secret",
+            )
+        if hasattr(os, "getuid") and info.st_uid not in (os.getuid(), 0):
+            raise UsageError(
+                f"refusing to read {path}: it belongs to another user (uid {info.st_uid})",
+                "use a file of yours (or root's), mode 0600 or 0400",
+            )
+    if not secret:
+        raise UsageError(f"the client secret file {path} is empty")
+    return secret
+
+
+def env_secret() -> str | None:
+    """The client secret from ``ACCESS_CLIENT_SECRET_FILE`` or ``ACCESS_CLIENT_SECRET``, or None.
+
+    Raises:
+        UsageError: both are set (which one was meant?), or the file is not acceptable.
+    """
+    secret = os.environ.get(ENV_CLIENT_SECRET, "").strip()
+    secret_file = os.environ.get(ENV_CLIENT_SECRET_FILE, "").strip()
+    if secret and secret_file:
+        raise UsageError(
+            f"both {ENV_CLIENT_SECRET} and {ENV_CLIENT_SECRET_FILE} are set", "unset one of them"
+        )
+    return read_secret_file(secret_file) if secret_file else secret or None
+
+
+def env_credentials() -> tuple[str, str] | None:
+    """``(client id, secret)`` from ``ACCESS_CLIENT_ID`` and ``ACCESS_CLIENT_SECRET`` or
+    ``ACCESS_CLIENT_SECRET_FILE``; None when ``ACCESS_CLIENT_ID`` is unset.
+
+    Raises:
+        UsageError: the id has no secret, both secret variables are set, or the file is refused.
+    """
+    client_id = os.environ.get(ENV_CLIENT_ID, "").strip()
+    if not client_id:
+        return None
+    secret = env_secret()
+    if secret is None:
+        raise UsageError(
+            f"{ENV_CLIENT_ID} is set but neither {ENV_CLIENT_SECRET} nor {ENV_CLIENT_SECRET_FILE}",
+            f"set {ENV_CLIENT_SECRET_FILE} to the secret's file (or unset {ENV_CLIENT_ID})",
+        )
+    return client_id, secret
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the client secret: programs the CLI starts never see it."""
+    return {k: v for k, v in environ.items() if k != ENV_CLIENT_SECRET}
 
 
 class TokenStore(Protocol):

@@ -81,7 +81,8 @@ class BrokerEndpoint:
 
     base_url: str
     grant_id: str
-    token: Callable[[], str]  # may block (a refresh): called in a worker thread
+    # The access token; True: the broker refused the last one, refresh. May block: a worker thread.
+    token: Callable[[bool], str]
     ssl_context: ssl.SSLContext | None = None
     _cached: tuple[str, float] | None = field(default=None, repr=False)
 
@@ -107,7 +108,7 @@ class BrokerEndpoint:
         now = time.monotonic()
         if not fresh and self._cached is not None and now - self._cached[1] < TOKEN_CACHE_SECONDS:
             return self._cached[0]
-        token = await asyncio.to_thread(self.token)
+        token = await asyncio.to_thread(self.token, fresh)
         self._cached = (token, now)
         return token
 

@@ -34,6 +34,7 @@ Exit codes of ``access`` (documented in docs/cli.md)::
     6  expired          the device code or the grant ran out
     7  unavailable      the broker could not be reached, or refused to act (fail closed)
     8  not found        no such service, grant or user
+    9  timed out        `access login`: nobody approved the device code within --timeout
   126  not executable   `access exec`'s program cannot be run (no grant was asked for)
   127  no program       `access exec`'s program is not there or not on PATH (likewise)
 """
@@ -59,6 +60,7 @@ class ExitCode(IntEnum):
     EXPIRED = 6
     UNAVAILABLE = 7
     NOT_FOUND = 8
+    TIMED_OUT = 9
     # `access exec`'s program, before any grant is asked for: the shells' codes.
     NOT_EXECUTABLE = 126
     COMMAND_NOT_FOUND = 127

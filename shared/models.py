@@ -70,6 +70,7 @@ class Principal(_Model):
     groups: list[str]
     session_id: str | None = None
     token_expires_at: Instant | None = None
+    session_expires_at: Instant | None = None  # when the sign-in session ends (refreshes stop)
     can_read_audit: bool = False
 
 

@@ -23,6 +23,7 @@ def whoami(broker: BrokerDep, ctx: CurrentPrincipal) -> Principal:
         groups=list(ctx.groups),
         session_id=ctx.session_id,
         token_expires_at=ctx.expires_at,
+        session_expires_at=ctx.session_expires_at,
         can_read_audit=broker.policy.can_read_audit(ctx),
     )
 

@@ -16,5 +16,5 @@ class AuthContext:
     groups: tuple[str, ...]
     session_id: str
     token_id: str  # the access token's jti
-    expires_at: datetime
-    session_expires_at: datetime | None = None  # the sign-in session's end (None: not looked up)
+    expires_at: datetime  # the access token's
+    session_expires_at: datetime | None = None  # the sign-in session's (refresh family), server time

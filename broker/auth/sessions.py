@@ -6,8 +6,12 @@ family (one of them stole it), so the whole session is revoked (``refresh_reuse`
 access tokens stop working at once (``tokens.authenticate`` checks the session).
 
 Refresh tokens are 256-bit random strings stored as SHA-256: the table alone grants nothing.
-Service accounts (client credentials) get a session without refresh tokens that lives as long
-as their access token: they simply authenticate again.
+Service accounts (client credentials) get a session with refresh tokens too, lasting
+``service_account_session_ttl``: a pipeline longer than one access token refreshes as a
+person's CLI does, and its open tunnels (tied to the session, not the access token) live on.
+RFC 6749 section 4.4.3 advises against a refresh token here and section 6 would have the client
+authenticate again to use it; we follow Boundary and Teleport instead (a renewable session the
+broker bounds), so the client secret is needed only at login and never has to be kept around.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ _MAX_REFRESH_LENGTH = 256
 
 @dataclass(frozen=True)
 class TokenSet:
-    """What the token endpoint returns (``refresh_token`` is None for service accounts)."""
+    """What the token endpoint returns (``refresh_token`` None: the response carries none)."""
 
     access_token: str
     expires_in: int
@@ -91,14 +95,15 @@ def start_session(
     principal: PrincipalRecord,
     client_id: str,
     *,
-    with_refresh: bool = True,
+    lifetime: int | None = None,
 ) -> TokenSet:
     """Open a session for ``principal`` inside the caller's transaction and issue its tokens.
 
-    The caller writes the audit entry for the login that led here.
+    ``lifetime``: the session's, in seconds (default ``session_ttl``). The caller writes the
+    audit entry for the login that led here.
     """
     now = broker.clock.now()
-    lifetime = broker.settings.session_ttl if with_refresh else broker.settings.access_token_ttl
+    lifetime = broker.settings.session_ttl if lifetime is None else lifetime
     expires_at = now + timedelta(seconds=lifetime)
     session_id = str(uuid.uuid4())
     sessions.insert(
@@ -109,7 +114,7 @@ def start_session(
         created_at=now,
         expires_at=expires_at,
     )
-    refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if with_refresh else None
+    refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at)
     access, expires_in = issue_access_token(
         broker, principal_id=principal.id, session_id=session_id, client_id=client_id
     )
@@ -179,7 +184,7 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
 
 
 def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: str) -> TokenSet:
-    """Authenticate a service account (OAuth client credentials) and open a short session.
+    """Authenticate a service account (OAuth client credentials) and open a refreshable session.
 
     Raises:
         OAuthError: ``invalid_client`` for an unknown, disabled or wrongly authenticated
@@ -213,7 +218,9 @@ def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: s
             )
             tokens = None
         else:
-            tokens = start_session(conn, broker, account, client_id, with_refresh=False)
+            tokens = start_session(
+                conn, broker, account, client_id, lifetime=broker.settings.service_account_session_ttl
+            )
             ledger.append(
                 conn,
                 broker.clock,

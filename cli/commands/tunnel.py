@@ -421,6 +421,7 @@ def exec_command(
     """
     if not command:
         raise UsageError("give the program to run after --", f"e.g. access exec {service} -- psql")
+    from access.cli.tokens import child_environment
     from access.shared.kinds import client_setup
 
     secret_dir = _private_dir()
@@ -437,7 +438,8 @@ def exec_command(
         try:
             argv = setup.args_for(list(command), host, port)
             try:
-                child = await asyncio.create_subprocess_exec(*argv, env={**os.environ, **setup.env})
+                child_env = {**child_environment(os.environ), **setup.env}  # no client secret
+                child = await asyncio.create_subprocess_exec(*argv, env=child_env)
             except FileNotFoundError as exc:  # gone since it was checked
                 raise CommandNotFound(
                     f"cannot run {command[0]}: {exc.strerror}", "check the program name and PATH"

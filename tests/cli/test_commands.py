@@ -80,7 +80,15 @@ def test_json_output_is_the_wire_model_on_stdout(live: LiveBroker) -> None:
     me = live.invoke("whoami", "-o", "json")
     assert me.exit_code == 0 and me.stderr == ""
     principal = json.loads(me.stdout)
-    assert set(principal) == {"name", "kind", "groups", "session_id", "can_read_audit", "token_expires_at"}
+    assert set(principal) == {
+        "name",
+        "kind",
+        "groups",
+        "session_id",
+        "can_read_audit",
+        "token_expires_at",
+        "session_expires_at",
+    }
     assert (principal["name"], principal["kind"], principal["groups"]) == ("alice", "user", ["sre"])
     assert principal["can_read_audit"] is True and principal["session_id"]
 

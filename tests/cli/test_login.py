@@ -15,7 +15,7 @@ import pytest
 
 from access.cli import device
 from access.cli.client import BrokerClient, DeviceAuthorization
-from access.cli.errors import Denied, Expired
+from access.cli.errors import Denied, Expired, TimedOut
 from access.cli.tokens import FileStore, Tokens
 from access.shared.errors import ExitCode
 from tests.cli.conftest import BROKER, BrokerApp, LiveBroker, invoke, stored
@@ -123,13 +123,13 @@ def test_polling_honours_interval_and_slow_down(live: LiveBroker, client: Broker
 
 
 def test_polling_gives_up_when_the_code_runs_out(live: LiveBroker, client: BrokerClient) -> None:
-    # The CLI keeps its own deadline from expires_in: here shorter than the broker's, so the
-    # broker still says "pending" when the CLI stops.
+    # The CLI keeps its own bound on the wait from expires_in: here shorter than the broker's,
+    # so the broker still says "pending" when the CLI stops, at the bound, not past it.
     auth = dataclasses.replace(client.device_authorize("laptop-1"), expires_in=12)
     clock = FakeTime(live)
-    with pytest.raises(Expired):
+    with pytest.raises(TimedOut, match="within 12s"):
         device.wait_for_approval(client, auth, sleep=clock.sleep, monotonic=clock.monotonic)
-    assert clock.sleeps == [5, 5, 5]
+    assert clock.sleeps == [5, 5, 2]
     assert {body["error"] for body in live.answered("POST", "/oauth/token")} == {"authorization_pending"}
 
 
@@ -202,7 +202,9 @@ def test_device_login_stores_tokens_and_says_so_once(
 
     token_file = config_dir / "tokens.json"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    assert json.loads((config_dir / "config.json").read_text())["broker_url"] == BROKER
+    saved = json.loads((config_dir / "config.json").read_text())
+    assert saved["current"] == BROKER
+    assert saved["profiles"][BROKER] == {"name": "alice", "kind": "user"}
 
     # Second login: the token-file note is not repeated, the replaced session is revoked.
     instant.restart()
@@ -217,22 +219,40 @@ def test_device_login_stores_tokens_and_says_so_once(
     assert old.exit_code == ExitCode.NEEDS_LOGIN  # the replaced session is over on the broker
 
 
-def test_client_credentials_reads_the_secret_from_a_private_file(
+@pytest.mark.parametrize("loose", [0o664, 0o646, 0o666])
+def test_a_client_secret_file_others_can_change_is_refused(
+    live: LiveBroker, tmp_path: Path, loose: int
+) -> None:
+    client_id, client_secret = live.service_account("deploy-bot", ["ci"])
+    secret = tmp_path / "secret"
+    secret.write_text(client_secret + "\n")
+    secret.chmod(loose)
+    result = live.invoke(
+        "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert "other users can change it" in result.stderr and f"chmod go-w {secret}" in result.stderr
+    assert live.transport.requests == []
+
+
+# 0600/0400: a file of one's own; 0644: a Kubernetes secret volume; 0444: a Docker secret.
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o644, 0o444])
+def test_a_secret_file_only_its_owner_can_change_is_read(tmp_path: Path, mode: int) -> None:
+    from access.cli.tokens import read_secret_file
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(mode)
+    assert read_secret_file(str(secret)) == "s3cret"
+
+
+def test_client_credentials_read_the_secret_from_a_kubernetes_style_file(
     live: LiveBroker, tmp_path: Path, config_dir: Path
 ) -> None:
     client_id, client_secret = live.service_account("deploy-bot", ["ci"])
     secret = tmp_path / "secret"
     secret.write_text(client_secret + "\n")
-
     secret.chmod(0o644)
-    loose = live.invoke(
-        "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
-    )
-    assert loose.exit_code == ExitCode.USAGE
-    assert f"chmod 600 {secret}" in loose.stderr
-    assert live.transport.requests == []
-
-    secret.chmod(0o600)
     ok = live.invoke(
         "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
     )
@@ -246,7 +266,62 @@ def test_client_credentials_reads_the_secret_from_a_private_file(
         "client_secret": [client_secret],
     }
     entry = stored(config_dir)
-    assert entry is not None and entry["client_id"] == client_id and entry["refresh_token"] is None
+    # A refreshable session, as a person's: the secret itself is never stored.
+    assert entry is not None and entry["client_id"] == client_id and entry["refresh_token"]
+    assert client_secret not in (config_dir / "tokens.json").read_text()
+
+
+def test_a_client_secret_file_of_another_user_is_refused(
+    live: LiveBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    client_id, client_secret = live.service_account("deploy-bot", ["ci"])
+    secret = tmp_path / "secret"
+    secret.write_text(client_secret)
+    secret.chmod(0o600)
+    if os.getuid() == 0:  # root may give the file away: to a user that is neither us nor root
+        os.chown(secret, 4242, -1)
+    else:  # the file is ours and root's is fine: we pretend to be another user
+        monkeypatch.setattr(os, "getuid", lambda: secret.stat().st_uid + 4242)
+    result = live.invoke(
+        "--broker", BROKER, "login", "--client-id", client_id, "--client-secret-file", str(secret)
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert "belongs to another user" in result.stderr
+    assert live.transport.requests == []
+
+
+def test_login_from_the_environment_needs_no_flags(
+    live: LiveBroker, tmp_path: Path, config_dir: Path
+) -> None:
+    client_id, client_secret = live.service_account("deploy-bot", ["ci"])
+    secret = tmp_path / "secret"
+    secret.write_text(client_secret)
+    secret.chmod(0o444)
+    for env in (
+        {"ACCESS_CLIENT_ID": client_id, "ACCESS_CLIENT_SECRET": client_secret},
+        {"ACCESS_CLIENT_ID": client_id, "ACCESS_CLIENT_SECRET_FILE": str(secret)},
+    ):
+        result = live.invoke("--broker", BROKER, "login", env=env)
+        assert result.exit_code == 0, result.stderr
+        assert "as deploy-bot (service_account" in result.stderr
+        assert client_secret not in (config_dir / "tokens.json").read_text()
+    both = {"ACCESS_CLIENT_ID": client_id, "ACCESS_CLIENT_SECRET": "x", "ACCESS_CLIENT_SECRET_FILE": "y"}
+    refused = live.invoke("--broker", BROKER, "login", env=both)
+    assert refused.exit_code == ExitCode.USAGE and "unset one of them" in refused.stderr
+
+
+def test_device_login_without_a_terminal_gives_up_after_timeout_with_its_own_code(
+    live: LiveBroker, instant: FakeTime, config_dir: Path
+) -> None:
+    result = live.invoke("--broker", BROKER, "login", "--no-browser", "--timeout", "7s", input="")
+    assert result.exit_code == ExitCode.TIMED_OUT == 9, result.stderr
+    assert "nobody approved the code within 7s" in result.stderr and "--timeout" in result.stderr
+    assert sum(instant.sleeps) == 7  # bounded: it waited 7 s (by its monotonic clock), no longer
+    assert stored(config_dir) is None
+    bad = live.invoke("--broker", BROKER, "login", "--timeout", "soon")
+    assert bad.exit_code == ExitCode.USAGE
 
 
 def test_client_id_without_a_secret_file_does_not_prompt_without_a_terminal(config_dir: Path) -> None:

@@ -143,6 +143,17 @@ def test_service_account_client_credentials(cli: Cli, broker: BrokerProcess, tmp
     failed = cli.run("login", "--client-id", creds["client_id"], "--client-secret-file", str(wrong))
     assert failed.returncode != 0
 
+    # A pipeline with only the variables (a Docker secret, 0444): no login step, nothing stored.
+    assert cli.run("logout").returncode == 0
+    secret_file.chmod(0o444)
+    env = {"ACCESS_CLIENT_ID": creds["client_id"], "ACCESS_CLIENT_SECRET_FILE": str(secret_file)}
+    piped = cli.run(
+        "request", "svc-payments", "-s", "read", "-t", "5m", "-r", "deploy 43", "-o", "json", env=env
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert _json(piped)["subject"] == "deploy-bot"
+    assert not (cli.home / "config" / "access" / "tokens.json").exists()
+
 
 def test_logout_revokes_the_token_server_side(cli: Cli) -> None:
     assert cli.device_login("alice", "alice-password-1").returncode == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import sqlalchemy as sa
 
@@ -125,12 +127,19 @@ def test_client_credentials(any_broker: Broker) -> None:
 
     issued = sessions.client_credentials(any_broker, client_id, secret, "192.0.2.1")
 
-    assert issued.refresh_token is None
     ctx = tokens.authenticate(any_broker, issued.access_token)
     assert (ctx.name, ctx.kind, ctx.groups) == ("deploy-bot", "service_account", ("ci",))
-    # The session lives only as long as the access token.
+    # A refreshable session, bounded by the service-account session lifetime (not the token's).
     row = _session(any_broker, issued.session_id)
-    assert (row.expires_at - row.created_at).total_seconds() == any_broker.settings.access_token_ttl
+    lifetime = any_broker.settings.service_account_session_ttl
+    assert (row.expires_at - row.created_at).total_seconds() == lifetime
+    assert ctx.session_expires_at == row.expires_at
+    assert issued.refresh_token is not None
+    renewed = sessions.refresh(any_broker, issued.refresh_token, client_id)
+    assert renewed.session_id == issued.session_id and renewed.refresh_token not in (
+        None,
+        issued.refresh_token,
+    )
     [entry] = audit_rows(any_broker, "login.success")
     assert entry["details"]["method"] == "client_credentials"
     assert secret not in ledger_text(any_broker)
@@ -147,3 +156,29 @@ def test_client_credentials_failures_are_audited_and_refused(broker: Broker) -> 
         sessions.client_credentials(broker, client_id, secret, "192.0.2.1")
     reasons = [e["details"]["reason"] for e in audit_rows(broker, "login.failure")]
     assert reasons == ["wrong_credentials", "unknown_client", "disabled"]
+
+
+def test_a_service_account_session_outlives_its_access_token_until_its_own_end(
+    make_broker: Callable[..., Broker], fake_clock: FakeClock
+) -> None:
+    """What each new channel of a tunnel asks (check_session) holds past the access token's
+    lifetime: a pipeline's `access exec` keeps its tunnel across refreshes, until the session ends."""
+    broker = make_broker(access_token_ttl=30, service_account_session_ttl=120)
+    client_id, secret = identity.create_service_account(broker, "deploy-bot", ["ci"])
+    issued = sessions.client_credentials(broker, client_id, secret, "192.0.2.1")
+    ctx = tokens.authenticate(broker, issued.access_token)
+    assert issued.refresh_token is not None
+
+    fake_clock.advance(61)  # two access-token lifetimes
+    tokens.check_session(broker, ctx)
+    with pytest.raises(Unauthenticated):
+        tokens.authenticate(broker, issued.access_token)  # the token itself is over
+    renewed = sessions.refresh(broker, issued.refresh_token, client_id)
+    assert tokens.authenticate(broker, renewed.access_token).session_id == ctx.session_id
+
+    fake_clock.advance(60)  # past the service-account session lifetime
+    with pytest.raises(Unauthenticated, match="session has expired"):
+        tokens.check_session(broker, ctx)
+    assert renewed.refresh_token is not None
+    with _oauth_error("invalid_grant"):
+        sessions.refresh(broker, renewed.refresh_token, client_id)

@@ -104,7 +104,7 @@ class Setup:
 
     def endpoint(self, grant_id: str, user: str = "alice", token: str | None = None) -> BrokerEndpoint:
         value = token if token is not None else self.tokens[user]
-        return BrokerEndpoint(base_url=self.url, grant_id=grant_id, token=lambda: value)
+        return BrokerEndpoint(base_url=self.url, grant_id=grant_id, token=lambda _fresh: value)
 
 
 def _policy(echo_port: int, dead_port: int) -> dict[str, Any]:
