@@ -31,6 +31,7 @@ __all__ = [
     "completion_script",
     "completion_var",
     "examples",
+    "reflow",
     "tidy",
 ]
 
@@ -81,8 +82,28 @@ def _tidy_param(param: Any) -> None:
         param.metavar = "" if param.is_flag else _value_name(param)
 
 
+def reflow(text: str) -> str:
+    """Join each paragraph's lines into one, so the help formatter wraps it to the terminal.
+
+    typer keeps a docstring's line breaks, so a paragraph wrapped at 100 columns in the source
+    prints as ragged half-lines at 80. Paragraphs with indented or bulleted lines keep theirs.
+    """
+    paragraphs = text.split("\n\n")
+    return "\n\n".join(
+        p
+        if any(line[:1].isspace() or line.lstrip().startswith(("- ", "* ")) for line in p.splitlines())
+        else " ".join(line.strip() for line in p.splitlines())
+        for p in paragraphs
+    )
+
+
 def tidy(command: Any) -> None:
-    """Name the values of ``command`` (and of its subcommands) as argparse does; flags show none."""
+    """Name the values of ``command`` (and of its subcommands) as argparse does; flags show none;
+    reflow its help paragraphs (see ``reflow``)."""
+    if command.help:
+        command.help = reflow(command.help)
+    if command.epilog:
+        command.epilog = reflow(command.epilog)
     help_option = command.get_help_option(typer.Context(command, help_option_names=HELP_NAMES))
     for param in [*command.params, *([help_option] if help_option is not None else [])]:
         _tidy_param(param)

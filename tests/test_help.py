@@ -55,8 +55,9 @@ COMMANDS = _walk()
 IDS = [" ".join([program, *path]) for program, path, _ in COMMANDS]
 
 
-def _help(program: str, *args: str) -> str:
-    result = CliRunner().invoke(APPS[program], [*args, "-h"], env=HELP_ENV, prog_name=program)
+def _help(program: str, *args: str, columns: int = 200) -> str:
+    env = {**HELP_ENV, "COLUMNS": str(columns)}
+    result = CliRunner().invoke(APPS[program], [*args, "-h"], env=env, prog_name=program)
     assert result.exit_code == 0, (program, args, result.output)
     return result.stdout
 
@@ -86,6 +87,20 @@ def test_every_command_answers_dash_h_with_examples_and_no_python_types(
         else:
             assert not PYTHON_TYPE.search(shown) and not CLICK_TYPE.match(shown), f"{where}: {shown!r}"
             assert shown or param.param_type_name == "argument", f"{where} shows no value name"
+
+
+@pytest.mark.parametrize(("program", "path", "command"), COMMANDS, ids=IDS)
+def test_help_prose_wraps_to_the_terminal_not_to_the_source(
+    program: str, path: tuple[str, ...], command: Any
+) -> None:
+    """A docstring paragraph wrapped at 100 columns in the source must not print as ragged
+    half-lines ("... a private file" / "deleted" / "afterwards) ...") at 80 columns."""
+    text = _help(program, *path, columns=80)
+    prose = text.split("\u256d", 1)[0] + text.rsplit("\u256f", 1)[-1]  # before the boxes, after them
+    lines = [line.strip() for line in prose.splitlines()]
+    for line, after in zip(lines, lines[1:], strict=False):
+        ragged = 0 < len(line) < 50 and after[:1].islower()
+        assert not ragged, f"`{program} {' '.join(path)} -h` breaks a sentence: {line!r} / {after!r}"
 
 
 def test_short_flags_mean_the_same_on_every_command() -> None:

@@ -100,7 +100,7 @@ def serve(
 @app.command(
     epilog=examples(
         "access-broker migrate",
-        "access-broker migrate --database-url postgresql://access@db.internal/access",
+        "access-broker migrate --database-url postgresql://db.internal/access",
         "access-broker migrate --forget-identity",
     )
 )

@@ -277,10 +277,6 @@ def status(ctx: typer.Context, output: OutputOption = Output.text) -> None:
     """Show every broker profile: who is signed in, until when, and their active grants.
 
     --broker shows one. Exits 0 if the current (or --broker) profile is signed in, else with its code.
-
-    Examples:
-      access status
-      access --broker https://access.staging.example status -o json
     """
     from access.cli import config
     from access.cli.client import normalise_url
