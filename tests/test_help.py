@@ -7,6 +7,7 @@ argparse does and never by Python type, and a flag shows no value at all.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -98,7 +99,7 @@ def test_help_prose_wraps_to_the_terminal_not_to_the_source(
     text = _help(program, *path, columns=80)
     prose = text.split("\u256d", 1)[0] + text.rsplit("\u256f", 1)[-1]  # before the boxes, after them
     lines = [line.strip() for line in prose.splitlines()]
-    for line, after in zip(lines, lines[1:], strict=False):
+    for line, after in itertools.pairwise(lines):
         ragged = 0 < len(line) < 50 and after[:1].islower()
         assert not ragged, f"`{program} {' '.join(path)} -h` breaks a sentence: {line!r} / {after!r}"
 
