@@ -55,7 +55,9 @@ class Broker:
             ValueError: a key file is unsafe or malformed.
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        engine = store_engine.create_engine(settings.resolved_database_url, settings.pool)
+        engine = store_engine.create_engine(
+            settings.resolved_database_url, settings.pool, settings.db_timeouts
+        )
         if migrate:
             try:
                 store_engine.migrate(engine)
