@@ -130,6 +130,29 @@ async def test_a_frozen_database_answers_503_within_seconds_then_recovers(
     assert await watch.step() is True
 
 
+async def test_a_commit_that_gets_no_answer_says_the_outcome_is_unknown(
+    client: httpx.AsyncClient, alice: dict[str, str], proxy: FreezableProxy
+) -> None:
+    """The COMMIT reaches the server, its answer never comes back: the grant may exist (here it
+    does), so "nothing was changed" would be a lie."""
+    proxy.freeze_after(b"INSERT INTO grants", b"COMMIT")
+    try:
+        response, took = await timed(client.post("/v1/grants", json=GRANT, headers=alice))
+        assert proxy.frozen
+        assert isinstance(response, httpx.Response), f"no answer after {took:.1f} s: {response!r}"
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "unavailable"
+        assert "the outcome is unknown" in error["message"] and "nothing was changed" not in error["message"]
+        assert "`access grants`" in error["hint"]
+        assert took < ANSWER + 1.0
+    finally:
+        proxy.thaw()
+
+    listed = (await client.get("/v1/grants", headers=alice)).json()
+    assert [g["reason"] for g in listed] == ["INC-9"]  # it did take effect
+
+
 def test_a_lock_held_elsewhere_fails_after_the_lock_timeout(broker: Broker, pg_url: str) -> None:
     """Another transaction holds the ledger's append lock: an append gives up after 0.5 s."""
     holding, release = threading.Event(), threading.Event()
