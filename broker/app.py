@@ -24,7 +24,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, Unavailable
+from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, database_unavailable
 from access.broker.loops import Loop
 from access.broker.runtime import Broker
 from access.shared.models import MAX_JSON_BODY_BYTES
@@ -159,9 +159,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(sa.exc.SQLAlchemyError)
     async def database_error(_request: Request, exc: sa.exc.SQLAlchemyError) -> Response:
         log.error("database error: %s", exc.__class__.__name__)
-        err = Unavailable(
-            "the broker's database is unavailable, so nothing was changed", hint="try again shortly"
-        )
+        err = database_unavailable()
         return JSONResponse(err.body(), status_code=err.status)
 
 

@@ -53,6 +53,8 @@ __all__ = [
     "TargetUnreachable",
     "Unauthenticated",
     "Unavailable",
+    "database_unavailable",
+    "outcome_unknown",
 ]
 
 
@@ -116,6 +118,22 @@ class RateLimited(BrokerError):
 
 class Unavailable(BrokerError):
     code = ErrorCode.UNAVAILABLE
+
+
+def database_unavailable() -> Unavailable:
+    """The database failed before anything was committed: nothing was changed."""
+    return Unavailable(
+        "the broker's database is unavailable, so nothing was changed",
+        hint="try again in a few seconds; operators: check the database",
+    )
+
+
+def outcome_unknown() -> Unavailable:
+    """The database stopped answering during COMMIT: the change may or may not have been made."""
+    return Unavailable(
+        "the broker's database stopped answering while saving the change, so the outcome is unknown",
+        hint="check with `access grants` (or `access audit`) whether it took effect before trying again",
+    )
 
 
 class TargetUnreachable(BrokerError):

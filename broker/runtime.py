@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 
 from access.broker.clock import Clock, SystemClock
-from access.broker.errors import Unavailable
+from access.broker.errors import Unavailable, database_unavailable, outcome_unknown
 from access.broker.events.bus import EventBus
 from access.broker.keys import load_or_create_key
 from access.broker.policy import Policy, load_policy
@@ -55,7 +55,9 @@ class Broker:
             ValueError: a key file is unsafe or malformed.
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        engine = store_engine.create_engine(settings.resolved_database_url, settings.pool)
+        engine = store_engine.create_engine(
+            settings.resolved_database_url, settings.pool, settings.db_timeouts
+        )
         if migrate:
             try:
                 store_engine.migrate(engine)
@@ -80,19 +82,29 @@ class Broker:
     def transaction(self) -> Iterator[sa.Connection]:
         """A database transaction. Database failures become ``Unavailable``: we fail closed.
 
+        A failure before COMMIT rolled everything back ("nothing was changed"). A connection lost
+        or timed out during COMMIT may have committed or not: that ``Unavailable`` says the
+        outcome is unknown, so nobody is told that nothing happened when it did.
+
         Raises:
-            Unavailable: the database could not be reached or the write failed at the database.
+            Unavailable: the database could not be reached, did not answer in time, or the write
+                failed at the database.
         """
         try:
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn, conn.begin() as trans:
                 yield conn
-        except (
-            sa.exc.OperationalError,
-            sa.exc.InterfaceError,
-            sa.exc.InternalError,
-            sa.exc.TimeoutError,  # no pooled connection came free in time
-        ) as exc:
-            raise Unavailable(
-                "the broker's database is unavailable, so nothing was changed",
-                hint="try again shortly; operators: check the database",
-            ) from exc
+                try:
+                    trans.commit()
+                except sa.exc.DBAPIError as exc:
+                    if exc.connection_invalidated or isinstance(exc, _LOST):
+                        raise outcome_unknown() from exc
+                    raise
+        except _DOWN as exc:
+            raise database_unavailable() from exc
+
+
+# What "the database is unavailable" means here: it could not be reached, did not answer in time
+# (our deadline, its statement or lock timeout), or no pooled connection came free in time.
+_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError, sa.exc.TimeoutError)
+# A COMMIT that failed in one of these ways may have reached the database: its outcome is unknown.
+_LOST = (sa.exc.InterfaceError,)

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from access.broker.store.engine import PoolSettings
+from access.broker.store.engine import DatabaseTimeouts, PoolSettings
 from access.shared.net import IPNetwork, is_loopback_host
 
 __all__ = ["Settings", "default_data_dir", "is_loopback_host"]
@@ -76,12 +76,34 @@ class Settings(BaseSettings):
         default=10, ge=0, le=200, description="PostgreSQL: extra connections allowed under load"
     )
     db_pool_timeout: float = Field(
-        default=10.0,
+        default=5.0,
         gt=0,
         le=120,
         description="seconds to wait for a pooled connection before refusing (503)",
     )
     log_level: str = Field(default="info", description="debug, info, warning or error")
+    # Every other wait for the database (docs/broker.md, "When the database hangs").
+    db_connect_timeout: float = Field(
+        default=3.0, ge=2, le=120, description="PostgreSQL: seconds to open a connection (at least 2)"
+    )
+    db_statement_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="seconds a statement or COMMIT may take before the broker gives up (503)",
+    )
+    db_lock_timeout: float = Field(
+        default=2.0, gt=0, le=3600, description="PostgreSQL: seconds to wait for a lock another holds"
+    )
+    db_tcp_timeout: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description="PostgreSQL: seconds after which a silent TCP peer counts as gone (keepalives)",
+    )
+    db_busy_timeout: float = Field(
+        default=5.0, gt=0, le=120, description="SQLite: seconds to wait for another process's lock"
+    )
     # -- issue 9: operations (client addresses behind proxies, lockout) -------------------
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field(
         default=(),
@@ -131,6 +153,16 @@ class Settings(BaseSettings):
     def pool(self) -> PoolSettings:
         return PoolSettings(
             size=self.db_pool_size, max_overflow=self.db_max_overflow, timeout=self.db_pool_timeout
+        )
+
+    @property
+    def db_timeouts(self) -> DatabaseTimeouts:
+        return DatabaseTimeouts(
+            connect=self.db_connect_timeout,
+            statement=self.db_statement_timeout,
+            lock=self.db_lock_timeout,
+            tcp=self.db_tcp_timeout,
+            busy=self.db_busy_timeout,
         )
 
     @property
