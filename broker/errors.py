@@ -13,6 +13,7 @@
     ├── Expired                      (410) the grant or code ran out
     ├── RateLimited                  (429)
     ├── Unavailable                  (503) the database or ledger is down: we fail closed
+    │   └── LedgerUnsafe             (503) the ledger's guards are gone or it fails verification
     ├── TargetUnreachable            (502) the service behind a tunnel did not answer
     └── OAuthError                   (400, 401 invalid_client, or as given) an RFC 6749 error from
                                      /oauth/*, rendered ``{"error", "error_description"}``;
@@ -44,6 +45,7 @@ __all__ = [
     "Forbidden",
     "GrantDenied",
     "InvalidRequest",
+    "LedgerUnsafe",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -113,6 +115,11 @@ class RateLimited(BrokerError):
 
 class Unavailable(BrokerError):
     code = ErrorCode.UNAVAILABLE
+
+
+class LedgerUnsafe(Unavailable):
+    """The ledger cannot be trusted (append-only guards missing or changed, or the part since the
+    last checkpoint fails verification): the broker signs nothing and gives no new access."""
 
 
 class TargetUnreachable(BrokerError):

@@ -61,10 +61,13 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
 
     Raises:
         Unavailable: the database cannot be reached.
+        LedgerUnsafe: the ledger's append-only guards are missing or changed, or the ledger since
+            its last checkpoint fails verification.
         OSError: the address cannot be bound.
     """
     from access.broker.admin.common import bind_socket
     from access.broker.app import create_app
+    from access.broker.audit.checkpoints import refuse_unsafe
     from access.broker.runtime import Broker
     from access.shared.tuning import tune_allocator
 
@@ -73,6 +76,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     sock = bind_socket(settings.host, settings.port)
     port = sock.getsockname()[1]
     broker = Broker.from_settings(settings, base_url=settings.base_url(port))
+    refuse_unsafe(broker)
     app = create_app(broker)
     config = uvicorn.Config(
         app,
