@@ -45,9 +45,20 @@ def remove_instance(conn: sa.Connection, instance_id: str) -> None:
 
 
 def dead_instances(conn: sa.Connection, *, now: datetime, lease: timedelta, alive: str) -> list[Any]:
-    """Instances (other than ``alive``) with open connections and no heartbeat within ``lease``:
-    rows of (instance_id, host, pid, heartbeat_at), the last three None when its row is gone."""
-    owners = sa.select(open_connections.c.instance_id).distinct().subquery()
+    """Instances (other than ``alive``) with open connections and no sign of life within
+    ``lease``: no heartbeat and no connection opened since. Rows of (instance_id, host, pid,
+    heartbeat_at), the last three None when its row is gone.
+
+    An open counts as a sign of life: a process whose first heartbeat failed, or whose row a
+    replica removed during an outage, is alive as long as it opens connections."""
+    cutoff = now - lease
+    owners = (
+        sa.select(
+            open_connections.c.instance_id, sa.func.max(open_connections.c.opened_at).label("last_open")
+        )
+        .group_by(open_connections.c.instance_id)
+        .subquery()
+    )
     query = (
         sa.select(
             owners.c.instance_id,
@@ -57,7 +68,8 @@ def dead_instances(conn: sa.Connection, *, now: datetime, lease: timedelta, aliv
         )
         .select_from(owners.outerjoin(broker_instances, broker_instances.c.id == owners.c.instance_id))
         .where(owners.c.instance_id != alive)
-        .where(sa.or_(broker_instances.c.id.is_(None), broker_instances.c.heartbeat_at < now - lease))
+        .where(owners.c.last_open < cutoff)
+        .where(sa.or_(broker_instances.c.id.is_(None), broker_instances.c.heartbeat_at < cutoff))
     )
     return list(conn.execute(query).all())
 

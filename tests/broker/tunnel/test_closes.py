@@ -194,6 +194,9 @@ def test_the_next_start_closes_what_a_dead_process_left_open_and_leaves_live_rep
     heartbeat(live)  # the replica is alive; `dead` wrote nothing since the crash
     assert close_lost(starting) == 2
     assert close_lost(starting) == 0  # each close is written once
+    # A process whose heartbeat never made it is alive while it opens connections.
+    _open(make_broker(db_url=db_url), ctx, grant_id, "c-new1")
+    assert close_lost(starting) == 0
 
     closed = audit_rows(starting, "connection.close")
     assert sorted(row["details"]["connection"] for row in closed) == ["c-dead1", "c-dead2"]
@@ -208,7 +211,7 @@ def test_the_next_start_closes_what_a_dead_process_left_open_and_leaves_live_rep
     assert {"opened_at", "last_heartbeat", "unknown"} <= set(details)
     assert closed[0]["actor"] == "alice"
     with starting.engine.connect() as conn:
-        assert conn.execute(sa.select(open_connections.c.id)).scalars().all() == ["c-live1"]
+        assert sorted(conn.execute(sa.select(open_connections.c.id)).scalars()) == ["c-live1", "c-new1"]
         assert dead.instance_id not in conn.execute(sa.select(broker_instances.c.id)).scalars().all()
 
     # The replica's own close, written normally; a graceful stop then removes its heartbeat.
@@ -216,7 +219,7 @@ def test_the_next_start_closes_what_a_dead_process_left_open_and_leaves_live_rep
     stop_instance(live, time.monotonic() + TIMEOUT)
     assert [r["details"]["connection"] for r in audit_rows(live, "connection.close")][-1] == "c-live1"
     with live.engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(open_connections)).scalar_one() == 0
+        assert conn.execute(sa.select(open_connections.c.id)).scalars().all() == ["c-new1"]
         assert live.instance_id not in conn.execute(sa.select(broker_instances.c.id)).scalars().all()
 
 
