@@ -15,8 +15,9 @@ memory, and :class:`CloseRetryLoop` writes it as soon as the database answers, w
 the database went away: a new connection needs its ``connection.open`` written first. Should the
 process die or stop before the database is back, nothing is lost but the close's figures: the
 row is still in ``open_connections``, and once the lease has run out whichever process runs
-(the next to start, or any replica) writes ``connection.close`` with ``why: broker lost`` and what is known: the
-open's details, when it opened, the owner and its last heartbeat (:func:`close_lost`).
+(the next to start, or any replica) writes ``connection.close`` with ``why: broker lost`` and
+what is known: the open's details, when it opened, the owner and its last heartbeat
+(:func:`close_lost`).
 """
 
 from __future__ import annotations
