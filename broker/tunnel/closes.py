@@ -138,7 +138,11 @@ class PendingCloses:
         if entry.delayed:
             details["closed_at"] = ledger.format_time(entry.closed_at)
         with self.broker.transaction() as conn:
-            store.remove_open(conn, entry.connection_id)
+            if not store.remove_open(conn, entry.connection_id) and entry.delayed:
+                # Its row is gone: an earlier attempt may have committed after all (a timeout
+                # during COMMIT), or a replica took this process for dead and wrote "broker
+                # lost". The figures are still worth an entry; it says it may repeat one.
+                details["maybe_repeated"] = True
             ledger.append(
                 conn,
                 self.broker.clock,
