@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +33,9 @@ from access.shared.models import MAX_JSON_BODY_BYTES
 __all__ = ["CatchAll", "create_app"]
 
 log = logging.getLogger(__name__)
+
+# On a graceful stop, how long queued connection.close entries are retried before the process exits.
+_STOP_WRITE_TIMEOUT = 5.0
 
 
 class BodySizeLimit:
@@ -186,9 +190,16 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.audit.checkpoints import CheckpointLoop
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
+    from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
-    return [CheckpointLoop(broker), ExpiryLoop(broker), OutboxLoop(broker), TunnelWatch(broker)]
+    return [
+        CheckpointLoop(broker),
+        ExpiryLoop(broker),
+        OutboxLoop(broker),
+        TunnelWatch(broker),
+        CloseRetryLoop(broker),
+    ]
 
 
 def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
@@ -196,9 +207,14 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from access.broker.tunnel.closes import InstanceLoop, stop_instance
+
         tasks: list[asyncio.Task[Any]] = []
         if background:
-            tasks = [asyncio.create_task(loop.run()) for loop in _background_loops(broker)]
+            # Before serving: this process's heartbeat, and the closes dead processes still owe.
+            instance = InstanceLoop(broker)
+            await instance.step()
+            tasks = [asyncio.create_task(loop.run()) for loop in [instance, *_background_loops(broker)]]
         try:
             yield
         finally:
@@ -210,6 +226,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
             if background:
                 from access.broker.audit.checkpoints import write_checkpoint
 
+                await asyncio.to_thread(stop_instance, broker, time.monotonic() + _STOP_WRITE_TIMEOUT)
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(write_checkpoint, broker)
 

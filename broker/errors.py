@@ -13,6 +13,7 @@
     ├── Expired                      (410) the grant or code ran out
     ├── RateLimited                  (429)
     ├── Unavailable                  (503) the database or ledger is down: we fail closed
+    │   └── LedgerUnsafe             (503) the ledger's guards are gone or it fails verification
     ├── TargetUnreachable            (502) the service behind a tunnel did not answer
     ├── Misconfigured                (no HTTP) ``serve`` refuses to start: a file, the listen
     │                                address or the replica identity (``broker/startup.py``)
@@ -46,6 +47,7 @@ __all__ = [
     "Forbidden",
     "GrantDenied",
     "InvalidRequest",
+    "LedgerUnsafe",
     "Misconfigured",
     "NotFound",
     "PayloadTooLarge",
@@ -134,6 +136,11 @@ def outcome_unknown() -> Unavailable:
         "the broker's database stopped answering while saving the change, so the outcome is unknown",
         hint="check with `access grants` (or `access audit`) whether it took effect before trying again",
     )
+
+
+class LedgerUnsafe(Unavailable):
+    """The ledger cannot be trusted (append-only guards missing or changed, or the part since the
+    last checkpoint fails verification): the broker signs nothing and gives no new access."""
 
 
 class TargetUnreachable(BrokerError):

@@ -7,6 +7,7 @@ event subscribers for its own live sockets: grants, sessions and the ledger live
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ class Broker:
     audit_key: Ed25519PrivateKey
     base_url: str
     events: EventBus = field(default_factory=EventBus)
+    # This process among the replicas: owner of the tunnel connections it opens (tunnel.closes).
+    instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @classmethod
     def from_settings(

@@ -63,9 +63,12 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         Misconfigured: a file a setting names, the listen address or the replica identity is
             wrong (``broker/startup.py`` names which, and what to do).
         Unavailable: the database cannot be reached.
+        LedgerUnsafe: the ledger's append-only guards are missing or changed, or the ledger since
+            its last checkpoint fails verification.
     """
     from access.broker import startup
     from access.broker.app import create_app
+    from access.broker.audit.checkpoints import refuse_unsafe
     from access.broker.runtime import Broker
     from access.shared.tuning import tune_allocator
 
@@ -77,6 +80,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     try:
         broker = Broker.from_settings(settings, base_url=settings.base_url(port))
         startup.claim_identity(broker, stable_issuer=settings.public_url is not None or settings.port != 0)
+        refuse_unsafe(broker)
     except BaseException:
         sock.close()
         raise

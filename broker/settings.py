@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     grant_watch_interval: float = Field(
         default=0.25, gt=0, le=1.0, description="seconds between checks for grants ended by other processes"
     )
+    instance_lease: float = Field(
+        default=30.0,
+        ge=3,
+        le=3600,
+        description="seconds without a heartbeat after which a broker process counts as dead",
+    )
     signing_key_file: Path | None = Field(
         default=None, description="Ed25519 PEM key for tokens; default in data dir"
     )

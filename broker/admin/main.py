@@ -115,13 +115,27 @@ def migrate(
         ),
     ] = False,
 ) -> None:
-    """Create or upgrade the database schema, then exit."""
+    """Create or upgrade the database schema, reinstall the ledger's append-only guards if any
+    is missing or changed (recorded in the ledger), then exit."""
+    from access.broker.admin.common import say
+    from access.broker.admin.identity import admin_actor
+    from access.broker.audit.checkpoints import restore_guards
+
     with admin_broker(data_dir, database_url) as broker:
         where = broker.engine.url.render_as_string(hide_password=True)
         if forget_identity:
             from access.broker.startup import forget_identity as forget
 
             forget(broker)
+        found = restore_guards(broker, admin_actor())
+    for problem in found:
+        say(f"warning: {problem}: reinstalled", err=True)
+    if found:
+        typer.echo(
+            "the ledger's append-only guards were reinstalled: run `access-broker audit verify` "
+            "to check that nothing was changed while they were gone",
+            err=True,
+        )
     typer.echo(f"database at {where} is up to date", err=True)
 
 

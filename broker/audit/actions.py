@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Action"]
+__all__ = ["WHILE_UNSAFE", "Action"]
 
 
 class Action(StrEnum):
@@ -40,3 +40,26 @@ class Action(StrEnum):
     CONNECTION_OPEN = "connection.open"
     CONNECTION_CLOSE = "connection.close"
     CONNECTION_REFUSE = "connection.refuse"
+    # The ledger itself (admin/): its append-only guards were found missing and put back.
+    LEDGER_GUARDS_RESTORE = "ledger.guards_restore"
+
+
+# While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
+# actions happen: ends and refusals, which take access away. Whatever gives access waits.
+WHILE_UNSAFE = frozenset(
+    {
+        Action.DEVICE_DENY,
+        Action.LOGIN_FAILURE,
+        Action.LOGOUT,
+        Action.TOKEN_REFRESH_REUSE,
+        Action.TOKEN_REVOKE,
+        Action.USER_DISABLE,
+        Action.SERVICE_ACCOUNT_DISABLE,
+        Action.GRANT_DENY,
+        Action.GRANT_REVOKE,
+        Action.GRANT_EXPIRED,
+        Action.CONNECTION_CLOSE,
+        Action.CONNECTION_REFUSE,
+        Action.LEDGER_GUARDS_RESTORE,
+    }
+)

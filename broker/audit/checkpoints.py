@@ -29,23 +29,30 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.clock import utc
+from access.broker.errors import LedgerUnsafe
 from access.broker.keys import key_id, public_pem
 from access.broker.loops import Loop
 from access.broker.runtime import Broker
 from access.broker.store import audit as store
+from access.broker.store.ledger_ddl import guard_problems, install_guards
 
 __all__ = [
     "Checkpoint",
     "CheckpointLoop",
     "Problem",
     "VerifyResult",
+    "check_ledger",
     "export_checkpoints",
     "export_entries",
     "load_checkpoints",
     "load_checkpoints_file",
+    "refuse_unsafe",
+    "restore_guards",
     "sign_checkpoint",
     "stored_checkpoints",
+    "unsafe_error",
     "verify_ledger",
     "write_checkpoint",
 ]
@@ -142,14 +149,116 @@ def sign_checkpoint(key: Ed25519PrivateKey, seq: int, head_hash: str, at: dateti
     return Checkpoint(seq, head_hash, unsigned.at, unsigned.key_id, signature)
 
 
-def write_checkpoint(broker: Broker) -> Checkpoint | None:
-    """Sign the ledger's current (entry count, head hash) and store it; None when nothing is new.
+def _guard_messages(conn: sa.Connection) -> list[str]:
+    return [
+        f"{problem}: the database no longer refuses edits of the ledger "
+        "(`access-broker migrate` reinstalls it)"
+        for problem in guard_problems(conn)
+    ]
+
+
+def check_ledger(
+    conn: sa.Connection, public_key: Ed25519PublicKey, anchor: tuple[int, str] | None = None
+) -> list[str]:
+    """What keeps the ledger from being signed now; [] when it may be.
+
+    The append-only guards must be intact, the newest stored checkpoint must carry a valid
+    signature and still match its entry, and every entry after it must hash and link (only
+    that part is read: a new checkpoint vouches for no more than it adds, and an edit before
+    the newest checkpoint either breaks that match or stays caught by the older checkpoints).
+    ``anchor`` is the (seq, head hash) of the newest checkpoint this process saw: if it is gone,
+    checkpoint rows were deleted. ``audit verify`` checks the whole ledger.
 
     Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database could not be read.
+    """
+    problems = _guard_messages(conn)
+    row = store.latest_checkpoint(conn)
+    if anchor is not None and (row is None or row.seq < anchor[0]):
+        problems.append(f"the checkpoint at seq {anchor[0]} is gone: checkpoint rows were deleted")
+    start = (0, ledger.GENESIS)
+    if row is not None:
+        newest = Checkpoint(row.seq, row.head_hash, row.at, row.key_id, row.signature)
+        entry = store.entries_after(conn, newest.seq - 1, 1)
+        if newest.key_id != key_id(public_key) or not newest.signature_valid(public_key):
+            problems.append(
+                f"the newest checkpoint (seq {newest.seq}) has no valid signature by the audit key"
+            )
+            return problems
+        if not entry or entry[0].seq != newest.seq:
+            problems.append(f"entry {newest.seq}, which the newest checkpoint signed, is missing")
+            return problems
+        if entry[0].hash != newest.head_hash or _recomputed(entry[0]) != entry[0].hash:
+            problems.append(
+                f"entry {newest.seq} no longer matches the newest checkpoint: the ledger was rewritten"
+            )
+            return problems
+        start = (newest.seq, newest.head_hash)
+    result = VerifyResult()
+    _walk(conn, {}, result, start)
+    problems.extend(problem.message for problem in result.problems)
+    return problems
+
+
+def unsafe_error(problems: list[str], prefix: str = "") -> LedgerUnsafe:
+    return LedgerUnsafe(
+        prefix + "the audit ledger is unsafe: " + "; ".join(problems),
+        hint="run `access-broker audit verify`; `access-broker migrate` reinstalls missing guards; "
+        "a ledger that fails verification must be investigated (restore the database from a backup)",
+    )
+
+
+def refuse_unsafe(broker: Broker) -> None:
+    """At start: refuse to serve over a ledger ``check_ledger`` finds unsafe.
+
+    Raises:
+        LedgerUnsafe: it does; the message says what and how to restore the guards.
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        problems = check_ledger(conn, broker.audit_key.public_key())
+    if problems:
+        raise unsafe_error(problems, "refusing to serve: ")
+
+
+def restore_guards(broker: Broker, actor: str) -> list[str]:
+    """Reinstall the ledger's append-only guards if any is missing or changed, recording
+    ``ledger.guards_restore`` with what was found, in one transaction. Returns what was found.
+
+    Raises:
+        Unavailable: the database could not be reached.
+        sqlalchemy.exc.SQLAlchemyError: the database refused (e.g. no privilege for triggers).
+    """
+    with broker.transaction() as conn:
+        found = guard_problems(conn)
+        if found:
+            install_guards(conn)
+            ledger.append(
+                conn,
+                broker.clock,
+                actor=actor,
+                action=Action.LEDGER_GUARDS_RESTORE,
+                target="ledger",
+                details={"found": found},
+            )
+    return found
+
+
+def write_checkpoint(broker: Broker, anchor: tuple[int, str] | None = None) -> Checkpoint | None:
+    """Sign the ledger's current (entry count, head hash) and store it; None when nothing is new.
+
+    Nothing is signed over a ledger that ``check_ledger`` finds unsafe (``anchor`` as there):
+    a signature must never vouch for edits it did not see made.
+
+    Raises:
+        LedgerUnsafe: the guards are gone, or the ledger since the last checkpoint fails verification.
         Unavailable: the database could not be reached.
     """
     with broker.transaction() as conn:
         head = store.chain_head(conn)
+        problems = check_ledger(conn, broker.audit_key.public_key(), anchor)
+        if problems:
+            raise unsafe_error(problems)
         if head is None:
             return None
         last = store.last_checkpoint_seq(conn)
@@ -168,16 +277,33 @@ def write_checkpoint(broker: Broker) -> Checkpoint | None:
 
 
 class CheckpointLoop(Loop):
-    """Every ``settings.checkpoint_interval`` seconds: sign the ledger's head if it moved."""
+    """Every ``settings.checkpoint_interval`` seconds: check the ledger, and sign its head if it moved.
+
+    When the check fails (``check_ledger``) the loop signs nothing, logs at CRITICAL, and marks
+    the ledger unsafe (``ledger.set_unsafe``): the broker then gives no new access until a later
+    tick finds it safe again (after ``access-broker migrate`` has reinstalled the guards).
+    """
 
     name = "audit checkpoints"
 
     def __init__(self, broker: Broker) -> None:
         super().__init__(broker, broker.settings.checkpoint_interval, max_backoff=60.0)
+        self.anchor: tuple[int, str] | None = None
 
     async def tick(self) -> None:
         """Raises: Unavailable: the database could not be reached."""
-        await asyncio.to_thread(write_checkpoint, self.broker)
+        try:
+            made = await asyncio.to_thread(write_checkpoint, self.broker, self.anchor)
+        except LedgerUnsafe as exc:
+            if ledger.unsafe(self.broker.engine) != exc.message:
+                log.critical("%s; signing stopped, no new access is given. %s", exc.message, exc.hint)
+            ledger.set_unsafe(self.broker.engine, exc.message)
+            return
+        if ledger.unsafe(self.broker.engine) is not None:
+            log.warning("the audit ledger checks out again: signing and new access resume")
+            ledger.set_unsafe(self.broker.engine, None)
+        if made is not None:
+            self.anchor = (made.seq, made.head_hash)
 
 
 # ---------------------------------------------------------------- export and import
@@ -279,13 +405,12 @@ def export_entries(conn: sa.Connection, since: datetime | None = None) -> Iterat
 # ---------------------------------------------------------------- verification
 
 
-def _read_batches(source: sa.Engine | sa.Connection) -> Iterator[Sequence[Any]]:
+def _read_batches(source: sa.Engine | sa.Connection, after: int = 0) -> Iterator[Sequence[Any]]:
     """The ledger in seq order, ``_BATCH`` rows at a time (keyset pagination: memory-bounded).
 
     With an Engine each batch is its own short read, so a long verification never holds
     SQLite's write lock (every transaction there is BEGIN IMMEDIATE) against the broker.
     """
-    after = 0
     while True:
         if isinstance(source, sa.Engine):
             with source.connect() as conn:
@@ -327,7 +452,8 @@ def verify_ledger(
     ``checkpoints`` adds checkpoints kept outside the database (``load_checkpoints``); they
     are checked together with the stored ones. Detects an edited entry (names the first bad
     seq), a deleted entry, a rewritten chain or a cut-off tail (a checkpoint whose head no
-    longer matches, or that counts more entries than the ledger has), and forged checkpoints.
+    longer matches, or that counts more entries than the ledger has), forged checkpoints, and
+    missing or changed append-only guards (kind ``guard``).
     Entries after the last checkpoint are covered by the chain only (``unsigned_tail``).
 
     Raises:
@@ -337,8 +463,12 @@ def verify_ledger(
     if isinstance(source, sa.Engine):
         with source.connect() as conn:
             stored = stored_checkpoints(conn)
+            guards = _guard_messages(conn)
     else:
         stored = stored_checkpoints(source)
+        guards = _guard_messages(source)
+    for message in guards:
+        _problem(result, None, "guard", message)
     all_checkpoints = _merge(stored, list(checkpoints or ()), result)
     wanted_id = key_id(public_key)
     by_seq: dict[int, list[Checkpoint]] = {}
@@ -390,12 +520,15 @@ def _problem(result: VerifyResult, seq: int | None, kind: str, message: str) -> 
 
 
 def _walk(
-    source: sa.Engine | sa.Connection, by_seq: dict[int, list[Checkpoint]], result: VerifyResult
+    source: sa.Engine | sa.Connection,
+    by_seq: dict[int, list[Checkpoint]],
+    result: VerifyResult,
+    start: tuple[int, str] = (0, ledger.GENESIS),
 ) -> None:
-    expected_seq = 1
-    prev_hash = ledger.GENESIS
-    good_since = 0  # the last seq confirmed by a matching checkpoint
-    for rows in _read_batches(source):
+    """Check the entries after ``start`` (a seq and its hash, known good) against each other."""
+    good_since, prev_hash = start  # good_since: the last seq confirmed by a matching checkpoint
+    expected_seq = good_since + 1
+    for rows in _read_batches(source, good_since):
         for row in rows:
             if row.seq != expected_seq:
                 gap = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq} to {row.seq - 1}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,18 +20,45 @@ from typing import TYPE_CHECKING, Any
 import rfc8785
 import sqlalchemy as sa
 
-from access.broker.audit.actions import Action
+from access.broker.audit.actions import WHILE_UNSAFE, Action
 from access.broker.clock import Clock, utc
+from access.broker.errors import LedgerUnsafe
 from access.broker.store import audit as store
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
 
-__all__ = ["GENESIS", "LedgerEntry", "append", "entry_hash", "format_time", "record"]
+__all__ = [
+    "GENESIS",
+    "LedgerEntry",
+    "append",
+    "entry_hash",
+    "format_time",
+    "record",
+    "set_unsafe",
+    "unsafe",
+]
 
 GENESIS = "0" * 64
 # Details must never carry secrets. Keys that look like they would are refused outright.
 _SECRET_WORDS = ("password", "secret", "token", "credential", "private_key", "passfile")
+
+# Engines whose ledger this process found unsafe (guards gone, or the tail fails verification):
+# what was found. Set and cleared by the checkpoint loop (``audit.checkpoints``).
+_unsafe: weakref.WeakKeyDictionary[sa.Engine, str] = weakref.WeakKeyDictionary()
+
+
+def set_unsafe(engine: sa.Engine, why: str | None) -> None:
+    """Mark the ledger behind ``engine`` unsafe (``why``: what is wrong), or safe again (None)."""
+    if why is None:
+        _unsafe.pop(engine, None)
+    else:
+        _unsafe[engine] = why
+
+
+def unsafe(engine: sa.Engine) -> str | None:
+    """What is wrong with the ledger behind ``engine``, as this process last found; None if nothing."""
+    return _unsafe.get(engine)
 
 
 @dataclass(frozen=True)
@@ -95,12 +123,23 @@ def append(
     Appenders are serialised by the database (PostgreSQL: a transaction-scoped advisory lock;
     SQLite: BEGIN IMMEDIATE), so concurrent processes extend one chain.
 
+    While the ledger is unsafe (``set_unsafe``) only ends and refusals (``WHILE_UNSAFE``) are
+    recorded: anything else fails, and with it the action that gives access (fail closed).
+
     Raises:
         ValueError: ``details`` has a key that looks like a secret.
+        LedgerUnsafe: the ledger is unsafe and ``action`` is not an end or a refusal.
         sqlalchemy.exc.SQLAlchemyError: the ledger could not be written; the caller's
             transaction must then fail, and with it the action.
     """
     action = Action(action)  # a plain string that is no action fails here, before anything is written
+    why = unsafe(conn.engine)
+    if why is not None and action not in WHILE_UNSAFE:
+        raise LedgerUnsafe(
+            f"the broker gives no new access while its audit ledger is unsafe: {why}",
+            hint="operators: see the broker's log, run `access-broker audit verify` and "
+            "`access-broker migrate`",
+        )
     details = dict(details or {})
     _check_details(details)
     target = target[:200]

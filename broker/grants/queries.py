@@ -23,6 +23,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import Expired, Forbidden, NotFound
 from access.broker.grants.lifecycle import grant_target
 from access.broker.runtime import Broker
+from access.broker.store import connections as open_connections
 from access.broker.store import grants as store
 from access.broker.store.grants import GrantRecord
 from access.shared.models import Grant, GrantState
@@ -183,21 +184,28 @@ def open_connection(
     with broker.transaction() as conn:
         check_session(broker, ctx, conn)
         grant = _usable_for_tunnel(conn, broker, ctx, grant_id)
+        target = grant_target(grant.service, grant.grant_id)
+        details = {
+            "connection": connection_id,
+            "grant": grant.grant_id,
+            "service": grant.service,
+            "scope": grant.scope,
+            "kind": grant.kind,
+            "client": client,
+            "target": f"{grant.host}:{grant.port}",
+        }
         ledger.append(
+            conn, broker.clock, actor=ctx.name, action=Action.CONNECTION_OPEN, target=target, details=details
+        )
+        # Owed a connection.close from now on, by this process or, should it die, another.
+        open_connections.add_open(
             conn,
-            broker.clock,
+            connection_id,
+            instance_id=broker.instance_id,
             actor=ctx.name,
-            action=Action.CONNECTION_OPEN,
-            target=grant_target(grant.service, grant.grant_id),
-            details={
-                "connection": connection_id,
-                "grant": grant.grant_id,
-                "service": grant.service,
-                "scope": grant.scope,
-                "kind": grant.kind,
-                "client": client,
-                "target": f"{grant.host}:{grant.port}",
-            },
+            target=target,
+            details=details,
+            now=broker.clock.now(),
         )
     return grant
 

@@ -21,6 +21,7 @@ __all__ = [
     "insert_checkpoint",
     "insert_entry",
     "last_checkpoint_seq",
+    "latest_checkpoint",
     "lock_chain",
     "search",
 ]
@@ -109,6 +110,15 @@ def search(
 def last_checkpoint_seq(conn: sa.Connection) -> int | None:
     value = conn.execute(sa.select(sa.func.max(audit_checkpoints.c.seq))).scalar()
     return None if value is None else int(value)
+
+
+def latest_checkpoint(conn: sa.Connection) -> Any | None:
+    """The stored checkpoint with the highest seq (the newest of those), or None."""
+    return conn.execute(
+        sa.select(audit_checkpoints)
+        .order_by(audit_checkpoints.c.seq.desc(), audit_checkpoints.c.id.desc())
+        .limit(1)
+    ).first()
 
 
 def insert_checkpoint(

@@ -18,10 +18,12 @@ from access.broker.clock import utc
 __all__ = [
     "audit_checkpoints",
     "audit_log",
+    "broker_instances",
     "broker_meta",
     "device_codes",
     "grants",
     "metadata",
+    "open_connections",
     "outbox",
     "principals",
     "rate_events",
@@ -209,4 +211,30 @@ broker_meta = sa.Table(
     sa.Column("token_key_id", sa.String(64), nullable=False),
     sa.Column("audit_key_id", sa.String(64), nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+)
+
+# Each running broker process (replica), with its heartbeat: one whose heartbeat is older than
+# ``instance_lease`` is dead, and what it left open is closed by another (``tunnel.closes``).
+broker_instances = sa.Table(
+    "broker_instances",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+# Tunnel connections whose ``connection.open`` is written and ``connection.close`` is not yet:
+# inserted in the transaction of the open, deleted in that of the close, so a close owed by a
+# process that died is known from the database alone.
+open_connections = sa.Table(
+    "open_connections",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # the connection id of the ledger entries
+    sa.Column("instance_id", sa.String(32), nullable=False, index=True),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("details", sa.JSON, nullable=False),  # what connection.open recorded
+    sa.Column("opened_at", UTCDateTime, nullable=False),
 )

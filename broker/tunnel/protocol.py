@@ -13,13 +13,13 @@ re-serialised. The connection never touches ASGI:
    connect to the target the policy names (never one the client names) and answer ``OPEN_OK``;
    a failure is an ``OPEN_FAIL`` carrying the JSON error, and not one byte reaches the target;
 4. relay (``shared.mux``) until a side closes or the grant ends, then write each channel's
-   ``connection.close`` (bytes each way, duration, why) from a worker thread.
+   ``connection.close`` (bytes each way, duration, why) from a worker thread; one that cannot
+   be written now is written later (``tunnel.closes``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import json
 import logging
@@ -40,6 +40,7 @@ from access.broker.errors import (
     TargetUnreachable,
     Unauthenticated,
 )
+from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.registry import registry_for
 from access.shared.closecodes import grant_ended_close
 from access.shared.httphead import HeadError, parse_request_head, split_head
@@ -356,10 +357,13 @@ class TunnelProtocol(MuxSession):
         }
         if channel.error:
             details["error"] = channel.error
-        actor = self.ctx.name
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._audit_close, actor, details)
-        future.add_done_callback(_log_failure)
+        # Queued, then written from a worker thread; kept and retried while the database is down.
+        from access.broker.grants import grant_target
+
+        closes = pending_for(self.broker)
+        target = grant_target(self.grant.service, self.grant.grant_id)
+        closes.add(channel.connection_id, self.ctx.name, target, details)
+        asyncio.get_running_loop().run_in_executor(None, closes.flush_now)
 
     # -- cuts and the end ------------------------------------------------------------------
 
@@ -386,28 +390,9 @@ class TunnelProtocol(MuxSession):
     def finished(self) -> None:
         registry_for(self.broker).remove(self)
 
-    def _audit_close(self, actor: str, details: dict[str, Any]) -> None:
-        from access.broker.audit import ledger
-        from access.broker.grants import grant_target
-
-        ledger.record(
-            self.broker,
-            actor=actor,
-            action=Action.CONNECTION_CLOSE,
-            target=grant_target(str(details["service"]), str(details["grant"])),
-            details=details,
-        )
-
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:
     message = grant_ended_close(why, grant_id)[1]
     if why in ("signed out", "session expired"):
         return Unauthenticated(message, hint="run `access login`")
     return Expired(message) if why == "expired" else Forbidden(message)
-
-
-def _log_failure(future: asyncio.Future[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        exc = future.exception()
-        if exc is not None:
-            log.error("could not write the connection.close audit entry: %s", exc)

@@ -6,14 +6,16 @@ append-only triggers, as someone with full database access could.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from access.broker.store import engine as db_engine
 from access.broker.store import tables as db
-from access.broker.store.ledger_ddl import append_only_ddl, drop_append_only_ddl
+from access.broker.store.ledger_ddl import drop_append_only_ddl, install_guards
 from tests.e2e.conftest import BrokerProcess, Cli
 
 pytestmark = pytest.mark.e2e
@@ -21,6 +23,16 @@ pytestmark = pytest.mark.e2e
 
 def _engine(url: str) -> sa.Engine:
     return db_engine.create_engine(url)
+
+
+@contextlib.contextmanager
+def _unguarded(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """Drop the append-only triggers, tamper, and put them back (so only the chain can tell)."""
+    with engine.begin() as conn:
+        for statement in drop_append_only_ddl(engine.dialect.name):
+            conn.exec_driver_sql(statement)
+        yield conn
+        install_guards(conn)
 
 
 def _verify(broker: BrokerProcess) -> tuple[int, str]:
@@ -43,25 +55,22 @@ def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess
     assert code == 0, out
 
     engine = _engine(broker.database_url)
-    dialect = engine.dialect.name
     with engine.begin() as conn:
         # An append-only ledger: the database itself refuses the edit.
         with pytest.raises(sa.exc.DBAPIError), conn.begin_nested():
             conn.execute(db.audit_log.update().where(db.audit_log.c.seq == 3).values(actor="mallory"))
-        for statement in drop_append_only_ddl(dialect):
-            conn.exec_driver_sql(statement)
         rows = conn.execute(sa.select(db.audit_log).order_by(db.audit_log.c.seq)).mappings().all()
     assert len(rows) >= 8
 
     def restore() -> None:
-        with engine.begin() as conn:
+        with _unguarded(engine) as conn:
             conn.execute(db.audit_log.delete())
             conn.execute(db.audit_log.insert(), [dict(r) for r in rows])
         code, out = _verify(broker)
         assert code == 0, out
 
     # 1. An edited entry.
-    with engine.begin() as conn:
+    with _unguarded(engine) as conn:
         conn.execute(
             db.audit_log.update().where(db.audit_log.c.seq == 3).values(details='{"reason":"nothing to see"}')
         )
@@ -71,7 +80,7 @@ def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess
     restore()
 
     # 2. A deleted entry in the middle.
-    with engine.begin() as conn:
+    with _unguarded(engine) as conn:
         conn.execute(db.audit_log.delete().where(db.audit_log.c.seq == 5))
     code, out = _verify(broker)
     assert code != 0
@@ -80,13 +89,34 @@ def test_verify_detects_edit_delete_and_tail_cut(cli: Cli, broker: BrokerProcess
 
     # 3. The tail cut off after the last checkpoint was signed.
     last = rows[-1]["seq"]
-    with engine.begin() as conn:
+    with _unguarded(engine) as conn:
         conn.execute(db.audit_log.delete().where(db.audit_log.c.seq > last - 2))
     code, out = _verify(broker)
     assert code != 0, out
     restore()
+    engine.dispose()
 
+
+# Both dialects are covered by tests/broker/audit/test_guards.py; one end-to-end run is enough.
+@pytest.mark.parametrize("e2e_db", ["sqlite"], indirect=True)
+def test_dropped_guards_stop_serve_until_migrate_puts_them_back(broker: BrokerProcess) -> None:
+    """Triggers dropped: `audit verify` says so, `serve` refuses, `migrate` reinstalls them."""
+    assert broker.stop() == 0
+    engine = _engine(broker.database_url)
     with engine.begin() as conn:
-        for statement in append_only_ddl(dialect):
+        for statement in drop_append_only_ddl(engine.dialect.name):
             conn.exec_driver_sql(statement)
     engine.dispose()
+
+    code, out = _verify(broker)
+    assert code == 1 and "audit_log_no_" in out and "access-broker migrate" in out, out
+    served = broker.admin("serve", "--host", "127.0.0.1", "--port", "0", "--insecure-http", check=False)
+    assert served.returncode == 1, served.stderr
+    assert "refusing to serve: the audit ledger is unsafe: trigger audit_log_no_" in served.stderr
+    assert "access-broker migrate" in served.stderr
+
+    migrated = broker.admin("migrate")
+    assert "reinstalled" in migrated.stderr
+    code, out = _verify(broker)
+    assert code == 0, out
+    broker.start()

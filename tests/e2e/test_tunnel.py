@@ -343,6 +343,57 @@ def test_broker_restart_fails_tunnels_closed_then_recovers(alice: Cli, tunnel_br
         proc.communicate(timeout=10)
 
 
+def _connection_entries(database_url: str) -> dict[str, list[dict[str, Any]]]:
+    """connection.open / connection.close details in the ledger, read straight from the database."""
+    import sqlalchemy as sa
+
+    from access.broker.store.engine import create_engine
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT action, details FROM audit_log ORDER BY seq")).all()
+    finally:
+        engine.dispose()
+    found: dict[str, list[dict[str, Any]]] = {"connection.open": [], "connection.close": []}
+    for action, details in rows:
+        if action in found:
+            found[action].append(json.loads(details))
+    return found
+
+
+def test_a_killed_broker_s_connections_are_closed_as_broker_lost(
+    alice: Cli, tunnel_broker: BrokerProcess
+) -> None:
+    """SIGKILL: no close is written by the dead process; the restarted one writes it (broker lost)."""
+    proc, info = _start_connect(alice, "svc-echo", "--scope", "read", "--ttl", "10m", "--reason", "crash")
+    try:
+        conn = _open_echo(info["port"])
+        port = int(tunnel_broker.url.rsplit(":", 1)[1])
+        assert tunnel_broker.proc is not None
+        tunnel_broker.proc.send_signal(signal.SIGKILL)
+        tunnel_broker.proc.wait(timeout=10)
+        tunnel_broker.stop()
+        _wait_for_cut(conn, timeout=10)
+        conn.close()
+        entries = _connection_entries(tunnel_broker.database_url)
+        assert len(entries["connection.open"]) == 1 and entries["connection.close"] == []
+        # A short lease, so that the restarted broker takes the killed one for dead in seconds.
+        tunnel_broker.env["ACCESS_BROKER_INSTANCE_LEASE"] = "3"
+        tunnel_broker.start(port)
+        deadline = time.monotonic() + 20
+        while not (entries := _connection_entries(tunnel_broker.database_url))["connection.close"]:
+            assert time.monotonic() < deadline, "no connection.close for the killed broker's connection"
+            time.sleep(0.2)
+        (opened,) = entries["connection.open"]
+        (closed,) = entries["connection.close"]
+        assert closed["connection"] == opened["connection"]
+        assert closed["why"] == "broker lost"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

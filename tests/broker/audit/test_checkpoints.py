@@ -32,7 +32,7 @@ from access.broker.audit.checkpoints import (
 )
 from access.broker.clock import FakeClock
 from access.broker.runtime import Broker
-from access.broker.store.ledger_ddl import drop_append_only_ddl
+from access.broker.store.ledger_ddl import drop_append_only_ddl, install_guards
 from access.broker.store.tables import audit_checkpoints, audit_log
 
 
@@ -51,11 +51,13 @@ def append(broker: Broker, n: int, actor: str = "alice") -> None:
 
 
 def tamper(broker: Broker, *statements: str) -> None:
+    """Drop the guards, run ``statements``, and put the guards back, as a careful attacker would."""
     with broker.engine.begin() as conn:
         for ddl in drop_append_only_ddl(conn.dialect.name):
             conn.exec_driver_sql(ddl)
         for statement in statements:
             conn.exec_driver_sql(statement)
+        install_guards(conn)
 
 
 def test_clean_ledger_verifies(broker: Broker) -> None:

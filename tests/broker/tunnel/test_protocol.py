@@ -151,10 +151,12 @@ def wrap_app() -> Callable[[Any], Any]:
 
 
 @pytest.fixture
-def setup(make_broker: Callable[..., Broker], wrap_app: Callable[[Any], Any]) -> Iterator[Setup]:
+def setup(
+    make_broker: Callable[..., Broker], wrap_app: Callable[[Any], Any], broker_db_url: str | None
+) -> Iterator[Setup]:
     target = RecordingTarget()
     threading.Thread(target=target.serve_forever, daemon=True).start()
-    broker = make_broker(policy=_policy(target.port, _free_port()), clock=SystemClock())
+    broker = make_broker(db_url=broker_db_url, policy=_policy(target.port, _free_port()), clock=SystemClock())
     tokens_by_user, refresh_by_user = {}, {}
     for name in ("alice", "bob"):
         user = add_user(broker, name, ("sre",))
