@@ -157,18 +157,6 @@ def wrap_app() -> Callable[[Any], Any]:
 
 
 @pytest.fixture
-def stream_port() -> int | None:
-    """The target of ``svc-stream``: test modules override this with a server (default: none)."""
-    return None
-
-
-@pytest.fixture
-def broker_settings() -> dict[str, Any]:
-    """Settings the broker is made with: test modules override this to lower a limit."""
-    return {}
-
-
-@pytest.fixture
 def setup(
     make_broker: Callable[..., Broker],
     wrap_app: Callable[[Any], Any],
