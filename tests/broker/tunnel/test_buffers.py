@@ -10,8 +10,8 @@ from typing import Any
 
 import uvloop
 
-from access.shared.mux import NO_LIMIT, Budget, Channel, MuxSession
-from access.shared.muxframe import DATA, WINDOW, MuxParser, header
+from access.shared.mux import NO_LIMIT, WRITE_CAP, Budget, Channel, MuxSession
+from access.shared.muxframe import CLOSE, DATA, WINDOW, MuxParser, header
 from access.shared.wsframe import FrameParser, masked_frame
 from tests.shared.test_mux import FakeTransport
 
@@ -130,3 +130,19 @@ def test_the_process_budget_stalls_the_tunnel_that_would_pass_it() -> None:
         assert (budget.used, budget.sessions) == (0, set())
 
     uvloop.run(main())
+
+
+def test_a_peer_that_stops_reading_is_closed_once_control_messages_pile_up() -> None:
+    async def main() -> tuple[bool, int]:
+        session = _session(channels=1)
+        ws = _ws(session)
+        ws.holding = True  # the client reads nothing
+        session.pause_writing()  # its buffer is over the mark: the channels stop reading
+        while session.open and ws.pending <= 2 * WRITE_CAP:
+            session.send(CLOSE, 1, payload=b"r" * 1024)  # say, answers to OPENs it keeps sending
+            session.flush()
+        return session.open, ws.pending
+
+    still_open, pending = uvloop.run(main())
+    assert not still_open
+    assert pending <= WRITE_CAP + 2048
