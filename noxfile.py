@@ -46,6 +46,8 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Direct vs ssh -L vs access connect, side by side; writes benchmarks/results.json."""
+    """Direct vs ssh -L vs access connect, side by side (benchmarks/results.json); then the
+    broker's memory under the attacks of docs/tunnel.md#memory (benchmarks/memory.py)."""
     session.install(".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/memory.py")

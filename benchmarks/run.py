@@ -177,6 +177,17 @@ def start_broker(
             "max_ttl": "2h",
         },
     ]
+    services += [  # any other target (memory.py's stream) as bench-NAME
+        {
+            "name": f"bench-{name}",
+            "kind": "tcp",
+            "target": f"127.0.0.1:{port}",
+            "scopes": ["read"],
+            "max_ttl": "2h",
+        }
+        for name, port in targets.items()
+        if name not in ("pg", "echo", "sink")
+    ]
     policy = {
         "services": services,
         "rules": [
@@ -244,6 +255,7 @@ def start_broker(
     fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(account["client_secret"])
+    (tmp / "client-id").write_text(account["client_id"])
     subprocess.run(
         [
             str(BIN / "access"),

@@ -4,7 +4,9 @@
 
     BrokerError                      (500 internal; base)
     ├── InvalidRequest               (400) bad input: it changed nothing
-    │   └── PayloadTooLarge          (413)
+    │   ├── PayloadTooLarge          (413)
+    │   ├── HeadTimeout              (408) a request head that did not arrive in time
+    │   └── HeadTooLarge             (431) a request head over the limit
     ├── Unauthenticated              (401) no, expired, forged or revoked token
     ├── Forbidden                    (403) authenticated but not allowed (e.g. audit read)
     │   └── GrantDenied              (403) policy said no
@@ -46,6 +48,8 @@ __all__ = [
     "Expired",
     "Forbidden",
     "GrantDenied",
+    "HeadTimeout",
+    "HeadTooLarge",
     "InvalidRequest",
     "LedgerUnsafe",
     "Misconfigured",
@@ -85,6 +89,20 @@ class InvalidRequest(BrokerError):
 
 class PayloadTooLarge(InvalidRequest):
     code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class HeadTooLarge(InvalidRequest):
+    """Answered by the HTTP layer itself (``server.py``, ``tunnel/protocol.py``), never by a route."""
+
+    @property
+    def status(self) -> int:
+        return 431
+
+
+class HeadTimeout(InvalidRequest):
+    @property
+    def status(self) -> int:
+        return 408
 
 
 class Unauthenticated(BrokerError):

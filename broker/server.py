@@ -5,6 +5,13 @@ The tunnel endpoint does not go through ASGI: a WebSocket upgrade on ``/v1/tunne
 Every other upgrade goes to uvicorn's own WebSocket implementation and so to the ASGI app's
 routes, like any request. :class:`BrokerHttpProtocol` makes that choice, once per connection,
 from the path httptools parsed: the tunnel's per-message path never sees it.
+
+It also bounds every request head, on every path, before httptools buffers it: at most
+``http_max_head`` bytes (else 431 and close) arriving within ``http_head_timeout`` seconds of
+the connection or of the head's first byte (else 408 and close; one timer per head, nothing per
+byte). httptools has no limit of its own (uvicorn's ``h11_max_incomplete_event_size`` is for
+its h11 implementation only); between requests uvicorn's ``timeout_keep_alive`` closes an idle
+connection (``http_keepalive_timeout``).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from access.broker.settings import Settings
 
-__all__ = ["BrokerHttpProtocol", "protocols", "run"]
+__all__ = ["BrokerHttpProtocol", "http_options", "protocols", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,95 @@ class BrokerHttpProtocol(HttpToolsProtocol):
     else gets the ``ws`` implementation the config names.
     """
 
+    def __init__(self, config: Any, server_state: Any, app_state: Any, _loop: Any = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = config.app.state.broker.settings
+        self.max_head: int = settings.http_max_head
+        self.head_timeout: float = settings.http_head_timeout
+        self._in_head = True  # bytes fed now belong to a request head
+        self._head_bytes = 0  # fed to the parser since this head began
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._upgraded = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # Feed the parser no more of a head than the limit: httptools keeps an unfinished header
+        # in memory however long it grows.
+        while self._in_head and self._head_bytes + len(data) > self.max_head:
+            room = self.max_head - self._head_bytes
+            self._head_bytes += room
+            super().data_received(data[:room])
+            if self._upgraded or self.transport.is_closing():
+                return
+            if self._still_in_head():  # (the parser's callbacks may have changed it)
+                self._refuse_head(431)
+                return
+            data = data[room:]  # the head ended in that piece: the rest is its body
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+
+    def _still_in_head(self) -> bool:
+        return self._in_head
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._upgraded or not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._arm_head_timer()  # a pipelined head waits for the answer before it: not its fault
+            return
+        self._refuse_head(408)
+
+    def _refuse_head(self, status: int) -> None:
+        from access.broker.errors import HeadTimeout, HeadTooLarge
+        from access.broker.tunnel.protocol import http_error
+
+        self._disarm_head_timer()
+        if status == 431:
+            error: HeadTooLarge | HeadTimeout = HeadTooLarge(
+                f"request head over {self.max_head} bytes", hint="send fewer or shorter headers"
+            )
+        else:
+            error = HeadTimeout(f"request head not received within {self.head_timeout:g} s")
+        self.transport.write(http_error(error))
+        self.transport.close()
+
     def handle_websocket_upgrade(self) -> None:
         from access.broker.tunnel.protocol import TUNNEL_PATH, TunnelProtocol
+
+        self._upgraded = True
+        self._disarm_head_timer()
 
         # The same test the tunnel applies to the head (``parse_request``): the exact path.
         if urlsplit(self.url.decode("latin-1")).path == TUNNEL_PATH:
@@ -54,6 +148,11 @@ def protocols() -> dict[str, Any]:
     """uvicorn's ``http`` and ``ws`` settings for the broker: the tunnel on its path, ASGI elsewhere."""
     # websockets' sans-I/O implementation: the legacy one is deprecated (warnings are errors in tests).
     return {"http": BrokerHttpProtocol, "ws": "websockets-sansio"}
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings that bound an idle connection (the head limits are the protocol's own)."""
+    return {"timeout_keep_alive": settings.http_keepalive_timeout}
 
 
 def run(settings: Settings, *, ready_file: Path | None = None) -> None:
@@ -89,6 +188,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         **protocols(),
+        **http_options(settings),
         lifespan="on",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

@@ -136,6 +136,36 @@ class Settings(BaseSettings):
                 ) from exc
         return value
 
+    # -- limits on what one client can make the broker hold (memory, connections) --
+    http_max_head: int = Field(
+        default=64 * 1024, ge=4096, le=1024 * 1024, description="largest request head, bytes (431 past it)"
+    )
+    http_head_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds a request head may take to arrive (408 past it)"
+    )
+    http_keepalive_timeout: float = Field(
+        default=5.0, gt=0, le=300, description="seconds an idle keep-alive connection stays open"
+    )
+    max_tunnels_per_user: int = Field(
+        default=16, ge=1, le=10_000, description="tunnels (WebSockets) one user may have open per process"
+    )
+    max_channels_per_tunnel: int = Field(
+        default=256, ge=1, le=256, description="connections open at once through one tunnel (at most 256)"
+    )
+    max_channels_per_user: int = Field(
+        default=512, ge=1, le=100_000, description="connections open at once through all of a user's tunnels"
+    )
+    tunnel_buffer_limit: int = Field(
+        default=32 * 1024 * 1024,
+        ge=4 * 1024 * 1024,
+        description="bytes one tunnel may hold for its channels before it stops reading",
+    )
+    broker_buffer_limit: int = Field(
+        default=256 * 1024 * 1024,
+        ge=4 * 1024 * 1024,
+        description="bytes all tunnels of a process may hold before the one adding stops reading",
+    )
+
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -13,7 +13,16 @@ Nothing on the hot path allocates a task, a future or a queue.
 
 Backpressure: a channel's TCP connection is paused when its send window is spent (the other side
 has not drained it) or the WebSocket's write buffer is over its high-water mark; credit is only
-returned for bytes that have left for the channel's TCP peer.
+returned for bytes that have left for the channel's TCP peer (its transport's buffer is checked
+when credit is due, once per ``WINDOW_STEP``).
+
+Ceilings: ``buffered`` counts what a session holds for its channels' TCP peers and has not yet
+seen leave (DATA written but not credited back, bytes read but held); past ``buffer_limit``, or
+while the ``Budget`` shared by every session of a process is past its own limit, the session
+stops reading its WebSocket (the other side's sends stall: TCP backpressure) until it is back
+under three quarters of both. The hot path only adds and compares; the rest happens at marks
+every ``MARK_STEP`` bytes. A WebSocket whose peer stops reading while we still have control
+messages to send is closed once its write buffer passes ``WRITE_CAP``.
 """
 
 from __future__ import annotations
@@ -58,7 +67,18 @@ from access.shared.wsframe import (
     parse_close,
 )
 
-__all__ = ["FLUSH_AT", "HIGH_WATER", "LOW_WATER", "Channel", "MuxSession", "error_payload"]
+__all__ = [
+    "FLUSH_AT",
+    "HIGH_WATER",
+    "LOW_WATER",
+    "MARK_STEP",
+    "NO_LIMIT",
+    "WRITE_CAP",
+    "Budget",
+    "Channel",
+    "MuxSession",
+    "error_payload",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +93,26 @@ FLUSH_AT = 256 * 1024
 # flood: no client of ours sends that, and each costs Python work.
 FLOOD_COUNT = 1024
 FLOOD_MIN_AVERAGE = 16
+# Buffered bytes are reported to the budget and checked against the ceilings every MARK_STEP.
+MARK_STEP = 1024 * 1024
+NO_LIMIT = 1 << 62
+# A stalled session looks again this often (seconds): bytes leave buffers without telling us.
+STALL_RECHECK = 0.05
+# A WebSocket write buffer this large, with writing paused, means the peer stopped reading.
+WRITE_CAP = 8 * HIGH_WATER
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Budget:
+    """The buffered bytes of every session that shares it (one broker process), and their ceiling."""
+
+    def __init__(self, limit: int = NO_LIMIT) -> None:
+        self.limit = limit
+        self.used = 0  # the sum of the sessions' reported ``buffered``
+        self.sessions: set[MuxSession] = set()
+
+    def over(self) -> bool:
+        return self.used > self.limit * 3 // 4
 
 
 # Compiled with mypyc where possible (setup.py); the CLI and the broker subclass these classes.
@@ -85,6 +125,7 @@ class Channel(asyncio.Protocol):
     """
 
     __slots__ = (
+        "ack_mark",
         "active",
         "bytes_in",
         "bytes_out",
@@ -109,6 +150,7 @@ class Channel(asyncio.Protocol):
         self.send_window = INITIAL_WINDOW  # bytes we may still send before the peer returns credit
         self.recv_allowed = INITIAL_WINDOW  # bytes the peer may still send us
         self.unacked = 0  # bytes delivered to our TCP peer whose credit is not yet returned
+        self.ack_mark = WINDOW_STEP  # try to return credit once ``unacked`` reaches this
         self.held = b""  # read but not yet sent: beyond the window, or before activation
         self.eof_pending = False  # our TCP peer sent EOF while ``held`` still waited for credit
         self.write_paused = False
@@ -136,6 +178,7 @@ class Channel(asyncio.Protocol):
             self._push(data)
             return
         self.held += data
+        self.session.hold_changed(len(data))
         assert self.transport is not None
         self.transport.pause_reading()
 
@@ -160,14 +203,20 @@ class Channel(asyncio.Protocol):
     # -- the session's side ----------------------------------------------------------------
 
     def activate(self) -> None:
-        """Start relaying: send what was read early, then read."""
+        """Start relaying: send what was read early, then read (unless the WebSocket is full)."""
         self.active = True
         if self.held:
             held, self.held = self.held, b""
+            self.session.hold_changed(-len(held))
             if not self._push(held):
                 return
-        if not self.session.writing_paused and self.transport is not None:
-            self.transport.resume_reading()
+        if self.transport is not None:
+            # uvloop reads a new connection from connection_made on, whatever it was told then:
+            # pause it explicitly if the WebSocket's write buffer is over its mark.
+            if self.session.writing_paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     def _push(self, data: bytes) -> bool:
         """Send as much of ``data`` as the window allows; hold the rest (reading paused)."""
@@ -183,6 +232,7 @@ class Channel(asyncio.Protocol):
             self.bytes_out += window
             self.session.send_data(self.id, data[:window])
         self.held = data[window:]
+        self.session.hold_changed(n - window)
         assert self.transport is not None
         self.transport.pause_reading()
         return False
@@ -192,6 +242,7 @@ class Channel(asyncio.Protocol):
         self.send_window += amount
         if self.held and self.active:
             held, self.held = self.held, b""
+            self.session.hold_changed(-len(held))
             if self._push(held):
                 if self.eof_pending:
                     assert self.transport is not None
@@ -211,13 +262,24 @@ class Channel(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
         self.unacked += n
-        if self.unacked >= WINDOW_STEP and not self.write_paused:
+        session = self.session
+        buffered = session.buffered + n
+        session.buffered = buffered
+        if buffered > session.mark:
+            session.over_mark()
+        if self.unacked >= self.ack_mark and not self.write_paused:
             self._ack()
 
     def _ack(self) -> None:
-        amount, self.unacked = self.unacked, 0
-        self.recv_allowed += amount
-        self.session.send(WINDOW, self.id, amount)
+        """Return credit for the bytes that have left for our TCP peer (none still buffered)."""
+        assert self.transport is not None
+        amount = self.unacked - self.transport.get_write_buffer_size()
+        if amount > 0:
+            self.unacked -= amount
+            self.recv_allowed += amount
+            self.session.send(WINDOW, self.id, amount)
+            self.session.released(amount)
+        self.ack_mark = self.unacked + WINDOW_STEP
 
     def end(self, why: str, *, flush: bool) -> None:
         """Close the TCP connection: gracefully (``flush``: what is buffered is sent first) or not."""
@@ -268,6 +330,14 @@ class MuxSession(asyncio.BufferedProtocol):
         self._heard = 0
         self._idle_ticks = 0
         self._ping_outstanding = False
+        # What the channels hold (see the module's docstring), and its ceilings.
+        self.buffered = 0
+        self.buffer_limit = NO_LIMIT
+        self.budget: Budget | None = None
+        self.mark = MARK_STEP  # ``over_mark`` runs when ``buffered`` passes this
+        self.stalled = False  # not reading the WebSocket: over a ceiling
+        self._reported = 0  # the part of ``buffered`` the budget has
+        self._recheck: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks of the WebSocket connection -------------------------------------
 
@@ -301,6 +371,9 @@ class MuxSession(asyncio.BufferedProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         if self.why is None:
             self.why = "closed" if self.remote_close is not None or exc is None else "error"
         # The WebSocket is gone: every channel still on it fails closed.
@@ -329,6 +402,9 @@ class MuxSession(asyncio.BufferedProtocol):
     def start(self, early: bytes = b"") -> None:
         """The handshake is done: relay from now on (``early``: bytes read after the handshake)."""
         self.open = True
+        self.mark = min(MARK_STEP, self.buffer_limit)
+        if self.budget is not None:
+            self.budget.sessions.add(self)
         if early:
             self.feed(early)
 
@@ -468,12 +544,18 @@ class MuxSession(asyncio.BufferedProtocol):
         out = self._out
         self._out = [b""]
         self._out_size = 0
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
         if self.client:
-            self.transport.write(masked_frame(b"".join(out)))
+            transport.write(masked_frame(b"".join(out)))
         else:
             out[0] = frame_header(OP_BINARY, size)
-            self.transport.write(b"".join(out))
+            transport.write(b"".join(out))
+        if self.writing_paused and transport.get_write_buffer_size() > WRITE_CAP:
+            # Channels stopped reading at HIGH_WATER: what still piles up is control messages
+            # (OPEN_FAIL, CLOSE, WINDOW) to a peer that does not read. Drop it, not buffer it.
+            self.close(CLOSE_POLICY, "the other side stopped reading", why="error")
+            transport.abort()
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
         self.flush()  # keep the order: queued messages first
@@ -517,6 +599,11 @@ class MuxSession(asyncio.BufferedProtocol):
         """``channel`` is over (its TCP connection lost, or it never had one)."""
         self.channels.pop(channel.id, None)
         self._live -= 1
+        gone = channel.unacked + len(channel.held)
+        channel.unacked = 0
+        channel.held = b""
+        if gone:
+            self.released(gone)
         self.channel_finished(channel)
         self._maybe_finish()
 
@@ -547,7 +634,7 @@ class MuxSession(asyncio.BufferedProtocol):
         if not self.open:
             return
         frames = self.frames.frames
-        if frames != self._heard:
+        if frames != self._heard or self.stalled:  # stalled: we stopped reading, not the peer
             self._heard = frames
             self._idle_ticks = 0
             self._ping_outstanding = False
@@ -564,7 +651,79 @@ class MuxSession(asyncio.BufferedProtocol):
         if self._finished or not self._lost or self._live > 0:
             return
         self._finished = True
+        self.buffered = 0
+        self.sync()
+        if self.budget is not None:
+            self.budget.sessions.discard(self)
         self.finished()
+
+    # -- ceilings (cold: at marks, credit and holds, not per message) -----------------------
+
+    def sync(self) -> None:
+        """Bring the budget up to date with ``buffered``."""
+        budget = self.budget
+        if budget is not None:
+            budget.used += self.buffered - self._reported
+        self._reported = self.buffered
+
+    def released(self, amount: int) -> None:
+        """``amount`` buffered bytes have left (credited back, or their channel is gone)."""
+        self.buffered -= amount
+        self.sync()
+
+    def hold_changed(self, delta: int) -> None:
+        """A channel holds ``delta`` more (or fewer) bytes read from its TCP peer."""
+        self.buffered += delta
+        if delta > 0 and self.buffered > self.mark:
+            self.over_mark()
+        else:
+            self.sync()
+
+    def over(self) -> bool:
+        """Over three quarters of this session's ceiling, or of the shared budget's."""
+        budget = self.budget
+        return self.buffered > self.buffer_limit * 3 // 4 or (budget is not None and budget.over())
+
+    def reconcile(self) -> None:
+        """Return credit for what has left the channels' buffers since credit was last due."""
+        for channel in list(self.channels.values()):
+            if channel.unacked and channel.transport is not None and not channel.write_paused:
+                channel._ack()
+
+    def over_mark(self) -> None:
+        """``buffered`` passed ``mark``: report it, and stop reading the WebSocket when a ceiling
+        is reached and what has left the buffers does not bring it back under three quarters."""
+        self.sync()
+        if self.stalled or not self.open:
+            return
+        budget = self.budget
+        if self.buffered >= self.buffer_limit or (budget is not None and budget.used >= budget.limit):
+            self.reconcile()
+            if self.over():
+                self.stalled = True
+                self.mark = NO_LIMIT
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self._recheck = self._loop.call_later(STALL_RECHECK, self._check_stall)
+                return
+        self.mark = min(self.buffered + MARK_STEP, self.buffer_limit)
+
+    def _check_stall(self) -> None:
+        self._recheck = None
+        if not self.open:
+            return
+        self.reconcile()
+        budget = self.budget
+        if budget is not None and budget.over():
+            for session in list(budget.sessions):
+                session.reconcile()
+        if self.over():
+            self._recheck = self._loop.call_later(STALL_RECHECK, self._check_stall)
+            return
+        self.stalled = False
+        self.mark = min(self.buffered + MARK_STEP, self.buffer_limit)
+        assert self.transport is not None
+        self.transport.resume_reading()
 
     # -- for subclasses --------------------------------------------------------------------
 

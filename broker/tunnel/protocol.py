@@ -20,6 +20,7 @@ re-serialised. The connection never touches ASGI:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -35,17 +36,20 @@ from access.broker.errors import (
     BrokerError,
     Expired,
     Forbidden,
+    HeadTooLarge,
     InvalidRequest,
     NotFound,
+    RateLimited,
     TargetUnreachable,
     Unauthenticated,
 )
 from access.broker.tunnel.closes import pending_for
+from access.broker.tunnel.limits import limits_for
 from access.broker.tunnel.registry import registry_for
 from access.shared.closecodes import grant_ended_close
 from access.shared.httphead import HeadError, parse_request_head, split_head
 from access.shared.mux import Channel, MuxSession, error_payload
-from access.shared.muxframe import MAX_CHANNELS, OPEN_FAIL, OPEN_OK, SUBPROTOCOL
+from access.shared.muxframe import OPEN_FAIL, OPEN_OK, SUBPROTOCOL
 from access.shared.net import forwarded_client
 from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_PROTOCOL, ProtocolError, accept_key
 
@@ -60,7 +64,6 @@ log = logging.getLogger(__name__)
 
 TUNNEL_PATH = "/v1/tunnel"
 CONNECT_TIMEOUT = 5.0
-MAX_HEAD = 16 * 1024
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -126,12 +129,13 @@ def http_error(error: BrokerError) -> bytes:
 class BrokerChannel(Channel):
     """One channel: the connection to the target, and what its audit entries need."""
 
-    __slots__ = ("connection_id", "error", "opened")
+    __slots__ = ("connection_id", "counted", "error", "opened")
 
     def __init__(self, session: TunnelProtocol, channel_id: int) -> None:
         super().__init__(session, channel_id)
         self.connection_id = "c-" + secrets.token_hex(8)
         self.opened = False  # connection.open was written: connection.close must follow
+        self.counted = False  # counted against its user's channels (limits)
         self.error: str | None = None
 
 
@@ -153,6 +157,13 @@ class TunnelProtocol(MuxSession):
         self._pending_cut: str | None = None
         self._last_id = 0
         self._opening: set[asyncio.Task[None]] = set()
+        settings = self.broker.settings
+        self.max_head = settings.http_max_head
+        self.max_channels = settings.max_channels_per_tunnel
+        self.buffer_limit = settings.tunnel_buffer_limit
+        self.limits = limits_for(self.broker)
+        self.budget = self.limits.budget
+        self._tunnel_counted = False  # counted against its user's tunnels
 
     # -- the HTTP phase --------------------------------------------------------------------
 
@@ -168,9 +179,9 @@ class TunnelProtocol(MuxSession):
             return  # reading is paused; a client must not send frames before our 101
         self._head += data
         try:
-            split = split_head(self._head, MAX_HEAD)
+            split = split_head(self._head, self.max_head)
         except HeadError:
-            self._refuse(InvalidRequest("request head too large"))
+            self._refuse(HeadTooLarge(f"request head over {self.max_head} bytes"))
             return
         if split is None:
             return
@@ -211,6 +222,10 @@ class TunnelProtocol(MuxSession):
         if self._pending_cut is not None:  # the grant ended while we checked it
             self._refuse_ended(self._pending_cut)
             return
+        if not self.limits.take_tunnel(grant.principal_id):
+            self._refuse_over_limit(ctx)
+            return
+        self._tunnel_counted = True
         registry_for(self.broker).schedule_expiry(grant)
         assert self.transport is not None
         rest = self._head.partition(b"\r\n\r\n")[2]
@@ -252,6 +267,29 @@ class TunnelProtocol(MuxSession):
             raise
         return grant
 
+    def _refuse_over_limit(self, ctx: AuthContext) -> None:
+        limit = self.limits.max_tunnels
+        self._refuse(
+            RateLimited(
+                f"{ctx.name} already has {limit} tunnels open through this broker (the limit)",
+                hint="stop an `access connect` or `access exec` you no longer need, then try again "
+                "(operators: ACCESS_BROKER_MAX_TUNNELS_PER_USER)",
+            )
+        )
+        future = asyncio.get_running_loop().run_in_executor(None, self._audit_over_limit, ctx.name)
+        future.add_done_callback(_log_failure)
+
+    def _audit_over_limit(self, actor: str) -> None:
+        from access.broker.audit import ledger
+
+        ledger.record(
+            self.broker,
+            actor=actor,
+            action=Action.CONNECTION_REFUSE,
+            target=f"grant:{self.grant_id}",
+            details={"grant": self.grant_id, "client": self.client_address, "why": "too many tunnels"},
+        )
+
     def _refuse(self, error: BrokerError) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(http_error(error))
@@ -268,13 +306,21 @@ class TunnelProtocol(MuxSession):
             raise ProtocolError(CLOSE_PROTOCOL, f"channel {channel_id} reused (ids only increase)")
         self._last_id = channel_id
         channel = BrokerChannel(self, channel_id)
-        if len(self.channels) >= MAX_CHANNELS:
-            error = InvalidRequest(
-                f"too many connections through one tunnel (at most {MAX_CHANNELS} at once)",
+        error: BrokerError | None = None
+        if len(self.channels) >= self.max_channels:
+            error = RateLimited(
+                f"too many connections through one tunnel (at most {self.max_channels} at once)",
                 hint="close some, or run a second `access connect`",
             )
+        elif self.principal_id is not None and not self.limits.take_channel(self.principal_id):
+            error = RateLimited(
+                f"too many connections through your tunnels (at most {self.limits.max_channels} at once)",
+                hint="close some connections, or stop an `access connect` you no longer need",
+            )
+        if error is not None:
             self.send(OPEN_FAIL, channel_id, payload=error_payload(error.body()))
             return
+        channel.counted = True
         self.adopt(channel)
         self.add_channel(channel)
         task = asyncio.get_running_loop().create_task(self._open_channel(channel))
@@ -344,6 +390,9 @@ class TunnelProtocol(MuxSession):
 
     def channel_finished(self, channel: Channel) -> None:
         assert isinstance(channel, BrokerChannel)
+        if channel.counted and self.principal_id is not None:
+            channel.counted = False
+            self.limits.drop_channel(self.principal_id)
         if not channel.opened or self.ctx is None or self.grant is None:
             return  # refused before it opened: nothing was opened, so nothing to close
         details: dict[str, Any] = {
@@ -389,6 +438,9 @@ class TunnelProtocol(MuxSession):
 
     def finished(self) -> None:
         registry_for(self.broker).remove(self)
+        if self._tunnel_counted and self.principal_id is not None:
+            self._tunnel_counted = False
+            self.limits.drop_tunnel(self.principal_id)
 
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:
@@ -396,3 +448,10 @@ def _ended_error(why: str, grant_id: str) -> BrokerError:
     if why in ("signed out", "session expired"):
         return Unauthenticated(message, hint="run `access login`")
     return Expired(message) if why == "expired" else Forbidden(message)
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        exc = future.exception()
+        if exc is not None:
+            log.error("could not write the connection.refuse audit entry: %s", exc)

@@ -34,6 +34,26 @@ def any_broker(make_broker: Callable[..., Broker], db_url: str) -> Broker:
 
 
 @pytest.fixture
+def broker_settings() -> dict[str, Any]:
+    """Settings the tunnel tests' broker (``setup``) is made with: modules override this."""
+    return {}
+
+
+@pytest.fixture
+def broker_db_url() -> str | None:
+    """The database ``tunnel.test_protocol.setup`` serves its broker on (None: a fresh SQLite
+    file); a test module overrides it to use another."""
+    return None
+
+
+@pytest.fixture
+def stream_port() -> int | None:
+    """The target of ``svc-stream`` in the tunnel tests' policy: modules override this with a
+    server (default: none listening)."""
+    return None
+
+
+@pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 

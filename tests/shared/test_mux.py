@@ -36,9 +36,22 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.paused = False
         self.protocol = protocol
+        self.holding = False  # keep what is written as buffered (a peer that does not read)
+        self.pending = 0
 
     def write(self, data: Any) -> None:
         self.written += bytes(data)
+        if self.holding:
+            self.pending += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.pending
+
+    def drain(self) -> None:
+        self.pending = 0
+
+    def is_reading(self) -> bool:
+        return not self.paused
 
     def close(self) -> None:
         self.closed = True

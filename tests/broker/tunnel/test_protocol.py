@@ -29,7 +29,7 @@ from access.broker.auth.sessions import revoke_session
 from access.broker.auth.tokens import OAuthError
 from access.broker.clock import SystemClock
 from access.broker.runtime import Broker
-from access.broker.server import protocols
+from access.broker.server import http_options, protocols
 from access.broker.store.tables import grants as grants_table
 from access.broker.tunnel.registry import registry_for
 from access.cli.tunnel import BrokerEndpoint, ClientSession, Forwarder, HandshakeRefused
@@ -107,9 +107,16 @@ class Setup:
         return BrokerEndpoint(base_url=self.url, grant_id=grant_id, token=lambda _fresh: value)
 
 
-def _policy(echo_port: int, dead_port: int) -> dict[str, Any]:
+def _policy(echo_port: int, dead_port: int, stream_port: int | None = None) -> dict[str, Any]:
     return {
         "services": [
+            {
+                "name": "svc-stream",
+                "kind": "tcp",
+                "target": f"127.0.0.1:{stream_port or dead_port}",
+                "scopes": ["read"],
+                "max_ttl": "1h",
+            },
             {
                 "name": "svc-echo",
                 "kind": "tcp",
@@ -129,7 +136,7 @@ def _policy(echo_port: int, dead_port: int) -> dict[str, Any]:
             {
                 "name": "sre",
                 "subjects": {"groups": ["sre"]},
-                "services": ["svc-echo", "svc-dead"],
+                "services": ["svc-echo", "svc-dead", "svc-stream"],
                 "scopes": ["read"],
                 "max_ttl": "1h",
                 "require": "auto",
@@ -152,11 +159,16 @@ def wrap_app() -> Callable[[Any], Any]:
 
 @pytest.fixture
 def setup(
-    make_broker: Callable[..., Broker], wrap_app: Callable[[Any], Any], broker_db_url: str | None
+    make_broker: Callable[..., Broker],
+    wrap_app: Callable[[Any], Any],
+    broker_db_url: str | None,
+    broker_settings: dict[str, Any],
+    stream_port: int | None,
 ) -> Iterator[Setup]:
     target = RecordingTarget()
     threading.Thread(target=target.serve_forever, daemon=True).start()
-    broker = make_broker(db_url=broker_db_url, policy=_policy(target.port, _free_port()), clock=SystemClock())
+    policy = _policy(target.port, _free_port(), stream_port)
+    broker = make_broker(db_url=broker_db_url, policy=policy, clock=SystemClock(), **broker_settings)
     tokens_by_user, refresh_by_user = {}, {}
     for name in ("alice", "bob"):
         user = add_user(broker, name, ("sre",))
@@ -170,6 +182,7 @@ def setup(
         wrap_app(create_app(broker)),
         loop="uvloop",
         **protocols(),  # as server.run serves it: the tunnel on its path, ASGI for other upgrades
+        **http_options(broker.settings),
         lifespan="on",
         log_level="warning",
         timeout_graceful_shutdown=2,
@@ -419,9 +432,16 @@ def test_unreachable_target_closes_the_local_connection_with_a_message(setup: Se
     assert "unreachable" in closed["error"]
 
 
-async def _raw_upgrade(setup: Setup, grant_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def upgrade(
+    setup: Setup, grant_id: str, sock: socket.socket | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A raw tunnel upgrade as alice (over ``sock`` if given, connected here): reader, writer, head."""
     host, port = "127.0.0.1", int(setup.url.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection(host, port)
+    if sock is None:
+        reader, writer = await asyncio.open_connection(host, port)
+    else:
+        sock.connect((host, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
@@ -431,6 +451,11 @@ async def _raw_upgrade(setup: Setup, grant_id: str) -> tuple[asyncio.StreamReade
         ).encode()
     )
     head = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, head
+
+
+async def _raw_upgrade(setup: Setup, grant_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer, head = await upgrade(setup, grant_id)
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
 
