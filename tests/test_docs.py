@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 from access.broker.settings import Settings
@@ -58,3 +59,17 @@ def test_exit_codes_are_documented() -> None:
     text = (DOCS / "cli.md").read_text()
     for code in ExitCode:
         assert f"| {code.value} |" in text, f"exit code {code.value} ({code.name}) is not in docs/cli.md"
+
+
+def test_security_attack_cases_name_tests_that_exist() -> None:
+    """docs/security.md lists the attack cases the suite runs: every file and test it names exists."""
+    root = DOCS.parent
+    text = (DOCS / "security.md").read_text()
+    table = text.split("## Attack cases the suite runs", 1)[1].split("## Reporting", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`tests/" in line]
+    assert len(rows) >= 15, "the attack-case table lost its rows"
+    for row in rows:
+        for path, names in re.findall(r"`(tests/[\w/]+\.py)`(?: \(([^)]*)\))?", row):
+            source = (root / path).read_text()
+            for name in re.findall(r"`(test_\w+)`", names):
+                assert f"def {name}(" in source, f"docs/security.md names {name} in {path}: not there"
