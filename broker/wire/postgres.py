@@ -577,31 +577,34 @@ class PostgresTap:
             view = view.cast("B")
         pos, end = 0, len(view)
         while pos < end:
-            if self._skip:
+            if self._skip:  # at a chunk's start, or once a held message is complete
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
-            elif self._held:
+                continue
+            if self._held:
                 pos = self._fill(view, pos, end)
-            elif end - pos < 5:
+                continue
+            if end - pos < 5:
                 self._held += view[pos:end]
                 self._need = 5
                 return
-            else:
-                body = int.from_bytes(view[pos + 1 : pos + 5], "big") - 4
-                want = self._prefix(view[pos], body)
-                if want == 0:
-                    pos += 5
-                    self._skip = body
-                elif end - pos - 5 >= want:
-                    self._decode(view[pos], bytes(view[pos + 5 : pos + 5 + want]), body)
-                    pos += 5 + want
-                    self._skip = body - want
-                else:
+            # At a message boundary: one header, at most one prefix, then a jump over the rest.
+            letter = view[pos]
+            body = int.from_bytes(view[pos + 1 : pos + 5], "big") - 4
+            want = self._prefix(letter, body)
+            start = pos + 5
+            if want:
+                if end - start < want:
                     self._held += view[pos:end]
                     self._need = 5 + want
                     self._body = body
                     return
+                self._decode(letter, bytes(view[start : start + want]), body)
+            pos = start + body
+            if pos > end:
+                self._skip = pos - end
+                return
 
     def _fill(self, view: memoryview, pos: int, end: int) -> int:
         step = min(self._need - len(self._held), end - pos)
@@ -655,8 +658,10 @@ class PostgresTap:
         kind = _KIND[letter]
         if kind == _QUERY:
             # A simple query drops the unnamed statement and portal, as PostgreSQL does.
-            self._statements.pop("", None)
-            self._portals.pop("", None)
+            if self._statements:
+                self._statements.pop("", None)
+            if self._portals:
+                self._portals.pop("", None)
             self._record(Statement("query", _cut_text(raw, self._text_ceiling)))
         elif kind == _PARSE:
             name, start = _name(raw)
