@@ -31,10 +31,14 @@ BackendKeyData (rewritten) and ReadyForQuery. An ErrorResponse from the target d
 becomes a ``WireError`` whose ``client_message`` is an ErrorResponse naming the refusal,
 with the target's SQLSTATE; the password never appears in it.
 
-**Tap.** After the handshake, the client's messages are walked by their lengths: Query,
-Parse (statement name and text), Execute (the statement its portal was bound to, tracked
-from Bind), FunctionCall (the function's OID). Parameter values are never decoded; CopyData
-is only counted (``copy_bytes``). Texts are cut at 4 KiB (decoded as UTF-8, with replacement).
+**Tap.** After the handshake, the client's messages are walked by their lengths. Statements:
+``query`` (a Query's text, several statements as one), ``parse`` (a Parse: its text, and its
+name), ``execute`` (an Execute: the name and text of the statement its portal was bound to,
+tracked from Bind, the last 100 named ones remembered), ``function`` (a FunctionCall: the
+function's OID). The unnamed statement has ``name`` None. Parameter values are never decoded;
+CopyData is only counted (``copy_bytes``); Terminate sets ``terminated``. Texts are cut at
+4 KiB (decoded as UTF-8, with replacement); at most 1000 statements wait for ``take``, the rest
+are counted in ``dropped``.
 
 Ceilings: a startup message 10000 bytes (PostgreSQL's own), any other handshake message
 64 KiB, all the target's login bytes 1 MiB, client bytes held during the login 64 KiB, SCRAM
@@ -573,7 +577,7 @@ class PostgresTap:
 
     def client_bytes(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if view.itemsize != 1:
+        if view.format != "B":
             view = view.cast("B")
         pos, end = 0, len(view)
         while pos < end:

@@ -453,6 +453,12 @@ def test_a_huge_copy_is_counted_not_held() -> None:
     assert recorder.copy_bytes == 3 * len(body) and recorder.take() == [Statement("query", "select 1")]
 
 
+def test_the_tap_takes_any_byte_view() -> None:
+    recorder = postgres.tap()
+    recorder.client_bytes(memoryview(bytearray(message(b"Q", b"select 1\0"))).cast("c"))
+    assert recorder.take() == [Statement("query", "select 1")]
+
+
 @pytest.mark.parametrize(
     ("stream", "words"),
     [
