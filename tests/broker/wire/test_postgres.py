@@ -477,6 +477,13 @@ def test_a_stream_out_of_step_is_a_wire_error(stream: bytes, words: str) -> None
 pg_real = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def no_client_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """psycopg's libpq reads this process's environment: no password there either."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "/dev/null")
+
+
 def client_env() -> dict[str, str]:
     """No password anywhere: no PGPASSWORD, and a password file that is empty."""
     return {
