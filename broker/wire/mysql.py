@@ -399,7 +399,7 @@ class _Greeting:
 
 _AWAIT_GREETING = "await target greeting"
 _AWAIT_RESPONSE = "await client response"
-_AWAIT_AUTH = "await target auth"
+_AWAIT_AUTH = "await the target's OK and the client's switch answer"
 _DONE = "done"
 _FAILED = "failed"
 
@@ -417,7 +417,10 @@ class MysqlHandshake:
         self._greeting: _Greeting | None = None
         self._offered = 0  # capabilities offered to the client
         self._offered_mariadb = 0
-        self._client_seq = 0  # the sequence id of the client's response
+        self._client_seq = 0  # the sequence id of the client's last packet
+        self._client_switching = False  # the client was asked to switch to mysql_native_password
+        self._client_scramble = _random_scramble()
+        self._target_ok: bytes | None = None
         self._client_user: str | None = None
         self._plugin = NATIVE  # the plugin of the broker's last answer to the target
         self._nonce = b""  # the scramble the target gave with that plugin
@@ -490,7 +493,8 @@ class MysqlHandshake:
     def _fail(self, log: str, error: tuple[int, str], message: str) -> None:
         """Raise WireError with an ERR for the client: its sequence id follows the client's last packet."""
         greeted = self._state != _AWAIT_GREETING
-        seq = (self._client_seq or 1) + 1 if greeted else 0
+        # A client asked to switch plugins gets the ERR after its answer to the switch.
+        seq = (self._client_seq or 1) + (3 if self._client_switching else 1) if greeted else 0
         self._state = _FAILED
         raise WireError(log, _err(seq, error, message, protocol_41=greeted))
 
@@ -507,10 +511,16 @@ class MysqlHandshake:
                     return
                 self._on_response(*got)
             elif self._state == _AWAIT_AUTH:
-                got = self._target.next()
-                if got is None:
+                got = self._client.next() if self._client_switching else None
+                if got is not None:
+                    self._client_seq = got[0]  # its answer is not checked either
+                    self._client_switching = False
+                elif self._target_ok is None and (got := self._target.next()) is not None:
+                    self._on_auth(*got)
+                elif self._target_ok is not None and not self._client_switching:
+                    self._finish(self._target_ok)
+                else:
                     return
-                self._on_auth(*got)
             else:
                 return
 
@@ -561,7 +571,7 @@ class MysqlHandshake:
         self._state = _AWAIT_RESPONSE
 
     def _client_greeting(self, target: _Greeting) -> bytes:
-        scramble = _random_scramble()
+        scramble = self._client_scramble
         caps = self._offered
         reserved = bytes(6) + (
             self._offered_mariadb.to_bytes(4, "little") if not caps & CLIENT_MYSQL else bytes(4)
@@ -619,7 +629,14 @@ class MysqlHandshake:
         if caps & CLIENT_CONNECT_WITH_DB and r.remaining:
             database = r.nul(or_rest=True)
         if caps & CLIENT_PLUGIN_AUTH and r.remaining:
-            r.nul(or_rest=True)  # whatever plugin the client used: its answer is not checked
+            # Whatever the client answered is not checked, but a client that answered for another
+            # plugin (a MySQL 8 client's caching_sha2_password, --default-auth) expects that
+            # plugin's exchange: switch it to mysql_native_password, as a server would.
+            if _text(r.nul(or_rest=True)) != NATIVE:
+                self._client_switching = True
+                self._to_client += _packet(
+                    seq + 1, b"\xfe" + NATIVE.encode() + b"\x00" + self._client_scramble + b"\x00"
+                )
         attributes: bytes | None = None
         if caps & CLIENT_CONNECT_ATTRS and r.remaining:
             start = r.pos
@@ -693,12 +710,7 @@ class MysqlHandshake:
             )
         kind = payload[:1]
         if kind == b"\x00":
-            self._to_client += _packet(self._client_seq + 1, payload)
-            self._left_client = bytes(self._client.buffer)
-            self._left_target = bytes(self._target.buffer)
-            self._client.buffer.clear()
-            self._target.buffer.clear()
-            self._state = _DONE
+            self._target_ok = payload
         elif kind == b"\xff":
             self._fail(
                 "the target refused the broker's login",
@@ -720,6 +732,14 @@ class MysqlHandshake:
                 ER_HANDSHAKE_ERROR,
                 "access: the target answered the broker's login with an unexpected packet",
             )
+
+    def _finish(self, ok: bytes) -> None:
+        self._to_client += _packet(self._client_seq + 1, ok)
+        self._left_client = bytes(self._client.buffer)
+        self._left_target = bytes(self._target.buffer)
+        self._client.buffer.clear()
+        self._target.buffer.clear()
+        self._state = _DONE
 
     def _on_switch(self, seq: int, payload: bytes) -> None:
         r = _Reader(payload)

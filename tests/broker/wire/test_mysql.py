@@ -97,7 +97,9 @@ ATTRS = bytes([len(b"\x0c_client_name\x07mariadb")]) + b"\x0c_client_name\x07mar
 
 
 def response(
-    caps: int = CLIENT_CAPS, ext: int = mysql.MARIADB_CLIENT_PROGRESS | mysql.MARIADB_CLIENT_COM_MULTI
+    caps: int = CLIENT_CAPS,
+    ext: int = mysql.MARIADB_CLIENT_PROGRESS | mysql.MARIADB_CLIENT_COM_MULTI,
+    plugin: bytes = b"mysql_native_password",
 ) -> bytes:
     return (
         caps.to_bytes(4, "little")
@@ -109,7 +111,8 @@ def response(
         + b"\x14"
         + b"Z" * 20  # whatever the client's password was: never checked, never forwarded
         + b"otherdb\x00"
-        + b"caching_sha2_password\x00"
+        + plugin
+        + b"\x00"
         + ATTRS
     )
 
@@ -191,6 +194,31 @@ def test_the_targets_ok_goes_to_the_client_after_its_response_and_later_bytes_ar
     assert hs.client_user == "mallory"
 
 
+def test_a_client_answering_for_another_plugin_is_switched_to_native_and_gets_the_ok_after() -> None:
+    hs = mysql.handshake(LOGIN)
+    hs.feed_target(packet(0, greeting()))
+    [(_, mine)] = packets(hs.data_to_client())
+    scramble = mine[mine.index(b"\x00", 1) + 5 :][:8] + mine[-22 - 12 - 1 : -22 - 1]
+    hs.feed_client(packet(1, response(plugin=b"caching_sha2_password")))
+    assert packets(hs.data_to_client()) == [(2, b"\xfemysql_native_password\x00" + scramble + b"\x00")]
+    assert b"access_bob_ab12" in hs.data_to_target()  # the target leg does not wait
+    hs.feed_target(packet(2, OK))
+    assert not hs.done and hs.data_to_client() == b""  # held until the client has answered
+    hs.feed_client(packet(3, b"anything"[:3]) + packet(0, b"\x03SELECT 1"))
+    assert hs.done
+    assert packets(hs.data_to_client()) == [(4, OK)]
+    assert hs.leftovers() == (packet(0, b"\x03SELECT 1"), b"")
+
+
+def test_a_target_err_while_the_client_switches_comes_after_its_answer() -> None:
+    hs = mysql.handshake(LOGIN)
+    hs.feed_target(packet(0, greeting()))
+    hs.feed_client(packet(1, response(plugin=b"client_ed25519")))
+    with pytest.raises(WireError) as caught:
+        hs.feed_target(packet(2, b"\xff\x15\x04#28000Access denied"))
+    assert packets(caught.value.client_message)[0][0] == 4
+
+
 def test_no_database_in_the_grant_keeps_the_one_the_client_asked_for() -> None:
     hs = mysql.handshake(TargetLogin("u", "p"))
     hs.feed_target(packet(0, greeting()))
@@ -259,7 +287,7 @@ def test_caching_sha2_fast_path_logs_in_and_full_authentication_is_refused() -> 
     sent = hs.data_to_target()
     want = pymysql_auth.scramble_caching_sha2(PASSWORD.encode(), TARGET_SCRAMBLE)
     assert mysql.caching_sha2_scramble(PASSWORD, TARGET_SCRAMBLE) == want and want in sent
-    assert sent.endswith(b"caching_sha2_password\x00" + ATTRS)
+    assert sent.endswith(b"caching_sha2_password\x00" + ATTRS)  # the target's plugin, not the client's
     hs.feed_target(packet(2, b"\x01\x03") + packet(3, OK))
     assert hs.done and packets(hs.data_to_client())[-1] == (2, OK)
 
@@ -544,7 +572,9 @@ def driver(grant: Grant) -> Iterator[Driver]:
         d.stop()
 
 
-def cli(driver: Driver, login: TargetLogin, sql: str) -> tuple[subprocess.CompletedProcess[str], Channel]:
+def cli(
+    driver: Driver, login: TargetLogin, sql: str, *options: str
+) -> tuple[subprocess.CompletedProcess[str], Channel]:
     driver.login = login
     before = len(driver.channels)
     done = subprocess.run(
@@ -559,6 +589,7 @@ def cli(driver: Driver, login: TargetLogin, sql: str) -> tuple[subprocess.Comple
             "--ssl=0",
             "--batch",
             "--skip-column-names",
+            *options,
             "-e",
             sql,
         ],
@@ -597,6 +628,13 @@ def test_sql_prepare_and_execute_are_tapped_as_queries(driver: Driver, grant: Gr
     assert done.stdout.strip() == "43"
     assert Statement("query", "PREPARE s FROM 'SELECT x + ? FROM t'") in channel.statements
     assert Statement("query", "EXECUTE s USING @a") in channel.statements
+
+
+@pytest.mark.parametrize("plugin", ["caching_sha2_password", "client_ed25519"])
+def test_a_cli_defaulting_to_another_plugin_gets_in(driver: Driver, grant: Grant, plugin: str) -> None:
+    done, _ = cli(driver, grant.login, "SELECT CURRENT_USER()", f"--default-auth={plugin}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{grant.login.user}@127.0.0.1"
 
 
 def test_a_wrong_broker_password_shows_the_client_the_access_error(driver: Driver, grant: Grant) -> None:
