@@ -11,8 +11,11 @@ would refuse everyone; ``client_user`` keeps what it claimed, for the audit). To
 sends a HandshakeResponse41 with the grant's ``TargetLogin`` (user; the grant's database, else the
 one the client asked for: privileges decide what it may use), the client's capabilities
 intersected with the target's, its character set and max packet size and its connection
-attributes. On the target's OK the same OK packet goes to the client (sequence id following the
-client's response) and the machine is done; on the target's ERR the client gets an ERR (1045,
+attributes. A client that answered the greeting for another plugin than mysql_native_password
+(MySQL 8 clients default to caching_sha2_password; ``--default-auth``) gets an AuthSwitchRequest
+to mysql_native_password, as from a server, and its answer is not checked either. On the target's
+OK the same OK packet goes to the client (its sequence id following the client's last packet) and
+the machine is done; on the target's ERR the client gets an ERR (1045,
 "access: the target refused the broker's login for this grant: <the target's message>") through
 ``WireError``; the password never appears in a message.
 
@@ -628,15 +631,14 @@ class MysqlHandshake:
         database: bytes | None = None
         if caps & CLIENT_CONNECT_WITH_DB and r.remaining:
             database = r.nul(or_rest=True)
-        if caps & CLIENT_PLUGIN_AUTH and r.remaining:
-            # Whatever the client answered is not checked, but a client that answered for another
-            # plugin (a MySQL 8 client's caching_sha2_password, --default-auth) expects that
-            # plugin's exchange: switch it to mysql_native_password, as a server would.
-            if _text(r.nul(or_rest=True)) != NATIVE:
-                self._client_switching = True
-                self._to_client += _packet(
-                    seq + 1, b"\xfe" + NATIVE.encode() + b"\x00" + self._client_scramble + b"\x00"
-                )
+        # Whatever the client answered is not checked, but a client that answered for another
+        # plugin (a MySQL 8 client's caching_sha2_password, --default-auth) expects that plugin's
+        # exchange: switch it to mysql_native_password, as a server would.
+        if caps & CLIENT_PLUGIN_AUTH and r.remaining and _text(r.nul(or_rest=True)) != NATIVE:
+            self._client_switching = True
+            self._to_client += _packet(
+                seq + 1, b"\xfe" + NATIVE.encode() + b"\x00" + self._client_scramble + b"\x00"
+            )
         attributes: bytes | None = None
         if caps & CLIENT_CONNECT_ATTRS and r.remaining:
             start = r.pos

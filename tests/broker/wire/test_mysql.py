@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import subprocess
 import threading
@@ -728,3 +729,22 @@ def test_com_change_user_is_refused_and_the_connection_cut(driver: Driver, grant
     driver.wait_closed(channel)
     assert channel.errors == ["the client sent COM_CHANGE_USER"]
     conn.close()
+
+
+def test_mangled_handshake_packets_raise_wire_error_and_nothing_else() -> None:
+    rng = random.Random(10)
+    legs = [(0, greeting()), (1, response()), (2, b"\xfemysql_native_password\x00" + b"N" * 21), (2, OK)]
+    for _ in range(3000):
+        hs = mysql.handshake(LOGIN)
+        broken = rng.randrange(len(legs))
+        try:
+            for i, (seq, payload) in enumerate(legs):
+                if i == broken:
+                    payload = bytearray(payload)
+                    for _ in range(rng.randint(1, 4)):
+                        payload[rng.randrange(len(payload))] = rng.randrange(256)
+                    payload = bytes(payload[: rng.randint(0, len(payload))])
+                (hs.feed_client if seq == 1 else hs.feed_target)(packet(seq, payload))
+        except WireError as exc:
+            [(_, err)] = packets(exc.client_message)
+            assert err[:1] == b"\xff"
