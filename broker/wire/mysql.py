@@ -36,12 +36,15 @@ never passed on):
 CLIENT_LOCAL_FILES passes through (the Tap tells file data from commands, see below).
 
 Authentication to the target: mysql_native_password (also after an AuthSwitchRequest to it) and
-caching_sha2_password's fast path (the server's cache already knows the identity: scramble,
-then "fast auth success"). caching_sha2_password's FULL authentication (the server asks for the
-password itself, which needs TLS to the target or its RSA key; a key fetched from the server over
-plain TCP can be swapped by anyone on the path) is refused with a clear ERR, as are
-client_ed25519, mysql_clear_password (the password in clear on the wire), mysql_old_password and
-every other plugin: create the grant identities WITH mysql_native_password on such targets.
+caching_sha2_password (MySQL 8's default; MySQL 9 has nothing else): its fast path (the server's
+cache knows the identity: a scramble, then "fast auth success") always, its FULL authentication
+(a fresh identity: the server wants the password itself, and the machine speaks no TLS to the
+target) only RSA-encrypted with the target's public key, pinned (``target_rsa_key``) or fetched
+from the target when the caller allows it (``fetch_target_rsa_key``: over plain TCP, whoever can
+change bytes on the path can swap the key). Refused with a clear ERR: full authentication without
+either, client_ed25519, mysql_clear_password (the password in clear on the wire),
+mysql_old_password, sha256_password and every other plugin, a second switch: create the grant
+identities WITH mysql_native_password (or caching_sha2_password and give the key) there.
 
 Tap (``tap``). After the handshake it sees the client's bytes: packets of a 3-byte length and a
 sequence id; a payload of 0xFFFFFF bytes continues in the next packet. Every command starts with
@@ -69,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import NoReturn
 
 from .base import Statement, TargetLogin, WireError
 
@@ -228,9 +232,17 @@ _ID_COMMANDS = {COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE, COM_STMT_RESET, COM_STM
 _LAST_STATEMENT = 0xFFFFFFFF  # MariaDB: "the statement prepared last"
 
 
-def handshake(login: TargetLogin) -> MysqlHandshake:
-    """The login machine of one channel: the broker logs in to the target as ``login``."""
-    return MysqlHandshake(login)
+def handshake(
+    login: TargetLogin, *, target_rsa_key: bytes | None = None, fetch_target_rsa_key: bool = False
+) -> MysqlHandshake:
+    """The login machine of one channel: the broker logs in to the target as ``login``.
+
+    ``target_rsa_key`` (PEM) is the target's caching_sha2_password public key, for its full
+    authentication; ``fetch_target_rsa_key`` lets the broker ask the target for it instead (over
+    plain TCP: anyone who can change bytes on the path can swap it and learn the password, the
+    way MySQL's ``--get-server-public-key`` does). Without either, full authentication is refused.
+    """
+    return MysqlHandshake(login, target_rsa_key=target_rsa_key, fetch_target_rsa_key=fetch_target_rsa_key)
 
 
 def tap(*, max_pending: int = MAX_PENDING, text_limit: int = TEXT_LIMIT) -> MysqlTap:
@@ -286,6 +298,29 @@ def caching_sha2_scramble(password: str, nonce: bytes) -> bytes:
     p1 = hashlib.sha256(password.encode("utf-8")).digest()
     p2 = hashlib.sha256(p1).digest()
     return _xor(p1, hashlib.sha256(p2 + nonce[:20]).digest())
+
+
+def caching_sha2_rsa_password(password: str, nonce: bytes, pem: bytes) -> bytes:
+    """caching_sha2_password's full authentication without TLS: RSA-OAEP(SHA-1) of the password
+    and a NUL, XOR the nonce (repeated). Raises ValueError for a key that is not an RSA public key."""
+    if not password:
+        return b""
+    # Imported here: only this path needs it (``cryptography`` is a broker dependency).
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(str(exc)) from exc
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA public key")
+    plain = password.encode("utf-8") + b"\x00"
+    nonce = nonce[:20]
+    message = bytes(b ^ nonce[i % len(nonce)] for i, b in enumerate(plain))
+    sha1 = hashes.SHA1()  # noqa: S303 - the protocol's choice
+    return key.encrypt(message, padding.OAEP(mgf=padding.MGF1(algorithm=sha1), algorithm=sha1, label=None))
 
 
 def _random_scramble() -> bytes:
@@ -410,8 +445,13 @@ _FAILED = "failed"
 class MysqlHandshake:
     """Implements ``base.Handshake`` for MySQL and MariaDB (see the module's docstring)."""
 
-    def __init__(self, login: TargetLogin) -> None:
+    def __init__(
+        self, login: TargetLogin, *, target_rsa_key: bytes | None = None, fetch_target_rsa_key: bool = False
+    ) -> None:
         self._login = login
+        self._rsa_key = target_rsa_key
+        self._fetch_rsa_key = fetch_target_rsa_key
+        self._awaiting_rsa_key = False
         self._state = _AWAIT_GREETING
         self._client = _Packets("client")
         self._target = _Packets("target")
@@ -493,7 +533,7 @@ class MysqlHandshake:
                 "access: bad handshake: a malformed packet; check the client and the target",
             )
 
-    def _fail(self, log: str, error: tuple[int, str], message: str) -> None:
+    def _fail(self, log: str, error: tuple[int, str], message: str) -> NoReturn:
         """Raise WireError with an ERR for the client: its sequence id follows the client's last packet."""
         greeted = self._state != _AWAIT_GREETING
         # A client asked to switch plugins gets the ERR after its answer to the switch.
@@ -721,18 +761,41 @@ class MysqlHandshake:
             )
         elif kind == b"\xfe":
             self._on_switch(seq, payload)
+        elif kind == b"\x01" and self._awaiting_rsa_key:
+            self._awaiting_rsa_key = False
+            self._to_target += _packet(seq + 1, self._rsa_password(payload[1:]))
         elif kind == b"\x01" and self._plugin == CACHING_SHA2 and payload[1:2] == b"\x03":
             pass  # fast auth success: the OK follows
         elif kind == b"\x01" and self._plugin == CACHING_SHA2 and payload[1:2] == b"\x04":
-            self._unsupported(
-                "caching_sha2_password full authentication (the target's cache does not know this "
-                "identity yet; it needs TLS to the target or its RSA key)"
-            )
+            self._full_authentication(seq)
         else:
             self._fail(
                 f"an unexpected packet 0x{payload[:1].hex()} from the target during authentication",
                 ER_HANDSHAKE_ERROR,
                 "access: the target answered the broker's login with an unexpected packet",
+            )
+
+    def _full_authentication(self, seq: int) -> None:
+        """caching_sha2_password's full authentication: the password, RSA-encrypted (there is no TLS)."""
+        if self._rsa_key is not None:
+            self._to_target += _packet(seq + 1, self._rsa_password(self._rsa_key))
+        elif self._fetch_rsa_key:
+            self._awaiting_rsa_key = True
+            self._to_target += _packet(seq + 1, b"\x02")  # "send me your public key"
+        else:
+            self._unsupported(
+                "caching_sha2_password full authentication (the target's cache does not know this "
+                "identity yet: it needs TLS to the target or the target's RSA public key)"
+            )
+
+    def _rsa_password(self, pem: bytes) -> bytes:
+        try:
+            return caching_sha2_rsa_password(self._login.password, self._nonce, pem)
+        except ValueError:
+            self._fail(
+                "the target's RSA public key is unusable",
+                ER_HANDSHAKE_ERROR,
+                "access: the target's RSA public key for caching_sha2_password is unusable",
             )
 
     def _finish(self, ok: bytes) -> None:
@@ -758,7 +821,7 @@ class MysqlHandshake:
         self._plugin, self._nonce = plugin, nonce
         self._to_target += _packet(seq + 1, self._auth_data())
 
-    def _unsupported(self, what: str) -> None:
+    def _unsupported(self, what: str) -> NoReturn:
         self._fail(
             f"the target asks for {what}, which the broker does not support",
             ER_NOT_SUPPORTED_AUTH_MODE,

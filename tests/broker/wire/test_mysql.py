@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pymysql
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pymysql import _auth as pymysql_auth
 
 from access.broker.wire import mysql
@@ -298,6 +300,56 @@ def test_caching_sha2_fast_path_logs_in_and_full_authentication_is_refused() -> 
     with pytest.raises(WireError) as caught:
         full.feed_target(packet(2, b"\x01\x04"))
     assert b"caching_sha2_password full authentication" in caught.value.client_message
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def decrypt(key: rsa.RSAPrivateKey, data: bytes) -> bytes:
+    sha1 = hashes.SHA1()  # noqa: S303 - the protocol's choice
+    return key.decrypt(data, padding.OAEP(mgf=padding.MGF1(algorithm=sha1), algorithm=sha1, label=None))
+
+
+def full_authentication(**options: object) -> mysql.MysqlHandshake:
+    hs = mysql.handshake(LOGIN, **options)  # type: ignore[arg-type]
+    hs.feed_target(packet(0, greeting(plugin=b"caching_sha2_password")))
+    hs.feed_client(packet(1, response()))
+    hs.data_to_target()
+    hs.feed_target(packet(2, b"\x01\x04"))
+    return hs
+
+
+@pytest.mark.parametrize("how", ["pinned", "fetched"])
+def test_caching_sha2_full_authentication_sends_the_password_rsa_encrypted(
+    rsa_key: rsa.RSAPrivateKey, how: str
+) -> None:
+    if how == "pinned":
+        hs = full_authentication(target_rsa_key=pem(rsa_key))
+    else:
+        hs = full_authentication(fetch_target_rsa_key=True)
+        assert packets(hs.data_to_target()) == [(3, b"\x02")]
+        hs.feed_target(packet(4, b"\x01" + pem(rsa_key)))
+    [(seq, sealed)] = packets(hs.data_to_target())
+    assert seq == (3 if how == "pinned" else 5) and len(sealed) == 256
+    theirs = pymysql_auth.sha2_rsa_encrypt(PASSWORD.encode(), TARGET_SCRAMBLE, pem(rsa_key))
+    assert decrypt(rsa_key, sealed) == decrypt(rsa_key, theirs)  # what PyMySQL sends MySQL
+    hs.feed_target(packet(seq + 1, OK))
+    assert hs.done and packets(hs.data_to_client())[-1] == (2, OK)
+
+
+def test_an_unusable_rsa_key_from_the_target_is_a_wire_error() -> None:
+    hs = full_authentication(fetch_target_rsa_key=True)
+    with pytest.raises(WireError) as caught:
+        hs.feed_target(packet(4, b"\x01-----BEGIN PUBLIC KEY-----\nnonsense\n"))
+    assert b"RSA public key for caching_sha2_password is unusable" in caught.value.client_message
 
 
 def test_an_ssl_request_from_the_client_is_refused() -> None:
