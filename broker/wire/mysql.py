@@ -35,16 +35,18 @@ never passed on):
   provisioning fault and must fail, not log in to the server's sandbox mode.
 CLIENT_LOCAL_FILES passes through (the Tap tells file data from commands, see below).
 
-Authentication to the target: mysql_native_password (also after an AuthSwitchRequest to it) and
-caching_sha2_password (MySQL 8's default; MySQL 9 has nothing else): its fast path (the server's
-cache knows the identity: a scramble, then "fast auth success") always, its FULL authentication
-(a fresh identity: the server wants the password itself, and the machine speaks no TLS to the
-target) only RSA-encrypted with the target's public key, pinned (``target_rsa_key``) or fetched
-from the target when the caller allows it (``fetch_target_rsa_key``: over plain TCP, whoever can
-change bytes on the path can swap the key). Refused with a clear ERR: full authentication without
-either, client_ed25519, mysql_clear_password (the password in clear on the wire),
-mysql_old_password, sha256_password and every other plugin, a second switch: create the grant
-identities WITH mysql_native_password (or caching_sha2_password and give the key) there.
+Authentication to the target: mysql_native_password (also after an AuthSwitchRequest to it);
+MariaDB's client_ed25519 after an AuthSwitchRequest to it (the nonce signed with the password as
+the Ed25519 secret, see ``ed25519``); caching_sha2_password (MySQL 8's default, MySQL 9's only
+one): its fast path (the server's cache knows the identity: a scramble, then "fast auth
+success") always, its FULL authentication (a fresh identity: the server wants the password
+itself, and the machine speaks no TLS to the target) only RSA-encrypted with the target's public
+key, pinned (``target_rsa_key``) or fetched from the target when the caller allows it
+(``fetch_target_rsa_key``: over plain TCP, whoever can change bytes on the path can swap the
+key). Refused with a clear ERR: full authentication without either, mysql_clear_password (the
+password in clear on the wire), mysql_old_password, sha256_password, every other plugin, a second
+switch: create the grant identities WITH mysql_native_password, ed25519 or caching_sha2_password
+(and give the key).
 
 Tap (``tap``). After the handshake it sees the client's bytes: packets of a 3-byte length and a
 sequence id; a payload of 0xFFFFFF bytes continues in the next packet. Every command starts with
@@ -74,6 +76,7 @@ import secrets
 from dataclasses import dataclass
 from typing import NoReturn
 
+from . import ed25519
 from .base import Statement, TargetLogin, WireError
 
 __all__ = [
@@ -175,6 +178,8 @@ _HANDSHAKE_ONLY = (
 
 NATIVE = "mysql_native_password"
 CACHING_SHA2 = "caching_sha2_password"
+ED25519 = "client_ed25519"  # MariaDB's ed25519 plugin, client side
+_NONCE_SIZES = {NATIVE: 20, CACHING_SHA2: 20, ED25519: 32}
 
 # Error codes and SQLSTATEs of the ERR packets the broker writes.
 ER_HANDSHAKE_ERROR = (1043, "08S01")
@@ -738,6 +743,8 @@ class MysqlHandshake:
         return out
 
     def _auth_data(self) -> bytes:
+        if self._plugin == ED25519:
+            return ed25519.sign(self._login.password.encode("utf-8"), self._nonce)
         if self._plugin == CACHING_SHA2:
             return caching_sha2_scramble(self._login.password, self._nonce)
         return native_password_scramble(self._login.password, self._nonce)
@@ -813,12 +820,11 @@ class MysqlHandshake:
             self._unsupported("a second authentication switch" if self._switched else "mysql_old_password")
         self._switched = True
         plugin = _text(r.nul(or_rest=True))
-        nonce = r.rest()
-        if nonce.endswith(b"\x00"):
-            nonce = nonce[:-1]
-        if plugin not in (NATIVE, CACHING_SHA2) or len(nonce) < 20:
+        nonce = r.rest()  # native and caching_sha2: 20 bytes and a NUL; ed25519: 32 bytes (any of them NUL)
+        size = _NONCE_SIZES.get(plugin)
+        if size is None or len(nonce) < size:
             self._unsupported(plugin)
-        self._plugin, self._nonce = plugin, nonce
+        self._plugin, self._nonce = plugin, nonce[:size]
         self._to_target += _packet(seq + 1, self._auth_data())
 
     def _unsupported(self, what: str) -> NoReturn:
@@ -826,7 +832,7 @@ class MysqlHandshake:
             f"the target asks for {what}, which the broker does not support",
             ER_NOT_SUPPORTED_AUTH_MODE,
             f"access: the target asks for {what}, which the broker cannot do; "
-            "create the grant's identities on this target with mysql_native_password",
+            "create the grant's identities on this target with mysql_native_password or ed25519",
         )
 
 

@@ -23,9 +23,10 @@ import pymysql
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pymysql import _auth as pymysql_auth
 
-from access.broker.wire import mysql
+from access.broker.wire import ed25519, mysql
 from access.broker.wire.base import Statement, TargetLogin, WireError
 
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
@@ -267,9 +268,38 @@ def test_an_auth_switch_to_native_password_answers_with_the_new_scramble() -> No
     assert hs.done and packets(hs.data_to_client())[-1] == (2, OK)
 
 
+def test_an_auth_switch_to_client_ed25519_signs_the_nonce_with_the_password() -> None:
+    hs = logged_in()
+    hs.data_to_target()
+    nonce = bytes(range(1, 32)) + b"\x00"  # 32 random bytes: a last NUL is part of them
+    hs.feed_target(packet(2, b"\xfeclient_ed25519\x00" + nonce))
+    [(seq, signature)] = packets(hs.data_to_target())
+    assert seq == 3 and len(signature) == 64
+    key = Ed25519PublicKey.from_public_bytes(ed25519.public_key(PASSWORD.encode()))
+    key.verify(signature, nonce)  # raises if it is not the password's signature of the nonce
+    hs.feed_target(packet(4, OK))
+    assert hs.done
+
+
+def test_ed25519_with_a_32_byte_password_is_rfc_8032_with_that_seed() -> None:
+    rng = random.Random(25519)
+    for _ in range(3):
+        seed, message = rng.randbytes(32), rng.randbytes(32)
+        theirs = Ed25519PrivateKey.from_private_bytes(seed)
+        assert ed25519.sign(seed, message) == theirs.sign(message)
+        raw = theirs.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        assert ed25519.public_key(seed) == raw
+
+
 @pytest.mark.parametrize(
     "switch",
-    [b"\xfeclient_ed25519\x00" + b"N" * 32, b"\xfemysql_clear_password\x00", b"\xfedialog\x00x", b"\xfe"],
+    [
+        b"\xfeclient_ed25519\x00" + b"N" * 31,  # a nonce too short
+        b"\xfesha256_password\x00" + b"N" * 21,
+        b"\xfemysql_clear_password\x00",
+        b"\xfedialog\x00x",
+        b"\xfe",  # mysql_old_password
+    ],
 )
 def test_plugins_the_broker_cannot_do_are_refused_with_a_clear_err(switch: bytes) -> None:
     hs = logged_in()
@@ -277,7 +307,7 @@ def test_plugins_the_broker_cannot_do_are_refused_with_a_clear_err(switch: bytes
         hs.feed_target(packet(2, switch))
     [(seq, payload)] = packets(caught.value.client_message)
     assert seq == 2 and payload.startswith(b"\xff\xe3\x04#08004access: the target asks for ")
-    assert b"create the grant's identities on this target with mysql_native_password" in payload
+    assert b"create the grant's identities on this target with mysql_native_password or ed25519" in payload
     assert hs.data_to_target().count(b"\x00") >= 1  # only the response from before
 
 
