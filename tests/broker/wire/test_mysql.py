@@ -12,6 +12,7 @@ import asyncio
 import os
 import random
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -552,8 +553,9 @@ class Channel:
 class Driver:
     """A loopback listener: each connection gets the machine between it and MariaDB."""
 
-    def __init__(self) -> None:
+    def __init__(self, target_port: int = 3306) -> None:
         self.login = LOGIN
+        self.target_port = target_port
         self.channels: list[Channel] = []
         self.loop = asyncio.new_event_loop()
         self.port = 0
@@ -588,7 +590,7 @@ class Driver:
         channel = Channel()
         self.channels.append(channel)
         hs = mysql.handshake(self.login)
-        t_reader, t_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 3306), 5)
+        t_reader, t_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.target_port), 5)
         inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
         async def pump(reader: asyncio.StreamReader, side: str) -> None:
@@ -830,3 +832,85 @@ def test_mangled_handshake_packets_raise_wire_error_and_nothing_else() -> None:
         except WireError as exc:
             [(_, err)] = packets(exc.client_message)
             assert err[:1] == b"\xff"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def ed25519_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A private MariaDB with the ed25519 plugin loaded (the shared server has not; not ours to change)."""
+    base = tmp_path_factory.mktemp("mariadb")
+    data = base / "data"
+    as_root = ["--user=root"] if os.geteuid() == 0 else []
+    subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={data}",
+            *as_root,
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    with (base / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                *as_root,
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={base / 'sock'}",
+                f"--pid-file={base / 'pid'}",
+                "--plugin-load-add=auth_ed25519",
+                "--innodb-buffer-pool-size=16M",
+                "--skip-log-bin",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=2).close()
+                break
+            except pymysql.err.OperationalError:
+                assert server.poll() is None, (base / "server.log").read_text()
+                assert time.monotonic() < deadline, "the private MariaDB did not start"
+                time.sleep(0.05)
+        yield port
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+
+
+def test_the_broker_logs_in_to_an_ed25519_identity(ed25519_mariadb: int) -> None:
+    password = secrets.token_urlsafe(32)
+    admin = pymysql.connect(host="127.0.0.1", port=ed25519_mariadb, user="root", autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute("CREATE USER 'ed'@'127.0.0.1' IDENTIFIED VIA ed25519 USING PASSWORD(%s)", (password,))
+    admin.close()
+    driver = Driver(ed25519_mariadb)
+    try:
+        done, channel = cli(driver, TargetLogin("ed", password), "SELECT CURRENT_USER()")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "ed@127.0.0.1" and channel.errors == []
+        wrong, _ = cli(driver, TargetLogin("ed", password + "x"), "SELECT 1")
+        assert "access: the target refused the broker's login for this grant: 1045" in wrong.stderr
+    finally:
+        driver.stop()
