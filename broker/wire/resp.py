@@ -71,6 +71,8 @@ SUB_KEEP = 32
 NUMBER_KEEP = 20
 
 _NUMBER = re.compile(rb"0|-?[1-9][0-9]{0,18}")  # Redis's string2ll: no sign, no leading zero
+_BULK_HEAD = re.compile(rb"\$(0|[1-9][0-9]{0,18})\r\n")
+_ARRAY_HEAD = re.compile(rb"\*([1-9][0-9]{0,9})\r\n")
 
 
 def _command(*args: bytes) -> bytes:
@@ -307,13 +309,13 @@ def _word(arg: bytes) -> bytes:
     return arg.split(b"\0", 1)[0].upper()
 
 
-_PLAIN = frozenset(range(0x21, 0x7F)) - {ord('"'), ord("\\")}
+_PLAIN = re.compile(rb"[!#-\[\]-~]+")  # printable ASCII but space, " and \\
 _ESCAPES = {ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
 def _show(arg: bytes, cut: bool) -> str:
     """An argument for the audit text: as is when a plain printable word, else quoted with escapes."""
-    if arg and all(b in _PLAIN for b in arg):
+    if _PLAIN.fullmatch(arg):
         text = arg.decode("ascii")
     else:
         text = (
@@ -466,6 +468,8 @@ class RespTap:
                 pos += take
                 if not self._remaining:
                     self._state = _CR
+            elif state == _BULK and not self._line and (fast := self._whole_bulk(data, pos)) > pos:
+                pos = fast
             elif state in (_CR, _LF):
                 want = 13 if state == _CR else 10
                 if data[pos] != want:
@@ -475,10 +479,16 @@ class RespTap:
                     self._state = _LF
                 else:
                     self._state = _BULK
-                    self._end_arg()
+                    self._end_arg(bytes(self._arg))
             elif state == _START:
-                self._state = _ARRAY if data[pos] == 42 else _INLINE  # "*"
                 self._name = b""
+                head = _ARRAY_HEAD.match(data, pos)
+                if head is not None and int(head.group(1)) <= MAX_ARGS:
+                    self._begin(int(head.group(1)))
+                    self._state = _BULK
+                    pos = head.end()
+                else:
+                    self._state = _ARRAY if data[pos] == 42 else _INLINE  # "*"
             elif state == _INLINE:
                 pos = self._read_line(data, pos, INLINE_LIMIT, "too big inline request")
                 if self._line_done:
@@ -494,6 +504,29 @@ class RespTap:
                         self._array(line)
                     else:
                         self._bulk(line)
+
+    def _whole_bulk(self, data: bytes | memoryview, pos: int) -> int:
+        """The common case: a bulk string's header, payload and CRLF all in this chunk. Returns
+        the position after it, or ``pos`` when it is not all here (the byte-wise path takes it)."""
+        head = _BULK_HEAD.match(data, pos)
+        if head is None:
+            return pos  # a header cut by the chunk's end, or a bad one: the byte-wise path says which
+        length = int(head.group(1))
+        if length > self._max_bulk:
+            raise _protocol_error("invalid bulk length")
+        start = head.end()
+        self._length = length
+        self._keep = self._want(length)
+        stop = start + length
+        if stop + 2 > len(data):
+            self._arg.clear()
+            self._remaining = length
+            self._state = _DATA if length else _CR
+            return start
+        if data[stop : stop + 2] != b"\r\n":
+            raise _protocol_error("a bulk string not followed by CRLF")
+        self._end_arg(bytes(data[start : start + min(self._keep, length)]))
+        return stop + 2
 
     _line_done = False
 
@@ -552,8 +585,7 @@ class RespTap:
         self._begin(len(args))
         for arg in args:
             self._length = len(arg)
-            self._arg[:] = arg[: self._want(len(arg))]
-            self._end_arg()
+            self._end_arg(arg[: self._want(len(arg))])
 
     # -- one command
 
@@ -600,9 +632,9 @@ class RespTap:
             keep = max(keep, 8)  # "STREAMS", "AUTH\0"
         return keep
 
-    def _end_arg(self) -> None:
+    def _end_arg(self, arg: bytes) -> None:
+        """Argument ``_index`` has ended; ``arg`` is the part of it kept."""
         i = self._index
-        arg = bytes(self._arg)
         if i == 0:
             self._name = _word(arg)
             if self._name in _REFUSED:

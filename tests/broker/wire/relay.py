@@ -31,30 +31,31 @@ class Relay:
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> Relay:
         ready = threading.Event()
 
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+            server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
-            loop.run_forever()
+            await self._stopping.wait()
             server.close()
-            loop.run_until_complete(server.wait_closed())
-            loop.close()
+            # asyncio.run then cancels the connections still open and closes the loop
 
-        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
         self._thread.start()
         assert ready.wait(5), "the relay did not start"
         return self
 
     def stop(self) -> None:
         assert self._loop is not None and self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(5)
+        assert not self._thread.is_alive(), "the relay did not stop"
 
     def taken(self) -> list[Statement]:
         with self._lock:
