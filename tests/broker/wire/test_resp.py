@@ -115,6 +115,19 @@ def test_a_512_mib_value_is_skipped_by_count_not_held() -> None:
     assert peak < 64 * 1024, peak
 
 
+def test_inline_commands_in_a_memoryview_are_read_in_place() -> None:
+    chunk = memoryview(b"PING\r\n" * 10_000)
+    tap = resp.RespTap(pending_limit=1)
+    tracemalloc.start()
+    try:
+        tap.client_bytes(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [s.kind for s in tap.take()] == ["command", "dropped"]
+    assert peak < 16 * 1024, peak
+
+
 def test_statement_texts_and_pending_statements_have_ceilings() -> None:
     tap = resp.RespTap(text_limit=100, pending_limit=3)
     tap.client_bytes(_cmd(b"MGET", *[b"key-%04d" % i for i in range(500)]))
