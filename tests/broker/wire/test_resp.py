@@ -262,6 +262,17 @@ def test_handshake_logs_in_with_auth_and_hands_over_early_bytes() -> None:
         assert login.data_to_client() == b""
 
 
+def test_an_auth_sent_before_the_login_is_done_is_refused_by_the_tap() -> None:
+    login = resp.handshake(TargetLogin("u", "pw"))
+    login.feed_client(_cmd(b"PING") + _cmd(b"AUTH", b"default", b"x"))
+    login.feed_target(b"+OK\r\n")
+    early, _ = login.leftovers()
+    tap = resp.tap()
+    with pytest.raises(WireError, match="AUTH is refused"):
+        tap.client_bytes(early)  # the channel's contract: leftovers go through the tap first
+    assert [(s.kind, s.text) for s in tap.take()] == [("refused", "AUTH")]
+
+
 def test_handshake_selects_the_database_after_auth() -> None:
     login = resp.handshake(TargetLogin("u", "pw", database="3"))
     login.data_to_target()
