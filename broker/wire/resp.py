@@ -57,7 +57,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .base import Statement, TargetLogin, WireError
+from .base import Handshake, Statement, Tap, TargetLogin, WireError
 
 __all__ = ["RespHandshake", "RespTap", "handshake", "tap"]
 
@@ -219,7 +219,7 @@ class RespHandshake:
             raise self._failure
 
 
-def handshake(login: TargetLogin) -> RespHandshake:
+def handshake(login: TargetLogin) -> Handshake:
     """The login machine for one channel."""
     return RespHandshake(login)
 
@@ -681,6 +681,6 @@ class RespTap:
             self.dropped += 1
 
 
-def tap(*, values: bool = False) -> RespTap:
+def tap(*, values: bool = False) -> Tap:
     """The statement recorder for one channel, after the login."""
     return RespTap(values=values)
