@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from access.broker.errors import TargetUnreachable
+from access.broker.errors import Conflict, TargetUnreachable
 
 from .base import IdentitySpec
 
@@ -23,8 +23,11 @@ __all__ = [
     "PREFIX",
     "AdminLogin",
     "ProvisionFailed",
+    "being_ended",
+    "check_ours",
     "check_spec",
     "check_token",
+    "cut_sessions",
     "is_ours",
     "make_name",
     "new_password",
@@ -58,6 +61,17 @@ class AdminLogin:
     connect_timeout: float = 5.0  # seconds to connect and log in
     statement_timeout: float = 10.0  # seconds any one admin statement may run
 
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def refused(self, kind: str, exc: Exception) -> ProvisionFailed:
+        """The error for an admin login that failed (the driver's text may echo the conninfo: left out)."""
+        return ProvisionFailed(
+            f"{kind} {self.where} refused the broker's admin login ({type(exc).__name__})",
+            hint="check the target is up and the broker's admin credential for it",
+        )
+
 
 def make_name(principal: str) -> str:
     """``access_<slug>_<random>``: the slug is the principal lower-cased, runs of anything but
@@ -69,6 +83,13 @@ def make_name(principal: str) -> str:
 def is_ours(name: str) -> bool:
     """Whether ``name`` has the shape of a name ``make_name`` gives (nothing else is ever dropped)."""
     return _NAME.fullmatch(name) is not None
+
+
+def check_ours(name: str) -> str:
+    """``end`` drops nothing whose name ``make_name`` could not have given (not root, not an app's user)."""
+    if not is_ours(name):
+        raise ValueError(f"{name!r} is not an identity the broker made; it will not drop it")
+    return name
 
 
 def new_password() -> str:
@@ -90,6 +111,14 @@ def check_spec(spec: IdentitySpec) -> None:
         raise ValueError(f"connection_limit {spec.connection_limit} must be between 1 and 10000")
 
 
+def being_ended(name: str, grant_id: str) -> Conflict:
+    """``create`` for a grant whose identity ``end`` has begun on: it will not bring it back."""
+    return Conflict(
+        f"the identity {name} of grant {grant_id} is being ended",
+        hint="a grant that has ended cannot be given an identity again",
+    )
+
+
 def tag(grant_id: str, broker_id: str) -> str:
     return f"access grant={grant_id} broker={broker_id}"
 
@@ -98,6 +127,19 @@ def parse_tag(text: str | None) -> tuple[str | None, str | None]:
     """``(grant id, broker id)`` from a tag, ``(None, None)`` when it is missing or not ours."""
     found = _TAG.fullmatch(text or "")
     return (found.group(1), found.group(2)) if found else (None, None)
+
+
+SESSIONS_GONE_WITHIN = 5.0  # seconds end() waits for the sessions it ended to exit
+
+
+def cut_sessions(kill_round: Callable[[], bool], *, kind: str, admin: AdminLogin, name: str) -> None:
+    """Run ``kill_round`` (ends every session of ``name`` it finds; True when it found none) until
+    no session is left, ``SESSIONS_GONE_WITHIN`` seconds at most, then raise."""
+    if not wait_until(kill_round, within=SESSIONS_GONE_WITHIN):
+        raise ProvisionFailed(
+            f"{kind} {admin.where}: sessions of {name} outlived {SESSIONS_GONE_WITHIN:g} s",
+            hint="its login is locked already; `end` again to finish",
+        )
 
 
 def wait_until(done: Callable[[], bool], *, within: float, step: float = 0.02) -> bool:

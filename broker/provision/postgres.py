@@ -58,21 +58,20 @@ from typing import Any, LiteralString
 import psycopg
 from psycopg import sql
 
-from access.broker.errors import Conflict
-
 from .base import Identity, IdentitySpec, OurIdentity
 from .common import (
     PREFIX,
     AdminLogin,
     ProvisionFailed,
+    being_ended,
+    check_ours,
     check_spec,
     check_token,
-    is_ours,
+    cut_sessions,
     make_name,
     new_password,
     parse_tag,
     tag,
-    wait_until,
 )
 
 __all__ = ["READ_ONLY_ROLES", "REFUSED_ROLES", "PostgresProvisioner", "scram_verifier"]
@@ -80,7 +79,6 @@ __all__ = ["READ_ONLY_ROLES", "REFUSED_ROLES", "PostgresProvisioner", "scram_ver
 SCRAM_ITERATIONS = 4096  # PostgreSQL's own default (scram_iterations)
 READ_ONLY_ROLES = frozenset({"pg_read_all_data", "pg_read_all_settings", "pg_read_all_stats", "pg_monitor"})
 REFUSED_ROLES = frozenset({"pg_write_server_files", "pg_read_server_files", "pg_execute_server_program"})
-SESSIONS_GONE_WITHIN = 5.0  # seconds end() waits for terminated sessions to exit
 
 # Roles reachable from the named ones through membership (what SET ROLE could reach) that would
 # make the identity more than its privileges say.
@@ -149,10 +147,7 @@ class PostgresProvisioner:
             if found:
                 _oid, name, can_login, _ = found[0]
                 if not can_login:
-                    raise Conflict(
-                        f"the identity {name} of grant {spec.grant_id} is being ended",
-                        hint="a grant that has ended cannot be given an identity again",
-                    )
+                    raise being_ended(name, spec.grant_id)
                 self._update(conn, name, spec, verifier)
             else:
                 name = self._insert(conn, spec, verifier, label)
@@ -166,8 +161,7 @@ class PostgresProvisioner:
         return Identity(name=name, password=password, grant_id=spec.grant_id)
 
     def end(self, name: str) -> None:
-        if not is_ours(name):
-            raise ValueError(f"{name!r} is not an identity the broker made; it will not drop it")
+        check_ours(name)
         role = sql.Identifier(name)
         with self._connect() as conn, self._step("end the role", name):
             conn.autocommit = True
@@ -203,7 +197,7 @@ class PostgresProvisioner:
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone() is None:
                 break
         else:
-            raise ProvisionFailed(f"PostgreSQL {self._where()}: no free role name for {spec.principal!r}")
+            raise ProvisionFailed(f"PostgreSQL {self.admin.where}: no free role name for {spec.principal!r}")
         statement = sql.SQL(
             "CREATE ROLE {name} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
             " PASSWORD {verifier} VALID UNTIL {until} CONNECTION LIMIT {limit}"
@@ -250,7 +244,7 @@ class PostgresProvisioner:
         missing = set(names) - {found for (found,) in rows}
         if missing:
             raise ProvisionFailed(
-                f"PostgreSQL {self._where()} has no role {', '.join(sorted(missing))} to grant",
+                f"PostgreSQL {self.admin.where} has no role {', '.join(sorted(missing))} to grant",
                 hint="create the role on the target or correct the service's privileges in the policy",
             )
         risky = [r for (r,) in conn.execute(_ESCALATIONS, {"names": names, "refused": sorted(REFUSED_ROLES)})]
@@ -273,16 +267,9 @@ class PostgresProvisioner:
                 conn.execute("SELECT pg_terminate_backend(%s)", [pid])
             return not pids
 
-        if not wait_until(gone, within=SESSIONS_GONE_WITHIN):
-            raise ProvisionFailed(
-                f"PostgreSQL {self._where()}: sessions of {name} outlived {SESSIONS_GONE_WITHIN:g} s",
-                hint="its login is locked already; `end` again to finish",
-            )
+        cut_sessions(gone, kind="PostgreSQL", admin=self.admin, name=name)
 
     # -- connections ----------------------------------------------------------------------------
-
-    def _where(self) -> str:
-        return f"{self.admin.host}:{self.admin.port}"
 
     @contextmanager
     def _connect(self, database: str | None = None) -> Iterator[psycopg.Connection[Any]]:
@@ -300,10 +287,7 @@ class PostgresProvisioner:
                 application_name="access-broker provision",
             )
         except psycopg.Error as exc:
-            raise ProvisionFailed(
-                f"PostgreSQL {self._where()} refused the broker's admin login ({type(exc).__name__})",
-                hint="check the target is up and the broker's admin credential for it",
-            ) from exc
+            raise admin.refused("PostgreSQL", exc) from exc
         with conn:
             yield conn
 
@@ -314,6 +298,6 @@ class PostgresProvisioner:
         except psycopg.Error as exc:
             reason = exc.diag.message_primary or type(exc).__name__
             raise ProvisionFailed(
-                f"PostgreSQL {self._where()} failed to {step} for {subject}: {reason}",
+                f"PostgreSQL {self.admin.where} failed to {step} for {subject}: {reason}",
                 hint="check the broker's admin role may manage roles (superuser or CREATEROLE with ADMIN)",
             ) from exc
