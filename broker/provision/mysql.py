@@ -47,9 +47,10 @@ end
     triggers and events with it as DEFINER are left with a missing definer and fail to run
     (MySQL ≥ 8.0.22 refuses the DROP USER instead, and ``end`` raises, naming the error).
 
-Permissions the admin account needs: CREATE USER, RELOAD-free GRANT of what the policy names (it
-must hold them WITH GRANT OPTION), CONNECTION ADMIN or SUPER to kill sessions, SELECT on mysql.user
-and CREATE/INSERT/UPDATE/DELETE on the tag schema.
+Permissions the admin account needs: CREATE USER; what the policy grants, WITH GRANT OPTION;
+PROCESS, granted directly (without it PROCESSLIST hides other accounts' sessions, so ``end``
+refuses to run rather than drop an account whose sessions it cannot see); CONNECTION ADMIN or
+SUPER to kill them; SELECT on ``mysql.user``; CREATE, INSERT, UPDATE, DELETE on the tag schema.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ _TAG_TABLE = """CREATE TABLE IF NOT EXISTS {table} (
     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
     UNIQUE KEY one_per_grant (broker_id, grant_id)
 ) ENGINE=InnoDB"""
+_HAS_PROCESS = """SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES
+    WHERE PRIVILEGE_TYPE = 'PROCESS' AND GRANTEE = CONCAT(
+        "'", SUBSTRING_INDEX(CURRENT_USER(), '@', 1), "'@'", SUBSTRING_INDEX(CURRENT_USER(), '@', -1), "'")"""
 _HOST = re.compile(r"[A-Za-z0-9.:-]{1,255}(?:/[0-9.]{7,15})?")
 
 
@@ -297,6 +301,14 @@ class MySQLProvisioner:
             cur.execute("REVOKE ALL PRIVILEGES, GRANT OPTION FROM %s@%s", (name, self.broker_host))
 
     def _end(self, cur: pymysql.cursors.Cursor, name: str) -> None:
+        # Without PROCESS the admin sees only its own threads in PROCESSLIST: the kill loop would
+        # find none and the identity's live sessions would outlive the DROP USER. Refuse instead.
+        cur.execute(_HAS_PROCESS)
+        if not (cur.fetchone() or (0,))[0]:
+            raise ProvisionFailed(
+                f"MySQL {self.admin.where}: the broker's admin account cannot see other accounts' sessions",
+                hint="GRANT PROCESS ON *.* (directly, not through a role) to the broker's admin account",
+            )
         cur.execute(f"UPDATE {self._tags} SET ending = TRUE WHERE name = %s", (name,))  # noqa: S608
         cur.execute("SELECT Host FROM mysql.user WHERE User = %s", (name,))
         hosts = [str(host) for (host,) in cur.fetchall()]

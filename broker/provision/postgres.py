@@ -12,7 +12,9 @@ create
     The password is sent as a SCRAM-SHA-256 verifier the broker computes (RFC 5802/7677), so the
     cleartext never reaches the server, its logs or ``pg_stat_statements``: only the broker can log
     in as the role. ``VALID UNTIL`` is the target's own second lock should the broker never come
-    back to end the grant. Memberships are granted without ADMIN, so the identity cannot pass them on.
+    back to end the grant (PostgreSQL applies it to password logins only: keep the identities'
+    ``pg_hba.conf`` lines password-based). Memberships are granted without ADMIN, so the
+    identity cannot pass them on.
 
     INHERIT, on purpose: predefined roles such as ``pg_read_all_data`` act through inherited
     privileges; with NOINHERIT the identity would have to ``SET ROLE`` first. What a read identity
@@ -39,7 +41,12 @@ end
     place, and ``end`` raises, naming it (a retry is safe). Absent role = already done.
 
 Permissions the admin role needs: superuser, or (PostgreSQL 15) CREATEROLE plus ADMIN on every
-role the policy names and membership in the owner objects are handed to.
+role the policy names, ``pg_signal_backend`` (to terminate the identity's sessions) and
+membership in the owner objects are handed to.
+
+Note: predefined roles are cluster-wide: ``pg_read_all_data`` reads every database the identity
+may CONNECT to (PUBLIC may, by default), not only the service's. Scope it with the target's own
+``REVOKE CONNECT`` / ``pg_hba.conf``, or name per-database roles in the policy.
 
 Tests run on the shared PostgreSQL, which trusts every local login: there they prove privileges,
 sessions and tags, not the password (the wire tests log in with it on a private SCRAM cluster).

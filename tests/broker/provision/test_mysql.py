@@ -280,6 +280,31 @@ def test_privilege_clauses_are_rendered_quoted() -> None:
     )
 
 
+def test_end_refuses_to_run_with_an_admin_that_cannot_see_other_sessions(world: World) -> None:
+    """Without PROCESS, PROCESSLIST shows an account its own threads only: an end that went on
+    would find no session to kill and drop the account under a live one."""
+    made = world.create(world.spec(f"SELECT ON {world.db}.*"))
+    weak = f"prov_adm_{secrets.token_hex(4)}"
+    sql(f"CREATE USER '{weak}'@'127.0.0.1' IDENTIFIED BY 'weak-admin-pw'")
+    try:
+        sql(f"GRANT CREATE USER, CONNECTION ADMIN ON *.* TO '{weak}'@'127.0.0.1'")
+        sql(f"GRANT SELECT ON mysql.user TO '{weak}'@'127.0.0.1'")
+        sql(f"GRANT ALL ON {world.provisioner.tag_schema}.* TO '{weak}'@'127.0.0.1'")
+        provisioner = MySQLProvisioner(
+            AdminLogin(ADMIN.host, ADMIN.port, weak, "weak-admin-pw"),
+            broker_id=world.broker_id,
+            broker_host="127.0.0.1",
+            tag_schema=world.provisioner.tag_schema,
+        )
+        with login_as(made) as held:
+            with pytest.raises(ProvisionFailed, match="cannot see other accounts' sessions") as refused:
+                provisioner.end(made.name)
+            assert refused.value.hint is not None and "GRANT PROCESS" in refused.value.hint
+            assert run(held, "SELECT 1") == [(1,)]
+    finally:
+        sql(f"DROP USER '{weak}'@'127.0.0.1'")
+
+
 def test_end_refuses_an_account_that_is_not_ours(world: World) -> None:
     with pytest.raises(ValueError, match="not an identity the broker made"):
         world.provisioner.end("root")
