@@ -8,11 +8,15 @@ names the grant and the broker replica: ``access grant=<grant id> broker=<broker
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import socket
 import string
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from access.broker.errors import Conflict, TargetUnreachable
@@ -34,6 +38,7 @@ __all__ = [
     "parse_tag",
     "tag",
     "wait_until",
+    "watchdog",
 ]
 
 PREFIX = "access_"
@@ -60,6 +65,9 @@ class AdminLogin:
     database: str | None = None
     connect_timeout: float = 5.0  # seconds to connect and log in
     statement_timeout: float = 10.0  # seconds any one admin statement may run
+    # seconds one admin connection may stay open at all: a target that stops answering mid-statement
+    # (its own statement timeout cannot reach us then) is cut by a watchdog instead of hanging us
+    operation_timeout: float = 30.0
 
     @property
     def where(self) -> str:
@@ -140,6 +148,30 @@ def cut_sessions(kill_round: Callable[[], bool], *, kind: str, admin: AdminLogin
             f"{kind} {admin.where}: sessions of {name} outlived {SESSIONS_GONE_WITHIN:g} s",
             hint="its login is locked already; `end` again to finish",
         )
+
+
+@contextmanager
+def watchdog(fileno: int, within: float) -> Iterator[None]:
+    """Shut the socket ``fileno`` down if the block outlives ``within`` seconds, so a read blocked
+    on a silent target fails at once. Works on a duplicate of the descriptor, held until the block
+    ends: the watchdog can never hit a descriptor number the system has since given to another."""
+    own = socket.socket(fileno=os.dup(fileno))
+    lock = threading.Lock()
+
+    def cut() -> None:
+        with lock, suppress(OSError):
+            if own.fileno() != -1:
+                own.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(within, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            own.close()  # our duplicate only: the driver's descriptor is the driver's to close
 
 
 def wait_until(done: Callable[[], bool], *, within: float, step: float = 0.02) -> bool:

@@ -47,6 +47,10 @@ end
     triggers and events with it as DEFINER are left with a missing definer and fail to run
     (MySQL ≥ 8.0.22 refuses the DROP USER instead, and ``end`` raises, naming the error).
 
+Waits: ``connect_timeout``; ``max_statement_time`` (MariaDB; MySQL's ``max_execution_time`` bounds
+SELECTs only) and ``lock_wait_timeout`` server side; the client's read/write timeouts
+(``statement_timeout`` + 1 s) for an answer that never arrives.
+
 Permissions the admin account needs: CREATE USER; what the policy grants, WITH GRANT OPTION;
 PROCESS, granted directly (without it PROCESSLIST hides other accounts' sessions, so ``end``
 refuses to run rather than drop an account whose sessions it cannot see); CONNECTION ADMIN or

@@ -40,6 +40,10 @@ end
     one admin connection per such database; a database the admin cannot connect to leaves the role in
     place, and ``end`` raises, naming it (a retry is safe). Absent role = already done.
 
+Waits: libpq's ``connect_timeout``; ``statement_timeout`` and ``lock_timeout`` (server side) on
+every admin statement; and, since a server-side timeout cannot help when the answer never
+arrives, a watchdog that shuts the admin connection's socket after ``operation_timeout``.
+
 Permissions the admin role needs: superuser, or (PostgreSQL 15) CREATEROLE plus ADMIN on every
 role the policy names, ``pg_signal_backend`` (to terminate the identity's sessions) and
 membership in the owner objects are handed to.
@@ -79,6 +83,7 @@ from .common import (
     new_password,
     parse_tag,
     tag,
+    watchdog,
 )
 
 __all__ = ["READ_ONLY_ROLES", "REFUSED_ROLES", "PostgresProvisioner", "scram_verifier"]
@@ -295,7 +300,7 @@ class PostgresProvisioner:
             )
         except psycopg.Error as exc:
             raise admin.refused("PostgreSQL", exc) from exc
-        with conn:
+        with conn, watchdog(conn.fileno(), admin.operation_timeout):
             yield conn
 
     @contextmanager

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +18,10 @@ import pytest
 
 from access.broker.errors import Conflict
 from access.broker.provision.base import Identity, IdentitySpec, OurIdentity
-from access.broker.provision.common import AdminLogin, ProvisionFailed, is_ours
+from access.broker.provision.common import AdminLogin, ProvisionFailed, is_ours, wait_until
 from access.broker.provision.mysql import InvalidPrivilege, MySQLProvisioner, parse_privilege
+
+from .conftest import FreezableProxy, in_thread
 
 ADMIN = AdminLogin(host="127.0.0.1", port=3306, user="root", statement_timeout=5.0)
 DENIED = 1142  # ER_TABLEACCESS_DENIED_ERROR
@@ -314,3 +316,36 @@ def test_the_broker_host_takes_no_wildcard() -> None:
     for host in ("%", "10.0.%", "a'b"):
         with pytest.raises(ValueError, match="no wildcard"):
             MySQLProvisioner(ADMIN, broker_id="b", broker_host=host)
+
+
+def test_a_target_that_stops_answering_mid_statement_is_cut_by_the_read_timeout(
+    world: World, make_proxy: Callable[[tuple[str, int]], FreezableProxy]
+) -> None:
+    """max_statement_time cannot help when the server's answer never arrives: the client's
+    read_timeout (statement_timeout + 1 s) ends the wait and create fails instead of hanging."""
+    proxy = make_proxy((ADMIN.host, ADMIN.port))
+    login = replace(ADMIN, port=proxy.port, statement_timeout=0.5)
+    provisioner = MySQLProvisioner(
+        login, broker_id=world.broker_id, broker_host="127.0.0.1", tag_schema=world.provisioner.tag_schema
+    )
+    spec = world.spec(f"SELECT ON {world.db}.*")
+    world.create(world.spec(f"SELECT ON {world.db}.*"))  # the tag table exists
+    tags = f"{world.provisioner.tag_schema}.identities"
+    with admin() as holder, holder.cursor() as cur:
+        cur.execute("BEGIN")  # the same grant's row, uncommitted: the provisioner's INSERT waits on it
+        cur.execute(
+            f"INSERT INTO {tags} (name, host, broker_id, grant_id) VALUES ('access_held_0', 'h', %s, %s)",
+            (world.broker_id, spec.grant_id),
+        )
+        waiting = (
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s AND ID <> CONNECTION_ID()"
+        )
+        thread, outcome = in_thread(lambda: provisioner.create(spec))
+        assert wait_until(
+            lambda: sql(waiting, f"INSERT INTO `{world.provisioner.tag_schema}`%") == [(1,)], within=5
+        )
+        proxy.freeze()  # the server's timeout error will never reach the provisioner
+        thread.join(timeout=6)
+        cur.execute("ROLLBACK")
+    assert not thread.is_alive(), "create hung on a silent target"
+    assert isinstance(outcome[0], ProvisionFailed)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import secrets
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +23,10 @@ from psycopg import errors
 
 from access.broker.errors import Conflict
 from access.broker.provision.base import IdentitySpec, OurIdentity
-from access.broker.provision.common import AdminLogin, is_ours
+from access.broker.provision.common import AdminLogin, ProvisionFailed, is_ours, wait_until
 from access.broker.provision.postgres import PostgresProvisioner, scram_verifier
+
+from .conftest import FreezableProxy, in_thread
 
 ADMIN = AdminLogin(host="127.0.0.1", port=5432, user="postgres", database="test", statement_timeout=5.0)
 LATER = datetime(2031, 5, 4, 3, 2, 1, tzinfo=UTC)
@@ -249,3 +251,26 @@ def test_end_refuses_a_role_that_is_not_ours(world: World) -> None:
         world.provisioner.end("postgres")
     with pytest.raises(ValueError):
         world.provisioner.end(world.writer)
+
+
+def test_a_target_that_stops_answering_mid_statement_is_cut_by_the_watchdog(
+    world: World, make_proxy: Callable[[tuple[str, int]], FreezableProxy]
+) -> None:
+    """The server's own statement timeout cannot help when its answer never arrives: the admin
+    connection's watchdog (operation_timeout) shuts the socket and create fails instead of hanging."""
+    proxy = make_proxy((ADMIN.host, ADMIN.port))
+    login = replace(ADMIN, port=proxy.port, statement_timeout=2.0, operation_timeout=1.0)
+    provisioner = PostgresProvisioner(login, broker_id=world.broker_id)
+    spec = world.spec("pg_read_all_data")
+    with admin() as holder, holder.transaction(), admin() as watcher:
+        key = "access-provision:" + spec.grant_id
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+        blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s::int = ANY(pg_blocking_pids(pid))"
+        thread, outcome = in_thread(lambda: provisioner.create(spec))
+        assert wait_until(
+            lambda: watcher.execute(blocked, [holder.info.backend_pid]).fetchone() == (1,), within=5
+        )
+        proxy.freeze()  # its lock_timeout error (at 2 s) will never reach the provisioner
+        thread.join(timeout=6)
+    assert not thread.is_alive(), "create hung on a silent target"
+    assert isinstance(outcome[0], ProvisionFailed)
