@@ -17,6 +17,8 @@
     ├── Unavailable                  (503) the database or ledger is down: we fail closed
     │   └── LedgerUnsafe             (503) the ledger's guards are gone or it fails verification
     ├── TargetUnreachable            (502) the service behind a tunnel did not answer
+    │   └── ProvisionFailed          (502) a target refused or failed a per-grant identity step;
+    │                                defined in ``provision/common.py`` beside the provisioners
     ├── Misconfigured                (no HTTP) ``serve`` refuses to start: a file, the listen
     │                                address or the replica identity (``broker/startup.py``)
     └── OAuthError                   (400, 401 invalid_client, or as given) an RFC 6749 error from

@@ -204,9 +204,15 @@ _SQL = re.compile(
 )
 
 
+# Rooms whose SQL goes to a TARGET with the broker's admin credential (per-grant identities),
+# never to the broker's own database: they may not touch the store (next test) instead.
+TARGET_SQL = ("access.broker.provision",)
+
+
 def test_all_sql_lives_in_the_store() -> None:
     outside = {name: path for name, path in MODULES.items() if _within(name, "access.broker")}
     outside = {n: p for n, p in outside.items() if not _within(n, "access.broker.store")}
+    outside = {n: p for n, p in outside.items() if not any(_within(n, room) for room in TARGET_SQL)}
     tables = _violations(IMPORTS, "access.broker", "access.broker.store.tables")
     tables = [v for v in tables if not v.startswith("access.broker.store")]
     assert tables == [], "only store/ uses the tables"
@@ -217,6 +223,13 @@ def test_all_sql_lives_in_the_store() -> None:
         if _SQL.search(line)
     ]
     assert queries == [], "SQL outside access.broker.store"
+
+
+@pytest.mark.parametrize("room", TARGET_SQL)
+@pytest.mark.parametrize("forbidden", ["access.broker.store", "access.broker.tunnel"])
+def test_target_sql_rooms_do_not_reach_the_store_or_the_tunnel(room: str, forbidden: str) -> None:
+    assert any(_within(name, room) for name in MODULES), room
+    assert _violations(IMPORTS, room, forbidden) == []
 
 
 @pytest.mark.parametrize("importers", ["access.cli", "access.shared"])
