@@ -8,5 +8,9 @@ The tunnel drives them: a ``Handshake`` per channel logs the broker in to the ta
 grant's identity while the client connects with no password, then the channel relays and a
 ``Tap`` records the statements the client sends.
 
-May import: the standard library and pure protocol libraries (``scramp``). Nothing else of the broker.
+May import: the standard library (no sockets, no event loop), ``scramp`` (PostgreSQL SCRAM) and
+``cryptography`` (MySQL's RSA password exchange). Nothing else of the broker
+(tests/broker/test_imports.py). ``ed25519`` is MariaDB's ``client_ed25519`` signature, which
+standard libraries cannot make: MariaDB uses SHA-512 of the password as the expanded secret
+key, where RFC 8032 libraries only take a 32-byte seed.
 """

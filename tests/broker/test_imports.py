@@ -297,3 +297,11 @@ def test_imports_inside_functions_are_not_module_level() -> None:
     assert ("access.broker.store.principals", True) in imports
     # ``from access.broker.store import sessions`` names the submodule, not the package.
     assert ("access.broker.store.sessions", True) in imports
+
+
+def test_the_wire_machines_import_no_other_room_and_no_io() -> None:
+    """broker/wire is sans-I/O: bytes in, bytes out. It imports nothing else of ours, and no
+    socket or event loop, so each machine can be tested byte by byte."""
+    assert _violations(IMPORTS, "access.broker.wire", "access", ("access.broker.wire",)) == []
+    for io in ("socket", "asyncio", "selectors", "ssl"):
+        assert _violations(IMPORTS, "access.broker.wire", io) == [], io
