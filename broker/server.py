@@ -10,8 +10,9 @@ It also bounds every request head, on every path, before httptools buffers it: a
 ``http_max_head`` bytes (else 431 and close) arriving within ``http_head_timeout`` seconds of
 the connection or of the head's first byte (else 408 and close; one timer per head, nothing per
 byte). httptools has no limit of its own (uvicorn's ``h11_max_incomplete_event_size`` is for
-its h11 implementation only); between requests uvicorn's ``timeout_keep_alive`` closes an idle
-connection (``http_keepalive_timeout``).
+its h11 implementation only). A body has ``http_body_timeout`` seconds from the end of its head
+(408, or a close once the answer has begun); between requests uvicorn's ``timeout_keep_alive``
+closes an idle connection (``http_keepalive_timeout``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         settings = config.app.state.broker.settings
         self.max_head: int = settings.http_max_head
         self.head_timeout: float = settings.http_head_timeout
+        self.body_timeout: float = settings.http_body_timeout
+        self._body_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # bytes fed now belong to a request head
         self._head_bytes = 0  # fed to the parser since this head began
         self._head_timer: asyncio.TimerHandle | None = None
@@ -60,6 +63,7 @@ class BrokerHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -90,8 +94,12 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._disarm_head_timer()
         super().on_headers_complete()
+        # The body, if any, has its own deadline: a client that trickles it would otherwise hold
+        # the request (and what the route has read so far) for as long as it likes.
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
+        self._disarm_body_timer()
         super().on_message_complete()
         self._in_head = True
         self._head_bytes = 0
@@ -104,6 +112,23 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timed_out(self) -> None:
+        from access.broker.errors import HeadTimeout
+        from access.broker.tunnel.protocol import http_error
+
+        self._body_timer = None
+        if self._upgraded or self.transport.is_closing():
+            return
+        if self.cycle is None or not self.cycle.response_started:
+            error = HeadTimeout(f"request body not received within {self.body_timeout:g} s")
+            self.transport.write(http_error(error))
+        self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -133,6 +158,7 @@ class BrokerHttpProtocol(HttpToolsProtocol):
 
         self._upgraded = True
         self._disarm_head_timer()
+        self._disarm_body_timer()
 
         # The same test the tunnel applies to the head (``parse_request``): the exact path.
         if urlsplit(self.url.decode("latin-1")).path == TUNNEL_PATH:

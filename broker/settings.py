@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     http_head_timeout: float = Field(
         default=10.0, gt=0, le=300, description="seconds a request head may take to arrive (408 past it)"
     )
+    http_body_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="seconds a request body may take to arrive (408 past it)"
+    )
     http_keepalive_timeout: float = Field(
         default=5.0, gt=0, le=300, description="seconds an idle keep-alive connection stays open"
     )

@@ -1,4 +1,4 @@
-"""Request heads on every path the broker listens on: a size ceiling, a read deadline, and an
+"""Request heads on every path the broker listens on: a size ceiling, a read deadline (for the body too), and an
 idle keep-alive bound (``server.BrokerHttpProtocol``, uvicorn's ``timeout_keep_alive``).
 
 A real uvicorn broker (``setup`` from the tunnel tests) with its limits lowered, reached with
@@ -27,7 +27,12 @@ UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 
 
 @pytest.fixture
 def broker_settings() -> dict[str, Any]:
-    return {"http_max_head": MAX_HEAD, "http_head_timeout": HEAD_TIMEOUT, "http_keepalive_timeout": 0.3}
+    return {
+        "http_max_head": MAX_HEAD,
+        "http_head_timeout": HEAD_TIMEOUT,
+        "http_body_timeout": HEAD_TIMEOUT,
+        "http_keepalive_timeout": 0.3,
+    }
 
 
 def _port(served: Setup) -> int:
@@ -77,6 +82,34 @@ def test_a_head_that_does_not_arrive_in_time_is_408(setup: Setup) -> None:  # no
     head = _start("/healthz") + b"X-Slow: " + b"a" * 200
     answer = run(_exchange(setup, head, pace=0.05))
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(setup: Setup) -> None:  # noqa: F811
+    # The head is whole and quick; the body promises 100 bytes, sends 10, then trickles.
+    head = b"POST /oauth/token HTTP/1.1\r\nHost: broker\r\nContent-Length: 100\r\n"
+    head += b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+    answer = run(_exchange(setup, head + b"grant_type"))
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b"request body not received within 0.3 s" in answer
+
+    async def trickle() -> bytes:  # the head at once, then a body byte every 50 ms: news, too slowly
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(setup))
+        try:
+            writer.write(head)
+            for _ in range(60):
+                writer.write(b"g")
+                try:
+                    got = await asyncio.wait_for(reader.read(65536), 0.05)
+                except TimeoutError:
+                    continue
+                return got
+            return b""
+        finally:
+            writer.close()
+
+    answer = run(trickle())
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert b"request body not received" in answer
 
 
 def test_a_head_under_the_limit_is_served_and_an_idle_connection_closed(setup: Setup) -> None:  # noqa: F811
