@@ -1,5 +1,5 @@
-"""Request heads on every path the broker listens on: a size ceiling, a read deadline (for the body too), and an
-idle keep-alive bound (``server.BrokerHttpProtocol``, uvicorn's ``timeout_keep_alive``).
+"""Request heads on every path the broker listens on: a size ceiling, a read deadline (the body
+has one too), and an idle keep-alive bound (``server.BrokerHttpProtocol``, uvicorn's ``timeout_keep_alive``).
 
 A real uvicorn broker (``setup`` from the tunnel tests) with its limits lowered, reached with
 raw sockets: what an attacker sends, not what a polite client does.
