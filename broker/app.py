@@ -188,6 +188,7 @@ def _without_trailing_slash(app: FastAPI, scope: Scope) -> str | None:
 
 def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.audit.checkpoints import CheckpointLoop
+    from access.broker.audit.statements import StatementFlushLoop
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
     from access.broker.tunnel.closes import CloseRetryLoop
@@ -199,6 +200,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
         OutboxLoop(broker),
         TunnelWatch(broker),
         CloseRetryLoop(broker),
+        StatementFlushLoop(broker),
     ]
 
 
@@ -225,8 +227,11 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
                     await task
             if background:
                 from access.broker.audit.checkpoints import write_checkpoint
+                from access.broker.audit.statements import statement_log_for
 
-                await asyncio.to_thread(stop_instance, broker, time.monotonic() + _STOP_WRITE_TIMEOUT)
+                stop_by = time.monotonic() + _STOP_WRITE_TIMEOUT
+                await asyncio.to_thread(statement_log_for(broker).stop, stop_by)
+                await asyncio.to_thread(stop_instance, broker, stop_by)
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(write_checkpoint, broker)
 

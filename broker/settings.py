@@ -168,6 +168,21 @@ class Settings(BaseSettings):
         ge=4 * 1024 * 1024,
         description="bytes all tunnels of a process may hold before the one adding stops reading",
     )
+    # The statement log (audit/statements): batches of statements written as ledger entries.
+    statement_log_limit: int = Field(
+        default=100_000,
+        ge=1000,
+        le=10_000_000,
+        description="statements a process may hold before writing them to the ledger; past it channels stop",
+    )
+    statement_log_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes of statement text a process may hold before writing them; past it channels stop",
+    )
+    statement_flush_interval: float = Field(
+        default=1.0, gt=0, le=10, description="seconds between writes of the statement log to the ledger"
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

@@ -534,9 +534,18 @@ class BrokerClient:
         actor: str | None = None,
         since: str | None = None,
         limit: int = 100,
+        grant: str | None = None,
+        action: str | None = None,
     ) -> list[AuditEntry]:
         params = {"limit": str(limit)}
-        for key, value in (("service", service), ("actor", actor), ("since", since)):
+        filters = (
+            ("service", service),
+            ("actor", actor),
+            ("since", since),
+            ("grant", grant),
+            ("action", action),
+        )
+        for key, value in filters:
             if value:
                 params[key] = value
         return self._parse(AuditPage, self._api("GET", "/v1/audit", params=params)).entries

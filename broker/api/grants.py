@@ -66,5 +66,9 @@ def read_audit(
     actor: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[str | None, Query(max_length=40, description="e.g. 1h, or an ISO-8601 time")] = None,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIMIT)] = 100,
+    grant: Annotated[str | None, Query(max_length=40)] = None,
+    action: Annotated[str | None, Query(max_length=40, description="e.g. connection.statements")] = None,
 ) -> AuditPage:
-    return audit.search_audit(broker, ctx, service=service, actor=actor, since=since, limit=limit)
+    return audit.search_audit(
+        broker, ctx, service=service, actor=actor, since=since, limit=limit, grant=grant, action=action
+    )

@@ -42,6 +42,8 @@ class Action(StrEnum):
     CONNECTION_REFUSE = "connection.refuse"
     # The ledger itself (admin/): its append-only guards were found missing and put back.
     LEDGER_GUARDS_RESTORE = "ledger.guards_restore"
+    # The statement log (audit/statements): a batch of the statements one channel relayed.
+    CONNECTION_STATEMENTS = "connection.statements"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -61,5 +63,7 @@ WHILE_UNSAFE = frozenset(
         Action.CONNECTION_CLOSE,
         Action.CONNECTION_REFUSE,
         Action.LEDGER_GUARDS_RESTORE,
+        # What a channel already relayed: a record of access that happened, like its close.
+        Action.CONNECTION_STATEMENTS,
     }
 )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
+from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Forbidden, InvalidRequest
 from access.broker.runtime import Broker
@@ -17,6 +19,8 @@ from access.shared.names import is_dns_label, is_principal_name
 __all__ = ["MAX_LIMIT", "parse_since", "search_audit"]
 
 MAX_LIMIT = 1000
+_GRANT_ID = re.compile(r"g-[0-9a-f]{1,38}")
+_ACTIONS = frozenset(action.value for action in Action)
 
 
 def parse_since(text: str | None, now: datetime) -> datetime | None:
@@ -42,8 +46,13 @@ def search_audit(
     actor: str | None = None,
     since: str | None = None,
     limit: int = 100,
+    grant: str | None = None,
+    action: str | None = None,
 ) -> AuditPage:
     """Ledger entries matching the filters, newest first. Only for the policy's audit readers.
+
+    ``grant``: entries about that grant (its request, decision, end, connections and their
+    statements); ``action``: only that action (``connection.statements`` for the statement log).
 
     Raises:
         Forbidden: the policy's ``audit.readers`` do not include the caller.
@@ -61,9 +70,15 @@ def search_audit(
         raise InvalidRequest(f"bad service name {service[:63]!r}", hint="see `access services`")
     if actor and not is_principal_name(actor) and actor != "broker":
         raise InvalidRequest(f"bad actor name {actor[:64]!r}")
+    if grant and not _GRANT_ID.fullmatch(grant):
+        raise InvalidRequest(f"bad grant id {grant[:40]!r}", hint="see `access grants`")
+    if action and action not in _ACTIONS:
+        raise InvalidRequest(f"bad action {action[:40]!r}", hint="docs/audit.md lists the actions")
     start = parse_since(since, broker.clock.now())
     with broker.transaction() as conn:
-        rows = store.search(conn, service=service, actor=actor, start=start, limit=limit)
+        rows = store.search(
+            conn, service=service, actor=actor, start=start, limit=limit, grant=grant, action=action
+        )
     return AuditPage(
         entries=[
             AuditEntry(

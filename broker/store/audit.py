@@ -88,10 +88,16 @@ def search(
     actor: str | None,
     start: datetime | None,
     limit: int,
+    grant: str | None = None,
+    action: str | None = None,
 ) -> Sequence[Any]:
-    """Entries about ``service`` (its grants and connections too), by ``actor``, since ``start``;
-    newest first, at most ``limit``."""
+    """Entries about ``service`` (its grants and connections too), about ``grant``, by ``actor``,
+    of ``action``, since ``start``; newest first, at most ``limit``."""
     query = sa.select(audit_log)
+    if grant:
+        query = query.where(audit_log.c.target.endswith(f"/{grant}", autoescape=True))
+    if action:
+        query = query.where(audit_log.c.action == action)
     if service:
         # Grant and connection entries target "service:NAME/GRANT" (grants.grant_target).
         query = query.where(

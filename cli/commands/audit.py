@@ -11,6 +11,7 @@ from access.cli import render
 from access.cli.context import OutputOption, client
 from access.cli.errors import UsageError
 from access.cli.render import Output
+from access.shared.models import AuditEntry
 
 __all__ = ["audit"]
 
@@ -28,7 +29,82 @@ def _details(details: dict[str, Any]) -> str:
             return json.dumps(value)  # ensure_ascii: printable ASCII, controls as \u escapes
         return render.text(value) if key in _FREE_TEXT else render.name(value)
 
-    return " ".join(f"{render.name(k)}={shown(k, v)}" for k, v in details.items())
+    # A statement batch's rows are for ``--queries``; here its first/count say which they are.
+    return " ".join(
+        f"{render.name(k)}={shown(k, v)}"
+        for k, v in details.items()
+        if not (k == "statements" and isinstance(v, list))
+    )
+
+
+STATEMENTS_ACTION = "connection.statements"
+
+
+def _statements(entries: list[AuditEntry]) -> list[dict[str, Any]]:
+    """The statements of ``connection.statements`` entries, oldest first, each once (a batch
+    written again after a COMMIT that timed out repeats its rows: same connection and ``n``)."""
+    seen: set[tuple[str, int]] = set()
+    rows: list[dict[str, Any]] = []
+    for entry in sorted(entries, key=lambda e: e.seq):
+        details = entry.details
+        batch = details.get("statements")
+        if not isinstance(batch, list):
+            continue
+        connection = str(details.get("connection", ""))
+        for item in batch:
+            if not isinstance(item, dict) or not isinstance(item.get("n"), int):
+                continue
+            key = (connection, item["n"])
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(
+                {
+                    "at": str(item.get("at", "")),
+                    "actor": entry.actor,
+                    "grant": str(details.get("grant", "")),
+                    "service": str(details.get("service", "")),
+                    "connection": connection,
+                    "n": item["n"],
+                    "kind": str(item.get("kind", "")),
+                    "text": str(item.get("text", "")),
+                    "name": item.get("name"),
+                }
+            )
+    return rows
+
+
+def _when(at: str) -> str:
+    from datetime import datetime
+
+    try:
+        return render.when(datetime.fromisoformat(at))
+    except ValueError:
+        return at
+
+
+def _show_statements(entries: list[AuditEntry], limit: int, output: Output) -> None:
+    rows = _statements(entries)[-limit:]
+    if output is Output.json:
+        render.json_out(rows)
+        return
+    if not rows:
+        render.message("No statements match.")
+        return
+    render.table(
+        ["TIME", "CONNECTION", "KIND", "STATEMENT"],
+        [
+            [
+                _when(row["at"]),
+                row["connection"],
+                row["kind"] if row["name"] is None else f"{row['kind']} {row['name']}",
+                row["text"],
+            ]
+            for row in rows
+        ],
+        keep_whole=["TIME", "CONNECTION"],
+        free_text=["TIME", "STATEMENT"],
+    )
 
 
 def _check_since(since: str) -> None:
@@ -57,17 +133,35 @@ def audit(
     since: Annotated[
         str | None, typer.Option("--since", help="Only entries since then: 1h, 30m, or an ISO-8601 time")
     ] = None,
+    grant: Annotated[
+        str | None, typer.Option("--grant", help="Only entries about this grant (g-...)")
+    ] = None,
+    queries: Annotated[
+        bool,
+        typer.Option(
+            "--queries", help="Show the statements the connections relayed (of --grant), one per line"
+        ),
+    ] = False,
     limit: Annotated[
-        int, typer.Option("--limit", "-n", min=1, max=1000, help="At most this many entries")
+        int,
+        typer.Option("--limit", "-n", min=1, max=1000, help="At most this many entries (statements)"),
     ] = 100,
     output: OutputOption = Output.text,
 ) -> None:
     """Show audit ledger entries, newest last (needs policy permission to read the audit log)."""
     if since is not None:
         _check_since(since)
+    if queries:
+        # Each batch entry holds at least one statement: ``limit`` batches hold ``limit`` statements.
+        batches = client(ctx).audit(
+            service=service, actor=actor, since=since, limit=limit, grant=grant, action=STATEMENTS_ACTION
+        )
+        _show_statements(batches, limit, output)
+        return
     # The broker sends the newest ``limit`` entries newest first; shown as a log reads: newest last.
     entries = sorted(
-        client(ctx).audit(service=service, actor=actor, since=since, limit=limit), key=lambda e: e.seq
+        client(ctx).audit(service=service, actor=actor, since=since, limit=limit, grant=grant),
+        key=lambda e: e.seq,
     )
     if output is Output.json:
         render.json_out(entries)

@@ -1,0 +1,228 @@
+"""The statement log: batches into few ledger entries, in order and complete, tamper-evident,
+bounded (``add`` returns False at the ceiling), and nothing lost while the database is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from access.broker.audit.actions import Action
+from access.broker.audit.checkpoints import verify_ledger
+from access.broker.audit.statements import (
+    BATCH_STATEMENTS,
+    ROW_OVERHEAD,
+    StatementFlushLoop,
+    StatementLog,
+    statement_log_for,
+)
+from access.broker.errors import Unavailable
+from access.broker.runtime import Broker
+from access.broker.store.tables import audit_log
+from access.broker.wire.base import Statement
+from tests.broker.audit.test_checkpoints import tamper
+from tests.fakes.dbproxy import FreezableProxy, freezable_proxy
+
+GRANT = "g-0123456789abcdef"
+
+
+def _add(log: StatementLog, connection: str, statements: list[Statement]) -> bool:
+    return log.add(
+        connection_id=connection, grant_id=GRANT, service="svc-payments", actor="alice", statements=statements
+    )
+
+
+def _queries(prefix: str, count: int) -> list[Statement]:
+    return [Statement("query", f"SELECT {i} /* {prefix} */") for i in range(count)]
+
+
+def _batches(broker: Broker) -> list[Any]:
+    with broker.transaction() as conn:
+        return list(
+            conn.execute(
+                sa.select(audit_log)
+                .where(audit_log.c.action == Action.CONNECTION_STATEMENTS.value)
+                .order_by(audit_log.c.seq)
+            ).all()
+        )
+
+
+def _recorded(broker: Broker) -> dict[str, list[tuple[int, str]]]:
+    """Per connection, its statements as the ledger has them: (n, text), in ledger order."""
+    found: dict[str, list[tuple[int, str]]] = {}
+    for row in _batches(broker):
+        details = json.loads(row.details)
+        assert details["count"] == len(details["statements"])
+        assert details["first"] == details["statements"][0]["n"]
+        found.setdefault(details["connection"], []).extend(
+            (item["n"], item["text"]) for item in details["statements"]
+        )
+    return found
+
+
+def test_many_statements_make_few_entries_in_order_and_complete(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    sent: dict[str, list[Statement]] = {"c-1": [], "c-2": [], "c-3": []}
+    for round_ in range(60):  # three channels, interleaved, in chunks of 20
+        for connection, statements in sent.items():
+            chunk = _queries(f"{connection} {round_}", 20)
+            assert _add(log, connection, chunk)
+            statements.extend(chunk)
+    assert log.pending == 3600 and _batches(broker) == []  # add itself writes nothing
+    named = [Statement("parse", "SELECT $1", "s1"), Statement("execute", "SELECT $1", "s1")]
+    assert _add(log, "c-1", named)
+    sent["c-1"].extend(named)
+
+    assert log.flush() == 3602
+    assert log.pending == 0 and log.pending_bytes == 0
+    batches = _batches(broker)
+    # 1202 statements of c-1 are three batches, 1200 of each of the other two: 3 + 3 + 3 entries, not 3602.
+    assert len(batches) == 9
+    assert all(len(json.loads(b.details)["statements"]) <= BATCH_STATEMENTS for b in batches)
+    recorded = _recorded(broker)
+    for connection, statements in sent.items():
+        assert recorded[connection] == [(n, s.text) for n, s in enumerate(statements)]
+    first = [json.loads(b.details)["connection"] for b in batches[:3]]
+    assert first == ["c-1", "c-2", "c-3"]  # each channel in turn, not one channel's backlog first
+    [tail] = [json.loads(b.details) for b in batches if json.loads(b.details)["count"] == 202]
+    parse, execute = tail["statements"][-2:]
+    assert parse == {"n": 1200, "at": parse["at"], "kind": "parse", "text": "SELECT $1", "name": "s1"}
+    assert execute["kind"] == "execute" and execute["n"] == 1201
+    assert {b.target for b in batches} == {f"service:svc-payments/{GRANT}"}
+    assert {b.actor for b in batches} == {"alice"}
+    assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
+
+
+def test_an_edited_statement_fails_verification(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", [Statement("query", "DELETE FROM payments"), Statement("query", "SELECT 1")])
+    log.flush()
+    [batch] = _batches(broker)
+    assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
+    edited = batch.details.replace("DELETE FROM payments", "SELECT 2")
+    tamper(broker, f"UPDATE audit_log SET details = '{edited}' WHERE seq = {batch.seq}")
+    result = verify_ledger(broker.engine, broker.audit_key.public_key())
+    assert result.summary().startswith(f"entry {batch.seq} was changed")
+
+
+def test_a_full_buffer_refuses_and_queues_nothing_of_the_refused(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker(statement_log_limit=1000)
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", _queries("a", 990))
+    assert not _add(log, "c-2", _queries("b", 11))  # would pass the ceiling: none of them is queued
+    assert _add(log, "c-2", _queries("b", 10))  # exactly at it
+    assert not _add(log, "c-1", _queries("c", 1))
+    assert (log.pending, log.refused) == (1000, 12)
+    assert log.flush() == 1000
+    assert _add(log, "c-1", _queries("d", 1))  # room again once written; numbering goes on
+    log.flush()
+    assert [n for n, _ in _recorded(broker)["c-1"]] == list(range(991))
+
+
+def test_the_byte_ceiling_refuses_too(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker(statement_log_bytes=1024 * 1024)
+    log = statement_log_for(broker)
+    big = Statement("query", "x" * 4096)
+    fits = 1024 * 1024 // (4096 + ROW_OVERHEAD)
+    assert _add(log, "c-1", [big] * fits)
+    assert not _add(log, "c-1", [big])
+    assert log.pending == fits
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[FreezableProxy]:
+    url = sa.engine.make_url(pg_url)
+    with freezable_proxy(url.host or "127.0.0.1", url.port or 5432) as running:
+        yield running
+
+
+def test_database_down_buffers_up_to_the_ceiling_then_writes_everything(
+    make_broker: Callable[..., Broker], pg_url: str, proxy: FreezableProxy
+) -> None:
+    through = sa.engine.make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
+    broker = make_broker(
+        db_url=through.render_as_string(hide_password=False),
+        db_statement_timeout=1.0,
+        db_connect_timeout=2.0,
+        db_lock_timeout=0.5,
+        db_pool_timeout=1.0,
+        statement_log_limit=1000,
+    )
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", _queries("before", 10))
+    log.flush()
+    assert len(_batches(broker)) == 1
+    sent = _queries("before", 10)
+
+    assert _add(log, "c-1", _queries("frozen", 10))
+    sent += _queries("frozen", 10)
+    proxy.freeze()
+    failed: list[BaseException] = []
+
+    def flush() -> None:
+        try:
+            log.flush()
+        except BaseException as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=flush)
+    try:
+        writer.start()  # hangs on the frozen database until its statement timeout
+        # Meanwhile the channels go on: add never waits for the writer, up to the ceiling.
+        for i in range(99):
+            assert _add(log, "c-2" if i % 2 else "c-1", _queries(f"down {i}", 10)), i
+        assert log.pending == 1000
+        assert not _add(log, "c-1", _queries("too many", 1))
+        writer.join(timeout=15)
+        assert not writer.is_alive() and len(failed) == 1 and isinstance(failed[0], Unavailable)
+    finally:
+        proxy.thaw()
+    assert log.pending == 1000  # nothing was dropped
+    assert log.flush() == 1000
+    recorded = _recorded(broker)
+    assert [n for n, _ in recorded["c-1"]] == list(range(10 + 10 + 500))
+    assert [n for n, _ in recorded["c-2"]] == list(range(490))
+    assert [text for _, text in recorded["c-1"][:20]] == [s.text for s in sent]
+    assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
+
+
+def test_the_flush_loop_writes_a_full_batch_and_a_closed_channel_at_once(
+    make_broker: Callable[..., Broker],
+) -> None:
+    broker = make_broker(statement_flush_interval=10.0)  # the timer alone would not write in time
+    log = statement_log_for(broker)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(StatementFlushLoop(broker).run())
+        try:
+            await asyncio.sleep(0)  # the loop runs up to its first wait, having hooked itself in
+            assert log.on_due is not None
+
+            async def written(count: int) -> None:
+                deadline = time.monotonic() + 5
+                while log.written < count:
+                    assert time.monotonic() < deadline, f"{log.written} of {count} written"
+                    await asyncio.sleep(0.02)
+
+            assert _add(log, "c-1", _queries("full", BATCH_STATEMENTS))
+            await written(BATCH_STATEMENTS)
+            assert _add(log, "c-2", _queries("ends", 3))
+            log.close("c-2")
+            await written(BATCH_STATEMENTS + 3)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert log.on_due is None
+
+    asyncio.run(scenario())
+    assert [len(v) for v in _recorded(broker).values()] == [BATCH_STATEMENTS, 3]
+    assert log.pending == 0 and log.entries == 2
