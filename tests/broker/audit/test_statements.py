@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.audit.checkpoints import verify_ledger
 from access.broker.audit.statements import (
@@ -226,3 +227,17 @@ def test_the_flush_loop_writes_a_full_batch_and_a_closed_channel_at_once(
     asyncio.run(scenario())
     assert [len(v) for v in _recorded(broker).values()] == [BATCH_STATEMENTS, 3]
     assert log.pending == 0 and log.entries == 2
+
+
+def test_statements_are_still_recorded_while_the_ledger_is_unsafe(make_broker: Callable[..., Broker]) -> None:
+    """Like a close, a batch records access that already happened: an unsafe ledger (which gives no
+    new access) must not stop it being written, or every channel would be cut at the ceiling."""
+    broker = make_broker()
+    log = statement_log_for(broker)
+    ledger.set_unsafe(broker.engine, "guards missing (test)")
+    try:
+        assert _add(log, "c-1", _queries("unsafe", 3))
+        assert log.flush() == 3
+    finally:
+        ledger.set_unsafe(broker.engine, None)
+    assert len(_batches(broker)) == 1
