@@ -11,6 +11,7 @@ from access.cli import render
 from access.cli.context import OutputOption, client
 from access.cli.errors import UsageError
 from access.cli.render import Output
+from access.shared.durations import format_instant
 from access.shared.models import AuditEntry
 
 __all__ = ["audit"]
@@ -42,51 +43,51 @@ STATEMENTS_ACTION = "connection.statements"
 
 def _statements(entries: list[AuditEntry]) -> list[dict[str, Any]]:
     """The statements of ``connection.statements`` entries, oldest first, each once (a batch
-    written again after a COMMIT that timed out repeats its rows: same connection and ``n``)."""
+    written again after a COMMIT that timed out repeats its rows: same connection and ``n``).
+
+    A batch's ``statements[i]`` is ``[µs after its at, kind, text(, name)]``, statement ``first + i``.
+    """
+    from datetime import datetime, timedelta
+
     seen: set[tuple[str, int]] = set()
     rows: list[dict[str, Any]] = []
     for entry in sorted(entries, key=lambda e: e.seq):
         details = entry.details
-        batch = details.get("statements")
-        if not isinstance(batch, list):
+        batch, first = details.get("statements"), details.get("first")
+        if not isinstance(batch, list) or not isinstance(first, int):
             continue
+        try:
+            start = datetime.fromisoformat(str(details.get("at")))
+        except ValueError:
+            start = entry.at
         connection = str(details.get("connection", ""))
-        for item in batch:
-            if not isinstance(item, dict) or not isinstance(item.get("n"), int):
+        for index, item in enumerate(batch):
+            if not isinstance(item, list) or len(item) < 3 or not isinstance(item[0], int):
                 continue
-            key = (connection, item["n"])
+            key = (connection, first + index)
             if key in seen:
                 continue
             seen.add(key)
             rows.append(
                 {
-                    "at": str(item.get("at", "")),
+                    "at": start + timedelta(microseconds=item[0]),
                     "actor": entry.actor,
                     "grant": str(details.get("grant", "")),
                     "service": str(details.get("service", "")),
                     "connection": connection,
-                    "n": item["n"],
-                    "kind": str(item.get("kind", "")),
-                    "text": str(item.get("text", "")),
-                    "name": item.get("name"),
+                    "n": first + index,
+                    "kind": str(item[1]),
+                    "text": str(item[2]),
+                    "name": str(item[3]) if len(item) > 3 else None,
                 }
             )
     return rows
 
 
-def _when(at: str) -> str:
-    from datetime import datetime
-
-    try:
-        return render.when(datetime.fromisoformat(at))
-    except ValueError:
-        return at
-
-
 def _show_statements(entries: list[AuditEntry], limit: int, output: Output) -> None:
     rows = _statements(entries)[-limit:]
     if output is Output.json:
-        render.json_out(rows)
+        render.json_out([{**row, "at": format_instant(row["at"])} for row in rows])
         return
     if not rows:
         render.message("No statements match.")
@@ -95,7 +96,7 @@ def _show_statements(entries: list[AuditEntry], limit: int, output: Output) -> N
         ["TIME", "CONNECTION", "KIND", "STATEMENT"],
         [
             [
-                _when(row["at"]),
+                render.when(row["at"]),
                 row["connection"],
                 row["kind"] if row["name"] is None else f"{row['kind']} {row['name']}",
                 row["text"],

@@ -63,6 +63,7 @@ def test_queries_shows_a_grants_statements_escaped_in_80_columns(broker_app: Bro
         (3, "query", None),
     ]
     assert rows[3]["text"] == HOSTILE and {r["grant"] for r in rows} == {mine}
+    assert rows[0]["at"] == "2030-01-01T00:00:00Z"  # the broker's (fake) clock, ISO-8601 with Z
     assert {r["connection"] for r in rows} == {"c-1111111111111111"}
 
     newest = json.loads(live.invoke("audit", "--grant", mine, "--queries", "-n", "2", "-o", "json").stdout)
