@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from access.broker.audit import ledger
+from access.broker.audit.actions import Action
 from access.broker.audit.statements import statement_log_for
 from access.broker.wire.base import Statement
 from access.cli.errors import ExitCode
@@ -89,3 +91,18 @@ def test_queries_need_audit_permission_and_a_good_grant_id(broker_app: BrokerApp
     live.sign_in("bob")  # ci is not an audit reader
     denied = live.invoke("audit", "--grant", mine, "--queries")
     assert denied.exit_code == ExitCode.DENIED, denied.stderr
+
+
+def test_a_batch_written_twice_shows_each_statement_once(broker_app: BrokerApp) -> None:
+    """A retry after a COMMIT that timed out (and committed) writes the same rows again."""
+    live, mine, _ = _live(broker_app)
+    [batch] = json.loads(live.invoke("audit", "--grant", mine, "-o", "json").stdout)[-1:]
+    ledger.record(
+        live.broker,
+        actor=batch["actor"],
+        action=Action.CONNECTION_STATEMENTS,
+        target=batch["target"],
+        details=batch["details"],
+    )
+    rows = json.loads(live.invoke("audit", "--grant", mine, "--queries", "-o", "json").stdout)
+    assert [r["n"] for r in rows] == [0, 1, 2, 3]
