@@ -253,3 +253,21 @@ def test_text_that_is_no_valid_utf8_is_still_written(make_broker: Callable[..., 
     [batch] = _batches(broker)
     assert json.loads(batch.details)["statements"][0][2] == "SELECT '?'"
     assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
+
+
+def test_the_broker_writes_what_waits_when_it_stops(make_broker: Callable[..., Broker]) -> None:
+    """The app's lifespan runs the flush loop, and a graceful stop writes the rest at once."""
+    from access.broker.app import create_app
+
+    broker = make_broker(statement_flush_interval=10.0)
+    app = create_app(broker)
+    log = statement_log_for(broker)
+
+    async def serve_and_stop() -> None:
+        async with app.router.lifespan_context(app):
+            assert _add(log, "c-1", _queries("late", 7))
+            assert _batches(broker) == []
+
+    asyncio.run(serve_and_stop())
+    assert log.pending == 0
+    assert [n for n, _ in _recorded(broker)["c-1"]] == list(range(7))
