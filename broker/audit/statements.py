@@ -179,7 +179,6 @@ class StatementLog:
 
         Raises:
             Unavailable: the database could not be reached; what is left stays queued.
-            LedgerUnsafe: (not for this action: it is recorded while the ledger is unsafe)
         """
         if not self._writer.acquire(blocking=False):
             return 0  # another thread is writing: it takes what was just queued too
