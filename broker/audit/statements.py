@@ -72,12 +72,13 @@ BATCH_BYTES = 256 * 1024  # about this much text in one ledger entry at most (on
 ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (numbers, time, kind, name)
 
 
-@dataclass(slots=True)
-class _Row:
-    n: int
-    at: datetime
-    statement: Statement
-    size: int
+# A queued statement: the broker's time of its ``add`` and the statement (its number is the
+# connection's ``first_n`` plus its place in the queue). A tuple: ``add`` makes one per statement.
+_Row = tuple[datetime, Statement]
+
+
+def _size(row: _Row) -> int:
+    return len(row[1].text) + ROW_OVERHEAD
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class _Connection:
     service: str
     actor: str
     rows: deque[_Row] = field(default_factory=deque)
+    first_n: int = 0  # the number of rows[0]
     next_n: int = 0
     closed: bool = False
 
@@ -146,12 +148,9 @@ class StatementLog:
             conn = self._connections.get(connection_id)
             if conn is None:
                 conn = self._connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
-            n = conn.next_n
             rows = conn.rows
-            for statement in statements:
-                rows.append(_Row(n, at, statement, len(statement.text) + ROW_OVERHEAD))
-                n += 1
-            conn.next_n = n
+            rows.extend([(at, statement) for statement in statements])
+            conn.next_n += len(statements)
             conn.closed = False
             self._count += len(statements)
             self._bytes += size
@@ -196,8 +195,9 @@ class StatementLog:
                 with self._lock:
                     for _ in rows:
                         conn.rows.popleft()
+                    conn.first_n += len(rows)
                     self._count -= len(rows)
-                    self._bytes -= sum(row.size for row in rows)
+                    self._bytes -= sum(_size(row) for row in rows)
                     if conn.rows:  # to the back of the line: one busy channel does not hold up the others
                         self._connections.pop(conn.connection_id, None)
                         self._connections[conn.connection_id] = conn
@@ -221,10 +221,11 @@ class StatementLog:
             rows: list[_Row] = []
             size = 0
             for row in conn.rows:
-                if len(rows) >= BATCH_STATEMENTS or (rows and size + row.size > BATCH_BYTES):
+                row_size = _size(row)
+                if len(rows) >= BATCH_STATEMENTS or (rows and size + row_size > BATCH_BYTES):
                     break
                 rows.append(row)
-                size += row.size
+                size += row_size
             return conn, rows
         return None
 
@@ -233,9 +234,9 @@ class StatementLog:
             "connection": conn.connection_id,
             "grant": conn.grant_id,
             "service": conn.service,
-            "first": rows[0].n,
+            "first": conn.first_n,
             "count": len(rows),
-            "at": ledger.format_time(rows[0].at),
+            "at": ledger.format_time(rows[0][0]),
             "statements": _compact(rows),
         }
         with self.broker.transaction() as db:
@@ -284,12 +285,11 @@ def _compact(rows: list[_Row]) -> list[list[Any]]:
     Text is made valid UTF-8 first (a lone surrogate would make the entry unhashable, and the
     batch unwritable for ever).
     """
-    start = rows[0].at
+    start = rows[0][0]
     compact: list[list[Any]] = []
-    for row in rows:
-        statement = row.statement
+    for at, statement in rows:
         text = statement.text if statement.text.isascii() else _utf8(statement.text)
-        offset = (row.at - start) // _MICROSECOND
+        offset = (at - start) // _MICROSECOND
         item: list[Any] = [offset, statement.kind, text]
         if statement.name is not None:
             item.append(statement.name if statement.name.isascii() else _utf8(statement.name))
