@@ -154,7 +154,9 @@ class StatementLog:
             conn.closed = False
             self._count += len(statements)
             self._bytes += size
-            due = len(rows) >= BATCH_STATEMENTS
+            # Wake the writer when this connection's queue reaches another full batch (once, not
+            # on every add after it: while the database is down the queue only grows).
+            due = (len(rows) - len(statements)) // BATCH_STATEMENTS < len(rows) // BATCH_STATEMENTS
         if due and self.on_due is not None:
             self.on_due()
         return True

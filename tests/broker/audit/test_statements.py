@@ -213,7 +213,8 @@ def test_the_flush_loop_writes_a_full_batch_and_a_closed_channel_at_once(
                     assert time.monotonic() < deadline, f"{log.written} of {count} written"
                     await asyncio.sleep(0.02)
 
-            assert _add(log, "c-1", _queries("full", BATCH_STATEMENTS))
+            assert _add(log, "c-1", _queries("nearly", BATCH_STATEMENTS - 1))
+            assert _add(log, "c-1", _queries("full", 1))
             await written(BATCH_STATEMENTS)
             assert _add(log, "c-2", _queries("ends", 3))
             log.close("c-2")
@@ -271,3 +272,15 @@ def test_the_broker_writes_what_waits_when_it_stops(make_broker: Callable[..., B
     asyncio.run(serve_and_stop())
     assert log.pending == 0
     assert [n for n, _ in _recorded(broker)["c-1"]] == list(range(7))
+
+
+def test_the_writer_is_woken_once_per_full_batch_not_per_add(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    wakes: list[None] = []
+    log.on_due = lambda: wakes.append(None)
+    for _ in range(BATCH_STATEMENTS * 3 // 10):  # 1500 statements, 10 an add, none written
+        assert _add(log, "c-1", _queries("x", 10))
+    assert len(wakes) == 3
+    log.close("c-1")
+    assert len(wakes) == 4
