@@ -190,6 +190,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.audit.checkpoints import CheckpointLoop
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
+    from access.broker.identities.lifecycle import ReconcileLoop
     from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
@@ -199,6 +200,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
         OutboxLoop(broker),
         TunnelWatch(broker),
         CloseRetryLoop(broker),
+        ReconcileLoop(broker),
     ]
 
 

@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         ge=4 * 1024 * 1024,
         description="bytes all tunnels of a process may hold before the one adding stops reading",
     )
+    # Per-grant identities (issue 10, identities/).
+    identity_reconcile_interval: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="seconds between reconciliations of dynamic services' identities with the store",
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

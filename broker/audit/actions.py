@@ -42,6 +42,10 @@ class Action(StrEnum):
     CONNECTION_REFUSE = "connection.refuse"
     # The ledger itself (admin/): its append-only guards were found missing and put back.
     LEDGER_GUARDS_RESTORE = "ledger.guards_restore"
+    # Per-grant identities on targets (identities/): made, dropped at the grant's end, reconciled.
+    IDENTITY_CREATE = "identity.create"
+    IDENTITY_DROP = "identity.drop"
+    IDENTITY_RECONCILE = "identity.reconcile"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -61,5 +65,7 @@ WHILE_UNSAFE = frozenset(
         Action.CONNECTION_CLOSE,
         Action.CONNECTION_REFUSE,
         Action.LEDGER_GUARDS_RESTORE,
+        Action.IDENTITY_DROP,
+        Action.IDENTITY_RECONCILE,
     }
 )

@@ -119,7 +119,10 @@ def backoff(attempts: int) -> timedelta:
 
 
 def _publish_grant_ended(broker: Broker, payload: Mapping[str, Any]) -> None:
+    from access.broker.identities.lifecycle import end_for_grant  # deferred: identities imports loops
+
     broker.events.publish(GrantEnded(str(payload["grant_id"]), str(payload["reason"])))
+    end_for_grant(broker, str(payload["grant_id"]), str(payload["reason"]))  # raising: retried
 
 
 register(GRANT_ENDED, _publish_grant_ended)
