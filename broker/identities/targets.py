@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,7 @@ from access.broker.provision.redis import RedisProvisioner
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
 
-__all__ = ["admin_password", "broker_id", "provisioner"]
+__all__ = ["admin_password", "broker_id", "provisioner", "provisioner_for"]
 
 
 def broker_id(broker: Broker) -> str:
@@ -55,13 +55,17 @@ def admin_password(svc: ServiceConfig, admin: AdminCredential) -> str:
     return ""
 
 
+def provisioner(broker: Broker, svc: ServiceConfig) -> AbstractContextManager[Provisioner]:
+    """The service's provisioner for this broker, closed after the block (a dynamic service)."""
+    return provisioner_for(svc, broker_id(broker))
+
+
 @contextmanager
-def provisioner(broker: Broker, svc: ServiceConfig) -> Iterator[Provisioner]:
-    """The service's provisioner, closed after the block. The service must be dynamic."""
+def provisioner_for(svc: ServiceConfig, ours: str) -> Iterator[Provisioner]:
+    """The service's provisioner tagging with broker id ``ours``, closed after the block."""
     creds = svc.credentials
     assert creds is not None and creds.admin is not None  # the policy checked dynamic services
     password = admin_password(svc, creds.admin)
-    ours = broker_id(broker)
     if svc.kind == "redis":
         redis = RedisProvisioner(
             host=svc.host,
