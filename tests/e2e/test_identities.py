@@ -10,12 +10,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from access.broker.identities.targets import provisioner_for
 from access.broker.keys import key_id, load_or_create_key
 from access.broker.policy import policy_from_data
 from access.broker.policy.model import ServiceConfig
 from access.broker.provision.common import wait_until
 from access.shared.devca import DevCA
-from access.broker.identities.targets import provisioner_for
 from tests.broker.identities.conftest import (
     Place,
     place,  # noqa: F401 (the fixture, used by name)
@@ -35,7 +35,9 @@ def ours_on(svc: ServiceConfig, ours: str, *, end: bool = False) -> list[str]:
 
 
 def test_a_broker_killed_with_active_grants_leaves_no_identity_after_restart(
-    tmp_path: Path, devca: DevCA, place: Place
+    tmp_path: Path,
+    devca: DevCA,
+    place: Place,  # noqa: F811
 ) -> None:
     policy = place.policy()
     services: list[ServiceConfig] = list(policy_from_data(policy).services.values())

@@ -66,7 +66,8 @@ def test_a_dynamic_service_loads_with_its_privileges(tmp_path: Path) -> None:
         ),
         pytest.param(
             "mysql",
-            "      scopes:\n        read: {grants: ['SELECT ON app.*']}\n        write: {grants: ['SELECT ON app.*']}\n",
+            "      scopes:\n        read: {grants: ['SELECT ON app.*']}\n"
+            "        write: {grants: ['SELECT ON app.*']}\n",
             "services[0].credentials",
             "a dynamic mysql service needs broker_host (the broker's address)",
             8,
