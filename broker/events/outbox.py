@@ -144,6 +144,16 @@ class OutboxLoop(Loop):
         """Raises: Unavailable: the database could not be reached (a handler's failure is not raised)."""
         await asyncio.to_thread(self.run_due)
 
+    async def run(self) -> None:
+        """The loop, woken by every grant end this process publishes (its row is due at once)."""
+        unsubscribe = self.broker.events.subscribe(
+            lambda e: self.wake() if isinstance(e, GrantEnded) else None
+        )
+        try:
+            await super().run()
+        finally:
+            unsubscribe()
+
     def run_due(self) -> int:
         """Claim and run the due rows once; return how many ran successfully.
 
