@@ -17,8 +17,12 @@ import pymysql
 import pytest
 import redis
 
+from access.broker import grants
+from access.broker.auth.principal import AuthContext
 from access.broker.identities.targets import broker_id, provisioner
 from access.broker.runtime import Broker
+from access.shared.models import Grant, GrantRequest
+from tests.broker.grants.test_grants import add_principal
 from tests.broker.tunnel.test_closes import CuttableProxy
 
 PG, MYSQL, REDIS = ("127.0.0.1", 5432), ("127.0.0.1", 3306), ("127.0.0.1", 6379)
@@ -150,6 +154,26 @@ def leftovers() -> Iterator[Callable[[Broker], None]]:
                 for found in target.ours():
                     if found.broker_id == broker_id(broker):
                         target.end(found.name)
+
+
+Dynamic = Callable[..., tuple[Broker, AuthContext]]
+
+
+@pytest.fixture
+def dynamic(make_broker: Callable[..., Broker], place: Place, leftovers: Callable[[Broker], None]) -> Dynamic:
+    """``dynamic(clock=None, user="alice")``: a broker on the place's policy (its identities ended
+    after the test) and a user of group sre on it."""
+
+    def make(clock: Any = None, user: str = "alice") -> tuple[Broker, AuthContext]:
+        broker = make_broker(policy=place.policy(), clock=clock)
+        leftovers(broker)
+        return broker, add_principal(broker, user)
+
+    return make
+
+
+def issue(broker: Broker, who: AuthContext, service: str, scope: str = "read", ttl: str = "10m") -> Grant:
+    return grants.request_grant(broker, who, GrantRequest(service=service, scope=scope, ttl=ttl, reason="t"))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,11 +35,9 @@ from access.broker.store import identities as identity_store
 from access.broker.store.grants import GrantRecord
 from access.broker.store.tables import audit_log
 from access.broker.wire.base import TargetLogin
-from access.shared.models import GrantRequest
-from tests.broker.grants.test_grants import add_principal
 from tests.broker.tunnel.test_closes import CuttableProxy
 
-from .conftest import MYSQL, PG, REDIS, Place, pg_admin
+from .conftest import MYSQL, PG, REDIS, Dynamic, Place, issue, pg_admin
 
 Make = Callable[..., Broker]
 
@@ -51,12 +49,8 @@ def actions(broker: Broker) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def setup(
-    make_broker: Make, place: Place, leftovers: Callable[[Broker], None]
-) -> Iterator[tuple[Broker, AuthContext]]:
-    broker = make_broker(policy=place.policy())
-    leftovers(broker)
-    yield broker, add_principal(broker, "alice")
+def setup(dynamic: Dynamic) -> tuple[Broker, AuthContext]:
+    return dynamic()
 
 
 # What a live session of the identity looks like on each target: open it, try a read and a write,
@@ -133,9 +127,7 @@ def test_a_grant_gets_an_identity_with_its_scope_and_revoke_ends_it_and_its_sess
 ) -> None:
     broker, alice = setup
     service = SERVICES[kind]
-    grant = grants.request_grant(
-        broker, alice, GrantRequest(service=service, scope="read", ttl="10m", reason="t")
-    )
+    grant = issue(broker, alice, service)
     login = identity_login(broker, grant.id)
     assert login is not None and login.user.startswith("access_alice_")
     assert on_target(broker, service) == [login.user]
@@ -170,9 +162,7 @@ def test_a_grant_gets_an_identity_with_its_scope_and_revoke_ends_it_and_its_sess
 
 def test_expiry_ends_the_identity(setup: tuple[Broker, AuthContext], fake_clock: FakeClock) -> None:
     broker, alice = setup
-    grant = grants.request_grant(
-        broker, alice, GrantRequest(service="svc-pg", scope="write", ttl="1m", reason="t")
-    )
+    grant = issue(broker, alice, "svc-pg", "write", "1m")
     assert len(on_target(broker, "svc-pg")) == 1
     fake_clock.advance(timedelta(minutes=1))
     assert grants.expire_due(broker) == [grant.id]
@@ -182,19 +172,11 @@ def test_expiry_ends_the_identity(setup: tuple[Broker, AuthContext], fake_clock:
 
 
 def test_a_target_down_at_the_end_is_cleaned_once_it_is_back(
-    make_broker: Make,
-    place: Place,
-    pg_proxy: CuttableProxy,
-    fake_clock: FakeClock,
-    leftovers: Callable[[Broker], None],
+    pg_proxy: CuttableProxy, dynamic: Dynamic, place: Place, fake_clock: FakeClock
 ) -> None:
     place.pg_port = pg_proxy.port
-    broker = make_broker(policy=place.policy())
-    leftovers(broker)
-    alice = add_principal(broker, "alice")
-    grant = grants.request_grant(
-        broker, alice, GrantRequest(service="svc-pg", scope="read", ttl="10m", reason="t")
-    )
+    broker, alice = dynamic()
+    grant = issue(broker, alice, "svc-pg")
     login = identity_login(broker, grant.id)
     assert login is not None
     pg_proxy.cut()
@@ -215,17 +197,13 @@ def test_a_target_down_at_the_end_is_cleaned_once_it_is_back(
 
 
 def test_a_target_that_refuses_fails_the_request_and_issues_no_usable_grant(
-    make_broker: Make, place: Place, pg_proxy: CuttableProxy, leftovers: Callable[[Broker], None]
+    pg_proxy: CuttableProxy, dynamic: Dynamic, place: Place
 ) -> None:
     place.pg_port = pg_proxy.port
-    broker = make_broker(policy=place.policy())
-    leftovers(broker)
-    alice = add_principal(broker, "alice")
+    broker, alice = dynamic()
     pg_proxy.cut()
     with pytest.raises(Unavailable):
-        grants.request_grant(
-            broker, alice, GrantRequest(service="svc-pg", scope="read", ttl="10m", reason="t")
-        )
+        issue(broker, alice, "svc-pg")
     [made] = grants.list_grants(broker, alice, include_ended=True)
     assert made.state == "revoked" and identity_login(broker, made.id) is None
     pg_proxy.restore()
@@ -284,19 +262,12 @@ def test_reconcile_closes_a_trace_with_nothing_made_and_drops_what_the_store_los
 
 
 def test_reconcile_leaves_active_grants_and_other_brokers_alone(
-    setup: tuple[Broker, AuthContext], make_broker: Make, place: Place, leftovers: Callable[[Broker], None]
+    setup: tuple[Broker, AuthContext], dynamic: Dynamic
 ) -> None:
     broker, alice = setup
-    grant = grants.request_grant(
-        broker, alice, GrantRequest(service="svc-rd", scope="read", ttl="10m", reason="t")
-    )
-    other = make_broker(policy=place.policy())
-    leftovers(other)
-    theirs = grants.request_grant(
-        other,
-        add_principal(other, "bob"),
-        GrantRequest(service="svc-rd", scope="read", ttl="10m", reason="t"),
-    )
+    grant = issue(broker, alice, "svc-rd")
+    other, bob = dynamic(user="bob")
+    theirs = issue(other, bob, "svc-rd")
     assert identities.reconcile(broker) == []
     assert identity_login(broker, grant.id) is not None
     assert len(on_target(other, "svc-rd")) == 1 and theirs.id

@@ -10,37 +10,34 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from access.broker import grants
+from access.broker.auth.principal import AuthContext
 from access.broker.clock import SystemClock
 from access.broker.events.outbox import OutboxLoop
 from access.broker.grants import ExpiryLoop
 from access.broker.identities.logins import identity_login
 from access.broker.provision.common import wait_until
 from access.broker.runtime import Broker
-from access.shared.models import GrantRequest
-from tests.broker.grants.test_grants import add_principal
+from access.shared.models import Grant
 
-from .conftest import Place
-from .test_lifecycle import open_session
-
-Make = Callable[..., Broker]
+from .conftest import Dynamic, Place, issue
+from .test_lifecycle import Session, open_session
 
 
 async def cut_within(check: Callable[[], bool], seconds: float) -> bool:
     return await asyncio.to_thread(wait_until, check, within=seconds)
 
 
-def test_revoke_cuts_within_1s_even_when_the_outbox_polls_slowly(
-    make_broker: Make, place: Place, leftovers: Callable[[Broker], None]
-) -> None:
-    broker = make_broker(policy=place.policy(), clock=SystemClock())
-    leftovers(broker)
-    alice = add_principal(broker, "alice")
-    grant = grants.request_grant(
-        broker, alice, GrantRequest(service="svc-pg", scope="read", ttl="5m", reason="t")
-    )
+def live_session(dynamic: Dynamic, ttl: str) -> tuple[Broker, AuthContext, Grant, Session]:
+    """A broker on the real clock, a grant of svc-pg and a live session of its identity."""
+    broker, alice = dynamic(clock=SystemClock())
+    grant = issue(broker, alice, "svc-pg", ttl=ttl)
     login = identity_login(broker, grant.id)
     assert login is not None
-    session = open_session("postgres", login)
+    return broker, alice, grant, open_session("postgres", login)
+
+
+def test_revoke_cuts_within_1s_even_when_the_outbox_polls_slowly(dynamic: Dynamic, place: Place) -> None:
+    broker, alice, grant, session = live_session(dynamic, "5m")
 
     async def scenario() -> float:
         outbox = asyncio.create_task(OutboxLoop(broker, interval=30.0).run())
@@ -58,18 +55,8 @@ def test_revoke_cuts_within_1s_even_when_the_outbox_polls_slowly(
     assert window <= 1.0
 
 
-def test_expiry_cuts_within_1s_of_expires_at(
-    make_broker: Make, place: Place, leftovers: Callable[[Broker], None]
-) -> None:
-    broker = make_broker(policy=place.policy(), clock=SystemClock())
-    leftovers(broker)
-    alice = add_principal(broker, "alice")
-    grant = grants.request_grant(
-        broker, alice, GrantRequest(service="svc-pg", scope="read", ttl="1s", reason="t")
-    )
-    login = identity_login(broker, grant.id)
-    assert login is not None
-    session = open_session("postgres", login)
+def test_expiry_cuts_within_1s_of_expires_at(dynamic: Dynamic, place: Place) -> None:
+    broker, _, grant, session = live_session(dynamic, "1s")
 
     async def scenario() -> float:
         tasks = [asyncio.create_task(loop.run()) for loop in (ExpiryLoop(broker), OutboxLoop(broker))]
