@@ -44,6 +44,7 @@ from access.broker.identities.targets import broker_id, provisioner
 from access.broker.loops import Loop
 from access.broker.policy.model import ServiceConfig
 from access.broker.provision.base import IdentitySpec, Provisioner
+from access.broker.provision.common import ProvisionFailed
 from access.broker.store import grants as grant_store
 from access.broker.store import identities as store
 
@@ -116,7 +117,10 @@ def make(broker: Broker, record: GrantRecord) -> str:
     except (BrokerError, ValueError) as exc:
         with broker.transaction() as conn:
             store.note_error(conn, record.id, _reason(exc))
-        raise
+        if isinstance(exc, BrokerError):
+            raise
+        # The provisioner refused the spec itself (a role that reaches superuser, say).
+        raise ProvisionFailed(str(exc), hint="correct the service's privileges in the policy") from exc
     raise _ended_meanwhile(record.id)
 
 

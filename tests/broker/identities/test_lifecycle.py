@@ -164,7 +164,9 @@ def test_expiry_ends_the_identity(setup: tuple[Broker, AuthContext], fake_clock:
     broker, alice = setup
     grant = issue(broker, alice, "svc-pg", "write", "1m")
     assert len(on_target(broker, "svc-pg")) == 1
+    assert identity_login(broker, grant.id) is not None
     fake_clock.advance(timedelta(minutes=1))
+    assert identity_login(broker, grant.id) is None  # at the expiry, before the loop has seen it
     assert grants.expire_due(broker) == [grant.id]
     OutboxLoop(broker).run_due()
     assert on_target(broker, "svc-pg") == []
@@ -286,3 +288,13 @@ def test_a_sealed_password_opens_only_for_its_grant_and_key(make_broker: Make) -
     assert Sealer(one.token_key).open("g-1", sealed) == "secret"
     assert Sealer(one.token_key).open("g-2", sealed) is None
     assert Sealer(two.token_key).open("g-1", sealed) is None
+
+
+def test_privileges_the_provisioner_refuses_fail_the_request(dynamic: Dynamic, place: Place) -> None:
+    policy = place.policy()
+    policy["services"][0]["credentials"]["scopes"]["write"] = {"roles": ["postgres"]}  # a superuser
+    broker, alice = dynamic(policy=policy)
+    with pytest.raises(Unavailable, match="would reach postgres"):
+        issue(broker, alice, "svc-pg", "write")
+    [made] = grants.list_grants(broker, alice, include_ended=True)
+    assert made.state == "revoked" and on_target(broker, "svc-pg") == []
