@@ -26,8 +26,11 @@ it, so a grant ended by an admin command in another process (which has no tunnel
 loops) reaches the serving broker's tunnels. With several replicas only ONE of them runs the
 row, yet EVERY replica must cut its own tunnels: cutting across replicas therefore does not
 rely on the outbox but on ``tunnel.registry.TunnelWatch`` polling the grants' states (and on
-PostgreSQL LISTEN/NOTIFY later, issue 14). The future credentials handler will hang off the
-same ``grant.ended`` row, which is where "exactly one replica drops the role" belongs.
+PostgreSQL LISTEN/NOTIFY later, issue 14). The same handler then ends the grant's per-grant
+identity on its target (``identities.lifecycle.end_for_grant``: exactly one replica drops it;
+a target that is down makes the row fail and be retried; publishing again on a retry is
+harmless). ``OutboxLoop`` is woken by every ``GrantEnded`` this process publishes, so that
+work starts at once rather than at the next poll.
 """
 
 from __future__ import annotations

@@ -121,6 +121,30 @@ def on_target(broker: Broker, service: str) -> list[str]:
         return [o.name for o in target.ours() if o.broker_id == broker_id(broker)]
 
 
+def issued_with_intent_only(broker: Broker, who: AuthContext, service: str, ttl: timedelta) -> GrantRecord:
+    """A grant issued with its ``intended`` row, as a broker that died before its target made the
+    identity (or before it recorded it) leaves it."""
+    now = broker.clock.now()
+    record = GrantRecord(
+        id="g-" + secrets.token_hex(8),
+        principal_id=who.principal_id,
+        subject=who.name,
+        service=service,
+        kind=broker.policy.services[service].kind,
+        scope="read",
+        reason="t",
+        state="active",
+        rule="sre",
+        requirement="auto",
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    with grants.lifecycle.transaction(broker) as tx:
+        grants.lifecycle.apply(tx, record, GrantEvent.ISSUE, actor=who.name, now=now)
+        identities.intend(tx.conn, record, now)
+    return record
+
+
 @pytest.mark.parametrize("kind", ["postgres", "mysql", "redis"])
 def test_a_grant_gets_an_identity_with_its_scope_and_revoke_ends_it_and_its_session_within_1s(
     kind: str, setup: tuple[Broker, AuthContext], place: Place
@@ -221,24 +245,7 @@ def test_reconcile_closes_a_trace_with_nothing_made_and_drops_what_the_store_los
     broker, alice = setup
     svc = broker.policy.services["svc-pg"]
     # A crash after the intended row, before the target made anything: a grant that then expired.
-    now = fake_clock.now()
-    record = GrantRecord(
-        id="g-" + secrets.token_hex(8),
-        principal_id=alice.principal_id,
-        subject="alice",
-        service="svc-pg",
-        kind="postgres",
-        scope="read",
-        reason="t",
-        state="active",
-        rule="sre",
-        requirement="auto",
-        created_at=now,
-        expires_at=now + timedelta(minutes=1),
-    )
-    with grants.lifecycle.transaction(broker) as tx:
-        grants.lifecycle.apply(tx, record, GrantEvent.ISSUE, actor="alice", now=fake_clock.now())
-        identities.intend(tx.conn, record, fake_clock.now())
+    record = issued_with_intent_only(broker, alice, "svc-pg", timedelta(minutes=1))
     # An identity of this broker the store lost (its row never written, its grant unknown).
     spec = IdentitySpec(
         "g-lost0000000000", "bob", "read", fake_clock.now() + timedelta(hours=1), ("pg_read_all_data",)
@@ -298,3 +305,21 @@ def test_privileges_the_provisioner_refuses_fail_the_request(dynamic: Dynamic, p
         issue(broker, alice, "svc-pg", "write")
     [made] = grants.list_grants(broker, alice, include_ended=True)
     assert made.state == "revoked" and on_target(broker, "svc-pg") == []
+
+
+def test_an_identity_made_but_never_recorded_is_found_by_its_tag_at_the_end(
+    setup: tuple[Broker, AuthContext], fake_clock: FakeClock
+) -> None:
+    broker, alice = setup
+    svc = broker.policy.services["svc-my"]
+    record = issued_with_intent_only(broker, alice, "svc-my", timedelta(minutes=10))
+    # The target made it, then the broker died before recording the name (the row says intended).
+    with provisioner(broker, svc) as target:
+        made = target.create(identities.spec_for(svc, record)).name
+    grants.revoke_grant(broker, alice, record.id)
+    assert OutboxLoop(broker).run_due() == 1
+    assert on_target(broker, "svc-my") == []
+    assert actions(broker)[-1] == (
+        "identity.drop",
+        {"grant_id": record.id, "service": "svc-my", "identity": made, "reason": "revoked"},
+    )
