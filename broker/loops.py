@@ -4,12 +4,15 @@
 say) the loop backs off, doubling the wait up to ``max_backoff``, and logs one line when it
 starts failing and one when it recovers, not one per tick: an outage of an hour is two lines,
 not twenty thousand tracebacks. A failure that is not a ``BrokerError`` (a bug) is logged with
-its traceback once, at the change of state.
+its traceback once, at the change of state. ``wake()`` (from any thread) runs the next tick at
+once instead of after the interval: the outbox wakes on a grant's end, so that end's work (the
+identity's drop) does not wait out a poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -33,6 +36,14 @@ class Loop:
         self.interval = interval
         self.max_backoff = max(max_backoff, interval)
         self.failing = False
+        self._woken: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Tick now rather than after the wait (thread-safe; nothing before ``run`` or after it)."""
+        if self._loop is not None and self._woken is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop has closed meanwhile
+                self._loop.call_soon_threadsafe(self._woken.set)
 
     async def tick(self) -> None:
         """One pass of the loop's work. Raises whatever the work raised."""
@@ -67,9 +78,12 @@ class Loop:
         return True
 
     async def run(self) -> None:
-        """Forever: wait, tick, back off while ticks fail."""
+        """Forever: wait (or be woken), tick, back off while ticks fail."""
+        self._loop, self._woken = asyncio.get_running_loop(), asyncio.Event()
         delay = self.interval
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), delay)
+            self._woken.clear()
             await self.step()
             delay = self.next_delay(delay)

@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     statement_flush_interval: float = Field(
         default=1.0, gt=0, le=10, description="seconds between writes of the statement log to the ledger"
     )
+    # Per-grant identities (issue 10, identities/).
+    identity_reconcile_interval: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="seconds between reconciliations of dynamic services' identities with the store",
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

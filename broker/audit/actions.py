@@ -44,6 +44,10 @@ class Action(StrEnum):
     LEDGER_GUARDS_RESTORE = "ledger.guards_restore"
     # The statement log (audit/statements): a batch of the statements one channel relayed.
     CONNECTION_STATEMENTS = "connection.statements"
+    # Per-grant identities on targets (identities/): made, dropped at the grant's end, reconciled.
+    IDENTITY_CREATE = "identity.create"
+    IDENTITY_DROP = "identity.drop"
+    IDENTITY_RECONCILE = "identity.reconcile"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -65,5 +69,7 @@ WHILE_UNSAFE = frozenset(
         Action.LEDGER_GUARDS_RESTORE,
         # What a channel already relayed: a record of access that happened, like its close.
         Action.CONNECTION_STATEMENTS,
+        Action.IDENTITY_DROP,
+        Action.IDENTITY_RECONCILE,
     }
 )

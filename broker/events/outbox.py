@@ -26,8 +26,11 @@ it, so a grant ended by an admin command in another process (which has no tunnel
 loops) reaches the serving broker's tunnels. With several replicas only ONE of them runs the
 row, yet EVERY replica must cut its own tunnels: cutting across replicas therefore does not
 rely on the outbox but on ``tunnel.registry.TunnelWatch`` polling the grants' states (and on
-PostgreSQL LISTEN/NOTIFY later, issue 14). The future credentials handler will hang off the
-same ``grant.ended`` row, which is where "exactly one replica drops the role" belongs.
+PostgreSQL LISTEN/NOTIFY later, issue 14). The same handler then ends the grant's per-grant
+identity on its target (``identities.lifecycle.end_for_grant``: exactly one replica drops it;
+a target that is down makes the row fail and be retried; publishing again on a retry is
+harmless). ``OutboxLoop`` is woken by every ``GrantEnded`` this process publishes, so that
+work starts at once rather than at the next poll.
 """
 
 from __future__ import annotations
@@ -119,7 +122,10 @@ def backoff(attempts: int) -> timedelta:
 
 
 def _publish_grant_ended(broker: Broker, payload: Mapping[str, Any]) -> None:
+    from access.broker.identities.lifecycle import end_for_grant  # deferred: identities imports loops
+
     broker.events.publish(GrantEnded(str(payload["grant_id"]), str(payload["reason"])))
+    end_for_grant(broker, str(payload["grant_id"]), str(payload["reason"]))  # raising: retried
 
 
 register(GRANT_ENDED, _publish_grant_ended)
@@ -140,6 +146,16 @@ class OutboxLoop(Loop):
     async def tick(self) -> None:
         """Raises: Unavailable: the database could not be reached (a handler's failure is not raised)."""
         await asyncio.to_thread(self.run_due)
+
+    async def run(self) -> None:
+        """The loop, woken by every grant end this process publishes (its row is due at once)."""
+        unsubscribe = self.broker.events.subscribe(
+            lambda e: self.wake() if isinstance(e, GrantEnded) else None
+        )
+        try:
+            await super().run()
+        finally:
+            unsubscribe()
 
     def run_due(self) -> int:
         """Claim and run the due rows once; return how many ran successfully.

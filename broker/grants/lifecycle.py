@@ -25,7 +25,7 @@ each with its audit action. Revoked, denied and expired are final. ``TRANSITIONS
 2. its audit entry (the action of the table) in the SAME transaction: a change whose entry
    cannot be written does not happen;
 3. for a transition that ends the grant, an outbox row ``grant.ended`` in the same transaction
-   (``events.outbox``: the cross-process signal today, dropping per-grant credentials later);
+   (``events.outbox``: the cross-process signal, and the end of the grant's per-grant identity);
 4. its event on ``broker.events`` only after the commit (``GrantDecided`` for an issue or a
    deny, ``GrantEnded`` for an end): ``transaction(broker)`` publishes what its transitions
    collected once it has committed, so a subscriber never hears of a change that was rolled

@@ -14,10 +14,11 @@ from typing import Any
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
-from access.broker.errors import GrantDenied, InvalidRequest, NotFound
+from access.broker.errors import BrokerError, GrantDenied, InvalidRequest, NotFound, Unavailable
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model
+from access.broker.identities import lifecycle as identities
 from access.broker.policy import Decision, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
@@ -59,9 +60,35 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         lifecycle.apply(
             tx, record, event, actor=ctx.name, now=now, details=_decision_details(record, decision, denial)
         )
+        dynamic = denial is None and broker.policy.services[record.service].dynamic
+        if dynamic:
+            identities.intend(tx.conn, record, now)
     if denial is not None:
         raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
+    if dynamic:
+        _make_identity(broker, record)
     return to_model(record, now)
+
+
+def _make_identity(broker: Broker, record: GrantRecord) -> None:
+    """The grant's identity on the target, before the grant is returned; if the target refuses or
+    does not answer, the grant is ended at once (its end cleans up) and the request fails (503)."""
+    try:
+        identities.make(broker, record)
+    except BrokerError as exc:
+        with lifecycle.transaction(broker) as tx:
+            lifecycle.apply(
+                tx,
+                record,
+                GrantEvent.REVOKE,
+                actor="broker",
+                now=broker.clock.now(),
+                reason="identity_failed",
+            )
+        raise Unavailable(
+            f"{record.service} could not make an identity for the grant: {exc.message}",
+            hint=exc.hint or "try again later; the grant was not issued",
+        ) from exc
 
 
 def _denial(decision: Decision) -> str | None:

@@ -53,13 +53,16 @@ from access.broker.policy.fields import (
 
 __all__ = [
     "REQUIREMENTS",
+    "AdminCredential",
     "AuditConfig",
+    "Credentials",
     "Policy",
     "PolicyError",
     "PolicyFile",
     "Problem",
     "Requirement",
     "Rule",
+    "ScopePrivileges",
     "ServiceConfig",
     "Subject",
     "SubjectLike",
@@ -159,6 +162,106 @@ class Subjects(_Model):
         return not (self.groups or self.users or self.service_accounts)
 
 
+# ---------------------------------------------------------------- credentials
+
+
+DYNAMIC_KINDS = ("postgres", "mysql", "redis")
+# Which key of a scope's privileges each kind reads (the others must stay empty).
+_PRIVILEGE_KEY = {"postgres": "roles", "mysql": "grants", "redis": "acl"}
+
+
+class AdminCredential(_Model):
+    """The broker's own login on a target: a user and where its password is (never the password)."""
+
+    user: Text
+    password_file: Text | None = None
+    password_env: Text | None = None
+    database: Text | None = None  # PostgreSQL: where roles are managed (default ``postgres``)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminCredential:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+
+class ScopePrivileges(_Model):
+    """What one scope's identity may do: PostgreSQL roles, MySQL GRANT clauses or Redis ACL rules."""
+
+    roles: tuple[Text, ...] = ()
+    grants: tuple[Text, ...] = ()
+    acl: tuple[Text, ...] = ()
+
+
+class Credentials(_Model):
+    """How the broker logs in to the target: ``static`` (a stored login, from ``options``) or
+    ``dynamic`` (a fresh identity per grant, made with the ``admin`` login)."""
+
+    mode: Literal["dynamic", "static"]
+    admin: AdminCredential | None = None
+    owner: Text | None = None  # PostgreSQL: receives what an ended identity owned
+    connection_limit: Annotated[int, PydanticField(ge=1, le=10_000)] = 10
+    broker_host: Text | None = None  # MySQL: the host the target sees the broker connect from
+    scopes: Mapping[str, ScopePrivileges] = PydanticField(default_factory=dict)
+
+    def privileges(self, kind: str, scope: str) -> tuple[str, ...]:
+        """The privileges ``scope`` names for a target of ``kind`` (empty: none named)."""
+        found = self.scopes.get(scope)
+        return () if found is None else tuple(getattr(found, _PRIVILEGE_KEY.get(kind, "roles")))
+
+
+def _check_privilege(kind: str, item: str) -> str | None:
+    """Why the target kind's provisioner would refuse ``item``, or None."""
+    if kind == "mysql":
+        from access.broker.provision.mysql import InvalidPrivilege, parse_privilege
+
+        try:
+            parse_privilege(item)
+        except InvalidPrivilege as exc:
+            return str(exc)
+    elif kind == "redis":
+        from access.broker.errors import BrokerError
+        from access.broker.provision.redis import check_rule
+
+        try:
+            check_rule(item)
+        except BrokerError as exc:
+            return exc.message
+    return None
+
+
+def _check_credentials(svc: ServiceConfig, creds: Credentials) -> None:
+    """A dynamic service names an admin and privileges for exactly its scopes; static names none."""
+    if creds.mode == "static":
+        for key in ("admin", "owner", "broker_host"):
+            if getattr(creds, key) is not None:
+                raise Located(("credentials", key), "only for mode: dynamic (static takes options)")
+        if creds.scopes:
+            raise Located(("credentials", "scopes"), "only for mode: dynamic (static takes options)")
+        return
+    if svc.kind not in DYNAMIC_KINDS:
+        raise Located(("credentials", "mode"), f"a {svc.kind} service has no dynamic identities")
+    if creds.admin is None:
+        raise Located(("credentials",), "mode: dynamic needs admin: {user, password_file | password_env}")
+    if svc.kind == "mysql" and creds.broker_host is None:
+        raise Located(("credentials",), "a dynamic mysql service needs broker_host (the broker's address)")
+    for scope in creds.scopes:
+        if scope not in svc.scopes:
+            raise Located(("credentials", "scopes", scope), f"the service has no scope {scope!r}")
+    key = _PRIVILEGE_KEY[svc.kind]
+    for scope in svc.scopes:
+        found = creds.scopes.get(scope)
+        if found is None or not getattr(found, key):
+            raise Located(("credentials", "scopes"), f"name the {key} of scope {scope!r} (deny by default)")
+        for other in set(_PRIVILEGE_KEY.values()) - {key}:
+            if getattr(found, other):
+                raise Located(("credentials", "scopes", scope, other), f"a {svc.kind} service takes {key}")
+        for i, item in enumerate(getattr(found, key)):
+            problem = _check_privilege(svc.kind, item)
+            if problem is not None:
+                raise Located(("credentials", "scopes", scope, key, i), problem)
+
+
 # ---------------------------------------------------------------- services and rules
 
 
@@ -173,6 +276,18 @@ class ServiceConfig(_Model):
     scopes: ScopeNames
     max_ttl: Duration
     options: Options = PydanticField(default_factory=dict)
+    credentials: Credentials | None = None
+
+    @model_validator(mode="after")
+    def _credentials_fit(self) -> ServiceConfig:
+        if self.credentials is not None:
+            _check_credentials(self, self.credentials)
+        return self
+
+    @property
+    def dynamic(self) -> bool:
+        """The broker makes a fresh identity on the target for each grant of this service."""
+        return self.credentials is not None and self.credentials.mode == "dynamic"
 
     @property
     def host(self) -> str:

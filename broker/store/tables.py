@@ -22,6 +22,7 @@ __all__ = [
     "broker_meta",
     "device_codes",
     "grants",
+    "identities",
     "metadata",
     "open_connections",
     "outbox",
@@ -237,4 +238,22 @@ open_connections = sa.Table(
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("details", sa.JSON, nullable=False),  # what connection.open recorded
     sa.Column("opened_at", UTCDateTime, nullable=False),
+)
+
+# The per-grant identities the broker makes on targets (issue 10), one row per grant, written
+# BEFORE the identity is made (state ``intended``), so a crash between the two leaves a trace.
+# ``intended`` -> ``created`` -> ``ending`` -> ``dropped``, or ``failed`` (creation refused).
+# ``password`` is sealed (AES-GCM, ``identities.sealing``): the store never holds it in clear.
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("grant_id", sa.String(32), primary_key=True),
+    sa.Column("service", sa.String(63), nullable=False),
+    sa.Column("target_name", sa.String(200), nullable=True),  # known once made
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("password", sa.LargeBinary, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index("ix_identities_state", "state"),
 )
