@@ -9,7 +9,8 @@ pytest-xdist worker: the fixture is session-scoped, and each worker is its own s
     access_clear  password (cleartext)
 
 The superuser ``postgres`` logs in over the cluster's Unix socket only (trust). initdb refuses
-to run as root, so as root the cluster runs as the ``postgres`` OS user (runuser). Used by the
+to run as root, so as root the cluster runs as the ``postgres`` OS user (runuser). It also
+accepts TLS, with a certificate from a CA of its own (``Cluster.ca_file``). Used by the
 wire machines' tests (tests/broker/wire) and the tunnel's end-to-end tests (tests/e2e).
 """
 
@@ -31,6 +32,7 @@ import psycopg
 import pytest
 
 from access.broker.wire.base import TargetLogin
+from access.shared.devca import make_ca
 
 __all__ = ["BOUND", "DATABASE", "ROLES", "Cluster", "pg_cluster"]
 
@@ -45,6 +47,7 @@ class Cluster:
     port: int
     socket_dir: str
     passwords: dict[str, str] = field(repr=False)
+    ca_file: str = ""  # the CA of the cluster's TLS certificate (for 127.0.0.1 and localhost)
 
     def login(self, role: str = "access_scram", *, password: str | None = None) -> TargetLogin:
         return TargetLogin(role, self.passwords[role] if password is None else password, DATABASE)
@@ -86,6 +89,11 @@ def pg_cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="access-pgwire-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
+    tls = make_ca(root / "tls")  # the server accepts TLS too (the broker's options.tls)
+    if os.geteuid() == 0:
+        for path in (tls.server_cert, tls.server_key):
+            shutil.chown(path, "postgres", "postgres")
+    tls.server_key.chmod(0o600)
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         shutil.chown(sockets, "postgres", "postgres")
@@ -99,7 +107,8 @@ def pg_cluster() -> Iterator[Cluster]:
             options = (
                 f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={sockets} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=30 "
-                "-c shared_buffers=16MB"
+                "-c shared_buffers=16MB "
+                f"-c ssl=on -c ssl_cert_file={tls.server_cert} -c ssl_key_file={tls.server_key}"
             )
             try:
                 _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "15",
@@ -110,7 +119,7 @@ def pg_cluster() -> Iterator[Cluster]:
                 if attempt == 2:
                     raise
         passwords = {role: secrets.token_urlsafe(32) for role in ROLES}
-        cluster = Cluster(port, str(sockets), passwords)
+        cluster = Cluster(port, str(sockets), passwords, str(tls.ca_cert))
         with psycopg.connect(host=str(sockets), port=port, user="postgres", dbname="postgres",
                              autocommit=True, connect_timeout=5) as conn:  # fmt: skip
             conn.execute(f"CREATE DATABASE {DATABASE}")

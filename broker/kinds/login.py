@@ -7,8 +7,9 @@ never stored in the policy) and the ``database``. The login is never logged, nev
 audit entry, and never sent to the CLI. Per-grant identities (``credentials: dynamic``) come
 from the provisioner instead; the lead wires them in here.
 
-``target_tls`` reads the service's ``tls`` option: how the broker's leg to the target is
-encrypted (``disable`` by default, ``require``, ``verify-full`` with an optional ``ca_file``).
+``target_tls`` reads the service's ``tls`` and ``tls_ca_file`` options (flat: policy options are
+scalars): how the broker's leg to the target is encrypted (``disable`` by default, ``require``,
+``verify-full``, against ``tls_ca_file`` or the system's CAs).
 """
 
 from __future__ import annotations
@@ -83,27 +84,23 @@ class TargetTls:
 
 
 def target_tls(grant: Any) -> TargetTls:
-    """The service's ``tls`` option, checked: ``{mode: disable|require|verify-full, ca_file: PATH}``.
+    """The service's ``tls`` option (disable, require or verify-full) and ``tls_ca_file``, checked.
 
     Raises:
-        Unavailable: the option is malformed, names an unknown mode, a ``ca_file`` that cannot be
-            read, or asks for TLS a kind does not support yet (mysql).
+        Unavailable: an unknown mode, a ``tls_ca_file`` that cannot be read, or TLS a kind does
+            not support yet (mysql).
     """
-    raw = grant.options.get("tls")
-    if raw is None:
-        return TargetTls("disable")
-    hint = "operators: fix the service's options.tls (mode: disable, require or verify-full; ca_file)"
-    if not isinstance(raw, Mapping) or set(raw) - {"mode", "ca_file"}:
-        raise Unavailable(f"the tls option of {grant.service} is malformed", hint=hint)
-    mode = str(raw.get("mode", "disable"))
+    options: Mapping[str, Any] = grant.options
+    mode = str(options.get("tls", "disable"))
+    hint = "operators: fix the service's options.tls (disable, require or verify-full) and tls_ca_file"
     if mode not in TLS_MODES:
         raise Unavailable(f"the tls mode of {grant.service} is not one of {', '.join(TLS_MODES)}", hint=hint)
-    ca_file = raw.get("ca_file")
+    ca_file = options.get("tls_ca_file")
     if ca_file is not None and not Path(str(ca_file)).is_file():
-        raise Unavailable(f"the broker cannot read the tls ca_file of {grant.service}", hint=hint)
+        raise Unavailable(f"the broker cannot read the tls_ca_file of {grant.service}", hint=hint)
     if mode != "disable" and grant.kind not in ("postgres", "redis", "tcp"):
         raise Unavailable(
             f"TLS to a {grant.kind} target is not supported yet ({grant.service})",
-            hint="operators: set the service's options.tls.mode to disable",
+            hint="operators: set the service's options.tls to disable",
         )
     return TargetTls(mode, None if ca_file is None else str(ca_file))

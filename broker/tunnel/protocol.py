@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -591,13 +592,17 @@ class TunnelProtocol(MuxSession):
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             channel.error = f"target {grant.host}:{grant.port} unreachable: {reason}"
-            self._fail_channel(
-                channel,
-                TargetUnreachable(
+            if isinstance(exc, ssl.SSLError | _NoTls):
+                failed = TargetUnreachable(
+                    f"TLS to {grant.service} failed ({reason})",
+                    hint="operators: check the service's options.tls and the target's certificate",
+                )
+            else:
+                failed = TargetUnreachable(
                     f"{grant.service} did not answer ({reason})",
                     hint="the service may be down; try again, or tell its owners",
-                ),
-            )
+                )
+            self._fail_channel(channel, failed)
             return
         except Exception:
             log.exception("opening a tunnel channel failed")
@@ -626,14 +631,17 @@ class TunnelProtocol(MuxSession):
             try:
                 transport.write(_SSL_REQUEST)
                 if await prelude.answer != b"S":
-                    raise ConnectionRefusedError(
-                        0, "it does not accept TLS (the service's options.tls asks for it)"
-                    )
-                secure = await loop.start_tls(transport, channel, context, server_hostname=grant.host)
+                    raise _NoTls(0, "the target does not accept TLS, which options.tls asks for")
+                # A stand-in protocol until TLS is up: a failed handshake tells it, not the
+                # channel, that the connection is lost (the failure is the channel's OPEN_FAIL).
+                secure = await loop.start_tls(
+                    transport, asyncio.Protocol(), context, server_hostname=grant.host
+                )
             except BaseException:
                 transport.abort()
                 raise
             assert secure is not None
+            secure.set_protocol(channel)
             channel.connection_made(secure)
 
     def _fail_channel(self, channel: BrokerChannel, error: BrokerError) -> None:
@@ -725,6 +733,10 @@ class TunnelProtocol(MuxSession):
         if self._tunnel_counted and self.principal_id is not None:
             self._tunnel_counted = False
             self.limits.drop_tunnel(self.principal_id)
+
+
+class _NoTls(ConnectionRefusedError):
+    """A PostgreSQL target answered an SSLRequest with N."""
 
 
 class _SslAnswer(asyncio.Protocol):

@@ -86,10 +86,18 @@ def wire_broker(
 
     pg_pw = secret("pg.pw", pg_cluster.passwords["access_scram"])
     wrong = secret("wrong.pw", "not-the-password")
+
+    def pg(name: str, password_file: Path, **tls: str) -> dict[str, Any]:
+        return _service(
+            name, "postgres", pg_cluster.port, password_file, user="access_scram", database=DATABASE, **tls
+        )
+
     services = [
-        _service("svc-pg", "postgres", pg_cluster.port, pg_pw, user="access_scram", database=DATABASE),
-        _service("svc-pg2", "postgres", pg_cluster.port, pg_pw, user="access_scram", database=DATABASE),
-        _service("svc-pg-wrong", "postgres", pg_cluster.port, wrong, user="access_scram", database=DATABASE),
+        pg("svc-pg", pg_pw),
+        pg("svc-pg2", pg_pw),
+        pg("svc-pg-wrong", wrong),
+        pg("svc-pg-tls", pg_pw, tls="verify-full", tls_ca_file=pg_cluster.ca_file),
+        pg("svc-pg-badca", pg_pw, tls="verify-full", tls_ca_file=str(devca.ca_cert)),
         _service("svc-my", "mysql", 3306, secret("my.pw", mariadb_user[1]), user=mariadb_user[0]),
         _service("svc-rd", "redis", 6379, secret("rd.pw", redis_user[1]), user=redis_user[0]),
         _service("svc-rd-wrong", "redis", 6379, wrong, user=redis_user[0]),
@@ -236,3 +244,21 @@ def test_a_cancel_reaches_the_target_only_for_the_same_grant(alice: Cli, wire_br
     assert cancels["svc-pg2"]["cancel"] == "refused: the key is another grant's"
     assert cancels["svc-pg2"]["why"] == "refused"
     assert cancels["svc-pg"]["cancel"] == "forwarded"
+
+
+def test_tls_to_the_target_is_verified_when_the_service_asks_for_it(
+    alice: Cli, wire_broker: BrokerProcess
+) -> None:
+    query = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+    plain = alice.run("exec", "svc-pg", "--ttl", "5m", "--", "psql", "-Atc", query)
+    assert (plain.returncode, plain.stdout.strip()) == (0, "f"), plain.stderr  # the default: disable
+    tls = alice.run("exec", "svc-pg-tls", "--ttl", "5m", "--", "psql", "-Atc", query)
+    assert (tls.returncode, tls.stdout.strip()) == (0, "t"), tls.stderr
+    bad = alice.run("exec", "svc-pg-badca", "--ttl", "5m", "--", "psql", "-Atc", query)
+    assert bad.returncode != 0
+    assert "TLS to svc-pg-badca failed" in bad.stderr and "certificate verify failed" in bad.stderr, (
+        bad.stderr
+    )
+    closes = [close for close in _closes(wire_broker.database_url, 3) if close["service"] == "svc-pg-badca"]
+    assert len(closes) == 1, closes  # one channel, one close (a failed TLS handshake ends it once)
+    assert closes[0]["why"] == "error" and "certificate verify failed" in closes[0]["error"]

@@ -66,13 +66,13 @@ def test_tls_options_are_checked(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("not read here")
     assert target_tls(grant("postgres")).context() is None
-    assert target_tls(grant("redis", tls={"mode": "require"})).mode == "require"
-    assert target_tls(grant("postgres", tls={"mode": "verify-full", "ca_file": str(ca)})).ca_file == str(ca)
-    for bad in ({"mode": "strict"}, "require", {"mode": "require", "cert": "x"}, {"ca_file": "/nonexistent"}):
+    assert target_tls(grant("redis", tls="require")).mode == "require"
+    assert target_tls(grant("postgres", tls="verify-full", tls_ca_file=str(ca))).ca_file == str(ca)
+    for bad in ({"tls": "strict"}, {"tls": "require", "tls_ca_file": "/nonexistent"}):
         with pytest.raises(Unavailable, match="tls"):
-            target_tls(grant("postgres", tls=bad))
+            target_tls(grant("postgres", **bad))
     with pytest.raises(Unavailable, match="not supported yet"):
-        target_tls(grant("mysql", tls={"mode": "require"}))
+        target_tls(grant("mysql", tls="require"))
 
 
 def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
