@@ -168,6 +168,10 @@ class Settings(BaseSettings):
         ge=4 * 1024 * 1024,
         description="bytes all tunnels of a process may hold before the one adding stops reading",
     )
+    # Issue 10: the broker logs in to postgres/mysql/redis targets itself (docs/tunnel.md).
+    tunnel_login_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds a channel's login to its target may take"
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

@@ -169,7 +169,7 @@ class WireChannel(BrokerChannel):
     ``Tap`` first, and its statements to the session's ``statement_sink``. A ``WireError``
     (a refused login, a refused command such as Redis ``AUTH``, a malformed stream) sends its
     ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
-    by ``wired.HANDSHAKE_TIMEOUT``. A channel without a login is a plain ``BrokerChannel``:
+    by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
     none of this is on its path.
     """
 
@@ -207,7 +207,8 @@ class WireChannel(BrokerChannel):
         self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued)
         self.login = None
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(wired.HANDSHAKE_TIMEOUT, self._timed_out)
+        timeout: float = self.session.broker.settings.tunnel_login_timeout  # type: ignore[attr-defined]
+        self.timer = loop.call_later(timeout, self._timed_out)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -331,7 +332,7 @@ class WireChannel(BrokerChannel):
         self.timer = None
         if self.machine is None or self.why is not None:
             return
-        seconds = f"{wired.HANDSHAKE_TIMEOUT:g}"
+        seconds = f"{self.session.broker.settings.tunnel_login_timeout:g}"  # type: ignore[attr-defined]
         message = f"the target did not finish the login within {seconds} s; try again, or tell its owners"
         greeted = not isinstance(self.machine, pgwire.PostgresHandshake) and self.bytes_out > 0
         self.refuse(

@@ -27,9 +27,8 @@ from access.broker.wire.base import Handshake, Tap, TargetLogin
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
 
-__all__ = ["HANDSHAKE_TIMEOUT", "CancelEntry", "CancelKeys", "cancels_for", "client_error", "machines"]
+__all__ = ["CancelEntry", "CancelKeys", "cancels_for", "client_error", "machines"]
 
-HANDSHAKE_TIMEOUT = 10.0  # seconds from the target's connection to both legs logged in
 _ER_HANDSHAKE = 1043  # MySQL's ER_HANDSHAKE_ERROR
 _ER_UNKNOWN = 1105  # MySQL's ER_UNKNOWN_ERROR
 

@@ -70,6 +70,15 @@ def redis_user() -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
+def silent_target() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never says a word."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield int(sock.getsockname()[1])
+
+
+@pytest.fixture
 def wire_broker(
     tmp_path: Path,
     devca: DevCA,
@@ -77,6 +86,7 @@ def wire_broker(
     pg_cluster: Cluster,
     mariadb_user: tuple[str, str],
     redis_user: tuple[str, str],
+    silent_target: int,
 ) -> Iterator[BrokerProcess]:
     def secret(name: str, value: str) -> Path:
         path = tmp_path / name
@@ -101,6 +111,7 @@ def wire_broker(
         _service("svc-my", "mysql", 3306, secret("my.pw", mariadb_user[1]), user=mariadb_user[0]),
         _service("svc-rd", "redis", 6379, secret("rd.pw", redis_user[1]), user=redis_user[0]),
         _service("svc-rd-wrong", "redis", 6379, wrong, user=redis_user[0]),
+        _service("svc-my-silent", "mysql", silent_target, wrong, user="nobody"),
     ]
     policy = {
         "services": services,
@@ -116,7 +127,7 @@ def wire_broker(
         ],
         "audit": {"readers": {"groups": ["sre"]}},
     }
-    proc = make_broker_process(tmp_path, devca, sqlite_url, policy)
+    proc = make_broker_process(tmp_path, devca, sqlite_url, policy, ACCESS_BROKER_TUNNEL_LOGIN_TIMEOUT="1")
     proc.add_user("alice", "alice-password-1", "sre")
     with running(proc):
         yield proc
@@ -163,6 +174,9 @@ def test_clients_with_no_password_get_in_as_the_service_user(
     rd = alice.run("exec", "svc-rd", "--ttl", "5m", "--", "redis-cli", "acl", "whoami")
     assert (rd.returncode, rd.stdout.strip()) == (0, redis_user[0]), rd.stderr
     closes = {close["service"]: close for close in _closes(wire_broker.database_url, 3)}
+    # A client that tries to log in as someone else is refused: the broker logged in.
+    auth = alice.run("exec", "svc-rd", "--", "redis-cli", "--user", "default", "--pass", "x", "ping")
+    assert "AUTH" in auth.stdout + auth.stderr and "PONG" not in auth.stdout, auth
     assert closes["svc-pg"]["statements"] >= 1 and closes["svc-pg"]["why"] == "client closed"
     assert closes["svc-my"]["statements"] >= 1
     assert closes["svc-rd"]["statements"] >= 1
@@ -262,3 +276,14 @@ def test_tls_to_the_target_is_verified_when_the_service_asks_for_it(
     closes = [close for close in _closes(wire_broker.database_url, 3) if close["service"] == "svc-pg-badca"]
     assert len(closes) == 1, closes  # one channel, one close (a failed TLS handshake ends it once)
     assert closes[0]["why"] == "error" and "certificate verify failed" in closes[0]["error"]
+
+
+def test_a_target_that_never_logs_in_is_cut_at_the_login_timeout(
+    alice: Cli, wire_broker: BrokerProcess
+) -> None:
+    # ACCESS_BROKER_TUNNEL_LOGIN_TIMEOUT=1: the target accepts and says nothing (no greeting).
+    result = alice.run("exec", "svc-my-silent", "--ttl", "5m", "--", "mysql", "-N", "-B", "-e", "select 1")
+    assert result.returncode != 0
+    assert "the target did not finish the login within 1 s" in result.stderr, result.stderr
+    (close,) = _closes(wire_broker.database_url, 1)
+    assert close["why"] == "refused" and "within 1 s" in close["error"]
