@@ -9,6 +9,7 @@ through the CLI's Forwarder.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import pytest
@@ -45,6 +46,8 @@ def stream_port(monkeypatch: pytest.MonkeyPatch) -> int:
 
 def test_a_full_statement_sink_ends_the_channel_before_forwarding(setup: Setup) -> None:  # noqa: F811
     grant_id = setup.grant(service="svc-stream")
+    key = f"access:sink:{secrets.token_hex(8)}"  # the shared Redis: a key of this run's own
+    wanted = f"${len(key)}\r\n{key}\r\n".encode()
     batches: list[list[Statement]] = []
     accept = [True]
 
@@ -61,10 +64,10 @@ def test_a_full_statement_sink_ends_the_channel_before_forwarding(setup: Setup) 
         (tunnel,) = next(iter(registry_for(setup.broker)._by_grant.values()))
         assert isinstance(tunnel, TunnelProtocol)
         tunnel.statement_sink = sink
-        writer.write(b"*2\r\n$3\r\nGET\r\n$13\r\naccess:sink:1\r\n")
+        writer.write(b"*2\r\n$3\r\nGET\r\n" + wanted)
         second = await reader.readline()
         accept[0] = False  # the statement log is full: the next command must not reach Redis
-        writer.write(b"*3\r\n$3\r\nSET\r\n$13\r\naccess:sink:1\r\n$1\r\nx\r\n")
+        writer.write(b"*3\r\n$3\r\nSET\r\n" + wanted + b"$1\r\nx\r\n")
         refused = await reader.read()
         writer.close()
         await forwarder.aclose()
@@ -74,10 +77,15 @@ def test_a_full_statement_sink_ends_the_channel_before_forwarding(setup: Setup) 
     assert answers == b"+PONG\r\n$-1\r\n"
     assert b"-ERR access: the broker cannot record this connection's statements now" in refused
     assert batches == [
-        [Statement("command", "GET access:sink:1")],
-        [Statement("command", "SET access:sink:1")],
+        [Statement("command", f"GET {key}")],
+        [Statement("command", f"SET {key}")],
     ]
-    assert redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5).get("access:sink:1") is None
+    shared = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
+    try:
+        assert shared.get(key) is None  # the refused SET never ran
+    finally:
+        shared.delete(key)
+        shared.close()
     _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 1, "the connection.close")
     (close,) = audit_rows(setup.broker, "connection.close")
     assert close["details"]["why"] == "refused" and close["details"]["statements"] == 3
