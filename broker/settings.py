@@ -190,6 +190,10 @@ class Settings(BaseSettings):
         le=86_400,
         description="seconds between reconciliations of dynamic services' identities with the store",
     )
+    # Issue 10: the broker logs in to postgres/mysql/redis targets itself (docs/tunnel.md).
+    tunnel_login_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds a channel's login to its target may take"
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

@@ -3,7 +3,8 @@
 Each kind's client side is the ``access.shared.kinds`` module of the same name. The policy
 refuses a service whose kind is not here when it loads (``check_kind``), so ``kind_for`` never
 meets an unknown name at run time; if it does, it raises rather than treat it as TCP.
-This package imports only ``access.broker.errors`` and ``access.shared``.
+``login`` says what the broker logs in to a target with (issue 10). This package imports only
+``access.broker.errors``, ``access.broker.wire.base`` (``TargetLogin``) and ``access.shared``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The interface every service kind implements, broker side.
 
 A kind knows how to describe a connection to the CLI (``connection_details``): which database
-and user to use, and the password when the service has one configured (read at request time
-from ``options.password_file`` or ``options.password_env``, never stored in the policy). The
-CLI turns that into the client's environment (``access.shared.kinds``).
+to use. For a kind the broker logs in to (``broker_logs_in``: postgres, mysql, redis) that is
+all: the broker's channel logs in with the service's user and password (``kinds.login``) and
+the CLI never holds them. For the others (tcp), the user and the password when the service has
+one configured (read at request time from ``options.password_file`` or ``options.password_env``,
+never stored in the policy). The CLI turns that into the client's environment
+(``access.shared.kinds``).
 
 Each kind is one subclass in its own module (``postgres.py``, ``mysql.py``, ...) with its client
 side beside it (``client``: the ``access.shared.kinds`` module of the same name);
@@ -41,6 +44,8 @@ class ServiceKind:
     client: ClassVar[ClientKind]
     # Options of a service (policy ``options:``) that this kind reads.
     uses_database: ClassVar[bool] = False
+    # The broker logs in to the target itself (``kinds.login``): the CLI gets no user or password.
+    broker_logs_in: ClassVar[bool] = False
 
     def connection_details(self, *, grant: Any) -> ConnectionInfo:
         """What the CLI needs for ``exec``/``env`` with ``grant`` (a ``grants.TunnelGrant``).
@@ -56,8 +61,8 @@ class ServiceKind:
             scope=grant.scope,
             expires_at=grant.expires_at,
             database=_text(options.get("database")) if self.uses_database else None,
-            user=_text(options.get("user")),
-            password=read_password(grant.service, options),
+            user=None if self.broker_logs_in else _text(options.get("user")),
+            password=None if self.broker_logs_in else read_password(grant.service, options),
         )
 
 

@@ -1,4 +1,4 @@
-"""MySQL and MariaDB services: database and user from the policy's options."""
+"""MySQL and MariaDB services: the broker logs in with the policy's user and password."""
 
 from __future__ import annotations
 
@@ -11,4 +11,5 @@ __all__ = ["MySQL"]
 class MySQL(ServiceKind):
     name = "mysql"
     client = MySQLClient()
+    broker_logs_in = True
     uses_database = True

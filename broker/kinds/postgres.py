@@ -1,4 +1,4 @@
-"""PostgreSQL services: database and user from the policy's options; PG* variables for clients."""
+"""PostgreSQL services: the broker logs in with the policy's user and password; PG* variables for clients."""
 
 from __future__ import annotations
 
@@ -11,4 +11,5 @@ __all__ = ["Postgres"]
 class Postgres(ServiceKind):
     name = "postgres"
     client = PostgresClient()
+    broker_logs_in = True
     uses_database = True

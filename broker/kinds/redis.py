@@ -1,4 +1,4 @@
-"""Redis services: a password (``REDISCLI_AUTH`` for the client) when one is configured."""
+"""Redis services: the broker logs in (AUTH) with the service's user and password; the client sends none."""
 
 from __future__ import annotations
 
@@ -11,3 +11,4 @@ __all__ = ["Redis"]
 class Redis(ServiceKind):
     name = "redis"
     client = RedisClient()
+    broker_logs_in = True

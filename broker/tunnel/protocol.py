@@ -26,7 +26,9 @@ import json
 import logging
 import re
 import secrets
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,9 +45,13 @@ from access.broker.errors import (
     TargetUnreachable,
     Unauthenticated,
 )
+from access.broker.kinds.login import LOGIN_KINDS, TargetTls, target_login, target_tls
+from access.broker.tunnel import wired
 from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.limits import limits_for
 from access.broker.tunnel.registry import registry_for
+from access.broker.wire import postgres as pgwire
+from access.broker.wire.base import Handshake, Statement, Tap, TargetLogin, WireError
 from access.shared.closecodes import grant_ended_close
 from access.shared.httphead import HeadError, parse_request_head, split_head
 from access.shared.mux import Channel, MuxSession, error_payload
@@ -58,12 +64,26 @@ if TYPE_CHECKING:
     from access.broker.grants import TunnelGrant
     from access.broker.runtime import Broker
 
-__all__ = ["CONNECT_TIMEOUT", "TUNNEL_PATH", "TunnelProtocol", "TunnelRequest", "parse_request"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "STATEMENTS_KEPT",
+    "TUNNEL_PATH",
+    "StatementSink",
+    "TunnelProtocol",
+    "TunnelRequest",
+    "WireChannel",
+    "parse_request",
+]
 
 log = logging.getLogger(__name__)
 
 TUNNEL_PATH = "/v1/tunnel"
 CONNECT_TIMEOUT = 5.0
+STATEMENTS_KEPT = 1000  # statements a channel keeps (``WireChannel.kept``); the rest are only counted
+_SSL_REQUEST = (8).to_bytes(4, "big") + pgwire.SSL_REQUEST.to_bytes(4, "big")
+# Called with each batch of statements a channel's tap recorded, before the chunk is forwarded;
+# False (the statement log is full or cannot be written) ends the channel: fail closed.
+StatementSink = Callable[["WireChannel", list[Statement]], bool]
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -139,6 +159,227 @@ class BrokerChannel(Channel):
         self.error: str | None = None
 
 
+class WireChannel(BrokerChannel):
+    """A channel to a target the broker logs in to (postgres, mysql, redis: ``wired``).
+
+    The kind's ``Handshake`` runs from the target's connection on: the client's DATA goes to
+    ``feed_client``, the target's bytes to ``feed_target``, and what the machine has for either
+    leg is sent on (to the client only once the channel is open, within its send window). Once
+    done, the relay is the base channel's, except that each client chunk goes through the
+    ``Tap`` first, and its statements to the session's ``statement_sink``. A ``WireError``
+    (a refused login, a refused command such as Redis ``AUTH``, a malformed stream) sends its
+    ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
+    by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
+    none of this is on its path.
+    """
+
+    __slots__ = (
+        "cancel",
+        "issued",
+        "kept",
+        "kind",
+        "login",
+        "machine",
+        "recorder",
+        "statements",
+        "timer",
+        "tls",
+    )
+
+    def __init__(self, session: TunnelProtocol, channel_id: int, kind: str) -> None:
+        super().__init__(session, channel_id)
+        self.kind = kind
+        self.login: TargetLogin | None = None  # set in the worker thread; never logged
+        self.tls = TargetTls("disable")
+        self.machine: Handshake | None = None  # None once the login is done
+        self.recorder: Tap | None = None
+        self.issued: tuple[int, int] | None = None  # PostgreSQL: the key the client got
+        self.statements = 0
+        self.kept: list[Statement] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.cancel: str | None = None  # a CancelRequest channel: "forwarded" or why it was refused
+
+    def start_login(self) -> None:
+        """Make the machines (before the target is dialled: uvloop may read it at once)."""
+        assert self.login is not None
+        if self.kind == "postgres":
+            self.issued = wired.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
+        self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued)
+        self.login = None
+        loop = asyncio.get_running_loop()
+        timeout: float = self.session.broker.settings.tunnel_login_timeout  # type: ignore[attr-defined]
+        self.timer = loop.call_later(timeout, self._timed_out)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.machine is not None:
+            self._run(self.machine.feed_target, b"")  # Redis: the broker's AUTH goes out now
+
+    # -- target -> client ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.machine is None:
+            super().data_received(data)
+        else:
+            self._run(self.machine.feed_target, data)
+
+    # -- client -> target ------------------------------------------------------------------
+
+    def deliver(self, data: bytes) -> None:
+        machine = self.machine
+        if machine is None:
+            if self._tapped(data):
+                super().deliver(data)
+            return
+        n = len(data)
+        allowed = self.recv_allowed - n
+        if allowed < 0:
+            raise ProtocolError(CLOSE_PROTOCOL, f"channel {self.id}: DATA beyond the window")
+        # Consumed by the machine at once: the credit is due as for bytes that left.
+        self.recv_allowed = allowed
+        self.bytes_in += n
+        self.unacked += n
+        session = self.session
+        session.buffered += n
+        if session.buffered > session.mark:
+            session.over_mark()
+        self._run(machine.feed_client, data)
+        if self.unacked >= self.ack_mark and not self.write_paused and self.transport is not None:
+            self._ack()
+
+    def _tapped(self, data: bytes) -> bool:
+        """Whether ``data`` may go on to the target: the tap saw it and its statements are kept."""
+        recorder = self.recorder
+        assert recorder is not None
+        try:
+            recorder.client_bytes(data)
+        except WireError as exc:
+            self.refuse(exc)
+            return False
+        batch = recorder.take()
+        return not batch or self._record(batch)
+
+    def _record(self, batch: list[Statement]) -> bool:
+        self.statements += len(batch)
+        room = STATEMENTS_KEPT - len(self.kept)
+        if room > 0:
+            self.kept.extend(batch[:room])
+        sink: StatementSink | None = self.session.statement_sink  # type: ignore[attr-defined]
+        if sink is not None and not sink(self, batch):
+            message = "the broker cannot record this connection's statements now; try again shortly"
+            self.refuse(
+                WireError("the statement log refused a batch", wired.client_error(self.kind, message))
+            )
+            return False
+        return True
+
+    # -- the login -------------------------------------------------------------------------
+
+    def _run(self, feed: Callable[[bytes], None], data: bytes) -> None:
+        machine = self.machine
+        assert machine is not None
+        try:
+            if data:
+                feed(data)
+            if isinstance(machine, pgwire.PostgresHandshake) and machine.cancel_request is not None:
+                self._cancel(machine.cancel_request)
+                return
+            out = machine.data_to_target()
+            if out and self.transport is not None:
+                self.transport.write(out)
+            back = machine.data_to_client()
+            if back:
+                self._to_client(back)
+            if machine.done:
+                self._logged_in(machine)
+        except WireError as exc:
+            self.refuse(exc)
+
+    def stop_timer(self) -> None:
+        """The login is over (done, refused, or the channel ended): its deadline is moot."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _logged_in(self, machine: Handshake) -> None:
+        self.machine = None
+        self.stop_timer()
+        session: TunnelProtocol = self.session  # type: ignore[assignment]
+        grant = session.grant
+        if isinstance(machine, pgwire.PostgresHandshake) and grant is not None:
+            target_key = machine.target_key
+            if target_key is not None and self.issued is not None:
+                entry = wired.CancelEntry(grant.grant_id, self.issued, target_key, grant.host, grant.port)
+                if not wired.cancels_for(session.broker).add(entry):
+                    self.issued = None
+        client, target = machine.leftovers()
+        if target:
+            self._to_client(target)
+        if client and self._tapped(client) and self.transport is not None:
+            self.transport.write(client)
+
+    def _to_client(self, data: bytes) -> None:
+        """Send ``data`` to the client within the window; hold it until the channel is open."""
+        if self.active and not self.held and len(data) <= self.send_window:
+            self.send_window -= len(data)
+            self.bytes_out += len(data)
+            self.session.send_data(self.id, data)
+            return
+        self.held += data
+        self.session.hold_changed(len(data))
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.machine is None or self.why is not None:
+            return
+        seconds = f"{self.session.broker.settings.tunnel_login_timeout:g}"  # type: ignore[attr-defined]
+        message = f"the target did not finish the login within {seconds} s; try again, or tell its owners"
+        greeted = not isinstance(self.machine, pgwire.PostgresHandshake) and self.bytes_out > 0
+        self.refuse(
+            WireError(
+                f"the login to the target did not finish within {seconds} s",
+                wired.client_error(self.kind, message, greeted=greeted),
+            )
+        )
+
+    def _cancel(self, presented: tuple[int, int]) -> None:
+        """A CancelRequest channel: forward it only for a live channel of the same grant."""
+        self.machine = None
+        self.stop_timer()
+        session: TunnelProtocol = self.session  # type: ignore[assignment]
+        grant = session.grant
+        assert grant is not None
+        entry = wired.cancels_for(session.broker).find(presented)
+        if entry is None:
+            self.cancel = "refused: no live connection has that key"
+        elif entry.grant_id != grant.grant_id:
+            self.cancel = "refused: the key is another grant's"
+            log.warning("refused a cancel request for another grant's connection (grant %s)", grant.grant_id)
+        elif (entry.host, entry.port) != (grant.host, grant.port):
+            self.cancel = "refused: the key's connection is on another target"
+        else:
+            self.cancel = "forwarded"
+            assert self.transport is not None
+            self.transport.write(pgwire.cancel_message(*entry.target_key))
+        self.why = "cancel" if self.cancel == "forwarded" else "refused"
+        session.close_channel(self)
+        self.end(self.why, flush=True)  # the target reads the request, then closes
+
+    def refuse(self, exc: WireError) -> None:
+        """Send the error to the client (in its protocol), then close both legs."""
+        if self.why is not None:
+            return
+        self.why = "refused"
+        self.error = str(exc)[:500]
+        self.stop_timer()
+        message = exc.client_message
+        if message and self.active and not self.held and len(message) <= self.send_window:
+            self.send_window -= len(message)
+            self.session.send_data(self.id, message)
+        self.session.close_channel(self, "refused")
+        self.end("refused", flush=False)
+
+
 class TunnelProtocol(MuxSession):
     """One tunnel WebSocket, from the upgrade request to its channels' close audit entries."""
 
@@ -164,6 +405,8 @@ class TunnelProtocol(MuxSession):
         self.limits = limits_for(self.broker)
         self.budget = self.limits.budget
         self._tunnel_counted = False  # counted against its user's tunnels
+        # Where a logged-in channel's statements go (see ``StatementSink``); None: counted only.
+        self.statement_sink: StatementSink | None = None
 
     # -- the HTTP phase --------------------------------------------------------------------
 
@@ -305,7 +548,10 @@ class TunnelProtocol(MuxSession):
         if channel_id <= self._last_id:
             raise ProtocolError(CLOSE_PROTOCOL, f"channel {channel_id} reused (ids only increase)")
         self._last_id = channel_id
-        channel = BrokerChannel(self, channel_id)
+        kind = self.grant.kind if self.grant is not None else "tcp"
+        channel = (
+            WireChannel(self, channel_id, kind) if kind in LOGIN_KINDS else BrokerChannel(self, channel_id)
+        )
         error: BrokerError | None = None
         if len(self.channels) >= self.max_channels:
             error = RateLimited(
@@ -336,22 +582,28 @@ class TunnelProtocol(MuxSession):
             if channel.why is not None:  # the client gave up, or the tunnel was cut meanwhile
                 self.channel_failed(channel)
                 return
-            await asyncio.wait_for(
-                loop.create_connection(lambda: channel, grant.host, grant.port), CONNECT_TIMEOUT
-            )
+            tls = TargetTls("disable")
+            if isinstance(channel, WireChannel):
+                channel.start_login()
+                tls = channel.tls
+            await asyncio.wait_for(self._connect(channel, grant, tls), CONNECT_TIMEOUT)
         except BrokerError as exc:
             self._fail_channel(channel, exc)
             return
         except (OSError, TimeoutError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             channel.error = f"target {grant.host}:{grant.port} unreachable: {reason}"
-            self._fail_channel(
-                channel,
-                TargetUnreachable(
+            if isinstance(exc, ssl.SSLError | _NoTls):
+                failed = TargetUnreachable(
+                    f"TLS to {grant.service} failed ({reason})",
+                    hint="operators: check the service's options.tls and the target's certificate",
+                )
+            else:
+                failed = TargetUnreachable(
                     f"{grant.service} did not answer ({reason})",
                     hint="the service may be down; try again, or tell its owners",
-                ),
-            )
+                )
+            self._fail_channel(channel, failed)
             return
         except Exception:
             log.exception("opening a tunnel channel failed")
@@ -362,6 +614,36 @@ class TunnelProtocol(MuxSession):
             return
         self.send(OPEN_OK, channel.id)
         channel.activate()
+
+    async def _connect(self, channel: BrokerChannel, grant: TunnelGrant, tls: TargetTls) -> None:
+        """Dial the target; with TLS for a service whose ``options.tls`` asks for it."""
+        loop = asyncio.get_running_loop()
+        context = tls.context()
+        if context is None:
+            await loop.create_connection(lambda: channel, grant.host, grant.port)
+        elif grant.kind != "postgres":
+            await loop.create_connection(
+                lambda: channel, grant.host, grant.port, ssl=context, server_hostname=grant.host
+            )
+        else:
+            # PostgreSQL: an SSLRequest first; TLS once the target answers S.
+            prelude = _SslAnswer(loop)
+            transport, _ = await loop.create_connection(lambda: prelude, grant.host, grant.port)
+            try:
+                transport.write(_SSL_REQUEST)
+                if await prelude.answer != b"S":
+                    raise _NoTls(0, "the target does not accept TLS, which options.tls asks for")
+                # A stand-in protocol until TLS is up: a failed handshake tells it, not the
+                # channel, that the connection is lost (the failure is the channel's OPEN_FAIL).
+                secure = await loop.start_tls(
+                    transport, asyncio.Protocol(), context, server_hostname=grant.host
+                )
+            except BaseException:
+                transport.abort()
+                raise
+            assert secure is not None
+            secure.set_protocol(channel)
+            channel.connection_made(secure)
 
     def _fail_channel(self, channel: BrokerChannel, error: BrokerError) -> None:
         channel.why = channel.why or "error"
@@ -387,6 +669,10 @@ class TunnelProtocol(MuxSession):
             ),
         )
         channel.opened = True
+        if isinstance(channel, WireChannel):
+            assert self.grant is not None
+            channel.tls = target_tls(self.grant)
+            channel.login = target_login(self.broker, self.grant)
 
     def channel_finished(self, channel: Channel) -> None:
         assert isinstance(channel, BrokerChannel)
@@ -406,6 +692,13 @@ class TunnelProtocol(MuxSession):
         }
         if channel.error:
             details["error"] = channel.error
+        if isinstance(channel, WireChannel):
+            channel.stop_timer()
+            details["statements"] = channel.statements
+            if channel.cancel is not None:
+                details["cancel"] = channel.cancel
+            if channel.issued is not None:
+                wired.cancels_for(self.broker).drop(channel.issued)
         # Queued, then written from a worker thread; kept and retried while the database is down.
         from access.broker.grants import grant_target
 
@@ -441,6 +734,31 @@ class TunnelProtocol(MuxSession):
         if self._tunnel_counted and self.principal_id is not None:
             self._tunnel_counted = False
             self.limits.drop_tunnel(self.principal_id)
+
+
+class _NoTls(ConnectionRefusedError):
+    """A PostgreSQL target answered an SSLRequest with N."""
+
+
+class _SslAnswer(asyncio.Protocol):
+    """The target's one-byte answer to an SSLRequest (PostgreSQL), before TLS starts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.answer: asyncio.Future[bytes] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data[:1])
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ConnectionResetError(0, "it closed the connection before TLS"))
 
 
 def _ended_error(why: str, grant_id: str) -> BrokerError:

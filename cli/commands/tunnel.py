@@ -410,9 +410,9 @@ def exec_command(
 ) -> None:
     """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
 
-    postgres: PGHOST, PGPORT, PGDATABASE, PGUSER (and PGPASSFILE, a private file deleted
-    afterwards). mysql: MYSQL_HOST, MYSQL_TCP_PORT. redis: REDISCLI_AUTH when the service has a
-    password. Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
+    postgres: PGHOST, PGPORT, PGDATABASE, PGUSER. mysql: MYSQL_HOST, MYSQL_TCP_PORT (and an
+    option file, deleted afterwards). No password: the broker logs in to the service itself.
+    Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
 
     The program is looked up first, before any grant is asked for: 127 when there is no such
     program (nor on PATH), 126 when it cannot be run, as shells do. If the grant or your sign-in

@@ -5,12 +5,13 @@ The broker owns the service definition and hands the CLI a ``ConnectionInfo`` fo
 program ``access exec`` runs (and the ``export`` lines of ``access env``):
 
 - every kind: ``ACCESS_HOST``, ``ACCESS_PORT``, ``ACCESS_ADDR``, ``ACCESS_SERVICE``, ``ACCESS_GRANT``;
-- postgres (``postgres.py``): ``PGHOST``, ``PGPORT``, ``PGDATABASE``, ``PGUSER``, and the password
-  through a private ``PGPASSFILE`` (mode 0600, deleted afterwards): never in argv or the environment;
-- mysql (``mysql.py``): ``MYSQL_HOST``, ``MYSQL_TCP_PORT``; user, password and database through an
-  option file (0600, deleted afterwards) that ``mysql``/``mariadb`` get as ``--defaults-extra-file``;
-- redis (``redis.py``): ``REDISCLI_AUTH`` where a password is configured; ``redis-cli`` reads no
-  host or port from the environment, so ``access exec`` adds ``-h``/``-p`` when none are given;
+- postgres (``postgres.py``): ``PGHOST``, ``PGPORT``, ``PGDATABASE``, ``PGUSER`` (``access``: the
+  broker ignores it); no password: the broker logs in to the target itself (issue 10);
+- mysql (``mysql.py``): ``MYSQL_HOST``, ``MYSQL_TCP_PORT``; the database, a user the broker ignores
+  and TLS off for the loopback leg through an option file (no secret in it; 0600, deleted
+  afterwards) that ``mysql``/``mariadb`` get as ``--defaults-extra-file``; no password;
+- redis (``redis.py``): no password (a client that sends AUTH is refused: the broker logged in);
+  ``redis-cli`` reads no host or port from the environment, so ``access exec`` adds ``-h``/``-p``;
 - tcp (``tcp.py``): nothing more.
 
 Each kind is one ``ClientKind`` (``base.py``) in its own module, the client side of the broker's

@@ -1,5 +1,11 @@
-"""MySQL and MariaDB clients: ``MYSQL_HOST``/``MYSQL_TCP_PORT``; user, password and database in
-a private option file that ``mysql``/``mariadb`` get as ``--defaults-extra-file``."""
+"""MySQL and MariaDB clients: ``MYSQL_HOST``/``MYSQL_TCP_PORT``; an option file with the database and
+no TLS to the local port, that ``mysql``/``mariadb`` get as ``--defaults-extra-file``.
+
+No password: the broker logs in to the target itself. The option file holds no secret; it turns
+TLS off for the loopback leg (the tunnel is already encrypted, and the broker terminates none):
+``ssl-mode=DISABLED`` for MySQL's clients, ``skip-ssl`` for MariaDB's, each ``loose-`` so that
+the other client does not stop at an option it does not know.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, Con
 __all__ = ["MySQLClient"]
 
 _PROGRAMS = frozenset({"mysql", "mariadb", "mysqldump", "mariadb-dump"})
+# The user the client presents: ignored by the broker, which logs in as the grant's identity.
+LOCAL_USER = "access"
 
 
 def _mycnf_escape(value: str) -> str:
@@ -23,15 +31,11 @@ class MySQLClient(ClientKind):
         setup.env.update(MYSQL_HOST=where.host, MYSQL_TCP_PORT=str(where.port))
         if not where.with_secrets:
             return
-        lines = ["[client]"]
-        if info.user:
-            lines.append(f'user="{_mycnf_escape(info.user)}"')
-        if info.password is not None:
-            lines.append(f'password="{_mycnf_escape(info.password)}"')
+        lines = ["[client]", f'user="{_mycnf_escape(info.user or LOCAL_USER)}"', "loose-ssl-mode=DISABLED"]
+        lines.append("loose-skip-ssl")
         if info.database:
             lines.append(f'database="{_mycnf_escape(info.database)}"')
-        if len(lines) > 1:
-            setup.option_file = setup.secret_file(where.secret_dir, "access-my-", "\n".join(lines) + "\n")
+        setup.option_file = setup.secret_file(where.secret_dir, "access-my-", "\n".join(lines) + "\n")
 
     def args_for(self, setup: ClientSetup, argv: list[str], host: str, port: int) -> list[str]:
         if Path(argv[0]).name in _PROGRAMS and setup.option_file is not None:

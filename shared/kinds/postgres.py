@@ -1,4 +1,4 @@
-"""PostgreSQL clients: ``PG*`` variables, and the password in a private ``PGPASSFILE``."""
+"""PostgreSQL clients: ``PG*`` variables; no password (the broker logs in to the target itself)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from access.shared.kinds.base import ClientContext, ClientKind, ClientSetup, Con
 
 __all__ = ["PostgresClient"]
 
-
-def _pgpass_escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(":", "\\:")
+# The user name the client presents to the local port: the broker ignores it and logs in as the
+# grant's identity, but libpq needs one (and defaults the database to it).
+LOCAL_USER = "access"
 
 
 class PostgresClient(ClientKind):
@@ -16,14 +16,6 @@ class PostgresClient(ClientKind):
 
     def configure(self, setup: ClientSetup, info: ConnectionInfo, where: ClientContext) -> None:
         env = setup.env
-        env.update(PGHOST=where.host, PGPORT=str(where.port))
+        env.update(PGHOST=where.host, PGPORT=str(where.port), PGUSER=info.user or LOCAL_USER)
         if info.database:
             env["PGDATABASE"] = info.database
-        if info.user:
-            env["PGUSER"] = info.user
-        if where.with_secrets and info.password is not None:
-            # A passfile rather than PGPASSWORD: the environment of a process is readable by
-            # its user's other processes and ends up in crash reports.
-            fields = (where.host, str(where.port), info.database or "*", info.user or "*", info.password)
-            line = ":".join(_pgpass_escape(v) for v in fields)
-            env["PGPASSFILE"] = str(setup.secret_file(where.secret_dir, "access-pgpass-", line + "\n"))

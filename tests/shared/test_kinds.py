@@ -21,7 +21,8 @@ def info(kind: str, **fields: Any) -> ConnectionInfo:
     )
 
 
-def test_postgres_env_and_a_private_passfile_that_cleanup_deletes(tmp_path: Path) -> None:
+def test_postgres_env_carries_no_password_even_if_a_broker_sends_one(tmp_path: Path) -> None:
+    # Issue 10: the broker logs in to the target; the laptop holds no target secret.
     setup = client_setup(
         info("postgres", database="db", user="u", password="p:w"), "127.0.0.1", 4000, secret_dir=tmp_path
     )
@@ -33,19 +34,15 @@ def test_postgres_env_and_a_private_passfile_that_cleanup_deletes(tmp_path: Path
         "u",
     )
     assert env["ACCESS_ADDR"] == "127.0.0.1:4000"
+    assert "PGPASSFILE" not in env and "PGPASSWORD" not in env
     assert not any("p:w" in value for value in env.values())
-    passfile = Path(env["PGPASSFILE"])
-    assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
-    assert passfile.read_text() == "127.0.0.1:4000:db:u:p\\:w\n"
-    setup.cleanup()
-    assert not passfile.exists()
+    assert setup.files == [] and list(tmp_path.iterdir()) == []
 
 
-def test_postgres_passfile_without_database_or_user_matches_any(tmp_path: Path) -> None:
-    setup = client_setup(info("postgres", password="pw"), "127.0.0.1", 4000, secret_dir=tmp_path)
-    assert "PGDATABASE" not in setup.env and "PGUSER" not in setup.env
-    assert Path(setup.env["PGPASSFILE"]).read_text() == "127.0.0.1:4000:*:*:pw\n"
-    setup.cleanup()
+def test_postgres_without_a_user_presents_access_to_the_local_port(tmp_path: Path) -> None:
+    setup = client_setup(info("postgres"), "127.0.0.1", 4000, secret_dir=tmp_path)
+    assert "PGDATABASE" not in setup.env and setup.env["PGUSER"] == "access"
+    assert setup.files == []
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql", "redis"])
@@ -59,15 +56,23 @@ def test_env_without_secrets_writes_no_file_and_sets_no_password(kind: str, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_mysql_gets_host_port_env_and_an_option_file_first_in_argv(tmp_path: Path) -> None:
-    setup = client_setup(info("mysql", user="root", password="pw"), "127.0.0.1", 4001, secret_dir=tmp_path)
+def test_mysql_gets_host_port_env_and_an_option_file_without_secrets_first_in_argv(tmp_path: Path) -> None:
+    setup = client_setup(info("mysql", database="db", password="pw"), "127.0.0.1", 4001, secret_dir=tmp_path)
     assert (setup.env["MYSQL_HOST"], setup.env["MYSQL_TCP_PORT"]) == ("127.0.0.1", "4001")
     argv = setup.args_for(["mysql", "-e", "select 1"], "127.0.0.1", 4001)
     assert argv[0] == "mysql"
     assert argv[1].startswith("--defaults-extra-file=")
     option_file = Path(argv[1].split("=", 1)[1])
     assert stat.S_IMODE(option_file.stat().st_mode) == 0o600
-    assert 'password="pw"' in option_file.read_text()
+    text = option_file.read_text()
+    assert "pw" not in text and "password" not in text
+    assert text.splitlines() == [
+        "[client]",
+        'user="access"',
+        "loose-ssl-mode=DISABLED",
+        "loose-skip-ssl",
+        'database="db"',
+    ]
     assert argv[2:] == ["-e", "select 1"]
     assert setup.args_for(["/usr/bin/mariadb"], "127.0.0.1", 4001)[1] == argv[1]
     assert setup.args_for(["psql"], "127.0.0.1", 4001) == ["psql"]
@@ -75,15 +80,9 @@ def test_mysql_gets_host_port_env_and_an_option_file_first_in_argv(tmp_path: Pat
     assert not option_file.exists()
 
 
-def test_mysql_without_login_details_writes_no_option_file(tmp_path: Path) -> None:
-    setup = client_setup(info("mysql"), "127.0.0.1", 4001, secret_dir=tmp_path)
-    assert setup.args_for(["mysql"], "127.0.0.1", 4001) == ["mysql"]
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_redis_password_and_host_port_arguments() -> None:
+def test_redis_gets_no_password_and_host_port_arguments() -> None:
     setup = client_setup(info("redis", password="pw"), "127.0.0.1", 4002)
-    assert setup.env["REDISCLI_AUTH"] == "pw"
+    assert "REDISCLI_AUTH" not in setup.env and setup.files == []
     assert setup.args_for(["redis-cli", "ping"], "127.0.0.1", 4002) == [
         "redis-cli",
         "-h",
@@ -132,10 +131,11 @@ def test_secret_files_carry_the_writers_pid_and_stale_ones_are_removed(tmp_path:
 
     from access.shared.kinds import remove_stale_secrets
 
-    setup = client_setup(info("postgres", password="pw"), "127.0.0.1", 4000, secret_dir=tmp_path)
-    passfile = Path(setup.env["PGPASSFILE"])
+    setup = client_setup(info("mysql"), "127.0.0.1", 4000, secret_dir=tmp_path)
+    assert setup.option_file is not None
+    passfile = setup.option_file
     assert passfile.parent == tmp_path
-    assert passfile.name.startswith(f"access-pgpass-{os.getpid()}-")
+    assert passfile.name.startswith(f"access-my-{os.getpid()}-")
     assert stat.S_IMODE(passfile.stat().st_mode) == 0o600
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -12,6 +12,8 @@ from access.broker.errors import Unavailable
 from access.broker.grants import TunnelGrant
 from access.broker.kinds import KINDS, UnsupportedKind, check_kind, kind_for
 from access.broker.kinds.base import read_password
+from access.broker.kinds.login import target_login, target_tls
+from access.broker.wire.base import TargetLogin
 from access.shared.kinds import CLIENT_KINDS
 
 EXPIRES = datetime(2030, 1, 1, tzinfo=UTC)
@@ -21,14 +23,15 @@ def grant(kind: str, **options: Any) -> TunnelGrant:
     return TunnelGrant("g-1", "p-1", "alice", f"svc-{kind}", "read", kind, "10.0.0.5", 5432, EXPIRES, options)
 
 
-def test_postgres_details_come_from_the_policy_options(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["postgres", "mysql", "redis"])
+def test_a_kind_the_broker_logs_in_to_hands_the_cli_no_user_or_password(kind: str, tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
-    details = kind_for("postgres").connection_details(
-        grant=grant("postgres", database="payments", user="ro", password_file=str(secret))
+    details = kind_for(kind).connection_details(
+        grant=grant(kind, database="payments", user="ro", password_file=str(secret))
     )
-    assert (details.database, details.user, details.password) == ("payments", "ro", "s3cret")
-    assert "s3cret" not in repr(details)
+    assert (details.user, details.password) == (None, None)
+    assert "s3cret" not in details.model_dump_json()
 
 
 @pytest.mark.parametrize(
@@ -36,7 +39,40 @@ def test_postgres_details_come_from_the_policy_options(tmp_path: Path) -> None:
 )
 def test_only_database_kinds_hand_out_the_database(kind: str, database: str | None) -> None:
     details = kind_for(kind).connection_details(grant=grant(kind, database="db", user="u"))
-    assert (details.kind, details.database, details.user, details.password) == (kind, database, "u", None)
+    user = "u" if kind == "tcp" else None
+    assert (details.kind, details.database, details.user, details.password) == (kind, database, user, None)
+
+
+def test_the_target_login_comes_from_the_policy_options(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    login = target_login(None, grant("postgres", database="payments", user="ro", password_file=str(secret)))
+    assert login == TargetLogin("ro", "s3cret", "payments")
+    assert "s3cret" not in repr(login)
+    assert target_login(None, grant("tcp", user="ro", password_file=str(secret))) is None
+
+
+def test_a_redis_login_without_a_user_is_the_default_user_and_no_password() -> None:
+    assert target_login(None, grant("redis")) == TargetLogin("default", "", None)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_database_login_without_a_user_is_refused(kind: str) -> None:
+    with pytest.raises(Unavailable, match="no user"):
+        target_login(None, grant(kind, password_file="/nonexistent"))
+
+
+def test_tls_options_are_checked(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    assert target_tls(grant("postgres")).context() is None
+    assert target_tls(grant("redis", tls="require")).mode == "require"
+    assert target_tls(grant("postgres", tls="verify-full", tls_ca_file=str(ca))).ca_file == str(ca)
+    for bad in ({"tls": "strict"}, {"tls": "require", "tls_ca_file": "/nonexistent"}):
+        with pytest.raises(Unavailable, match="tls"):
+            target_tls(grant("postgres", **bad))
+    with pytest.raises(Unavailable, match="not supported yet"):
+        target_tls(grant("mysql", tls="require"))
 
 
 def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
