@@ -1,11 +1,12 @@
 """What the broker logs in to a target with, for one grant: ``target_login`` (issue 10).
 
 The client reaches the tunnel's local port with no password; the broker's channel logs in to
-the target itself (``access.broker.wire``). Static mode, today: the service's ``options`` name
-the ``user``, the password (``password_file`` or ``password_env``, read at each channel's open,
-never stored in the policy) and the ``database``. The login is never logged, never put in an
-audit entry, and never sent to the CLI. Per-grant identities (``credentials: dynamic``) come
-from the provisioner instead; the lead wires them in here.
+the target itself (``access.broker.wire``). Static mode: the service's ``options`` name the
+``user``, the password (``password_file`` or ``password_env``, read at each channel's open,
+never stored in the policy) and the ``database``. A service with ``credentials: {mode:
+dynamic}`` logs in as the grant's own identity instead (``identities.logins.identity_login``),
+and a grant without one is refused: never a fallback to a shared login. The login is never
+logged, never put in an audit entry, and never sent to the CLI.
 
 ``target_tls`` reads the service's ``tls`` and ``tls_ca_file`` options (flat: policy options are
 scalars): how the broker's leg to the target is encrypted (``disable`` by default, ``require``,
@@ -38,15 +39,25 @@ def target_login(broker: Any, grant: Any) -> TargetLogin | None:
     """The login for ``grant`` (a ``grants.TunnelGrant``) on its target; None for a kind the
     broker does not log in to (``tcp``: bytes only).
 
-    ``broker`` is unused in static mode; dynamic identities will be looked up through it.
-
     Raises:
         Unavailable: the service names no user (postgres, mysql), or its password source cannot
-            be read: a broker misconfiguration, told to the operators, never worked around.
+            be read: a broker misconfiguration, told to the operators, never worked around; or
+            a dynamic service has no identity for this grant (not made, or already ended).
     """
-    del broker
     if grant.kind not in LOGIN_KINDS:
         return None
+    service = broker.policy.service(grant.service)
+    credentials = getattr(service, "credentials", None)
+    if credentials is not None and credentials.mode == "dynamic":
+        from access.broker.identities.logins import identity_login
+
+        login = identity_login(broker, grant.grant_id)
+        if login is None:
+            raise Unavailable(
+                f"the broker has no identity on {grant.service} for grant {grant.grant_id}",
+                hint="request a new grant; operators: the broker's log says why the identity is missing",
+            )
+        return login
     options: Mapping[str, Any] = grant.options
     user = options.get("user")
     if user is None and grant.kind == "redis":

@@ -405,8 +405,9 @@ class TunnelProtocol(MuxSession):
         self.limits = limits_for(self.broker)
         self.budget = self.limits.budget
         self._tunnel_counted = False  # counted against its user's tunnels
-        # Where a logged-in channel's statements go (see ``StatementSink``); None: counted only.
-        self.statement_sink: StatementSink | None = None
+        # Where a logged-in channel's statements go (see ``StatementSink``): the statement log,
+        # which batches them into ledger entries; a test may put another sink here.
+        self.statement_sink: StatementSink | None = self._record_statements
 
     # -- the HTTP phase --------------------------------------------------------------------
 
@@ -699,6 +700,9 @@ class TunnelProtocol(MuxSession):
                 details["cancel"] = channel.cancel
             if channel.issued is not None:
                 wired.cancels_for(self.broker).drop(channel.issued)
+            from access.broker.audit.statements import statement_log_for
+
+            statement_log_for(self.broker).close(channel.connection_id)  # write what it still holds
         # Queued, then written from a worker thread; kept and retried while the database is down.
         from access.broker.grants import grant_target
 
@@ -706,6 +710,21 @@ class TunnelProtocol(MuxSession):
         target = grant_target(self.grant.service, self.grant.grant_id)
         closes.add(channel.connection_id, self.ctx.name, target, details)
         asyncio.get_running_loop().run_in_executor(None, closes.flush_now)
+
+    def _record_statements(self, channel: WireChannel, batch: list[Statement]) -> bool:
+        """On the event loop: hand ``batch`` to the statement log (no database work here).
+        False when the log is full or cannot be written: the channel then stops (fail closed)."""
+        from access.broker.audit.statements import statement_log_for
+
+        if self.grant is None or self.ctx is None:
+            return False
+        return statement_log_for(self.broker).add(
+            connection_id=channel.connection_id,
+            grant_id=self.grant.grant_id,
+            service=self.grant.service,
+            actor=self.ctx.name,
+            statements=batch,
+        )
 
     # -- cuts and the end ------------------------------------------------------------------
 

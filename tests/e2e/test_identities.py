@@ -9,6 +9,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from access.broker.identities.targets import provisioner_for
 from access.broker.keys import key_id, load_or_create_key
@@ -21,7 +22,7 @@ from tests.broker.identities.conftest import (
     Place,
     place,  # noqa: F401 (the fixture, used by name)
 )
-from tests.e2e.conftest import make_broker_process, new_cli
+from tests.e2e.conftest import _require_tool, make_broker_process, new_cli, running
 
 RECONCILE = 1.0  # seconds: ACCESS_BROKER_IDENTITY_RECONCILE_INTERVAL for this broker
 
@@ -92,3 +93,85 @@ def test_a_broker_killed_with_active_grants_leaves_no_identity_after_restart(
         proc.stop()
         for svc in services:  # whatever a failed run left
             ours_on(svc, ours, end=True)
+
+
+def _statements(database_url: str, needle: str, count: int) -> list[Any]:
+    """The ``connection.statements`` rows whose text contains ``needle``, once there are ``count``
+    (written from a worker thread about once a second: polled, bounded)."""
+    import sqlalchemy as sa
+
+    from access.broker.store.engine import create_engine
+
+    engine = create_engine(database_url)
+    found: list[Any] = []
+
+    def look() -> bool:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT details FROM audit_log WHERE action = 'connection.statements' ORDER BY seq")
+            ).all()
+        found[:] = [s for (d,) in rows for s in json.loads(d)["statements"] if needle in s[2]]
+        return len(found) >= count
+
+    try:
+        wait_until(look, within=10, step=0.1)
+    finally:
+        engine.dispose()
+    return found
+
+
+def test_access_exec_logs_in_as_the_grants_own_identity_whose_scope_the_target_enforces(
+    tmp_path: Path,
+    devca: DevCA,
+    place: Place,  # noqa: F811
+) -> None:
+    """The whole of issue 10's path: `access exec` with no password reaches PostgreSQL, MariaDB
+    and Redis as a per-grant identity; read cannot write, write can; the statements are in the
+    ledger; revoking ends the identity."""
+    for tool in ("psql", "mysql", "redis-cli"):
+        _require_tool(tool)
+    database_url = f"sqlite:///{tmp_path / 'broker-data' / 'broker.db'}"
+    proc = make_broker_process(tmp_path, devca, database_url, place.policy())
+    creds = proc.add_service_account("deploy-bot", "sre")
+    secret = tmp_path / "secret"
+    secret.write_text(creds["client_secret"])
+    secret.chmod(0o600)
+    s = place.schema
+    with running(proc):
+        ours = key_id(load_or_create_key(proc.data_dir / "token-signing-key.pem"))
+        cli = new_cli(tmp_path, proc)
+        login = cli.run("login", "--client-id", creds["client_id"], "--client-secret-file", str(secret))
+        assert login.returncode == 0, login.stderr
+
+        def run(service: str, scope: str, *argv: str) -> tuple[int, str]:
+            done = cli.run("exec", service, "-s", scope, "-t", "5m", "-r", "INC-10", "--", *argv)
+            return done.returncode, (done.stderr + done.stdout).strip()  # the client's output last
+
+        code, said = run("svc-pg", "read", "psql", "-Atc", "select current_user")
+        assert code == 0 and said.splitlines()[-1].startswith("access_"), said
+        code, said = run("svc-pg", "read", "psql", "-Atc", f"insert into {s}.t values (1)")
+        assert code != 0 and "permission denied" in said, said
+        code, said = run(
+            "svc-pg", "read", "psql", "-Atc", f"set role {s}_writer; insert into {s}.t values (1)"
+        )
+        assert code != 0, said  # a read identity is not a member of the writer role
+        code, said = run("svc-pg", "write", "psql", "-Atc", f"insert into {s}.t values (2)")
+        assert code == 0, said
+        code, said = run("svc-my", "read", "mysql", "-N", "-B", "-e", f"insert into {s}.t values (1)")
+        assert code != 0 and "denied" in said.lower(), said
+        code, said = run("svc-my", "write", "mysql", "-N", "-B", "-e", f"insert into {s}.t values (2)")
+        assert code == 0, said
+        code, said = run("svc-rd", "read", "redis-cli", "set", f"{s}:k", "v")
+        assert "NOPERM" in said, said
+        code, said = run("svc-rd", "write", "redis-cli", "set", f"{s}:k", "v")
+        assert said.endswith("OK"), said
+        # Every statement is in the ledger, tied to its grant, with no parameter values asked for.
+        rows = _statements(database_url, f"insert into {s}.t values (2)", 2)  # psql's, then mysql's
+        assert [row[1] for row in rows] == ["query", "query"], rows
+        # Each exec reused or made a grant; revoking them all ends every identity of ours.
+        listed = cli.run("grants", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        for grant in json.loads(listed.stdout):
+            assert cli.run("revoke", grant["id"]).returncode == 0
+        services = list(policy_from_data(place.policy()).services.values())
+        assert wait_until(lambda: not [n for svc in services for n in ours_on(svc, ours)], within=5, step=0.1)
