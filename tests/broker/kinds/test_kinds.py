@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,23 +44,64 @@ def test_only_database_kinds_hand_out_the_database(kind: str, database: str | No
     assert (details.kind, details.database, details.user, details.password) == (kind, database, user, None)
 
 
-def test_the_target_login_comes_from_the_policy_options(tmp_path: Path) -> None:
+@pytest.fixture
+def broker(make_broker: Callable[..., Any]) -> Any:
+    """A broker whose policy has one dynamic service, ``svc-dyn``; the grants above name services
+    it does not have, so their login is static (from the options)."""
+    dynamic = {
+        "name": "svc-dyn",
+        "kind": "postgres",
+        "target": "127.0.0.1:5432",
+        "scopes": ["read"],
+        "max_ttl": "1h",
+        "credentials": {
+            "mode": "dynamic",
+            "admin": {"user": "postgres"},
+            "scopes": {"read": {"roles": ["pg_read_all_data"]}},
+        },
+    }
+    rule = {"name": "r", "subjects": {"groups": ["sre"]}, "services": ["svc-dyn"], "scopes": ["read"]}
+    return make_broker(policy={"services": [dynamic], "rules": [rule]})
+
+
+def test_a_dynamic_service_without_the_grants_identity_is_refused_never_a_shared_login(
+    broker: Any, tmp_path: Path
+) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("shared\n")
+    dyn = TunnelGrant(
+        "g-1",
+        "p-1",
+        "alice",
+        "svc-dyn",
+        "read",
+        "postgres",
+        "127.0.0.1",
+        5432,
+        EXPIRES,
+        {"user": "ro", "password_file": str(secret)},
+    )
+    with pytest.raises(Unavailable, match="no identity on svc-dyn for grant g-1"):
+        target_login(broker, dyn)
+
+
+def test_the_target_login_comes_from_the_policy_options(broker: Any, tmp_path: Path) -> None:
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
-    login = target_login(None, grant("postgres", database="payments", user="ro", password_file=str(secret)))
+    login = target_login(broker, grant("postgres", database="payments", user="ro", password_file=str(secret)))
     assert login == TargetLogin("ro", "s3cret", "payments")
     assert "s3cret" not in repr(login)
-    assert target_login(None, grant("tcp", user="ro", password_file=str(secret))) is None
+    assert target_login(broker, grant("tcp", user="ro", password_file=str(secret))) is None
 
 
-def test_a_redis_login_without_a_user_is_the_default_user_and_no_password() -> None:
-    assert target_login(None, grant("redis")) == TargetLogin("default", "", None)
+def test_a_redis_login_without_a_user_is_the_default_user_and_no_password(broker: Any) -> None:
+    assert target_login(broker, grant("redis")) == TargetLogin("default", "", None)
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
-def test_a_database_login_without_a_user_is_refused(kind: str) -> None:
+def test_a_database_login_without_a_user_is_refused(broker: Any, kind: str) -> None:
     with pytest.raises(Unavailable, match="no user"):
-        target_login(None, grant(kind, password_file="/nonexistent"))
+        target_login(broker, grant(kind, password_file="/nonexistent"))
 
 
 def test_tls_options_are_checked(tmp_path: Path) -> None:
