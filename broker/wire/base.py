@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Handshake", "Statement", "Tap", "TargetLogin", "WireError"]
+__all__ = ["Handshake", "Outgoing", "Statement", "Tap", "TargetLogin", "WireError"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,28 @@ class Handshake(Protocol):
 
     def leftovers(self) -> tuple[bytes, bytes]:
         """Bytes read past the handshake: (client to target, target to client)."""
+
+
+class Outgoing:
+    """What a handshake has to send on each leg, taken (and cleared) by the channel that drives it.
+
+    The machines append to ``_to_client`` and ``_to_target``; ``data_to_client`` and
+    ``data_to_target`` are ``Handshake``'s methods of the same names.
+    """
+
+    def __init__(self) -> None:
+        self._to_client = bytearray()
+        self._to_target = bytearray()
+
+    def data_to_client(self) -> bytes:
+        out = bytes(self._to_client)
+        self._to_client.clear()
+        return out
+
+    def data_to_target(self) -> bytes:
+        out = bytes(self._to_target)
+        self._to_target.clear()
+        return out
 
 
 class Tap(Protocol):

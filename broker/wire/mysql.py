@@ -77,7 +77,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import ed25519
-from .base import Statement, TargetLogin, WireError
+from .base import Outgoing, Statement, TargetLogin, WireError
 
 __all__ = [
     "MAX_HANDSHAKE_PACKET",
@@ -447,12 +447,13 @@ _DONE = "done"
 _FAILED = "failed"
 
 
-class MysqlHandshake:
+class MysqlHandshake(Outgoing):
     """Implements ``base.Handshake`` for MySQL and MariaDB (see the module's docstring)."""
 
     def __init__(
         self, login: TargetLogin, *, target_rsa_key: bytes | None = None, fetch_target_rsa_key: bool = False
     ) -> None:
+        super().__init__()
         self._login = login
         self._rsa_key = target_rsa_key
         self._fetch_rsa_key = fetch_target_rsa_key
@@ -460,8 +461,6 @@ class MysqlHandshake:
         self._state = _AWAIT_GREETING
         self._client = _Packets("client")
         self._target = _Packets("target")
-        self._to_client = bytearray()
-        self._to_target = bytearray()
         self._greeting: _Greeting | None = None
         self._offered = 0  # capabilities offered to the client
         self._offered_mariadb = 0
@@ -491,16 +490,6 @@ class MysqlHandshake:
     def client_user(self) -> str | None:
         """The user name the client presented (ignored: the grant decides the identity)."""
         return self._client_user
-
-    def data_to_client(self) -> bytes:
-        out = bytes(self._to_client)
-        self._to_client.clear()
-        return out
-
-    def data_to_target(self) -> bytes:
-        out = bytes(self._to_target)
-        self._to_target.clear()
-        return out
 
     def leftovers(self) -> tuple[bytes, bytes]:
         return self._left_client, self._left_target

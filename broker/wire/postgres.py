@@ -55,7 +55,7 @@ from typing import Final
 
 import scramp
 
-from access.broker.wire.base import Handshake, Statement, Tap, TargetLogin, WireError
+from access.broker.wire.base import Handshake, Outgoing, Statement, Tap, TargetLogin, WireError
 
 __all__ = [
     "PostgresHandshake",
@@ -160,7 +160,7 @@ _TARGET_STARTUP: Final = 3
 _DONE: Final = 4
 
 
-class PostgresHandshake:
+class PostgresHandshake(Outgoing):
     """The broker's side of one channel's login: client leg and target leg (see the module)."""
 
     def __init__(
@@ -169,14 +169,13 @@ class PostgresHandshake:
         for value in (login.user, login.password, login.database or ""):
             if "\0" in value:
                 raise ValueError("a target login cannot contain NUL characters")
+        super().__init__()
         self._login = login
         self._allow_cleartext = allow_cleartext
         self._state = _CLIENT_STARTUP
         self._client = bytearray()  # startup bytes being read; then the early bytes (leftovers)
         self._target = bytearray()
         self._target_seen = 0
-        self._to_client = bytearray()
-        self._to_target = bytearray()
         self._target_rest = b""
         self._negotiated: set[int] = set()
         self._held_notices: list[bytes] = []
@@ -228,16 +227,6 @@ class PostgresHandshake:
         if self._state == _DONE:
             self._target_rest = bytes(self._target)
             self._target.clear()
-
-    def data_to_client(self) -> bytes:
-        data = bytes(self._to_client)
-        self._to_client.clear()
-        return data
-
-    def data_to_target(self) -> bytes:
-        data = bytes(self._to_target)
-        self._to_target.clear()
-        return data
 
     @property
     def wants_target(self) -> bool:

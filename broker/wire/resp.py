@@ -57,7 +57,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .base import Handshake, Statement, Tap, TargetLogin, WireError
+from .base import Handshake, Outgoing, Statement, Tap, TargetLogin, WireError
 
 __all__ = ["RespHandshake", "RespTap", "handshake", "tap"]
 
@@ -111,7 +111,7 @@ def _protocol_error(what: str) -> WireError:
 # Login
 
 
-class RespHandshake:
+class RespHandshake(Outgoing):
     """Logs the broker in with ``AUTH user password`` (then ``SELECT n``); see the module doc."""
 
     def __init__(self, login: TargetLogin, *, early_limit: int = EARLY_CLIENT_LIMIT) -> None:
@@ -120,8 +120,8 @@ class RespHandshake:
             raise ValueError(f"a Redis database is a number from 0, not {database!r}")
         self._database = database
         self._early_limit = early_limit
-        self._to_target = bytearray(_command(b"AUTH", login.user.encode(), login.password.encode()))
-        self._to_client = bytearray()
+        super().__init__()
+        self._to_target += _command(b"AUTH", login.user.encode(), login.password.encode())
         self._client = bytearray()  # client bytes held until done
         self._target = bytearray()  # target bytes not yet read
         self._step = "auth"  # "auth", then "select" when needed, then "done"
@@ -134,16 +134,6 @@ class RespHandshake:
     @property
     def done(self) -> bool:
         return self._step == "done"
-
-    def data_to_client(self) -> bytes:
-        out = bytes(self._to_client)
-        self._to_client.clear()
-        return out
-
-    def data_to_target(self) -> bytes:
-        out = bytes(self._to_target)
-        self._to_target.clear()
-        return out
 
     def leftovers(self) -> tuple[bytes, bytes]:
         out = (bytes(self._client), bytes(self._target))
