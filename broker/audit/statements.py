@@ -40,7 +40,6 @@ import contextlib
 import logging
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
+from access.broker.perbroker import PerBroker
 from access.broker.wire.base import Statement
 
 if TYPE_CHECKING:
@@ -306,16 +306,12 @@ def _utf8(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-_logs: dict[int, StatementLog] = {}
+_logs = PerBroker(StatementLog)
 
 
 def statement_log_for(broker: Broker) -> StatementLog:
     """The statement log of ``broker`` (one per broker object; gone when the broker is)."""
-    found = _logs.get(id(broker))
-    if found is None:
-        found = _logs[id(broker)] = StatementLog(broker)
-        weakref.finalize(broker, _logs.pop, id(broker), None)
-    return found
+    return _logs(broker)
 
 
 class StatementFlushLoop(Loop):

@@ -29,7 +29,6 @@ import os
 import socket
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
+from access.broker.perbroker import PerBroker
 from access.broker.store import connections as store
 
 if TYPE_CHECKING:
@@ -153,16 +153,12 @@ class PendingCloses:
             )
 
 
-_pending: dict[int, PendingCloses] = {}
+_pending = PerBroker(PendingCloses)
 
 
 def pending_for(broker: Broker) -> PendingCloses:
     """The queue of ``broker`` (one per broker object; gone when the broker is)."""
-    queue = _pending.get(id(broker))
-    if queue is None:
-        queue = _pending[id(broker)] = PendingCloses(broker)
-        weakref.finalize(broker, _pending.pop, id(broker), None)
-    return queue
+    return _pending(broker)
 
 
 def heartbeat(broker: Broker) -> None:

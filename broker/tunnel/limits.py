@@ -8,9 +8,9 @@ process; ``shared.mux`` keeps it up to date and stalls the tunnel that would pas
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
+from access.broker.perbroker import PerBroker
 from access.shared.mux import Budget
 
 if TYPE_CHECKING:
@@ -58,13 +58,9 @@ def _drop(counts: dict[str, int], key: str) -> None:
         counts.pop(key, None)  # nothing kept for a user with nothing open
 
 
-_limits: dict[int, TunnelLimits] = {}
+_limits = PerBroker(TunnelLimits)
 
 
 def limits_for(broker: Broker) -> TunnelLimits:
     """The limits of ``broker`` (one per broker object; gone when the broker is)."""
-    limits = _limits.get(id(broker))
-    if limits is None:
-        limits = _limits[id(broker)] = TunnelLimits(broker)
-        weakref.finalize(broker, _limits.pop, id(broker), None)
-    return limits
+    return _limits(broker)

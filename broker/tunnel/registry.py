@@ -23,12 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from access.broker.events.bus import Event, GrantEnded, PrincipalLocked, SessionEnded
 from access.broker.loops import Loop
+from access.broker.perbroker import PerBroker
 from access.shared.models import GrantState
 
 if TYPE_CHECKING:
@@ -189,16 +189,12 @@ class TunnelRegistry:
         self._expiries.clear()
 
 
-_registries: dict[int, TunnelRegistry] = {}
+_registries = PerBroker(TunnelRegistry)
 
 
 def registry_for(broker: Broker) -> TunnelRegistry:
     """The registry of ``broker`` (one per broker object; gone when the broker is)."""
-    registry = _registries.get(id(broker))
-    if registry is None:
-        registry = _registries[id(broker)] = TunnelRegistry(broker)
-        weakref.finalize(broker, _registries.pop, id(broker), None)
-    return registry
+    return _registries(broker)
 
 
 _ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", GrantState.DENIED: "revoked"}

@@ -17,10 +17,10 @@ replica than the query's finds nothing and is refused (cross-replica cancel is n
 from __future__ import annotations
 
 import secrets
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from access.broker.perbroker import PerBroker
 from access.broker.wire import mysql, postgres, resp
 from access.broker.wire.base import Handshake, Tap, TargetLogin
 
@@ -111,13 +111,9 @@ class CancelKeys:
         return entry
 
 
-_cancels: dict[int, CancelKeys] = {}
+_cancels = PerBroker(lambda _broker: CancelKeys())
 
 
 def cancels_for(broker: Broker) -> CancelKeys:
     """The cancel keys of ``broker`` (one map per broker object; gone when the broker is)."""
-    keys = _cancels.get(id(broker))
-    if keys is None:
-        keys = _cancels[id(broker)] = CancelKeys()
-        weakref.finalize(broker, _cancels.pop, id(broker), None)
-    return keys
+    return _cancels(broker)
