@@ -175,6 +175,7 @@ class WireChannel(BrokerChannel):
 
     __slots__ = (
         "cancel",
+        "deferred",
         "issued",
         "kept",
         "kind",
@@ -198,6 +199,7 @@ class WireChannel(BrokerChannel):
         self.kept: list[Statement] = []
         self.timer: asyncio.TimerHandle | None = None
         self.cancel: str | None = None  # a CancelRequest channel: "forwarded" or why it was refused
+        self.deferred: WireError | None = None  # a refusal met before the channel was open
 
     def start_login(self) -> None:
         """Make the machines (before the target is dialled: uvloop may read it at once)."""
@@ -365,9 +367,24 @@ class WireChannel(BrokerChannel):
         session.close_channel(self)
         self.end(self.why, flush=True)  # the target reads the request, then closes
 
+    def activate(self) -> None:
+        super().activate()
+        if self.deferred is not None:  # the client can be told now
+            exc, self.deferred = self.deferred, None
+            self.refuse(exc)
+
     def refuse(self, exc: WireError) -> None:
-        """Send the error to the client (in its protocol), then close both legs."""
+        """Send the error to the client (in its protocol), then close both legs.
+
+        Before the channel is open (the target can answer the broker's login, e.g. Redis's
+        ``-WRONGPASS``, before OPEN_OK went out) the client could not get the error, only a
+        closed connection: the refusal then waits for ``activate``.
+        """
         if self.why is not None:
+            return
+        if not self.active:
+            self.deferred = self.deferred or exc
+            self.stop_timer()
             return
         self.why = "refused"
         self.error = str(exc)[:500]
