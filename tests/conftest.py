@@ -147,3 +147,17 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
 def write_policy(path: Path, policy: dict[str, Any] | None = None) -> Path:
     path.write_text(yaml.safe_dump(policy if policy is not None else DEFAULT_POLICY, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def kube_api(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Any]:
+    """A running Kubernetes API stand-in (tests/fakes/kubeapi.py) with its seeded cluster, on the
+    test's ``fake_clock`` (object timestamps and the ages kubectl prints follow it).
+
+    Fails the test if a request handler raised: the stand-in must not hide its own bugs.
+    """
+    from tests.fakes.kubeapi import kube_api as running
+
+    with running(tmp_path / "kube-api", clock=fake_clock.now) as api:
+        yield api
+        assert not api.server.errors, f"the stand-in raised: {api.server.errors!r}"
