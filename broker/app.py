@@ -191,7 +191,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.audit.statements import StatementFlushLoop
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
-    from access.broker.identities.lifecycle import ReconcileLoop
+    from access.broker.identities.reconcile import ReconcileLoop
     from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 

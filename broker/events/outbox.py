@@ -122,7 +122,7 @@ def backoff(attempts: int) -> timedelta:
 
 
 def _publish_grant_ended(broker: Broker, payload: Mapping[str, Any]) -> None:
-    from access.broker.identities.lifecycle import end_for_grant  # deferred: identities imports loops
+    from access.broker.identities.lifecycle import end_for_grant  # deferred: it loads the target drivers
 
     broker.events.publish(GrantEnded(str(payload["grant_id"]), str(payload["reason"])))
     end_for_grant(broker, str(payload["grant_id"]), str(payload["reason"]))  # raising: retried

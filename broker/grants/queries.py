@@ -22,6 +22,7 @@ from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Expired, Forbidden, NotFound
 from access.broker.grants.lifecycle import grant_target
+from access.broker.identities.logins import check_connection_limit
 from access.broker.runtime import Broker
 from access.broker.store import connections as open_connections
 from access.broker.store import grants as store
@@ -177,6 +178,7 @@ def open_connection(
     Raises:
         Unauthenticated: the session was signed out, revoked or expired; the principal disabled.
         NotFound, Forbidden, Expired: as ``open_for_tunnel``.
+        RateLimited: a dynamic Redis service's grant has its ``connection_limit`` open already.
         Unavailable: the database could not be reached, or the ledger not written.
     """
     from access.broker.auth.tokens import check_session
@@ -185,6 +187,7 @@ def open_connection(
         check_session(broker, ctx, conn)
         grant = _usable_for_tunnel(conn, broker, ctx, grant_id)
         target = grant_target(grant.service, grant.grant_id)
+        check_connection_limit(conn, broker, grant.service, grant.grant_id, target)
         details = {
             "connection": connection_id,
             "grant": grant.grant_id,

@@ -66,15 +66,16 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
     if denial is not None:
         raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
     if dynamic:
-        _make_identity(broker, record)
+        _make_identity(broker, record, now)
     return to_model(record, now)
 
 
-def _make_identity(broker: Broker, record: GrantRecord) -> None:
-    """The grant's identity on the target, before the grant is returned; if the target refuses or
-    does not answer, the grant is ended at once (its end cleans up) and the request fails (503)."""
+def _make_identity(broker: Broker, record: GrantRecord, attempt: datetime) -> None:
+    """The grant's identity on the target, before the grant is returned (the attempt ``intend``
+    began at ``attempt``); if the target refuses or does not answer, the grant is ended at once
+    (its end cleans up) and the request fails (503)."""
     try:
-        identities.make(broker, record)
+        identities.make(broker, record, attempt)
     except BrokerError as exc:
         with lifecycle.transaction(broker) as tx:
             lifecycle.apply(

@@ -1,4 +1,4 @@
-"""A grant's identity from issue to drop, and the reconciliation that leaves nothing behind.
+"""A grant's identity from issue to drop.
 
 make (``intend`` + ``make``)
     ``grants.requests`` writes the ``intended`` row in the transaction that issues the grant,
@@ -9,52 +9,57 @@ make (``intend`` + ``make``)
     answer fails the request with 503 and the grant is ended at once), and after the commit, on
     purpose: the row is durable before the target sees anything (a crash between leaves a trace),
     and the grant is already known, so a concurrent reconcile sees an active grant, not an
-    unknown one whose identity it would end.
+    unknown one whose identity it would end. A broker that dies between the two leaves an active
+    grant with an ``intended`` row: ``reconcile`` takes the row over once the issuing attempt is
+    past ``MAKE_GRACE`` and makes it then (``identity.create`` with ``why: recovered``). Only
+    the attempt that holds the row (``attempt_at``) records what it made; one that finds its row
+    taken over leaves the identity to the new attempt, and one that finds its grant ended ends
+    what it made.
 
 end (``end_for_grant``)
     The ``grant.ended`` outbox row's handler (``events.outbox``): on the replica that runs the
     outbox, the password is forgotten (state ``ending``), the target ends the identity (lock the
     login, end its sessions, hand its objects to the policy's ``owner``, drop) and the row becomes
     ``dropped`` (``identity.drop``). A target that is down raises, and the outbox retries with its
-    backoff. Idempotent: an absent identity is done.
+    backoff. Idempotent: an absent identity is done. Reconcile may end the same identity at the
+    same time: whichever moves the row to ``dropped`` first writes the one audit entry.
 
-reconcile (``ReconcileLoop``, at start and every ``identity_reconcile_interval`` seconds)
-    For each dynamic service: every identity on the target whose tag names THIS broker
-    (``targets.broker_id``) and a grant that has ended, or that the store does not know, is ended
-    (``identity.reconcile``), also one the store lost; and every live row whose grant has ended
-    and that has nothing left on the target is closed. Identities of other brokers, and names of
-    ours without a readable tag, are left alone: nothing proves they are ours to drop.
+reconcile: ``identities.reconcile``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
-from access.broker.errors import BrokerError
+from access.broker.errors import BrokerError, Conflict
 from access.broker.identities.sealing import Sealer
 from access.broker.identities.targets import broker_id, provisioner
-from access.broker.loops import Loop
 from access.broker.policy.model import ServiceConfig
 from access.broker.provision.base import IdentitySpec, Provisioner
 from access.broker.provision.common import ProvisionFailed
-from access.broker.store import grants as grant_store
 from access.broker.store import identities as store
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
     from access.broker.store.grants import GrantRecord
 
-__all__ = ["ReconcileLoop", "end_for_grant", "intend", "make", "reconcile"]
+__all__ = ["MAKE_GRACE", "audit", "end_for_grant", "intend", "make", "spec_for"]
 
 log = logging.getLogger(__name__)
+
+# How long an attempt to make an identity may run before reconcile may take its row over: well
+# past what one takes unless its target is failing (every admin wait is bounded: connect 3-5 s,
+# PostgreSQL's watchdog cuts its connection at 30 s, Redis answers each command within 5 s, MySQL
+# each statement within 11 s). Safe even when an attempt outlives it: only the attempt holding
+# the row records, and one taken over ends nothing. What is left: such a late attempt can reset
+# the password after the new one made it, and the grant's connects then fail (closed).
+MAKE_GRACE = timedelta(minutes=2)
 
 
 def _target(service: str, grant_id: str) -> str:
@@ -63,9 +68,10 @@ def _target(service: str, grant_id: str) -> str:
     return f"service:{service}/{grant_id}"
 
 
-def _audit(
+def audit(
     conn: sa.Connection, broker: Broker, action: Action, service: str, grant_id: str, **details: Any
 ) -> None:
+    """An ``identity.*`` entry about ``grant_id``'s identity, on the grant's audit target."""
     ledger.append(
         conn,
         broker.clock,
@@ -97,12 +103,15 @@ def spec_for(svc: ServiceConfig, record: GrantRecord) -> IdentitySpec:
     )
 
 
-def make(broker: Broker, record: GrantRecord) -> str:
-    """Make the grant's identity on the target and record it; return its name.
+def make(broker: Broker, record: GrantRecord, attempt: datetime, **details: Any) -> str:
+    """Make the grant's identity on the target and record it; return its name. ``attempt`` is when
+    this attempt began (the row's ``attempt_at``); ``details`` go in ``identity.create``.
 
     Raises:
         BrokerError: the target refused or did not answer (the row keeps the error; the caller
             ends the grant, and the end cleans up whatever the target made).
+        Conflict: the grant ended meanwhile (what was made is ended), or another attempt took the
+            row over (what was made is left to it).
     """
     svc = broker.policy.services[record.service]
     try:
@@ -110,10 +119,21 @@ def make(broker: Broker, record: GrantRecord) -> str:
             identity = target.create(spec_for(svc, record))
             sealed = Sealer(broker.token_key).seal(record.id, identity.password)
             with broker.transaction() as conn:
-                if store.created(conn, record.id, identity.name, sealed):
-                    _audit(conn, broker, Action.IDENTITY_CREATE, svc.name, record.id, identity=identity.name)
+                if store.created(conn, record.id, identity.name, sealed, attempt):
+                    audit(
+                        conn,
+                        broker,
+                        Action.IDENTITY_CREATE,
+                        svc.name,
+                        record.id,
+                        identity=identity.name,
+                        **details,
+                    )
                     return identity.name
-            target.end(identity.name)  # the grant ended while it was being made
+                row = store.get(conn, record.id)
+            taken_over = row is not None and row.state in (store.INTENDED, store.CREATED)
+            if not taken_over:
+                target.end(identity.name)  # the grant ended while it was being made
     except (BrokerError, ValueError) as exc:
         with broker.transaction() as conn:
             store.note_error(conn, record.id, _reason(exc))
@@ -121,13 +141,14 @@ def make(broker: Broker, record: GrantRecord) -> str:
             raise
         # The provisioner refused the spec itself (a role that reaches superuser, say).
         raise ProvisionFailed(str(exc), hint="correct the service's privileges in the policy") from exc
-    raise _ended_meanwhile(record.id)
-
-
-def _ended_meanwhile(grant_id: str) -> BrokerError:
-    from access.broker.errors import Conflict
-
-    return Conflict(f"grant {grant_id} ended while its identity was being made", hint="request a new grant")
+    if taken_over:
+        # A reconcile took the row over (this attempt outlived MAKE_GRACE): the identity is the
+        # same one (found by its tag), and the new attempt's password is the one to keep.
+        raise Conflict(
+            f"grant {record.id}'s identity was taken over by another attempt to make it",
+            hint="connect again in a moment, or request a new grant",
+        )
+    raise Conflict(f"grant {record.id} ended while its identity was being made", hint="request a new grant")
 
 
 def _reason(exc: Exception) -> str:
@@ -140,14 +161,17 @@ def _reason(exc: Exception) -> str:
 def end_for_grant(broker: Broker, grant_id: str, reason: str = "ended") -> bool:
     """End the grant's identity, if it has one (the ``grant.ended`` handler). True if it had one.
 
+    ``identity.drop`` is written only if this call closes the row: a reconcile that closed it
+    first has written its own ``identity.reconcile``, and an end is audited once.
+
     Raises:
         BrokerError: the target is down or refused (the outbox tries again later).
     """
     with broker.transaction() as conn:
         row = store.get(conn, grant_id)
-        if row is None or row.state not in store.LIVE:
+        # The password is forgotten before anything else. False: closed meanwhile, by a reconcile.
+        if row is None or row.state not in store.LIVE or not store.ending(conn, grant_id):
             return False
-        store.ending(conn, grant_id)  # the password is forgotten before anything else
     svc = broker.policy.service(row.service)
     if svc is None or not svc.dynamic:
         raise BrokerError(
@@ -165,108 +189,16 @@ def end_for_grant(broker: Broker, grant_id: str, reason: str = "ended") -> bool:
                 store.note_error(conn, grant_id, exc.message)
             raise
     with broker.transaction() as conn:
+        now = broker.clock.now()
         if row.error is not None and row.target_name is None:
-            store.failed(conn, grant_id, row.error, broker.clock.now())
+            closed = store.failed(conn, grant_id, row.error, now)
         else:
-            store.dropped(conn, grant_id, broker.clock.now())
-        _audit(conn, broker, Action.IDENTITY_DROP, row.service, grant_id, identity=name, reason=reason)
+            closed = store.dropped(conn, grant_id, now)
+        if closed:
+            audit(conn, broker, Action.IDENTITY_DROP, row.service, grant_id, identity=name, reason=reason)
     return True
 
 
 def _find(target: Provisioner, ours: str, grant_id: str) -> str | None:
     """The name of the grant's identity on the target (made, but not recorded: a crash between)."""
     return next((o.name for o in target.ours() if o.grant_id == grant_id and o.broker_id == ours), None)
-
-
-# ---------------------------------------------------------------- reconcile
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    service: str
-    grant_id: str
-    identity: str | None
-    why: str
-
-
-def reconcile(broker: Broker) -> list[Reconciled]:
-    """One pass over every dynamic service; returns what it ended or closed.
-
-    Raises:
-        BrokerError: a target could not be listed or an identity not ended (the others were still
-            done); the loop backs off and tries again.
-    """
-    done: list[Reconciled] = []
-    failures: list[BrokerError] = []
-    for svc in broker.policy.services.values():
-        if svc.dynamic:
-            try:
-                done += _reconcile_service(broker, svc)
-            except BrokerError as exc:
-                failures.append(exc)
-    if failures:
-        raise failures[0]
-    return done
-
-
-def _ended(state: tuple[str, datetime, str | None] | None, now: datetime) -> str | None:
-    """Why an identity of this grant must go (None: the grant is usable)."""
-    if state is None:
-        return "unknown grant"
-    grant_state, expires_at, _ = state
-    if grant_state == "active" and now < expires_at:
-        return None
-    return "grant " + ("expired" if grant_state == "active" else grant_state)
-
-
-def _reconcile_service(broker: Broker, svc: ServiceConfig) -> list[Reconciled]:
-    ours = broker_id(broker)
-    done: list[Reconciled] = []
-    with provisioner(broker, svc) as target:
-        found = [o for o in target.ours() if o.broker_id == ours and o.grant_id is not None]
-        with broker.transaction() as conn:
-            rows = store.live(conn, svc.name)
-            ids = [o.grant_id for o in found if o.grant_id] + [r.grant_id for r in rows]
-            states = grant_store.states(conn, ids)
-        now = broker.clock.now()
-        for identity in found:
-            assert identity.grant_id is not None
-            why = _ended(states.get(identity.grant_id), now)
-            if why is None:
-                continue
-            target.end(identity.name)
-            done.append(Reconciled(svc.name, identity.grant_id, identity.name, why))
-        on_target = {o.grant_id for o in found}
-        for row in rows:
-            why = _ended(states.get(row.grant_id), now)
-            if why is not None and row.grant_id not in on_target:
-                done.append(Reconciled(svc.name, row.grant_id, None, why))
-    with broker.transaction() as conn:
-        for item in done:
-            store.dropped(conn, item.grant_id, now)
-            _audit(
-                conn,
-                broker,
-                Action.IDENTITY_RECONCILE,
-                item.service,
-                item.grant_id,
-                identity=item.identity,
-                why=item.why,
-            )
-    return done
-
-
-class ReconcileLoop(Loop):
-    """Reconcile at start, then every ``identity_reconcile_interval`` seconds."""
-
-    name = "identity reconcile"
-
-    def __init__(self, broker: Broker, interval: float | None = None) -> None:
-        super().__init__(broker, interval or broker.settings.identity_reconcile_interval, max_backoff=60.0)
-
-    async def tick(self) -> None:
-        await asyncio.to_thread(reconcile, self.broker)
-
-    async def run(self) -> None:
-        await self.step()
-        await super().run()

@@ -1,10 +1,15 @@
-"""The login the broker presents to a dynamic service's target for a grant (the tunnel's seam)."""
+"""The login the broker presents to a dynamic service's target for a grant (the tunnel's seam),
+and the connection limit the broker keeps for the targets that have none of their own (Redis)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
+from access.broker.errors import RateLimited
 from access.broker.identities.sealing import Sealer
+from access.broker.store import connections
 from access.broker.store import grants as grant_store
 from access.broker.store import identities as store
 from access.broker.wire.base import TargetLogin
@@ -12,7 +17,7 @@ from access.broker.wire.base import TargetLogin
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
 
-__all__ = ["identity_login"]
+__all__ = ["check_connection_limit", "identity_login"]
 
 
 def identity_login(broker: Broker, grant_id: str) -> TargetLogin | None:
@@ -36,3 +41,33 @@ def identity_login(broker: Broker, grant_id: str) -> TargetLogin | None:
     svc = broker.policy.service(row.service)
     database = svc.options.get("database") if svc is not None and svc.kind != "redis" else None
     return TargetLogin(user=row.target_name, password=password, database=str(database) if database else None)
+
+
+def check_connection_limit(
+    conn: sa.Connection, broker: Broker, service: str, grant_id: str, target: str
+) -> None:
+    """Refuse one more connection of a grant to a dynamic Redis service once it has the policy's
+    ``connection_limit`` open, counted across replicas (``open_connections``, ``target`` being the
+    grant's audit target), in the caller's transaction, before it records the new one.
+
+    PostgreSQL (``CONNECTION LIMIT``) and MySQL (``MAX_USER_CONNECTIONS``) enforce the limit on
+    the identity themselves; Redis ACL users have no such limit, so the broker, through which
+    every connection of the identity goes (only the broker knows its password), keeps it. The
+    grant's row is locked while counting, so two replicas opening at once cannot both take the
+    last place. A connection counts from its ``connection.open`` until its ``connection.close``
+    is written (milliseconds after it closes; for a replica that died, once another writes it).
+
+    Raises:
+        RateLimited: the grant has ``connection_limit`` connections open already.
+    """
+    svc = broker.policy.service(service)
+    if svc is None or svc.kind != "redis" or not svc.dynamic or svc.credentials is None:
+        return
+    limit = svc.credentials.connection_limit
+    grant_store.lock(conn, grant_id)
+    if connections.count_open(conn, target) >= limit:
+        raise RateLimited(
+            f"grant {grant_id} already has {limit} connections open to {service}, the most its"
+            " identity may have (the service's connection_limit)",
+            hint="close one of them and connect again; operators: credentials.connection_limit in the policy",
+        )

@@ -32,8 +32,9 @@ the policy's explicit words, and Redis has no coarser hole than them.
 connections), ``ACL DELUSER <name>``; a user that is already gone is a success, and only names
 of ours (``access_...``) are ever ended.
 
-Not here, on purpose: Redis has no per-user connection limit (``connection_limit`` is the
-tunnel's to enforce) and no user expiry (the broker's expiry loop calls ``end``). Users are made
+Not here, on purpose: Redis has no per-user connection limit (the broker keeps the spec's
+``connection_limit`` at each channel's open: ``identities.logins.check_connection_limit``) and
+no user expiry (the broker's expiry loop calls ``end``). Users are made
 at runtime and never ``ACL SAVE``d: a restarted Redis has none of them left, which fails closed.
 
 Every wait is bounded: connect and reply timeouts, no retries.

@@ -18,6 +18,7 @@ from access.broker.store.tables import broker_instances, open_connections
 
 __all__ = [
     "add_open",
+    "count_open",
     "dead_instances",
     "heartbeat",
     "open_of",
@@ -99,6 +100,14 @@ def add_open(
 def remove_open(conn: sa.Connection, connection_id: str) -> bool:
     """Delete a connection's row; False when there was none (another replica closed it)."""
     return conn.execute(open_connections.delete().where(open_connections.c.id == connection_id)).rowcount > 0
+
+
+def count_open(conn: sa.Connection, target: str) -> int:
+    """How many connections to ``target`` (a grant's audit target) are open, on every instance."""
+    query = (
+        sa.select(sa.func.count()).select_from(open_connections).where(open_connections.c.target == target)
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def open_of(conn: sa.Connection, instance_id: str, limit: int) -> Sequence[Any]:

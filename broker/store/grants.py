@@ -23,6 +23,7 @@ __all__ = [
     "get",
     "insert",
     "list_for_principal",
+    "lock",
     "states",
     "usable_for_principal",
 ]
@@ -65,6 +66,13 @@ def get(conn: sa.Connection, grant_id: str) -> GrantRecord | None:
     """The grant with this id, or None."""
     row = conn.execute(sa.select(grants).where(grants.c.id == grant_id)).first()
     return None if row is None else GrantRecord.from_row(row)
+
+
+def lock(conn: sa.Connection, grant_id: str) -> None:
+    """Hold the grant's row until the caller's transaction ends (PostgreSQL ``FOR UPDATE``), so
+    what the caller counts for it cannot change meanwhile, whichever replica counts. SQLite needs
+    nothing: every transaction there already holds the one write lock (``BEGIN IMMEDIATE``)."""
+    conn.execute(sa.select(grants.c.id).where(grants.c.id == grant_id).with_for_update())
 
 
 def list_for_principal(

@@ -244,6 +244,8 @@ open_connections = sa.Table(
 # BEFORE the identity is made (state ``intended``), so a crash between the two leaves a trace.
 # ``intended`` -> ``created`` -> ``ending`` -> ``dropped``, or ``failed`` (creation refused).
 # ``password`` is sealed (AES-GCM, ``identities.sealing``): the store never holds it in clear.
+# ``attempt_at``: when the latest attempt to make it began (the issuing request's, or a
+# reconcile's that took over an ``intended`` row its issuer left); only that attempt records it.
 identities = sa.Table(
     "identities",
     metadata,
@@ -255,5 +257,6 @@ identities = sa.Table(
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("password", sa.LargeBinary, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    sa.Column("attempt_at", UTCDateTime, nullable=True),  # null: a row older than the column
     sa.Index("ix_identities_state", "state"),
 )

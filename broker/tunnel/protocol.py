@@ -514,8 +514,9 @@ class TunnelProtocol(MuxSession):
 
         try:
             grant: TunnelGrant = check()
-        except (Forbidden, Expired, NotFound) as exc:
-            # Someone signed in asked for a grant they cannot use: worth a line in the ledger.
+        except (Forbidden, Expired, NotFound, RateLimited) as exc:
+            # Someone signed in asked for a grant they cannot use (or for one more connection
+            # than its identity may have): worth a line in the ledger.
             # Someone else's grant is answered as a missing one, but recorded as before.
             why = "forbidden" if isinstance(exc, NotYours) else str(exc.code)
             ledger.record(

@@ -161,13 +161,15 @@ Dynamic = Callable[..., tuple[Broker, AuthContext]]
 
 @pytest.fixture
 def dynamic(make_broker: Callable[..., Broker], place: Place, leftovers: Callable[[Broker], None]) -> Dynamic:
-    """``dynamic(clock=None, user="alice", policy=None)``: a broker on the (place's) policy (its
-    identities ended after the test) and a user of group sre on it."""
+    """``dynamic(clock=None, user="alice", policy=None, kind="user", **settings)``: a broker on the
+    (place's) policy (its identities ended after the test) and a principal of group sre on it."""
 
-    def make(clock: Any = None, user: str = "alice", policy: Any = None) -> tuple[Broker, AuthContext]:
-        broker = make_broker(policy=policy or place.policy(), clock=clock)
+    def make(
+        clock: Any = None, user: str = "alice", policy: Any = None, kind: str = "user", **settings: Any
+    ) -> tuple[Broker, AuthContext]:
+        broker = make_broker(policy=policy or place.policy(), clock=clock, **settings)
         leftovers(broker)
-        return broker, add_principal(broker, user)
+        return broker, add_principal(broker, user, kind=kind)
 
     return make
 

@@ -27,6 +27,7 @@ from access.broker.events.outbox import OutboxLoop
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.identities import lifecycle as identities
 from access.broker.identities.logins import identity_login
+from access.broker.identities.reconcile import reconcile
 from access.broker.identities.targets import broker_id, provisioner
 from access.broker.provision.base import IdentitySpec
 from access.broker.provision.common import wait_until
@@ -79,6 +80,9 @@ class Session:
                 cur.execute(f"INSERT INTO {place.schema}.t VALUES (1)")
         else:
             self.handle.set(f"{place.schema}:k", "v")
+
+    def close(self) -> None:
+        self.handle.close()
 
     def cut(self, place: Place) -> bool:
         try:
@@ -255,7 +259,7 @@ def test_reconcile_closes_a_trace_with_nothing_made_and_drops_what_the_store_los
     fake_clock.advance(timedelta(minutes=2))
     assert sorted(on_target(broker, "svc-pg")) == [lost]
 
-    done = identities.reconcile(broker)
+    done = reconcile(broker)
     assert {(d.grant_id, d.identity, d.why) for d in done} == {
         (record.id, None, "grant expired"),
         ("g-lost0000000000", lost, "unknown grant"),
@@ -267,7 +271,7 @@ def test_reconcile_closes_a_trace_with_nothing_made_and_drops_what_the_store_los
     assert sorted(d["grant_id"] for a, d in actions(broker) if a == "identity.reconcile") == sorted(
         [record.id, "g-lost0000000000"]
     )
-    assert identities.reconcile(broker) == []  # nothing left to do
+    assert reconcile(broker) == []  # nothing left to do
 
 
 def test_reconcile_leaves_active_grants_and_other_brokers_alone(
@@ -277,7 +281,7 @@ def test_reconcile_leaves_active_grants_and_other_brokers_alone(
     grant = issue(broker, alice, "svc-rd")
     other, bob = dynamic(user="bob")
     theirs = issue(other, bob, "svc-rd")
-    assert identities.reconcile(broker) == []
+    assert reconcile(broker) == []
     assert identity_login(broker, grant.id) is not None
     assert len(on_target(other, "svc-rd")) == 1 and theirs.id
 

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,6 +144,20 @@ def _policy(echo_port: int, dead_port: int, stream_port: int | None = None) -> d
             }
         ],
     }
+
+
+def stream_as_redis(monkeypatch: pytest.MonkeyPatch, **service: Any) -> int:
+    """For a module's ``stream_port`` fixture: svc-stream becomes a redis service on the shared
+    Redis (with ``service``'s keys, ``credentials`` say); returns the port it listens on."""
+    plain = _policy
+
+    def policy(echo_port: int, dead_port: int, stream_port: int | None = None) -> dict[str, Any]:
+        made = plain(echo_port, dead_port, stream_port)
+        made["services"][0].update(kind="redis", **service)
+        return made
+
+    monkeypatch.setattr(sys.modules[__name__], "_policy", policy)
+    return 6379
 
 
 def _free_port() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
 
 import pytest
 import redis
@@ -33,15 +32,7 @@ from tests.broker.tunnel.test_protocol import (
 @pytest.fixture
 def stream_port(monkeypatch: pytest.MonkeyPatch) -> int:
     """svc-stream is the shared Redis, as a redis service (the broker logs in to it)."""
-    plain = test_protocol._policy
-
-    def policy(echo_port: int, dead_port: int, stream_port: int | None = None) -> dict[str, Any]:
-        made = plain(echo_port, dead_port, stream_port)
-        made["services"][0]["kind"] = "redis"
-        return made
-
-    monkeypatch.setattr(test_protocol, "_policy", policy)
-    return 6379
+    return test_protocol.stream_as_redis(monkeypatch)
 
 
 def test_a_full_statement_sink_ends_the_channel_before_forwarding(setup: Setup) -> None:  # noqa: F811
