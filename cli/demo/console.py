@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 
 import typer
 
-__all__ = ["command", "note", "output", "say"]
+__all__ = ["command", "note", "output", "quote", "say"]
+
+_DOUBLE_QUOTE_SAFE = re.compile(r'(?:[^"$`\\!]|\\[^$`"\\\n])*')
 
 
 def say(text: str) -> None:
@@ -19,9 +22,20 @@ def note(text: str) -> None:
     typer.echo(f"  {text}", err=True)
 
 
-def command(argv: Sequence[str], suffix: str = "") -> None:
-    """``$ argv`` as a shell would read it, before the demo runs it."""
-    typer.secho("$ " + shlex.join(argv) + suffix, err=True, fg=typer.colors.CYAN)
+def quote(arg: str) -> str:
+    """``arg`` as a shell reads it back: SQL with quotes in it goes in double quotes where that
+    means the same, which reads better than ``shlex.quote``'s ``'"'"'``."""
+    if "'" in arg and _DOUBLE_QUOTE_SAFE.fullmatch(arg):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def command(argv: Sequence[str], suffix: str = "", *, stdin: str | None = None) -> None:
+    """``$ argv`` as a shell would read it (``stdin`` as a here-string), before the demo runs it."""
+    line = " ".join(quote(arg) for arg in argv)
+    if stdin is not None:
+        line += " <<< " + quote(stdin)
+    typer.secho("$ " + line + suffix, err=True, fg=typer.colors.CYAN)
 
 
 def output(*streams: str) -> None:

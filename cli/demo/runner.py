@@ -47,14 +47,24 @@ class Runner:
         self.ca = make_ca(workdir / "ca")
         self.broker: subprocess.Popen[str] | None = None
         self.url = ""
+        # No PostgreSQL password reaches the broker or the CLI but the admin password file the
+        # policy names: what the demo shows logging in without one really has none.
+        self.no_pgpass = workdir / "no-pgpass"  # never made: libpq finds no password file
+        nopass = {"PGPASSFILE": str(self.no_pgpass)}
         self.broker_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ACCESS_")},
+            **{k: v for k, v in os.environ.items() if not k.startswith("ACCESS_") and k != "PGPASSWORD"},
+            **nopass,
             "ACCESS_BROKER_DATA_DIR": str(workdir / "broker"),
             "ACCESS_BROKER_DEVICE_POLL_INTERVAL": "1",
             "ACCESS_BROKER_LOG_LEVEL": "warning",
         }
         self.cli_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("ACCESS_", "PYTHON_KEYRING"))},
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("ACCESS_", "PYTHON_KEYRING")) and k != "PGPASSWORD"
+            },
+            **nopass,
             "XDG_CONFIG_HOME": str(workdir / "config"),
             "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
             "ACCESS_CA_FILE": str(self.ca.ca_cert),
@@ -179,6 +189,20 @@ class Runner:
         entry = tokens.get(self.url, tokens) if isinstance(tokens, dict) else {}
         token = entry.get("access_token", "") if isinstance(entry, dict) else ""
         return str(token)
+
+    def broker_id(self) -> str:
+        """The id this broker tags its per-grant roles with: its token signing key's id, which is
+        also the ``kid`` in the header of every token it issues.
+
+        Raises:
+            RuntimeError: the stored token has no readable ``kid``.
+        """
+        header = self.access_token().split(".", 1)[0]
+        try:
+            kid = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError("the token access login stored has no readable key id") from exc
+        return str(kid)
 
     def replay_handshake(self, grant_id: str) -> str:
         """Ask the broker's tunnel endpoint for ``grant_id`` directly and report its answer."""

@@ -1,39 +1,15 @@
-"""What the demo's service points at: the local PostgreSQL, or the built-in echo service."""
+"""The demo's policy, and the built-in echo service its service points at when no PostgreSQL is
+reachable (``postgres`` has the PostgreSQL side)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
-import subprocess
 import threading
 import time
+from typing import Any
 
-from access.cli.demo import console
-
-__all__ = ["EchoService", "hold_session", "policy", "postgres_reachable"]
-
-
-def postgres_reachable() -> bool:
-    """True when psql can run a query on 127.0.0.1:5432 as postgres (the demo's real target)."""
-    if shutil.which("psql") is None:
-        return False
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
-            pass
-    except OSError:
-        return False
-    env = {**os.environ, "PGCONNECT_TIMEOUT": "2"}
-    result = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc", "select 1", "-w"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=10,
-        check=False,
-    )
-    return result.returncode == 0
+__all__ = ["EchoService", "hold_echo", "policy"]
 
 
 class EchoService:
@@ -66,23 +42,24 @@ class EchoService:
         self.sock.close()
 
 
-def policy(target: str, kind: str, options: dict[str, str]) -> str:
+def policy(target: str, kind: str, options: dict[str, str], credentials: dict[str, Any] | None = None) -> str:
     """The demo's policy: one service, ``demo-db``; the group ``sre`` may read it for 30 minutes."""
     import yaml
 
+    service: dict[str, Any] = {
+        "name": "demo-db",
+        "kind": kind,
+        "target": target,
+        "description": "the demo target",
+        "scopes": ["read", "write"],
+        "max_ttl": "1h",
+        "options": options,
+    }
+    if credentials is not None:
+        service["credentials"] = credentials
     return yaml.safe_dump(
         {
-            "services": [
-                {
-                    "name": "demo-db",
-                    "kind": kind,
-                    "target": target,
-                    "description": "the demo target",
-                    "scopes": ["read", "write"],
-                    "max_ttl": "1h",
-                    "options": options,
-                }
-            ],
+            "services": [service],
             "rules": [
                 {
                     "name": "sre-demo",
@@ -99,25 +76,8 @@ def policy(target: str, kind: str, options: dict[str, str]) -> str:
     )
 
 
-def hold_session(kind: str, port: int, options: dict[str, str]) -> tuple[float, str]:
-    """Hold a live session through the tunnel until the broker cuts it; return when, and what."""
-    if kind == "postgres":
-        env = {**os.environ, "PGCONNECT_TIMEOUT": "5"}
-        cmd = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", options["user"], "-d", options["database"]]
-        console.command(
-            ["psql", "-h", "127.0.0.1", "-p", "PORT", "-c", "select pg_sleep(60)"], "   (a long query)"
-        )
-        result = subprocess.run(
-            [*cmd, "-c", "select pg_sleep(60)"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=90,
-            check=False,
-        )
-        at = time.time()
-        last = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
-        return at, f"psql exited {result.returncode} ({last.strip()})"
+def hold_echo(port: int) -> tuple[float, str]:
+    """Hold a connection to the echo service through the tunnel until the broker cuts it; when."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
         conn.settimeout(60)
         conn.recv(100)
