@@ -1,4 +1,9 @@
-"""`access demo` runs the whole loop against its own throwaway broker and says what it did."""
+"""`access demo` runs the whole loop against its own throwaway broker and says what it did.
+
+On the local PostgreSQL its service is dynamic (issue 10): the test reads the demo's own admin
+queries (real ``pg_roles`` and ``pg_stat_activity`` rows, printed as the demo ran) for each grant's
+role appearing and going, then checks the server itself for anything the demo left.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,18 @@ import re
 import subprocess
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.e2e.conftest import ACCESS
 
 pytestmark = pytest.mark.e2e
+
+
+def _one(pattern: str, text: str) -> re.Match[str]:
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found, f"{pattern!r} not in the demo's output:\n{text}"
+    return found
 
 
 def test_demo_goes_all_the_way(tmp_path: Path) -> None:
@@ -32,3 +44,33 @@ def test_demo_goes_all_the_way(tmp_path: Path) -> None:
     assert "connection.open" in out and "connection.close" in out
     assert re.search(r"ledger OK: \d+ entries", out)
     assert not list(tmp_path.glob("access-demo-*")), "the demo left its temporary directory behind"
+
+    # Issue 10: each grant logs in as a role of its own, made for it and dropped when it ends.
+    database = _one(r"database (access_demo_[0-9a-f]{8}) \(made for this run\)", out).group(1)
+    broker = _one(r"tagged by this broker \(([A-Za-z0-9_-]+)\)", out).group(1)
+    assert _one(rf"-v broker={re.escape(broker)} <<< .*\n    (\d+)$", out).group(1) == "0"  # none before
+    roles = re.findall(r"^    rolname\s+\| (access_demo_[a-z0-9]{6})$", out, re.MULTILINE)
+    assert len(roles) == 2 and roles[0] != roles[1], out  # one per grant: exec's, then the cut one's
+    assert len(re.findall(r"^    member_of\s+\| \{pg_read_all_data\}$", out, re.MULTILINE)) == 2
+    assert len(re.findall(r"^    rolconnlimit\s+\| 3$", out, re.MULTILINE)) == 2
+    assert len(re.findall(r"^    rolvaliduntil\s+\| 20\d\d-", out, re.MULTILINE)) == 2
+    read, cut_role = roles
+    assert re.search(rf"^     {read}$", out, re.MULTILINE)  # `select current_user` through the tunnel
+    assert "ERROR:  permission denied for table orders" in out  # the target refuses the write
+    after_revoke = float(_one(rf"role {read} gone (\d+\.\d+)s after `access revoke` returned", out).group(1))
+    assert after_revoke < 5
+    _one(rf"^    \d+\|{cut_role}\|PgSleep\|select pg_sleep\(60\)$", out)  # its live session on the server
+    after_expiry = float(
+        _one(rf"role {cut_role} and its session \(pid \d+\) gone ([+-]\d+\.\d+)s", out).group(1)
+    )
+    assert 0 <= after_expiry < 5
+    assert "identity.create" in out and "identity.drop" in out
+
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as pg:
+        left = pg.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"
+            " OR split_part(shobj_description(oid, 'pg_authid'), ' broker=', 2) = %s",
+            [roles, broker],
+        ).fetchall()
+        assert left == [], "the demo left roles behind"
+        assert pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone() is None
