@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
+from access.broker.audit.canonical import Plain
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 
 BATCH_STATEMENTS = 500  # statements in one ledger entry at most
 BATCH_BYTES = 256 * 1024  # about this much text in one ledger entry at most (one statement more may pass it)
+GROUP_ENTRIES = 16  # entries written in one transaction at most (one chain lock, one commit)
 ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (numbers, time, kind, name)
 
 
@@ -76,9 +78,21 @@ ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (number
 # connection's ``first_n`` plus its place in the queue). A tuple: ``add`` makes one per statement.
 _Row = tuple[datetime, Statement]
 
+# What ``add`` hands to the writer: (connection, grant, service, actor, number of the first
+# statement, the broker's time, the statements); ``close`` hands (connection, None, ...).
+_Item = tuple[str, str, str, str, int, datetime | None, Sequence[Statement]]
+_CLOSE: Sequence[Statement] = ()
 
-def _size(row: _Row) -> int:
-    return len(row[1].text) + ROW_OVERHEAD
+
+def _within_bytes(rows: list[_Row]) -> tuple[list[_Row], int]:
+    """The first of ``rows`` that fit in ``BATCH_BYTES`` (at least one), and their size."""
+    size = 0
+    for i, row in enumerate(rows):
+        row_size = len(row[1].text) + ROW_OVERHEAD
+        if i and size + row_size > BATCH_BYTES:
+            return rows[:i], size
+        size += row_size
+    return rows, size
 
 
 @dataclass(slots=True)
@@ -87,26 +101,50 @@ class _Connection:
     grant_id: str
     service: str
     actor: str
-    rows: deque[_Row] = field(default_factory=deque)
-    first_n: int = 0  # the number of rows[0]
-    next_n: int = 0
+    rows: list[_Row] = field(default_factory=list)
+    start: int = 0  # rows[start:] wait to be written (the ones before it are, and go in bulk)
+    first_n: int = 0  # the number of rows[start]
     closed: bool = False
+
+    def written(self, count: int) -> None:
+        """The writer: ``count`` more rows are in the ledger."""
+        self.start += count
+        self.first_n += count
+        if self.start == len(self.rows):
+            self.rows.clear()
+            self.start = 0
+        elif self.start > 4096 and 2 * self.start > len(self.rows):
+            del self.rows[: self.start]
+            self.start = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self.rows) - self.start
 
 
 class StatementLog:
-    """The statements of this process's channels not yet in the ledger, per connection, in order."""
+    """The statements of this process's channels not yet in the ledger, per connection, in order.
+
+    Two sides, no lock between them: the event loop's ``add``/``close`` append to a queue (a
+    deque: its ``append`` and ``popleft`` are atomic) and count what they added; the writer
+    (``flush``, one thread at a time) moves the queue into its per-connection rows, writes them
+    and counts what it wrote. Each counter has one writing thread; ``pending`` is their
+    difference, so the ceiling holds without the event loop ever waiting for the writer.
+    """
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.limit = broker.settings.statement_log_limit
         self.max_bytes = broker.settings.statement_log_bytes
-        self._connections: dict[str, _Connection] = {}
-        self._count = 0
-        self._bytes = 0
-        self._lock = threading.Lock()  # guards the above
+        self._queue: deque[_Item] = deque()  # add/close -> the writer
+        self._next_n: dict[str, int] = {}  # add's side: the next statement number per connection
+        self._added = 0  # add's side: statements (and bytes) queued since the start
+        self._added_bytes = 0
+        self._done = 0  # the writer's side: statements (and bytes) written since the start
+        self._done_bytes = 0
+        self._connections: dict[str, _Connection] = {}  # the writer's side
         self._writer = threading.Lock()  # one writer at a time keeps each connection's batches in order
         self.refused = 0  # statements ``add`` refused (the buffer was full), since the start
-        self.written = 0  # statements written to the ledger, since the start
         self.entries = 0  # ledger entries written, since the start
         self.on_due: Callable[[], None] | None = None  # set by the flush loop: "flush soon"
         self.waiting_logged = False
@@ -114,11 +152,16 @@ class StatementLog:
     @property
     def pending(self) -> int:
         """Statements queued, not yet in the ledger."""
-        return self._count
+        return self._added - self._done
 
     @property
     def pending_bytes(self) -> int:
-        return self._bytes
+        return self._added_bytes - self._done_bytes
+
+    @property
+    def written(self) -> int:
+        """Statements written to the ledger, since the start."""
+        return self._done
 
     def add(
         self,
@@ -129,50 +172,62 @@ class StatementLog:
         actor: str,
         statements: Sequence[Statement],
     ) -> bool:
-        """Queue ``statements`` of one connection (no database work: callable from the event loop).
+        """Queue ``statements`` of one connection (no database work, no lock: for the event loop).
 
         Returns False, having queued none of them, when they do not fit in the buffer (it is full,
         typically because the database has been unreachable for a while): the caller must not
         forward the bytes that carried them, and should end the channel (fail closed).
         """
-        if not statements:
+        count = len(statements)
+        if not count:
             return True
-        size = 0
+        size = count * ROW_OVERHEAD
         for statement in statements:
-            size += len(statement.text) + ROW_OVERHEAD
+            size += len(statement.text)
+        if (
+            self._added - self._done + count > self.limit
+            or self._added_bytes - self._done_bytes + size > self.max_bytes
+        ):
+            self.refused += count
+            return False
+        first = self._next_n.get(connection_id, 0)
+        self._next_n[connection_id] = first + count
         at = self.broker.clock.now()
-        with self._lock:
-            if self._count + len(statements) > self.limit or self._bytes + size > self.max_bytes:
-                self.refused += len(statements)
-                return False
-            conn = self._connections.get(connection_id)
-            if conn is None:
-                conn = self._connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
-            rows = conn.rows
-            rows.extend([(at, statement) for statement in statements])
-            conn.next_n += len(statements)
-            conn.closed = False
-            self._count += len(statements)
-            self._bytes += size
-            # Wake the writer when this connection's queue reaches another full batch (once, not
-            # on every add after it: while the database is down the queue only grows).
-            due = (len(rows) - len(statements)) // BATCH_STATEMENTS < len(rows) // BATCH_STATEMENTS
-        if due and self.on_due is not None:
+        self._queue.append((connection_id, grant_id, service, actor, first, at, statements))
+        self._added_bytes += size
+        self._added += count
+        # Wake the writer when this connection passes another full batch (once, not on every add
+        # after it: while the database is down the queue only grows).
+        if first // BATCH_STATEMENTS != (first + count) // BATCH_STATEMENTS and self.on_due is not None:
             self.on_due()
         return True
 
     def close(self, connection_id: str) -> None:
-        """The channel ended: write its statements soon and then forget it (callable from the event loop)."""
-        with self._lock:
-            conn = self._connections.get(connection_id)
-            if conn is None:
-                return
-            if not conn.rows:
-                del self._connections[connection_id]
-                return
-            conn.closed = True
+        """The channel ended: write its statements soon and then forget it (for the event loop)."""
+        if self._next_n.pop(connection_id, None) is None:
+            return  # it never had a statement
+        self._queue.append((connection_id, "", "", "", 0, None, _CLOSE))
         if self.on_due is not None:
             self.on_due()
+
+    def _take_queue(self) -> None:
+        """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""
+        queue, connections = self._queue, self._connections
+        while queue:
+            connection_id, grant_id, service, actor, first, at, statements = queue.popleft()
+            conn = connections.get(connection_id)
+            if at is None:  # close
+                if conn is not None:
+                    if conn.waiting:
+                        conn.closed = True
+                    else:
+                        del connections[connection_id]
+                continue
+            if conn is None:
+                conn = connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
+                conn.first_n = first
+            conn.closed = False
+            conn.rows.extend([(at, statement) for statement in statements])
 
     def flush(self) -> int:
         """Worker thread: write every queued statement, one entry per connection and batch, in
@@ -185,29 +240,26 @@ class StatementLog:
             return 0  # another thread is writing: it takes what was just queued too
         written = 0
         try:
-            with self._lock:
-                budget = self._count  # what is queued now: channels that keep adding wait for the next flush
+            self._take_queue()
+            budget = sum(conn.waiting for conn in self._connections.values())
+            # (what is queued now: channels that keep adding wait for the next flush)
             while written < budget:
-                with self._lock:
-                    batch = self._next_batch()
-                if batch is None:
+                group = self._next_group()
+                if not group:
                     break
-                conn, rows = batch
-                self._write(conn, rows)
-                with self._lock:
-                    for _ in rows:
-                        conn.rows.popleft()
-                    conn.first_n += len(rows)
-                    self._count -= len(rows)
-                    self._bytes -= sum(_size(row) for row in rows)
-                    if conn.rows:  # to the back of the line: one busy channel does not hold up the others
+                self._write(group)
+                for conn, rows, size in group:
+                    conn.written(len(rows))
+                    self._done_bytes += size
+                    self._done += len(rows)
+                    written += len(rows)
+                    self.entries += 1
+                for conn, _rows, _size in group:
+                    if conn.waiting:  # to the back of the line: one busy channel does not hold up the others
                         self._connections.pop(conn.connection_id, None)
                         self._connections[conn.connection_id] = conn
                     elif conn.closed:
                         self._connections.pop(conn.connection_id, None)
-                written += len(rows)
-                self.written += len(rows)
-                self.entries += 1
         finally:
             self._writer.release()
         if self.waiting_logged and written:
@@ -215,42 +267,53 @@ class StatementLog:
             self.waiting_logged = False
         return written
 
-    def _next_batch(self) -> tuple[_Connection, list[_Row]] | None:
-        """The oldest statements of the first connection with any (under ``_lock``)."""
-        for conn in self._connections.values():
-            if not conn.rows:
-                continue
-            rows: list[_Row] = []
-            size = 0
-            for row in conn.rows:
-                row_size = _size(row)
-                if len(rows) >= BATCH_STATEMENTS or (rows and size + row_size > BATCH_BYTES):
-                    break
-                rows.append(row)
-                size += row_size
-            return conn, rows
-        return None
+    def _next_group(self) -> list[tuple[_Connection, list[_Row], int]]:
+        """The next entries to write in one transaction (the writer's side): each connection's
+        oldest batch in turn, then each one's next, at most ``GROUP_ENTRIES`` in all; with the
+        bytes each batch counts against the ceiling."""
+        group: list[tuple[_Connection, list[_Row], int]] = []
+        cursors = [(conn, conn.start) for conn in self._connections.values() if conn.waiting]
+        while cursors:
+            later: list[tuple[_Connection, int]] = []
+            for conn, pos in cursors:
+                rows = conn.rows[pos : pos + BATCH_STATEMENTS]
+                size = sum([len(row[1].text) for row in rows]) + ROW_OVERHEAD * len(rows)
+                if size > BATCH_BYTES:
+                    rows, size = _within_bytes(rows)
+                group.append((conn, rows, size))
+                if len(group) >= GROUP_ENTRIES:
+                    return group
+                pos += len(rows)
+                if pos < len(conn.rows):
+                    later.append((conn, pos))
+            cursors = later
+        return group
 
-    def _write(self, conn: _Connection, rows: list[_Row]) -> None:
-        details: dict[str, Any] = {
-            "connection": conn.connection_id,
-            "grant": conn.grant_id,
-            "service": conn.service,
-            "first": conn.first_n,
-            "count": len(rows),
-            "at": ledger.format_time(rows[0][0]),
-            "statements": _compact(rows),
-        }
+    def _write(self, group: list[tuple[_Connection, list[_Row], int]]) -> None:
+        """One transaction: one ledger entry per (connection, rows), in order (all or none)."""
         with self.broker.transaction() as db:
-            ledger.append(
-                db,
-                self.broker.clock,
-                actor=conn.actor,
-                action=Action.CONNECTION_STATEMENTS,
-                # grants.grant_target's form ("service:NAME/GRANT"): ``--service`` and ``--grant`` find it
-                target=f"service:{conn.service}/{conn.grant_id}",
-                details=details,
-            )
+            first_of: dict[str, int] = {}
+            for conn, rows, _size in group:
+                first = first_of.get(conn.connection_id, conn.first_n)
+                first_of[conn.connection_id] = first + len(rows)
+                details: dict[str, Any] = {
+                    "connection": conn.connection_id,
+                    "grant": conn.grant_id,
+                    "service": conn.service,
+                    "first": first,
+                    "count": len(rows),
+                    "at": ledger.format_time(rows[0][0]),
+                    "statements": _compact(rows),
+                }
+                ledger.append(
+                    db,
+                    self.broker.clock,
+                    actor=conn.actor,
+                    action=Action.CONNECTION_STATEMENTS,
+                    # grants.grant_target's form ("service:NAME/GRANT"): ``--service`` and ``--grant`` find it
+                    target=f"service:{conn.service}/{conn.grant_id}",
+                    details=details,
+                )
 
     def flush_now(self) -> None:
         """Worker thread: ``flush``, and say once (not per batch) when statements must wait."""
@@ -279,20 +342,21 @@ class StatementLog:
             log.error("%d statements could not be written to the audit ledger before the stop", self.pending)
 
 
-def _compact(rows: list[_Row]) -> list[list[Any]]:
+def _compact(rows: list[_Row]) -> Plain:
     """The rows as ``[µs after the batch's at, kind, text]`` (``+ [name]`` where there is one).
 
-    Lists, not objects, and an integer offset, not a time per row: the hash's canonical JSON
-    (RFC 8785, pure Python) costs per item, and this form costs a third of ``{n, at, kind, text}``.
-    Text is made valid UTF-8 first (a lone surrogate would make the entry unhashable, and the
-    batch unwritable for ever).
+    Lists, not objects, and an integer offset, not a time per row: this form costs a third of
+    ``{n, at, kind, text}`` in the hash's canonical JSON. Text is made valid UTF-8 first (a lone
+    surrogate would make the entry unhashable, and the batch unwritable for ever). The result
+    is a ``canonical.Plain``: only such ints and strings, so the canonical JSON does not check
+    each item again.
     """
     start = rows[0][0]
-    compact: list[list[Any]] = []
+    compact = Plain()
     for at, statement in rows:
         text = statement.text if statement.text.isascii() else _utf8(statement.text)
         offset = (at - start) // _MICROSECOND
-        item: list[Any] = [offset, statement.kind, text]
+        item = Plain((offset, statement.kind if statement.kind.isascii() else _utf8(statement.kind), text))
         if statement.name is not None:
             item.append(statement.name if statement.name.isascii() else _utf8(statement.name))
         compact.append(item)
