@@ -27,10 +27,11 @@ the database is down the flusher backs off and keeps everything queued, so ``add
 returning True until the ceiling, then False; once the database answers, what waited is written,
 in order. A write whose COMMIT timed out may have committed after all: the retry writes the batch
 again (same ``connection``/``n``), which readers (``access audit --queries``) show once. A process
-that stops writes what is queued until its stop deadline (``stop``); one that dies loses what it
-had queued but not written (at most about ``statement_flush_interval`` seconds of statements, or
-the whole buffer while the database was down) and its ``connection.close`` says how many statements
-the channel relayed.
+that stops writes what is queued until its stop deadline (``stop``); what one that dies had
+queued but not written is in its journal (``audit.journal``: each loop turn's statements are
+appended there at the end of the turn), which the next process on the data folder replays at its
+start (``StatementFlushLoop.run`` -> ``read_journals``/``queue_recovered``). A journal that cannot
+be written makes ``add`` refuse from then on (fail closed).
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from access.broker.audit import ledger
+from access.broker.audit import journal, ledger
 from access.broker.audit.actions import Action
 from access.broker.audit.canonical import Plain
+from access.broker.audit.journal import Journal, JournalError
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
@@ -79,9 +82,11 @@ ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (number
 _Row = tuple[datetime, Statement]
 
 # What ``add`` hands to the writer: (connection, grant, service, actor, number of the first
-# statement, the broker's time, the statements); ``close`` hands (connection, None, ...).
-_Item = tuple[str, str, str, str, int, datetime | None, Sequence[Statement]]
+# statement, the broker's time, the statements, the journal generation they are in); ``close``
+# hands (connection, ..., None, _CLOSE, 0) and a journal rotation ("", ..., None, _SEAL, old).
+_Item = tuple[str, str, str, str, int, datetime | None, Sequence[Statement], int]
 _CLOSE: Sequence[Statement] = ()
+_SEAL: Sequence[Statement] = ()
 
 
 def _within_bytes(rows: list[_Row]) -> tuple[list[_Row], int]:
@@ -105,9 +110,20 @@ class _Connection:
     start: int = 0  # rows[start:] wait to be written (the ones before it are, and go in bulk)
     first_n: int = 0  # the number of rows[start]
     closed: bool = False
+    generations: deque[list[int]] = field(default_factory=deque)  # [generation, rows] of rows[start:]
 
-    def written(self, count: int) -> None:
-        """The writer: ``count`` more rows are in the ledger."""
+    def written(self, count: int, outstanding: dict[int, int]) -> None:
+        """The writer: ``count`` more rows are in the ledger (``outstanding`` per journal generation)."""
+        left = count
+        generations = self.generations
+        while left:
+            head = generations[0]
+            step = min(left, head[1])
+            head[1] -= step
+            outstanding[head[0]] -= step
+            left -= step
+            if not head[1]:
+                generations.popleft()
         self.start += count
         self.first_n += count
         if self.start == len(self.rows):
@@ -148,6 +164,17 @@ class StatementLog:
         self.entries = 0  # ledger entries written, since the start
         self.on_due: Callable[[], None] | None = None  # set by the flush loop: "flush soon"
         self.waiting_logged = False
+        # The journal (audit.journal): what add queued is on disk before the writer has it. With
+        # an event loop bound (``bind``), one write per loop turn for what that turn added.
+        self.journal = Journal(Path(broker.settings.data_dir) / "statements")
+        self.journal_failed: str | None = None  # why the journal cannot be written: add refuses
+        self._generation = 0  # the add side's last journal generation
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn_records: list[list[Any]] = []
+        self._turn_items: list[_Item] = []
+        self._outstanding: dict[int, int] = {}  # the writer's side: rows not written per generation
+        self._sealed: set[int] = set()  # the writer's side: generations that take no more rows
+        self._recovered: dict[int, list[tuple[Path, int]]] = {}  # replayed files per generation
 
     @property
     def pending(self) -> int:
@@ -157,6 +184,11 @@ class StatementLog:
     @property
     def pending_bytes(self) -> int:
         return self._added_bytes - self._done_bytes
+
+    @property
+    def has_work(self) -> bool:
+        """Statements to write, or something queued for the writer (a close, a journal to drop)."""
+        return bool(self.pending or self._queue or self._sealed)
 
     @property
     def written(self) -> int:
@@ -187,13 +219,30 @@ class StatementLog:
         if (
             self._added - self._done + count > self.limit
             or self._added_bytes - self._done_bytes + size > self.max_bytes
+            or self.journal_failed is not None
         ):
             self.refused += count
             return False
         first = self._next_n.get(connection_id, 0)
         self._next_n[connection_id] = first + count
         at = self.broker.clock.now()
-        self._queue.append((connection_id, grant_id, service, actor, first, at, statements))
+        self._turn_records.append(
+            [
+                "S",
+                connection_id,
+                grant_id,
+                service,
+                actor,
+                first,
+                round(at.timestamp() * 1_000_000),
+                [[statement.kind, statement.text, statement.name] for statement in statements],
+            ]
+        )
+        self._turn_items.append((connection_id, grant_id, service, actor, first, at, statements, 0))
+        if self._loop is None:
+            self._end_turn()
+        elif len(self._turn_items) == 1:
+            self._loop.call_soon(self._end_turn)
         self._added_bytes += size
         self._added += count
         # Wake the writer when this connection passes another full batch (once, not on every add
@@ -206,15 +255,52 @@ class StatementLog:
         """The channel ended: write its statements soon and then forget it (for the event loop)."""
         if self._next_n.pop(connection_id, None) is None:
             return  # it never had a statement
-        self._queue.append((connection_id, "", "", "", 0, None, _CLOSE))
+        self._turn_items.append((connection_id, "", "", "", 0, None, _CLOSE, 0))
+        self._end_turn()  # now: its last statements go to the writer with it
         if self.on_due is not None:
             self.on_due()
 
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """``add`` runs on ``loop`` (one journal write per loop turn), or (None) on any thread,
+        each ``add`` written at once."""
+        self._end_turn()
+        self._loop = loop
+
+    def _end_turn(self) -> None:
+        """Write this turn's statements to the journal, then hand them to the writer.
+
+        They were forwarded already (the journal write closes the turn that relayed them): if
+        the journal cannot be written they still go to the writer, and ``add`` refuses from now
+        on, so channels stop (fail closed) rather than relay what could be lost.
+        """
+        items = self._turn_items
+        if not items:
+            return
+        records, self._turn_records, self._turn_items = self._turn_records, [], []
+        generation = self._generation
+        if records:
+            try:
+                generation = self.journal.append(records)
+            except JournalError as exc:
+                if self.journal_failed is None:
+                    log.error("statement journal failed, channels to logged-in services stop: %s", exc)
+                self.journal_failed = str(exc)
+        if generation != self._generation:
+            if self._generation:
+                self._queue.append(("", "", "", "", 0, None, _SEAL, self._generation))
+            self._generation = generation
+        queue = self._queue
+        for connection_id, grant_id, service, actor, first, at, statements, _ in items:
+            queue.append((connection_id, grant_id, service, actor, first, at, statements, generation))
+
     def _take_queue(self) -> None:
         """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""
-        queue, connections = self._queue, self._connections
+        queue, connections, outstanding = self._queue, self._connections, self._outstanding
         while queue:
-            connection_id, grant_id, service, actor, first, at, statements = queue.popleft()
+            connection_id, grant_id, service, actor, first, at, statements, generation = queue.popleft()
+            if statements is _SEAL:
+                self._sealed.add(generation)
+                continue
             conn = connections.get(connection_id)
             if at is None:  # close
                 if conn is not None:
@@ -228,6 +314,12 @@ class StatementLog:
                 conn.first_n = first
             conn.closed = False
             conn.rows.extend([(at, statement) for statement in statements])
+            outstanding[generation] = outstanding.get(generation, 0) + len(statements)
+            generations = conn.generations
+            if generations and generations[-1][0] == generation:
+                generations[-1][1] += len(statements)
+            else:
+                generations.append([generation, len(statements)])
 
     def flush(self) -> int:
         """Worker thread: write every queued statement, one entry per connection and batch, in
@@ -249,7 +341,7 @@ class StatementLog:
                     break
                 self._write(group)
                 for conn, rows, size in group:
-                    conn.written(len(rows))
+                    conn.written(len(rows), self._outstanding)
                     self._done_bytes += size
                     self._done += len(rows)
                     written += len(rows)
@@ -260,12 +352,84 @@ class StatementLog:
                         self._connections[conn.connection_id] = conn
                     elif conn.closed:
                         self._connections.pop(conn.connection_id, None)
+                self.journal.note_written(
+                    list({conn.connection_id: conn.first_n for conn, _r, _s in group}.items())
+                )
+                self._drop_written_journals()
         finally:
             self._writer.release()
         if self.waiting_logged and written:
             log.warning("statements that waited for the database are in the audit ledger")
             self.waiting_logged = False
         return written
+
+    def _drop_written_journals(self) -> None:
+        """The writer: delete each journal that takes no more rows and has all of its rows written."""
+        for generation in [g for g in self._sealed if not self._outstanding.get(g)]:
+            self._sealed.discard(generation)
+            self._outstanding.pop(generation, None)
+            held = self._recovered.pop(generation, None)
+            if held is not None:
+                journal.release(held, delete=True)
+            else:
+                self.journal.drop(generation)
+
+    def recover(self) -> int:
+        """At the start: queue what dead processes' journals hold and their writer had not
+        written (see audit.journal); returns how many statements. The files are deleted once
+        those are in the ledger. On the thread that adds (``read_journals`` is the part that
+        reads files, for a worker thread)."""
+        return self.queue_recovered(self.read_journals())
+
+    def read_journals(self) -> tuple[list[_Item], list[tuple[Path, int]], int]:
+        """Worker thread: the queue items of dead processes' journals, the files, the bytes."""
+        recovered, held = journal.recover(self.journal.directory)
+        generation = -(len(self._recovered) + 1)
+        items: list[_Item] = []
+        size = 0
+        for item in recovered:
+            start = 0
+            while start < len(item.statements):
+                at_us = item.at_us[start]
+                end = start + 1
+                while end < len(item.statements) and item.at_us[end] == at_us:
+                    end += 1
+                statements = [
+                    Statement(str(kind), str(text), None if name is None else str(name))
+                    for kind, text, name in item.statements[start:end]
+                ]
+                size += sum(len(statement.text) for statement in statements) + ROW_OVERHEAD * len(statements)
+                at = datetime.fromtimestamp(at_us / 1_000_000, UTC)
+                first = item.first + start
+                items.append(
+                    (item.connection, item.grant, item.service, item.actor, first, at, statements, generation)
+                )
+                start = end
+        return items, held, size
+
+    def queue_recovered(self, found: tuple[list[_Item], list[tuple[Path, int]], int]) -> int:
+        """The add side: hand ``read_journals``' items to the writer, counted as added."""
+        items, held, size = found
+        if not held:
+            return 0
+        generation = items[0][7] if items else -(len(self._recovered) + 1)
+        count = sum(len(item[6]) for item in items)
+        with self._writer:
+            self._recovered[generation] = held
+        self._queue.extend(items)
+        self._queue.append(("", "", "", "", 0, None, _SEAL, generation))
+        self._added += count
+        self._added_bytes += size
+        if count:
+            log.warning(
+                "%d statements of %d connections recovered from the journals of a broker process "
+                "that stopped before writing them: they go to the audit ledger now",
+                count,
+                len({item[0] for item in items}),
+            )
+        if self.on_due is not None:
+            self.on_due()
+        return count
 
     def _next_group(self) -> list[tuple[_Connection, list[_Row], int]]:
         """The next entries to write in one transaction (the writer's side): each connection's
@@ -338,8 +502,19 @@ class StatementLog:
             if not self.pending or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)  # a bounded retry: the database may be back in a moment
+        self.bind(None)
+        self.flush_now()
+        with self._writer:
+            for held in self._recovered.values():
+                journal.release(held, delete=False)
+            self._recovered.clear()
+            self.journal.close(delete=not self.pending)
         if self.pending:
-            log.error("%d statements could not be written to the audit ledger before the stop", self.pending)
+            log.error(
+                "%d statements could not be written to the audit ledger before the stop: they stay "
+                "in the statement journal, for the next start on this data folder",
+                self.pending,
+            )
 
 
 def _compact(rows: list[_Row]) -> Plain:
@@ -390,7 +565,7 @@ class StatementFlushLoop(Loop):
 
     async def tick(self) -> None:
         """Raises: Unavailable: the database could not be reached."""
-        if self.log.pending:
+        if self.log.has_work:
             await asyncio.to_thread(self.log.flush)
 
     async def run(self) -> None:
@@ -403,6 +578,8 @@ class StatementFlushLoop(Loop):
             loop.call_soon_threadsafe(due.set)
 
         self.log.on_due = wake
+        self.log.bind(loop)
+        self.log.queue_recovered(await asyncio.to_thread(self.log.read_journals))
         delay = self.interval
         try:
             while True:
@@ -417,3 +594,4 @@ class StatementFlushLoop(Loop):
         finally:
             if self.log.on_due is wake:
                 self.log.on_due = None
+            self.log.bind(None)
