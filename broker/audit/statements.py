@@ -37,7 +37,6 @@ be written makes ``add`` refuse from then on (fail closed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -45,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +85,9 @@ _Row = tuple[datetime, Statement]
 # statement, the broker's time, the statements, the journal generation they are in); ``close``
 # hands (connection, ..., None, _CLOSE, 0) and a journal rotation ("", ..., None, _SEAL, old).
 _Item = tuple[str, str, str, str, int, datetime | None, Sequence[Statement], int]
-_CLOSE: Sequence[Statement] = ()
-_SEAL: Sequence[Statement] = ()
+# Two distinct empty lists, compared by identity (two empty tuples would be one object).
+_CLOSE: Sequence[Statement] = []
+_SEAL: Sequence[Statement] = []
 
 
 def _within_bytes(rows: list[_Row]) -> tuple[list[_Row], int]:
@@ -321,9 +322,11 @@ class StatementLog:
             else:
                 generations.append([generation, len(statements)])
 
-    def flush(self) -> int:
+    def flush(self, *, full_only: bool = False) -> int:
         """Worker thread: write every queued statement, one entry per connection and batch, in
-        order; return how many statements were written.
+        order; return how many statements were written. ``full_only``: only full batches and
+        what ended channels left (a wake-up for a full batch must not write every other channel's
+        few statements as entries of their own: the interval's flush takes those).
 
         Raises:
             Unavailable: the database could not be reached; what is left stays queued.
@@ -336,7 +339,7 @@ class StatementLog:
             budget = sum(conn.waiting for conn in self._connections.values())
             # (what is queued now: channels that keep adding wait for the next flush)
             while written < budget:
-                group = self._next_group()
+                group = self._next_group(full_only)
                 if not group:
                     break
                 self._write(group)
@@ -431,10 +434,11 @@ class StatementLog:
             self.on_due()
         return count
 
-    def _next_group(self) -> list[tuple[_Connection, list[_Row], int]]:
+    def _next_group(self, full_only: bool = False) -> list[tuple[_Connection, list[_Row], int]]:
         """The next entries to write in one transaction (the writer's side): each connection's
         oldest batch in turn, then each one's next, at most ``GROUP_ENTRIES`` in all; with the
-        bytes each batch counts against the ceiling."""
+        bytes each batch counts against the ceiling. ``full_only``: a batch short of
+        ``BATCH_STATEMENTS`` (and of ``BATCH_BYTES``) only for a closed connection."""
         group: list[tuple[_Connection, list[_Row], int]] = []
         cursors = [(conn, conn.start) for conn in self._connections.values() if conn.waiting]
         while cursors:
@@ -444,6 +448,8 @@ class StatementLog:
                 size = sum([len(row[1].text) for row in rows]) + ROW_OVERHEAD * len(rows)
                 if size > BATCH_BYTES:
                     rows, size = _within_bytes(rows)
+                elif full_only and len(rows) < BATCH_STATEMENTS and not conn.closed:
+                    continue  # a partial batch of a live channel: the interval's flush writes it
                 group.append((conn, rows, size))
                 if len(group) >= GROUP_ENTRIES:
                     return group
@@ -563,14 +569,17 @@ class StatementFlushLoop(Loop):
         super().__init__(broker, broker.settings.statement_flush_interval, max_backoff=5.0)
         self.log = statement_log_for(broker)
 
+    full = True  # this tick writes everything (the interval), not only full batches (a wake-up)
+
     async def tick(self) -> None:
         """Raises: Unavailable: the database could not be reached."""
         if self.log.has_work:
-            await asyncio.to_thread(self.log.flush)
+            await asyncio.to_thread(partial(self.log.flush, full_only=not self.full))
 
     async def run(self) -> None:
-        """Forever: wait for the interval (or a full batch or an ended channel), flush; back off
-        while flushing fails (then wake-ups wait for the backoff too)."""
+        """Forever: every interval write everything; between, on a wake-up (a full batch, an
+        ended channel) write just that; back off while flushing fails (then wake-ups wait for
+        the backoff too). Wake-ups do not move the interval's clock."""
         loop = asyncio.get_running_loop()
         due = asyncio.Event()
 
@@ -581,14 +590,21 @@ class StatementFlushLoop(Loop):
         self.log.bind(loop)
         self.log.queue_recovered(await asyncio.to_thread(self.log.read_journals))
         delay = self.interval
+        next_full = loop.time() + self.interval
         try:
             while True:
                 if self.failing:
                     await asyncio.sleep(delay)
+                    self.full = True
                 else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(due.wait(), delay)
+                    try:
+                        await asyncio.wait_for(due.wait(), max(0.0, next_full - loop.time()))
+                        self.full = loop.time() >= next_full
+                    except TimeoutError:
+                        self.full = True
                 due.clear()
+                if self.full:
+                    next_full = loop.time() + self.interval
                 await self.step()
                 delay = self.next_delay(delay)
         finally:
