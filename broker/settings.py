@@ -181,7 +181,11 @@ class Settings(BaseSettings):
         description="bytes of statement text a process may hold before writing them; past it channels stop",
     )
     statement_flush_interval: float = Field(
-        default=1.0, gt=0, le=10, description="seconds between writes of the statement log to the ledger"
+        default=1.0,
+        gt=0,
+        le=60,
+        description="seconds between writes of the statement log to the ledger (a full batch or an ended "
+        "channel is written at once; the statement journal keeps what waits safe from a crash)",
     )
     # Per-grant identities (issue 10, identities/).
     identity_reconcile_interval: float = Field(

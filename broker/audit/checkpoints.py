@@ -23,12 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import rfc8785
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from access.broker.audit import ledger
+from access.broker.audit import canonical, ledger
 from access.broker.audit.actions import Action
 from access.broker.clock import utc
 from access.broker.errors import LedgerUnsafe
@@ -80,7 +79,7 @@ class Checkpoint:
             "at": ledger.format_time(self.at),
             "key_id": self.key_id,
         }
-        data: bytes = rfc8785.dumps(body)
+        data: bytes = canonical.dumps(body)
         return data
 
     def signature_valid(self, public_key: Ed25519PublicKey) -> bool:

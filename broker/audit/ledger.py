@@ -10,16 +10,15 @@ fails (fail closed).
 from __future__ import annotations
 
 import hashlib
-import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import rfc8785
 import sqlalchemy as sa
 
+from access.broker.audit import canonical
 from access.broker.audit.actions import WHILE_UNSAFE, Action
 from access.broker.clock import Clock, utc
 from access.broker.errors import LedgerUnsafe
@@ -88,16 +87,19 @@ def entry_hash(
     prev_hash: str,
 ) -> str:
     """SHA-256 (hex) of the canonical JSON form of one entry."""
-    body: dict[str, Any] = {
-        "seq": seq,
-        "at": format_time(at),
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "details": dict(details),
-        "prev_hash": prev_hash,
-    }
-    return hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    return _digest(seq, format_time(at), actor, action, target, canonical.dumps(dict(details)), prev_hash)
+
+
+def _digest(seq: int, at: str, actor: str, action: str, target: str, details: bytes, prev_hash: str) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``{seq, at, actor, action, target, details,
+    prev_hash}``, given ``details`` already in canonical form (``append`` stores that text too,
+    so a batch of statements is encoded once, not twice). RFC 8785 sorts the members by name:
+    action, actor, at | details | prev_hash, seq, target; the two outer parts are canonical
+    objects, joined around ``details`` (tests/broker/audit/test_ledger.py checks it against
+    rfc8785 over the whole object)."""
+    head = canonical.dumps({"action": action, "actor": actor, "at": at})
+    tail = canonical.dumps({"prev_hash": prev_hash, "seq": seq, "target": target})
+    return hashlib.sha256(head[:-1] + b',"details":' + details + b"," + tail[1:]).hexdigest()
 
 
 def _check_details(details: Mapping[str, Any]) -> None:
@@ -148,9 +150,8 @@ def append(
     seq = 1 if head is None else head[0] + 1
     prev = GENESIS if head is None else head[1]
     at = clock.now()
-    digest = entry_hash(
-        seq=seq, at=at, actor=actor, action=action.value, target=target, details=details, prev_hash=prev
-    )
+    details_text = canonical.dumps(details)
+    digest = _digest(seq, format_time(at), actor, action.value, target, details_text, prev)
     store.insert_entry(
         conn,
         seq=seq,
@@ -158,7 +159,7 @@ def append(
         actor=actor,
         action=action.value,
         target=target,
-        details_json=json.dumps(details, sort_keys=True, separators=(",", ":")),
+        details_json=details_text.decode("utf-8"),  # canonical: sorted, no spaces, UTF-8
         prev_hash=prev,
         digest=digest,
     )

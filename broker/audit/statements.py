@@ -27,27 +27,31 @@ the database is down the flusher backs off and keeps everything queued, so ``add
 returning True until the ceiling, then False; once the database answers, what waited is written,
 in order. A write whose COMMIT timed out may have committed after all: the retry writes the batch
 again (same ``connection``/``n``), which readers (``access audit --queries``) show once. A process
-that stops writes what is queued until its stop deadline (``stop``); one that dies loses what it
-had queued but not written (at most about ``statement_flush_interval`` seconds of statements, or
-the whole buffer while the database was down) and its ``connection.close`` says how many statements
-the channel relayed.
+that stops writes what is queued until its stop deadline (``stop``); what one that dies had
+queued but not written is in its journal (``audit.journal``: each loop turn's statements are
+appended there at the end of the turn), which the next process on the data folder replays at its
+start (``StatementFlushLoop.run`` -> ``read_journals``/``queue_recovered``). A journal that cannot
+be written makes ``add`` refuse from then on (fail closed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from access.broker.audit import ledger
+from access.broker.audit import journal, ledger
 from access.broker.audit.actions import Action
+from access.broker.audit.canonical import Plain
+from access.broker.audit.journal import Journal, JournalError
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
@@ -69,6 +73,7 @@ log = logging.getLogger(__name__)
 
 BATCH_STATEMENTS = 500  # statements in one ledger entry at most
 BATCH_BYTES = 256 * 1024  # about this much text in one ledger entry at most (one statement more may pass it)
+GROUP_ENTRIES = 16  # entries written in one transaction at most (one chain lock, one commit)
 ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (numbers, time, kind, name)
 
 
@@ -76,9 +81,24 @@ ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (number
 # connection's ``first_n`` plus its place in the queue). A tuple: ``add`` makes one per statement.
 _Row = tuple[datetime, Statement]
 
+# What ``add`` hands to the writer: (connection, grant, service, actor, number of the first
+# statement, the broker's time, the statements, the journal generation they are in); ``close``
+# hands (connection, ..., None, _CLOSE, 0) and a journal rotation ("", ..., None, _SEAL, old).
+_Item = tuple[str, str, str, str, int, datetime | None, Sequence[Statement], int]
+# Two distinct empty lists, compared by identity (two empty tuples would be one object).
+_CLOSE: Sequence[Statement] = []
+_SEAL: Sequence[Statement] = []
 
-def _size(row: _Row) -> int:
-    return len(row[1].text) + ROW_OVERHEAD
+
+def _within_bytes(rows: list[_Row]) -> tuple[list[_Row], int]:
+    """The first of ``rows`` that fit in ``BATCH_BYTES`` (at least one), and their size."""
+    size = 0
+    for i, row in enumerate(rows):
+        row_size = len(row[1].text) + ROW_OVERHEAD
+        if i and size + row_size > BATCH_BYTES:
+            return rows[:i], size
+        size += row_size
+    return rows, size
 
 
 @dataclass(slots=True)
@@ -87,38 +107,94 @@ class _Connection:
     grant_id: str
     service: str
     actor: str
-    rows: deque[_Row] = field(default_factory=deque)
-    first_n: int = 0  # the number of rows[0]
-    next_n: int = 0
+    rows: list[_Row] = field(default_factory=list)
+    start: int = 0  # rows[start:] wait to be written (the ones before it are, and go in bulk)
+    first_n: int = 0  # the number of rows[start]
     closed: bool = False
+    generations: deque[list[int]] = field(default_factory=deque)  # [generation, rows] of rows[start:]
+
+    def written(self, count: int, outstanding: dict[int, int]) -> None:
+        """The writer: ``count`` more rows are in the ledger (``outstanding`` per journal generation)."""
+        left = count
+        generations = self.generations
+        while left:
+            head = generations[0]
+            step = min(left, head[1])
+            head[1] -= step
+            outstanding[head[0]] -= step
+            left -= step
+            if not head[1]:
+                generations.popleft()
+        self.start += count
+        self.first_n += count
+        if self.start == len(self.rows):
+            self.rows.clear()
+            self.start = 0
+        elif self.start > 4096 and 2 * self.start > len(self.rows):
+            del self.rows[: self.start]
+            self.start = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self.rows) - self.start
 
 
 class StatementLog:
-    """The statements of this process's channels not yet in the ledger, per connection, in order."""
+    """The statements of this process's channels not yet in the ledger, per connection, in order.
+
+    Two sides, no lock between them: the event loop's ``add``/``close`` append to a queue (a
+    deque: its ``append`` and ``popleft`` are atomic) and count what they added; the writer
+    (``flush``, one thread at a time) moves the queue into its per-connection rows, writes them
+    and counts what it wrote. Each counter has one writing thread; ``pending`` is their
+    difference, so the ceiling holds without the event loop ever waiting for the writer.
+    """
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.limit = broker.settings.statement_log_limit
         self.max_bytes = broker.settings.statement_log_bytes
-        self._connections: dict[str, _Connection] = {}
-        self._count = 0
-        self._bytes = 0
-        self._lock = threading.Lock()  # guards the above
+        self._queue: deque[_Item] = deque()  # add/close -> the writer
+        self._next_n: dict[str, int] = {}  # add's side: the next statement number per connection
+        self._added = 0  # add's side: statements (and bytes) queued since the start
+        self._added_bytes = 0
+        self._done = 0  # the writer's side: statements (and bytes) written since the start
+        self._done_bytes = 0
+        self._connections: dict[str, _Connection] = {}  # the writer's side
         self._writer = threading.Lock()  # one writer at a time keeps each connection's batches in order
         self.refused = 0  # statements ``add`` refused (the buffer was full), since the start
-        self.written = 0  # statements written to the ledger, since the start
         self.entries = 0  # ledger entries written, since the start
         self.on_due: Callable[[], None] | None = None  # set by the flush loop: "flush soon"
         self.waiting_logged = False
+        # The journal (audit.journal): what add queued is on disk before the writer has it. With
+        # an event loop bound (``bind``), one write per loop turn for what that turn added.
+        self.journal = Journal(Path(broker.settings.data_dir) / "statements")
+        self.journal_failed: str | None = None  # why the journal cannot be written: add refuses
+        self._generation = 0  # the add side's last journal generation
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn_records: list[list[Any]] = []
+        self._turn_items: list[_Item] = []
+        self._outstanding: dict[int, int] = {}  # the writer's side: rows not written per generation
+        self._sealed: set[int] = set()  # the writer's side: generations that take no more rows
+        self._recovered: dict[int, list[tuple[Path, int]]] = {}  # replayed files per generation
 
     @property
     def pending(self) -> int:
         """Statements queued, not yet in the ledger."""
-        return self._count
+        return self._added - self._done
 
     @property
     def pending_bytes(self) -> int:
-        return self._bytes
+        return self._added_bytes - self._done_bytes
+
+    @property
+    def has_work(self) -> bool:
+        """Statements to write, or something queued for the writer (a close, a journal to drop)."""
+        return bool(self.pending or self._queue or self._sealed)
+
+    @property
+    def written(self) -> int:
+        """Statements written to the ledger, since the start."""
+        return self._done
 
     def add(
         self,
@@ -129,54 +205,128 @@ class StatementLog:
         actor: str,
         statements: Sequence[Statement],
     ) -> bool:
-        """Queue ``statements`` of one connection (no database work: callable from the event loop).
+        """Queue ``statements`` of one connection (no database work, no lock: for the event loop).
 
         Returns False, having queued none of them, when they do not fit in the buffer (it is full,
         typically because the database has been unreachable for a while): the caller must not
         forward the bytes that carried them, and should end the channel (fail closed).
         """
-        if not statements:
+        count = len(statements)
+        if not count:
             return True
-        size = 0
+        size = count * ROW_OVERHEAD
         for statement in statements:
-            size += len(statement.text) + ROW_OVERHEAD
+            size += len(statement.text)
+        if (
+            self._added - self._done + count > self.limit
+            or self._added_bytes - self._done_bytes + size > self.max_bytes
+            or self.journal_failed is not None
+        ):
+            self.refused += count
+            return False
+        first = self._next_n.get(connection_id, 0)
+        self._next_n[connection_id] = first + count
         at = self.broker.clock.now()
-        with self._lock:
-            if self._count + len(statements) > self.limit or self._bytes + size > self.max_bytes:
-                self.refused += len(statements)
-                return False
-            conn = self._connections.get(connection_id)
-            if conn is None:
-                conn = self._connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
-            rows = conn.rows
-            rows.extend([(at, statement) for statement in statements])
-            conn.next_n += len(statements)
-            conn.closed = False
-            self._count += len(statements)
-            self._bytes += size
-            # Wake the writer when this connection's queue reaches another full batch (once, not
-            # on every add after it: while the database is down the queue only grows).
-            due = (len(rows) - len(statements)) // BATCH_STATEMENTS < len(rows) // BATCH_STATEMENTS
-        if due and self.on_due is not None:
+        self._turn_records.append(
+            [
+                "S",
+                connection_id,
+                grant_id,
+                service,
+                actor,
+                first,
+                round(at.timestamp() * 1_000_000),
+                [[statement.kind, statement.text, statement.name] for statement in statements],
+            ]
+        )
+        self._turn_items.append((connection_id, grant_id, service, actor, first, at, statements, 0))
+        if self._loop is None:
+            self._end_turn()
+        elif len(self._turn_items) == 1:
+            self._loop.call_soon(self._end_turn)
+        self._added_bytes += size
+        self._added += count
+        # Wake the writer when this connection passes another full batch (once, not on every add
+        # after it: while the database is down the queue only grows).
+        if first // BATCH_STATEMENTS != (first + count) // BATCH_STATEMENTS and self.on_due is not None:
             self.on_due()
         return True
 
     def close(self, connection_id: str) -> None:
-        """The channel ended: write its statements soon and then forget it (callable from the event loop)."""
-        with self._lock:
-            conn = self._connections.get(connection_id)
-            if conn is None:
-                return
-            if not conn.rows:
-                del self._connections[connection_id]
-                return
-            conn.closed = True
+        """The channel ended: write its statements soon and then forget it (for the event loop)."""
+        if self._next_n.pop(connection_id, None) is None:
+            return  # it never had a statement
+        self._turn_items.append((connection_id, "", "", "", 0, None, _CLOSE, 0))
+        self._end_turn()  # now: its last statements go to the writer with it
         if self.on_due is not None:
             self.on_due()
 
-    def flush(self) -> int:
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """``add`` runs on ``loop`` (one journal write per loop turn), or (None) on any thread,
+        each ``add`` written at once."""
+        self._end_turn()
+        self._loop = loop
+
+    def _end_turn(self) -> None:
+        """Write this turn's statements to the journal, then hand them to the writer.
+
+        They were forwarded already (the journal write closes the turn that relayed them): if
+        the journal cannot be written they still go to the writer, and ``add`` refuses from now
+        on, so channels stop (fail closed) rather than relay what could be lost.
+        """
+        items = self._turn_items
+        if not items:
+            return
+        records, self._turn_records, self._turn_items = self._turn_records, [], []
+        generation = self._generation
+        if records:
+            try:
+                generation = self.journal.append(records)
+            except JournalError as exc:
+                if self.journal_failed is None:
+                    log.error("statement journal failed, channels to logged-in services stop: %s", exc)
+                self.journal_failed = str(exc)
+        if generation != self._generation:
+            if self._generation:
+                self._queue.append(("", "", "", "", 0, None, _SEAL, self._generation))
+            self._generation = generation
+        queue = self._queue
+        for connection_id, grant_id, service, actor, first, at, statements, _ in items:
+            queue.append((connection_id, grant_id, service, actor, first, at, statements, generation))
+
+    def _take_queue(self) -> None:
+        """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""
+        queue, connections, outstanding = self._queue, self._connections, self._outstanding
+        while queue:
+            connection_id, grant_id, service, actor, first, at, statements, generation = queue.popleft()
+            if statements is _SEAL:
+                self._sealed.add(generation)
+                continue
+            conn = connections.get(connection_id)
+            if at is None:  # close
+                if conn is not None:
+                    if conn.waiting:
+                        conn.closed = True
+                    else:
+                        del connections[connection_id]
+                continue
+            if conn is None:
+                conn = connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
+                conn.first_n = first
+            conn.closed = False
+            conn.rows.extend([(at, statement) for statement in statements])
+            outstanding[generation] = outstanding.get(generation, 0) + len(statements)
+            generations = conn.generations
+            if generations and generations[-1][0] == generation:
+                generations[-1][1] += len(statements)
+            else:
+                generations.append([generation, len(statements)])
+
+    def flush(self, *, full_only: bool = False) -> int:
         """Worker thread: write every queued statement, one entry per connection and batch, in
-        order; return how many statements were written.
+        order; return how many statements were written. ``full_only``: only full batches and
+        what ended channels left (a wake-up for a full batch must not write every other channel's
+        few statements as entries of their own: the interval's flush takes those).
 
         Raises:
             Unavailable: the database could not be reached; what is left stays queued.
@@ -185,29 +335,30 @@ class StatementLog:
             return 0  # another thread is writing: it takes what was just queued too
         written = 0
         try:
-            with self._lock:
-                budget = self._count  # what is queued now: channels that keep adding wait for the next flush
+            self._take_queue()
+            budget = sum(conn.waiting for conn in self._connections.values())
+            # (what is queued now: channels that keep adding wait for the next flush)
             while written < budget:
-                with self._lock:
-                    batch = self._next_batch()
-                if batch is None:
+                group = self._next_group(full_only)
+                if not group:
                     break
-                conn, rows = batch
-                self._write(conn, rows)
-                with self._lock:
-                    for _ in rows:
-                        conn.rows.popleft()
-                    conn.first_n += len(rows)
-                    self._count -= len(rows)
-                    self._bytes -= sum(_size(row) for row in rows)
-                    if conn.rows:  # to the back of the line: one busy channel does not hold up the others
+                self._write(group)
+                for conn, rows, size in group:
+                    conn.written(len(rows), self._outstanding)
+                    self._done_bytes += size
+                    self._done += len(rows)
+                    written += len(rows)
+                    self.entries += 1
+                for conn, _rows, _size in group:
+                    if conn.waiting:  # to the back of the line: one busy channel does not hold up the others
                         self._connections.pop(conn.connection_id, None)
                         self._connections[conn.connection_id] = conn
                     elif conn.closed:
                         self._connections.pop(conn.connection_id, None)
-                written += len(rows)
-                self.written += len(rows)
-                self.entries += 1
+                self.journal.note_written(
+                    list({conn.connection_id: conn.first_n for conn, _r, _s in group}.items())
+                )
+                self._drop_written_journals()
         finally:
             self._writer.release()
         if self.waiting_logged and written:
@@ -215,42 +366,124 @@ class StatementLog:
             self.waiting_logged = False
         return written
 
-    def _next_batch(self) -> tuple[_Connection, list[_Row]] | None:
-        """The oldest statements of the first connection with any (under ``_lock``)."""
-        for conn in self._connections.values():
-            if not conn.rows:
-                continue
-            rows: list[_Row] = []
-            size = 0
-            for row in conn.rows:
-                row_size = _size(row)
-                if len(rows) >= BATCH_STATEMENTS or (rows and size + row_size > BATCH_BYTES):
-                    break
-                rows.append(row)
-                size += row_size
-            return conn, rows
-        return None
+    def _drop_written_journals(self) -> None:
+        """The writer: delete each journal that takes no more rows and has all of its rows written."""
+        for generation in [g for g in self._sealed if not self._outstanding.get(g)]:
+            self._sealed.discard(generation)
+            self._outstanding.pop(generation, None)
+            held = self._recovered.pop(generation, None)
+            if held is not None:
+                journal.release(held, delete=True)
+            else:
+                self.journal.drop(generation)
 
-    def _write(self, conn: _Connection, rows: list[_Row]) -> None:
-        details: dict[str, Any] = {
-            "connection": conn.connection_id,
-            "grant": conn.grant_id,
-            "service": conn.service,
-            "first": conn.first_n,
-            "count": len(rows),
-            "at": ledger.format_time(rows[0][0]),
-            "statements": _compact(rows),
-        }
-        with self.broker.transaction() as db:
-            ledger.append(
-                db,
-                self.broker.clock,
-                actor=conn.actor,
-                action=Action.CONNECTION_STATEMENTS,
-                # grants.grant_target's form ("service:NAME/GRANT"): ``--service`` and ``--grant`` find it
-                target=f"service:{conn.service}/{conn.grant_id}",
-                details=details,
+    def recover(self) -> int:
+        """At the start: queue what dead processes' journals hold and their writer had not
+        written (see audit.journal); returns how many statements. The files are deleted once
+        those are in the ledger. On the thread that adds (``read_journals`` is the part that
+        reads files, for a worker thread)."""
+        return self.queue_recovered(self.read_journals())
+
+    def read_journals(self) -> tuple[list[_Item], list[tuple[Path, int]], int]:
+        """Worker thread: the queue items of dead processes' journals, the files, the bytes."""
+        recovered, held = journal.recover(self.journal.directory)
+        generation = -(len(self._recovered) + 1)
+        items: list[_Item] = []
+        size = 0
+        for item in recovered:
+            start = 0
+            while start < len(item.statements):
+                at_us = item.at_us[start]
+                end = start + 1
+                while end < len(item.statements) and item.at_us[end] == at_us:
+                    end += 1
+                statements = [
+                    Statement(str(kind), str(text), None if name is None else str(name))
+                    for kind, text, name in item.statements[start:end]
+                ]
+                size += sum(len(statement.text) for statement in statements) + ROW_OVERHEAD * len(statements)
+                at = datetime.fromtimestamp(at_us / 1_000_000, UTC)
+                first = item.first + start
+                items.append(
+                    (item.connection, item.grant, item.service, item.actor, first, at, statements, generation)
+                )
+                start = end
+        return items, held, size
+
+    def queue_recovered(self, found: tuple[list[_Item], list[tuple[Path, int]], int]) -> int:
+        """The add side: hand ``read_journals``' items to the writer, counted as added."""
+        items, held, size = found
+        if not held:
+            return 0
+        generation = items[0][7] if items else -(len(self._recovered) + 1)
+        count = sum(len(item[6]) for item in items)
+        with self._writer:
+            self._recovered[generation] = held
+        self._queue.extend(items)
+        self._queue.append(("", "", "", "", 0, None, _SEAL, generation))
+        self._added += count
+        self._added_bytes += size
+        if count:
+            log.warning(
+                "%d statements of %d connections recovered from the journals of a broker process "
+                "that stopped before writing them: they go to the audit ledger now",
+                count,
+                len({item[0] for item in items}),
             )
+        if self.on_due is not None:
+            self.on_due()
+        return count
+
+    def _next_group(self, full_only: bool = False) -> list[tuple[_Connection, list[_Row], int]]:
+        """The next entries to write in one transaction (the writer's side): each connection's
+        oldest batch in turn, then each one's next, at most ``GROUP_ENTRIES`` in all; with the
+        bytes each batch counts against the ceiling. ``full_only``: a batch short of
+        ``BATCH_STATEMENTS`` (and of ``BATCH_BYTES``) only for a closed connection."""
+        group: list[tuple[_Connection, list[_Row], int]] = []
+        cursors = [(conn, conn.start) for conn in self._connections.values() if conn.waiting]
+        while cursors:
+            later: list[tuple[_Connection, int]] = []
+            for conn, pos in cursors:
+                rows = conn.rows[pos : pos + BATCH_STATEMENTS]
+                size = sum([len(row[1].text) for row in rows]) + ROW_OVERHEAD * len(rows)
+                if size > BATCH_BYTES:
+                    rows, size = _within_bytes(rows)
+                elif full_only and len(rows) < BATCH_STATEMENTS and not conn.closed:
+                    continue  # a partial batch of a live channel: the interval's flush writes it
+                group.append((conn, rows, size))
+                if len(group) >= GROUP_ENTRIES:
+                    return group
+                pos += len(rows)
+                if pos < len(conn.rows):
+                    later.append((conn, pos))
+            cursors = later
+        return group
+
+    def _write(self, group: list[tuple[_Connection, list[_Row], int]]) -> None:
+        """One transaction: one ledger entry per (connection, rows), in order (all or none)."""
+        with self.broker.transaction() as db:
+            first_of: dict[str, int] = {}
+            for conn, rows, _size in group:
+                first = first_of.get(conn.connection_id, conn.first_n)
+                first_of[conn.connection_id] = first + len(rows)
+                details: dict[str, Any] = {
+                    "connection": conn.connection_id,
+                    "grant": conn.grant_id,
+                    "service": conn.service,
+                    "first": first,
+                    "count": len(rows),
+                    "at": ledger.format_time(rows[0][0]),
+                    "statements": _compact(rows),
+                }
+                ledger.append(
+                    db,
+                    self.broker.clock,
+                    actor=conn.actor,
+                    action=Action.CONNECTION_STATEMENTS,
+                    # grants.grant_target's form ("service:NAME/GRANT"): ``--service`` and ``--grant`` find it
+                    target=f"service:{conn.service}/{conn.grant_id}",
+                    details=details,
+                )
 
     def flush_now(self) -> None:
         """Worker thread: ``flush``, and say once (not per batch) when statements must wait."""
@@ -275,24 +508,36 @@ class StatementLog:
             if not self.pending or time.monotonic() >= deadline:
                 break
             time.sleep(0.2)  # a bounded retry: the database may be back in a moment
+        self.bind(None)
+        self.flush_now()
+        with self._writer:
+            for held in self._recovered.values():
+                journal.release(held, delete=False)
+            self._recovered.clear()
+            self.journal.close(delete=not self.pending)
         if self.pending:
-            log.error("%d statements could not be written to the audit ledger before the stop", self.pending)
+            log.error(
+                "%d statements could not be written to the audit ledger before the stop: they stay "
+                "in the statement journal, for the next start on this data folder",
+                self.pending,
+            )
 
 
-def _compact(rows: list[_Row]) -> list[list[Any]]:
+def _compact(rows: list[_Row]) -> Plain:
     """The rows as ``[µs after the batch's at, kind, text]`` (``+ [name]`` where there is one).
 
-    Lists, not objects, and an integer offset, not a time per row: the hash's canonical JSON
-    (RFC 8785, pure Python) costs per item, and this form costs a third of ``{n, at, kind, text}``.
-    Text is made valid UTF-8 first (a lone surrogate would make the entry unhashable, and the
-    batch unwritable for ever).
+    Lists, not objects, and an integer offset, not a time per row: this form costs a third of
+    ``{n, at, kind, text}`` in the hash's canonical JSON. Text is made valid UTF-8 first (a lone
+    surrogate would make the entry unhashable, and the batch unwritable for ever). The result
+    is a ``canonical.Plain``: only such ints and strings, so the canonical JSON does not check
+    each item again.
     """
     start = rows[0][0]
-    compact: list[list[Any]] = []
+    compact = Plain()
     for at, statement in rows:
         text = statement.text if statement.text.isascii() else _utf8(statement.text)
         offset = (at - start) // _MICROSECOND
-        item: list[Any] = [offset, statement.kind, text]
+        item = Plain((offset, statement.kind if statement.kind.isascii() else _utf8(statement.kind), text))
         if statement.name is not None:
             item.append(statement.name if statement.name.isascii() else _utf8(statement.name))
         compact.append(item)
@@ -324,14 +569,17 @@ class StatementFlushLoop(Loop):
         super().__init__(broker, broker.settings.statement_flush_interval, max_backoff=5.0)
         self.log = statement_log_for(broker)
 
+    full = True  # this tick writes everything (the interval), not only full batches (a wake-up)
+
     async def tick(self) -> None:
         """Raises: Unavailable: the database could not be reached."""
-        if self.log.pending:
-            await asyncio.to_thread(self.log.flush)
+        if self.log.has_work:
+            await asyncio.to_thread(partial(self.log.flush, full_only=not self.full))
 
     async def run(self) -> None:
-        """Forever: wait for the interval (or a full batch or an ended channel), flush; back off
-        while flushing fails (then wake-ups wait for the backoff too)."""
+        """Forever: every interval write everything; between, on a wake-up (a full batch, an
+        ended channel) write just that; back off while flushing fails (then wake-ups wait for
+        the backoff too). Wake-ups do not move the interval's clock."""
         loop = asyncio.get_running_loop()
         due = asyncio.Event()
 
@@ -339,17 +587,27 @@ class StatementFlushLoop(Loop):
             loop.call_soon_threadsafe(due.set)
 
         self.log.on_due = wake
+        self.log.bind(loop)
+        self.log.queue_recovered(await asyncio.to_thread(self.log.read_journals))
         delay = self.interval
+        next_full = loop.time() + self.interval
         try:
             while True:
                 if self.failing:
                     await asyncio.sleep(delay)
+                    self.full = True
                 else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(due.wait(), delay)
+                    try:
+                        await asyncio.wait_for(due.wait(), max(0.0, next_full - loop.time()))
+                        self.full = loop.time() >= next_full
+                    except TimeoutError:
+                        self.full = True
                 due.clear()
+                if self.full:
+                    next_full = loop.time() + self.interval
                 await self.step()
                 delay = self.next_delay(delay)
         finally:
             if self.log.on_due is wake:
                 self.log.on_due = None
+            self.log.bind(None)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from access.broker.audit.actions import Action
+from access.broker.audit.statements import statement_log_for
 from access.broker.errors import (
     BrokerError,
     Expired,
@@ -718,8 +719,6 @@ class TunnelProtocol(MuxSession):
                 details["cancel"] = channel.cancel
             if channel.issued is not None:
                 wired.cancels_for(self.broker).drop(channel.issued)
-            from access.broker.audit.statements import statement_log_for
-
             statement_log_for(self.broker).close(channel.connection_id)  # write what it still holds
         # Queued, then written from a worker thread; kept and retried while the database is down.
         from access.broker.grants import grant_target
@@ -732,8 +731,6 @@ class TunnelProtocol(MuxSession):
     def _record_statements(self, channel: WireChannel, batch: list[Statement]) -> bool:
         """On the event loop: hand ``batch`` to the statement log (no database work here).
         False when the log is full or cannot be written: the channel then stops (fail closed)."""
-        from access.broker.audit.statements import statement_log_for
-
         if self.grant is None or self.ctx is None:
             return False
         return statement_log_for(self.broker).add(

@@ -1,6 +1,7 @@
 """Nothing left behind: a real broker SIGKILLed with active grants on PostgreSQL, MariaDB and
 Redis (each with its per-grant identity), restarted after they expired, removes every identity
-of its own within the reconcile interval, also one its store never recorded."""
+of its own within the reconcile interval, also one its store never recorded; and nothing lost:
+a statement it relayed but had not yet written to the ledger is written after the restart."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def test_a_broker_killed_with_active_grants_leaves_no_identity_after_restart(
         f"sqlite:///{tmp_path / 'broker-data' / 'broker.db'}",
         policy,
         ACCESS_BROKER_IDENTITY_RECONCILE_INTERVAL=str(RECONCILE),
+        # The writer waits a minute: a statement of a live channel is only in memory and the journal.
+        ACCESS_BROKER_STATEMENT_FLUSH_INTERVAL="60",
     )
     creds = proc.add_service_account("deploy-bot", "sre")
     secret = tmp_path / "secret"
@@ -67,13 +70,29 @@ def test_a_broker_killed_with_active_grants_leaves_no_identity_after_restart(
         expiries = []
         for service in ("svc-pg", "svc-my", "svc-rd"):
             made = cli.run(
-                "request", service, "--scope", "read", "--ttl", "3s", "--reason", "t", "-o", "json"
+                "request", service, "--scope", "read", "--ttl", "8s", "--reason", "t", "-o", "json"
             )
             assert made.returncode == 0, made.stderr
             expiries.append(datetime.fromisoformat(json.loads(made.stdout)["expires_at"]))
         assert len(left()) == 3
-        assert proc.proc is not None
-        proc.proc.send_signal(signal.SIGKILL)
+        marker = f"journal-{place.suffix}"
+        held = cli.popen(
+            "exec", "svc-pg", "-s", "read", "-t", "8s", "-r", "t", "--",
+            "psql", "-X", "-c", f"SELECT '{marker}', pg_sleep(30)",
+        )  # fmt: skip
+        try:
+            assert wait_until(lambda: _running_on_target(marker, place.pg_port), within=15, step=0.05)
+            assert _statements(proc.database_url, marker, 1, within=0) == []  # not in the ledger yet
+            listed = cli.run("grants", "-o", "json")
+            assert listed.returncode == 0, listed.stderr
+            expiries += [
+                datetime.fromisoformat(g["expires_at"]) for g in json.loads(listed.stdout)
+            ]  # the exec's
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGKILL)
+        finally:
+            held.kill()
+            held.communicate(timeout=10)
         proc.proc.wait(timeout=10)
         proc.stop()
         # Past every expiry, with the broker dead: the identities are still there.
@@ -82,20 +101,37 @@ def test_a_broker_killed_with_active_grants_leaves_no_identity_after_restart(
         lost = IdentitySpec("g-lost0000000000", "bob", "read", max(expiries), ("pg_read_all_data",))
         with provisioner_for(services[0], ours) as target:
             target.create(lost)
-        assert len(left()) == 4
+        assert len(left()) == 5  # three requests, the exec, and the lost one
         proc.start()
         started = time.monotonic()
         assert wait_until(lambda: not left(), within=RECONCILE + 5, step=0.1), left()
         gone = time.monotonic() - started
         print(f"\nrestart -> none of the broker's identities left in {gone * 1000:.0f} ms")
         assert gone <= RECONCILE + 1
+        # The statement the killed process relayed, from its journal, once.
+        [statement] = _statements(proc.database_url, marker, 1)
+        assert statement[1:3] == ["query", f"SELECT '{marker}', pg_sleep(30)"]
     finally:
         proc.stop()
         for svc in services:  # whatever a failed run left
             ours_on(svc, ours, end=True)
 
 
-def _statements(database_url: str, needle: str, count: int) -> list[Any]:
+def _running_on_target(needle: str, port: int = 5432) -> bool:
+    """Whether a query containing ``needle`` runs on the machine's PostgreSQL now."""
+    import psycopg
+
+    with psycopg.connect(
+        f"host=127.0.0.1 port={port} user=postgres dbname=postgres", connect_timeout=5
+    ) as db:
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE %s AND pid <> pg_backend_pid()",
+            (f"%{needle}%",),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def _statements(database_url: str, needle: str, count: int, *, within: float = 10) -> list[Any]:
     """The ``connection.statements`` rows whose text contains ``needle``, once there are ``count``
     (written from a worker thread about once a second: polled, bounded)."""
     import sqlalchemy as sa
@@ -114,7 +150,10 @@ def _statements(database_url: str, needle: str, count: int) -> list[Any]:
         return len(found) >= count
 
     try:
-        wait_until(look, within=10, step=0.1)
+        if within:
+            wait_until(look, within=within, step=0.1)
+        else:
+            look()
     finally:
         engine.dispose()
     return found

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
+from access.broker.audit.canonical import Plain
 from access.broker.audit.checkpoints import verify_ledger
 from access.broker.clock import SystemClock
 from access.broker.runtime import Broker
@@ -103,6 +104,41 @@ def test_chain_links_every_entry(broker: Broker) -> None:
         )
         assert digest == row.hash  # the stored time round-trips exactly on both databases
         prev = row.hash
+
+
+DETAILS: list[dict[str, Any]] = [
+    {"i": 1},
+    {"text": 'é 漢 🙂 \u2028 \x00\x1f " \\', "n": -(2**53 - 1), "none": None, "ok": True},
+    {"ratio": 0.1, "big": 2**52, "nested": {"z": [1, {"y": []}], "a": ""}},  # a float: rfc8785's own path
+    {"ключ": "a key beyond ASCII", "\U0001f642": 1, "\uffff": 2},
+    {"statements": Plain([Plain((0, "query", "SELECT 'é'")), Plain((12, "parse", "SELECT $1", "s1"))])},
+]
+
+
+def test_stored_entries_hash_as_rfc8785_says(broker: Broker) -> None:
+    """What append stores, hashed the slow, obvious way: rfc8785 over the whole entry."""
+    for i, details in enumerate(DETAILS):
+        with broker.transaction() as conn:
+            ledger.append(
+                conn, broker.clock, actor="alice", action=Action.LOGOUT, target=f"t:{i}", details=details
+            )
+    with broker.transaction() as conn:
+        rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.seq)).all()
+    assert len(rows) == len(DETAILS)
+    for row, details in zip(rows, DETAILS, strict=True):
+        stored = json.loads(row.details)
+        assert stored == json.loads(json.dumps(details))
+        body = {
+            "seq": row.seq,
+            "at": ledger.format_time(row.at),
+            "actor": row.actor,
+            "action": row.action,
+            "target": row.target,
+            "details": stored,
+            "prev_hash": row.prev_hash,
+        }
+        assert row.hash == hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
 
 
 def test_secrets_are_refused_in_details(broker: Broker) -> None:

@@ -284,3 +284,20 @@ def test_the_writer_is_woken_once_per_full_batch_not_per_add(make_broker: Callab
     assert len(wakes) == 3
     log.close("c-1")
     assert len(wakes) == 4
+
+
+def test_a_wake_up_for_a_full_batch_leaves_other_channels_few_statements_for_the_interval(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """Eight busy channels fill batches at different moments: if each wake-up wrote every other
+    channel's few statements too, most entries would hold a handful of statements."""
+    broker = make_broker()
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", _queries("full", BATCH_STATEMENTS))
+    assert _add(log, "c-2", _queries("few", 3))
+    assert _add(log, "c-3", _queries("ended", 2))
+    log.close("c-3")
+    assert log.flush(full_only=True) == BATCH_STATEMENTS + 2  # the full batch and the ended channel
+    assert log.pending == 3
+    assert log.flush() == 3  # the interval's flush takes the rest
+    assert [len(v) for v in _recorded(broker).values()] == [BATCH_STATEMENTS, 2, 3]

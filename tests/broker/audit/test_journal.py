@@ -1,0 +1,147 @@
+"""The statement journal: statements a broker process relayed but had not written when it died
+are written by the next process on the same data folder, once each; journals go once written."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from access.broker.audit import journal as journal_module
+from access.broker.audit.actions import Action
+from access.broker.audit.checkpoints import verify_ledger
+from access.broker.audit.statements import StatementLog, statement_log_for
+from access.broker.runtime import Broker
+from access.broker.store.tables import audit_log
+from access.broker.wire.base import Statement
+
+GRANT = "g-00000000000000aa"
+
+
+def _add(log: StatementLog, connection: str, texts: list[str]) -> bool:
+    return log.add(
+        connection_id=connection,
+        grant_id=GRANT,
+        service="svc-payments",
+        actor="alice",
+        statements=[Statement("query", text) for text in texts],
+    )
+
+
+def _recorded(broker: Broker) -> dict[str, list[tuple[int, str]]]:
+    found: dict[str, list[tuple[int, str]]] = {}
+    with broker.transaction() as conn:
+        rows = conn.execute(
+            sa.select(audit_log)
+            .where(audit_log.c.action == Action.CONNECTION_STATEMENTS.value)
+            .order_by(audit_log.c.seq)
+        ).all()
+    for row in rows:
+        details = json.loads(row.details)
+        found.setdefault(details["connection"], []).extend(
+            (details["first"] + i, item[2]) for i, item in enumerate(details["statements"])
+        )
+    return found
+
+
+def _die(log: StatementLog) -> None:
+    """What the kernel does to a SIGKILLed process's journal: its files stay, its locks go."""
+    log.journal.close(delete=False)
+
+
+def _next_process(broker: Broker) -> Broker:
+    """Another broker process on the same data folder and database."""
+    return Broker.from_settings(
+        broker.settings, clock=broker.clock, policy=broker.policy, base_url="https://broker.test"
+    )
+
+
+def _journals(broker: Broker) -> list[Path]:
+    return sorted((Path(broker.settings.data_dir) / "statements").glob("*.journal"))
+
+
+def test_statements_a_dead_process_had_not_written_are_written_by_the_next(
+    make_broker: Callable[..., Broker],
+) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", [f"SELECT {i}" for i in range(10)])
+    assert log.flush() == 10  # in the ledger, and noted in the journal as written
+    assert _add(log, "c-1", [f"SELECT {i}" for i in range(10, 15)])
+    assert _add(log, "c-2", ["UPDATE t SET x = 'é\n'", "DELETE FROM t"])
+    assert _journals(broker) and all(p.stat().st_mode & 0o777 == 0o600 for p in _journals(broker))
+    _die(log)  # 7 statements relayed, not written
+
+    after = _next_process(broker)
+    later = statement_log_for(after)
+    assert later.recover() == 7
+    assert later.flush() == 7
+    recorded = _recorded(after)
+    assert recorded["c-1"] == [(i, f"SELECT {i}") for i in range(15)]  # each once, numbered on
+    assert recorded["c-2"] == [(0, "UPDATE t SET x = 'é\n'"), (1, "DELETE FROM t")]
+    assert _journals(after) == []  # the dead process's journal is gone once written
+    assert verify_ledger(after.engine, after.audit_key.public_key()).ok
+
+
+def test_a_live_process_journal_is_never_taken(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", ["SELECT 1"])
+    other = statement_log_for(_next_process(broker))
+    assert other.recover() == 0  # locked by its live owner
+    assert log.flush() == 1
+    assert _recorded(broker)["c-1"] == [(0, "SELECT 1")]
+
+
+def test_a_torn_last_line_is_ignored(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", ["SELECT 1", "SELECT 2"])
+    [path] = _journals(broker)
+    _die(log)
+    with path.open("ab") as f:
+        f.write(b'["S","c-1","g","s","a",2,0,[["query","SELECT 3"')  # the crash cut this one
+    later = statement_log_for(_next_process(broker))
+    assert later.recover() == 2
+    later.flush()
+    assert _recorded(broker)["c-1"] == [(0, "SELECT 1"), (1, "SELECT 2")]
+
+
+def test_rotated_journals_are_deleted_once_written(
+    make_broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 2000)
+    broker = make_broker()
+    log = statement_log_for(broker)
+    for i in range(100):
+        assert _add(log, f"c-{i % 3}", [f"SELECT {i} /* {'x' * 40} */"])
+    assert len(_journals(broker)) > 2
+    assert log.flush() == 100
+    log.flush()  # the writer sees the last rotation only with the next add's hand-over
+    assert len(_journals(broker)) <= 1  # only the open one is left
+    assert sum(len(v) for v in _recorded(broker).values()) == 100
+
+
+def test_a_journal_that_cannot_be_written_stops_the_channels(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    blocked = Path(broker.settings.data_dir) / "statements"
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("a file where the journal folder should be")
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", ["SELECT 1"])  # forwarded already: still written to the ledger
+    assert log.journal_failed is not None
+    assert not _add(log, "c-1", ["SELECT 2"])  # then refused: the channel must stop
+    assert log.flush() == 1
+    assert _recorded(broker)["c-1"] == [(0, "SELECT 1")]
+
+
+def test_a_graceful_stop_leaves_no_journal(make_broker: Callable[..., Broker]) -> None:
+    broker = make_broker()
+    log = statement_log_for(broker)
+    assert _add(log, "c-1", ["SELECT 1"])
+    log.stop(deadline=0)
+    assert _journals(broker) == []
+    assert _recorded(broker)["c-1"] == [(0, "SELECT 1")]
