@@ -287,3 +287,66 @@ def test_a_target_that_never_logs_in_is_cut_at_the_login_timeout(
     assert "the target did not finish the login within 1 s" in result.stderr, result.stderr
     (close,) = _closes(wire_broker.database_url, 1)
     assert close["why"] == "refused" and "within 1 s" in close["error"]
+
+
+def _grant(cli: Cli, service: str) -> str:
+    made = cli.run("request", service, "--scope", "read", "--ttl", "5m", "--reason", "INC-7", "-o", "json")
+    assert made.returncode == 0, made.stderr
+    return str(json.loads(made.stdout)["id"])
+
+
+def _queries(cli: Cli, grant: str, count: int) -> list[dict[str, Any]]:
+    """``access audit --grant G --queries -o json``, once it lists ``count`` (the statement log
+    writes about once a second, and at once when a channel closes: a bounded poll)."""
+    deadline = time.monotonic() + BOUND
+    while True:
+        listed = cli.run("audit", "--grant", grant, "--queries", "-n", "1000", "-o", "json")
+        assert listed.returncode == 0, listed.stderr
+        rows: list[dict[str, Any]] = json.loads(listed.stdout)
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+def test_every_statement_of_psql_pgbench_mysql_and_redis_cli_is_in_the_audit(
+    alice: Cli, wire_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """What the tunnel relayed, as ``access audit --queries`` shows it: psql's simple query,
+    pgbench's simple protocol (a Query per transaction) and its prepared one (one Parse per
+    connection, then an Execute per transaction naming it), mysql's COM_QUERY, redis-cli's
+    command and key; never a parameter value."""
+    for tool in ("psql", "pgbench", "mysql", "redis-cli"):
+        _require_tool(tool)
+    script = tmp_path / "bench.sql"
+    script.write_text("\\set v random(1, 9)\nSELECT :v AS bench_marker;\n")
+    pg = _grant(alice, "svc-pg")
+    steps = [
+        ["psql", "-X", "-Atc", "SELECT 'psql-marker'"],
+        ["pgbench", "-n", "-f", str(script), "-t", "4", "-c", "1", "-M", "simple"],
+        ["pgbench", "-n", "-f", str(script), "-t", "4", "-c", "2", "-M", "prepared"],
+    ]
+    for argv in steps:
+        done = alice.run("exec", "svc-pg", "--grant", pg, "--", *argv)
+        assert done.returncode == 0, done.stdout + done.stderr
+    rows = _queries(alice, pg, 1 + 4 + 2 + 8)
+    simple = [r for r in rows if r["kind"] == "query" and "bench_marker" in r["text"]]
+    parses = [r for r in rows if r["kind"] == "parse" and "bench_marker" in r["text"]]
+    executes = [r for r in rows if r["kind"] == "execute" and "bench_marker" in r["text"]]
+    assert any(r["kind"] == "query" and r["text"] == "SELECT 'psql-marker'" for r in rows), rows
+    assert len(simple) == 4 and all(r["text"].startswith("SELECT ") for r in simple)
+    assert len(parses) == 2 and all("$1" in r["text"] for r in parses)  # the value is a parameter
+    assert len(executes) == 8 and {r["name"] for r in executes} == {r["name"] for r in parses}
+    assert all(r["name"] for r in parses)  # pgbench's P0_1, …: which prepared statement ran
+
+    my = _grant(alice, "svc-my")
+    done = alice.run(
+        "exec", "svc-my", "--grant", my, "--", "mysql", "-N", "-B", "-e", "SELECT 'mysql-marker'"
+    )
+    assert done.returncode == 0, done.stderr
+    assert any("mysql-marker" in r["text"] for r in _queries(alice, my, 1))
+    rd = _grant(alice, "svc-rd")
+    done = alice.run("exec", "svc-rd", "--grant", rd, "--", "redis-cli", "SET", "marker:rd", "secret-value")
+    assert done.returncode == 0, done.stderr
+    recorded = _queries(alice, rd, 1)
+    assert any(r["text"] == "SET marker:rd" for r in recorded), recorded
+    assert all("secret-value" not in r["text"] for r in recorded)  # Redis values are not recorded
