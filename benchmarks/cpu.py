@@ -62,19 +62,21 @@ def main() -> int:
             "pg": 5432,
             "echo": bench.start_target(procs, "echo"),
             "sink": bench.start_target(procs, "sink"),
+            "pgtcp": 5432,  # the same PostgreSQL as a tcp service: the relay without login or audit
         }
         _url, _ca, env = bench.start_broker(procs, tmp, targets, PG_URL, tls=not args.no_tls)
         ssh_port = bench.start_ssh(procs, tmp, targets)["pg"]
         access_port = bench.start_access_connect(procs, "bench-pg", env)
+        relay_port = bench.start_access_connect(procs, "bench-pgtcp", env)
         broker = [p.pid for p in procs.procs if "serve" in map(str, p.args)]
-        cli = [p.pid for p in procs.procs if "connect" in map(str, p.args)]
+        clis = [p.pid for p in procs.procs if "connect" in map(str, p.args)]
         ssh = [p.pid for p in procs.procs if Path(str(p.args[0])).name == "ssh"]
         for round_no in range(1, args.rounds + 1):
-            for way, port in (("ssh -L", ssh_port), ("access", access_port)):
+            for way, port in (("ssh -L", ssh_port), ("access", access_port), ("tcp", relay_port)):
                 parts = (
                     {"ssh": ssh, "sshd": pids_named("sshd")}
                     if way == "ssh -L"
-                    else {"cli": cli, "broker": broker}
+                    else {"cli": [clis[0] if way == "access" else clis[1]], "broker": broker}
                 )
                 before = {name: cpu_seconds(pids) for name, pids in parts.items()}
                 tps = bench.pgbench_tps(port, "postgres", args.clients, args.seconds)

@@ -6,9 +6,14 @@ It starts, in a temporary directory: an echo server and a sink server (``servers
 ``access-broker`` serving TLS from a throwaway CA, a service account logged in with the real
 ``access login`` (client credentials), three ``access connect`` listeners, and an OpenSSH
 ``sshd`` on a random port with a throwaway host key, reached with ``ssh -L``. Then, the same
-workloads three ways (direct, ``ssh -L``, ``access connect``):
+workloads three ways (direct, ``ssh -L``, ``access connect``), and the PostgreSQL ones a fourth:
+``access relay``, the same PostgreSQL as a ``tcp`` service (the tunnel without the broker's login
+and statement audit: what the audit costs is access against it):
 
-- ``pgbench -S`` (select-only; 8 clients, 2 threads) against the machine's PostgreSQL;
+- ``pgbench -S`` (select-only; 8 clients, 2 threads) against the machine's PostgreSQL, with the
+  simple protocol, with ``-M prepared``, and with ``-C`` (a new connection, and login, per
+  transaction);
+- bulk ``COPY FROM STDIN`` with psql (``--copy-mib`` of CSV into an unlogged table);
 - bulk throughput of one stream (1 GiB to the sink);
 - connection setup: connect, send a byte, get it back (many samples);
 - round trip of 64-byte messages on one connection (p50, p99).
@@ -47,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PG_DB = "access_bench"
 WAYS = ("direct", "ssh -L", "access")
+RELAY = "access relay"  # PostgreSQL workloads only: bench-pgtcp, a tcp service to the same server
 
 
 def log(text: str) -> None:
@@ -138,6 +144,18 @@ def prepare_pgbench(pg_url: str) -> None:
             "-U",
             url.username or "postgres",
             PG_DB,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    bench_url = url._replace(path=f"/{PG_DB}").geturl()
+    subprocess.run(
+        [
+            admin[0],
+            bench_url,
+            *admin[2:],
+            "-c",
+            "CREATE UNLOGGED TABLE IF NOT EXISTS bench_copy (a int, b text)",
         ],
         check=True,
         capture_output=True,
@@ -355,15 +373,40 @@ def start_ssh(procs: Processes, tmp: Path, targets: dict[str, int]) -> dict[str,
 # -- workloads -----------------------------------------------------------------------------------
 
 
-def pgbench_tps(port: int, user: str, clients: int, seconds: int) -> float:
-    argv = ["pgbench", "-S", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds)]
+def pgbench_tps(port: int, user: str, clients: int, seconds: int, *extra: str) -> float:
+    """``pgbench -S`` tps; ``extra``: ``-M prepared``, or ``-C`` (whose tps counts the connections)."""
+    argv = ["pgbench", "-S", "-n", *extra, "-c", str(clients), "-j", "2", "-T", str(seconds)]
     argv += ["-h", "127.0.0.1", "-p", str(port), "-U", user, PG_DB]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     pattern = r"tps = ([0-9.]+) \((?:without initial connection time|excluding connections establishing)\)"
+    if "-C" in extra:
+        pattern = r"tps = ([0-9.]+) \((?:including reconnection times|including connections establishing)\)"
     match = re.search(pattern, done.stdout)
     if done.returncode != 0 or match is None:
         raise RuntimeError(f"pgbench failed on port {port}:\n{done.stdout}\n{done.stderr}")
     return float(match.group(1))
+
+
+def make_copy_file(tmp: Path, mib: int) -> Path:
+    """``mib`` MiB of CSV rows (an integer and 100 characters of text) for COPY."""
+    path = tmp / "copy.csv"
+    row_text = "x" * 100
+    rows = "".join(f"{i},{row_text}\n" for i in range(10_000)).encode()
+    with path.open("wb") as f:
+        for _ in range(max(1, mib * 1024 * 1024 // len(rows))):
+            f.write(rows)
+    return path
+
+
+def copy_mb_s(port: int, user: str, source: Path) -> float:
+    """MB/s of ``\\copy bench_copy FROM source`` with psql (the table emptied first, not timed)."""
+    base = ["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port), "-U", user, PG_DB]
+    subprocess.run([*base, "-c", "TRUNCATE bench_copy"], check=True, capture_output=True)
+    started = time.perf_counter()
+    subprocess.run(
+        [*base, "-c", f"\\copy bench_copy FROM '{source}' WITH (FORMAT csv)"], check=True, capture_output=True
+    )
+    return source.stat().st_size / (time.perf_counter() - started) / 1e6
 
 
 def bulk_mb_s(port: int, size: int) -> float:
@@ -427,6 +470,9 @@ def percentile(values: list[float], pct: int) -> float:
 # metric -> (label, unit, higher is better, how to get one number from a result)
 METRICS: dict[str, tuple[str, str, bool, Callable[[Any], float]]] = {
     "pgbench_tps": ("pgbench -S", "tps", True, float),
+    "pgbench_prepared_tps": ("pgbench -S -M prepared", "tps", True, float),
+    "pgbench_connect_tps": ("pgbench -S -C (connect each)", "tps", True, float),
+    "copy_mb_s": ("COPY FROM STDIN", "MB/s", True, float),
     "bulk_mb_s": ("bulk, one stream", "MB/s", True, float),
     "connect_ms_p50": ("connection setup p50", "ms", False, float),
     "rtt_us_p50": ("round trip p50", "us", False, float),
@@ -435,8 +481,8 @@ METRICS: dict[str, tuple[str, str, bool, Callable[[Any], float]]] = {
 
 
 def report(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    ratios: dict[str, dict[str, float]] = {"vs_ssh": {}, "vs_direct": {}}
-    rows = [("metric", "direct", "ssh -L", "access", "access/ssh", "access/direct")]
+    ratios: dict[str, dict[str, float]] = {"vs_ssh": {}, "vs_direct": {}, "vs_relay": {}}
+    rows = [("metric", "direct", "ssh -L", "access", "relay", "access/ssh", "access/direct", "access/relay")]
     for key, (label, unit, higher, _) in METRICS.items():
         values = [results[way].get(key) for way in WAYS]
         if any(v is None for v in values):
@@ -447,14 +493,22 @@ def report(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         vs_direct = access / direct if higher else direct / access
         ratios["vs_ssh"][key] = round(vs_ssh, 3)
         ratios["vs_direct"][key] = round(vs_direct, 3)
+        relay = results.get(RELAY, {}).get(key)
+        relay_cells = ("-", "-")
+        if relay is not None:
+            vs_relay = access / relay if higher else relay / access
+            ratios["vs_relay"][key] = round(vs_relay, 3)
+            relay_cells = (f"{relay:,.1f}", f"{vs_relay:.2f}x")
         rows.append(
             (
                 f"{label} ({unit})",
                 f"{direct:,.1f}",
                 f"{ssh:,.1f}",
                 f"{access:,.1f}",
+                relay_cells[0],
                 f"{vs_ssh:.2f}x",
                 f"{vs_direct:.2f}x",
+                relay_cells[1],
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -464,7 +518,10 @@ def report(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
                 cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
             )
         )
-    print("ratios: >1.00x means access is better (more throughput, or less time)")
+    print(
+        "ratios: >1.00x means access is better (more throughput, or less time); relay: the same "
+        "PostgreSQL as a tcp service (no login by the broker, no statement audit)"
+    )
     return ratios
 
 
@@ -496,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     parser.add_argument("--clients", type=int, default=8, help="pgbench clients")
     parser.add_argument("--bulk-mib", type=int, default=1024, help="bulk transfer size")
+    parser.add_argument("--copy-mib", type=int, default=64, help="COPY FROM STDIN size")
     parser.add_argument("--connects", type=int, default=200, help="connection setup samples")
     parser.add_argument("--round-trips", type=int, default=5000, help="round-trip samples")
     parser.add_argument(
@@ -504,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.bulk_mib, args.connects, args.round_trips, args.rounds = 3, 256, 50, 1000, 1
+        args.copy_mib = 16
     pg_user = urlsplit(args.pg).username or "postgres"
     started = time.monotonic()
     with workspace() as (tmp, procs):
@@ -514,9 +573,12 @@ def main(argv: list[str] | None = None) -> int:
             "pg": pg.port or 5432,
             "echo": start_target(procs, "echo"),
             "sink": start_target(procs, "sink"),
+            "pgtcp": pg.port or 5432,  # bench-pgtcp: the relay
         }
         for port in targets.values():
             wait_port(port)
+        copy_source = make_copy_file(tmp, args.copy_mib)
+        copy_bytes = copy_source.stat().st_size
         _url, _ca, cli_env = start_broker(procs, tmp, targets, args.pg)
         ports: dict[str, dict[str, int]] = {"direct": targets, "ssh -L": start_ssh(procs, tmp, targets)}
         ports["access"] = {
@@ -524,22 +586,42 @@ def main(argv: list[str] | None = None) -> int:
             "echo": start_access_connect(procs, "bench-echo", cli_env),
             "sink": start_access_connect(procs, "bench-sink", cli_env),
         }
-        results: dict[str, dict[str, float]] = {way: {} for way in WAYS}
-        # Throughput runs are interleaved (direct, ssh, access, direct, ...) and repeated, and the
-        # median is reported: on a shared 2-core machine one run of each drifts by 10-20%.
-        samples: dict[str, dict[str, list[float]]] = {
-            way: {"pgbench_tps": [], "bulk_mb_s": []} for way in WAYS
-        }
-        for round_no in range(1, args.rounds + 1):
-            for way in WAYS:
-                log(f"pgbench -S through {way} (round {round_no}/{args.rounds})")
-                tps = pgbench_tps(ports[way]["pg"], pg_user, args.clients, args.seconds)
-                samples[way]["pgbench_tps"].append(tps)
+        ports[RELAY] = {"pg": start_access_connect(procs, "bench-pgtcp", cli_env)}
+        pg_ways = (*WAYS, RELAY)
+        results: dict[str, dict[str, float]] = {way: {} for way in pg_ways}
+        # Throughput runs are interleaved (direct, ssh, access, relay, direct, ...) and repeated,
+        # and the median is reported: on a shared 2-core machine one run of each drifts by 10-20%.
+        samples: dict[str, dict[str, list[float]]] = {way: {} for way in pg_ways}
+        pg_workloads: list[tuple[str, str, Callable[[int], float]]] = [
+            (
+                "pgbench_tps",
+                "pgbench -S",
+                lambda port: pgbench_tps(port, pg_user, args.clients, args.seconds),
+            ),
+            (
+                "pgbench_prepared_tps",
+                "pgbench -S -M prepared",
+                lambda port: pgbench_tps(port, pg_user, args.clients, args.seconds, "-M", "prepared"),
+            ),
+            (
+                "pgbench_connect_tps",
+                "pgbench -S -C",
+                lambda port: pgbench_tps(port, pg_user, args.clients, args.seconds, "-C"),
+            ),
+            ("copy_mb_s", f"COPY {args.copy_mib} MiB", lambda port: copy_mb_s(port, pg_user, copy_source)),
+        ]
+        for metric, label, workload in pg_workloads:
+            for round_no in range(1, args.rounds + 1):
+                for way in pg_ways:
+                    log(f"{label} through {way} (round {round_no}/{args.rounds})")
+                    samples[way].setdefault(metric, []).append(workload(ports[way]["pg"]))
         for round_no in range(1, args.rounds + 1):
             for way in WAYS:
                 log(f"bulk {args.bulk_mib} MiB through {way} (round {round_no}/{args.rounds})")
-                samples[way]["bulk_mb_s"].append(bulk_mb_s(ports[way]["sink"], args.bulk_mib * 1024 * 1024))
-        for way in WAYS:
+                samples[way].setdefault("bulk_mb_s", []).append(
+                    bulk_mb_s(ports[way]["sink"], args.bulk_mib * 1024 * 1024)
+                )
+        for way in pg_ways:
             for metric, values in samples[way].items():
                 results[way][metric] = statistics.median(values)
         for way in WAYS:
@@ -558,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples": {way: {k: [round(v, 1) for v in vs] for k, vs in m.items()} for way, m in samples.items()},
         "ratios": ratios,
         "settings": {
-            "pgbench": f"-S -c {args.clients} -j 2 -T {args.seconds}",
+            "pgbench": f"-S -c {args.clients} -j 2 -T {args.seconds} (and -M prepared, -C)",
+            "copy_bytes": copy_bytes,
             "rounds": args.rounds,
             "bulk_bytes": args.bulk_mib * 1024 * 1024,
             "connect_samples": args.connects,
