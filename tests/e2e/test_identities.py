@@ -77,7 +77,7 @@ def test_a_broker_killed_with_active_grants_leaves_no_identity_after_restart(
         assert len(left()) == 3
         marker = f"journal-{place.suffix}"
         held = cli.popen(
-            "exec", "svc-pg", "-s", "read", "-t", "8s", "-r", "t", "--",
+            "exec", "svc-pg", "-s", "read", "-t", "8s", "-r", "journal", "--",
             "psql", "-X", "-c", f"SELECT '{marker}', pg_sleep(30)",
         )  # fmt: skip
         try:
