@@ -420,6 +420,8 @@ class StatementLog:
         with self._writer:
             self._recovered[generation] = held
         self._queue.extend(items)
+        for connection_id in dict.fromkeys(item[0] for item in items):  # their channels are gone
+            self._queue.append((connection_id, "", "", "", 0, None, _CLOSE, generation))
         self._queue.append(("", "", "", "", 0, None, _SEAL, generation))
         self._added += count
         self._added_bytes += size
