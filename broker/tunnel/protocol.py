@@ -50,6 +50,7 @@ from access.broker.tunnel import wired
 from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.limits import limits_for
 from access.broker.tunnel.registry import registry_for
+from access.broker.wire import mysql as mywire
 from access.broker.wire import postgres as pgwire
 from access.broker.wire.base import Handshake, Statement, Tap, TargetLogin, WireError
 from access.shared.closecodes import grant_ended_close
@@ -171,6 +172,10 @@ class WireChannel(BrokerChannel):
     ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
     by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
     none of this is on its path.
+
+    MySQL with ``options.tls``: the target's connection starts in clear; once the machine has
+    sent its SSLRequest (``wants_tls``) the channel upgrades it (``_start_tls``) and the login
+    goes on over TLS. A failed upgrade is the client's ERR, audited as ``why: refused``.
     """
 
     __slots__ = (
@@ -185,6 +190,7 @@ class WireChannel(BrokerChannel):
         "statements",
         "timer",
         "tls",
+        "upgrade",
     )
 
     def __init__(self, session: TunnelProtocol, channel_id: int, kind: str) -> None:
@@ -200,13 +206,15 @@ class WireChannel(BrokerChannel):
         self.timer: asyncio.TimerHandle | None = None
         self.cancel: str | None = None  # a CancelRequest channel: "forwarded" or why it was refused
         self.deferred: WireError | None = None  # a refusal met before the channel was open
+        self.upgrade: asyncio.Task[None] | None = None  # MySQL: TLS starting on the target leg
 
     def start_login(self) -> None:
         """Make the machines (before the target is dialled: uvloop may read it at once)."""
         assert self.login is not None
         if self.kind == "postgres":
             self.issued = wired.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
-        self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued)
+        tls = self.tls.mode != "disable"
+        self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued, tls=tls)
         self.login = None
         loop = asyncio.get_running_loop()
         timeout: float = self.session.broker.settings.tunnel_login_timeout  # type: ignore[attr-defined]
@@ -289,6 +297,8 @@ class WireChannel(BrokerChannel):
             out = machine.data_to_target()
             if out and self.transport is not None:
                 self.transport.write(out)
+            if isinstance(machine, mywire.MysqlHandshake) and machine.wants_tls and self.upgrade is None:
+                self._begin_tls(machine)
             back = machine.data_to_client()
             if back:
                 self._to_client(back)
@@ -302,6 +312,68 @@ class WireChannel(BrokerChannel):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _begin_tls(self, machine: mywire.MysqlHandshake) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()  # nothing the target sends now may be read in clear
+        self.upgrade = asyncio.get_running_loop().create_task(self._start_tls(machine))
+
+    async def _start_tls(self, machine: mywire.MysqlHandshake) -> None:
+        """MySQL: the SSLRequest is out; upgrade the target's connection, then log in over TLS.
+
+        While TLS starts the connection's protocol is a stand-in (``_Upgrading``), so its loss
+        does not reach the channel from asyncio: this method ends the channel itself when the
+        upgrade fails, and hands the stand-in over to the channel once it succeeds.
+        """
+        raw = self.transport
+        session: TunnelProtocol = self.session  # type: ignore[assignment]
+        grant = session.grant
+        context = self.tls.context()
+        if raw is None or self.why is not None or grant is None or context is None:
+            return  # ended meanwhile: the plain connection is still the channel's, its loss ends it
+        standin = _Upgrading()
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                raw, standin, context, server_hostname=grant.host, ssl_handshake_timeout=CONNECT_TIMEOUT
+            )
+        except Exception as exc:  # any failure to start TLS ends the channel (fail closed)
+            reason = getattr(exc, "strerror", None) or str(exc) or repr(exc)
+            self._tls_failed(machine, grant.service, reason, exc)
+            return
+        if secure is None or secure.is_closing() or standin.lost or not self.active:
+            # Lost or ended while TLS started: asyncio and uvloop then wake start_tls with no error
+            # (and no transport, or a closed one) and tell no protocol, so the channel ends here.
+            if secure is not None:
+                secure.abort()
+            self._tls_failed(machine, grant.service, "the target closed the connection", standin.exc)
+            return
+        secure.set_protocol(self)
+        standin.owner = self  # a loss already on its way to the stand-in goes on to the channel
+        Channel.connection_made(self, secure)  # the channel's transport from now on; reading paused
+        if not session.writing_paused:
+            secure.resume_reading()
+        try:
+            machine.tls_started()
+        except WireError as exc:
+            self.refuse(exc)
+            return
+        self._run(machine.feed_target, standin.early)
+
+    def _tls_failed(
+        self, machine: mywire.MysqlHandshake, service: str, reason: str, exc: Exception | None
+    ) -> None:
+        """TLS did not start: the client is told (unless the channel already ended), then the
+        channel ends, once (its connection's loss reached no protocol that would end it)."""
+        if self.why is None:
+            try:
+                machine.refuse(
+                    f"TLS to the target failed: {reason}",
+                    f"TLS to {service} failed ({reason}); "
+                    "operators: check the service's options.tls and the target's certificate",
+                )
+            except WireError as failed:
+                self.refuse(failed)
+        self.connection_lost(exc)
 
     def _logged_in(self, machine: Handshake) -> None:
         self.machine = None
@@ -336,13 +408,14 @@ class WireChannel(BrokerChannel):
             return
         seconds = f"{self.session.broker.settings.tunnel_login_timeout:g}"  # type: ignore[attr-defined]
         message = f"the target did not finish the login within {seconds} s; try again, or tell its owners"
-        greeted = not isinstance(self.machine, pgwire.PostgresHandshake) and self.bytes_out > 0
-        self.refuse(
-            WireError(
-                f"the login to the target did not finish within {seconds} s",
-                wired.client_error(self.kind, message, greeted=greeted),
-            )
-        )
+        why = f"the login to the target did not finish within {seconds} s"
+        if isinstance(self.machine, mywire.MysqlHandshake):
+            try:  # the machine knows which sequence id the client expects now
+                self.machine.refuse(why, message)
+            except WireError as exc:
+                self.refuse(exc)
+            return
+        self.refuse(WireError(why, wired.client_error(self.kind, message)))
 
     def _cancel(self, presented: tuple[int, int]) -> None:
         """A CancelRequest channel: forward it only for a live channel of the same grant."""
@@ -637,7 +710,7 @@ class TunnelProtocol(MuxSession):
         """Dial the target; with TLS for a service whose ``options.tls`` asks for it."""
         loop = asyncio.get_running_loop()
         context = tls.context()
-        if context is None:
+        if context is None or grant.kind == "mysql":  # mysql: the login machine asks for TLS
             await loop.create_connection(lambda: channel, grant.host, grant.port)
         elif grant.kind != "postgres":
             await loop.create_connection(
@@ -774,6 +847,34 @@ class TunnelProtocol(MuxSession):
 
 class _NoTls(ConnectionRefusedError):
     """A PostgreSQL target answered an SSLRequest with N."""
+
+
+class _Upgrading(asyncio.Protocol):
+    """The target connection's protocol while TLS starts in the middle of a MySQL login.
+
+    It keeps what arrives before the channel takes over: a loss (``lost``, ``exc``) and any
+    bytes (``early``: a little over the machine's ceiling at most, which then refuses them).
+    Once ``owner`` is set, a loss still on its way goes to the channel. A loss while TLS starts
+    is not the channel's either: ``WireChannel._start_tls`` ends the channel itself.
+    """
+
+    def __init__(self) -> None:
+        self.owner: WireChannel | None = None
+        self.lost = False
+        self.exc: Exception | None = None
+        self.early = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner is not None:
+            self.owner.data_received(data)
+        elif len(self.early) <= mywire.MAX_HANDSHAKE_PACKET + 4:
+            self.early += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner is not None:
+            self.owner.connection_lost(exc)
+        else:
+            self.lost, self.exc = True, exc
 
 
 class _SslAnswer(asyncio.Protocol):

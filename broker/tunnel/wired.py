@@ -29,26 +29,32 @@ if TYPE_CHECKING:
 
 __all__ = ["CancelEntry", "CancelKeys", "cancels_for", "client_error", "machines"]
 
-_ER_HANDSHAKE = 1043  # MySQL's ER_HANDSHAKE_ERROR
 _ER_UNKNOWN = 1105  # MySQL's ER_UNKNOWN_ERROR
 
 
-def machines(kind: str, login: TargetLogin, client_key: tuple[int, int] | None) -> tuple[Handshake, Tap]:
-    """The login machine and the statement tap of one channel of a ``kind`` service."""
+def machines(
+    kind: str, login: TargetLogin, client_key: tuple[int, int] | None, *, tls: bool = False
+) -> tuple[Handshake, Tap]:
+    """The login machine and the statement tap of one channel of a ``kind`` service.
+
+    ``tls``: the target leg is encrypted. Only the MySQL machine is told (it asks for TLS in the
+    middle of its login); the channel starts TLS before the first byte for the others (after an
+    SSLRequest for PostgreSQL).
+    """
     if kind == "postgres":
         return postgres.handshake(login, client_key=client_key), postgres.tap()
     if kind == "mysql":
-        return mysql.handshake(login), mysql.tap()
+        return mysql.handshake(login, tls=tls), mysql.tap()
     if kind == "redis":
         return resp.handshake(login), resp.tap()
     raise ValueError(f"the broker does not log in to {kind} targets")
 
 
-def client_error(kind: str, message: str, *, greeted: bool = True) -> bytes:
+def client_error(kind: str, message: str) -> bytes:
     """``message`` as an error in the client's protocol, for the broker to send before closing.
 
-    ``greeted``: MySQL only; False before the client had a greeting (no SQLSTATE, sequence 0),
-    else the answer to the client's last command (sequence 1).
+    MySQL: the answer to the client's last command (sequence id 1); during the login the MySQL
+    machine sequences its own (``MysqlHandshake.refuse``).
     """
     text = "access: " + message
     if kind == "postgres":
@@ -56,9 +62,8 @@ def client_error(kind: str, message: str, *, greeted: bool = True) -> bytes:
     if kind == "redis":
         return b"-ERR " + text.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
     if kind == "mysql":
-        code = (_ER_UNKNOWN if greeted else _ER_HANDSHAKE).to_bytes(2, "little")
-        body = b"\xff" + code + (b"#HY000" if greeted else b"") + text.encode()[:1024]
-        return len(body).to_bytes(3, "little") + (b"\x01" if greeted else b"\x00") + body
+        body = b"\xff" + _ER_UNKNOWN.to_bytes(2, "little") + b"#HY000" + text.encode()[:1024]
+        return len(body).to_bytes(3, "little") + b"\x01" + body
     return b""
 
 
