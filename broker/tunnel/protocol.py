@@ -46,7 +46,7 @@ from access.broker.errors import (
     Unauthenticated,
 )
 from access.broker.kinds.login import LOGIN_KINDS, TargetTls, target_login, target_tls
-from access.broker.tunnel import wired
+from access.broker.tunnel import cancels, wired
 from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.limits import limits_for
 from access.broker.tunnel.registry import registry_for
@@ -186,11 +186,12 @@ class WireChannel(BrokerChannel):
         "kind",
         "login",
         "machine",
+        "pending",
         "recorder",
+        "shared",
         "statements",
         "timer",
         "tls",
-        "upgrade",
     )
 
     def __init__(self, session: TunnelProtocol, channel_id: int, kind: str) -> None:
@@ -206,13 +207,14 @@ class WireChannel(BrokerChannel):
         self.timer: asyncio.TimerHandle | None = None
         self.cancel: str | None = None  # a CancelRequest channel: "forwarded" or why it was refused
         self.deferred: WireError | None = None  # a refusal met before the channel was open
-        self.upgrade: asyncio.Task[None] | None = None  # MySQL: TLS starting on the target leg
+        self.pending: asyncio.Task[None] | None = None  # MySQL's TLS start, or a cancel's lookup
+        self.shared: asyncio.Future[bool] | None = None  # PostgreSQL: the store's copy of ``issued``
 
     def start_login(self) -> None:
         """Make the machines (before the target is dialled: uvloop may read it at once)."""
         assert self.login is not None
         if self.kind == "postgres":
-            self.issued = wired.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
+            self.issued = cancels.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
         tls = self.tls.mode != "disable"
         self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued, tls=tls)
         self.login = None
@@ -292,12 +294,13 @@ class WireChannel(BrokerChannel):
             if data:
                 feed(data)
             if isinstance(machine, pgwire.PostgresHandshake) and machine.cancel_request is not None:
-                self._cancel(machine.cancel_request)
+                if self.pending is None:
+                    self._cancel(machine.cancel_request)
                 return
             out = machine.data_to_target()
             if out and self.transport is not None:
                 self.transport.write(out)
-            if isinstance(machine, mywire.MysqlHandshake) and machine.wants_tls and self.upgrade is None:
+            if isinstance(machine, mywire.MysqlHandshake) and machine.wants_tls and self.pending is None:
                 self._begin_tls(machine)
             back = machine.data_to_client()
             if back:
@@ -316,7 +319,7 @@ class WireChannel(BrokerChannel):
     def _begin_tls(self, machine: mywire.MysqlHandshake) -> None:
         assert self.transport is not None
         self.transport.pause_reading()  # nothing the target sends now may be read in clear
-        self.upgrade = asyncio.get_running_loop().create_task(self._start_tls(machine))
+        self.pending = asyncio.get_running_loop().create_task(self._start_tls(machine))
 
     async def _start_tls(self, machine: mywire.MysqlHandshake) -> None:
         """MySQL: the SSLRequest is out; upgrade the target's connection, then log in over TLS.
@@ -383,8 +386,9 @@ class WireChannel(BrokerChannel):
         if isinstance(machine, pgwire.PostgresHandshake) and grant is not None:
             target_key = machine.target_key
             if target_key is not None and self.issued is not None:
-                entry = wired.CancelEntry(grant.grant_id, self.issued, target_key, grant.host, grant.port)
-                if not wired.cancels_for(session.broker).add(entry):
+                entry = cancels.CancelEntry(grant.grant_id, self.issued, target_key, grant.host, grant.port)
+                self.shared = cancels.remember(session.broker, entry)  # written in a worker thread
+                if self.shared is None:
                     self.issued = None
         client, target = machine.leftovers()
         if target:
@@ -418,25 +422,27 @@ class WireChannel(BrokerChannel):
         self.refuse(WireError(why, wired.client_error(self.kind, message)))
 
     def _cancel(self, presented: tuple[int, int]) -> None:
-        """A CancelRequest channel: forward it only for a live channel of the same grant."""
-        self.machine = None
+        """A CancelRequest channel: look its key up (``cancels.lookup``: this process, else the
+        store), then forward it only for a live channel of the same grant. Meanwhile the machine
+        stays: it reads nothing more from the client, and a target that speaks is refused."""
         self.stop_timer()
+        self.pending = asyncio.get_running_loop().create_task(self._forward_cancel(presented))
+
+    async def _forward_cancel(self, presented: tuple[int, int]) -> None:
         session: TunnelProtocol = self.session  # type: ignore[assignment]
         grant = session.grant
         assert grant is not None
-        entry = wired.cancels_for(session.broker).find(presented)
-        if entry is None:
-            self.cancel = "refused: no live connection has that key"
-        elif entry.grant_id != grant.grant_id:
-            self.cancel = "refused: the key is another grant's"
-            log.warning("refused a cancel request for another grant's connection (grant %s)", grant.grant_id)
-        elif (entry.host, entry.port) != (grant.host, grant.port):
-            self.cancel = "refused: the key's connection is on another target"
-        else:
-            self.cancel = "forwarded"
-            assert self.transport is not None
+        entry = await cancels.lookup(session.broker, presented)
+        if self.why is not None or self.transport is None:
+            return  # ended meanwhile: its connection's loss ends it
+        self.machine = None
+        self.cancel = cancels.decide(entry, grant.grant_id, grant.host, grant.port)
+        if self.cancel == cancels.FORWARDED:
+            assert entry is not None
             self.transport.write(pgwire.cancel_message(*entry.target_key))
-        self.why = "cancel" if self.cancel == "forwarded" else "refused"
+        elif entry is not None and entry.grant_id != grant.grant_id:
+            log.warning("refused a cancel request for another grant's connection (grant %s)", grant.grant_id)
+        self.why = "cancel" if self.cancel == cancels.FORWARDED else "refused"
         session.close_channel(self)
         self.end(self.why, flush=True)  # the target reads the request, then closes
 
@@ -789,7 +795,7 @@ class TunnelProtocol(MuxSession):
             if channel.cancel is not None:
                 details["cancel"] = channel.cancel
             if channel.issued is not None:
-                wired.cancels_for(self.broker).drop(channel.issued)
+                cancels.forget(self.broker, channel.issued, channel.shared)
             from access.broker.audit.statements import statement_log_for
 
             statement_log_for(self.broker).close(channel.connection_id)  # write what it still holds
