@@ -1,4 +1,5 @@
-"""Real servers of the tests' own: a private PostgreSQL cluster with password logins.
+"""Real servers of the tests' own: a private PostgreSQL cluster with password logins, and a
+private MariaDB with TLS and the ed25519 plugin.
 
 The machine's shared PostgreSQL trusts every loopback login, so it cannot show that the broker
 answers SCRAM, MD5 or a cleartext request. ``pg_cluster`` starts a cluster of its own (one per
@@ -12,6 +13,14 @@ The superuser ``postgres`` logs in over the cluster's Unix socket only (trust). 
 to run as root, so as root the cluster runs as the ``postgres`` OS user (runuser). It also
 accepts TLS, with a certificate from a CA of its own (``Cluster.ca_file``). Used by the
 wire machines' tests (tests/broker/wire) and the tunnel's end-to-end tests (tests/e2e).
+
+The machine's shared MariaDB has no TLS and no ed25519 plugin, and is not ours to reconfigure:
+``mariadb_server`` starts one of its own (one per pytest-xdist worker, like the cluster) with
+``mariadb-install-db --no-defaults`` (about 1.6 s here) and ``mariadbd --no-defaults`` on a random
+port, listening on 127.0.0.1 and 127.0.0.2 (its certificate names only the first: a second
+address is a wrong host name on the same server), with TLS from a CA of its own
+(``MariaDB.ca_file``) and ``auth_ed25519`` loaded. ``root`` logs in over TCP with no password;
+``access_tls`` (``MariaDB.tls_password``) is a user that the server itself lets in only over TLS.
 """
 
 from __future__ import annotations
@@ -24,17 +33,20 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import pymysql
 import pytest
 
 from access.broker.wire.base import TargetLogin
 from access.shared.devca import make_ca
 
-__all__ = ["BOUND", "DATABASE", "ROLES", "Cluster", "pg_cluster"]
+__all__ = ["BOUND", "DATABASE", "ROLES", "Cluster", "MariaDB", "mariadb_server", "pg_cluster"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DATABASE = "wiretest"
@@ -141,3 +153,78 @@ def _stop(data: Path) -> None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((data / "postmaster.pid").read_text().split()[0])
             os.kill(pid, signal.SIGKILL)  # the postmaster this fixture started
+
+
+@dataclass(frozen=True)
+class MariaDB:
+    port: int
+    ca_file: str  # the CA of the server's certificate (for 127.0.0.1 and localhost, not 127.0.0.2)
+    tls_password: str = field(repr=False)  # of ``access_tls``@'%', which must come over TLS
+    tls_user: str = "access_tls"
+
+    def admin(self) -> pymysql.Connection[Any]:
+        """``root``, over TCP with no password."""
+        return pymysql.connect(
+            host="127.0.0.1", port=self.port, user="root", connect_timeout=5, autocommit=True
+        )
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDB]:
+    root = Path(tempfile.mkdtemp(prefix="access-mariadb-"))
+    data = root / "data"
+    tls = make_ca(root / "tls")
+    as_root = ["--user=root"] if os.geteuid() == 0 else []
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", *as_root, "--skip-test-db",
+             "--auth-root-authentication-method=normal"],
+            check=True, capture_output=True, timeout=BOUND * 3,
+        )  # fmt: skip
+        for attempt in range(3):
+            port = _free_port()
+            with (root / "server.log").open("ab") as log:
+                server = subprocess.Popen(
+                    ["mariadbd", "--no-defaults", f"--datadir={data}", *as_root, f"--port={port}",
+                     "--bind-address=127.0.0.1,127.0.0.2", f"--socket={root / 'sock'}",
+                     f"--pid-file={root / 'pid'}", "--plugin-load-add=auth_ed25519",
+                     "--innodb-buffer-pool-size=16M", "--skip-log-bin", "--max-connections=40",
+                     f"--ssl-ca={tls.ca_cert}", f"--ssl-cert={tls.server_cert}",
+                     f"--ssl-key={tls.server_key}"],
+                    stdout=log, stderr=log,
+                )  # fmt: skip
+            if _mariadb_up(server, port):
+                break
+            server.kill()
+            server.wait(BOUND)
+            server = None
+            if attempt == 2:
+                log = (root / "server.log").read_text()
+                raise AssertionError(f"the private MariaDB did not start: {log}")
+        password = secrets.token_urlsafe(24)
+        made = MariaDB(port, str(tls.ca_cert), password)
+        with made.admin() as admin, admin.cursor() as cursor:
+            cursor.execute("CREATE USER 'access_tls'@'%%' IDENTIFIED BY %s REQUIRE SSL", (password,))
+        yield made
+    finally:
+        if server is not None:
+            server.terminate()
+            try:
+                server.wait(BOUND)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(BOUND)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _mariadb_up(server: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether ``server`` answers on ``port`` within BOUND (False: it exited, e.g. the port was taken)."""
+    deadline = time.monotonic() + BOUND
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=2).close()
+            return True
+        except pymysql.err.OperationalError:
+            time.sleep(0.05)  # a bounded poll for the server's port, not a synchronisation
+    return False

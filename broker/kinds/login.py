@@ -98,8 +98,7 @@ def target_tls(grant: Any) -> TargetTls:
     """The service's ``tls`` option (disable, require or verify-full) and ``tls_ca_file``, checked.
 
     Raises:
-        Unavailable: an unknown mode, a ``tls_ca_file`` that cannot be read, or TLS a kind does
-            not support yet (mysql).
+        Unavailable: an unknown mode, or a ``tls_ca_file`` that cannot be read.
     """
     options: Mapping[str, Any] = grant.options
     mode = str(options.get("tls", "disable"))
@@ -109,9 +108,4 @@ def target_tls(grant: Any) -> TargetTls:
     ca_file = options.get("tls_ca_file")
     if ca_file is not None and not Path(str(ca_file)).is_file():
         raise Unavailable(f"the broker cannot read the tls_ca_file of {grant.service}", hint=hint)
-    if mode != "disable" and grant.kind not in ("postgres", "redis", "tcp"):
-        raise Unavailable(
-            f"TLS to a {grant.kind} target is not supported yet ({grant.service})",
-            hint="operators: set the service's options.tls to disable",
-        )
     return TargetTls(mode, None if ca_file is None else str(ca_file))

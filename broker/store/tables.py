@@ -20,6 +20,7 @@ __all__ = [
     "audit_log",
     "broker_instances",
     "broker_meta",
+    "cancel_keys",
     "device_codes",
     "grants",
     "identities",
@@ -238,6 +239,24 @@ open_connections = sa.Table(
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("details", sa.JSON, nullable=False),  # what connection.open recorded
     sa.Column("opened_at", UTCDateTime, nullable=False),
+)
+
+# The PostgreSQL cancel keys the broker issued (issue 10): one row per logged-in postgres channel,
+# written once its login is done and deleted at its end, so that a CancelRequest reaching another
+# replica than the query's finds it. The issued secret is kept only as a keyed hash, the target's
+# own key only sealed (``tunnel.cancels``). ``instance_id``: the process that relays the channel
+# (its rows go when it stops, or when its lease runs out).
+cancel_keys = sa.Table(
+    "cancel_keys",
+    metadata,
+    sa.Column("pid", sa.Integer, primary_key=True, autoincrement=False),  # the issued pid
+    sa.Column("secret_mac", sa.LargeBinary, nullable=False),
+    sa.Column("grant_id", sa.String(32), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("port", sa.Integer, nullable=False),
+    sa.Column("target_key", sa.LargeBinary, nullable=False),
+    sa.Column("instance_id", sa.String(32), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 # The per-grant identities the broker makes on targets (issue 10), one row per grant, written

@@ -18,6 +18,9 @@ row is still in ``open_connections``, and once the lease has run out whichever p
 (the next to start, or any replica) writes ``connection.close`` with ``why: broker lost`` and
 what is known: the open's details, when it opened, the owner and its last heartbeat
 (:func:`close_lost`).
+
+The same two moments remove a process's PostgreSQL cancel keys from the store
+(``tunnel.cancels``): its own at a graceful stop, a dead one's once its lease has run out.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from access.broker.audit.actions import Action
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
+from access.broker.store import cancel_keys
 from access.broker.store import connections as store
 
 if TYPE_CHECKING:
@@ -175,7 +179,7 @@ def heartbeat(broker: Broker) -> None:
 
 def close_lost(broker: Broker) -> int:
     """Write ``connection.close`` (``why: broker lost``) for every connection a dead broker
-    process left open, and forget that process; return how many were closed.
+    process left open, and forget that process and its cancel keys; return how many were closed.
 
     A process is dead when its heartbeat is older than ``settings.instance_lease`` (or its row
     is gone). This process and live replicas are never touched. Each close deletes its row in its
@@ -200,6 +204,8 @@ def close_lost(broker: Broker) -> int:
         with broker.transaction() as conn:
             if not store.open_of(conn, owner.instance_id, 1):
                 store.remove_instance(conn, owner.instance_id)
+    with broker.transaction() as conn:
+        cancel_keys.remove_stale(conn, now=now, lease=lease, alive=broker.instance_id)
     if closed:
         log.warning(
             "wrote connection.close (broker lost) for %d connections of dead broker processes", closed
@@ -238,8 +244,8 @@ def _close_one(broker: Broker, row: Any, owner: Any) -> int:
 
 def stop_instance(broker: Broker, deadline: float) -> None:
     """On a graceful stop: write the queued closes (trying until ``deadline``, a monotonic time),
-    then remove this process's heartbeat, so that whatever it still owns is closed (broker lost)
-    at the next start instead of after the lease. Never raises."""
+    then remove this process's heartbeat and cancel keys, so that whatever it still owns is
+    closed (broker lost) at the next start instead of after the lease. Never raises."""
     queue = pending_for(broker)
     while True:
         queue.flush_now()
@@ -255,6 +261,7 @@ def stop_instance(broker: Broker, deadline: float) -> None:
         return  # keep the heartbeat row: it tells the next start when this process was last seen
     try:
         with broker.transaction() as conn:
+            cancel_keys.remove_of(conn, broker.instance_id)
             store.remove_instance(conn, broker.instance_id)
     except BrokerError as exc:
         log.warning("could not remove this broker's heartbeat: %s", exc.message)

@@ -47,10 +47,11 @@ from access.broker.errors import (
     Unauthenticated,
 )
 from access.broker.kinds.login import LOGIN_KINDS, TargetTls, target_login, target_tls
-from access.broker.tunnel import wired
+from access.broker.tunnel import cancels, wired
 from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.limits import limits_for
 from access.broker.tunnel.registry import registry_for
+from access.broker.wire import mysql as mywire
 from access.broker.wire import postgres as pgwire
 from access.broker.wire.base import Handshake, Statement, Tap, TargetLogin, WireError
 from access.shared.closecodes import grant_ended_close
@@ -172,6 +173,10 @@ class WireChannel(BrokerChannel):
     ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
     by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
     none of this is on its path.
+
+    MySQL with ``options.tls``: the target's connection starts in clear; once the machine has
+    sent its SSLRequest (``wants_tls``) the channel upgrades it (``_start_tls``) and the login
+    goes on over TLS. A failed upgrade is the client's ERR, audited as ``why: refused``.
     """
 
     __slots__ = (
@@ -182,7 +187,9 @@ class WireChannel(BrokerChannel):
         "kind",
         "login",
         "machine",
+        "pending",
         "recorder",
+        "shared",
         "statements",
         "timer",
         "tls",
@@ -201,13 +208,16 @@ class WireChannel(BrokerChannel):
         self.timer: asyncio.TimerHandle | None = None
         self.cancel: str | None = None  # a CancelRequest channel: "forwarded" or why it was refused
         self.deferred: WireError | None = None  # a refusal met before the channel was open
+        self.pending: asyncio.Task[None] | None = None  # MySQL's TLS start, or a cancel's lookup
+        self.shared: asyncio.Future[bool] | None = None  # PostgreSQL: the store's copy of ``issued``
 
     def start_login(self) -> None:
         """Make the machines (before the target is dialled: uvloop may read it at once)."""
         assert self.login is not None
         if self.kind == "postgres":
-            self.issued = wired.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
-        self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued)
+            self.issued = cancels.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
+        tls = self.tls.mode != "disable"
+        self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued, tls=tls)
         self.login = None
         loop = asyncio.get_running_loop()
         timeout: float = self.session.broker.settings.tunnel_login_timeout  # type: ignore[attr-defined]
@@ -285,11 +295,14 @@ class WireChannel(BrokerChannel):
             if data:
                 feed(data)
             if isinstance(machine, pgwire.PostgresHandshake) and machine.cancel_request is not None:
-                self._cancel(machine.cancel_request)
+                if self.pending is None:
+                    self._cancel(machine.cancel_request)
                 return
             out = machine.data_to_target()
             if out and self.transport is not None:
                 self.transport.write(out)
+            if isinstance(machine, mywire.MysqlHandshake) and machine.wants_tls and self.pending is None:
+                self._begin_tls(machine)
             back = machine.data_to_client()
             if back:
                 self._to_client(back)
@@ -304,6 +317,68 @@ class WireChannel(BrokerChannel):
             self.timer.cancel()
             self.timer = None
 
+    def _begin_tls(self, machine: mywire.MysqlHandshake) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()  # nothing the target sends now may be read in clear
+        self.pending = asyncio.get_running_loop().create_task(self._start_tls(machine))
+
+    async def _start_tls(self, machine: mywire.MysqlHandshake) -> None:
+        """MySQL: the SSLRequest is out; upgrade the target's connection, then log in over TLS.
+
+        While TLS starts the connection's protocol is a stand-in (``_Upgrading``), so its loss
+        does not reach the channel from asyncio: this method ends the channel itself when the
+        upgrade fails, and hands the stand-in over to the channel once it succeeds.
+        """
+        raw = self.transport
+        session: TunnelProtocol = self.session  # type: ignore[assignment]
+        grant = session.grant
+        context = self.tls.context()
+        if raw is None or self.why is not None or grant is None or context is None:
+            return  # ended meanwhile: the plain connection is still the channel's, its loss ends it
+        standin = _Upgrading()
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                raw, standin, context, server_hostname=grant.host, ssl_handshake_timeout=CONNECT_TIMEOUT
+            )
+        except Exception as exc:  # any failure to start TLS ends the channel (fail closed)
+            reason = getattr(exc, "strerror", None) or str(exc) or repr(exc)
+            self._tls_failed(machine, grant.service, reason, exc)
+            return
+        if secure is None or secure.is_closing() or standin.lost or not self.active:
+            # Lost or ended while TLS started: asyncio and uvloop then wake start_tls with no error
+            # (and no transport, or a closed one) and tell no protocol, so the channel ends here.
+            if secure is not None:
+                secure.abort()
+            self._tls_failed(machine, grant.service, "the target closed the connection", standin.exc)
+            return
+        secure.set_protocol(self)
+        standin.owner = self  # a loss already on its way to the stand-in goes on to the channel
+        Channel.connection_made(self, secure)  # the channel's transport from now on; reading paused
+        if not session.writing_paused:
+            secure.resume_reading()
+        try:
+            machine.tls_started()
+        except WireError as exc:
+            self.refuse(exc)
+            return
+        self._run(machine.feed_target, standin.early)
+
+    def _tls_failed(
+        self, machine: mywire.MysqlHandshake, service: str, reason: str, exc: Exception | None
+    ) -> None:
+        """TLS did not start: the client is told (unless the channel already ended), then the
+        channel ends, once (its connection's loss reached no protocol that would end it)."""
+        if self.why is None:
+            try:
+                machine.refuse(
+                    f"TLS to the target failed: {reason}",
+                    f"TLS to {service} failed ({reason}); "
+                    "operators: check the service's options.tls and the target's certificate",
+                )
+            except WireError as failed:
+                self.refuse(failed)
+        self.connection_lost(exc)
+
     def _logged_in(self, machine: Handshake) -> None:
         self.machine = None
         self.stop_timer()
@@ -312,8 +387,9 @@ class WireChannel(BrokerChannel):
         if isinstance(machine, pgwire.PostgresHandshake) and grant is not None:
             target_key = machine.target_key
             if target_key is not None and self.issued is not None:
-                entry = wired.CancelEntry(grant.grant_id, self.issued, target_key, grant.host, grant.port)
-                if not wired.cancels_for(session.broker).add(entry):
+                entry = cancels.CancelEntry(grant.grant_id, self.issued, target_key, grant.host, grant.port)
+                self.shared = cancels.remember(session.broker, entry)  # written in a worker thread
+                if self.shared is None:
                     self.issued = None
         client, target = machine.leftovers()
         if target:
@@ -337,34 +413,37 @@ class WireChannel(BrokerChannel):
             return
         seconds = f"{self.session.broker.settings.tunnel_login_timeout:g}"  # type: ignore[attr-defined]
         message = f"the target did not finish the login within {seconds} s; try again, or tell its owners"
-        greeted = not isinstance(self.machine, pgwire.PostgresHandshake) and self.bytes_out > 0
-        self.refuse(
-            WireError(
-                f"the login to the target did not finish within {seconds} s",
-                wired.client_error(self.kind, message, greeted=greeted),
-            )
-        )
+        why = f"the login to the target did not finish within {seconds} s"
+        if isinstance(self.machine, mywire.MysqlHandshake):
+            try:  # the machine knows which sequence id the client expects now
+                self.machine.refuse(why, message)
+            except WireError as exc:
+                self.refuse(exc)
+            return
+        self.refuse(WireError(why, wired.client_error(self.kind, message)))
 
     def _cancel(self, presented: tuple[int, int]) -> None:
-        """A CancelRequest channel: forward it only for a live channel of the same grant."""
-        self.machine = None
+        """A CancelRequest channel: look its key up (``cancels.lookup``: this process, else the
+        store), then forward it only for a live channel of the same grant. Meanwhile the machine
+        stays: it reads nothing more from the client, and a target that speaks is refused."""
         self.stop_timer()
+        self.pending = asyncio.get_running_loop().create_task(self._forward_cancel(presented))
+
+    async def _forward_cancel(self, presented: tuple[int, int]) -> None:
         session: TunnelProtocol = self.session  # type: ignore[assignment]
         grant = session.grant
         assert grant is not None
-        entry = wired.cancels_for(session.broker).find(presented)
-        if entry is None:
-            self.cancel = "refused: no live connection has that key"
-        elif entry.grant_id != grant.grant_id:
-            self.cancel = "refused: the key is another grant's"
-            log.warning("refused a cancel request for another grant's connection (grant %s)", grant.grant_id)
-        elif (entry.host, entry.port) != (grant.host, grant.port):
-            self.cancel = "refused: the key's connection is on another target"
-        else:
-            self.cancel = "forwarded"
-            assert self.transport is not None
+        entry = await cancels.lookup(session.broker, presented)
+        if self.why is not None or self.transport is None:
+            return  # ended meanwhile: its connection's loss ends it
+        self.machine = None
+        self.cancel = cancels.decide(entry, grant.grant_id, grant.host, grant.port)
+        if self.cancel == cancels.FORWARDED:
+            assert entry is not None
             self.transport.write(pgwire.cancel_message(*entry.target_key))
-        self.why = "cancel" if self.cancel == "forwarded" else "refused"
+        elif entry is not None and entry.grant_id != grant.grant_id:
+            log.warning("refused a cancel request for another grant's connection (grant %s)", grant.grant_id)
+        self.why = "cancel" if self.cancel == cancels.FORWARDED else "refused"
         session.close_channel(self)
         self.end(self.why, flush=True)  # the target reads the request, then closes
 
@@ -639,7 +718,7 @@ class TunnelProtocol(MuxSession):
         """Dial the target; with TLS for a service whose ``options.tls`` asks for it."""
         loop = asyncio.get_running_loop()
         context = tls.context()
-        if context is None:
+        if context is None or grant.kind == "mysql":  # mysql: the login machine asks for TLS
             await loop.create_connection(lambda: channel, grant.host, grant.port)
         elif grant.kind != "postgres":
             await loop.create_connection(
@@ -718,7 +797,7 @@ class TunnelProtocol(MuxSession):
             if channel.cancel is not None:
                 details["cancel"] = channel.cancel
             if channel.issued is not None:
-                wired.cancels_for(self.broker).drop(channel.issued)
+                cancels.forget(self.broker, channel.issued, channel.shared)
             statement_log_for(self.broker).close(channel.connection_id)  # write what it still holds
         # Queued, then written from a worker thread; kept and retried while the database is down.
         from access.broker.grants import grant_target
@@ -772,6 +851,34 @@ class TunnelProtocol(MuxSession):
 
 class _NoTls(ConnectionRefusedError):
     """A PostgreSQL target answered an SSLRequest with N."""
+
+
+class _Upgrading(asyncio.Protocol):
+    """The target connection's protocol while TLS starts in the middle of a MySQL login.
+
+    It keeps what arrives before the channel takes over: a loss (``lost``, ``exc``) and any
+    bytes (``early``: a little over the machine's ceiling at most, which then refuses them).
+    Once ``owner`` is set, a loss still on its way goes to the channel. A loss while TLS starts
+    is not the channel's either: ``WireChannel._start_tls`` ends the channel itself.
+    """
+
+    def __init__(self) -> None:
+        self.owner: WireChannel | None = None
+        self.lost = False
+        self.exc: Exception | None = None
+        self.early = b""
+
+    def data_received(self, data: bytes) -> None:
+        if self.owner is not None:
+            self.owner.data_received(data)
+        elif len(self.early) <= mywire.MAX_HANDSHAKE_PACKET + 4:
+            self.early += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.owner is not None:
+            self.owner.connection_lost(exc)
+        else:
+            self.lost, self.exc = True, exc
 
 
 class _SslAnswer(asyncio.Protocol):

@@ -23,8 +23,9 @@ Capabilities the client is not offered (``_CLIENT_ALLOWED`` is an allow-list: un
 never passed on):
 
 - CLIENT_SSL, CLIENT_SSL_VERIFY_SERVER_CERT: the tunnel to the local listener is already TLS and
-  the machine terminates no TLS; a client that insists on TLS (``--ssl-mode=REQUIRED``) stops
-  itself, one that sends an SSLRequest anyway gets an ERR saying to connect without TLS.
+  the machine terminates no TLS toward the client; a client that insists on TLS
+  (``--ssl-mode=REQUIRED``) stops itself, one that sends an SSLRequest anyway gets an ERR saying
+  to connect without TLS. (TLS to the TARGET is the service's choice: below.)
 - CLIENT_COMPRESS, CLIENT_ZSTD_COMPRESSION_ALGORITHM: compressed frames would hide the commands
   from the Tap.
 - CLIENT_QUERY_ATTRIBUTES (MySQL 8.0.23+): it puts parameter values in front of COM_QUERY's text.
@@ -35,18 +36,31 @@ never passed on):
   provisioning fault and must fail, not log in to the server's sandbox mode.
 CLIENT_LOCAL_FILES passes through (the Tap tells file data from commands, see below).
 
+TLS to the target (``tls=True``: the service's ``options.tls`` is require or verify-full). The
+target's greeting must offer CLIENT_SSL, else the client gets an ERR and nothing more happens
+(fail closed: no login in clear). The greeting is in clear, as MySQL's is. Once the client's
+HandshakeResponse41 is in, the machine sends the target an SSLRequest (sequence id 1: the first
+32 bytes of the HandshakeResponse41 it is about to send, CLIENT_SSL set, because the server takes
+the capabilities, max packet and character set from it) and holds the rest: ``wants_tls`` is
+True, the driver starts TLS on the target's connection (``loop.start_tls``; the certificate and
+the name are checked for verify-full) and calls ``tls_started``, then the HandshakeResponse41
+(sequence id 2) and everything after go over TLS. A target byte before ``tls_started`` is an
+error (never read as part of the login: it came in clear). ``refuse`` ends a login from outside
+(TLS did not start, the login's deadline passed) with the driver's reason as the client's ERR,
+sequenced where the login is.
+
 Authentication to the target: mysql_native_password (also after an AuthSwitchRequest to it);
 MariaDB's client_ed25519 after an AuthSwitchRequest to it (the nonce signed with the password as
 the Ed25519 secret, see ``ed25519``); caching_sha2_password (MySQL 8's default, MySQL 9's only
 one): its fast path (the server's cache knows the identity: a scramble, then "fast auth
-success") always, its FULL authentication (a fresh identity: the server wants the password
-itself, and the machine speaks no TLS to the target) only RSA-encrypted with the target's public
-key, pinned (``target_rsa_key``) or fetched from the target when the caller allows it
-(``fetch_target_rsa_key``: over plain TCP, whoever can change bytes on the path can swap the
-key). Refused with a clear ERR: full authentication without either, mysql_clear_password (the
-password in clear on the wire), mysql_old_password, sha256_password, every other plugin, a second
+success") always; its FULL authentication (a fresh identity: the server wants the password
+itself) over TLS with the password in clear inside TLS (what MySQL's clients send), without TLS
+only RSA-encrypted with the target's public key, pinned (``target_rsa_key``) or fetched from the
+target when the caller allows it (``fetch_target_rsa_key``: over plain TCP, whoever can change
+bytes on the path can swap the key). Refused with a clear ERR: full authentication without
+either, mysql_clear_password, mysql_old_password, sha256_password, every other plugin, a second
 switch: create the grant identities WITH mysql_native_password, ed25519 or caching_sha2_password
-(and give the key).
+(and give the key, or use TLS).
 
 Tap (``tap``). After the handshake it sees the client's bytes: packets of a 3-byte length and a
 sequence id; a payload of 0xFFFFFF bytes continues in the next packet. Every command starts with
@@ -238,16 +252,25 @@ _LAST_STATEMENT = 0xFFFFFFFF  # MariaDB: "the statement prepared last"
 
 
 def handshake(
-    login: TargetLogin, *, target_rsa_key: bytes | None = None, fetch_target_rsa_key: bool = False
+    login: TargetLogin,
+    *,
+    tls: bool = False,
+    target_rsa_key: bytes | None = None,
+    fetch_target_rsa_key: bool = False,
 ) -> MysqlHandshake:
     """The login machine of one channel: the broker logs in to the target as ``login``.
 
-    ``target_rsa_key`` (PEM) is the target's caching_sha2_password public key, for its full
-    authentication; ``fetch_target_rsa_key`` lets the broker ask the target for it instead (over
-    plain TCP: anyone who can change bytes on the path can swap it and learn the password, the
-    way MySQL's ``--get-server-public-key`` does). Without either, full authentication is refused.
+    ``tls``: the target leg is encrypted (the service's ``options.tls``): the machine sends an
+    SSLRequest, the driver starts TLS when ``wants_tls`` says so and calls ``tls_started`` (or
+    ``refuse``); a target that offers no TLS is refused. ``target_rsa_key`` (PEM) is the
+    target's caching_sha2_password public key, for its full authentication without TLS;
+    ``fetch_target_rsa_key`` lets the broker ask the target for it instead (over plain TCP: anyone
+    who can change bytes on the path can swap it and learn the password, the way MySQL's
+    ``--get-server-public-key`` does). Without TLS or either, full authentication is refused.
     """
-    return MysqlHandshake(login, target_rsa_key=target_rsa_key, fetch_target_rsa_key=fetch_target_rsa_key)
+    return MysqlHandshake(
+        login, tls=tls, target_rsa_key=target_rsa_key, fetch_target_rsa_key=fetch_target_rsa_key
+    )
 
 
 def tap(*, max_pending: int = MAX_PENDING, text_limit: int = TEXT_LIMIT) -> MysqlTap:
@@ -442,6 +465,7 @@ class _Greeting:
 
 _AWAIT_GREETING = "await target greeting"
 _AWAIT_RESPONSE = "await client response"
+_AWAIT_TLS = "await TLS to the target"
 _AWAIT_AUTH = "await the target's OK and the client's switch answer"
 _DONE = "done"
 _FAILED = "failed"
@@ -451,10 +475,17 @@ class MysqlHandshake(Outgoing):
     """Implements ``base.Handshake`` for MySQL and MariaDB (see the module's docstring)."""
 
     def __init__(
-        self, login: TargetLogin, *, target_rsa_key: bytes | None = None, fetch_target_rsa_key: bool = False
+        self,
+        login: TargetLogin,
+        *,
+        tls: bool = False,
+        target_rsa_key: bytes | None = None,
+        fetch_target_rsa_key: bool = False,
     ) -> None:
         super().__init__()
         self._login = login
+        self._tls = tls
+        self._after_tls = b""  # the HandshakeResponse41, held until TLS is up
         self._rsa_key = target_rsa_key
         self._fetch_rsa_key = fetch_target_rsa_key
         self._awaiting_rsa_key = False
@@ -487,6 +518,31 @@ class MysqlHandshake(Outgoing):
         return self._state == _DONE
 
     @property
+    def wants_tls(self) -> bool:
+        """The SSLRequest is out: the driver must start TLS on the target leg now, then call
+        ``tls_started`` (or ``refuse``). Nothing else goes to the target until then."""
+        return self._state == _AWAIT_TLS
+
+    def tls_started(self) -> None:
+        """TLS to the target is up: the HandshakeResponse41 goes out (``data_to_target``).
+
+        Raises:
+            WireError: the machine was not waiting for TLS, or the client's buffered bytes are bad.
+        """
+        if self._state != _AWAIT_TLS:
+            raise WireError(f"the MySQL handshake is not waiting for TLS ({self._state})")
+        self._to_target += self._after_tls
+        self._after_tls = b""
+        self._state = _AWAIT_AUTH
+        self._feed(self._client, b"")  # a client's answer to a plugin switch may be waiting
+
+    def refuse(self, log: str, message: str) -> NoReturn:
+        """End the login from outside (TLS did not start, the login's deadline passed): raise
+        WireError (``log``) whose ERR carries ``message`` with the sequence id the client
+        expects at this point of the login (0 before its greeting, after its last packet since)."""
+        self._fail(log, ER_HANDSHAKE_ERROR, f"access: {message}")
+
+    @property
     def client_user(self) -> str | None:
         """The user name the client presented (ignored: the grant decides the identity)."""
         return self._client_user
@@ -511,6 +567,13 @@ class MysqlHandshake(Outgoing):
             else:
                 self._left_target += data
             return
+        if self._state == _AWAIT_TLS and packets is self._target and data:
+            # Bytes from the target after the SSLRequest came before TLS: never read as the login.
+            self._fail(
+                "the target sent bytes before TLS started",
+                ER_HANDSHAKE_ERROR,
+                "access: the target answered the broker's TLS request in clear; tell its owners",
+            )
         try:
             packets.feed(data)
             self._advance()
@@ -600,6 +663,14 @@ class MysqlHandshake(Outgoing):
                 ER_HANDSHAKE_ERROR,
                 "access: the target's MySQL protocol is older than 4.1; the broker cannot log in to it",
             )
+        if self._tls and not caps & CLIENT_SSL:
+            # Fail closed: the service asks for TLS, so nothing of the login goes in clear.
+            self._fail(
+                "the target offers no TLS, which the service's options.tls asks for",
+                ER_HANDSHAKE_ERROR,
+                "access: the target offers no TLS, which this service's options.tls asks for; "
+                "operators: enable TLS on the target, or set options.tls to disable",
+            )
         greeting = _Greeting(version, connection_id, scramble[:20], caps, mariadb, charset, status, plugin)
         self._greeting = greeting
         self._offered = caps & _CLIENT_ALLOWED
@@ -680,11 +751,18 @@ class MysqlHandshake(Outgoing):
             attributes = payload[start : r.pos]
         if self._login.database is not None:
             database = self._login.database.encode("utf-8")
-        self._to_target += _packet(
-            seq,  # the greeting was 0, the client's answer (and so the broker's) 1
-            self._target_response(raw_caps, caps, client_mariadb, max_packet, charset, database, attributes),
-        )
-        self._state = _AWAIT_AUTH
+        out = self._target_response(raw_caps, caps, client_mariadb, max_packet, charset, database, attributes)
+        # The greeting was 0, the client's answer (and so the broker's) 1.
+        if self._tls:
+            # The SSLRequest is the response's first 32 bytes (its capabilities, CLIENT_SSL among
+            # them, its max packet, character set and MariaDB's extended capabilities): the
+            # server reads them from it, so they must be the response's own.
+            self._to_target += _packet(seq, out[:32])
+            self._after_tls = _packet(seq + 1, out)
+            self._state = _AWAIT_TLS
+        else:
+            self._to_target += _packet(seq, out)
+            self._state = _AWAIT_AUTH
 
     def _target_response(
         self,
@@ -706,6 +784,8 @@ class MysqlHandshake(Outgoing):
             out_caps |= CLIENT_CONNECT_WITH_DB
         if attributes is not None and theirs & CLIENT_CONNECT_ATTRS:
             out_caps |= CLIENT_CONNECT_ATTRS
+        if self._tls:
+            out_caps |= CLIENT_SSL
         mariadb = client_mariadb & self._offered_mariadb if not out_caps & CLIENT_MYSQL else 0
         self._plugin = target.plugin if target.plugin in (NATIVE, CACHING_SHA2) else NATIVE
         self._nonce = target.scramble
@@ -772,8 +852,11 @@ class MysqlHandshake(Outgoing):
             )
 
     def _full_authentication(self, seq: int) -> None:
-        """caching_sha2_password's full authentication: the password, RSA-encrypted (there is no TLS)."""
-        if self._rsa_key is not None:
+        """caching_sha2_password's full authentication: the password itself, over TLS in clear
+        (as MySQL's clients send it), else RSA-encrypted."""
+        if self._tls:
+            self._to_target += _packet(seq + 1, self._login.password.encode("utf-8") + b"\x00")
+        elif self._rsa_key is not None:
             self._to_target += _packet(seq + 1, self._rsa_password(self._rsa_key))
         elif self._fetch_rsa_key:
             self._awaiting_rsa_key = True

@@ -2,7 +2,8 @@
 psql / mysql / redis-cli that present no password, targets that ask for one.
 
 PostgreSQL is the private cluster of ``tests.servers`` (SCRAM); MariaDB and Redis are the shared
-servers, each with a password user of this test's own, dropped afterwards.
+servers, each with a password user of this test's own, dropped afterwards; the private MariaDB
+of ``tests.servers`` is the mysql target with TLS.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import redis
 
 from access.shared.devca import DevCA
 from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process, new_cli, running
-from tests.servers import DATABASE, Cluster, pg_cluster
+from tests.servers import DATABASE, Cluster, MariaDB, mariadb_server, pg_cluster
 
-__all__ = ["pg_cluster"]
+__all__ = ["mariadb_server", "pg_cluster"]
 
 pytestmark = pytest.mark.e2e
 
@@ -84,6 +85,7 @@ def wire_broker(
     devca: DevCA,
     sqlite_url: str,
     pg_cluster: Cluster,
+    mariadb_server: MariaDB,
     mariadb_user: tuple[str, str],
     redis_user: tuple[str, str],
     silent_target: int,
@@ -109,6 +111,15 @@ def wire_broker(
         pg("svc-pg-tls", pg_pw, tls="verify-full", tls_ca_file=pg_cluster.ca_file),
         pg("svc-pg-badca", pg_pw, tls="verify-full", tls_ca_file=str(devca.ca_cert)),
         _service("svc-my", "mysql", 3306, secret("my.pw", mariadb_user[1]), user=mariadb_user[0]),
+        _service(
+            "svc-my-tls",
+            "mysql",
+            mariadb_server.port,
+            secret("my-tls.pw", mariadb_server.tls_password),
+            user=mariadb_server.tls_user,
+            tls="verify-full",
+            tls_ca_file=mariadb_server.ca_file,
+        ),
         _service("svc-rd", "redis", 6379, secret("rd.pw", redis_user[1]), user=redis_user[0]),
         _service("svc-rd-wrong", "redis", 6379, wrong, user=redis_user[0]),
         _service("svc-my-silent", "mysql", silent_target, wrong, user="nobody"),
@@ -273,7 +284,13 @@ def test_tls_to_the_target_is_verified_when_the_service_asks_for_it(
     assert "TLS to svc-pg-badca failed" in bad.stderr and "certificate verify failed" in bad.stderr, (
         bad.stderr
     )
-    closes = [close for close in _closes(wire_broker.database_url, 3) if close["service"] == "svc-pg-badca"]
+    # MySQL starts TLS in the middle of its login; the server lets this user in over TLS only.
+    sql = "select current_user(); show session status like 'Ssl_version'"
+    my = alice.run("exec", "svc-my-tls", "--ttl", "5m", "--", "mysql", "-N", "-B", "-e", sql)
+    assert my.returncode == 0, my.stderr
+    user, version = my.stdout.strip().split("\n")
+    assert user == "access_tls@%" and version.startswith("Ssl_version\tTLSv1."), my.stdout
+    closes = [close for close in _closes(wire_broker.database_url, 4) if close["service"] == "svc-pg-badca"]
     assert len(closes) == 1, closes  # one channel, one close (a failed TLS handshake ends it once)
     assert closes[0]["why"] == "error" and "certificate verify failed" in closes[0]["error"]
 

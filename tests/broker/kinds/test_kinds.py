@@ -113,8 +113,7 @@ def test_tls_options_are_checked(tmp_path: Path) -> None:
     for bad in ({"tls": "strict"}, {"tls": "require", "tls_ca_file": "/nonexistent"}):
         with pytest.raises(Unavailable, match="tls"):
             target_tls(grant("postgres", **bad))
-    with pytest.raises(Unavailable, match="not supported yet"):
-        target_tls(grant("mysql", tls="require"))
+    assert target_tls(grant("mysql", tls="verify-full", tls_ca_file=str(ca))).mode == "verify-full"
 
 
 def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

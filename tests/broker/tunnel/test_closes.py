@@ -9,8 +9,6 @@ and cuts (the shared server itself is never touched).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,68 +35,25 @@ from tests.broker.tunnel.test_protocol import (
     setup,  # noqa: F401 (the fixture, used by name)
     wrap_app,  # noqa: F401 (the fixture setup uses)
 )
+from tests.fakes.tcpproxy import TcpProxy
 
 _PG = ("127.0.0.1", 5432)
 
 
-class CuttableProxy:
+class CuttableProxy(TcpProxy):
     """A loopback TCP proxy to PostgreSQL. ``cut()``: every connection through it is reset and new
     ones are closed at once (the database is "down" for the broker); ``restore()`` undoes it."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
         self.down = threading.Event()
-        self.lock = threading.Lock()
-        self.sockets: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.down.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(_PG, timeout=5)
-            upstream.settimeout(None)
-            with self.lock:
-                self.sockets.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                self._drop(sock)
-
-    def _drop(self, sock: socket.socket) -> None:
-        with self.lock:
-            self.sockets.discard(sock)
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
+        super().__init__(lambda: None if self.down.is_set() else _PG)
 
     def cut(self) -> None:
         self.down.set()
-        with self.lock:
-            live = list(self.sockets)
-        for sock in live:
-            self._drop(sock)
+        self.drop_all()
 
     def restore(self) -> None:
         self.down.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import asyncio
 import os
 import random
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -29,6 +28,9 @@ from pymysql import _auth as pymysql_auth
 
 from access.broker.wire import ed25519, mysql
 from access.broker.wire.base import Statement, TargetLogin, WireError
+from tests.servers import MariaDB, mariadb_server
+
+__all__ = ["mariadb_server"]
 
 MARIADB = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 PASSWORD = "grant-secret-" + "x" * 8
@@ -390,6 +392,83 @@ def test_an_ssl_request_from_the_client_is_refused() -> None:
         hs.feed_client(packet(1, response(caps=CLIENT_CAPS | mysql.CLIENT_SSL)[:32]))
     assert b"the local tunnel offers no TLS" in caught.value.client_message
     assert packets(caught.value.client_message)[0][0] == 2
+
+
+def tls_login(caps: int = MARIADB_CAPS, plugin: bytes = b"mysql_native_password") -> mysql.MysqlHandshake:
+    hs = mysql.handshake(LOGIN, tls=True)
+    hs.feed_target(packet(0, greeting(caps=caps, plugin=plugin)))
+    hs.feed_client(packet(1, response()))
+    return hs
+
+
+def test_with_tls_an_ssl_request_goes_first_and_the_response_only_once_tls_is_up() -> None:
+    hs = tls_login()
+    greeted = packets(hs.data_to_client())
+    assert len(greeted) == 1 and greeted[0][0] == 0  # the client gets its greeting as without TLS
+    [(seq, request)] = packets(hs.data_to_target())
+    assert seq == 1 and len(request) == 32 and hs.wants_tls and not hs.done
+    hs.feed_client(packet(0, b"\x03SELECT 1"))  # the client's bytes wait; nothing goes out yet
+    assert hs.data_to_target() == b"" and hs.data_to_client() == b""
+    hs.tls_started()
+    assert not hs.wants_tls
+    [(seq, payload)] = packets(hs.data_to_target())
+    assert seq == 2 and payload[:32] == request  # the SSLRequest is the response's first 32 bytes
+    caps = int.from_bytes(payload[:4], "little")
+    assert caps & mysql.CLIENT_SSL and not caps & mysql.CLIENT_COMPRESS
+    assert int.from_bytes(payload[28:32], "little") == mysql.MARIADB_CLIENT_PROGRESS
+    body = payload[32:]
+    assert body.startswith(b"access_bob_ab12\x00\x14")
+    assert body[17:37] == mysql.native_password_scramble(PASSWORD, TARGET_SCRAMBLE)
+    hs.feed_target(packet(3, OK))
+    assert hs.done and packets(hs.data_to_client()) == [(2, OK)]
+    assert hs.leftovers() == (packet(0, b"\x03SELECT 1"), b"")
+
+
+def test_with_tls_a_target_that_offers_none_is_refused_before_the_client_is_greeted() -> None:
+    hs = mysql.handshake(LOGIN, tls=True)
+    with pytest.raises(WireError) as caught:
+        hs.feed_target(packet(0, greeting(caps=MARIADB_CAPS & ~mysql.CLIENT_SSL)))
+    [(seq, err)] = packets(caught.value.client_message)
+    assert seq == 0 and err.startswith(b"\xff\x13\x04access: the target offers no TLS")
+    assert hs.data_to_client() == b"" and hs.data_to_target() == b""
+
+
+def test_with_tls_target_bytes_before_tls_is_up_are_refused_never_read_as_the_login() -> None:
+    hs = tls_login()
+    hs.data_to_target()
+    with pytest.raises(WireError) as caught:
+        hs.feed_target(packet(2, OK))  # in clear, after the SSLRequest: a forged OK
+    assert b"answered the broker's TLS request in clear" in caught.value.client_message
+    with pytest.raises(WireError):
+        hs.tls_started()
+    assert not hs.done
+
+
+def test_a_login_refused_from_outside_gets_the_err_the_client_expects_where_the_login_is() -> None:
+    hs = tls_login()
+    with pytest.raises(WireError) as caught:
+        hs.refuse("TLS failed", "TLS to svc-my failed (certificate verify failed)")
+    [(seq, err)] = packets(caught.value.client_message)
+    assert seq == 2 and err == b"\xff\x13\x04#08S01access: TLS to svc-my failed (certificate verify failed)"
+    assert str(caught.value) == "TLS failed"
+    ungreeted = mysql.handshake(LOGIN)  # e.g. the deadline passed before the target's greeting
+    with pytest.raises(WireError) as caught:
+        ungreeted.refuse("too slow", "the target did not finish the login")
+    [(seq, err)] = packets(caught.value.client_message)
+    assert seq == 0 and err == b"\xff\x13\x04access: the target did not finish the login"
+    with pytest.raises(WireError):
+        mysql.handshake(LOGIN).tls_started()  # a machine without TLS never waits for it
+
+
+def test_with_tls_caching_sha2_full_authentication_sends_the_password_inside_tls() -> None:
+    hs = tls_login(caps=MARIADB_CAPS | mysql.CLIENT_MYSQL, plugin=b"caching_sha2_password")
+    hs.data_to_target()
+    hs.tls_started()
+    hs.data_to_target()
+    hs.feed_target(packet(3, b"\x01\x04"))  # "perform full authentication"
+    assert packets(hs.data_to_target()) == [(4, PASSWORD.encode() + b"\x00")]
+    hs.feed_target(packet(5, OK))
+    assert hs.done
 
 
 @pytest.mark.parametrize("side", ["client", "target"])
@@ -819,7 +898,7 @@ def test_mangled_handshake_packets_raise_wire_error_and_nothing_else() -> None:
     rng = random.Random(10)
     legs = [(0, greeting()), (1, response()), (2, b"\xfemysql_native_password\x00" + b"N" * 21), (2, OK)]
     for _ in range(3000):
-        hs = mysql.handshake(LOGIN)
+        hs = mysql.handshake(LOGIN, tls=rng.random() < 0.5)
         broken = rng.randrange(len(legs))
         try:
             for i, (seq, payload) in enumerate(legs):
@@ -828,89 +907,25 @@ def test_mangled_handshake_packets_raise_wire_error_and_nothing_else() -> None:
                     for _ in range(rng.randint(1, 4)):
                         payload[rng.randrange(len(payload))] = rng.randrange(256)
                     payload = bytes(payload[: rng.randint(0, len(payload))])
+                if hs.wants_tls:
+                    hs.tls_started()
                 (hs.feed_client if seq == 1 else hs.feed_target)(packet(seq, payload))
         except WireError as exc:
             [(_, err)] = packets(exc.client_message)
             assert err[:1] == b"\xff"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def ed25519_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A private MariaDB with the ed25519 plugin loaded (the shared server has not; not ours to change)."""
-    base = tmp_path_factory.mktemp("mariadb")
-    data = base / "data"
-    as_root = ["--user=root"] if os.geteuid() == 0 else []
-    subprocess.run(
-        [
-            "mariadb-install-db",
-            "--no-defaults",
-            f"--datadir={data}",
-            *as_root,
-            "--skip-test-db",
-            "--auth-root-authentication-method=normal",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    port = free_port()
-    with (base / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [
-                "mariadbd",
-                "--no-defaults",
-                f"--datadir={data}",
-                *as_root,
-                f"--port={port}",
-                "--bind-address=127.0.0.1",
-                f"--socket={base / 'sock'}",
-                f"--pid-file={base / 'pid'}",
-                "--plugin-load-add=auth_ed25519",
-                "--innodb-buffer-pool-size=16M",
-                "--skip-log-bin",
-            ],
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                pymysql.connect(host="127.0.0.1", port=port, user="root", connect_timeout=2).close()
-                break
-            except pymysql.err.OperationalError:
-                assert server.poll() is None, (base / "server.log").read_text()
-                assert time.monotonic() < deadline, "the private MariaDB did not start"
-                time.sleep(0.05)
-        yield port
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-
-
-def test_the_broker_logs_in_to_an_ed25519_identity(ed25519_mariadb: int) -> None:
+def test_the_broker_logs_in_to_an_ed25519_identity(mariadb_server: MariaDB) -> None:
     password = secrets.token_urlsafe(32)
-    admin = pymysql.connect(host="127.0.0.1", port=ed25519_mariadb, user="root", autocommit=True)
-    with admin.cursor() as cur:
-        cur.execute("CREATE USER 'ed'@'127.0.0.1' IDENTIFIED VIA ed25519 USING PASSWORD(%s)", (password,))
-    admin.close()
-    driver = Driver(ed25519_mariadb)
+    user = f"ed_{secrets.token_hex(4)}"
+    with mariadb_server.admin() as admin, admin.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED VIA ed25519 USING PASSWORD(%s)", [password])
+    driver = Driver(mariadb_server.port)
     try:
-        done, channel = cli(driver, TargetLogin("ed", password), "SELECT CURRENT_USER()")
+        done, channel = cli(driver, TargetLogin(user, password), "SELECT CURRENT_USER()")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.strip() == "ed@127.0.0.1" and channel.errors == []
-        wrong, _ = cli(driver, TargetLogin("ed", password + "x"), "SELECT 1")
+        assert done.stdout.strip() == f"{user}@127.0.0.1" and channel.errors == []
+        wrong, _ = cli(driver, TargetLogin(user, password + "x"), "SELECT 1")
         assert "access: the target refused the broker's login for this grant: 1045" in wrong.stderr
     finally:
         driver.stop()

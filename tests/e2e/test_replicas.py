@@ -1,0 +1,159 @@
+"""Two broker processes on one PostgreSQL store: psql's cancel reaches the other replica (issue 10).
+
+Behind a load balancer a cancel's connection may land on another replica than its query's. Here
+two ``access-broker serve`` share a database and their keys (one data directory); alice has a
+tunnel of the same grant through each (``access connect``, the second with ``--grant``), and a
+loopback TCP router in front of the two local ports sends psql's first connection (the query)
+through replica A and every later one (psql's cancel) through replica B. B knows the key only
+from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from access.shared.devca import DevCA
+from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process, running
+from tests.e2e.test_wire import _cancel, _closes, _message, _service
+from tests.fakes.tcpproxy import TcpProxy
+from tests.servers import DATABASE, Cluster, pg_cluster
+
+__all__ = ["pg_cluster"]
+
+pytestmark = pytest.mark.e2e
+
+BOUND = 20.0
+QUERY = "select pg_sleep(30)"
+
+
+class Router(TcpProxy):
+    """A loopback TCP proxy: its first connection goes to port ``first``, every later one to ``rest``."""
+
+    def __init__(self, first: int, rest: int) -> None:
+        self.routes: list[int] = []
+
+        def route() -> tuple[str, int]:
+            self.routes.append(rest if self.routes else first)
+            return "127.0.0.1", self.routes[-1]
+
+        super().__init__(route)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, devca: DevCA, pg_url: str, pg_cluster: Cluster) -> Iterator[list[BrokerProcess]]:
+    password = tmp_path / "pg.pw"
+    password.write_text(pg_cluster.passwords["access_scram"] + "\n")
+    password.chmod(0o600)
+    service = _service(
+        "svc-pg", "postgres", pg_cluster.port, password, user="access_scram", database=DATABASE
+    )
+    policy = {
+        "services": [service, {**service, "name": "svc-pg2"}],
+        "rules": [
+            {
+                "name": "sre-all",
+                "subjects": {"groups": ["sre"]},
+                "services": ["svc-pg", "svc-pg2"],
+                "scopes": ["read"],
+                "max_ttl": "30m",
+                "require": "auto",
+            }
+        ],
+        "audit": {"readers": {"groups": ["sre"]}},
+    }
+    # The same tmp_path: one data directory (the replicas' shared keys) and one policy file.
+    first = make_broker_process(tmp_path, devca, pg_url, policy)
+    second = make_broker_process(tmp_path, devca, pg_url, policy)
+    with running(first):
+        first.add_user("alice", "alice-password-1", "sre")
+        with running(second):
+            yield [first, second]
+
+
+def _signed_in(tmp_path: Path, broker: BrokerProcess, name: str) -> Cli:
+    home = tmp_path / name
+    home.mkdir()
+    cli = Cli(home=home, broker=broker)
+    assert cli.device_login("alice", "alice-password-1").returncode == 0
+    return cli
+
+
+def _connect(cli: Cli, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = cli.popen("connect", *args, "--scope", "read", "-o", "json")
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise AssertionError("access connect printed nothing: " + proc.communicate(timeout=10)[1])
+    return proc, json.loads(line)
+
+
+def _wait_active(cluster: Cluster) -> None:
+    deadline = time.monotonic() + BOUND
+    with cluster.admin() as conn:
+        sql = "select count(*) from pg_stat_activity where query = %s and state = 'active'"
+        while conn.execute(sql, (QUERY,)).fetchone() != (1,):
+            assert time.monotonic() < deadline, "the query did not start"
+            time.sleep(0.05)  # a bounded poll of the target, not a synchronisation
+
+
+def test_psqls_cancel_through_another_replica_cancels_its_query_and_only_with_the_grants_key(
+    tmp_path: Path, replicas: list[BrokerProcess], pg_cluster: Cluster
+) -> None:
+    _require_tool("psql")
+    first, second = replicas
+    via_first, via_second = _signed_in(tmp_path, first, "home-a"), _signed_in(tmp_path, second, "home-b")
+    query_tunnel, made = _connect(via_first, "svc-pg", "--ttl", "5m")
+    cancel_tunnel, joined = _connect(via_second, "svc-pg", "--grant", made["grant_id"])
+    other_grant, other = _connect(via_second, "svc-pg2", "--ttl", "5m")  # alice's, another grant
+    router = Router(made["port"], joined["port"])
+    env = {**os.environ, "PGSSLMODE": "disable", "PGGSSENCMODE": "disable", "PGCONNECT_TIMEOUT": "10"}
+    psql = subprocess.Popen(
+        ["psql", "-h", "127.0.0.1", "-p", str(router.port), "-U", "nobody", "-d", DATABASE, "-w",
+         "-Atc", QUERY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        _wait_active(pg_cluster)
+        started = time.monotonic()
+        psql.send_signal(signal.SIGINT)  # psql sends a CancelRequest on a new connection
+        _, err = psql.communicate(timeout=BOUND)
+        assert psql.returncode == 1 and "canceling statement due to user request" in err, err
+        assert time.monotonic() - started < 10  # not the 30 s of the query
+        assert router.routes == [made["port"], joined["port"]]  # the query via A, the cancel via B
+
+        # A live session's key through A: refused through B but with its exact secret and grant.
+        with socket.create_connection(("127.0.0.1", made["port"]), timeout=BOUND) as sock:
+            params = b"user\0nobody\0database\0" + DATABASE.encode() + b"\0\0"
+            sock.sendall((len(params) + 8).to_bytes(4, "big") + (3 << 16).to_bytes(4, "big") + params)
+            key = None
+            while (message := _message(sock))[0] != b"Z":
+                if message[0] == b"K":
+                    key = (int.from_bytes(message[1][:4], "big"), int.from_bytes(message[1][4:], "big"))
+            assert key is not None
+            _cancel(other["port"], key)  # another grant's tunnel on B: refused
+            _cancel(joined["port"], (key[0], key[1] ^ 1))  # the right grant, a wrong secret: refused
+    finally:
+        if psql.poll() is None:
+            psql.kill()
+            psql.communicate(timeout=10)
+        router.close()
+        for proc in (query_tunnel, cancel_tunnel, other_grant):
+            proc.terminate()
+            proc.communicate(timeout=10)
+    cancels = [close for close in _closes(first.database_url, 5) if "cancel" in close]
+    assert sorted((close["service"], close["cancel"]) for close in cancels) == [
+        ("svc-pg", "forwarded"),  # psql's, through B
+        ("svc-pg", "refused: no live connection has that key"),
+        ("svc-pg2", "refused: the key is another grant's"),
+    ]
