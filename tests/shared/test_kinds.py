@@ -108,7 +108,7 @@ def test_tcp_gets_the_access_variables_only() -> None:
 
 def test_a_kind_this_client_does_not_know_gets_the_common_variables_and_no_guesses() -> None:
     # A broker newer than the CLI: nothing kind-specific is guessed (no redis-cli or mysql rules).
-    setup = client_setup(info("kubernetes", user="u", password="pw"), "127.0.0.1", 4004)
+    setup = client_setup(info("mongodb", user="u", password="pw"), "127.0.0.1", 4004)
     assert setup.kind is None
     assert set(setup.env) == COMMON
     assert setup.args_for(["redis-cli", "ping"], "127.0.0.1", 4004) == ["redis-cli", "ping"]
@@ -121,7 +121,7 @@ def test_an_empty_argv_is_left_alone() -> None:
 
 
 def test_each_client_kind_is_registered_under_its_name() -> None:
-    assert list(CLIENT_KINDS) == ["postgres", "mysql", "redis", "tcp"]
+    assert list(CLIENT_KINDS) == ["postgres", "mysql", "redis", "kubernetes", "tcp"]
     assert all(kind.name == name for name, kind in CLIENT_KINDS.items())
 
 
