@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import h11
 
 from access.broker.kube.request import CONNECT_SUBRESOURCES, Unclassifiable, classify
-from access.broker.kube.rules import KubeScope, decide
+from access.broker.kube.rules import KubeScope, decide, is_discovery
 from access.broker.wire.base import Statement
 
 __all__ = ["Forwarding", "KubeProxy", "ProxyError", "status_response"]
@@ -207,10 +207,13 @@ class KubeProxy:
         what = attrs.describe()
         names = {name.lower() for name, _ in headers}
         if any(name.startswith(_IMPERSONATE) for name in names):
-            self._refuse(
-                what, 403, "access says who you are to the cluster: --as and --as-group are not allowed"
-            )
-            return
+            # Discovery (which kubectl prints no refusal of) goes without them; the rest is refused.
+            if not is_discovery(attrs):
+                self._refuse(
+                    what, 403, "access says who you are to the cluster: --as and --as-group are not allowed"
+                )
+                return
+            headers = [(name, value) for name, value in headers if not name.lower().startswith(_IMPERSONATE)]
         verdict = decide(self.scope, self.rules, attrs)
         if not verdict.allowed:
             self._refuse(what, 403, verdict.reason)

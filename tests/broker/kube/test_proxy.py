@@ -104,6 +104,13 @@ def test_what_is_never_forwarded(request_bytes: bytes, code: int) -> None:
     assert proxy.closing
 
 
+def test_a_clients_impersonation_is_dropped_from_discovery() -> None:
+    proxy = _proxy()
+    proxy.feed_client(_request("GET", "/api", "Impersonate-User: system:admin"))
+    sent = [(n.lower(), v) for n, v in _heads(proxy.data_to_target()).headers.raw_items()]
+    assert [v for n, v in sent if n == b"impersonate-user"] == [b"alice"]  # the broker's only
+
+
 def test_bodies_are_bounded() -> None:
     proxy = _proxy("admin", max_body=100)
     proxy.feed_client(
