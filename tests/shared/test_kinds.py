@@ -115,6 +115,28 @@ def test_a_kind_this_client_does_not_know_gets_the_common_variables_and_no_guess
     assert setup.files == []
 
 
+def test_kubernetes_gets_a_private_kubeconfig_for_the_local_listener(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    setup = client_setup(
+        info("kubernetes"), "127.0.0.1", 4006, secret_dir=tmp_path, ca_pem="PEM", local_token="local-tok"
+    )
+    try:
+        path = Path(setup.env["KUBECONFIG"])
+        assert path.parent == tmp_path and path.stat().st_mode & 0o777 == 0o600
+        config = json.loads(path.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        assert cluster["server"] == "https://127.0.0.1:4006"
+        assert base64.b64decode(cluster["certificate-authority-data"]) == b"PEM"
+        assert config["users"][0]["user"] == {"token": "local-tok"}
+    finally:
+        setup.cleanup()
+    assert not path.exists()
+    # access env: no file, no KUBECONFIG
+    assert "KUBECONFIG" not in client_setup(info("kubernetes"), "127.0.0.1", 4006, with_secrets=False).env
+
+
 def test_an_empty_argv_is_left_alone() -> None:
     assert client_setup(info("redis"), "127.0.0.1", 4005).args_for([], "127.0.0.1", 4005) == []
     assert ClientSetup().args_for(["redis-cli"], "127.0.0.1", 4005) == ["redis-cli"]
