@@ -109,13 +109,14 @@ def forwarding_for(
 class KubeChannel(BrokerChannel):
     """One kubectl connection: HTTP checked request by request, then bytes after an upgrade."""
 
-    __slots__ = ("proxy", "requests", "timer")
+    __slots__ = ("proxy", "requests", "stopped", "timer")
 
     session: TunnelProtocol
 
     def __init__(self, session: TunnelProtocol, channel_id: int) -> None:
         super().__init__(session, channel_id)
         self.proxy: KubeProxy | None = None  # None once upgraded (or before ``prepare``)
+        self.stopped = False  # failed or timed out: nothing more is relayed either way
         self.requests = 0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -138,6 +139,8 @@ class KubeChannel(BrokerChannel):
     # -- target -> client ------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return  # the rest of a response we gave up on: never relayed unchecked
         proxy = self.proxy
         if proxy is None:
             super().data_received(data)
@@ -153,7 +156,7 @@ class KubeChannel(BrokerChannel):
 
     def deliver(self, data: bytes) -> None:
         proxy = self.proxy
-        if proxy is None:
+        if proxy is None and not self.stopped:
             super().deliver(data)
             return
         n = len(data)
@@ -164,12 +167,13 @@ class KubeChannel(BrokerChannel):
         self.recv_allowed = allowed
         self.bytes_in += n
         self.unacked += n
-        try:
-            proxy.feed_client(data)
-        except ProxyError as exc:
-            self._fail(str(exc))
-            return
-        self._drain(proxy)
+        if proxy is not None:  # else stopped: dropped, and the credit still comes back
+            try:
+                proxy.feed_client(data)
+            except ProxyError as exc:
+                self._fail(str(exc))
+            else:
+                self._drain(proxy)
         if self.unacked >= self.ack_mark and not self.write_paused and self.transport is not None:
             self._ack()
 
@@ -234,6 +238,7 @@ class KubeChannel(BrokerChannel):
         self.why = "refused" if status == 503 else "error"
         self._stop_timer()
         proxy, self.proxy = self.proxy, None
+        self.stopped = True
         if proxy is not None and not proxy.upgraded and proxy.exchange is None and self.active:
             message = (
                 "access cannot record this request now; try again shortly"
@@ -267,12 +272,14 @@ class KubeChannel(BrokerChannel):
             self.error = "request head timed out"
             self.why = "error"
             self.proxy = None
+            self.stopped = True
             super().data_received(status_response(408, message))
             self._close_after_sending()
         else:
             self.error = f"the API server did not answer within {RESPONSE_TIMEOUT:g} s"
             self.why = "error"
             self.proxy = None
+            self.stopped = True
             self._close_after_sending()
 
     def finishing(self, details: dict[str, Any]) -> None:
