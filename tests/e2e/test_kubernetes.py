@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import re
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from access.shared.devca import DevCA
 from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process, new_cli, running
-from tests.fakes.kubeapi import KubeAPI
+from tests.fakes.kubeapi import KubeAPI, Running
 
 pytestmark = pytest.mark.e2e
 
@@ -104,44 +103,12 @@ def _kubectl(
     return cli.run(*_exec(scope, *args, service=service), input=input, timeout=BOUND)
 
 
-class Running:
-    """A command that keeps running (access exec -- kubectl logs -f): its output, line by line."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr: list[str] = []
-        assert process.stdout is not None and process.stderr is not None
-        for stream, sink in ((process.stdout, self.lines.put), (process.stderr, self.stderr.append)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(stream: Any, sink: Any) -> None:
-        with stream:
-            for line in iter(stream.readline, ""):
-                sink(line)
-
-    def line(self) -> str:
-        try:
-            return self.lines.get(timeout=BOUND)
-        except queue.Empty:
-            pytest.fail(f"nothing more within {BOUND} s; stderr: {''.join(self.stderr)}")
-
-    def wait(self) -> int:
-        return self.process.wait(BOUND)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(BOUND)
-
-
 @pytest.fixture
 def background() -> Iterator[Any]:
     started: list[Running] = []
 
     def start(cli: Cli, *args: str) -> Running:
-        started.append(Running(cli.popen(*args)))
+        started.append(Running(cli.popen(*args), BOUND))
         return started[-1]
 
     yield start
