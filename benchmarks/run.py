@@ -163,10 +163,18 @@ def prepare_pgbench(pg_url: str) -> None:
 
 
 def start_broker(
-    procs: Processes, tmp: Path, targets: dict[str, int], pg_url: str, *, tls: bool = True
+    procs: Processes,
+    tmp: Path,
+    targets: dict[str, int],
+    pg_url: str,
+    *,
+    tls: bool = True,
+    extra_services: tuple[dict[str, Any], ...] = (),
 ) -> tuple[str, Path, dict[str, str]]:
     """A real broker (TLS unless ``tls`` is False: plain HTTP on loopback, for comparisons only);
-    a service account logged in with `access login`. Returns (url, ca, env)."""
+    a service account logged in with `access login`. Returns (url, ca, env).
+
+    ``extra_services``: more services for the policy (kube.py's cluster), scope read."""
     from access.shared.devca import make_ca
 
     ca = make_ca(tmp / "ca")
@@ -206,6 +214,7 @@ def start_broker(
         for name, port in targets.items()
         if name not in ("pg", "echo", "sink")
     ]
+    services += extra_services
     policy = {
         "services": services,
         "rules": [

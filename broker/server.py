@@ -154,6 +154,7 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def handle_websocket_upgrade(self) -> None:
+        from access.broker.kube import channel as _kube_channel  # noqa: F401  registers its channel kind
         from access.broker.tunnel.protocol import TUNNEL_PATH, TunnelProtocol
 
         self._upgraded = True

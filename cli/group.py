@@ -134,6 +134,17 @@ COMMANDS: dict[str, LazyCommand] = {
         "Print a service's connection variables as exports.",
         examples=("access connect payments-db &", 'eval "$(access env payments-db)"; psql'),
     ),
+    "kubeconfig": LazyCommand(
+        _TUNNEL,
+        "kubeconfig",
+        "Print a kubeconfig for a running connect (kubernetes).",
+        examples=(
+            "access connect prod-cluster --scope operate &",
+            "access kubeconfig prod-cluster --scope operate -f ~/.kube/access-prod",
+            "KUBECONFIG=~/.kube/access-prod k9s",
+        ),
+        global_options=False,
+    ),
     "audit": LazyCommand(
         "access.cli.commands.audit",
         "audit",

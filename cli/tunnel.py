@@ -26,7 +26,7 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from access.cli.errors import CliError, NeedsLogin
@@ -36,10 +36,17 @@ from access.shared.mux import Channel, MuxSession
 from access.shared.muxframe import OPEN, SUBPROTOCOL
 from access.shared.wsframe import CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
 
+if TYPE_CHECKING:
+    from access.cli.localtls import LocalTls
+
+LOCAL_HEAD_MAX = 64 * 1024  # a local connection's first request head (kubernetes), at most
+LOCAL_HEAD_TIMEOUT = 10.0  # ... arriving within this
+
 __all__ = [
     "BrokerEndpoint",
     "ClientSession",
     "Forwarder",
+    "GatedChannel",
     "HandshakeRefused",
     "TunnelEnded",
 ]
@@ -299,6 +306,67 @@ class LocalChannel(Channel):
         self.session.attach(self)
 
 
+class GatedChannel(LocalChannel):
+    """A local connection that becomes a channel only once its first request head has the token."""
+
+    __slots__ = ("forwarder", "gate", "head", "passed", "timer")
+
+    def __init__(self, forwarder: Forwarder, gate: LocalTls) -> None:
+        super().__init__(forwarder._current())
+        self.forwarder = forwarder
+        self.gate = gate
+        self.head = b""
+        self.passed = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        Channel.connection_made(self, transport)  # not attached yet: no channel until the check
+        assert self.transport is not None
+        self.transport.resume_reading()
+        self.timer = asyncio.get_running_loop().call_later(LOCAL_HEAD_TIMEOUT, self._reject)
+
+    def data_received(self, data: bytes) -> None:
+        if self.passed:
+            super().data_received(data)
+            return
+        self.head += data
+        try:
+            split = split_head(self.head, LOCAL_HEAD_MAX)
+        except HeadError:
+            self._reject()
+            return
+        if split is None:
+            return
+        if not self.gate.admits(split[0]):
+            self._reject()
+            return
+        self.passed = True
+        self._stop_timer()
+        head, self.head = self.head, b""
+        self.session = self.forwarder._current()  # the one live now (it may have been replaced)
+        self.session.attach(self)
+        Channel.data_received(self, head)  # held, reading paused, until the broker opens the channel
+
+    def _reject(self) -> None:
+        self._stop_timer()
+        if not self.passed and self.transport is not None and not self.transport.is_closing():
+            from access.cli.localtls import unauthorized
+
+            self.transport.write(unauthorized())
+            self.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        if self.passed:
+            super().connection_lost(exc)
+        # else: never a channel, nothing to tell the session
+
+
 def _refusal(status: int, body: bytes) -> HandshakeRefused:
     try:
         error = json.loads(body)["error"]
@@ -322,11 +390,14 @@ class Forwarder:
         port: int = 0,
         report: Callable[[str], None] = lambda _message: None,
         hold: bool = False,
+        local_tls: LocalTls | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.port = port
         self.report = report
         self.hold = hold
+        # kubernetes: the listener serves TLS and admits a connection only with the run's token.
+        self.local_tls = local_tls
         self.session: ClientSession | None = None  # the one new connections join
         self.sessions: set[ClientSession] = set()
         self.ended: asyncio.Future[TunnelEnded] = asyncio.get_running_loop().create_future()
@@ -341,10 +412,11 @@ class Forwarder:
         ``sock``: a socket already listening on 127.0.0.1, to serve instead of binding ``port``.
         """
         loop = asyncio.get_running_loop()
+        tls = None if self.local_tls is None else self.local_tls.context
         if sock is not None:
-            self._server = await loop.create_server(self._accept, sock=sock)
+            self._server = await loop.create_server(self._accept, sock=sock, ssl=tls)
         else:
-            self._server = await loop.create_server(self._accept, "127.0.0.1", self.port)
+            self._server = await loop.create_server(self._accept, "127.0.0.1", self.port, ssl=tls)
         sockname = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
         if self.hold:
@@ -380,6 +452,8 @@ class Forwarder:
 
     def _accept(self) -> LocalChannel:
         self.connections += 1
+        if self.local_tls is not None:
+            return GatedChannel(self, self.local_tls)
         return LocalChannel(self._current())
 
     def _current(self, *, quiet: bool = False) -> ClientSession:

@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import pty
-import queue
 import re
 import shutil
 import socket
@@ -30,7 +29,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from access.broker.clock import FakeClock
-from tests.fakes.kubeapi import KubeAPI, kube_api, kubectl_env
+from tests.fakes.kubeapi import KubeAPI, Running, kube_api, kubectl_env
 
 BOUND = 15.0  # seconds: every kubectl run and every wait on its output
 WEB = "web-5d9c7b7f6d-2xkqp"
@@ -64,53 +63,25 @@ def kubectl(kube_api: KubeAPI, tmp_path: Path) -> Any:
     return run
 
 
-class Running:
-    """A kubectl that keeps running (logs -f, get -w, port-forward): its output, line by line."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [_kubectl_path(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.stderr: list[str] = []
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self.pumps = [
-            threading.Thread(target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True),
-            threading.Thread(target=self._pump, args=(self.process.stderr, self.stderr.append), daemon=True),
-        ]
-        for pump in self.pumps:
-            pump.start()
-
-    @staticmethod
-    def _pump(stream: Any, sink: Any) -> None:
-        with stream:
-            for line in iter(stream.readline, ""):
-                sink(line)
-
-    def line(self) -> str:
-        try:
-            return self.lines.get(timeout=BOUND)
-        except queue.Empty:
-            pytest.fail(f"kubectl printed nothing more within {BOUND} s; stderr: {''.join(self.stderr)}")
-
-    def wait(self) -> int:
-        return self.process.wait(BOUND)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(BOUND)
-        for pump in self.pumps:
-            pump.join(BOUND)
-
-
 @pytest.fixture
 def background(kube_api: KubeAPI, tmp_path: Path) -> Iterator[Any]:
     started: list[Running] = []
 
     def start(*args: str) -> Running:
         kubeconfig = kube_api.kubeconfig(tmp_path / "kubeconfig-bg")
-        started.append(Running(list(args), kubectl_env(tmp_path, kubeconfig)))
+        env = kubectl_env(tmp_path, kubeconfig)
+        started.append(
+            Running(
+                subprocess.Popen(
+                    [_kubectl_path(), *args],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+                BOUND,
+            )
+        )
         return started[-1]
 
     yield start

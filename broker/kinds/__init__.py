@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from access.broker.kinds.base import ServiceKind, UnsupportedKind
+from access.broker.kinds.kubernetes import Kubernetes
 from access.broker.kinds.mysql import MySQL
 from access.broker.kinds.postgres import Postgres
 from access.broker.kinds.redis import Redis
@@ -19,9 +20,11 @@ from access.broker.kinds.tcp import Tcp
 
 __all__ = ["KINDS", "PLANNED_KINDS", "ServiceKind", "UnsupportedKind", "check_kind", "kind_for"]
 
-KINDS: Mapping[str, ServiceKind] = {kind.name: kind for kind in (Postgres(), MySQL(), Redis(), Tcp())}
+KINDS: Mapping[str, ServiceKind] = {
+    kind.name: kind for kind in (Postgres(), MySQL(), Redis(), Kubernetes(), Tcp())
+}
 # Kinds that are on the roadmap: a policy may not use them yet, and is told so.
-PLANNED_KINDS = ("kubernetes",)
+PLANNED_KINDS: tuple[str, ...] = ()
 
 
 def check_kind(name: str) -> None:

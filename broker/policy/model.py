@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic import Field as PydanticField
 
+from access.broker.kube.config import KubernetesConfig
 from access.broker.policy.fields import (
     Duration,
     Kind,
@@ -262,6 +263,32 @@ def _check_credentials(svc: ServiceConfig, creds: Credentials) -> None:
                 raise Located(("credentials", "scopes", scope, key, i), problem)
 
 
+def _check_kubernetes(svc: ServiceConfig) -> None:
+    """A kubernetes service has its block, targets its server and has rules for its scopes only."""
+    block = svc.kubernetes
+    if svc.kind != "kubernetes":
+        if block is not None:
+            raise Located(("kubernetes",), f"only for kind: kubernetes (this service is {svc.kind})")
+        return
+    if block is None:
+        raise Located(
+            ("kubernetes",), "a kubernetes service needs kubernetes: {server, ca_file, token_file, ...}"
+        )
+    if svc.credentials is not None:
+        raise Located(("credentials",), "a kubernetes service takes its credential in kubernetes:")
+    if block.target != svc.target:
+        raise Located(("target",), f"leave it out, or make it kubernetes.server's {block.target}")
+    for scope in block.scopes:
+        if scope not in svc.scopes:
+            raise Located(("kubernetes", "scopes", scope), f"the service has no scope {scope!r}")
+    for scope in svc.scopes:
+        if block.rules(scope) is None:
+            raise Located(
+                ("kubernetes", "scopes"),
+                f"name the rules of scope {scope!r} (deny by default; read, operate and admin have presets)",
+            )
+
+
 # ---------------------------------------------------------------- services and rules
 
 
@@ -277,11 +304,28 @@ class ServiceConfig(_Model):
     max_ttl: Duration
     options: Options = PydanticField(default_factory=dict)
     credentials: Credentials | None = None
+    kubernetes: KubernetesConfig | None = None  # kind kubernetes: the API server, credential, rules
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_of_a_cluster(cls, data: Any) -> Any:
+        # A kubernetes service's target is its API server's host:port (kubernetes.server).
+        if isinstance(data, Mapping) and data.get("kind") == "kubernetes" and "target" not in data:
+            block = data.get("kubernetes")
+            if isinstance(block, Mapping) and isinstance(block.get("server"), str):
+                from access.broker.kube.config import server_target
+
+                try:
+                    return {**data, "target": server_target(block["server"])}
+                except ValueError:
+                    pass  # the kubernetes block's own validation says what is wrong
+        return data
 
     @model_validator(mode="after")
     def _credentials_fit(self) -> ServiceConfig:
         if self.credentials is not None:
             _check_credentials(self, self.credentials)
+        _check_kubernetes(self)
         return self
 
     @property

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from access.broker.runtime import Broker
 
 __all__ = [
+    "CHANNEL_KINDS",
     "CONNECT_TIMEOUT",
     "STATEMENTS_KEPT",
     "TUNNEL_PATH",
@@ -87,6 +88,10 @@ _SSL_REQUEST = (8).to_bytes(4, "big") + pgwire.SSL_REQUEST.to_bytes(4, "big")
 # False (the statement log is full or cannot be written) ends the channel: fail closed.
 StatementSink = Callable[["WireChannel", list[Statement]], bool]
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Channel classes of kinds that are neither relayed as bytes (tcp) nor logged in to (LOGIN_KINDS),
+# registered by their room (``access.broker.kube.channel``: kubernetes). A kind with neither is
+# refused at each open: never relayed as raw bytes.
+CHANNEL_KINDS: dict[str, Callable[[TunnelProtocol, int], BrokerChannel]] = {}
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ def http_error(error: BrokerError) -> bytes:
 class BrokerChannel(Channel):
     """One channel: the connection to the target, and what its audit entries need."""
 
-    __slots__ = ("connection_id", "counted", "error", "opened")
+    __slots__ = ("connection_id", "counted", "error", "opened", "target_tls")
 
     def __init__(self, session: TunnelProtocol, channel_id: int) -> None:
         super().__init__(session, channel_id)
@@ -159,6 +164,16 @@ class BrokerChannel(Channel):
         self.opened = False  # connection.open was written: connection.close must follow
         self.counted = False  # counted against its user's channels (limits)
         self.error: str | None = None
+        self.target_tls = TargetTls("disable")  # how ``_connect`` dials the target
+
+    # Hooks for a kind's channel class (``CHANNEL_KINDS``); the base relays bytes only.
+
+    def prepare(self) -> None:
+        """Worker thread, after ``connection.open``: read what the kind needs (files, secrets),
+        set ``target_tls``. Raises BrokerError to refuse the channel."""
+
+    def finishing(self, details: dict[str, Any]) -> None:
+        """The channel is over: add what the kind knows to its ``connection.close`` ``details``."""
 
 
 class WireChannel(BrokerChannel):
@@ -648,16 +663,28 @@ class TunnelProtocol(MuxSession):
             raise ProtocolError(CLOSE_PROTOCOL, f"channel {channel_id} reused (ids only increase)")
         self._last_id = channel_id
         kind = self.grant.kind if self.grant is not None else "tcp"
-        channel = (
-            WireChannel(self, channel_id, kind) if kind in LOGIN_KINDS else BrokerChannel(self, channel_id)
-        )
+        channel: BrokerChannel
         error: BrokerError | None = None
-        if len(self.channels) >= self.max_channels:
+        if kind in LOGIN_KINDS:
+            channel = WireChannel(self, channel_id, kind)
+        elif kind in CHANNEL_KINDS:
+            channel = CHANNEL_KINDS[kind](self, channel_id)
+        else:
+            channel = BrokerChannel(self, channel_id)
+            if kind != "tcp":  # fail closed: no kind falls back to raw bytes
+                error = BrokerError(
+                    f"this broker cannot relay {kind} services", hint="operators: see the log"
+                )
+        if error is None and len(self.channels) >= self.max_channels:
             error = RateLimited(
                 f"too many connections through one tunnel (at most {self.max_channels} at once)",
                 hint="close some, or run a second `access connect`",
             )
-        elif self.principal_id is not None and not self.limits.take_channel(self.principal_id):
+        elif (
+            error is None
+            and self.principal_id is not None
+            and not self.limits.take_channel(self.principal_id)
+        ):
             error = RateLimited(
                 f"too many connections through your tunnels (at most {self.limits.max_channels} at once)",
                 hint="close some connections, or stop an `access connect` you no longer need",
@@ -681,7 +708,7 @@ class TunnelProtocol(MuxSession):
             if channel.why is not None:  # the client gave up, or the tunnel was cut meanwhile
                 self.channel_failed(channel)
                 return
-            tls = TargetTls("disable")
+            tls = channel.target_tls
             if isinstance(channel, WireChannel):
                 channel.start_login()
                 tls = channel.tls
@@ -772,6 +799,8 @@ class TunnelProtocol(MuxSession):
             assert self.grant is not None
             channel.tls = target_tls(self.grant)
             channel.login = target_login(self.broker, self.grant)
+        else:
+            channel.prepare()
 
     def channel_finished(self, channel: Channel) -> None:
         assert isinstance(channel, BrokerChannel)
@@ -799,6 +828,7 @@ class TunnelProtocol(MuxSession):
             if channel.issued is not None:
                 cancels.forget(self.broker, channel.issued, channel.shared)
             statement_log_for(self.broker).close(channel.connection_id)  # write what it still holds
+        channel.finishing(details)
         # Queued, then written from a worker thread; kept and retried while the database is down.
         from access.broker.grants import grant_target
 

@@ -41,11 +41,12 @@ from access.shared.durations import format_duration, format_instant
 
 if TYPE_CHECKING:
     from access.cli.client import BrokerClient
+    from access.cli.localtls import LocalTls
     from access.cli.tunnel import Forwarder, TunnelEnded
     from access.shared.kinds import ConnectionInfo
     from access.shared.models import Grant
 
-__all__ = ["connect", "env", "exec_command"]
+__all__ = ["connect", "env", "exec_command", "kubeconfig"]
 
 T = TypeVar("T")
 
@@ -170,7 +171,16 @@ def _connection_info(broker: BrokerClient, grant_id: str) -> ConnectionInfo:
     return ConnectionInfo.model_validate(data)
 
 
-def _forwarder(broker: BrokerClient, grant: Grant, port: int) -> Forwarder:
+def _local_tls(kind: str, directory: Path) -> LocalTls | None:
+    """kubernetes: the local listener's throwaway TLS and token (kubectl sends tokens over TLS only)."""
+    if kind != "kubernetes":
+        return None
+    from access.cli.localtls import local_tls
+
+    return local_tls(directory)
+
+
+def _forwarder(broker: BrokerClient, grant: Grant, port: int, local: LocalTls | None = None) -> Forwarder:
     from access.cli.tunnel import BrokerEndpoint, Forwarder
 
     endpoint = BrokerEndpoint(
@@ -180,7 +190,7 @@ def _forwarder(broker: BrokerClient, grant: Grant, port: int) -> Forwarder:
         ssl_context=broker.ssl_context() if broker.base_url.startswith("https:") else None,
     )
     # Held: the broker's close for an end reaches us even with no local connection open.
-    return Forwarder(endpoint, port=port, report=render.warning, hold=True)
+    return Forwarder(endpoint, port=port, report=render.warning, hold=True, local_tls=local)
 
 
 def _ended_error(ended: TunnelEnded, grant: Grant, after: str = "") -> CliError:
@@ -257,11 +267,14 @@ def _state_file(service: str, scope: str) -> Path:
     return _state_dir() / f"connect-{service}-{scope}.json"
 
 
-def _write_state(service: str, scope: str, port: int, grant: Grant) -> Path:
+def _write_state(service: str, scope: str, port: int, grant: Grant, local: LocalTls | None = None) -> Path:
     from access.cli.config import write_private
 
     path = _state_file(service, scope)
-    write_private(path, json.dumps({"port": port, "grant_id": grant.id, "pid": os.getpid()}) + "\n")
+    state: dict[str, Any] = {"port": port, "grant_id": grant.id, "pid": os.getpid()}
+    if local is not None:  # for `access kubeconfig` (0600, like every file here)
+        state.update(ca_pem=local.cert_pem, local_token=local.token)
+    write_private(path, json.dumps(state) + "\n")
     return path
 
 
@@ -315,11 +328,12 @@ def connect(
         raise
     scope = grant.scope
     clock = _Clock(grant)
+    local = _local_tls(grant.kind, _state_dir())
 
     async def main() -> TunnelEnded | None:
-        forwarder = _forwarder(broker, grant, port)
+        forwarder = _forwarder(broker, grant, port, local)
         host, bound = await forwarder.start(sock=listener)
-        state = _write_state(service, scope, bound, grant)
+        state = _write_state(service, scope, bound, grant, local)
         if output == Output.json:
             # One line, flushed, while we keep running: scripts read it with `head -1` / readline().
             info = {
@@ -335,6 +349,8 @@ def connect(
             f"through grant {render.name(grant.id)}, "
             f"{format_duration(max(1, round(clock.left())))} left; Ctrl-C to stop"
         )
+        if local is not None:
+            render.note(f"for kubectl, k9s or Lens: `access kubeconfig {service} --scope {scope}`")
         stop = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
 
@@ -411,8 +427,10 @@ def exec_command(
     """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
 
     postgres: PGHOST, PGPORT, PGDATABASE, PGUSER. mysql: MYSQL_HOST, MYSQL_TCP_PORT (and an
-    option file, deleted afterwards). No password: the broker logs in to the service itself.
-    Every kind: ACCESS_HOST, ACCESS_PORT, ACCESS_ADDR.
+    option file, deleted afterwards). kubernetes: KUBECONFIG, a kubeconfig for this run only
+    (deleted afterwards; your own KUBECONFIG is left alone). No password and no cluster
+    credential: the broker logs in to the service itself. Every kind: ACCESS_HOST, ACCESS_PORT,
+    ACCESS_ADDR.
 
     The program is looked up first, before any grant is asked for: 127 when there is no such
     program (nor on PATH), 126 when it cannot be run, as shells do. If the grant or your sign-in
@@ -431,10 +449,19 @@ def exec_command(
     info = _connection_info(broker, grant.id)
     clock = _Clock(grant)
 
+    local = _local_tls(info.kind, secret_dir)
+
     async def main() -> tuple[int, TunnelEnded | None]:
-        forwarder = _forwarder(broker, grant, 0)
+        forwarder = _forwarder(broker, grant, 0, local)
         host, port = await forwarder.start()
-        setup = client_setup(info, host, port, secret_dir=secret_dir)
+        setup = client_setup(
+            info,
+            host,
+            port,
+            secret_dir=secret_dir,
+            ca_pem=None if local is None else local.cert_pem,
+            local_token=None if local is None else local.token,
+        )
         try:
             argv = setup.args_for(list(command), host, port)
             try:
@@ -520,3 +547,40 @@ def env(
         sys.stdout.flush()
     if info.password is not None:
         render.note("the password is not printed: `access exec` hands it to the client in a temporary file")
+
+
+# -- kubeconfig ---------------------------------------------------------------------------------
+
+
+def kubeconfig(
+    service: Service,
+    scope: Scope = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Write it to this file (mode 0600) instead of printing it"),
+    ] = None,
+) -> None:
+    """Print a kubeconfig for a running `access connect` of a kubernetes SERVICE (kubectl, k9s, Lens).
+
+    It holds no cluster credential: it points at the local listener (TLS with a certificate made
+    for that run) with the run's local token, which works only while that `access connect` runs.
+    """
+    from access.cli.config import write_private
+    from access.shared.kinds.kubernetes import kubeconfig_text
+
+    scope = scope or DEFAULT_SCOPE
+    state = _read_state(service, scope)
+    if state is None:
+        raise UsageError(
+            f"no `access connect {service}` is running for scope {scope}",
+            f"start one (`access connect {service} --scope {scope} &`), then run this again",
+        )
+    if not isinstance(state.get("local_token"), str) or not isinstance(state.get("ca_pem"), str):
+        raise UsageError(f"{service} is not a kubernetes service", "see `access services`")
+    text = kubeconfig_text(service, "127.0.0.1", int(state["port"]), state["ca_pem"], state["local_token"])
+    if file is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    write_private(file, text)
+    render.note(f"wrote {file}: KUBECONFIG={shlex.quote(str(file))} kubectl get pods")

@@ -100,6 +100,11 @@ def demo(
                 )
             _steps(run, target)
             console.say(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+            console.note(
+                "a Kubernetes cluster is one more service in the policy: kind: kubernetes, its API server, "
+                "its CA and a token file for the broker (docs/kubernetes.md); then "
+                "`access exec CLUSTER --scope read -- kubectl get pods -A`"
+            )
     except (RuntimeError, subprocess.SubprocessError, OSError, ValueError) as exc:
         typer.secho(f"demo failed: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from exc

@@ -12,6 +12,9 @@ program ``access exec`` runs (and the ``export`` lines of ``access env``):
   afterwards) that ``mysql``/``mariadb`` get as ``--defaults-extra-file``; no password;
 - redis (``redis.py``): no password (a client that sends AUTH is refused: the broker logged in);
   ``redis-cli`` reads no host or port from the environment, so ``access exec`` adds ``-h``/``-p``;
+- kubernetes (``kubernetes.py``): ``KUBECONFIG``, a kubeconfig for the local listener (which
+  serves TLS with a throwaway certificate and asks for a per-run local token); no cluster
+  credential (the broker adds its own to each request);
 - tcp (``tcp.py``): nothing more.
 
 Each kind is one ``ClientKind`` (``base.py``) in its own module, the client side of the broker's
@@ -33,6 +36,7 @@ from access.shared.kinds.base import (
     ConnectionInfo,
     remove_stale_secrets,
 )
+from access.shared.kinds.kubernetes import KubernetesClient
 from access.shared.kinds.mysql import MySQLClient
 from access.shared.kinds.postgres import PostgresClient
 from access.shared.kinds.redis import RedisClient
@@ -49,16 +53,25 @@ __all__ = [
 ]
 
 CLIENT_KINDS: Mapping[str, ClientKind] = {
-    kind.name: kind for kind in (PostgresClient(), MySQLClient(), RedisClient(), TcpClient())
+    kind.name: kind
+    for kind in (PostgresClient(), MySQLClient(), RedisClient(), KubernetesClient(), TcpClient())
 }
 
 
 def client_setup(
-    info: ConnectionInfo, host: str, port: int, *, secret_dir: Path | None = None, with_secrets: bool = True
+    info: ConnectionInfo,
+    host: str,
+    port: int,
+    *,
+    secret_dir: Path | None = None,
+    with_secrets: bool = True,
+    ca_pem: str | None = None,
+    local_token: str | None = None,
 ) -> ClientSetup:
     """The client environment for ``info`` reached at ``host:port``.
 
     ``with_secrets=False`` (``access env``) leaves passwords out instead of writing files.
+    ``ca_pem`` and ``local_token``: the local listener's TLS certificate and token (kubernetes).
     The broker refuses a policy with a kind it does not support, so an unknown kind here means
     a broker newer than this CLI: its program gets the ``ACCESS_*`` variables every kind gets,
     and nothing is guessed for it.
@@ -72,5 +85,6 @@ def client_setup(
         ACCESS_GRANT=info.grant_id,
     )
     if setup.kind is not None:
-        setup.kind.configure(setup, info, ClientContext(host, port, with_secrets, secret_dir))
+        where = ClientContext(host, port, with_secrets, secret_dir, ca_pem, local_token)
+        setup.kind.configure(setup, info, where)
     return setup

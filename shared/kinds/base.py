@@ -51,6 +51,10 @@ class ClientContext(NamedTuple):
     # Where private files go: the caller's private folder (the CLI's is 0700); None is the
     # system's temporary folder, for callers that have nothing better.
     secret_dir: Path | None = None
+    # A local listener that serves TLS (kubernetes): its certificate (PEM), and the token it
+    # asks of its clients. Neither is a credential of the service.
+    ca_pem: str | None = None
+    local_token: str | None = None
 
 
 class ClientKind:

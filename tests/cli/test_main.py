@@ -90,8 +90,8 @@ def test_every_command_has_help(name: str) -> None:
 
 
 # Commands whose only output is messages on stderr (or the child's own output, for exec; a script,
-# for completion).
-NO_DATA = {"login", "logout", "exec", "demo", "completion"}
+# for completion; a kubeconfig, JSON already, for kubeconfig).
+NO_DATA = {"login", "logout", "exec", "demo", "completion", "kubeconfig"}
 
 
 @pytest.mark.parametrize("name", sorted(set(group.COMMANDS) - NO_DATA))

@@ -36,6 +36,7 @@ def test_demo_goes_all_the_way(tmp_path: Path) -> None:
     assert result.returncode == 0, out
     assert "acting as your browser" in out  # it says that it filled in the device page itself
     assert "error: no policy rule gives demo write on demo-db" in out  # deny by default
+    assert "kind: kubernetes" in out  # how to add a cluster
     assert "Revoked grant" in out
     cut = re.search(r"cut ([+-]\d+\.\d+)s from the grant's expiry", out)
     assert cut, out

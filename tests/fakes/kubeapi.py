@@ -61,8 +61,10 @@ import concurrent.futures
 import contextlib
 import copy
 import os
+import queue
 import secrets
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -84,7 +86,7 @@ from tests.fakes.kube.objects import Store, seed
 from tests.fakes.kube.spdy import PortForward
 from tests.fakes.kube.status import refuse
 
-__all__ = ["KubeAPI", "Seen", "kube_api", "kubectl_env"]
+__all__ = ["KubeAPI", "Running", "Seen", "kube_api", "kubectl_env"]
 
 T = TypeVar("T")
 BOUND = 10.0  # seconds: every wait on the stand-in's loop from the test's thread
@@ -316,6 +318,48 @@ class KubeAPI:
                 raise TimeoutError(f"the stand-in did not see it within {timeout} s")
             time.sleep(0.02)
         return value
+
+
+class Running:
+    """A process that keeps running (kubectl logs -f, get -w, port-forward; access exec around
+    them): its stdout line by line and its stderr, every wait bounded by ``bound`` seconds."""
+
+    def __init__(self, process: subprocess.Popen[str], bound: float = BOUND) -> None:
+        self.process = process
+        self.bound = bound
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.stderr: list[str] = []
+        assert process.stdout is not None and process.stderr is not None
+        self.pumps = [
+            threading.Thread(target=self._pump, args=(process.stdout, self.lines.put), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stderr, self.stderr.append), daemon=True),
+        ]
+        for pump in self.pumps:
+            pump.start()
+
+    @staticmethod
+    def _pump(stream: Any, sink: Callable[[str], None]) -> None:
+        with stream:
+            for line in iter(stream.readline, ""):
+                sink(line)
+
+    def line(self) -> str:
+        try:
+            return self.lines.get(timeout=self.bound)
+        except queue.Empty:
+            raise AssertionError(
+                f"it printed nothing more within {self.bound} s; stderr: {''.join(self.stderr)}"
+            ) from None
+
+    def wait(self) -> int:
+        return self.process.wait(self.bound)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(self.bound)
+        for pump in self.pumps:
+            pump.join(self.bound)
 
 
 def kubectl_env(home: Path, kubeconfig: Path) -> dict[str, str]:

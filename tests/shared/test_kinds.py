@@ -108,11 +108,33 @@ def test_tcp_gets_the_access_variables_only() -> None:
 
 def test_a_kind_this_client_does_not_know_gets_the_common_variables_and_no_guesses() -> None:
     # A broker newer than the CLI: nothing kind-specific is guessed (no redis-cli or mysql rules).
-    setup = client_setup(info("kubernetes", user="u", password="pw"), "127.0.0.1", 4004)
+    setup = client_setup(info("mongodb", user="u", password="pw"), "127.0.0.1", 4004)
     assert setup.kind is None
     assert set(setup.env) == COMMON
     assert setup.args_for(["redis-cli", "ping"], "127.0.0.1", 4004) == ["redis-cli", "ping"]
     assert setup.files == []
+
+
+def test_kubernetes_gets_a_private_kubeconfig_for_the_local_listener(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    setup = client_setup(
+        info("kubernetes"), "127.0.0.1", 4006, secret_dir=tmp_path, ca_pem="PEM", local_token="local-tok"
+    )
+    try:
+        path = Path(setup.env["KUBECONFIG"])
+        assert path.parent == tmp_path and path.stat().st_mode & 0o777 == 0o600
+        config = json.loads(path.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        assert cluster["server"] == "https://127.0.0.1:4006"
+        assert base64.b64decode(cluster["certificate-authority-data"]) == b"PEM"
+        assert config["users"][0]["user"] == {"token": "local-tok"}
+    finally:
+        setup.cleanup()
+    assert not path.exists()
+    # access env: no file, no KUBECONFIG
+    assert "KUBECONFIG" not in client_setup(info("kubernetes"), "127.0.0.1", 4006, with_secrets=False).env
 
 
 def test_an_empty_argv_is_left_alone() -> None:
@@ -121,7 +143,7 @@ def test_an_empty_argv_is_left_alone() -> None:
 
 
 def test_each_client_kind_is_registered_under_its_name() -> None:
-    assert list(CLIENT_KINDS) == ["postgres", "mysql", "redis", "tcp"]
+    assert list(CLIENT_KINDS) == ["postgres", "mysql", "redis", "kubernetes", "tcp"]
     assert all(kind.name == name for name, kind in CLIENT_KINDS.items())
 
 

@@ -133,10 +133,10 @@ def test_unreadable_password_source_is_unavailable(options: dict[str, str]) -> N
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("kubernetes", "kind kubernetes is not supported yet; supported kinds: postgres, mysql, redis, tcp"),
         (
             "oracle",
-            "unknown kind 'oracle' is not supported yet; supported kinds: postgres, mysql, redis, tcp",
+            "unknown kind 'oracle' is not supported yet; "
+            "supported kinds: postgres, mysql, redis, kubernetes, tcp",
         ),
         ("", "unknown kind '' is not supported yet"),
         ("TCP", "unknown kind 'TCP'"),
@@ -151,7 +151,7 @@ def test_kind_for_an_unknown_name_raises_instead_of_falling_back_to_tcp(name: st
 
 
 def test_the_supported_kinds() -> None:
-    assert list(KINDS) == ["postgres", "mysql", "redis", "tcp"]
+    assert list(KINDS) == ["postgres", "mysql", "redis", "kubernetes", "tcp"]
     for name in KINDS:
         check_kind(name)
         assert kind_for(name).name == name

@@ -17,7 +17,7 @@ from access.broker.runtime import Broker
 from access.broker.settings import Settings
 
 ACCESS_BROKER = str(Path(sys.executable).parent / "access-broker")
-SUPPORTED = "supported kinds: postgres, mysql, redis, tcp"
+SUPPORTED = "supported kinds: postgres, mysql, redis, kubernetes, tcp"
 
 # Line numbers matter below: 1 services, 2 - name, 3 kind, 4 target, 5 scopes, 6 max_ttl,
 # 7 rules, 8 - name, 9 subjects, 10 services, 11 scopes, 12 max_ttl.
@@ -44,7 +44,7 @@ BAD_FILES = [
         ("    max_ttl: 1h\n", "    max_ttl: 1h\n    colour: blue\n"),
         "services[0]",
         "unknown key 'colour' (allowed: name, kind, target, description, scopes, max_ttl, options,"
-        " credentials)",
+        " credentials, kubernetes)",
         7,
         id="unknown key",
     ),
@@ -99,10 +99,10 @@ BAD_FILES = [
     ),
     pytest.param(
         ("kind: postgres", "kind: kubernetes"),
-        "services[0].kind",
-        f"kind kubernetes is not supported yet; {SUPPORTED}",
-        3,
-        id="kubernetes",
+        "services[0].kubernetes",
+        "a kubernetes service needs kubernetes: {server, ca_file, token_file, ...}",
+        2,
+        id="kubernetes without its block",
     ),
     pytest.param(
         ("kind: postgres", "kind: oracle"),
@@ -140,12 +140,12 @@ def test_a_bad_file_names_the_file_the_field_and_the_line(
 
 
 def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
-    text = GOOD.replace("kind: postgres", "kind: kubernetes").replace("max_ttl: 30m", "max_ttl: 0s")
+    text = GOOD.replace("kind: postgres", "kind: oracle").replace("max_ttl: 30m", "max_ttl: 0s")
     path = _write(tmp_path, text)
     with pytest.raises(PolicyError) as caught:
         load_policy(path)
     assert str(caught.value).splitlines() == [
-        f"{path}: services[0].kind: kind kubernetes is not supported yet; {SUPPORTED} (line 3)",
+        f"{path}: services[0].kind: unknown kind 'oracle' is not supported yet; {SUPPORTED} (line 3)",
         f"{path}: rules[0].max_ttl: bad duration '0s': it must be longer than zero (line 12)",
     ]
 
@@ -177,13 +177,11 @@ def test_lines_in_flow_style(tmp_path: Path) -> None:
 
 def test_from_dict_names_the_field_without_a_file_or_line() -> None:
     data = {
-        "services": [
-            {"name": "x", "kind": "kubernetes", "target": "k:443", "scopes": ["read"], "max_ttl": "1h"}
-        ]
+        "services": [{"name": "x", "kind": "oracle", "target": "k:443", "scopes": ["read"], "max_ttl": "1h"}]
     }
     with pytest.raises(PolicyError) as caught:
         policy_from_data(data)
-    assert str(caught.value) == f"services[0].kind: kind kubernetes is not supported yet; {SUPPORTED}"
+    assert str(caught.value) == f"services[0].kind: unknown kind 'oracle' is not supported yet; {SUPPORTED}"
 
 
 # ---------------------------------------------------------------- unsupported kinds, where they are refused
@@ -192,8 +190,8 @@ def test_from_dict_names_the_field_without_a_file_or_line() -> None:
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("kubernetes", "kind kubernetes is not supported yet"),
         ("oracle", "unknown kind 'oracle' is not supported yet"),
+        ("Postgres", "unknown kind 'Postgres' is not supported yet"),
     ],
 )
 def test_policy_check_refuses_an_unsupported_kind(tmp_path: Path, kind: str, message: str) -> None:
@@ -205,16 +203,16 @@ def test_policy_check_refuses_an_unsupported_kind(tmp_path: Path, kind: str, mes
 
 
 def test_the_broker_does_not_start_with_an_unsupported_kind(tmp_path: Path) -> None:
-    path = _write(tmp_path, GOOD.replace("kind: postgres", "kind: kubernetes"))
+    path = _write(tmp_path, GOOD.replace("kind: postgres", "kind: oracle"))
     settings = Settings(
         data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'b.db'}", policy=path
     )
-    with pytest.raises(PolicyError, match="kind kubernetes is not supported yet"):
+    with pytest.raises(PolicyError, match="unknown kind 'oracle' is not supported yet"):
         Broker.from_settings(settings)
 
 
 def test_access_broker_serve_refuses_an_unsupported_kind(tmp_path: Path) -> None:
-    path = _write(tmp_path, GOOD.replace("kind: postgres", "kind: kubernetes"))
+    path = _write(tmp_path, GOOD.replace("kind: postgres", "kind: oracle"))
     result = subprocess.run(
         [ACCESS_BROKER, "serve", "--policy", str(path), "--host", "127.0.0.1", "--port", "0"],
         env={**os.environ, "ACCESS_BROKER_DATA_DIR": str(tmp_path / "data")},
@@ -225,6 +223,7 @@ def test_access_broker_serve_refuses_an_unsupported_kind(tmp_path: Path) -> None
     )
     assert result.returncode == 1, result.stderr
     assert (
-        f"error: {path}: services[0].kind: kind kubernetes is not supported yet; {SUPPORTED}" in result.stderr
+        f"error: {path}: services[0].kind: unknown kind 'oracle' is not supported yet; {SUPPORTED}"
+        in result.stderr
     )
     assert "listening" not in result.stderr
