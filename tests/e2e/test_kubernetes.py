@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,35 @@ def test_streams_follow_and_are_cut_when_the_grant_ends(
     texts = _statements(alice, grant, 2)
     assert any(t.startswith(f"get pods/log shop/{WEB} 200") and t.endswith(" cut") for t in texts), texts
     assert any(t.startswith("watch pods shop 200") and t.endswith(" cut") for t in texts), texts
+
+    # And at expiry: a short grant's followed log ends within a second of its end.
+    made = alice.run(
+        "request", "prod-cluster", "--scope", "operate", "--ttl", "4s", "--reason", "expiry", "-o", "json"
+    )
+    assert made.returncode == 0, made.stderr
+    short = json.loads(made.stdout)
+    expires = datetime.fromisoformat(short["expires_at"])
+    follow = background(
+        alice,
+        "exec",
+        "prod-cluster",
+        "--grant",
+        short["id"],
+        "--",
+        "kubectl",
+        "logs",
+        "-f",
+        WEB,
+        "-n",
+        "shop",
+    )
+    assert follow.line().endswith("#1\n")
+    assert datetime.now(UTC) < expires  # it was streaming before the end
+    assert follow.wait() != 0
+    late = (datetime.now(UTC) - expires).total_seconds()
+    print(f"\nkubectl logs -f ended {late:+.2f} s after the grant's expiry")
+    assert -0.5 < late < 1.0
+    assert "expired" in "".join(follow.stderr)
 
 
 @contextlib.contextmanager
