@@ -156,6 +156,9 @@ def test_read_lists_and_is_refused_what_read_and_its_namespaces_do_not_allow(
     assert "scope read does not allow list on secrets in namespace shop" in secrets.stderr
     exec_ = _kubectl(alice, "read", "exec", WEB, "-n", "shop", "--", "echo", "hi")
     assert exec_.returncode != 0 and "scope read does not allow create on pods/exec" in exec_.stderr
+    forward = _kubectl(alice, "read", "port-forward", f"pod/{WEB}", "-n", "shop", "0:8080")
+    assert forward.returncode != 0, forward.stdout
+    assert "scope read does not allow create on pods/portforward" in forward.stderr, forward.stderr
     as_admin = _kubectl(alice, "read", "get", "pods", "-n", "shop", "--as", "system:admin")
     assert as_admin.returncode == 1 and "--as and --as-group are not allowed" in as_admin.stderr
 
@@ -164,6 +167,7 @@ def test_read_lists_and_is_refused_what_read_and_its_namespaces_do_not_allow(
     assert seen and {s.user for s in seen} == {kube_api.options.token_user}
     assert {(s.impersonate_user, s.impersonate_groups) for s in seen} == {("alice", ("oncall", "sre"))}
     assert not [s for s in seen if s.method == "DELETE" or "secrets" in s.path or "exec" in s.path]
+    assert not [s for s in seen if "portforward" in s.path]
 
     # A scope limited to one namespace (shop-cluster's read).
     shop = _kubectl(alice, "read", "get", "pods", "-n", "shop", "-o", "name", service="shop-cluster")
