@@ -23,13 +23,14 @@ broker sends the target; ``cancel_key_matches`` compares keys in constant time.
 
 **Target leg.** The broker sends a StartupMessage with the grant's user and database and
 answers AuthenticationCleartextPassword (only with ``allow_cleartext``: the target leg may be
-plain TCP), AuthenticationMD5Password and AuthenticationSASL with SCRAM-SHA-256 (``scramp``;
-the server's proof is checked). SCRAM-SHA-256-PLUS is not offered: channel binding needs TLS on
-the target leg, which this machine does not see. The client gets a synthesized
-AuthenticationOk (it never authenticates), then the target's ParameterStatus, NoticeResponse,
-BackendKeyData (rewritten) and ReadyForQuery. An ErrorResponse from the target during the login
-becomes a ``WireError`` whose ``client_message`` is an ErrorResponse naming the refusal,
-with the target's SQLSTATE; the password never appears in it.
+plain TCP), AuthenticationMD5Password and AuthenticationSASL with SCRAM-SHA-256 (``scramp`` for
+the messages, ``wire.scram`` for the proof, with the salted password cached per login so a new
+connection costs a few HMACs, not PBKDF2; the server's proof is checked). SCRAM-SHA-256-PLUS is
+not offered: channel binding needs TLS on the target leg, which this machine does not see. The
+client gets a synthesized AuthenticationOk (it never authenticates), then the target's
+ParameterStatus, NoticeResponse, BackendKeyData (rewritten) and ReadyForQuery. An ErrorResponse
+from the target during the login becomes a ``WireError`` whose ``client_message`` is an
+ErrorResponse naming the refusal, with the target's SQLSTATE; the password never appears in it.
 
 **Tap.** After the handshake, the client's messages are walked by their lengths. Statements:
 ``query`` (a Query's text, several statements as one), ``parse`` (a Parse: its text, and its
@@ -55,6 +56,7 @@ from typing import Final
 
 import scramp
 
+from access.broker.wire import scram
 from access.broker.wire.base import Handshake, Outgoing, Statement, Tap, TargetLogin, WireError
 
 __all__ = [
@@ -180,6 +182,7 @@ class PostgresHandshake(Outgoing):
         self._negotiated: set[int] = set()
         self._held_notices: list[bytes] = []
         self._scram: scramp.ScramClient | None = None
+        self._scram_final: scram.ClientFinal | None = None
         self._scram_done = False
         self._cancel: tuple[int, int] | None = None
         self._target_key: tuple[int, int] | None = None
@@ -441,12 +444,10 @@ class PostgresHandshake(Outgoing):
         elif method == _AUTH_SASL_CONTINUE:
             self._sasl_continue(data)
         elif method == _AUTH_SASL_FINAL:
-            if self._scram is None:
+            if self._scram is None or self._scram_final is None:
                 raise self._target_error("SASLFinal without a SASL exchange")
-            try:
-                self._scram.set_server_final(data.decode("utf-8"))
-            except (scramp.ScramException, UnicodeDecodeError) as exc:
-                raise self._target_error(f"its SCRAM proof is wrong ({exc})", code="28000") from None
+            if not self._scram_final.server_proved(data.decode("utf-8", "replace")):
+                raise self._target_error("its SCRAM proof is wrong", code="28000")
             self._scram_done = True
         else:
             name = _AUTH_NAMES.get(method, f"method {method}")
@@ -484,11 +485,18 @@ class PostgresHandshake(Outgoing):
                         f"it asks for {attribute[2:]} SCRAM iterations (the broker does at most "
                         f"{SCRAM_ITERATIONS_CEILING})"
                     )
-            self._scram.set_server_first(server_first)
-            final = self._scram.get_client_final().encode()
+            self._scram.set_server_first(server_first)  # scramp checks the nonce, salt and count
+            self._scram_final = scram.client_final(
+                password=self._login.password,
+                salt=bytes(self._scram.salt),
+                iterations=int(self._scram.iterations),
+                nonce=str(self._scram.nonce),
+                client_first_bare=self._scram.client_first_bare,
+                server_first=server_first,
+            )
         except (scramp.ScramException, UnicodeDecodeError, ValueError) as exc:
             raise self._target_error(f"its SCRAM challenge is invalid ({exc})") from None
-        self._to_target += _message(b"p", final)
+        self._to_target += _message(b"p", self._scram_final.message.encode())
 
 
 # -- the tap ---------------------------------------------------------------------------------
