@@ -270,6 +270,17 @@ class Channel(asyncio.Protocol):
         if self.unacked >= self.ack_mark and not self.write_paused:
             self._ack()
 
+    def consume(self, data: bytes) -> None:
+        """DATA the channel's owner takes in itself (a login machine, a proxy) instead of writing
+        it on: within the window, counted, and its credit due as for bytes that left."""
+        n = len(data)
+        allowed = self.recv_allowed - n
+        if allowed < 0:
+            raise ProtocolError(CLOSE_PROTOCOL, f"channel {self.id}: DATA beyond the window")
+        self.recv_allowed = allowed
+        self.bytes_in += n
+        self.unacked += n
+
     def _ack(self) -> None:
         """Return credit for the bytes that have left for our TCP peer (none still buffered)."""
         assert self.transport is not None

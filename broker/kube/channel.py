@@ -34,7 +34,6 @@ from access.broker.kinds.login import TargetTls
 from access.broker.kube.proxy import Forwarding, KubeProxy, ProxyError, status_response
 from access.broker.tunnel.protocol import CHANNEL_KINDS, BrokerChannel
 from access.broker.wire.base import Statement
-from access.shared.wsframe import CLOSE_PROTOCOL, ProtocolError
 
 if TYPE_CHECKING:
     from access.broker.kube.config import KubernetesConfig
@@ -159,14 +158,7 @@ class KubeChannel(BrokerChannel):
         if proxy is None and not self.stopped:
             super().deliver(data)
             return
-        n = len(data)
-        allowed = self.recv_allowed - n
-        if allowed < 0:
-            raise ProtocolError(CLOSE_PROTOCOL, f"channel {self.id}: DATA beyond the window")
-        # Consumed by the proxy at once (it bounds what it keeps): the credit is due.
-        self.recv_allowed = allowed
-        self.bytes_in += n
-        self.unacked += n
+        self.consume(data)  # taken by the proxy at once (it bounds what it keeps): the credit is due
         if proxy is not None:  # else stopped: dropped, and the credit still comes back
             try:
                 proxy.feed_client(data)

@@ -259,16 +259,9 @@ class WireChannel(BrokerChannel):
             if self._tapped(data):
                 super().deliver(data)
             return
-        n = len(data)
-        allowed = self.recv_allowed - n
-        if allowed < 0:
-            raise ProtocolError(CLOSE_PROTOCOL, f"channel {self.id}: DATA beyond the window")
-        # Consumed by the machine at once: the credit is due as for bytes that left.
-        self.recv_allowed = allowed
-        self.bytes_in += n
-        self.unacked += n
+        self.consume(data)  # taken by the machine at once: the credit is due as for bytes that left
         session = self.session
-        session.buffered += n
+        session.buffered += len(data)
         if session.buffered > session.mark:
             session.over_mark()
         self._run(machine.feed_client, data)
