@@ -192,13 +192,15 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
     from access.broker.identities.reconcile import ReconcileLoop
+    from access.broker.notifications.delivery import WEBHOOK, WebhookLoop
     from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
     return [
         CheckpointLoop(broker),
         ExpiryLoop(broker),
-        OutboxLoop(broker),
+        OutboxLoop(broker, skip=(WEBHOOK,)),  # webhooks wait on others' servers: in a loop of their own
+        WebhookLoop(broker),
         TunnelWatch(broker),
         CloseRetryLoop(broker),
         StatementFlushLoop(broker),

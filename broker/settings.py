@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from access.broker.notifications.endpoints import WebhookEndpoint
 from access.broker.store.engine import DatabaseTimeouts, PoolSettings
 from access.shared.net import IPNetwork, is_loopback_host
 
@@ -198,6 +199,34 @@ class Settings(BaseSettings):
     tunnel_login_timeout: float = Field(
         default=10.0, gt=0, le=300, description="seconds a channel's login to its target may take"
     )
+
+    # Issue 12: signed webhook notifications (notifications/, docs/notifications.md).
+    webhooks: tuple[WebhookEndpoint, ...] = Field(
+        default=(),
+        description="webhook endpoints told about grants: a JSON list of {name, url, format, "
+        "secret_file or secret_env, events}; default none",
+    )
+    webhook_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=20,
+        description="seconds one webhook delivery may take in all (connect, send, the answer's head)",
+    )
+    webhook_max_attempts: int = Field(
+        default=12,
+        ge=1,
+        le=100,
+        description="tries of one webhook delivery before it is given up on (audited notification.failed)",
+    )
+
+    @field_validator("webhooks", mode="after")
+    @classmethod
+    def _unique_webhooks(cls, value: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
+        names = [endpoint.name for endpoint in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"webhook names must be unique: {', '.join(twice)} given more than once")
+        return value
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

@@ -48,6 +48,8 @@ class Action(StrEnum):
     IDENTITY_CREATE = "identity.create"
     IDENTITY_DROP = "identity.drop"
     IDENTITY_RECONCILE = "identity.reconcile"
+    # Notifications (notifications/): a webhook delivery given up on after its attempts.
+    NOTIFICATION_FAILED = "notification.failed"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -71,5 +73,7 @@ WHILE_UNSAFE = frozenset(
         Action.CONNECTION_STATEMENTS,
         Action.IDENTITY_DROP,
         Action.IDENTITY_RECONCILE,
+        # A record that a notice was lost: it gives no access, and waiting would only repeat it.
+        Action.NOTIFICATION_FAILED,
     }
 )

@@ -10,6 +10,9 @@ Guarantees
     * A failing handler is retried: the error is recorded in ``last_error`` and the row is due
       again after an exponential backoff (``backoff``: 1 s, 2 s, 4 s ... capped at 5 minutes).
       A row whose kind has no handler here (written by a newer broker, say) fails the same way.
+      Work that may be abandoned (a webhook nobody answers) registers a ``GiveUp``: after its
+      number of attempts the row is closed with its last error, and what the kind records (an
+      audit entry) is written in the same transaction. Other kinds are retried for ever.
     * At least once, not exactly once, across crashes: a replica that dies after the handler
       ran but before marking the row done leaves it to be claimed again when the lease
       (``LEASE``) runs out. Handlers must therefore be idempotent (``DROP ROLE IF EXISTS``, a
@@ -18,9 +21,10 @@ Guarantees
 
 What goes here: work that must happen once for the whole deployment, whichever replica does
 it: dropping a grant's database role (credentials), notifying approvers (approvals), calling a
-webhook (operations). Those kinds register their handlers with ``register(kind, handler)``.
+webhook (``notifications.delivery``, kind ``webhook.deliver``, run by its own ``WebhookLoop``).
+Those kinds register their handlers with ``register(kind, handler)``.
 
-Today one kind is carried, ``grant.ended`` (written by every transition that ends a grant,
+Besides webhooks one kind is carried, ``grant.ended`` (written by every transition that ends a grant,
 ``grants.lifecycle``): its handler publishes ``GrantEnded`` on the bus of the process that runs
 it, so a grant ended by an admin command in another process (which has no tunnels and no
 loops) reaches the serving broker's tunnels. With several replicas only ONE of them runs the
@@ -37,13 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from access.broker.events.bus import GrantEnded
+from access.broker.events.bus import Event, GrantEnded
 from access.broker.loops import Loop
 from access.broker.store import outbox as store
 
@@ -52,10 +57,12 @@ if TYPE_CHECKING:
     from access.broker.runtime import Broker
 
 __all__ = [
+    "BATCH",
     "GRANT_ENDED",
     "LEASE",
     "OUTBOX_INTERVAL",
     "RETENTION",
+    "GiveUp",
     "Handler",
     "Handlers",
     "OutboxLoop",
@@ -75,7 +82,7 @@ LEASE = timedelta(minutes=5)
 RETENTION = timedelta(days=7)
 _BACKOFF_BASE = timedelta(seconds=1)
 _BACKOFF_CAP = timedelta(minutes=5)
-_BATCH = 50
+BATCH = 50  # rows one claim takes
 _PRUNE_EVERY = 60.0  # seconds (monotonic) between prunes
 _ERROR_LENGTH = 500
 
@@ -83,20 +90,44 @@ _ERROR_LENGTH = 500
 Handler = Callable[["Broker", Mapping[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class GiveUp:
+    """When a kind stops retrying, and what records that it did (work that may be abandoned).
+
+    ``after`` gives the number of failed attempts after which the row is closed; ``record`` is
+    called with the closing transaction's connection, the broker, the payload, the last error
+    and the attempts, and must leave a trace (an audit entry): nothing is dropped silently. If
+    ``record`` raises, nothing is closed and the row is claimed again after its lease.
+    """
+
+    after: Callable[[Broker], int]
+    record: Callable[[sa.Connection, Broker, Mapping[str, Any], str, int], None]
+
+
 class Handlers:
-    """Which handler runs the rows of each kind."""
+    """Which handler runs the rows of each kind (and, for some kinds, when to give up)."""
 
     def __init__(self) -> None:
         self._by_kind: dict[str, Handler] = {}
+        self._give_up: dict[str, GiveUp] = {}
 
-    def register(self, kind: str, handler: Handler) -> None:
-        """Run ``handler`` for rows of ``kind``. Raises: ValueError: ``kind`` has a handler already."""
+    def register(self, kind: str, handler: Handler, give_up: GiveUp | None = None) -> None:
+        """Run ``handler`` for rows of ``kind``; without ``give_up`` they are retried for ever.
+
+        Raises:
+            ValueError: ``kind`` has a handler already.
+        """
         if kind in self._by_kind:
             raise ValueError(f"outbox kind {kind!r} already has a handler")
         self._by_kind[kind] = handler
+        if give_up is not None:
+            self._give_up[kind] = give_up
 
     def get(self, kind: str) -> Handler | None:
         return self._by_kind.get(kind)
+
+    def give_up(self, kind: str) -> GiveUp | None:
+        return self._give_up.get(kind)
 
 
 default_handlers = Handlers()
@@ -132,15 +163,30 @@ register(GRANT_ENDED, _publish_grant_ended)
 
 
 class OutboxLoop(Loop):
-    """Every ``OUTBOX_INTERVAL`` seconds: claim due rows, run their handlers, record the outcome."""
+    """Every ``OUTBOX_INTERVAL`` seconds: claim due rows, run their handlers, record the outcome.
+
+    ``only`` and ``skip`` choose the kinds this loop claims (default: all), so that slow work
+    (webhooks, which wait on other people's servers) runs in a loop of its own and never holds
+    up a grant's end; ``batch`` is how many rows one claim takes (all must run within ``LEASE``).
+    """
 
     name = "outbox"
 
     def __init__(
-        self, broker: Broker, handlers: Handlers | None = None, interval: float = OUTBOX_INTERVAL
+        self,
+        broker: Broker,
+        handlers: Handlers | None = None,
+        interval: float = OUTBOX_INTERVAL,
+        *,
+        only: Collection[str] | None = None,
+        skip: Collection[str] = (),
+        batch: int = BATCH,
     ) -> None:
         super().__init__(broker, interval)
         self.handlers = handlers or default_handlers
+        self.only = frozenset(only) if only is not None else None
+        self.skip = frozenset(skip)
+        self.batch = batch
         self._next_prune: float | None = None
 
     async def tick(self) -> None:
@@ -149,13 +195,15 @@ class OutboxLoop(Loop):
 
     async def run(self) -> None:
         """The loop, woken by every grant end this process publishes (its row is due at once)."""
-        unsubscribe = self.broker.events.subscribe(
-            lambda e: self.wake() if isinstance(e, GrantEnded) else None
-        )
+        unsubscribe = self.broker.events.subscribe(lambda e: self.wake() if self.wakes_on(e) else None)
         try:
             await super().run()
         finally:
             unsubscribe()
+
+    def wakes_on(self, event: Event) -> bool:
+        """Whether ``event`` (published by this process) makes rows this loop runs due now."""
+        return isinstance(event, GrantEnded)
 
     def run_due(self) -> int:
         """Claim and run the due rows once; return how many ran successfully.
@@ -166,7 +214,9 @@ class OutboxLoop(Loop):
         clock = self.broker.clock
         now = clock.now()
         with self.broker.transaction() as conn:
-            claimed = store.claim_due(conn, now=now, lease_until=now + LEASE, limit=_BATCH)
+            claimed = store.claim_due(
+                conn, now=now, lease_until=now + LEASE, limit=self.batch, only=self.only, skip=self.skip
+            )
         succeeded = sum(self._run(entry) for entry in claimed)
         self._prune_if_due()
         return succeeded
@@ -179,8 +229,12 @@ class OutboxLoop(Loop):
             handler(self.broker, entry.payload)
         except Exception as exc:  # any failure of the work: record it and try again later
             error = f"{type(exc).__name__}: {exc}"[:_ERROR_LENGTH]
-            retry_at = self.broker.clock.now() + backoff(entry.attempts)
             log.warning("outbox %s #%d failed (attempt %d): %s", entry.kind, entry.id, entry.attempts, error)
+            give_up = self.handlers.give_up(entry.kind)
+            if give_up is not None and entry.attempts >= give_up.after(self.broker):
+                self._give_up(entry, give_up, error)
+                return False
+            retry_at = self.broker.clock.now() + backoff(entry.attempts)
             with self.broker.transaction() as conn:
                 store.failed(conn, entry, error, retry_at)
             return False
@@ -188,6 +242,15 @@ class OutboxLoop(Loop):
             if not store.done(conn, entry, self.broker.clock.now()):
                 log.warning("outbox %s #%d ran past its lease", entry.kind, entry.id)
         return True
+
+    def _give_up(self, entry: store.OutboxEntry, give_up: GiveUp, error: str) -> None:
+        """Close the row as abandoned and record it, in one transaction (both or neither)."""
+        log.error(
+            "outbox %s #%d: giving up after %d attempts: %s", entry.kind, entry.id, entry.attempts, error
+        )
+        with self.broker.transaction() as conn:
+            if store.abandon(conn, entry, error, self.broker.clock.now()):
+                give_up.record(conn, self.broker, entry.payload, error, entry.attempts)
 
     def _prune_if_due(self) -> None:
         mono = self.broker.clock.monotonic()

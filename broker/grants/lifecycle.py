@@ -6,11 +6,11 @@
       |                 '----expire--> expired   (the expiry loop, at expires_at)
       '---deny---> denied
 
-    from      event    to        audit entry     ends the grant
-    (new)     issue    active    grant.issue     no
-    (new)     deny     denied    grant.deny      no
-    active    revoke   revoked   grant.revoke    yes
-    active    expire   expired   grant.expired   yes
+    from      event    to        audit entry     ends the grant   notice (webhooks)
+    (new)     issue    active    grant.issue     no               grant.issued
+    (new)     deny     denied    grant.deny      no               grant.denied
+    active    revoke   revoked   grant.revoke    yes              grant.revoked
+    active    expire   expired   grant.expired   yes              grant.expired
 
 ``pending`` is a state with no transitions yet: approvals (not built yet) will add
 ``(new) --park--> pending``, ``pending --approve--> active`` and ``pending --reject--> denied``,
@@ -23,7 +23,8 @@ each with its audit action. Revoked, denied and expired are final. ``TRANSITIONS
    an insert; an end is an update ``WHERE state = <from>``, so of two replicas, or a replica and
    an admin command, exactly one moves the grant and the other gets False);
 2. its audit entry (the action of the table) in the SAME transaction: a change whose entry
-   cannot be written does not happen;
+   cannot be written does not happen; and its notice (the table's ``notice``) for the webhooks
+   subscribed to it, as outbox rows in the same transaction (``notifications.emit``);
 3. for a transition that ends the grant, an outbox row ``grant.ended`` in the same transaction
    (``events.outbox``: the cross-process signal, and the end of the grant's per-grant identity);
 4. its event on ``broker.events`` only after the commit (``GrantDecided`` for an issue or a
@@ -49,6 +50,8 @@ from access.broker.audit.actions import Action
 from access.broker.errors import Conflict
 from access.broker.events import outbox
 from access.broker.events.bus import Event, GrantDecided, GrantEnded
+from access.broker.notifications.emit import notify
+from access.broker.notifications.kinds import Notice
 from access.broker.runtime import Broker
 from access.broker.store import grants as store
 from access.broker.store.grants import GrantRecord
@@ -79,14 +82,23 @@ class Transition:
     to_state: GrantState
     action: Action
     ends: bool  # the grant stops being usable: an outbox row, and GrantEnded after the commit
+    notice: Notice  # what webhooks subscribed to it are told (notifications.emit)
 
 
 # (from-state, event) -> transition. ``None`` is a grant not stored yet.
 TRANSITIONS: Mapping[tuple[GrantState | None, GrantEvent], Transition] = {
-    (None, GrantEvent.ISSUE): Transition(GrantState.ACTIVE, Action.GRANT_ISSUE, ends=False),
-    (None, GrantEvent.DENY): Transition(GrantState.DENIED, Action.GRANT_DENY, ends=False),
-    (GrantState.ACTIVE, GrantEvent.REVOKE): Transition(GrantState.REVOKED, Action.GRANT_REVOKE, ends=True),
-    (GrantState.ACTIVE, GrantEvent.EXPIRE): Transition(GrantState.EXPIRED, Action.GRANT_EXPIRED, ends=True),
+    (None, GrantEvent.ISSUE): Transition(
+        GrantState.ACTIVE, Action.GRANT_ISSUE, ends=False, notice=Notice.GRANT_ISSUED
+    ),
+    (None, GrantEvent.DENY): Transition(
+        GrantState.DENIED, Action.GRANT_DENY, ends=False, notice=Notice.GRANT_DENIED
+    ),
+    (GrantState.ACTIVE, GrantEvent.REVOKE): Transition(
+        GrantState.REVOKED, Action.GRANT_REVOKE, ends=True, notice=Notice.GRANT_REVOKED
+    ),
+    (GrantState.ACTIVE, GrantEvent.EXPIRE): Transition(
+        GrantState.EXPIRED, Action.GRANT_EXPIRED, ends=True, notice=Notice.GRANT_EXPIRED
+    ),
 }
 
 _CREATING = frozenset(event for (state, event) in TRANSITIONS if state is None)
@@ -164,14 +176,16 @@ def apply(
     from_state = None if event in _CREATING else GrantState(grant.state)
     transition = next_state(from_state, event)
     why = reason or str(transition.to_state)
+    to_state = transition.to_state
     if from_state is None:
-        store.insert(tx.conn, replace(grant, state=transition.to_state))
+        after = replace(grant, state=to_state)
+        store.insert(tx.conn, after)
     else:
-        to_state = transition.to_state
         if not store.end(
             tx.conn, grant.id, from_state=from_state, to_state=to_state, now=now, reason=why, actor=actor
         ):
             return False
+        after = replace(grant, state=to_state, ended_at=now, ended_reason=why, ended_by=actor)
         if details is None:
             details = {"grant_id": grant.id, "reason": why, "subject": grant.subject, "scope": grant.scope}
     ledger.append(
@@ -182,9 +196,20 @@ def apply(
         target=grant_target(grant.service, grant.id),
         details=dict(details or {"grant_id": grant.id}),
     )
+    told = _notice_details(transition, why, details)
+    notify(tx.conn, tx.broker, transition.notice, actor=actor, grant=after, details=told)
     if transition.ends:
         outbox.enqueue(tx.conn, tx.broker.clock, outbox.GRANT_ENDED, {"grant_id": grant.id, "reason": why})
         tx.after_commit.append(GrantEnded(grant.id, why))
     else:
         tx.after_commit.append(GrantDecided(grant.id, str(transition.to_state)))
     return True
+
+
+def _notice_details(transition: Transition, why: str, details: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a notice says beyond the grant: why it ended, or why the policy refused it."""
+    if transition.ends:
+        return {"why": why}
+    if transition.to_state == GrantState.DENIED and details and details.get("why"):
+        return {"why": details["why"]}
+    return {}

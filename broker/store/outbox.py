@@ -2,13 +2,14 @@
 
 A claim is a lease: the claimed rows' ``available_at`` moves to the end of the lease and their
 ``attempts`` goes up by one, in the claiming transaction. ``attempts`` is then the claim's token:
-``done`` and ``failed`` only touch a row still at that count, so a worker whose lease ran out
-(and whose row another replica claimed again) cannot overwrite the newer claim's result.
+``done``, ``failed`` and ``abandon`` only touch a row still at that count, so a worker whose lease
+ran out (and whose row another replica claimed again) cannot overwrite the newer claim's result.
+A row given up on (``abandon``) is closed like a done one but keeps its ``last_error``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 
 from access.broker.store.tables import outbox
 
-__all__ = ["OutboxEntry", "add", "claim_due", "done", "failed", "prune_done"]
+__all__ = ["OutboxEntry", "abandon", "add", "claim_due", "done", "failed", "prune_done"]
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,17 @@ def add(conn: sa.Connection, kind: str, payload: Mapping[str, Any], now: datetim
     return int(key[0])
 
 
-def claim_due(conn: sa.Connection, *, now: datetime, lease_until: datetime, limit: int) -> list[OutboxEntry]:
-    """Claim up to ``limit`` rows due at ``now`` until ``lease_until``, oldest first.
+def claim_due(
+    conn: sa.Connection,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+    only: Collection[str] | None = None,
+    skip: Collection[str] = (),
+) -> list[OutboxEntry]:
+    """Claim up to ``limit`` rows due at ``now`` until ``lease_until``, oldest first; of the kinds
+    in ``only`` (None: every kind) and not in ``skip``.
 
     On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``: a replica claiming at the same
     moment skips them rather than waiting, and never gets them. SQLite has no row locks and needs
@@ -53,6 +63,10 @@ def claim_due(conn: sa.Connection, *, now: datetime, lease_until: datetime, limi
         .order_by(outbox.c.available_at, outbox.c.id)
         .limit(limit)
     )
+    if only is not None:
+        query = query.where(outbox.c.kind.in_(sorted(only)))
+    if skip:
+        query = query.where(outbox.c.kind.not_in(sorted(skip)))
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
     rows = conn.execute(query).all()
@@ -82,6 +96,16 @@ def failed(conn: sa.Connection, entry: OutboxEntry, error: str, retry_at: dateti
         outbox.update()
         .where(outbox.c.id == entry.id, outbox.c.attempts == entry.attempts, outbox.c.done_at.is_(None))
         .values(available_at=retry_at, last_error=error)
+    )
+    return result.rowcount == 1
+
+
+def abandon(conn: sa.Connection, entry: OutboxEntry, error: str, now: datetime) -> bool:
+    """Close a claimed row that will not be tried again, keeping ``error``; False if the claim was lost."""
+    result = conn.execute(
+        outbox.update()
+        .where(outbox.c.id == entry.id, outbox.c.attempts == entry.attempts, outbox.c.done_at.is_(None))
+        .values(done_at=now, last_error=error)
     )
     return result.rowcount == 1
 

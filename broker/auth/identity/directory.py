@@ -6,6 +6,8 @@ from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.errors import Conflict, NotFound
 from access.broker.events.bus import GrantEnded, PrincipalLocked
+from access.broker.notifications.emit import notify
+from access.broker.notifications.kinds import Notice
 from access.broker.runtime import Broker
 from access.broker.store import principals, sessions
 from access.broker.store.principals import USER, PrincipalRecord
@@ -26,7 +28,8 @@ def list_principals(broker: Broker) -> list[PrincipalRecord]:
 def disable_principal(broker: Broker, name: str, actor: str) -> list[str]:
     """Disable a user or service account: revoke its sessions and end its active grants.
 
-    Everything happens in one transaction with its audit entries; after commit the broker
+    Everything happens in one transaction with its audit entries (and the ``access.locked``
+    notice, with a ``grant.revoked`` one per grant, for webhooks); after commit the broker
     publishes ``PrincipalLocked`` and one ``GrantEnded(grant_id, "locked")`` per ended grant,
     so live tunnels close. Returns the ids of the ended grants.
 
@@ -59,6 +62,13 @@ def disable_principal(broker: Broker, name: str, actor: str) -> list[str]:
             action=action,
             target=f"principal:{principal.name}",
             details={"sessions_revoked": revoked, "grants_ended": list(ended)},
+        )
+        notify(
+            conn,
+            broker,
+            Notice.ACCESS_LOCKED,
+            actor=actor,
+            details={"target": f"{principal.kind}:{principal.name}", "grants_ended": list(ended)},
         )
     broker.events.publish(PrincipalLocked(principal.id))
     for grant_id in ended:

@@ -1,0 +1,31 @@
+"""The events a webhook can be told about: their names are part of the webhook contract."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["RESERVED", "Notice"]
+
+
+class Notice(StrEnum):
+    """An event's name, as sent in ``event`` and ``X-Access-Event``. Never rename one."""
+
+    # A request waits for review (pending); emitted by approvals.
+    GRANT_REQUESTED = "grant.requested"
+    # A grant became active: issued by the policy at once, or once its approvals are complete.
+    GRANT_ISSUED = "grant.issued"
+    # A reviewer approved a pending request (``details``: reviewer, comment); emitted by approvals.
+    GRANT_APPROVED = "grant.approved"
+    # A request was refused: by the policy now, by a reviewer once approvals exist (``details.why``).
+    GRANT_DENIED = "grant.denied"
+    GRANT_EXPIRED = "grant.expired"
+    # Ended early: ``access revoke``, a lock-out (``details.why``: revoked, locked, identity_failed).
+    GRANT_REVOKED = "grant.revoked"
+    # A principal was disabled (``access-broker users disable``), later also ``access-broker lock``.
+    ACCESS_LOCKED = "access.locked"
+    # A grant issued through a break-glass rule (reserved: emitted by the break-glass work).
+    BREAK_GLASS = "grant.break_glass"
+
+
+# Defined now, emitted by work not built yet (approvals, break-glass): endpoints may subscribe.
+RESERVED = frozenset({Notice.GRANT_REQUESTED, Notice.GRANT_APPROVED, Notice.BREAK_GLASS})
