@@ -14,11 +14,9 @@ plain, strictly typed Python too, and that is what runs when compiling is not po
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +40,12 @@ def _compiled_extensions() -> list[Any]:
         _warn("mypyc is not available")
         return []
     # mypyc names modules after their paths: access/shared links to shared/, the installed layout.
-    build = Path(tempfile.mkdtemp(prefix="access-mypyc-"))
-    atexit.register(shutil.rmtree, build, ignore_errors=True)
+    # Its C sources (and, beside them, setuptools' object files) go under build/, where every
+    # build from a source tree leaves its files anyway: a temporary folder elsewhere made the
+    # objects land in a stray tmp/ folder of the checkout (setuptools joins the relative path
+    # to its own build folder).
+    build = HERE / "build" / "mypyc"
+    shutil.rmtree(build, ignore_errors=True)  # no C of an earlier build is reused
     cwd = Path.cwd()
     try:
         os.chdir(HERE)
