@@ -26,6 +26,7 @@ __all__ = [
     "bind_socket",
     "broker_failure",
     "build_settings",
+    "check_output",
     "fail",
     "open_broker",
     "say",
@@ -94,6 +95,12 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
     if hint:
         say(f"hint: {hint}", err=True)
     return typer.Exit(code)
+
+
+def check_output(output: str) -> None:
+    """Refuse an ``-o`` other than text or json (exit 2)."""
+    if output not in ("text", "json"):
+        raise fail(f"unknown output format {output!r}: use text or json", code=2)
 
 
 def broker_failure(exc: BrokerError) -> typer.Exit:

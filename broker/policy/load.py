@@ -4,8 +4,8 @@ models of ``model.py``, and pydantic's errors turned into one ``PolicyError`` wh
 
 File and line come first, as compilers print them (editors and CI logs jump to the place), then
 the field path (operators grep for it). Every problem pydantic finds is listed, the first
-``_MAX_SHOWN`` of them. ``read_yaml`` and ``validate`` can serve other files of the policy room
-too, with the same messages.
+``_MAX_SHOWN`` of them. ``read_yaml`` and ``validate`` serve other files of the policy room too
+(``cases.py``'s expected decisions), with the same messages.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from access.broker.policy.cases import CaseFile
 from access.broker.policy.fields import Located, type_name
 from access.broker.policy.model import Policy, PolicyError, PolicyFile, Problem
 
 __all__ = [
+    "load_cases",
     "load_policy",
     "policy_from_data",
     "policy_from_text",
@@ -45,6 +47,18 @@ def load_policy(path: Path | str) -> Policy:
             message names the file, the line and the field path.
     """
     return policy_from_text(read_text(path), source=str(path))
+
+
+def load_cases(path: Path | str) -> tuple[CaseFile, tuple[int | None, ...]]:
+    """Load a policy's tests (``cases.py``) and the line of each case.
+
+    Raises:
+        PolicyError: the file cannot be read, is not YAML, or is not a valid table of cases.
+    """
+    source = str(path)
+    data, root = read_yaml(read_text(path), source)
+    cases = validate(CaseFile, data if data is not None else {}, source=source, root=root)
+    return cases, tuple(_line(root, ("cases", i)) for i in range(len(cases.cases)))
 
 
 def read_text(path: Path | str) -> str:
