@@ -192,6 +192,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
     from access.broker.identities.reconcile import ReconcileLoop
+    from access.broker.rollout import PolicyWatch
     from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
@@ -203,6 +204,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
         CloseRetryLoop(broker),
         StatementFlushLoop(broker),
         ReconcileLoop(broker),
+        PolicyWatch(broker),
     ]
 
 

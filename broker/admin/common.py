@@ -75,11 +75,16 @@ def build_settings(**overrides: Any) -> Settings:
         raise typer.BadParameter(messages) from exc
 
 
-def open_broker(data_dir: Path | None, database_url: str | None, **overrides: Any) -> Any:
-    """A ``Broker`` for admin commands (migrated database, keys loaded, policy if configured)."""
+def open_broker(
+    data_dir: Path | None, database_url: str | None, *, without_policy: bool = False, **overrides: Any
+) -> Any:
+    """A ``Broker`` for admin commands (migrated database, keys loaded, policy if configured and
+    not ``without_policy``)."""
+    from access.broker.policy import Policy
     from access.broker.runtime import Broker
 
-    return Broker.from_settings(build_settings(data_dir=data_dir, database_url=database_url, **overrides))
+    settings = build_settings(data_dir=data_dir, database_url=database_url, **overrides)
+    return Broker.from_settings(settings, policy=Policy.empty() if without_policy else None)
 
 
 def say(line: str, err: bool = False) -> None:
@@ -109,11 +114,14 @@ def broker_failure(exc: BrokerError) -> typer.Exit:
 
 
 @contextlib.contextmanager
-def admin_broker(data_dir: Path | None, database_url: str | None) -> Iterator[Broker]:
+def admin_broker(
+    data_dir: Path | None, database_url: str | None, *, without_policy: bool = False
+) -> Iterator[Broker]:
     """A ``Broker`` for one admin command: broker errors become clear messages and exit codes,
-    and the database connections are closed afterwards."""
+    and the database connections are closed afterwards. ``without_policy``: the configured
+    policy file is not loaded (the command reads it itself)."""
     try:
-        broker: Broker = open_broker(data_dir, database_url)
+        broker: Broker = open_broker(data_dir, database_url, without_policy=without_policy)
     except BrokerError as exc:
         raise broker_failure(exc) from exc
     except (OSError, ValueError) as exc:

@@ -1,8 +1,9 @@
-"""``access-broker policy``: check a policy file, explain a decision, run a policy's tests.
+"""``access-broker policy``: check a policy file, explain a decision, run a policy's tests, and
+reload the policy of every replica.
 
-Exit codes: 0 fine (a valid file; every case passed; a decision explained, whatever it is);
-1 ``policy test`` found mismatches; 2 bad usage or an invalid file (the error names file, line
-and field).
+Exit codes: 0 fine (a valid file; every case passed; a decision explained, whatever it is; a
+policy put in force); 1 ``policy test`` found mismatches; 2 bad usage or an invalid file (the
+error names file, line and field; ``reload`` refused it and the old policy stays).
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from access.broker.admin.common import check_output, fail, say, setting_help
+from access.broker.admin.common import (
+    DatabaseUrl,
+    DataDir,
+    admin_broker,
+    check_output,
+    fail,
+    say,
+    setting_help,
+)
 from access.broker.policy import (
     Policy,
     PolicyError,
@@ -31,11 +40,12 @@ from access.shared.durations import DurationError, format_duration, parse_durati
 __all__ = ["policy_app"]
 
 policy_app = typer.Typer(
-    help="Check the policy file, explain a decision, run the policy's tests.",
+    help="Check the policy file, explain a decision, run the policy's tests, reload it on every replica.",
     epilog=examples(
         "access-broker policy check policy.yaml",
         "access-broker policy explain --user alice --group sre --service svc-payments --scope read",
         "access-broker policy test policy-tests.yaml",
+        "access-broker policy reload policy.yaml",
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -217,3 +227,36 @@ def test_cases(
         say(f"{len(mismatches)} of {total} case(s) failed against {policy_file}", err=True)
         raise typer.Exit(1)
     say(f"{total} case(s) passed against {policy_file}")
+
+
+@policy_app.command(
+    "reload",
+    epilog=examples(
+        "access-broker policy reload                 # the file of ACCESS_BROKER_POLICY",
+        "access-broker policy reload /etc/access/policy.yaml --database-url postgresql://db/access",
+    ),
+)
+def reload(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Policy YAML file (default: ACCESS_BROKER_POLICY)", show_default=False),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Put FILE in force on every replica (each applies it within its poll interval) and end the
+    grants it no longer allows; a file that fails validation is refused and the old policy stays."""
+    from access.broker.admin.identity import admin_actor
+    from access.broker.rollout import reload_file
+
+    with admin_broker(data_dir, database_url, without_policy=True) as broker:
+        path = file or broker.settings.policy
+        if path is None:
+            raise fail("no policy file", hint="give FILE or set ACCESS_BROKER_POLICY", code=2)
+        try:
+            done = reload_file(broker, path, admin_actor())
+        except PolicyError as exc:
+            raise _invalid(exc, then="refused: the policy in force stays") from exc
+    say(done.summary(), err=True)
+    for grant_id in done.ended:
+        say(f"  ended {grant_id}", err=True)

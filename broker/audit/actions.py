@@ -48,6 +48,9 @@ class Action(StrEnum):
     IDENTITY_CREATE = "identity.create"
     IDENTITY_DROP = "identity.drop"
     IDENTITY_RECONCILE = "identity.reconcile"
+    # The policy (rollout/): a new version put in force, or a file refused (the old one stays).
+    POLICY_RELOAD = "policy.reload"
+    POLICY_REFUSE = "policy.refuse"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -71,5 +74,7 @@ WHILE_UNSAFE = frozenset(
         Action.CONNECTION_STATEMENTS,
         Action.IDENTITY_DROP,
         Action.IDENTITY_RECONCILE,
+        # A refused policy changes nothing: the one in force stays.
+        Action.POLICY_REFUSE,
     }
 )

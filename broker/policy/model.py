@@ -429,6 +429,10 @@ class Policy:
     services: Mapping[str, ServiceConfig] = field(default_factory=dict, hash=False)
     rules: tuple[Rule, ...] = ()
     audit_readers: Subjects = field(default_factory=Subjects)
+    # Which stored version this is (``rollout``) and the SHA-256 of its text; None for a policy
+    # built in code or not stored yet. Carried here so that one reference swap changes both.
+    version: int | None = field(default=None, compare=False)
+    sha256: str | None = field(default=None, compare=False)
 
     @classmethod
     def empty(cls) -> Policy:
