@@ -193,6 +193,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.grants import ExpiryLoop
     from access.broker.identities.reconcile import ReconcileLoop
     from access.broker.notifications.delivery import WEBHOOK, WebhookLoop
+    from access.broker.rollout import PolicyWatch
     from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
@@ -205,6 +206,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
         CloseRetryLoop(broker),
         StatementFlushLoop(broker),
         ReconcileLoop(broker),
+        PolicyWatch(broker),
     ]
 
 

@@ -183,7 +183,8 @@ def http_options(settings: Settings) -> dict[str, Any]:
 
 
 def run(settings: Settings, *, ready_file: Path | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; on shutdown the ledger gets a final signed checkpoint.
+    """Serve until SIGINT/SIGTERM; on shutdown the ledger gets a final signed checkpoint. SIGHUP
+    reloads the policy file for every replica (``rollout``; a bad file is refused and logged).
 
     Raises:
         Misconfigured: a file a setting names, the listen address or the replica identity is
@@ -195,6 +196,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     from access.broker import startup
     from access.broker.app import create_app
     from access.broker.audit.checkpoints import refuse_unsafe
+    from access.broker.rollout import adopt_at_start, reload_on_signal
     from access.broker.runtime import Broker
     from access.shared.tuning import tune_allocator
 
@@ -207,6 +209,8 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         broker = Broker.from_settings(settings, base_url=settings.base_url(port))
         startup.claim_identity(broker, stable_issuer=settings.public_url is not None or settings.port != 0)
         refuse_unsafe(broker)
+        # The same policy version as every replica: this file, if it differs, else the stored one.
+        adopt_at_start(broker)
     except BaseException:
         sock.close()
         raise
@@ -236,8 +240,17 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         if ready_file:
             await asyncio.to_thread(ready_file.write_text, broker.base_url + "\n")
 
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.ensure_future(reload_on_signal(broker))
+        reloads.add(task)  # a reference until it is done, or the task may be collected
+        task.add_done_callback(reloads.discard)
+
     async def main() -> None:
         task = asyncio.create_task(announce())
+        if hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         try:
             await server.serve(sockets=[sock])
         finally:

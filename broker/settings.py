@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     grant_watch_interval: float = Field(
         default=0.25, gt=0, le=1.0, description="seconds between checks for grants ended by other processes"
     )
+    policy_watch_interval: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="seconds between checks for a newer policy version (a reload on another process)",
+    )
     instance_lease: float = Field(
         default=30.0,
         ge=3,

@@ -27,6 +27,8 @@ __all__ = ["GRANT_ENDED_CLOSE", "GRANT_ENDED_CODES", "ended_why", "grant_ended_c
 GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     "expired": (CLOSE_EXPIRED, "grant {grant} expired"),
     "revoked": (CLOSE_REVOKED, "grant {grant} was revoked"),
+    # A reloaded policy no longer allows the grant: revoked, in words that say by what.
+    "policy": (CLOSE_REVOKED, "grant {grant} ended: the policy no longer allows it"),
     "locked": (CLOSE_LOCKED, "grant {grant} ended: the account was locked out"),
     "signed out": (CLOSE_SIGNED_OUT, "grant {grant} ended: its sign-in session ended; run `access login`"),
     # The session's lifetime ran out: the same code (the person must sign in again), its own words.
@@ -36,7 +38,7 @@ GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     ),
 }
 _WHY_BY_CODE: Final[dict[int, str]] = {
-    code: why for why, (code, _) in GRANT_ENDED_CLOSE.items() if why != "session expired"
+    code: why for why, (code, _) in GRANT_ENDED_CLOSE.items() if why not in ("session expired", "policy")
 }
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, say
+from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, check_output, fail, say
 from access.shared.clihelp import examples
 
 __all__ = ["audit_app"]
@@ -28,11 +28,6 @@ audit_app = typer.Typer(
 
 Output = Annotated[str, typer.Option("-o", "--output", help="text or json")]
 OutFile = Annotated[Path | None, typer.Option("--file", "-f", help="Write to this file (default: stdout)")]
-
-
-def _check_output(output: str) -> None:
-    if output not in ("text", "json"):
-        raise fail(f"unknown output format {output!r}: use text or json", code=2)
 
 
 @audit_app.command(
@@ -53,7 +48,7 @@ def verify(
     """Check every entry's hash, the chain and every signed checkpoint; exit 1 naming the first bad entry."""
     from access.broker.audit.checkpoints import load_checkpoints_file, verify_ledger
 
-    _check_output(output)
+    check_output(output)
     external = None
     if checkpoints is not None:
         try:

@@ -26,6 +26,7 @@ __all__ = [
     "bind_socket",
     "broker_failure",
     "build_settings",
+    "check_output",
     "fail",
     "open_broker",
     "say",
@@ -74,11 +75,16 @@ def build_settings(**overrides: Any) -> Settings:
         raise typer.BadParameter(messages) from exc
 
 
-def open_broker(data_dir: Path | None, database_url: str | None, **overrides: Any) -> Any:
-    """A ``Broker`` for admin commands (migrated database, keys loaded, policy if configured)."""
+def open_broker(
+    data_dir: Path | None, database_url: str | None, *, without_policy: bool = False, **overrides: Any
+) -> Any:
+    """A ``Broker`` for admin commands (migrated database, keys loaded, policy if configured and
+    not ``without_policy``)."""
+    from access.broker.policy import Policy
     from access.broker.runtime import Broker
 
-    return Broker.from_settings(build_settings(data_dir=data_dir, database_url=database_url, **overrides))
+    settings = build_settings(data_dir=data_dir, database_url=database_url, **overrides)
+    return Broker.from_settings(settings, policy=Policy.empty() if without_policy else None)
 
 
 def say(line: str, err: bool = False) -> None:
@@ -96,17 +102,26 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def check_output(output: str) -> None:
+    """Refuse an ``-o`` other than text or json (exit 2)."""
+    if output not in ("text", "json"):
+        raise fail(f"unknown output format {output!r}: use text or json", code=2)
+
+
 def broker_failure(exc: BrokerError) -> typer.Exit:
     """Print a broker error and return the exit carrying its documented code."""
     return fail(exc.message, exc.hint, code=int(exit_code_for(str(exc.code))))
 
 
 @contextlib.contextmanager
-def admin_broker(data_dir: Path | None, database_url: str | None) -> Iterator[Broker]:
+def admin_broker(
+    data_dir: Path | None, database_url: str | None, *, without_policy: bool = False
+) -> Iterator[Broker]:
     """A ``Broker`` for one admin command: broker errors become clear messages and exit codes,
-    and the database connections are closed afterwards."""
+    and the database connections are closed afterwards. ``without_policy``: the configured
+    policy file is not loaded (the command reads it itself)."""
     try:
-        broker: Broker = open_broker(data_dir, database_url)
+        broker: Broker = open_broker(data_dir, database_url, without_policy=without_policy)
     except BrokerError as exc:
         raise broker_failure(exc) from exc
     except (OSError, ValueError) as exc:

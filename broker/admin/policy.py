@@ -1,4 +1,10 @@
-"""``access-broker policy``: check a policy file before the broker loads it."""
+"""``access-broker policy``: check a policy file, explain a decision, run a policy's tests, and
+reload the policy of every replica.
+
+Exit codes: 0 fine (a valid file; every case passed; a decision explained, whatever it is; a
+policy put in force); 1 ``policy test`` found mismatches; 2 bad usage or an invalid file (the
+error names file, line and field; ``reload`` refused it and the old policy stays).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,69 @@ from typing import Annotated
 
 import typer
 
-from access.broker.admin.common import fail, say
-from access.broker.policy import PolicyError, load_policy
+from access.broker.admin.common import (
+    DatabaseUrl,
+    DataDir,
+    admin_broker,
+    check_output,
+    fail,
+    say,
+    setting_help,
+)
+from access.broker.policy import (
+    Policy,
+    PolicyError,
+    Subject,
+    UnknownScope,
+    UnknownService,
+    explain,
+    load_cases,
+    load_policy,
+    run_cases,
+)
 from access.shared.clihelp import examples
-from access.shared.durations import format_duration
+from access.shared.durations import DurationError, format_duration, parse_duration
 
 __all__ = ["policy_app"]
 
 policy_app = typer.Typer(
-    help="Check the policy file (services, rules, audit readers).",
-    epilog=examples("access-broker policy check policy.yaml"),
+    help="Check the policy file, explain a decision, run the policy's tests, reload it on every replica.",
+    epilog=examples(
+        "access-broker policy check policy.yaml",
+        "access-broker policy explain --user alice --group sre --service svc-payments --scope read",
+        "access-broker policy test policy-tests.yaml",
+        "access-broker policy reload policy.yaml",
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+Output = Annotated[str, typer.Option("-o", "--output", help="text or json")]
+PolicyFileOpt = Annotated[
+    Path | None,
+    typer.Option("--policy", envvar="ACCESS_BROKER_POLICY", show_envvar=False, help=setting_help("policy")),
+]
+
+
+def _load(file: Path) -> Policy:
+    try:
+        return load_policy(file)
+    except PolicyError as exc:
+        raise _invalid(exc) from exc
+
+
+def _invalid(
+    exc: PolicyError, then: str | None = None, hint: str = "see docs/policy.md for the format"
+) -> typer.Exit:
+    """Exit 2 listing every problem on its own line (each is escaped: it quotes the file)."""
+    lines = str(exc).splitlines() or ["invalid policy"]
+    say(f"error: {lines[0]}", err=True)
+    for line in [*lines[1:], *([then] if then else [])]:
+        say(line, err=True)
+    say(f"hint: {hint}", err=True)
+    return typer.Exit(2)
 
 
 @policy_app.command(
@@ -31,15 +86,11 @@ policy_app = typer.Typer(
 )
 def check(
     file: Annotated[Path, typer.Argument(help="Policy YAML file")],
-    output: Annotated[str, typer.Option("-o", "--output", help="text or json")] = "text",
+    output: Output = "text",
 ) -> None:
     """Validate FILE and summarise its services and rules; exit 2 with the error if it is invalid."""
-    if output not in ("text", "json"):
-        raise fail(f"unknown output format {output!r}: use text or json", code=2)
-    try:
-        policy = load_policy(file)
-    except PolicyError as exc:
-        raise fail(str(exc), hint="see docs/policy.md for the format", code=2) from exc
+    check_output(output)
+    policy = _load(file)
     services = [
         {
             "name": svc.name,
@@ -85,3 +136,127 @@ def check(
         ttl = "" if rule.max_ttl is None else f", max {format_duration(rule.max_ttl)}"
         what = f"{', '.join(rule.services)} ({', '.join(rule.scopes)}){ttl}"
         say(f"  rule {rule.name} [{rule.require}]: {who} -> {what}")
+
+
+@policy_app.command(
+    "explain",
+    epilog=examples(
+        "access-broker policy explain --user alice --group sre --service svc-payments --scope read",
+        "access-broker policy explain --service-account deploy-bot --group ci --service svc-payments "
+        "--scope write --ttl 2h -o json",
+    ),
+)
+def explain_decision(
+    service: Annotated[str, typer.Option("--service", help="The service asked for")],
+    scope: Annotated[str, typer.Option("--scope", help="The scope asked for")],
+    user: Annotated[str | None, typer.Option("--user", help="Who asks: a user")] = None,
+    service_account: Annotated[
+        str | None, typer.Option("--service-account", help="Who asks: a service account")
+    ] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="A group of theirs (repeatable)")
+    ] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="For this long (default: whatever the TTL)")
+    ] = None,
+    policy_file: PolicyFileOpt = None,
+    output: Output = "text",
+) -> None:
+    """Say what the policy decides for one request, the rule that decides it and its maximum TTL."""
+    check_output(output)
+    if (user is None) == (service_account is None):
+        raise fail("name who asks: --user NAME or --service-account NAME (one of them)", code=2)
+    if policy_file is None:
+        raise fail("no policy file", hint="give --policy FILE or set ACCESS_BROKER_POLICY", code=2)
+    wanted = None
+    if ttl is not None:
+        try:
+            wanted = parse_duration(ttl)
+        except DurationError as exc:
+            raise fail(str(exc), hint="write the ttl like 45s, 30m or 1h30m", code=2) from exc
+    policy = _load(policy_file)
+    if user is not None:
+        subject = Subject(user, "user", tuple(sorted(set(group or []))))
+    else:
+        subject = Subject(service_account or "", "service_account", tuple(sorted(set(group or []))))
+    try:
+        found = explain(policy, subject, service, scope, wanted)
+    except (UnknownService, UnknownScope) as exc:
+        raise fail(str(exc), hint=f"`access-broker policy check {policy_file}` lists them", code=2) from exc
+    if output == "json":
+        typer.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    decision = found.decision
+    say(f"decision: {found.outcome}")
+    say(f"rule:     {decision.rule or '(none: denied by default)'}")
+    if decision.max_ttl is not None:
+        say(f"max ttl:  {format_duration(decision.max_ttl)}")
+    say(f"why:      {decision.reason}")
+
+
+@policy_app.command(
+    "test",
+    epilog=examples(
+        "access-broker policy test policy-tests.yaml",
+        "access-broker policy test policy-tests.yaml --policy staging/policy.yaml",
+    ),
+)
+def test_cases(
+    file: Annotated[Path, typer.Argument(help="YAML table of expected decisions (docs/policy.md)")],
+    policy_file: Annotated[
+        Path | None,
+        typer.Option("--policy", help="The policy to test (default: the file's policy:, beside it)"),
+    ] = None,
+) -> None:
+    """Run a policy's tests: exit 1 naming each case whose decision is not the expected one."""
+    try:
+        cases, lines = load_cases(file)
+    except PolicyError as exc:
+        raise _invalid(exc, hint='see docs/policy.md, "Testing a policy"') from exc
+    if policy_file is None:
+        if cases.policy is None:
+            raise fail(f"{file} names no policy", hint="add policy: FILE to it, or give --policy", code=2)
+        policy_file = file.parent / cases.policy
+    policy = _load(policy_file)
+    mismatches = run_cases(policy, cases, lines)
+    for mismatch in mismatches:
+        at = f"{file}:{mismatch.line}" if mismatch.line is not None else str(file)
+        say(f"FAIL {at}: cases[{mismatch.index}]: {mismatch.message}", err=True)
+    total = len(cases.cases)
+    if mismatches:
+        say(f"{len(mismatches)} of {total} case(s) failed against {policy_file}", err=True)
+        raise typer.Exit(1)
+    say(f"{total} case(s) passed against {policy_file}")
+
+
+@policy_app.command(
+    "reload",
+    epilog=examples(
+        "access-broker policy reload                 # the file of ACCESS_BROKER_POLICY",
+        "access-broker policy reload /etc/access/policy.yaml --database-url postgresql://db/access",
+    ),
+)
+def reload(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Policy YAML file (default: ACCESS_BROKER_POLICY)", show_default=False),
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Put FILE in force on every replica (each applies it within its poll interval) and end the
+    grants it no longer allows; a file that fails validation is refused and the old policy stays."""
+    from access.broker.admin.identity import admin_actor
+    from access.broker.rollout import reload_file
+
+    with admin_broker(data_dir, database_url, without_policy=True) as broker:
+        path = file or broker.settings.policy
+        if path is None:
+            raise fail("no policy file", hint="give FILE or set ACCESS_BROKER_POLICY", code=2)
+        try:
+            done = reload_file(broker, path, admin_actor())
+        except PolicyError as exc:
+            raise _invalid(exc, then="refused: the policy in force stays") from exc
+    say(done.summary(), err=True)
+    for grant_id in done.ended:
+        say(f"  ended {grant_id}", err=True)

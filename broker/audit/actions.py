@@ -50,6 +50,9 @@ class Action(StrEnum):
     IDENTITY_RECONCILE = "identity.reconcile"
     # Notifications (notifications/): a webhook delivery given up on after its attempts.
     NOTIFICATION_FAILED = "notification.failed"
+    # The policy (rollout/): a new version put in force, or a file refused (the old one stays).
+    POLICY_RELOAD = "policy.reload"
+    POLICY_REFUSE = "policy.refuse"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -75,5 +78,7 @@ WHILE_UNSAFE = frozenset(
         Action.IDENTITY_RECONCILE,
         # A record that a notice was lost: it gives no access, and waiting would only repeat it.
         Action.NOTIFICATION_FAILED,
+        # A refused policy changes nothing: the one in force stays.
+        Action.POLICY_REFUSE,
     }
 )

@@ -19,7 +19,7 @@ from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model
 from access.broker.identities import lifecycle as identities
-from access.broker.policy import Decision, UnknownScope, UnknownService, evaluate
+from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
 from access.shared.durations import DurationError, format_duration, parse_duration
@@ -41,11 +41,13 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         GrantDenied: the policy said no, or the rule needs approval (recorded as denied).
         Unavailable: the database or the ledger could not be written; nothing changed.
     """
-    decision, ttl, reason = _decide(broker, ctx, request)
+    # One policy for the whole request: a reload swaps ``broker.policy`` from another thread.
+    policy = broker.policy
+    decision, ttl, reason = _decide(policy, ctx, request)
     denial = _denial(decision)
     event = GrantEvent.ISSUE if denial is None else GrantEvent.DENY
     now = broker.clock.now()
-    record = _record(broker, ctx, decision, reason, now, ttl, denial)
+    record = _record(policy, ctx, decision, reason, now, ttl, denial)
     with lifecycle.transaction(broker) as tx:
         target = grant_target(record.service, record.id)
         details = {
@@ -57,10 +59,9 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         ledger.append(
             tx.conn, broker.clock, actor=ctx.name, action=Action.GRANT_REQUEST, target=target, details=details
         )
-        lifecycle.apply(
-            tx, record, event, actor=ctx.name, now=now, details=_decision_details(record, decision, denial)
-        )
-        dynamic = denial is None and broker.policy.services[record.service].dynamic
+        details = _decision_details(record, decision, denial, policy.version)
+        lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details)
+        dynamic = denial is None and policy.services[record.service].dynamic
         if dynamic:
             identities.intend(tx.conn, record, now)
     if denial is not None:
@@ -103,12 +104,16 @@ def _denial(decision: Decision) -> str | None:
     return None
 
 
-def _decision_details(record: GrantRecord, decision: Decision, denial: str | None) -> dict[str, Any]:
-    """The audit details of ``grant.issue`` (with the expiry) or ``grant.deny`` (with why)."""
+def _decision_details(
+    record: GrantRecord, decision: Decision, denial: str | None, policy_version: int | None
+) -> dict[str, Any]:
+    """The audit details of ``grant.issue`` (with the expiry) or ``grant.deny`` (with why), and
+    the stored policy version that decided (None: a policy not stored, in tests)."""
     details: dict[str, Any] = {
         "grant_id": record.id,
         "rule": decision.rule,
         "requirement": decision.requirement,
+        "policy_version": policy_version,
     }
     if denial is None:
         details["expires_at"] = ledger.format_time(record.expires_at)
@@ -124,7 +129,7 @@ def _denial_hint(decision: Decision, ttl: timedelta) -> str:
 
 
 def _record(
-    broker: Broker,
+    policy: Policy,
     ctx: AuthContext,
     decision: Decision,
     reason: str,
@@ -133,7 +138,7 @@ def _record(
     denial: str | None,
 ) -> GrantRecord:
     """The row the decision stores, in the state its transition leads to."""
-    svc = broker.policy.services[decision.service]
+    svc = policy.services[decision.service]
     denied = denial is not None
     event = GrantEvent.DENY if denied else GrantEvent.ISSUE
     return GrantRecord(
@@ -163,11 +168,11 @@ def _check_reason(reason: str) -> str:
     return reason.strip()
 
 
-def _parse_ttl(text: str, broker: Broker, ctx: AuthContext, service: str, scope: str) -> timedelta:
+def _parse_ttl(text: str, policy: Policy, ctx: AuthContext, service: str, scope: str) -> timedelta:
     try:
         ttl: timedelta = parse_duration(text)
     except DurationError as exc:
-        probe = evaluate(broker.policy, ctx, service, scope, timedelta(seconds=1))
+        probe = evaluate(policy, ctx, service, scope, timedelta(seconds=1))
         limit = ""
         if probe.allowed and probe.max_ttl is not None:
             limit = f"; the maximum for {scope} on {service} is {format_duration(probe.max_ttl)}"
@@ -175,7 +180,7 @@ def _parse_ttl(text: str, broker: Broker, ctx: AuthContext, service: str, scope:
     return ttl
 
 
-def _decide(broker: Broker, ctx: AuthContext, request: GrantRequest) -> tuple[Decision, timedelta, str]:
+def _decide(policy: Policy, ctx: AuthContext, request: GrantRequest) -> tuple[Decision, timedelta, str]:
     service, scope = request.service, request.scope
     if not is_dns_label(service):
         raise InvalidRequest(f"bad service name {service[:63]!r}: {NAME_RULE}", hint="see `access services`")
@@ -183,10 +188,10 @@ def _decide(broker: Broker, ctx: AuthContext, request: GrantRequest) -> tuple[De
         raise InvalidRequest(f"bad scope {scope[:32]!r}", hint="see `access services` for the scopes")
     reason = _check_reason(request.reason)
     try:
-        broker.policy.lookup(service, scope)
+        policy.lookup(service, scope)
     except UnknownService as exc:
         raise NotFound(str(exc), hint="see `access services` for what you may request") from exc
     except UnknownScope as exc:
         raise InvalidRequest(str(exc), hint="see `access services`") from exc
-    ttl = _parse_ttl(request.ttl, broker, ctx, service, scope)
-    return evaluate(broker.policy, ctx, service, scope, ttl), ttl, reason
+    ttl = _parse_ttl(request.ttl, policy, ctx, service, scope)
+    return evaluate(policy, ctx, service, scope, ttl), ttl, reason

@@ -4,7 +4,9 @@
 - ``load.py``: YAML in, with lines kept, and validation errors as ``PolicyError`` messages that
   name the file, the field path and the line;
 - ``evaluate.py``: the pure decision (no I/O): deny by default, an explicit deny wins, the
-  maximum TTL is the smaller of the rule's and the service's.
+  maximum TTL is the smaller of the rule's and the service's;
+- ``cases.py``: ``explain`` (a decision and the rule that made it) and a policy's tests (a
+  table of expected decisions kept beside it), pure as well.
 
 Errors::
 
@@ -20,6 +22,7 @@ nothing that does I/O besides ``load.py`` reading the file. Import from ``access
 
 from __future__ import annotations
 
+from access.broker.policy.cases import CaseFile, Explanation, Mismatch, explain, outcome, run_cases
 from access.broker.policy.evaluate import (
     Decision,
     ServiceAccess,
@@ -27,7 +30,7 @@ from access.broker.policy.evaluate import (
     can_read_audit,
     evaluate,
 )
-from access.broker.policy.load import load_policy, policy_from_data
+from access.broker.policy.load import load_cases, load_policy, policy_from_data, policy_from_text
 from access.broker.policy.model import (
     REQUIREMENTS,
     Policy,
@@ -45,7 +48,10 @@ from access.broker.policy.model import (
 
 __all__ = [
     "REQUIREMENTS",
+    "CaseFile",
     "Decision",
+    "Explanation",
+    "Mismatch",
     "Policy",
     "PolicyError",
     "Problem",
@@ -61,6 +67,11 @@ __all__ = [
     "allowed_services",
     "can_read_audit",
     "evaluate",
+    "explain",
+    "load_cases",
     "load_policy",
+    "outcome",
     "policy_from_data",
+    "policy_from_text",
+    "run_cases",
 ]

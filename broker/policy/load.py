@@ -1,30 +1,42 @@
 """Reading a policy: YAML composed into nodes (so every value keeps its line), validated by the
 models of ``model.py``, and pydantic's errors turned into one ``PolicyError`` whose lines read
-``policy.yaml: rules[0].max_ttl: bad duration 'forever': ... (line 12)``.
+``policy.yaml:12: rules[0].max_ttl: bad duration 'forever': ...``.
 
-The file name and field path come first, as they always have (operators grep for them), and the
-line follows. Every problem pydantic finds is listed, the first ``_MAX_SHOWN`` of them.
+File and line come first, as compilers print them (editors and CI logs jump to the place), then
+the field path (operators grep for it). Every problem pydantic finds is listed, the first
+``_MAX_SHOWN`` of them. ``read_yaml`` and ``validate`` serve other files of the policy room too
+(``cases.py``'s expected decisions), with the same messages.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from access.broker.policy.cases import CaseFile
 from access.broker.policy.fields import Located, type_name
 from access.broker.policy.model import Policy, PolicyError, PolicyFile, Problem
 
-__all__ = ["load_policy", "policy_from_data"]
+__all__ = [
+    "load_cases",
+    "load_policy",
+    "policy_from_data",
+    "policy_from_text",
+    "read_text",
+    "read_yaml",
+    "validate",
+]
 
 _MAX_SHOWN = 20
 # libyaml's parser where PyYAML has it (a 44,000-line file: 1.1 s instead of 6.4 s); the
 # constructor is the safe one either way, and both keep every node's line.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_policy(path: Path | str) -> Policy:
@@ -32,22 +44,63 @@ def load_policy(path: Path | str) -> Policy:
 
     Raises:
         PolicyError: the file cannot be read, is not YAML, or is not a valid policy; the
-            message names the file, the field path and the line.
+            message names the file, the line and the field path.
+    """
+    return policy_from_text(read_text(path), source=str(path))
+
+
+def load_cases(path: Path | str) -> tuple[CaseFile, tuple[int | None, ...]]:
+    """Load a policy's tests (``cases.py``) and the line of each case.
+
+    Raises:
+        PolicyError: the file cannot be read, is not YAML, or is not a valid table of cases.
+    """
+    source = str(path)
+    data, root = read_yaml(read_text(path), source)
+    cases = validate(CaseFile, data if data is not None else {}, source=source, root=root)
+    return cases, tuple(_line(root, ("cases", i)) for i in range(len(cases.cases)))
+
+
+def read_text(path: Path | str) -> str:
+    """The text of a policy-room file.
+
+    Raises:
+        PolicyError: the file cannot be read (or is not UTF-8).
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"cannot read policy file {path}: {exc}") from exc
+
+
+def policy_from_text(text: str, *, source: str) -> Policy:
+    """Validate a policy's YAML ``text`` (``source`` names it in messages).
+
+    Raises:
+        PolicyError: not YAML, or not a valid policy.
+    """
+    data, root = read_yaml(text, source)
+    return Policy.from_file(validate(PolicyFile, data if data is not None else {}, source=source, root=root))
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """Plain data and the composed root node (for lines) of YAML ``text``.
+
+    Raises:
+        PolicyError: not valid YAML (the message names the line).
+    """
     # SafeLoader: tags such as !!python/object are refused, nothing is constructed but plain data.
     loader = _LOADER(text)
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = source if mark is None else f"{source}:{mark.line + 1}"
+        raise PolicyError(f"{where}: not valid YAML: {exc}") from exc
     finally:
         loader.dispose()
-    return policy_from_data(data if data is not None else {}, source=str(path), root=root)
+    return data, root
 
 
 def policy_from_data(data: Any, *, source: str | None = None, root: yaml.Node | None = None) -> Policy:
@@ -58,22 +111,30 @@ def policy_from_data(data: Any, *, source: str | None = None, root: yaml.Node | 
     Raises:
         PolicyError: the data is not a valid policy; the message names the offending path.
     """
+    return Policy.from_file(validate(PolicyFile, data, source=source, root=root))
+
+
+def validate(model: type[M], data: Any, *, source: str | None, root: yaml.Node | None) -> M:
+    """``data`` validated by ``model``; pydantic's errors in our words, with file and line.
+
+    Raises:
+        PolicyError: the data is not valid; one line per problem (``problems`` has them all).
+    """
     try:
-        document = PolicyFile.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(error, root) for error in exc.errors(include_url=False)]
-        prefix = "" if source is None else f"{source}: "
-        lines = [prefix + str(problem) for problem in problems[:_MAX_SHOWN]]
+        problems = [_problem(error, root, model) for error in exc.errors(include_url=False)]
+        lines = [problem.located(source) for problem in problems[:_MAX_SHOWN]]
         if len(problems) > _MAX_SHOWN:
+            prefix = "" if source is None else f"{source}: "
             lines.append(f"{prefix}and {len(problems) - _MAX_SHOWN} more problem(s)")
         raise PolicyError("\n".join(lines), problems) from None
-    return Policy.from_file(document)
 
 
 # ---------------------------------------------------------------- pydantic errors, in our words
 
 
-def _problem(error: ErrorDetails, root: yaml.Node | None) -> Problem:
+def _problem(error: ErrorDetails, root: yaml.Node | None, model: type[BaseModel]) -> Problem:
     loc: Loc = tuple(error["loc"])
     # The line of the key itself for an unknown key, of the mapping that lacks it for a missing one.
     line = _line(root, loc)
@@ -88,7 +149,7 @@ def _problem(error: ErrorDetails, root: yaml.Node | None) -> Problem:
     elif kind == "missing":
         loc, message = loc[:-1], f"missing {loc[-1]!r}"
     elif kind == "extra_forbidden":
-        allowed = list(getattr(_model_at(loc[:-1]), "model_fields", ()))
+        allowed = list(getattr(_model_at(model, loc[:-1]), "model_fields", ()))
         loc, message = loc[:-1], f"unknown key {str(loc[-1])!r} (allowed: {', '.join(allowed)})"
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
         message = f"expected a mapping, got {type_name(value)}"
@@ -133,9 +194,9 @@ def _line(root: yaml.Node | None, loc: Loc) -> int | None:
     return int(node.start_mark.line) + 1
 
 
-def _model_at(loc: Loc) -> type[BaseModel] | None:
+def _model_at(top: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     """The model that validates the mapping at ``loc``, to list the keys it allows."""
-    model: type[BaseModel] | None = PolicyFile
+    model: type[BaseModel] | None = top
     for part in loc:
         if model is None:
             return None

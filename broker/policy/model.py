@@ -91,7 +91,14 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.message}" + ("" if self.line is None else f" (line {self.line})")
+        return f"{self.where}: {self.message}"
+
+    def located(self, source: str | None) -> str:
+        """The problem as compilers print one (``policy.yaml:14: services[2].scopes: ...``), so
+        editors and CI logs jump to the line; without a file name the line stays in words."""
+        if source is None:
+            return str(self) if self.line is None else f"line {self.line}: {self}"
+        return f"{source}:{self.line}: {self}" if self.line is not None else f"{source}: {self}"
 
 
 class PolicyError(ValueError):
@@ -422,6 +429,10 @@ class Policy:
     services: Mapping[str, ServiceConfig] = field(default_factory=dict, hash=False)
     rules: tuple[Rule, ...] = ()
     audit_readers: Subjects = field(default_factory=Subjects)
+    # Which stored version this is (``rollout``) and the SHA-256 of its text; None for a policy
+    # built in code or not stored yet. Carried here so that one reference swap changes both.
+    version: int | None = field(default=None, compare=False)
+    sha256: str | None = field(default=None, compare=False)
 
     @classmethod
     def empty(cls) -> Policy:

@@ -25,6 +25,7 @@ __all__ = [
     "list_for_principal",
     "lock",
     "states",
+    "usable",
     "usable_for_principal",
 ]
 
@@ -90,6 +91,16 @@ def usable_for_principal(conn: sa.Connection, principal_id: str, now: datetime) 
     """Every grant of a principal that is active and not past its expiry at ``now``."""
     query = sa.select(grants).where(
         grants.c.principal_id == principal_id, grants.c.state == "active", grants.c.expires_at > now
+    )
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def usable(conn: sa.Connection, now: datetime) -> list[GrantRecord]:
+    """Every grant that is active and not past its expiry at ``now``, oldest first."""
+    query = (
+        sa.select(grants)
+        .where(grants.c.state == "active", grants.c.expires_at > now)
+        .order_by(grants.c.created_at, grants.c.id)
     )
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 

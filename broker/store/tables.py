@@ -27,6 +27,7 @@ __all__ = [
     "metadata",
     "open_connections",
     "outbox",
+    "policy_versions",
     "principals",
     "rate_events",
     "refresh_tokens",
@@ -278,4 +279,17 @@ identities = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("attempt_at", UTCDateTime, nullable=True),  # null: a row older than the column
     sa.Index("ix_identities_state", "state"),
+)
+
+# Every policy the broker put in force, newest last: its YAML as validated, so that every replica
+# applies the same version whatever file it was started with (``rollout``). Only appended.
+policy_versions = sa.Table(
+    "policy_versions",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(1024), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("recorded_by", sa.String(64), nullable=False),
 )

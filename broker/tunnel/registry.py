@@ -202,9 +202,10 @@ _ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", Gran
 
 def _grant_why(state: GrantState, ended_reason: str | None) -> str:
     """How to cut a tunnel whose grant the database shows ended: a disabled principal's grants
-    are stored revoked with ``ended_reason`` "locked", and cut as locked (4012), not revoked."""
-    if state == GrantState.REVOKED and ended_reason == "locked":
-        return "locked"
+    are stored revoked with ``ended_reason`` "locked", and cut as locked (4012), not revoked;
+    those a reloaded policy no longer allows, "policy", are cut as revoked in their own words."""
+    if state == GrantState.REVOKED and ended_reason in ("locked", "policy"):
+        return ended_reason
     return _ENDED_WHY[state]
 
 

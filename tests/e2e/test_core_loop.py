@@ -6,12 +6,16 @@ revoked, the audit trail is read, and `access-broker audit verify` checks the le
 
 from __future__ import annotations
 
+import copy
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from access.shared.errors import ExitCode
+from tests.conftest import DEFAULT_POLICY, write_policy
 from tests.e2e.conftest import BrokerProcess, Cli
 
 pytestmark = pytest.mark.e2e
@@ -109,6 +113,36 @@ def test_policy_denies_by_default(cli: Cli) -> None:
     assert denied.returncode == ExitCode.DENIED, denied.stderr
     audit_read = cli.run("audit")
     assert audit_read.returncode == ExitCode.DENIED
+
+
+@pytest.mark.parametrize("e2e_db", ["postgresql"], indirect=True)
+def test_sighup_reloads_the_policy_and_refuses_a_bad_one(cli: Cli, broker: BrokerProcess) -> None:
+    """SIGHUP to `serve`: a file that fails validation is refused (logged; the old policy stays),
+    a good one is in force at once."""
+    assert cli.device_login("bob", "bob-password-1").returncode == 0
+    assert broker.proc is not None
+    bad = copy.deepcopy(DEFAULT_POLICY)
+    bad["rules"][0]["max_ttl"] = "forever"
+    write_policy(broker.policy, bad)
+    broker.proc.send_signal(signal.SIGHUP)
+    _wait_for_output(broker, "SIGHUP: policy refused, the one in force stays")
+    assert f"{broker.policy}:" in "".join(broker.output)  # file and line
+    assert _json(cli.run("services", "-o", "json")) == []
+    good = copy.deepcopy(DEFAULT_POLICY)
+    good["rules"][0]["subjects"]["users"] = ["bob"]
+    write_policy(broker.policy, good)
+    broker.proc.send_signal(signal.SIGHUP)
+    _wait_for_output(broker, "SIGHUP: policy version 2 in force")
+    services = _json(cli.run("services", "-o", "json"))
+    assert isinstance(services, list)
+    assert [svc["name"] for svc in services] == ["svc-payments"]
+
+
+def _wait_for_output(broker: BrokerProcess, text: str) -> None:
+    deadline = time.monotonic() + 10
+    while text not in "".join(broker.output):
+        assert time.monotonic() < deadline, f"no {text!r} in:\n" + "".join(broker.output)
+        time.sleep(0.05)  # a bounded poll of the broker's log, not a synchronisation
 
 
 def test_denied_on_the_device_page_stops_login(cli: Cli) -> None:

@@ -31,3 +31,8 @@ def test_an_unknown_why_closes_as_revoked() -> None:
 def test_other_codes_are_not_grant_ends(code: int) -> None:
     assert ended_why(code) is None
     assert code not in GRANT_ENDED_CODES
+
+
+def test_an_end_by_a_reloaded_policy_closes_as_revoked_in_its_own_words() -> None:
+    assert grant_ended_close("policy", "g-3") == (4011, "grant g-3 ended: the policy no longer allows it")
+    assert ended_why(4011) == "revoked"

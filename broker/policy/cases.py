@@ -1,0 +1,153 @@
+"""A policy's tests: expected decisions kept beside the policy, run by ``access-broker policy test``.
+
+Format (``policy-tests.yaml``)::
+
+    policy: policy.yaml              # optional: relative to this file (``--policy`` wins)
+    cases:
+      - {user: alice, groups: [sre], service: svc-payments, scope: read, expect: auto}
+      - {user: bob, service: svc-payments, scope: read, expect: deny}
+      - {service_account: deploy-bot, service: svc-payments, scope: write, ttl: 2h, expect: deny}
+      - {user: alice, groups: [sre], service: svc-payments, scope: write, expect: approval,
+         rule: sre-write}        # optional: the rule that must decide
+
+``expect`` is what ``explain`` calls the outcome: ``auto`` (issued at once), ``approval`` (allowed
+once approved) or ``deny``. Without ``ttl`` a case asks about the scope whatever the TTL; with
+one, a TTL over the maximum is a ``deny``. A case naming a service or scope the policy does not
+have fails whatever it expects: a typo in a test must not pass as a denial.
+
+Pure, like ``evaluate``: the file is read by ``load.py``'s functions, the decision is
+``evaluate``'s, and nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import Field as PydanticField
+
+from access.broker.policy.evaluate import Decision, evaluate
+from access.broker.policy.fields import OptionalDuration, PrincipalNames, Text
+from access.broker.policy.model import Policy, Subject, UnknownScope, UnknownService
+from access.shared.durations import format_duration
+
+__all__ = ["OUTCOMES", "Case", "CaseFile", "Explanation", "Mismatch", "explain", "outcome", "run_cases"]
+
+Outcome = Literal["auto", "approval", "deny"]
+OUTCOMES = ("auto", "approval", "deny")
+# Asked "whatever the TTL", a case is decided at one second: every rule's maximum is longer.
+_ANY_TTL = timedelta(seconds=1)
+_MAX_CASES = 10_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Case(_Model):
+    """One expected decision: who (a user or a service account, with groups) asks for what."""
+
+    user: Text | None = None
+    service_account: Text | None = None
+    groups: PrincipalNames = frozenset()
+    service: Text
+    scope: Text
+    ttl: OptionalDuration = None
+    expect: Outcome
+    rule: Text | None = None
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> Case:
+        if (self.user is None) == (self.service_account is None):
+            raise ValueError("name the user or the service_account who asks (one of them)")
+        return self
+
+    @property
+    def subject(self) -> Subject:
+        if self.user is not None:
+            return Subject(self.user, "user", tuple(sorted(self.groups)))
+        assert self.service_account is not None  # checked by _one_subject
+        return Subject(self.service_account, "service_account", tuple(sorted(self.groups)))
+
+
+class CaseFile(_Model):
+    policy: Text | None = None
+    cases: Annotated[tuple[Case, ...], PydanticField(min_length=1, max_length=_MAX_CASES)]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the policy decides for one question, and why (``access-broker policy explain``)."""
+
+    outcome: Outcome
+    decision: Decision
+
+    def as_dict(self) -> dict[str, object]:
+        d = self.decision
+        return {
+            "outcome": self.outcome,
+            "allowed": d.allowed,
+            "service": d.service,
+            "scope": d.scope,
+            "rule": d.rule,
+            "requirement": d.requirement,
+            "max_ttl": None if d.max_ttl is None else format_duration(d.max_ttl),
+            "reason": d.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A case whose decision is not the expected one: which case, its line, what happened."""
+
+    index: int
+    line: int | None
+    message: str
+
+
+def outcome(decision: Decision) -> Outcome:
+    """``auto``, ``approval`` or ``deny``: what a request decided so would get."""
+    if not decision.allowed:
+        return "deny"
+    return "auto" if decision.requirement == "auto" else "approval"
+
+
+def explain(
+    policy: Policy, subject: Subject, service: str, scope: str, ttl: timedelta | None = None
+) -> Explanation:
+    """The decision for ``subject`` asking for ``scope`` on ``service`` (for ``ttl``, or whatever
+    the TTL when None), with the rule that made it. No I/O.
+
+    Raises:
+        UnknownService: the policy has no such service.
+        UnknownScope: the service does not offer ``scope``.
+    """
+    decision = evaluate(policy, subject, service, scope, _ANY_TTL if ttl is None else ttl)
+    return Explanation(outcome(decision), decision)
+
+
+def run_cases(policy: Policy, cases: CaseFile, lines: tuple[int | None, ...] = ()) -> list[Mismatch]:
+    """Every case whose decision differs from what it expects (empty: all pass). No I/O.
+
+    ``lines`` are the cases' lines in their file, to name them in the mismatches.
+    """
+    mismatches: list[Mismatch] = []
+    for i, case in enumerate(cases.cases):
+        who = case.user or case.service_account
+        asked = f"{who} {case.scope} on {case.service}"
+        line = lines[i] if i < len(lines) else None
+        try:
+            found = explain(policy, case.subject, case.service, case.scope, case.ttl)
+        except (UnknownService, UnknownScope) as exc:
+            mismatches.append(Mismatch(i, line, f"{asked}: expected {case.expect}, but {exc}"))
+            continue
+        decision = found.decision
+        if found.outcome != case.expect:
+            got = f"got {found.outcome} ({decision.reason})"
+            mismatches.append(Mismatch(i, line, f"{asked}: expected {case.expect}, {got}"))
+        elif case.rule is not None and decision.rule != case.rule:
+            got = "no rule" if decision.rule is None else f"rule {decision.rule}"
+            mismatches.append(Mismatch(i, line, f"{asked}: expected rule {case.rule}, decided by {got}"))
+    return mismatches
