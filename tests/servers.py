@@ -177,11 +177,20 @@ def mariadb_server() -> Iterator[MariaDB]:
     as_root = ["--user=root"] if os.geteuid() == 0 else []
     server: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", *as_root, "--skip-test-db",
-             "--auth-root-authentication-method=normal"],
-            check=True, capture_output=True, timeout=BOUND * 3,
-        )  # fmt: skip
+        for attempt in range(2):  # once more on a failure (seen once with several sessions' servers starting)
+            shutil.rmtree(data, ignore_errors=True)
+            installed = subprocess.run(
+                ["mariadb-install-db", "--no-defaults", f"--datadir={data}", *as_root, "--skip-test-db",
+                 "--auth-root-authentication-method=normal"],
+                capture_output=True, text=True, timeout=BOUND * 3,
+            )  # fmt: skip
+            if installed.returncode == 0:
+                break
+            if attempt == 1:
+                raise AssertionError(
+                    f"mariadb-install-db failed ({installed.returncode}): {installed.stdout[-2000:]}"
+                    f"{installed.stderr[-2000:]}"
+                )
         for attempt in range(3):
             port = _free_port()
             with (root / "server.log").open("ab") as log:
