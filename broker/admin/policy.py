@@ -159,6 +159,9 @@ def explain_decision(
     ttl: Annotated[
         str | None, typer.Option("--ttl", help="For this long (default: whatever the TTL)")
     ] = None,
+    reason: Annotated[
+        str | None, typer.Option("--reason", "-r", help="With this reason (default: none)")
+    ] = None,
     policy_file: PolicyFileOpt = None,
     output: Output = "text",
 ) -> None:
@@ -180,7 +183,7 @@ def explain_decision(
     else:
         subject = Subject(service_account or "", "service_account", tuple(sorted(set(group or []))))
     try:
-        found = explain(policy, subject, service, scope, wanted)
+        found = explain(policy, subject, service, scope, wanted, reason)
     except (UnknownService, UnknownScope) as exc:
         raise fail(str(exc), hint=f"`access-broker policy check {policy_file}` lists them", code=2) from exc
     if output == "json":

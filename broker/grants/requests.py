@@ -168,11 +168,13 @@ def _check_reason(reason: str) -> str:
     return reason.strip()
 
 
-def _parse_ttl(text: str, policy: Policy, ctx: AuthContext, service: str, scope: str) -> timedelta:
+def _parse_ttl(
+    text: str, policy: Policy, ctx: AuthContext, service: str, scope: str, reason: str
+) -> timedelta:
     try:
         ttl: timedelta = parse_duration(text)
     except DurationError as exc:
-        probe = evaluate(policy, ctx, service, scope, timedelta(seconds=1))
+        probe = evaluate(policy, ctx, service, scope, timedelta(seconds=1), reason)
         limit = ""
         if probe.allowed and probe.max_ttl is not None:
             limit = f"; the maximum for {scope} on {service} is {format_duration(probe.max_ttl)}"
@@ -193,5 +195,5 @@ def _decide(policy: Policy, ctx: AuthContext, request: GrantRequest) -> tuple[De
         raise NotFound(str(exc), hint="see `access services` for what you may request") from exc
     except UnknownScope as exc:
         raise InvalidRequest(str(exc), hint="see `access services`") from exc
-    ttl = _parse_ttl(request.ttl, policy, ctx, service, scope)
-    return evaluate(policy, ctx, service, scope, ttl), ttl, reason
+    ttl = _parse_ttl(request.ttl, policy, ctx, service, scope, reason)
+    return evaluate(policy, ctx, service, scope, ttl, reason), ttl, reason

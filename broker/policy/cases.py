@@ -55,6 +55,7 @@ class Case(_Model):
     service: Text
     scope: Text
     ttl: OptionalDuration = None
+    reason: Text | None = None
     expect: Outcome
     rule: Text | None = None
 
@@ -115,16 +116,21 @@ def outcome(decision: Decision) -> Outcome:
 
 
 def explain(
-    policy: Policy, subject: Subject, service: str, scope: str, ttl: timedelta | None = None
+    policy: Policy,
+    subject: Subject,
+    service: str,
+    scope: str,
+    ttl: timedelta | None = None,
+    reason: str | None = None,
 ) -> Explanation:
     """The decision for ``subject`` asking for ``scope`` on ``service`` (for ``ttl``, or whatever
-    the TTL when None), with the rule that made it. No I/O.
+    the TTL when None; with ``reason``), with the rule that made it. No I/O.
 
     Raises:
         UnknownService: the policy has no such service.
         UnknownScope: the service does not offer ``scope``.
     """
-    decision = evaluate(policy, subject, service, scope, _ANY_TTL if ttl is None else ttl)
+    decision = evaluate(policy, subject, service, scope, _ANY_TTL if ttl is None else ttl, reason)
     return Explanation(outcome(decision), decision)
 
 
@@ -139,7 +145,7 @@ def run_cases(policy: Policy, cases: CaseFile, lines: tuple[int | None, ...] = (
         asked = f"{who} {case.scope} on {case.service}"
         line = lines[i] if i < len(lines) else None
         try:
-            found = explain(policy, case.subject, case.service, case.scope, case.ttl)
+            found = explain(policy, case.subject, case.service, case.scope, case.ttl, case.reason)
         except (UnknownService, UnknownScope) as exc:
             mismatches.append(Mismatch(i, line, f"{asked}: expected {case.expect}, but {exc}"))
             continue

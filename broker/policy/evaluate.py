@@ -49,11 +49,16 @@ class ServiceAccess(NamedTuple):
     requirement: Requirement
 
 
-def evaluate(policy: Policy, subject: SubjectLike, service: str, scope: str, ttl: timedelta) -> Decision:
-    """Decide whether ``subject`` may get ``scope`` on ``service`` for ``ttl``. No I/O.
+def evaluate(
+    policy: Policy, subject: SubjectLike, service: str, scope: str, ttl: timedelta, reason: str | None = None
+) -> Decision:
+    """Decide whether ``subject`` may get ``scope`` on ``service`` for ``ttl`` with ``reason``.
+    No I/O.
 
-    A matching ``require: deny`` rule wins over any allow rule. Among allow rules, ``auto``
-    beats ``approval``, then the longer effective maximum wins, then the earlier rule.
+    A matching ``require: deny`` rule wins over any allow rule. An allow rule counts only if the
+    TTL is within its maximum and the reason is what it asks for (``Rule.reason``: none given
+    does not do for a rule that asks for one). Among those, ``auto`` beats ``approval``, then the
+    longer effective maximum wins, then the earlier rule.
 
     Raises:
         UnknownService: the policy has no such service.
@@ -76,7 +81,15 @@ def evaluate(policy: Policy, subject: SubjectLike, service: str, scope: str, ttl
         limit = _effective_max(svc, best)
         reason = f"ttl {format_duration(ttl)} is over the maximum {format_duration(limit)} for {what}"
         return Decision(False, service, scope, limit, best.require, best.name, reason)
-    best = _best(svc, fitting)
+    reasoned = [rule for rule in fitting if rule.reason is None or rule.reason.refuses(reason) is None]
+    if not reasoned:
+        best = _best(svc, fitting)
+        assert best.reason is not None
+        wanted = best.reason.refuses(reason)
+        given = f'the reason "{reason}"' if reason else "no reason"
+        why = f"{what} needs {wanted} (rule {best.name}); {given} was given"
+        return Decision(False, service, scope, _effective_max(svc, best), best.require, best.name, why)
+    best = _best(svc, reasoned)
     if best.require == "approval":
         reason = f"{what} needs approval (rule {best.name})"
     else:

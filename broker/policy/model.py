@@ -28,6 +28,7 @@ about a place below the model it runs on raises ``Located`` with the rest of the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
@@ -349,6 +350,37 @@ class ServiceConfig(_Model):
         return split_target(self.target)[1]
 
 
+REASON_PATTERN_LENGTH = 200  # characters of a rule's reason pattern at most
+
+
+class ReasonRule(_Model):
+    """What a rule asks of a request's reason: one at all (``required``), and one that matches
+    ``pattern`` (a Python regular expression, searched: anchor it, e.g. ``^(INC|CHG)-[0-9]+$``)."""
+
+    required: bool = True
+    pattern: str | None = PydanticField(default=None, max_length=REASON_PATTERN_LENGTH)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+    def refuses(self, reason: str | None) -> str | None:
+        """Why ``reason`` does not do (None: it does)."""
+        if not reason:
+            if self.required or self.pattern is not None:
+                return "a reason" + (f" matching {self.pattern}" if self.pattern is not None else "")
+            return None
+        if self.pattern is not None and re.search(self.pattern, reason) is None:
+            return f"a reason matching {self.pattern}"
+        return None
+
+
 class Rule(_Model):
     """Who (``subjects``) may get which ``scopes`` of which ``services``, how long, on what terms."""
 
@@ -358,6 +390,7 @@ class Rule(_Model):
     scopes: ScopeNames
     max_ttl: OptionalDuration = None
     require: Requirement = "auto"
+    reason: ReasonRule | None = None
 
     @field_validator("subjects")
     @classmethod

@@ -204,7 +204,7 @@ def _end_disallowed(tx: GrantTx, policy: Policy, actor: str) -> list[str]:
             who = principals.by_id(tx.conn, record.principal_id)
             groups[record.principal_id] = None if who is None else Subject(who.name, who.kind, who.groups)
         subject = groups[record.principal_id]
-        why = _why_not(policy, subject, record.service, record.scope)
+        why = _why_not(policy, subject, record.service, record.scope, record.reason)
         if why is None:
             continue
         details = {
@@ -222,12 +222,12 @@ def _end_disallowed(tx: GrantTx, policy: Policy, actor: str) -> list[str]:
     return ended
 
 
-def _why_not(policy: Policy, subject: Subject | None, service: str, scope: str) -> str | None:
-    """Why ``policy`` would not issue this grant now, or None when it would."""
+def _why_not(policy: Policy, subject: Subject | None, service: str, scope: str, reason: str) -> str | None:
+    """Why ``policy`` would not issue this grant (asked for with ``reason``) now, or None when it would."""
     if subject is None:
         return "its owner is not in the directory"
     try:
-        found = explain(policy, subject, service, scope)
+        found = explain(policy, subject, service, scope, reason=reason)
     except (UnknownService, UnknownScope) as exc:
         return str(exc)
     if found.outcome == "auto":

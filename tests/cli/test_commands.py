@@ -351,3 +351,18 @@ def test_the_default_policy_lists_only_what_policy_lets_you_request(broker_app: 
     result = live.invoke("services")
     assert result.exit_code == 0, result.stderr
     assert "Policy lets you request no services" in result.stderr
+
+
+def test_a_reason_the_rule_refuses_is_told_with_the_pattern(broker_app: BrokerApp) -> None:
+    import copy
+
+    policy = copy.deepcopy(DEFAULT_POLICY)
+    policy["rules"][0]["reason"] = {"pattern": "^(INC|CHG)-[0-9]+$"}
+    live = broker_app(policy=policy)
+    live.sign_in("alice")
+    refused = live.invoke("request", "svc-payments", "--scope", "write", "--ttl", "5m", "--reason", "oops")
+    assert refused.exit_code == ExitCode.DENIED
+    assert "needs a reason matching ^(INC|CHG)-[0-9]+$ (rule sre-payments)" in refused.stderr
+    assert 'the reason "oops" was given' in refused.stderr
+    given = live.invoke("request", "svc-payments", "--scope", "write", "--ttl", "5m", "--reason", "INC-7")
+    assert given.exit_code == 0, given.stderr
