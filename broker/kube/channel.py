@@ -10,7 +10,8 @@ credential, that certificate; the bearer token is read at each open from ``token
 - kubectl's DATA is credited back at once (the proxy holds at most a request's head and body);
   what the proxy has for the API server is written to it, what it has for kubectl is sent
   within the channel's window (held, with the API server's connection paused, past it);
-- each exchange's audit record goes to the statement log (``statement_log_for(broker).add``);
+- each exchange's audit record goes to the statement log (the session's ``statement_sink``, as a
+  logged-in channel's statements do);
   a log that cannot take it ends the channel (fail closed);
 - a head must arrive within ``HEAD_TIMEOUT`` of its first byte (408) and the API server must
   answer a forwarded head within ``RESPONSE_TIMEOUT`` (504); a refusal, a timeout or a
@@ -197,20 +198,12 @@ class KubeChannel(BrokerChannel):
         self._arm(proxy)
 
     def _record(self, records: list[Statement]) -> bool:
-        from access.broker.audit.statements import statement_log_for
-
-        session = self.session
         self.requests += len(records)
-        grant, ctx = session.grant, session.ctx
-        if grant is None or ctx is None:
+        session = self.session
+        if session.grant is None or session.ctx is None:
             return False
-        added = statement_log_for(session.broker).add(
-            connection_id=self.connection_id,
-            grant_id=grant.grant_id,
-            service=grant.service,
-            actor=ctx.name,
-            statements=records,
-        )
+        sink = session.statement_sink
+        added = sink is not None and sink(self, records)
         if not added:
             self._fail("the statement log refused a batch", status=503)
         return added
@@ -275,8 +268,6 @@ class KubeChannel(BrokerChannel):
             self._close_after_sending()
 
     def finishing(self, details: dict[str, Any]) -> None:
-        from access.broker.audit.statements import statement_log_for
-
         self._stop_timer()
         proxy, self.proxy = self.proxy, None
         if proxy is not None:
@@ -285,7 +276,7 @@ class KubeChannel(BrokerChannel):
             if records:
                 self._record(records)
         details["requests"] = self.requests
-        statement_log_for(self.session.broker).close(self.connection_id)
+        self.session.statement_log.close(self.connection_id)
 
 
 CHANNEL_KINDS["kubernetes"] = KubeChannel

@@ -86,7 +86,7 @@ STATEMENTS_KEPT = 1000  # statements a channel keeps (``WireChannel.kept``); the
 _SSL_REQUEST = (8).to_bytes(4, "big") + pgwire.SSL_REQUEST.to_bytes(4, "big")
 # Called with each batch of statements a channel's tap recorded, before the chunk is forwarded;
 # False (the statement log is full or cannot be written) ends the channel: fail closed.
-StatementSink = Callable[["WireChannel", list[Statement]], bool]
+StatementSink = Callable[["BrokerChannel", list[Statement]], bool]
 _GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Channel classes of kinds that are neither relayed as bytes (tcp) nor logged in to (LOGIN_KINDS),
 # registered by their room (``access.broker.kube.channel``: kubernetes). A kind with neither is
@@ -512,6 +512,7 @@ class TunnelProtocol(MuxSession):
         self._tunnel_counted = False  # counted against its user's tunnels
         # Where a logged-in channel's statements go (see ``StatementSink``): the statement log,
         # which batches them into ledger entries; a test may put another sink here.
+        self.statement_log = statement_log_for(self.broker)  # looked up once, not per statement
         self.statement_sink: StatementSink | None = self._record_statements
 
     # -- the HTTP phase --------------------------------------------------------------------
@@ -820,7 +821,7 @@ class TunnelProtocol(MuxSession):
                 details["cancel"] = channel.cancel
             if channel.issued is not None:
                 cancels.forget(self.broker, channel.issued, channel.shared)
-            statement_log_for(self.broker).close(channel.connection_id)  # write what it still holds
+            self.statement_log.close(channel.connection_id)  # write what it still holds
         channel.finishing(details)
         # Queued, then written from a worker thread; kept and retried while the database is down.
         from access.broker.grants import grant_target
@@ -830,12 +831,13 @@ class TunnelProtocol(MuxSession):
         closes.add(channel.connection_id, self.ctx.name, target, details)
         asyncio.get_running_loop().run_in_executor(None, closes.flush_now)
 
-    def _record_statements(self, channel: WireChannel, batch: list[Statement]) -> bool:
-        """On the event loop: hand ``batch`` to the statement log (no database work here).
-        False when the log is full or cannot be written: the channel then stops (fail closed)."""
+    def _record_statements(self, channel: BrokerChannel, batch: list[Statement]) -> bool:
+        """On the event loop: hand ``batch`` (a logged-in channel's statements, a Kubernetes
+        channel's requests) to the statement log (no database work here). False when the log is
+        full or cannot be written: the channel then stops (fail closed)."""
         if self.grant is None or self.ctx is None:
             return False
-        return statement_log_for(self.broker).add(
+        return self.statement_log.add(
             connection_id=channel.connection_id,
             grant_id=self.grant.grant_id,
             service=self.grant.service,
