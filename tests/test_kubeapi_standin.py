@@ -17,7 +17,6 @@ import ssl
 import struct
 import subprocess
 import termios
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from access.broker.clock import FakeClock
+from tests.fakes.echo import echo_server
 from tests.fakes.kubeapi import KubeAPI, Running, kube_api, kubectl_env
 
 BOUND = 15.0  # seconds: every kubectl run and every wait on its output
@@ -323,29 +323,8 @@ def _read_within(fd: int, timeout: float) -> bytes:
 # -- port-forward ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _echo_server() -> Iterator[int]:
-    """A loopback server (the pod's app) that sends back what it gets, until the client's EOF."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(BOUND)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                with conn:
-                    while data := conn.recv(65536):
-                        conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-
-
 def test_port_forward_reaches_the_pods_port(background: Any, kube_api: KubeAPI) -> None:
-    with _echo_server() as port:
+    with echo_server(BOUND) as port:
         kube_api.forward(8080, port)
         forward = background("port-forward", f"pod/{WEB}", "-n", "shop", ":8080")
         match = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> 8080", forward.line())

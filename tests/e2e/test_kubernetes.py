@@ -7,12 +7,10 @@ broker's credential was added; what kubectl prints is what is checked.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,6 +21,7 @@ import pytest
 
 from access.shared.devca import DevCA
 from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process, new_cli, running
+from tests.fakes.echo import echo_server
 from tests.fakes.kubeapi import KubeAPI, Running
 
 pytestmark = pytest.mark.e2e
@@ -208,7 +207,7 @@ def test_operate_restarts_deletes_execs_and_forwards(
     assert config.stat().st_mode & 0o777 == 0o600
     assert kube_api.token not in config.read_text()
     env = {"KUBECONFIG": str(config), "HOME": str(tmp_path / "kube-home")}
-    with _echo_server() as port:
+    with echo_server(BOUND) as port:
         kube_api.forward(8080, port)
         forward = background(alice, *_exec("operate", "port-forward", f"pod/{WEB}", "-n", "shop", ":8080"))
         match = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> 8080", forward.line())
@@ -316,23 +315,3 @@ def test_streams_follow_and_are_cut_when_the_grant_ends(
     print(f"\nkubectl logs -f ended {late:+.2f} s after the grant's expiry")
     assert -0.5 < late < 1.0
     assert "expired" in "".join(follow.stderr)
-
-
-@contextlib.contextmanager
-def _echo_server() -> Iterator[int]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(BOUND)
-
-    def serve() -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = listener.accept()
-                with conn:
-                    while data := conn.recv(65536):
-                        conn.sendall(data)
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
