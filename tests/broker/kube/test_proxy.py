@@ -200,3 +200,31 @@ def test_without_impersonation_no_identity_headers_are_sent() -> None:
     proxy.feed_client(_request("GET", "/api/v1/pods"))
     names = {n.lower() for n, _ in _heads(proxy.data_to_target()).headers.raw_items()}
     assert not {b"authorization", b"impersonate-user", b"impersonate-group"} & names
+
+
+def test_an_spdy_upgrade_where_kubectl_falls_back_is_relayed_the_same_way() -> None:
+    """kubectl falls back to SPDY/3.1 (X-Stream-Protocol-Version) against an API server that
+    refuses its WebSocket: the broker forwards that upgrade and relays the bytes after the 101."""
+    proxy = _proxy("operate")
+    proxy.feed_client(
+        _request(
+            "POST",
+            "/api/v1/namespaces/shop/pods/web-1/exec?command=date&stdout=true",
+            "Upgrade: SPDY/3.1",
+            "Connection: Upgrade",
+            "X-Stream-Protocol-Version: v4.channel.k8s.io",
+            "Content-Length: 0",
+        )
+    )
+    sent = _heads(proxy.data_to_target())
+    headers = [(n.lower(), v) for n, v in sent.headers.raw_items()]
+    assert (b"upgrade", b"SPDY/3.1") in headers
+    assert (b"x-stream-protocol-version", b"v4.channel.k8s.io") in headers
+    proxy.feed_target(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: SPDY/3.1\r\nConnection: Upgrade\r\n"
+        b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n\x80\x03\x00\x01"
+    )
+    assert proxy.data_to_client().startswith(b"HTTP/1.1 101 ")
+    assert proxy.upgraded
+    assert proxy.leftovers() == (b"", b"\x80\x03\x00\x01")
+    assert [r.text for r in proxy.take_records()] == ["create pods/exec shop/web-1 -- date 101 0"]
