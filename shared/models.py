@@ -15,15 +15,21 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializ
 from access.shared.durations import format_instant
 
 __all__ = [
+    "Approval",
+    "ApproveRequest",
     "AuditEntry",
     "AuditPage",
+    "DenyRequest",
     "ErrorBody",
     "ErrorDetail",
+    "ExtendRequest",
     "Grant",
     "GrantRequest",
     "GrantState",
     "Instant",
     "Principal",
+    "Review",
+    "ReviewClause",
     "ScopeInfo",
     "ServiceInfo",
 ]
@@ -94,6 +100,58 @@ class GrantRequest(_Model):
     scope: str = Field(min_length=1, max_length=32)
     ttl: str = Field(min_length=1, max_length=32, description="duration such as 30m or 1h30m")
     reason: str = Field(default="", max_length=MAX_REASON_LENGTH)
+    # Ask for the policy's break-glass rules (issued at once, flagged loudly) instead of its others.
+    break_glass: bool = False
+
+
+class ApproveRequest(_Model):
+    """``POST /v1/grants/{id}/approve``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    comment: str = Field(default="", max_length=MAX_REASON_LENGTH)
+
+
+class DenyRequest(_Model):
+    """``POST /v1/grants/{id}/deny``: a reviewer says no, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reason: str = Field(min_length=1, max_length=MAX_REASON_LENGTH)
+
+
+class ExtendRequest(_Model):
+    """``POST /v1/grants/{id}/extend``: more time, counted from now, within the rule's maximum."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ttl: str = Field(min_length=1, max_length=32, description="duration such as 15m")
+
+
+class Approval(_Model):
+    """One reviewer's word on a pending request."""
+
+    reviewer: str
+    decision: str  # "approve" | "deny"
+    comment: str = ""
+    at: Instant
+
+
+class ReviewClause(_Model):
+    """One "N of these" clause of a rule's reviewers, and whose approvals count for it."""
+
+    count: int
+    reviewers: list[str]  # "group:leads", "user:dana"
+    approved_by: list[str] = []
+    missing: int
+
+
+class Review(_Model):
+    """Where a request that needs approval stands: every clause must be met before
+    ``review_expires_at`` (then it expires unreviewed)."""
+
+    clauses: list[ReviewClause]
+    approvals: list[Approval] = []
+    review_expires_at: Instant
+    # Whether the caller may approve or deny it now (reviewer, not the requester, not yet voted).
+    can_review: bool = False
 
 
 class Grant(_Model):
@@ -110,6 +168,11 @@ class Grant(_Model):
     ended_reason: str | None = None
     seconds_left: int
     rule: str | None = None
+    requirement: str = "auto"  # auto | approval (the deciding rule's)
+    ttl_seconds: int | None = None  # the TTL asked for: a pending grant's clock starts at approval
+    approved_at: Instant | None = None
+    break_glass: bool = False
+    review: Review | None = None  # for requests that need approval (pending or decided)
 
 
 class AuditEntry(_Model):

@@ -5,6 +5,8 @@
   name the file, the field path and the line;
 - ``evaluate.py``: the pure decision (no I/O): deny by default, an explicit deny wins, the
   maximum TTL is the smaller of the rule's and the service's;
+- ``review.py``: counting approvals against a rule's reviewers (an AND of "N of these"
+  clauses; each reviewer counts once), pure as well;
 - ``cases.py``: ``explain`` (a decision and the rule that made it) and a policy's tests (a
   table of expected decisions kept beside it), pure as well.
 
@@ -33,10 +35,12 @@ from access.broker.policy.evaluate import (
 from access.broker.policy.load import load_cases, load_policy, policy_from_data, policy_from_text
 from access.broker.policy.model import (
     REQUIREMENTS,
+    ApprovalRule,
     Policy,
     PolicyError,
     Problem,
     Requirement,
+    ReviewerClause,
     Rule,
     ServiceConfig,
     Subject,
@@ -45,9 +49,11 @@ from access.broker.policy.model import (
     UnknownScope,
     UnknownService,
 )
+from access.broker.policy.review import Tally, tally
 
 __all__ = [
     "REQUIREMENTS",
+    "ApprovalRule",
     "CaseFile",
     "Decision",
     "Explanation",
@@ -56,12 +62,14 @@ __all__ = [
     "PolicyError",
     "Problem",
     "Requirement",
+    "ReviewerClause",
     "Rule",
     "ServiceAccess",
     "ServiceConfig",
     "Subject",
     "SubjectLike",
     "Subjects",
+    "Tally",
     "UnknownScope",
     "UnknownService",
     "allowed_services",
@@ -74,4 +82,5 @@ __all__ = [
     "policy_from_data",
     "policy_from_text",
     "run_cases",
+    "tally",
 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
-from access.broker.policy.model import Policy, Requirement, Rule, ServiceConfig, SubjectLike
+from access.broker.policy.model import ApprovalRule, Policy, Requirement, Rule, ServiceConfig, SubjectLike
 from access.shared.durations import format_duration
 
 __all__ = ["Decision", "ServiceAccess", "allowed_services", "can_read_audit", "evaluate"]
@@ -34,6 +34,9 @@ class Decision:
     requirement: Requirement
     rule: str | None
     reason: str
+    # The deciding rule's reviewers (``require: approval``), and whether it is a break-glass rule.
+    approval: ApprovalRule | None = None
+    break_glass: bool = False
 
     @property
     def issuable(self) -> bool:
@@ -50,10 +53,21 @@ class ServiceAccess(NamedTuple):
 
 
 def evaluate(
-    policy: Policy, subject: SubjectLike, service: str, scope: str, ttl: timedelta, reason: str | None = None
+    policy: Policy,
+    subject: SubjectLike,
+    service: str,
+    scope: str,
+    ttl: timedelta,
+    reason: str | None = None,
+    *,
+    break_glass: bool = False,
 ) -> Decision:
     """Decide whether ``subject`` may get ``scope`` on ``service`` for ``ttl`` with ``reason``.
     No I/O.
+
+    A break-glass request (``break_glass``) is decided by the ``break_glass: true`` rules only,
+    and an ordinary request by the others only: break-glass is asked for, never fallen into.
+    ``require: deny`` rules apply to both.
 
     A matching ``require: deny`` rule wins over any allow rule. An allow rule counts only if the
     TTL is within its maximum and the reason is what it asks for (``Rule.reason``: none given
@@ -72,9 +86,11 @@ def evaluate(
             return Decision(
                 False, service, scope, None, "deny", rule.name, f"{what} is denied by rule {rule.name}"
             )
+    matching = [rule for rule in matching if rule.break_glass == break_glass]
     if not matching:
-        reason = f"no policy rule gives {subject.name} {what}"
-        return Decision(False, service, scope, None, "deny", None, reason)
+        kind = "break-glass rule" if break_glass else "policy rule"
+        reason = f"no {kind} gives {subject.name} {what}"
+        return Decision(False, service, scope, None, "deny", None, reason, break_glass=break_glass)
     fitting = [rule for rule in matching if ttl <= _effective_max(svc, rule)]
     if not fitting:
         best = _best(svc, matching)
@@ -91,10 +107,16 @@ def evaluate(
         return Decision(False, service, scope, _effective_max(svc, best), best.require, best.name, why)
     best = _best(svc, reasoned)
     if best.require == "approval":
-        reason = f"{what} needs approval (rule {best.name})"
+        assert best.approval is not None
+        reason = f"{what} needs approval by {best.approval.describe()} (rule {best.name})"
+    elif best.break_glass:
+        reason = f"{what} allowed as break-glass by rule {best.name}"
     else:
         reason = f"{what} allowed by rule {best.name}"
-    return Decision(True, service, scope, _effective_max(svc, best), best.require, best.name, reason)
+    limit = _effective_max(svc, best)
+    return Decision(
+        True, service, scope, limit, best.require, best.name, reason, best.approval, best.break_glass
+    )
 
 
 def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess]:
@@ -103,7 +125,11 @@ def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess
     for svc in sorted(policy.services.values(), key=lambda s: s.name):
         for scope in svc.scopes:
             matching = [rule for rule in policy.rules if rule.matches(subject, svc.name, scope)]
-            if not matching or any(rule.require == "deny" for rule in matching):
+            if any(rule.require == "deny" for rule in matching):
+                continue
+            # Break-glass rules are not what a subject "may request" day to day.
+            matching = [rule for rule in matching if not rule.break_glass]
+            if not matching:
                 continue
             best = _best(svc, matching)
             result.append(ServiceAccess(svc, scope, _effective_max(svc, best), best.require))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
@@ -56,6 +57,7 @@ from access.broker.policy.fields import (
 __all__ = [
     "REQUIREMENTS",
     "AdminCredential",
+    "ApprovalRule",
     "AuditConfig",
     "Credentials",
     "Policy",
@@ -63,6 +65,7 @@ __all__ = [
     "PolicyFile",
     "Problem",
     "Requirement",
+    "ReviewerClause",
     "Rule",
     "ScopePrivileges",
     "ServiceConfig",
@@ -381,8 +384,69 @@ class ReasonRule(_Model):
         return None
 
 
+MAX_REVIEWERS_NEEDED = 20  # approvals one clause may ask for at most
+DEFAULT_REVIEW_WAIT = timedelta(hours=1)  # how long a request waits for review, unless the rule says
+
+
+class ReviewerClause(_Model):
+    """One clause of an approval: ``count`` approvals from these users and members of these groups.
+
+    Service accounts never review: a person says yes.
+    """
+
+    users: PrincipalNames = frozenset()
+    groups: PrincipalNames = frozenset()
+    count: Annotated[int, PydanticField(ge=1, le=MAX_REVIEWERS_NEEDED)] = 1
+
+    @model_validator(mode="after")
+    def _can_be_met(self) -> ReviewerClause:
+        if not self.users and not self.groups:
+            raise ValueError("name the users or groups who review")
+        if not self.groups and self.count > len(self.users):
+            raise ValueError(f"count {self.count} is more than the {len(self.users)} users named")
+        return self
+
+    def match(self, who: SubjectLike) -> bool:
+        """``who`` is one of this clause's reviewers (a user, by name or by a group)."""
+        if who.kind != "user":
+            return False
+        return who.name in self.users or any(group in self.groups for group in who.groups)
+
+    def describe(self) -> str:
+        """``2 of group:leads, user:carol``."""
+        names = [f"group:{g}" for g in sorted(self.groups)] + [f"user:{u}" for u in sorted(self.users)]
+        return f"{self.count} of {', '.join(names)}"
+
+
+class ApprovalRule(_Model):
+    """Who must say yes to a request under a ``require: approval`` rule, and how long it waits.
+
+    Every clause of ``reviewers`` must be met (an AND): ``[{groups: [leads], count: 2},
+    {groups: [security]}]`` is "2 of group:leads and 1 of group:security". A reviewer's
+    approval counts for one clause only, however many groups they are in; nobody reviews
+    their own request. ``wait`` is the first clock: a request not approved by then expires
+    unreviewed. The grant's TTL, the second clock, counts from the approval.
+    """
+
+    reviewers: Annotated[tuple[ReviewerClause, ...], PydanticField(min_length=1, max_length=10)]
+    wait: Duration = DEFAULT_REVIEW_WAIT
+
+    def may_review(self, who: SubjectLike) -> bool:
+        """``who`` is named by at least one clause."""
+        return any(clause.match(who) for clause in self.reviewers)
+
+    def describe(self) -> str:
+        """``2 of group:leads and 1 of group:security``."""
+        return " and ".join(clause.describe() for clause in self.reviewers)
+
+
 class Rule(_Model):
-    """Who (``subjects``) may get which ``scopes`` of which ``services``, how long, on what terms."""
+    """Who (``subjects``) may get which ``scopes`` of which ``services``, how long, on what terms.
+
+    ``require: approval`` needs ``approval`` (the reviewers); ``break_glass: true`` marks an
+    emergency rule: it applies only to requests that ask for break-glass, issues at once, needs a
+    reason, and is flagged in the ledger and the notifications.
+    """
 
     name: Text
     subjects: Annotated[Subjects, none_is({})]
@@ -391,6 +455,20 @@ class Rule(_Model):
     max_ttl: OptionalDuration = None
     require: Requirement = "auto"
     reason: ReasonRule | None = None
+    approval: ApprovalRule | None = None
+    break_glass: bool = False
+
+    @model_validator(mode="after")
+    def _terms_fit(self) -> Rule:
+        if self.require == "approval" and self.approval is None:
+            raise Located(("approval",), "require: approval needs approval: {reviewers: [...]}")
+        if self.approval is not None and self.require != "approval":
+            raise Located(("approval",), f"only for require: approval (this rule is {self.require})")
+        if self.break_glass and self.require != "auto":
+            raise Located(("break_glass",), "a break-glass rule issues at once: leave require: auto")
+        if self.break_glass and self.reason is not None and not self.reason.required:
+            raise Located(("reason", "required"), "a break-glass request always needs a reason")
+        return self
 
     @field_validator("subjects")
     @classmethod
@@ -479,6 +557,11 @@ class Policy:
 
     def service(self, name: str) -> ServiceConfig | None:
         return self.services.get(name)
+
+    def rule(self, name: str) -> Rule | None:
+        """The rule of this name (approvals look up the rule a pending request was made under
+        in the policy in force now, so a reload that drops a reviewer takes effect at once)."""
+        return next((rule for rule in self.rules if rule.name == name), None)
 
     def lookup(self, service: str, scope: str) -> ServiceConfig:
         """The service, checked to offer ``scope``.

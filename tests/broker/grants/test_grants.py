@@ -136,6 +136,7 @@ def test_ttl_over_the_maximum_is_denied_stating_the_maximum(broker: Broker) -> N
 def test_approval_rules_are_not_issuable_yet(make_broker: Callable[..., Broker], db_url: str) -> None:
     policy = json.loads(json.dumps(DEFAULT_POLICY))
     policy["rules"][0]["require"] = "approval"
+    policy["rules"][0]["approval"] = {"reviewers": [{"groups": ["leads"]}]}
     broker = make_broker(db_url=db_url, policy=policy)
     alice = add_principal(broker, "alice")
     with pytest.raises(GrantDenied, match=r"needs approval .* approvals are not enabled on this broker yet"):

@@ -42,6 +42,7 @@ rules:
     scopes: [write]
     max_ttl: 15m
     require: approval
+    approval: {reviewers: [{groups: [leads]}]}
   - name: no-mallory
     subjects: {users: [mallory]}
     services: [svc-payments]
@@ -173,7 +174,7 @@ def test_policy_test_exits_1_naming_each_mismatch(files: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         f"FAIL {files / 'tests.yaml'}:4: cases[1]: alice write on svc-payments: expected auto, "
-        "got approval (write on svc-payments needs approval (rule sre-write))",
+        "got approval (write on svc-payments needs approval by 1 of group:leads (rule sre-write))",
         f"1 of 5 case(s) failed against {files / 'policy.yaml'}",
     ]
 
@@ -206,7 +207,7 @@ def test_policy_explain_prints_the_decision_and_its_rule(files: Path) -> None:
         "decision: approval",
         "rule:     sre-write",
         "max ttl:  15m",
-        "why:      write on svc-payments needs approval (rule sre-write)",
+        "why:      write on svc-payments needs approval by 1 of group:leads (rule sre-write)",
     ]
     result = CliRunner().invoke(
         admin_app, [*args, "-o", "json"], env={"ACCESS_BROKER_POLICY": str(files / "policy.yaml")}

@@ -40,6 +40,7 @@ POLICY = policy_from_data(
                 "scopes": ["read"],
                 "max_ttl": "2h",
                 "require": "approval",
+                "approval": {"reviewers": [{"groups": ["leads"]}]},
             },
             # Written after the allow rule that also matches mallory: a deny wins wherever it is.
             {
@@ -62,6 +63,7 @@ POLICY = policy_from_data(
                 "services": ["db"],
                 "scopes": ["admin"],
                 "require": "approval",
+                "approval": {"reviewers": [{"groups": ["leads"]}]},
             },
             {
                 "name": "bot-first",
@@ -103,7 +105,7 @@ TABLE = [
         "approval",
         "dev-db-long",
         1 * H,
-        "read on db needs approval (rule dev-db-long)",
+        "read on db needs approval by 1 of group:leads (rule dev-db-long)",
     ),
     (ALICE, "db", "read", 1 * H, True, False, "approval", "dev-db-long", 1 * H, "needs approval"),
     # Past every maximum: the refusal names the maximum of the best (auto) rule.
@@ -173,7 +175,7 @@ TABLE = [
         "approval",
         "root-admin",
         1 * H,
-        "admin on db needs approval (rule root-admin)",
+        "admin on db needs approval by 1 of group:leads (rule root-admin)",
     ),
     # Equal rules: the one written first decides.
     (BOT, "db", "read", 20 * M, True, True, "auto", "bot-first", 20 * M, "allowed by rule bot-first"),

@@ -69,6 +69,7 @@ POLICY: dict[str, Any] = {
             "scopes": ["read"],
             "max_ttl": "45m",
             "require": "approval",
+            "approval": {"reviewers": [{"groups": ["leads"]}]},
         },
         {
             "name": "no-writes-for-contractors",
@@ -90,6 +91,7 @@ POLICY: dict[str, Any] = {
             "services": ["svc-cache"],
             "scopes": ["admin"],
             "require": "approval",
+            "approval": {"reviewers": [{"groups": ["leads"]}]},
         },
     ],
     "audit": {"readers": {"groups": ["security"], "users": ["dave"]}},
