@@ -495,7 +495,9 @@ class BrokerClient:
         """
         request = GrantRequest(service=service, scope=scope, ttl=ttl, reason=reason)
         try:
-            data = self._api("POST", "/v1/grants", body=request.model_dump(mode="json"))
+            # Only a break-glass request says so: an ordinary one's body is what it always was.
+            body = request.model_dump(mode="json", exclude=None if request.break_glass else {"break_glass"})
+            data = self._api("POST", "/v1/grants", body=body)
         except NotFound as exc:
             raise self._unknown_service(exc, service) from None
         return self._parse(Grant, data)
