@@ -212,7 +212,8 @@ def test_policy_explain_prints_the_decision_and_its_rule(files: Path) -> None:
         "max ttl:  15m",
         "why:      write on svc-payments needs approval by 1 of group:leads (rule sre-write)",
         "approval: 1 of group:leads, within 1h",
-        f"  (reviewers not listed: no directory at {nowhere / 'broker.db'}; give --data-dir or --database-url)",
+        f"  (reviewers not listed: no directory at {nowhere / 'broker.db'};"
+        " give --data-dir or --database-url)",
     ]
     assert not nowhere.exists()
     result = CliRunner().invoke(
