@@ -138,7 +138,8 @@ def check(
         ttl = "" if rule.max_ttl is None else f", max {format_duration(rule.max_ttl)}"
         selected = [*rule.services, *([f"labels {describe_labels(rule.labels)}"] if rule.labels else [])]
         what = f"{', '.join(selected)} ({', '.join(rule.scopes)}){ttl}"
-        say(f"  rule {rule.name} [{rule.require}]: {who} -> {what}")
+        terms = "break-glass" if rule.break_glass else rule.require
+        say(f"  rule {rule.name} [{terms}]: {who} -> {what}")
     for line in warnings:
         say(f"warning: {line}", err=True)
 
@@ -173,6 +174,7 @@ def _rule_summary(rule: Rule) -> dict[str, object]:
         "labels": dict(rule.labels),
         "scopes": list(rule.scopes),
         "max_ttl": None if rule.max_ttl is None else format_duration(rule.max_ttl),
+        "break_glass": rule.break_glass,
         "subjects": _subjects(rule.subjects),
     }
 
@@ -183,6 +185,8 @@ def _rule_summary(rule: Rule) -> dict[str, object]:
         "access-broker policy explain --user alice --group sre --service svc-payments --scope read",
         "access-broker policy explain --service-account deploy-bot --group ci --service svc-payments "
         "--scope write --ttl 2h -o json",
+        "access-broker policy explain --user carol --group sre --service svc-payments --scope write "
+        "--break-glass --reason INC-4712",
     ),
 )
 def explain_decision(
@@ -201,6 +205,9 @@ def explain_decision(
     reason: Annotated[
         str | None, typer.Option("--reason", "-r", help="With this reason (default: none)")
     ] = None,
+    break_glass: Annotated[
+        bool, typer.Option("--break-glass", help="As `access request --break-glass` asks")
+    ] = False,
     policy_file: PolicyFileOpt = None,
     output: Output = "text",
     data_dir: DataDir = None,
@@ -225,7 +232,7 @@ def explain_decision(
     else:
         subject = Subject(service_account or "", "service_account", tuple(sorted(set(group or []))))
     try:
-        found = explain(policy, subject, service, scope, wanted, reason)
+        found = explain(policy, subject, service, scope, wanted, reason, break_glass=break_glass)
     except (UnknownService, UnknownScope) as exc:
         raise fail(str(exc), hint=f"`access-broker policy check {policy_file}` lists them", code=2) from exc
     approval = found.decision.approval if found.outcome == "approval" else None

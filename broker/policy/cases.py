@@ -10,6 +10,8 @@ Format (``policy-tests.yaml``)::
       - {user: alice, groups: [sre], service: svc-payments, scope: write, expect: approval,
          rule: sre-write,        # optional: the rule that must decide
          reviewers: "2 of group:leads and 1 of group:security"}   # optional: who must approve
+      - {user: carol, groups: [sre], service: svc-payments, scope: write, break_glass: true,
+         reason: INC-1, expect: auto}   # asked as ``access request --break-glass`` asks
 
 ``expect`` is what ``explain`` calls the outcome: ``auto`` (issued at once), ``approval`` (allowed
 once approved) or ``deny``. Without ``ttl`` a case asks about the scope whatever the TTL; with
@@ -59,6 +61,7 @@ class Case(_Model):
     scope: Text
     ttl: OptionalDuration = None
     reason: Text | None = None
+    break_glass: bool = False  # asks as ``access request --break-glass`` does
     expect: Outcome
     rule: Text | None = None
     reviewers: Text | None = None
@@ -126,6 +129,7 @@ class Explanation:
             "requirement": d.requirement,
             "max_ttl": None if d.max_ttl is None else format_duration(d.max_ttl),
             "reason": d.reason,
+            "break_glass": d.break_glass,
             "approval": approval,
         }
 
@@ -153,15 +157,19 @@ def explain(
     scope: str,
     ttl: timedelta | None = None,
     reason: str | None = None,
+    *,
+    break_glass: bool = False,
 ) -> Explanation:
     """The decision for ``subject`` asking for ``scope`` on ``service`` (for ``ttl``, or whatever
-    the TTL when None; with ``reason``), with the rule that made it. No I/O.
+    the TTL when None; with ``reason``; as a break-glass request when ``break_glass``), with the
+    rule that made it. No I/O.
 
     Raises:
         UnknownService: the policy has no such service.
         UnknownScope: the service does not offer ``scope``.
     """
-    decision = evaluate(policy, subject, service, scope, _ANY_TTL if ttl is None else ttl, reason)
+    wanted = _ANY_TTL if ttl is None else ttl
+    decision = evaluate(policy, subject, service, scope, wanted, reason, break_glass=break_glass)
     return Explanation(outcome(decision), decision)
 
 
@@ -176,7 +184,15 @@ def run_cases(policy: Policy, cases: CaseFile, lines: tuple[int | None, ...] = (
         asked = f"{who} {case.scope} on {case.service}"
         line = lines[i] if i < len(lines) else None
         try:
-            found = explain(policy, case.subject, case.service, case.scope, case.ttl, case.reason)
+            found = explain(
+                policy,
+                case.subject,
+                case.service,
+                case.scope,
+                case.ttl,
+                case.reason,
+                break_glass=case.break_glass,
+            )
         except (UnknownService, UnknownScope) as exc:
             mismatches.append(Mismatch(i, line, f"{asked}: expected {case.expect}, but {exc}"))
             continue
