@@ -90,6 +90,8 @@ class ServiceInfo(_Model):
     name: str
     kind: str
     description: str = ""
+    # The service's labels in the policy (env: prod): what rules select it by.
+    labels: dict[str, str] = Field(default_factory=dict)
     scopes: list[ScopeInfo]
 
 

@@ -73,3 +73,55 @@ def test_security_attack_cases_name_tests_that_exist() -> None:
             source = (root / path).read_text()
             for name in re.findall(r"`(test_\w+)`", names):
                 assert f"def {name}(" in source, f"docs/security.md names {name} in {path}: not there"
+
+
+def _yaml_after(marker: str) -> str:
+    text = (DOCS / "policy.md").read_text()
+    assert marker in text, f"docs/policy.md lost its marker {marker!r}"
+    block = text.split(marker, 1)[1].split("```yaml\n", 1)[1]
+    return block.split("\n```", 1)[0] + "\n"
+
+
+def test_the_complete_policy_example_loads_and_passes_its_tests(tmp_path: Path) -> None:
+    """docs/policy.md's complete example is a valid policy (the broker's own loader, no warning)
+    that uses every key of the format, and its table of expected decisions passes against it."""
+    from access.broker.policy import load_cases, load_policy, run_cases
+    from access.broker.policy.model import (
+        Allow,
+        ApprovalRule,
+        AuditConfig,
+        PolicyFile,
+        ReasonRule,
+        ReviewerClause,
+        Role,
+        Rule,
+        ServiceConfig,
+        Subjects,
+    )
+
+    example = _yaml_after("<!-- the complete example: tests/test_docs.py loads it -->")
+    (tmp_path / "policy.yaml").write_text(example)
+    (tmp_path / "policy-tests.yaml").write_text(
+        _yaml_after("<!-- the example's tests: tests/test_docs.py runs them against the complete example -->")
+    )
+    policy = load_policy(tmp_path / "policy.yaml")
+    assert policy.warnings == ()
+    assert policy.roles, "the complete example has roles"
+    cases, lines = load_cases(tmp_path / "policy-tests.yaml")
+    assert run_cases(policy, cases, lines) == []
+    models = (
+        PolicyFile,
+        ServiceConfig,
+        Rule,
+        Allow,
+        Role,
+        Subjects,
+        ReasonRule,
+        ApprovalRule,
+        ReviewerClause,
+    )
+    for model in (*models, AuditConfig):
+        for key in model.model_fields:
+            assert re.search(rf"^\s*(- )?{key}:|[{{,]\s*{key}:", example, re.MULTILINE), (
+                f"the complete example in docs/policy.md has no {model.__name__} key {key!r}"
+            )

@@ -9,8 +9,9 @@ error names file, line and field; ``reload`` refused it and the old policy stays
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,24 +19,36 @@ from access.broker.admin.common import (
     DatabaseUrl,
     DataDir,
     admin_broker,
+    build_settings,
     check_output,
     fail,
     say,
     setting_help,
 )
 from access.broker.policy import (
+    ApprovalRule,
+    Candidates,
     Policy,
     PolicyError,
+    Rule,
+    ServiceConfig,
     Subject,
+    Subjects,
     UnknownScope,
     UnknownService,
+    candidates,
     explain,
     load_cases,
     load_policy,
     run_cases,
 )
+from access.broker.policy.labels import describe as describe_labels
+from access.shared import terminal
 from access.shared.clihelp import examples
 from access.shared.durations import DurationError, format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from access.broker.store.principals import PrincipalRecord
 
 __all__ = ["policy_app"]
 
@@ -88,54 +101,82 @@ def check(
     file: Annotated[Path, typer.Argument(help="Policy YAML file")],
     output: Output = "text",
 ) -> None:
-    """Validate FILE and summarise its services and rules; exit 2 with the error if it is invalid."""
+    """Validate FILE and summarise its services, rules and roles; exit 2 with the error if it is
+    invalid. Warnings (a label selector that selects no service) do not fail the check."""
     check_output(output)
     policy = _load(file)
-    services = [
-        {
-            "name": svc.name,
-            "kind": svc.kind,
-            "target": svc.target,
-            "scopes": list(svc.scopes),
-            "max_ttl": format_duration(svc.max_ttl),
-        }
-        for svc in policy.services.values()
-    ]
-    rules = [
-        {
-            "name": rule.name,
-            "require": rule.require,
-            "services": list(rule.services),
-            "scopes": list(rule.scopes),
-            "max_ttl": None if rule.max_ttl is None else format_duration(rule.max_ttl),
-            "subjects": {
-                "groups": sorted(rule.subjects.groups),
-                "users": sorted(rule.subjects.users),
-                "service_accounts": sorted(rule.subjects.service_accounts),
-            },
-        }
-        for rule in policy.rules
-    ]
+    warnings = [problem.located(str(file)) for problem in policy.warnings]
     if output == "json":
-        typer.echo(json.dumps({"ok": True, "services": services, "rules": rules}, indent=2))
+        document = {
+            "ok": True,
+            "services": [_service_summary(svc) for svc in policy.services.values()],
+            "rules": [_rule_summary(rule) for rule in policy.rules],
+            "roles": [
+                {
+                    "name": role.name,
+                    "members": _subjects(role.members),
+                    "rules": [r.name for r in role.compile()],
+                }
+                for role in policy.roles
+            ],
+            "warnings": warnings,
+        }
+        typer.echo(json.dumps(document, indent=2))
         return
-    say(f"{file}: OK, {len(services)} service(s), {len(rules)} rule(s)")
+    counts = f"{len(policy.services)} service(s), {len(policy.rules)} rule(s)"
+    if policy.roles:
+        counts += f" ({len(policy.roles)} role(s))"
+    say(f"{file}: OK, {counts}")
     for svc in policy.services.values():
         scopes = ", ".join(svc.scopes)
-        say(
-            f"  service {svc.name} ({svc.kind} at {svc.target}): {scopes}, max {format_duration(svc.max_ttl)}"
-        )
+        labels = f", labels {describe_labels(svc.labels)}" if svc.labels else ""
+        at = f"{svc.kind} at {svc.target}"
+        say(f"  service {svc.name} ({at}): {scopes}, max {format_duration(svc.max_ttl)}{labels}")
     for rule in policy.rules:
-        subjects = rule.subjects
-        named = [
-            ("group", subjects.groups),
-            ("user", subjects.users),
-            ("service account", subjects.service_accounts),
-        ]
+        named = [(label, getattr(rule.subjects, key)) for key, label in _SUBJECT_LABELS]
         who = "; ".join(f"{label} {', '.join(sorted(names))}" for label, names in named if names)
         ttl = "" if rule.max_ttl is None else f", max {format_duration(rule.max_ttl)}"
-        what = f"{', '.join(rule.services)} ({', '.join(rule.scopes)}){ttl}"
-        say(f"  rule {rule.name} [{rule.require}]: {who} -> {what}")
+        selected = [*rule.services, *([f"labels {describe_labels(rule.labels)}"] if rule.labels else [])]
+        what = f"{', '.join(selected)} ({', '.join(rule.scopes)}){ttl}"
+        terms = "break-glass" if rule.break_glass else rule.require
+        say(f"  rule {rule.name} [{terms}]: {who} -> {what}")
+    for line in warnings:
+        say(f"warning: {line}", err=True)
+
+
+_SUBJECT_LABELS = (("groups", "group"), ("users", "user"), ("service_accounts", "service account"))
+
+
+def _subjects(subjects: Subjects) -> dict[str, list[str]]:
+    return {
+        "groups": sorted(subjects.groups),
+        "users": sorted(subjects.users),
+        "service_accounts": sorted(subjects.service_accounts),
+    }
+
+
+def _service_summary(svc: ServiceConfig) -> dict[str, object]:
+    return {
+        "name": svc.name,
+        "kind": svc.kind,
+        "target": svc.target,
+        "labels": dict(svc.labels),
+        "scopes": list(svc.scopes),
+        "max_ttl": format_duration(svc.max_ttl),
+    }
+
+
+def _rule_summary(rule: Rule) -> dict[str, object]:
+    return {
+        "name": rule.name,
+        "require": rule.require,
+        "services": list(rule.services),
+        "labels": dict(rule.labels),
+        "scopes": list(rule.scopes),
+        "max_ttl": None if rule.max_ttl is None else format_duration(rule.max_ttl),
+        "break_glass": rule.break_glass,
+        "subjects": _subjects(rule.subjects),
+    }
 
 
 @policy_app.command(
@@ -144,6 +185,8 @@ def check(
         "access-broker policy explain --user alice --group sre --service svc-payments --scope read",
         "access-broker policy explain --service-account deploy-bot --group ci --service svc-payments "
         "--scope write --ttl 2h -o json",
+        "access-broker policy explain --user carol --group sre --service svc-payments --scope write "
+        "--break-glass --reason INC-4712",
     ),
 )
 def explain_decision(
@@ -162,10 +205,16 @@ def explain_decision(
     reason: Annotated[
         str | None, typer.Option("--reason", "-r", help="With this reason (default: none)")
     ] = None,
+    break_glass: Annotated[
+        bool, typer.Option("--break-glass", help="As `access request --break-glass` asks")
+    ] = False,
     policy_file: PolicyFileOpt = None,
     output: Output = "text",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
-    """Say what the policy decides for one request, the rule that decides it and its maximum TTL."""
+    """Say what the policy decides for one request, the rule that decides it, its maximum TTL and
+    who could approve it (the rule's reviewers, and the directory's users who are, if there is one)."""
     check_output(output)
     if (user is None) == (service_account is None):
         raise fail("name who asks: --user NAME or --service-account NAME (one of them)", code=2)
@@ -183,9 +232,15 @@ def explain_decision(
     else:
         subject = Subject(service_account or "", "service_account", tuple(sorted(set(group or []))))
     try:
-        found = explain(policy, subject, service, scope, wanted, reason)
+        found = explain(policy, subject, service, scope, wanted, reason, break_glass=break_glass)
     except (UnknownService, UnknownScope) as exc:
         raise fail(str(exc), hint=f"`access-broker policy check {policy_file}` lists them", code=2) from exc
+    approval = found.decision.approval if found.outcome == "approval" else None
+    where = None
+    if approval is not None:
+        people, where = _directory(data_dir, database_url)
+        if people is not None:
+            found = replace(found, candidates=candidates(approval, people, subject))
     if output == "json":
         typer.echo(json.dumps(found.as_dict(), indent=2))
         return
@@ -195,6 +250,39 @@ def explain_decision(
     if decision.max_ttl is not None:
         say(f"max ttl:  {format_duration(decision.max_ttl)}")
     say(f"why:      {decision.reason}")
+    if approval is not None:
+        _say_reviewers(approval, found.candidates, subject, where)
+
+
+def _directory(data_dir: Path | None, database_url: str | None) -> tuple[list[PrincipalRecord] | None, str]:
+    """The enabled principals of the broker's directory, and where it is; None when there is no
+    directory to read (no database configured and none in the data directory: explain must not
+    create one)."""
+    from access.broker.auth import identity
+
+    settings = build_settings(data_dir=data_dir, database_url=database_url)
+    if settings.database_url is None:
+        path = settings.data_dir / "broker.db"
+        if not path.exists():
+            return None, str(path)
+    with admin_broker(data_dir, database_url, without_policy=True) as broker:
+        people = [p for p in identity.list_principals(broker) if not p.disabled]
+    return people, "the directory"
+
+
+def _say_reviewers(
+    approval: ApprovalRule, found: Candidates | None, subject: Subject, where: str | None
+) -> None:
+    say(f"approval: {approval.describe()}, within {format_duration(approval.wait)}")
+    if found is None:
+        say(f"  (reviewers not listed: no directory at {where}; give --data-dir or --database-url)")
+        return
+    for clause, people in zip(approval.reviewers, found.people, strict=True):
+        names = ", ".join(terminal.name(name) for name in people) or "nobody in the directory"
+        say(f"  {clause.describe()}: {names}")
+    if not found.enough:
+        who = terminal.name(subject.name)
+        say(f"  cannot be approved now: too few reviewers in the directory ({who}, who asks, never counts)")
 
 
 @policy_app.command(

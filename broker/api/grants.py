@@ -29,7 +29,13 @@ def list_services(broker: BrokerDep, ctx: CurrentPrincipal) -> list[ServiceInfo]
             ScopeInfo(scope=access.scope, max_ttl_seconds=seconds, requirement=access.requirement)
         )
     return [
-        ServiceInfo(name=name, kind=svc.kind, description=svc.description, scopes=scopes[name])
+        ServiceInfo(
+            name=name,
+            kind=svc.kind,
+            description=svc.description,
+            labels=dict(svc.labels),
+            scopes=scopes[name],
+        )
         for name, svc in configs.items()
     ]
 

@@ -1,12 +1,15 @@
 """The policy room: which services exist, and who may get which scopes of them for how long.
 
 - ``model.py``: the file's schema (pydantic models that forbid unknown keys) and ``Policy``;
+  a role's entries are compiled into the same ``Rule`` a ``rules:`` entry is, so there is one
+  decision path;
+- ``labels.py``: services' labels and the selectors rules pick services by;
 - ``load.py``: YAML in, with lines kept, and validation errors as ``PolicyError`` messages that
   name the file, the field path and the line;
 - ``evaluate.py``: the pure decision (no I/O): deny by default, an explicit deny wins, the
   maximum TTL is the smaller of the rule's and the service's;
 - ``review.py``: counting approvals against a rule's reviewers (an AND of "N of these"
-  clauses; each reviewer counts once), pure as well;
+  clauses; each reviewer counts once), and who in a directory could approve, pure as well;
 - ``cases.py``: ``explain`` (a decision and the rule that made it) and a policy's tests (a
   table of expected decisions kept beside it), pure as well.
 
@@ -35,12 +38,14 @@ from access.broker.policy.evaluate import (
 from access.broker.policy.load import load_cases, load_policy, policy_from_data, policy_from_text
 from access.broker.policy.model import (
     REQUIREMENTS,
+    Allow,
     ApprovalRule,
     Policy,
     PolicyError,
     Problem,
     Requirement,
     ReviewerClause,
+    Role,
     Rule,
     ServiceConfig,
     Subject,
@@ -49,11 +54,13 @@ from access.broker.policy.model import (
     UnknownScope,
     UnknownService,
 )
-from access.broker.policy.review import Tally, tally
+from access.broker.policy.review import Candidates, Tally, candidates, tally
 
 __all__ = [
     "REQUIREMENTS",
+    "Allow",
     "ApprovalRule",
+    "Candidates",
     "CaseFile",
     "Decision",
     "Explanation",
@@ -63,6 +70,7 @@ __all__ = [
     "Problem",
     "Requirement",
     "ReviewerClause",
+    "Role",
     "Rule",
     "ServiceAccess",
     "ServiceConfig",
@@ -74,6 +82,7 @@ __all__ = [
     "UnknownService",
     "allowed_services",
     "can_read_audit",
+    "candidates",
     "evaluate",
     "explain",
     "load_cases",

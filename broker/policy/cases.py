@@ -8,12 +8,16 @@ Format (``policy-tests.yaml``)::
       - {user: bob, service: svc-payments, scope: read, expect: deny}
       - {service_account: deploy-bot, service: svc-payments, scope: write, ttl: 2h, expect: deny}
       - {user: alice, groups: [sre], service: svc-payments, scope: write, expect: approval,
-         rule: sre-write}        # optional: the rule that must decide
+         rule: sre-write,        # optional: the rule that must decide
+         reviewers: "2 of group:leads and 1 of group:security"}   # optional: who must approve
+      - {user: carol, groups: [sre], service: svc-payments, scope: write, break_glass: true,
+         reason: INC-1, expect: auto}   # asked as ``access request --break-glass`` asks
 
 ``expect`` is what ``explain`` calls the outcome: ``auto`` (issued at once), ``approval`` (allowed
 once approved) or ``deny``. Without ``ttl`` a case asks about the scope whatever the TTL; with
 one, a TTL over the maximum is a ``deny``. A case naming a service or scope the policy does not
-have fails whatever it expects: a typo in a test must not pass as a denial.
+have fails whatever it expects: a typo in a test must not pass as a denial. ``reviewers`` is
+compared clause by clause, whatever the order of the clauses and of the names in each.
 
 Pure, like ``evaluate``: the file is read by ``load.py``'s functions, the decision is
 ``evaluate``'s, and nothing here does I/O.
@@ -25,12 +29,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic import Field as PydanticField
 
 from access.broker.policy.evaluate import Decision, evaluate
 from access.broker.policy.fields import OptionalDuration, PrincipalNames, Text
 from access.broker.policy.model import Policy, Subject, UnknownScope, UnknownService
+from access.broker.policy.review import Candidates, parse_terms, terms
 from access.shared.durations import format_duration
 
 __all__ = ["OUTCOMES", "Case", "CaseFile", "Explanation", "Mismatch", "explain", "outcome", "run_cases"]
@@ -56,8 +61,17 @@ class Case(_Model):
     scope: Text
     ttl: OptionalDuration = None
     reason: Text | None = None
+    break_glass: bool = False  # asks as ``access request --break-glass`` does
     expect: Outcome
     rule: Text | None = None
+    reviewers: Text | None = None
+
+    @field_validator("reviewers")
+    @classmethod
+    def _reviewers_read(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_terms(text)
+        return text
 
     @model_validator(mode="after")
     def _one_subject(self) -> Case:
@@ -84,9 +98,28 @@ class Explanation:
 
     outcome: Outcome
     decision: Decision
+    # Who could approve now (from a directory), when the decision needs approval and one was read.
+    candidates: Candidates | None = None
 
     def as_dict(self) -> dict[str, object]:
         d = self.decision
+        approval: dict[str, object] | None = None
+        if d.approval is not None:
+            people = self.candidates.people if self.candidates is not None else None
+            approval = {
+                "reviewers": d.approval.describe(),
+                "wait": format_duration(d.approval.wait),
+                "clauses": [
+                    {
+                        "count": clause.count,
+                        "groups": sorted(clause.groups),
+                        "users": sorted(clause.users),
+                        "candidates": None if people is None else list(people[i]),
+                    }
+                    for i, clause in enumerate(d.approval.reviewers)
+                ],
+                "approvable": None if self.candidates is None else self.candidates.enough,
+            }
         return {
             "outcome": self.outcome,
             "allowed": d.allowed,
@@ -96,6 +129,8 @@ class Explanation:
             "requirement": d.requirement,
             "max_ttl": None if d.max_ttl is None else format_duration(d.max_ttl),
             "reason": d.reason,
+            "break_glass": d.break_glass,
+            "approval": approval,
         }
 
 
@@ -122,15 +157,19 @@ def explain(
     scope: str,
     ttl: timedelta | None = None,
     reason: str | None = None,
+    *,
+    break_glass: bool = False,
 ) -> Explanation:
     """The decision for ``subject`` asking for ``scope`` on ``service`` (for ``ttl``, or whatever
-    the TTL when None; with ``reason``), with the rule that made it. No I/O.
+    the TTL when None; with ``reason``; as a break-glass request when ``break_glass``), with the
+    rule that made it. No I/O.
 
     Raises:
         UnknownService: the policy has no such service.
         UnknownScope: the service does not offer ``scope``.
     """
-    decision = evaluate(policy, subject, service, scope, _ANY_TTL if ttl is None else ttl, reason)
+    wanted = _ANY_TTL if ttl is None else ttl
+    decision = evaluate(policy, subject, service, scope, wanted, reason, break_glass=break_glass)
     return Explanation(outcome(decision), decision)
 
 
@@ -145,7 +184,15 @@ def run_cases(policy: Policy, cases: CaseFile, lines: tuple[int | None, ...] = (
         asked = f"{who} {case.scope} on {case.service}"
         line = lines[i] if i < len(lines) else None
         try:
-            found = explain(policy, case.subject, case.service, case.scope, case.ttl, case.reason)
+            found = explain(
+                policy,
+                case.subject,
+                case.service,
+                case.scope,
+                case.ttl,
+                case.reason,
+                break_glass=case.break_glass,
+            )
         except (UnknownService, UnknownScope) as exc:
             mismatches.append(Mismatch(i, line, f"{asked}: expected {case.expect}, but {exc}"))
             continue
@@ -156,4 +203,10 @@ def run_cases(policy: Policy, cases: CaseFile, lines: tuple[int | None, ...] = (
         elif case.rule is not None and decision.rule != case.rule:
             got = "no rule" if decision.rule is None else f"rule {decision.rule}"
             mismatches.append(Mismatch(i, line, f"{asked}: expected rule {case.rule}, decided by {got}"))
+        elif case.reviewers is not None and (
+            decision.approval is None or terms(decision.approval) != parse_terms(case.reviewers)
+        ):
+            got = f"none ({found.outcome})" if decision.approval is None else decision.approval.describe()
+            message = f"{asked}: expected reviewers {case.reviewers}, got {got}"
+            mismatches.append(Mismatch(i, line, message))
     return mismatches

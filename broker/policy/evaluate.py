@@ -1,7 +1,8 @@
 """Deciding a request against a policy. Pure: no I/O, no clock, so it is tested as a table.
 
 Deny by default: a request is allowed only when an allow rule (``require: auto`` or
-``approval``) matches its subject, service and scope, no ``require: deny`` rule matches, and
+``approval``) matches its subject, service (by name or by labels) and scope, no ``require:
+deny`` rule matches (by name or by labels: an explicit deny wins), and
 the TTL is within the smaller of the service's and the rule's ``max_ttl``. ``approval``
 decisions are allowed but not ``issuable``: the grants service refuses them until reviewers
 exist.
@@ -80,7 +81,7 @@ def evaluate(
     """
     svc = policy.lookup(service, scope)
     what = f"{scope} on {service}"
-    matching = [rule for rule in policy.rules if rule.matches(subject, service, scope)]
+    matching = [rule for rule in policy.rules if rule.matches(subject, svc, scope)]
     for rule in matching:
         if rule.require == "deny":
             return Decision(
@@ -124,7 +125,7 @@ def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess
     result: list[ServiceAccess] = []
     for svc in sorted(policy.services.values(), key=lambda s: s.name):
         for scope in svc.scopes:
-            matching = [rule for rule in policy.rules if rule.matches(subject, svc.name, scope)]
+            matching = [rule for rule in policy.rules if rule.matches(subject, svc, scope)]
             if any(rule.require == "deny" for rule in matching):
                 continue
             # Break-glass rules are not what a subject "may request" day to day.

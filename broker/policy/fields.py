@@ -27,6 +27,7 @@ __all__ = [
     "OptionalDuration",
     "Options",
     "PrincipalNames",
+    "RoleName",
     "ScopeNames",
     "ServiceName",
     "ServiceNames",
@@ -162,6 +163,10 @@ Duration = Annotated[timedelta, PlainValidator(_duration)]
 OptionalDuration = Annotated[timedelta | None, PlainValidator(_optional_duration)]
 ServiceName = Annotated[
     str, PlainValidator(_text), AfterValidator(_name_check(is_dns_label, NAME_RULE, "service name"))
+]
+# A role's name is in the names of its entries' rules (``payments-oncall[1]``): a DNS label too.
+RoleName = Annotated[
+    str, PlainValidator(_text), AfterValidator(_name_check(is_dns_label, NAME_RULE, "role name"))
 ]
 Kind = Annotated[str, PlainValidator(_kind)]
 # Normalised ``host:port``.

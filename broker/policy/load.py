@@ -80,7 +80,7 @@ def policy_from_text(text: str, *, source: str) -> Policy:
         PolicyError: not YAML, or not a valid policy.
     """
     data, root = read_yaml(text, source)
-    return Policy.from_file(validate(PolicyFile, data if data is not None else {}, source=source, root=root))
+    return policy_from_data(data if data is not None else {}, source=source, root=root)
 
 
 def read_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
@@ -111,7 +111,9 @@ def policy_from_data(data: Any, *, source: str | None = None, root: yaml.Node | 
     Raises:
         PolicyError: the data is not a valid policy; the message names the offending path.
     """
-    return Policy.from_file(validate(PolicyFile, data, source=source, root=root))
+    document = validate(PolicyFile, data, source=source, root=root)
+    warnings = [Problem(_where(loc), message, _line(root, loc)) for loc, message in document.warnings()]
+    return Policy.from_file(document, warnings)
 
 
 def validate(model: type[M], data: Any, *, source: str | None, root: yaml.Node | None) -> M:
@@ -159,6 +161,8 @@ def _problem(error: ErrorDetails, root: yaml.Node | None, model: type[BaseModel]
         message = f"expected a string, got {type_name(value)}"
     elif kind == "too_long":
         message = f"at most {error.get('ctx', {}).get('max_length')} items"
+    elif kind == "too_short":
+        message = f"at least {error.get('ctx', {}).get('min_length')} item(s)"
     else:
         message = error["msg"]
     return Problem(_where(loc), message, line)

@@ -7,16 +7,23 @@ Format::
         kind: postgres                # postgres | mysql | redis | tcp (kubernetes: not yet)
         target: 127.0.0.1:5432        # host:port; always from the policy, never from a client
         description: Payments database
+        labels: {env: prod, team: payments}
         scopes: [read, write]
         max_ttl: 1h
         options: {database: payments, user: payments_ro, password_file: /etc/access/pw}
     rules:
       - name: sre-payments-read
         subjects: {groups: [sre], users: [alice], service_accounts: [deploy-bot]}
-        services: [svc-payments]
+        services: [svc-payments]      # by name, and/or
+        labels: {env: prod}           # by labels (all must match); one of the two at least
         scopes: [read]
         max_ttl: 30m                  # optional: defaults to the service's max_ttl
         require: auto                 # auto | approval | deny
+    roles:                            # rules granted together: each allow entry is one rule
+      - name: payments-oncall         # its entries are rules payments-oncall[0], [1], ...
+        members: {groups: [payments-oncall]}
+        allow:
+          - {labels: {team: payments}, scopes: [read], max_ttl: 1h}
     audit:
       readers: {groups: [security], users: [], service_accounts: []}
 
@@ -29,12 +36,12 @@ about a place below the model it runs on raises ``Located`` with the rest of the
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 from pydantic import Field as PydanticField
 
 from access.broker.kube.config import KubernetesConfig
@@ -45,6 +52,7 @@ from access.broker.policy.fields import (
     OptionalDuration,
     Options,
     PrincipalNames,
+    RoleName,
     ScopeNames,
     ServiceName,
     ServiceNames,
@@ -53,10 +61,12 @@ from access.broker.policy.fields import (
     none_is,
     split_target,
 )
+from access.broker.policy.labels import Labels, LabelSelector, describe, selects
 
 __all__ = [
     "REQUIREMENTS",
     "AdminCredential",
+    "Allow",
     "ApprovalRule",
     "AuditConfig",
     "Credentials",
@@ -66,6 +76,7 @@ __all__ = [
     "Problem",
     "Requirement",
     "ReviewerClause",
+    "Role",
     "Rule",
     "ScopePrivileges",
     "ServiceConfig",
@@ -311,6 +322,7 @@ class ServiceConfig(_Model):
     # Normalised ``host:port``; ``host`` and ``port`` are derived from it.
     target: Target
     description: Annotated[str, none_is("")] = ""
+    labels: Labels = PydanticField(default_factory=dict)  # what it is (env: prod): rules select by them
     scopes: ScopeNames
     max_ttl: Duration
     options: Options = PydanticField(default_factory=dict)
@@ -440,17 +452,30 @@ class ApprovalRule(_Model):
         return " and ".join(clause.describe() for clause in self.reviewers)
 
 
-class Rule(_Model):
-    """Who (``subjects``) may get which ``scopes`` of which ``services``, how long, on what terms.
+def _someone(subjects: Subjects) -> Subjects:
+    if subjects.empty:
+        # A rule that names nobody is almost certainly a typo; refuse rather than ignore it.
+        raise ValueError("name at least one group, user or service account")
+    return subjects
+
+
+# Who a rule applies to, or a role is granted to: someone, named.
+Someone = Annotated[Subjects, none_is({}), AfterValidator(_someone)]
+
+
+class Allow(_Model):
+    """What may be had on what terms: which services (``services`` by name, ``labels`` by a
+    selector, or both: a service is selected if named OR matched), which ``scopes``, how long,
+    and what it takes. A role's ``allow`` entries are these; a rule is one with a name and the
+    ``subjects`` it applies to.
 
     ``require: approval`` needs ``approval`` (the reviewers); ``break_glass: true`` marks an
     emergency rule: it applies only to requests that ask for break-glass, issues at once, needs a
     reason, and is flagged in the ledger and the notifications.
     """
 
-    name: Text
-    subjects: Annotated[Subjects, none_is({})]
-    services: ServiceNames
+    services: ServiceNames = ()
+    labels: LabelSelector = PydanticField(default_factory=dict)
     scopes: ScopeNames
     max_ttl: OptionalDuration = None
     require: Requirement = "auto"
@@ -459,7 +484,11 @@ class Rule(_Model):
     break_glass: bool = False
 
     @model_validator(mode="after")
-    def _terms_fit(self) -> Rule:
+    def _terms_fit(self) -> Allow:
+        if not self.services and not self.labels:
+            raise ValueError(
+                "select services by name (services: [svc-a]) or by labels (labels: {env: prod}), or both"
+            )
         if self.require == "approval" and self.approval is None:
             raise Located(("approval",), "require: approval needs approval: {reviewers: [...]}")
         if self.approval is not None and self.require != "approval":
@@ -470,14 +499,6 @@ class Rule(_Model):
             raise Located(("reason", "required"), "a break-glass request always needs a reason")
         return self
 
-    @field_validator("subjects")
-    @classmethod
-    def _names_someone(cls, subjects: Subjects) -> Subjects:
-        if subjects.empty:
-            # A rule that names nobody is almost certainly a typo; refuse rather than ignore it.
-            raise ValueError("name at least one group, user or service account")
-        return subjects
-
     @field_validator("require", mode="before")
     @classmethod
     def _known_requirement(cls, value: Any) -> Any:
@@ -485,25 +506,68 @@ class Rule(_Model):
             raise ValueError(f"expected one of {', '.join(REQUIREMENTS)}, got {value!r}")
         return value
 
-    def matches(self, who: SubjectLike, service: str, scope: str) -> bool:
-        return service in self.services and scope in self.scopes and self.subjects.match(who)
+    def selects(self, service: ServiceConfig) -> bool:
+        """``service`` is one of these: named in ``services`` or matched by ``labels``."""
+        return service.name in self.services or selects(self.labels, service.labels)
+
+
+class Rule(Allow):
+    """An ``Allow`` with a ``name`` (in messages and the ledger) and the ``subjects`` it applies
+    to: the one decision path. A file's ``rules:`` are these as written; each entry of a role
+    is compiled into one (``Role.compile``)."""
+
+    name: Text
+    subjects: Someone
+
+    def matches(self, who: SubjectLike, service: ServiceConfig, scope: str) -> bool:
+        """This rule is about ``scope`` of ``service`` (by name or labels) for ``who``."""
+        return scope in self.scopes and self.selects(service) and self.subjects.match(who)
+
+
+class Role(_Model):
+    """Access granted to ``members`` (users, groups, service accounts): a list of ``allow``
+    entries, each compiled into a rule named ``<role>[<index>]`` (``payments-oncall[1]``)."""
+
+    name: RoleName
+    members: Someone
+    allow: Annotated[tuple[Allow, ...], PydanticField(min_length=1, max_length=_MAX_RULES)]
+
+    def entry_name(self, index: int) -> str:
+        """The name of the rule entry ``index`` compiles into."""
+        return f"{self.name}[{index}]"
+
+    def compile(self) -> tuple[Rule, ...]:
+        """One rule per entry, with the role's members as its subjects (each part was validated:
+        the entry as an ``Allow``, the members here)."""
+        return tuple(
+            Rule.model_construct(
+                name=self.entry_name(i),
+                subjects=self.members,
+                **{key: getattr(entry, key) for key in Allow.model_fields},
+            )
+            for i, entry in enumerate(self.allow)
+        )
 
 
 class AuditConfig(_Model):
     readers: Annotated[Subjects, none_is({})] = Subjects()
 
 
+Loc = tuple[str | int, ...]
+
+
 class PolicyFile(_Model):
-    """The whole file, as written: services and rules are lists, in the file's order."""
+    """The whole file, as written: services, rules and roles are lists, in the file's order."""
 
     services: Annotated[tuple[ServiceConfig, ...], none_is(()), PydanticField(max_length=_MAX_SERVICES)] = ()
     rules: Annotated[tuple[Rule, ...], none_is(()), PydanticField(max_length=_MAX_RULES)] = ()
+    roles: Annotated[tuple[Role, ...], none_is(()), PydanticField(max_length=_MAX_RULES)] = ()
     audit: Annotated[AuditConfig, none_is({})] = AuditConfig()
 
-    @field_validator("services", "rules")
+    @field_validator("services", "rules", "roles")
     @classmethod
-    def _unique_names(cls, items: tuple[ServiceConfig | Rule, ...], info: ValidationInfo) -> Any:
-        what = "service" if info.field_name == "services" else "rule"
+    def _unique_names(cls, items: tuple[ServiceConfig | Rule | Role, ...], info: ValidationInfo) -> Any:
+        what = str(info.field_name).removesuffix("s")
         seen: set[str] = set()
         for i, item in enumerate(items):
             if item.name in seen:
@@ -511,20 +575,68 @@ class PolicyFile(_Model):
             seen.add(item.name)
         return items
 
+    def entries(self) -> Iterator[tuple[Loc, Allow]]:
+        """Every rule and every role entry, with where it is in the file, in the order they decide
+        ties: ``rules:`` first, then ``roles:``, each as written."""
+        for i, rule in enumerate(self.rules):
+            yield ("rules", i), rule
+        for i, role in enumerate(self.roles):
+            for j, entry in enumerate(role.allow):
+                yield ("roles", i, "allow", j), entry
+
+    def compiled_rules(self) -> tuple[Rule, ...]:
+        """The rules the evaluator decides by: the file's rules, then each role's entries."""
+        return (*self.rules, *(rule for role in self.roles for rule in role.compile()))
+
+    def _selected(self) -> Iterator[tuple[Loc, Allow, list[ServiceConfig]]]:
+        """Every entry (``entries``) with the services it selects. Labels are looked up in an
+        index, so a file of thousands of services and rules loads in linear time."""
+        services = {svc.name: svc for svc in self.services}
+        by_label: dict[tuple[str, str], set[str]] = {}
+        for svc in self.services:
+            for item in svc.labels.items():
+                by_label.setdefault(item, set()).add(svc.name)
+        for at, entry in self.entries():
+            names = {name for name in entry.services if name in services}
+            if entry.labels:
+                matched = [by_label.get(item, set()) for item in entry.labels.items()]
+                names |= set.intersection(*matched)
+            yield at, entry, [services[name] for name in sorted(names)]
+
     @model_validator(mode="after")
     def _rules_name_what_exists(self) -> PolicyFile:
-        """Rules may only name services of this file, and scopes one of their services has."""
-        services = {svc.name: svc for svc in self.services}
+        """Rules and role entries name only services of this file, and scopes that one of the
+        services they select has; no rule takes the name of a role entry."""
+        known = {svc.name for svc in self.services}
+        for at, entry, selected in self._selected():
+            for j, name in enumerate(entry.services):
+                if name not in known:
+                    raise Located((*at, "services", j), f"no service named {name!r} in services")
+            if not selected:
+                continue  # a selector that matches nothing yet: a warning (``warnings``), not an error
+            for j, scope in enumerate(entry.scopes):
+                if not any(scope in svc.scopes for svc in selected):
+                    raise Located((*at, "scopes", j), f"none of the rule's services has scope {scope!r}")
+        entries = {
+            role.entry_name(j): f"roles[{i}].allow[{j}]"
+            for i, role in enumerate(self.roles)
+            for j in range(len(role.allow))
+        }
         for i, rule in enumerate(self.rules):
-            for j, name in enumerate(rule.services):
-                if name not in services:
-                    raise Located(("rules", i, "services", j), f"no service named {name!r} in services")
-            for j, scope in enumerate(rule.scopes):
-                if not any(scope in services[name].scopes for name in rule.services):
-                    raise Located(
-                        ("rules", i, "scopes", j), f"none of the rule's services has scope {scope!r}"
-                    )
+            if rule.name in entries:
+                raise Located(
+                    ("rules", i, "name"),
+                    f"{rule.name!r} is the name of {entries[rule.name]}: rename the rule",
+                )
         return self
+
+    def warnings(self) -> list[tuple[Loc, str]]:
+        """What is valid but likely not meant: a label selector that selects no service (yet)."""
+        found: list[tuple[Loc, str]] = []
+        for at, entry, selected in self._selected():
+            if entry.labels and not any(selects(entry.labels, svc.labels) for svc in selected):
+                found.append(((*at, "labels"), f"selects no service (none has {describe(entry.labels)})"))
+        return found
 
 
 # ---------------------------------------------------------------- the loaded policy
@@ -540,6 +652,10 @@ class Policy:
     services: Mapping[str, ServiceConfig] = field(default_factory=dict, hash=False)
     rules: tuple[Rule, ...] = ()
     audit_readers: Subjects = field(default_factory=Subjects)
+    # The file's roles as written (their entries are in ``rules``, compiled), for summaries.
+    roles: tuple[Role, ...] = ()
+    # What the file's loader found valid but worth a word (``PolicyFile.warnings``, with lines).
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
     # Which stored version this is (``rollout``) and the SHA-256 of its text; None for a policy
     # built in code or not stored yet. Carried here so that one reference swap changes both.
     version: int | None = field(default=None, compare=False)
@@ -551,9 +667,15 @@ class Policy:
         return cls()
 
     @classmethod
-    def from_file(cls, document: PolicyFile) -> Policy:
+    def from_file(cls, document: PolicyFile, warnings: Iterable[Problem] = ()) -> Policy:
         """The policy a validated file describes (raises nothing: the file was checked)."""
-        return cls({svc.name: svc for svc in document.services}, document.rules, document.audit.readers)
+        return cls(
+            {svc.name: svc for svc in document.services},
+            document.compiled_rules(),
+            document.audit.readers,
+            document.roles,
+            tuple(warnings),
+        )
 
     def service(self, name: str) -> ServiceConfig | None:
         return self.services.get(name)

@@ -201,16 +201,25 @@ def test_policy_explain_prints_the_decision_and_its_rule(files: Path) -> None:
         "--scope",
         "write",
     ]
-    result = CliRunner().invoke(admin_app, [*args, "--policy", str(files / "policy.yaml")])
+    nowhere = files / "no-data"  # no directory there: explain says so and creates none
+    result = CliRunner().invoke(
+        admin_app, [*args, "--policy", str(files / "policy.yaml"), "--data-dir", str(nowhere)]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "decision: approval",
         "rule:     sre-write",
         "max ttl:  15m",
         "why:      write on svc-payments needs approval by 1 of group:leads (rule sre-write)",
+        "approval: 1 of group:leads, within 1h",
+        f"  (reviewers not listed: no directory at {nowhere / 'broker.db'};"
+        " give --data-dir or --database-url)",
     ]
+    assert not nowhere.exists()
     result = CliRunner().invoke(
-        admin_app, [*args, "-o", "json"], env={"ACCESS_BROKER_POLICY": str(files / "policy.yaml")}
+        admin_app,
+        [*args, "-o", "json"],
+        env={"ACCESS_BROKER_POLICY": str(files / "policy.yaml"), "ACCESS_BROKER_DATA_DIR": str(nowhere)},
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["outcome"] == "approval"

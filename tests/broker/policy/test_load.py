@@ -43,7 +43,7 @@ BAD_FILES = [
     pytest.param(
         ("    max_ttl: 1h\n", "    max_ttl: 1h\n    colour: blue\n"),
         "services[0]",
-        "unknown key 'colour' (allowed: name, kind, target, description, scopes, max_ttl, options,"
+        "unknown key 'colour' (allowed: name, kind, target, description, labels, scopes, max_ttl, options,"
         " credentials, kubernetes)",
         7,
         id="unknown key",
