@@ -199,7 +199,7 @@ def test_locking_twice_is_refused_and_changes_nothing(broker: Broker) -> None:
     before = ledger(broker)
     with pytest.raises(Conflict) as caught:
         put_lock(broker, "user", "alice", actor="admin:other", reason="two")
-    assert f"user alice is locked by admin:root since" in caught.value.message
+    assert "user alice is locked by admin:root since" in caught.value.message
     assert caught.value.message.endswith(f"(lock {first.id}): one; nothing was changed")
     assert (
         caught.value.hint
@@ -287,7 +287,16 @@ def test_the_admin_commands(tmp_path: Path, sqlite_url: str) -> None:
 
     added = CliRunner().invoke(
         app,
-        ["users", "add", "alice", "--password-stdin", "--data-dir", str(tmp_path / "d"), "--database-url", sqlite_url],
+        [
+            "users",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--database-url",
+            sqlite_url,
+        ],
         input="correct horse battery\n",
     )
     assert added.exit_code == 0, added.stderr
