@@ -9,7 +9,9 @@
     │   └── HeadTooLarge             (431) a request head over the limit
     ├── Unauthenticated              (401) no, expired, forged or revoked token
     ├── Forbidden                    (403) authenticated but not allowed (e.g. audit read)
-    │   └── GrantDenied              (403) policy said no
+    │   ├── GrantDenied              (403) policy said no
+    │   └── Locked                   (403, code ``locked``) an admin's lock covers the user, the
+    │                                service or the grant (``access.broker.locks``)
     ├── NotFound                     (404) unknown service, grant, user, endpoint
     ├── Conflict                     (409) already exists / already ended
     ├── Expired                      (410) the grant or code ran out
@@ -54,6 +56,7 @@ __all__ = [
     "HeadTooLarge",
     "InvalidRequest",
     "LedgerUnsafe",
+    "Locked",
     "Misconfigured",
     "NotFound",
     "PayloadTooLarge",
@@ -120,6 +123,18 @@ class Forbidden(BrokerError):
 
 class GrantDenied(Forbidden):
     code = ErrorCode.DENIED
+
+
+class Locked(Forbidden):
+    """A lock (``access-broker lock``) is in force on the user, the service or the grant: the
+    message says who locked it, since when, until when and why; the hint how to get it lifted.
+    ``lock_id`` names the lock (``access-broker locks``)."""
+
+    code = ErrorCode.LOCKED
+
+    def __init__(self, message: str, *, hint: str | None = None, lock_id: str) -> None:
+        super().__init__(message, hint=hint)
+        self.lock_id = lock_id
 
 
 class NotFound(BrokerError):

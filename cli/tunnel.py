@@ -553,4 +553,4 @@ class Forwarder:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
-GRANT_ENDED = frozenset({"expired", "forbidden", "grant_denied", "not_found"})
+GRANT_ENDED = frozenset({"expired", "forbidden", "grant_denied", "locked", "not_found"})

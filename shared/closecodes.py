@@ -29,7 +29,8 @@ GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     "revoked": (CLOSE_REVOKED, "grant {grant} was revoked"),
     # A reloaded policy no longer allows the grant: revoked, in words that say by what.
     "policy": (CLOSE_REVOKED, "grant {grant} ended: the policy no longer allows it"),
-    "locked": (CLOSE_LOCKED, "grant {grant} ended: the account was locked out"),
+    # Its owner was disabled, or `access-broker lock` covers the user, the service or the grant.
+    "locked": (CLOSE_LOCKED, "grant {grant} ended: an administrator locked access"),
     "signed out": (CLOSE_SIGNED_OUT, "grant {grant} ended: its sign-in session ended; run `access login`"),
     # The session's lifetime ran out: the same code (the person must sign in again), its own words.
     "session expired": (

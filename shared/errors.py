@@ -29,7 +29,7 @@ Exit codes of ``access`` (documented in docs/cli.md)::
     1  error            something failed; the message says what
     2  usage            bad input: a flag, a TTL, a service name
     3  needs login      no token, or it expired or was revoked: run `access login`
-    4  denied           policy or a person said no
+    4  denied           policy or a person said no, or an admin's lock (``access-broker lock``)
     5  pending          waiting on something (device approval, later: reviewers)
     6  expired          the device code or the grant ran out
     7  unavailable      the broker could not be reached, or refused to act (fail closed)
@@ -71,6 +71,7 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     DENIED = "grant_denied"
+    LOCKED = "locked"
     PENDING = "pending"
     EXPIRED = "expired"
     NOT_FOUND = "not_found"
@@ -87,6 +88,7 @@ _TABLE: dict[ErrorCode, tuple[int, ExitCode]] = {
     ErrorCode.UNAUTHENTICATED: (401, ExitCode.NEEDS_LOGIN),
     ErrorCode.FORBIDDEN: (403, ExitCode.DENIED),
     ErrorCode.DENIED: (403, ExitCode.DENIED),
+    ErrorCode.LOCKED: (403, ExitCode.DENIED),
     ErrorCode.PENDING: (409, ExitCode.PENDING),
     ErrorCode.EXPIRED: (410, ExitCode.EXPIRED),
     ErrorCode.NOT_FOUND: (404, ExitCode.NOT_FOUND),

@@ -29,6 +29,7 @@ __all__ = [
     "check_output",
     "fail",
     "open_broker",
+    "print_table",
     "say",
     "setting_help",
 ]
@@ -93,6 +94,18 @@ def say(line: str, err: bool = False) -> None:
     A line that interpolates an identifier wraps it in ``terminal.name`` first; JSON is echoed as it is.
     """
     typer.echo(terminal.text(line), err=err)
+
+
+def print_table(rows: list[tuple[str, ...]], free: frozenset[int] = frozenset()) -> None:
+    """Rows (the header first) in aligned columns, each cell escaped for the terminal: as a name,
+    or as free text for the columns in ``free`` (reasons)."""
+    shown = [
+        tuple(terminal.text(cell) if i in free else terminal.name(cell) for i, cell in enumerate(row))
+        for row in rows
+    ]
+    widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
+    for row in shown:
+        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:

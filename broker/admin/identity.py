@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, say
+from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, print_table, say
 from access.broker.auth import identity
 from access.broker.runtime import Broker
 from access.shared import terminal
@@ -81,12 +81,8 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
         status = "disabled" if p.disabled else "active"
         created = p.created_at.strftime("%Y-%m-%d %H:%M UTC")
         groups = ",".join(p.groups) or "-"
-        rows.append(
-            tuple(terminal.name(cell) for cell in (p.name, groups, status, created, p.client_id or ""))
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        rows.append((p.name, groups, status, created, p.client_id or ""))
+    print_table(rows)
 
 
 def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None:

@@ -1,8 +1,9 @@
 """``access-broker``: serve the broker and manage its directory, policy and ledger.
 
-Subcommand groups live beside this file: ``admin_identity`` (users, service-accounts) and
-``admin_audit`` (audit verify/export/checkpoint). Options shared by all: ``--data-dir`` and
-``--database-url`` (or ``ACCESS_BROKER_DATA_DIR`` / ``ACCESS_BROKER_DATABASE_URL``).
+Subcommand groups live beside this file: ``admin_identity`` (users, service-accounts),
+``admin_audit`` (audit verify/export/checkpoint), ``policy`` and ``locks`` (lock, unlock,
+locks). Options shared by all: ``--data-dir`` and ``--database-url`` (or
+``ACCESS_BROKER_DATA_DIR`` / ``ACCESS_BROKER_DATABASE_URL``).
 """
 
 from __future__ import annotations
@@ -158,12 +159,14 @@ def completion(
 def _register_groups() -> None:
     from access.broker.admin.audit import audit_app
     from access.broker.admin.identity import service_accounts_app, users_app
+    from access.broker.admin.locks import register as register_locks
     from access.broker.admin.policy import policy_app
 
     app.add_typer(users_app, name="users")
     app.add_typer(service_accounts_app, name="service-accounts")
     app.add_typer(audit_app, name="audit")
     app.add_typer(policy_app, name="policy")
+    register_locks(app)
 
 
 _register_groups()

@@ -53,6 +53,9 @@ class Action(StrEnum):
     # The policy (rollout/): a new version put in force, or a file refused (the old one stays).
     POLICY_RELOAD = "policy.reload"
     POLICY_REFUSE = "policy.refuse"
+    # Locks (locks/): the kill switch put on a user, a service or a grant, and lifted.
+    ACCESS_LOCK = "access.lock"
+    ACCESS_UNLOCK = "access.unlock"
 
 
 # While the ledger is unsafe (``ledger.set_unsafe``) only these are recorded, and so only these
@@ -80,5 +83,7 @@ WHILE_UNSAFE = frozenset(
         Action.NOTIFICATION_FAILED,
         # A refused policy changes nothing: the one in force stays.
         Action.POLICY_REFUSE,
+        # A lock takes access away (its grants' ends are GRANT_REVOKE); unlocking gives it back.
+        Action.ACCESS_LOCK,
     }
 )

@@ -6,7 +6,8 @@ decides requests by the (pure) policy; ``revoke`` ends grants early; ``expiry`` 
 time; ``queries`` reads them (lists, visibility, the tunnel's checks). SQL lives in
 ``access.broker.store.grants``; this package imports no table.
 
-May import: audit, auth.principal (auth.tokens lazily), events, policy, runtime, store.
+May import: audit, auth.principal (auth.tokens lazily), events, locks.guard (the lock check of
+requests and tunnels), policy, runtime, store.
 """
 
 from access.broker.grants.expiry import EXPIRY_INTERVAL, ExpiryLoop, expire_due

@@ -23,6 +23,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import Expired, Forbidden, NotFound
 from access.broker.grants.lifecycle import grant_target
 from access.broker.identities.logins import check_connection_limit
+from access.broker.locks import guard as locks
 from access.broker.runtime import Broker
 from access.broker.store import connections as open_connections
 from access.broker.store import grants as store
@@ -159,6 +160,7 @@ def open_for_tunnel(broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGr
             or its service is no longer in the policy.
         Forbidden: the grant was revoked, denied or is pending; or, for an audit reader (who
             can see it anyway), it belongs to someone else.
+        Locked: a lock is in force on the grant, its owner or its service (a ``Forbidden``).
         Expired: the grant is past its expiry (whatever its state column says).
         Unavailable: the database could not be reached.
     """
@@ -229,6 +231,8 @@ def _usable_for_tunnel(conn: sa.Connection, broker: Broker, ctx: AuthContext, gr
         )
     if state != GrantState.ACTIVE:
         raise Forbidden(f"grant {grant_id} is {state}", hint=_ask_again(record))
+    # Belt and braces: a lock ended the grant when it was put on, but fail closed meanwhile.
+    locks.check(conn, broker.clock.now(), user=record.subject, service=record.service, grant_id=record.id)
     svc = broker.policy.service(record.service)
     if svc is None or record.scope not in svc.scopes:
         raise NotFound(

@@ -1,8 +1,10 @@
 """Requesting a grant: check the request, let the (pure) policy decide, record the outcome.
 
-The request is audited (``grant.request``), then the decision is applied as a lifecycle
-transition (``issue`` or ``deny``, each with its audit entry), all in one transaction. A denied
-request is stored as a grant in state ``denied``, so ``access grants --all`` shows it.
+A lock in force on the user or the service (``access.broker.locks``) refuses the request
+whatever the policy says. The request is audited (``grant.request``), then the decision is
+applied as a lifecycle transition (``issue`` or ``deny``, each with its audit entry), all in
+one transaction. A denied request is stored as a grant in state ``denied``, so
+``access grants --all`` shows it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model
 from access.broker.identities import lifecycle as identities
+from access.broker.locks import guard as locks
 from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
@@ -39,16 +42,22 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         InvalidRequest: bad service name, scope, TTL or reason (nothing is recorded).
         NotFound: the policy has no such service (nothing is recorded).
         GrantDenied: the policy said no, or the rule needs approval (recorded as denied).
+        Locked: a lock is in force on the user or the service (recorded as denied, with its id).
         Unavailable: the database or the ledger could not be written; nothing changed.
     """
     # One policy for the whole request: a reload swaps ``broker.policy`` from another thread.
     policy = broker.policy
     decision, ttl, reason = _decide(policy, ctx, request)
     denial = _denial(decision)
-    event = GrantEvent.ISSUE if denial is None else GrantEvent.DENY
     now = broker.clock.now()
-    record = _record(policy, ctx, decision, reason, now, ttl, denial)
     with lifecycle.transaction(broker) as tx:
+        # First, before any ledger append: a lock on the user or the service wins over the policy.
+        lock = locks.covering(tx.conn, now, user=ctx.name, service=decision.service, grant_id=None)
+        refusal = None if lock is None else locks.locked_error(lock)
+        if refusal is not None:
+            denial = refusal.message
+        event = GrantEvent.ISSUE if denial is None else GrantEvent.DENY
+        record = _record(policy, ctx, decision, reason, now, ttl, denial, by="lock" if lock else "policy")
         target = grant_target(record.service, record.id)
         details = {
             "grant_id": record.id,
@@ -60,10 +69,14 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
             tx.conn, broker.clock, actor=ctx.name, action=Action.GRANT_REQUEST, target=target, details=details
         )
         details = _decision_details(record, decision, denial, policy.version)
+        if lock is not None:
+            details["lock_id"] = lock.id
         lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details)
         dynamic = denial is None and policy.services[record.service].dynamic
         if dynamic:
             identities.intend(tx.conn, record, now)
+    if refusal is not None:
+        raise refusal
     if denial is not None:
         raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
     if dynamic:
@@ -136,8 +149,11 @@ def _record(
     now: datetime,
     ttl: timedelta,
     denial: str | None,
+    *,
+    by: str,
 ) -> GrantRecord:
-    """The row the decision stores, in the state its transition leads to."""
+    """The row the decision stores, in the state its transition leads to (a denial ended ``by``
+    the policy or a lock)."""
     svc = policy.services[decision.service]
     denied = denial is not None
     event = GrantEvent.DENY if denied else GrantEvent.ISSUE
@@ -156,7 +172,7 @@ def _record(
         expires_at=now if denied else now + ttl,
         ended_at=now if denied else None,
         ended_reason="denied" if denied else None,
-        ended_by="policy" if denied else None,
+        ended_by=by if denied else None,
     )
 
 

@@ -26,6 +26,7 @@ _HEADLINES: Mapping[str, str] = {
     Notice.GRANT_EXPIRED: ":hourglass_flowing_sand: {subject}'s {scope} grant on {service} expired",
     Notice.GRANT_REVOKED: ":stop_sign: {subject}'s {scope} grant on {service} was ended by {actor}",
     Notice.ACCESS_LOCKED: ":lock: {actor} locked {target}",
+    Notice.ACCESS_UNLOCKED: ":unlock: {actor} unlocked {target}",
     Notice.BREAK_GLASS: ":rotating_light: BREAK-GLASS: {subject} took {scope} on {service} for {ttl}",
 }
 
@@ -96,6 +97,7 @@ def _facts(grant: Mapping[str, Any], details: Mapping[str, Any]) -> list[str]:
         ("Why", details.get("why")),
         ("Comment", details.get("comment")),
         ("Reason", details.get("reason")),
+        ("Until", details.get("until")),
         ("Grants ended", ", ".join(details["grants_ended"]) if details.get("grants_ended") else None),
     ]
     # At most 10 fields and 2000 characters each (Slack's limits); reasons are at most 500.

@@ -21,8 +21,12 @@ class Notice(StrEnum):
     GRANT_EXPIRED = "grant.expired"
     # Ended early: ``access revoke``, a lock-out (``details.why``: revoked, locked, identity_failed).
     GRANT_REVOKED = "grant.revoked"
-    # A principal was disabled (``access-broker users disable``), later also ``access-broker lock``.
+    # A principal was disabled (``access-broker users disable``), or ``access-broker lock`` put a
+    # lock on a user, a service or a grant (``details``: target, grants_ended; a lock's lock_id,
+    # reason, until).
     ACCESS_LOCKED = "access.locked"
+    # ``access-broker unlock`` lifted a lock (``details``: target, lock_ids, reason).
+    ACCESS_UNLOCKED = "access.unlocked"
     # A grant issued through a break-glass rule (reserved: emitted by the break-glass work).
     BREAK_GLASS = "grant.break_glass"
 

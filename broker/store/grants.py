@@ -27,6 +27,7 @@ __all__ = [
     "states",
     "usable",
     "usable_for_principal",
+    "usable_for_service",
 ]
 
 # Lists of ids are sent in chunks: databases bound the number of parameters of one statement.
@@ -91,6 +92,14 @@ def usable_for_principal(conn: sa.Connection, principal_id: str, now: datetime) 
     """Every grant of a principal that is active and not past its expiry at ``now``."""
     query = sa.select(grants).where(
         grants.c.principal_id == principal_id, grants.c.state == "active", grants.c.expires_at > now
+    )
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def usable_for_service(conn: sa.Connection, service: str, now: datetime) -> list[GrantRecord]:
+    """Every grant on a service that is active and not past its expiry at ``now``."""
+    query = sa.select(grants).where(
+        grants.c.service == service, grants.c.state == "active", grants.c.expires_at > now
     )
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 

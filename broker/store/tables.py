@@ -24,6 +24,7 @@ __all__ = [
     "device_codes",
     "grants",
     "identities",
+    "locks",
     "metadata",
     "open_connections",
     "outbox",
@@ -292,4 +293,23 @@ policy_versions = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.Column("recorded_by", sa.String(64), nullable=False),
+)
+
+# Locks (``access-broker lock``): while one is in force on a user, a service or a grant, what it
+# covers is refused (new requests, tunnels, extensions, approvals) and its grants were ended.
+# In force iff ``lifted_at`` is null and (``until`` is null or ``until`` > now): an expired lock
+# lifts itself, with no write. Rows are never deleted, so ``access-broker locks --all`` is history.
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # user | service | grant
+    sa.Column("value", sa.String(64), nullable=False),  # the user's, service's name or the grant id
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("until", UTCDateTime, nullable=True),
+    sa.Column("lifted_at", UTCDateTime, nullable=True),
+    sa.Column("lifted_by", sa.String(64), nullable=True),
+    sa.Index("ix_locks_kind_value", "kind", "value"),
 )

@@ -13,7 +13,7 @@ from access.shared.wsframe import CLOSE_NORMAL, CLOSE_PROTOCOL
     [
         ("expired", 4010, "grant g-1 expired"),
         ("revoked", 4011, "grant g-1 was revoked"),
-        ("locked", 4012, "grant g-1 ended: the account was locked out"),
+        ("locked", 4012, "grant g-1 ended: an administrator locked access"),
         ("signed out", 4013, "grant g-1 ended: its sign-in session ended; run `access login`"),
     ],
 )

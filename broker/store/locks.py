@@ -1,0 +1,107 @@
+"""The locks table (``access.broker.locks``): every statement the kill switch runs.
+
+A lock is in force at ``now`` iff it was not lifted and ``until`` is null or later than ``now``
+(``IN_FORCE``): an expired lock lifts itself with no write, on every replica at once.
+
+``hold`` serialises a lock against the requests it covers on PostgreSQL (READ COMMITTED would
+otherwise let a request that checked before the lock committed issue a grant the lock's sweep
+never saw). SQLite needs nothing: every transaction there holds the one write lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from access.broker.store.tables import locks
+
+__all__ = ["KINDS", "LockRecord", "covering", "hold", "in_force_on", "insert", "lift", "listed"]
+
+# The values of ``locks.kind``: what a lock is put on.
+KINDS = ("user", "service", "grant")
+_LIST_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class LockRecord:
+    """One row of ``locks``."""
+
+    id: str
+    kind: str
+    value: str
+    reason: str | None
+    created_by: str
+    created_at: datetime
+    until: datetime | None = None
+    lifted_at: datetime | None = None
+    lifted_by: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> LockRecord:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+    def in_force(self, now: datetime) -> bool:
+        """Not lifted, and no ``until`` or one still ahead (the same rule as ``IN_FORCE``)."""
+        return self.lifted_at is None and (self.until is None or self.until > now)
+
+
+def _in_force(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(locks.c.lifted_at.is_(None), sa.or_(locks.c.until.is_(None), locks.c.until > now))
+
+
+def hold(conn: sa.Connection, targets: Sequence[tuple[str, str]], *, exclusive: bool) -> None:
+    """Hold the (kind, value) targets until the caller's transaction ends (PostgreSQL advisory
+    locks): a lock holds its target exclusively, whatever checks it holds it shared, so each
+    waits for the other's commit and then sees what it wrote. Take them before the first ledger
+    append of the transaction (the ledger's own lock comes second, always), or two transactions
+    can wait on each other."""
+    if conn.dialect.name != "postgresql" or not targets:
+        return
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    keys = sorted({f"access_lock:{kind}:{value}" for kind, value in targets})
+    calls = ", ".join(f"{fn}(hashtextextended(:k{i}, 0))" for i in range(len(keys)))
+    conn.execute(sa.text(f"SELECT {calls}"), {f"k{i}": key for i, key in enumerate(keys)})
+
+
+def insert(conn: sa.Connection, record: LockRecord) -> None:
+    """Store a new lock. Raises: sqlalchemy.exc.IntegrityError: the id is taken."""
+    conn.execute(locks.insert().values(**asdict(record)))
+
+
+def covering(conn: sa.Connection, now: datetime, targets: Sequence[tuple[str, str]]) -> list[LockRecord]:
+    """The locks in force at ``now`` on any of the (kind, value) targets, oldest first."""
+    if not targets:
+        return []
+    on = sa.or_(*(sa.and_(locks.c.kind == kind, locks.c.value == value) for kind, value in targets))
+    query = sa.select(locks).where(on, _in_force(now)).order_by(locks.c.created_at, locks.c.id)
+    return [LockRecord.from_row(row) for row in conn.execute(query)]
+
+
+def in_force_on(conn: sa.Connection, kind: str, value: str, now: datetime) -> list[LockRecord]:
+    """The locks in force at ``now`` on exactly this target, oldest first."""
+    return covering(conn, now, [(kind, value)])
+
+
+def lift(conn: sa.Connection, lock_ids: Sequence[str], *, now: datetime, by: str) -> int:
+    """Mark the locks lifted (only those not lifted yet); return how many were."""
+    if not lock_ids:
+        return 0
+    result = conn.execute(
+        locks.update()
+        .where(locks.c.id.in_(list(lock_ids)), locks.c.lifted_at.is_(None))
+        .values(lifted_at=now, lifted_by=by[:64])
+    )
+    return int(result.rowcount)
+
+
+def listed(conn: sa.Connection, now: datetime, *, include_ended: bool) -> list[LockRecord]:
+    """Locks newest first (at most 500): those in force at ``now``, or all of them."""
+    query = sa.select(locks)
+    if not include_ended:
+        query = query.where(_in_force(now))
+    query = query.order_by(locks.c.created_at.desc(), locks.c.id).limit(_LIST_LIMIT)
+    return [LockRecord.from_row(row) for row in conn.execute(query)]
