@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,17 @@ def test_the_expiry_warning_says_how_to_extend_and_escapes_the_id(capsys: pytest
     )
     assert "\x1b" not in err[1] and "\u202e" not in err[1]
     assert "(as last known: the broker did not answer)" in err[1]
+
+
+def test_a_stopping_connect_leaves_the_state_file_a_newer_connect_wrote(tmp_path: Path) -> None:
+    """Two `access connect` of the same service and scope (two grants): the first one's end must
+    not take `access env` away from the second."""
+    from access.cli.commands.tunnel import _remove_state
+
+    path = tmp_path / "connect-svc-payments-read.json"
+    path.write_text(json.dumps({"port": 1, "grant_id": "g-2", "pid": os.getpid() + 1}))
+    _remove_state(path)
+    assert path.exists()
+    path.write_text(json.dumps({"port": 1, "grant_id": "g-1", "pid": os.getpid()}))
+    _remove_state(path)
+    assert not path.exists()
