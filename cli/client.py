@@ -529,6 +529,14 @@ class BrokerClient:
     def revoke(self, grant_id: str) -> Grant:
         return self._parse(Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/revoke"))
 
+    def extend(self, grant_id: str, ttl: str) -> Grant:
+        """More time for an active grant of yours: its expiry becomes now + ``ttl`` (the broker's clock)."""
+        from access.shared.models import ExtendRequest
+
+        body = ExtendRequest(ttl=ttl).model_dump(mode="json")
+        path = f"/v1/grants/{quote(grant_id, safe='')}/extend"
+        return self._parse(Grant, self._api("POST", path, body=body))
+
     def audit(
         self,
         *,

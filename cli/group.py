@@ -100,6 +100,12 @@ COMMANDS: dict[str, LazyCommand] = {
         "List your grants with state and time left.",
         examples=("access grants", "access grants --all -o json"),
     ),
+    "extend": LazyCommand(
+        "access.cli.commands.extend",
+        "extend",
+        "Give an active grant more time; connections stay.",
+        examples=("access extend g-3f9c2a71d04be886 --ttl 15m",),
+    ),
     "revoke": LazyCommand(
         _GRANTS,
         "revoke",

@@ -37,6 +37,7 @@ __all__ = [
     "Output",
     "console",
     "error",
+    "expiry_warning",
     "grant_label",
     "json_out",
     "layout",
@@ -314,6 +315,23 @@ def grant_label(grant: Grant) -> str:
 
     reason = f'reason "{grant.reason}"' if grant.reason else "no reason"
     return f"{name(grant.id)} ({name(grant.scope)}, {format_duration(grant.seconds_left)} left, {reason})"
+
+
+def expiry_warning(grant_id: str, seconds_left: float, *, checked: bool = True) -> None:
+    """``warning: grant g-… ends in 1m: …; for more time: `access extend g-… --ttl TTL` …`` on stderr.
+
+    ``checked``: the broker confirmed the expiry just now; else it could not be asked, and the
+    warning says that it is the expiry last known.
+    """
+    from access.shared.durations import format_duration
+
+    gid = name(grant_id)
+    known = "" if checked else " (as last known: the broker did not answer)"
+    warning(
+        f"grant {gid} ends in {format_duration(max(1, round(seconds_left)))}{known}: connections "
+        f"through it will be cut then; for more time: `access extend {gid} --ttl TTL` "
+        "(TTL counted from now, within the rule's maximum)"
+    )
 
 
 def section(title: str, items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) -> None:

@@ -10,7 +10,7 @@ from access.broker import grants
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
 from access.broker.audit import search as audit
 from access.broker.policy import allowed_services
-from access.shared.models import AuditPage, Grant, GrantRequest, ScopeInfo, ServiceInfo
+from access.shared.models import AuditPage, ExtendRequest, Grant, GrantRequest, ScopeInfo, ServiceInfo
 
 __all__ = ["router"]
 
@@ -62,6 +62,12 @@ def get_grant(grant_id: str, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
 @router.post("/grants/{grant_id}/revoke")
 def revoke_grant(grant_id: str, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
     return grants.revoke_grant(broker, ctx, grant_id)
+
+
+@router.post("/grants/{grant_id}/extend")
+def extend_grant(grant_id: str, body: ExtendRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
+    """More time for the caller's active grant: a new expiry of now + ttl, within its rule's maximum."""
+    return grants.extend_grant(broker, ctx, grant_id, body)
 
 
 @router.get("/audit")

@@ -29,12 +29,14 @@ class Action(StrEnum):
     USER_DISABLE = "user.disable"
     SERVICE_ACCOUNT_CREATE = "service_account.create"
     SERVICE_ACCOUNT_DISABLE = "service_account.disable"
-    # Grants (grants/): the request, the policy's decision, and the end.
+    # Grants (grants/): the request, the policy's decision, an extension, and the end.
     GRANT_REQUEST = "grant.request"
     GRANT_ISSUE = "grant.issue"
     GRANT_DENY = "grant.deny"
     GRANT_REVOKE = "grant.revoke"
     GRANT_EXPIRED = "grant.expired"
+    # More time for an active grant, under its rule's maximum (grants/extend): old and new expiry.
+    GRANT_EXTEND = "grant.extend"
     GRANT_CONNECTION_DETAILS = "grant.connection_details"
     # The tunnel (tunnel/): each channel's connection to the target.
     CONNECTION_OPEN = "connection.open"

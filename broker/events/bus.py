@@ -12,8 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
-__all__ = ["Event", "EventBus", "GrantDecided", "GrantEnded", "PrincipalLocked", "SessionEnded"]
+__all__ = [
+    "Event",
+    "EventBus",
+    "GrantDecided",
+    "GrantEnded",
+    "GrantExtended",
+    "PrincipalLocked",
+    "SessionEnded",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,15 @@ class GrantEnded:
 
 
 @dataclass(frozen=True)
+class GrantExtended:
+    """An active grant's expiry moved later (``grants.extend``, published after commit): its
+    tunnels' cut moves with it, and nothing is cut."""
+
+    grant_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class PrincipalLocked:
     principal_id: str
 
@@ -43,8 +61,9 @@ class SessionEnded:
     reason: str  # "logout" | "refresh_reuse" | "revoked"
 
 
-# Every grant transition is a GrantDecided or a GrantEnded (grants.lifecycle publishes it after commit).
-Event = GrantDecided | GrantEnded | PrincipalLocked | SessionEnded
+# Every grant transition is a GrantDecided or a GrantEnded (grants.lifecycle publishes it after commit);
+# an extension, which is no transition, is a GrantExtended (grants.extend, after its commit).
+Event = GrantDecided | GrantEnded | GrantExtended | PrincipalLocked | SessionEnded
 
 
 class EventBus:

@@ -35,6 +35,12 @@ identity on its target (``identities.lifecycle.end_for_grant``: exactly one repl
 a target that is down makes the row fail and be retried; publishing again on a retry is
 harmless). ``OutboxLoop`` is woken by every ``GrantEnded`` this process publishes, so that
 work starts at once rather than at the next poll.
+
+``grant.extended`` (written by ``grants.extend`` with the new expiry) moves the per-grant
+identity's own expiry on its target (PostgreSQL ``VALID UNTIL``, MySQL's password lifetime) to the
+grant's current one (``identities.lifecycle.follow_expiry``: idempotent, never earlier, so two
+extensions' rows run in any order end at the later expiry); ``GrantExtended`` wakes the loop too.
+The tunnels' cut does not wait for it: the registry follows ``GrantExtended`` and ``TunnelWatch``.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from access.broker.events.bus import Event, GrantEnded
+from access.broker.events.bus import Event, GrantEnded, GrantExtended
 from access.broker.loops import Loop
 from access.broker.store import outbox as store
 
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH",
     "GRANT_ENDED",
+    "GRANT_EXTENDED",
     "LEASE",
     "OUTBOX_INTERVAL",
     "RETENTION",
@@ -75,6 +82,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GRANT_ENDED = "grant.ended"
+GRANT_EXTENDED = "grant.extended"
 
 OUTBOX_INTERVAL = 0.5
 # How long a claim holds a row: a handler must finish well within it.
@@ -162,6 +170,15 @@ def _publish_grant_ended(broker: Broker, payload: Mapping[str, Any]) -> None:
 register(GRANT_ENDED, _publish_grant_ended)
 
 
+def _follow_grant_expiry(broker: Broker, payload: Mapping[str, Any]) -> None:
+    from access.broker.identities.lifecycle import follow_expiry  # deferred: it loads the target drivers
+
+    follow_expiry(broker, str(payload["grant_id"]))  # raising: retried
+
+
+register(GRANT_EXTENDED, _follow_grant_expiry)
+
+
 class OutboxLoop(Loop):
     """Every ``OUTBOX_INTERVAL`` seconds: claim due rows, run their handlers, record the outcome.
 
@@ -203,7 +220,7 @@ class OutboxLoop(Loop):
 
     def wakes_on(self, event: Event) -> bool:
         """Whether ``event`` (published by this process) makes rows this loop runs due now."""
-        return isinstance(event, GrantEnded)
+        return isinstance(event, GrantEnded | GrantExtended)
 
     def run_due(self) -> int:
         """Claim and run the due rows once; return how many ran successfully.

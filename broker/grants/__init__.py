@@ -2,7 +2,8 @@
 
 ``lifecycle`` holds the states, the transition table and the one function that applies a
 transition (store, audit, outbox in one transaction; events after the commit). ``requests``
-decides requests by the (pure) policy; ``revoke`` ends grants early; ``expiry`` ends them on
+decides requests by the (pure) policy; ``extend`` gives an active grant more time under its
+rule's maximum (no transition: the grant stays active); ``revoke`` ends grants early; ``expiry`` ends them on
 time; ``queries`` reads them (lists, visibility, the tunnel's checks). SQL lives in
 ``access.broker.store.grants``; this package imports no table.
 
@@ -11,6 +12,7 @@ requests and tunnels), policy, runtime, store.
 """
 
 from access.broker.grants.expiry import EXPIRY_INTERVAL, ExpiryLoop, expire_due
+from access.broker.grants.extend import extend_grant
 from access.broker.grants.lifecycle import GrantEvent, IllegalTransition, grant_target
 from access.broker.grants.queries import (
     NotYours,
@@ -36,6 +38,7 @@ __all__ = [
     "effective_state",
     "end_grants_for_principal",
     "expire_due",
+    "extend_grant",
     "get_grant",
     "grant_state",
     "grant_target",

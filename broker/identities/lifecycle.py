@@ -24,6 +24,12 @@ end (``end_for_grant``)
     backoff. Idempotent: an absent identity is done. Reconcile may end the same identity at the
     same time: whichever moves the row to ``dropped`` first writes the one audit entry.
 
+extend (``follow_expiry``)
+    The ``grant.extended`` outbox row's handler: an extended grant's identity gets the grant's
+    current expiry on its target (PostgreSQL ``VALID UNTIL``, MySQL's password lifetime; Redis
+    users have none), so a login after the old expiry still works. Idempotent and never earlier
+    (the provisioner's ``extend``), so rows of two extensions may run in any order, on any replica.
+
 reconcile: ``identities.reconcile``.
 """
 
@@ -43,13 +49,14 @@ from access.broker.identities.targets import broker_id, provisioner
 from access.broker.policy.model import ServiceConfig
 from access.broker.provision.base import IdentitySpec, Provisioner
 from access.broker.provision.common import ProvisionFailed
+from access.broker.store import grants as grant_store
 from access.broker.store import identities as store
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
     from access.broker.store.grants import GrantRecord
 
-__all__ = ["MAKE_GRACE", "audit", "end_for_grant", "intend", "make", "spec_for"]
+__all__ = ["MAKE_GRACE", "audit", "end_for_grant", "follow_expiry", "intend", "make", "spec_for"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +160,31 @@ def make(broker: Broker, record: GrantRecord, attempt: datetime, **details: Any)
 
 def _reason(exc: Exception) -> str:
     return exc.message if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------- extend
+
+
+def follow_expiry(broker: Broker, grant_id: str) -> bool:
+    """Give the grant's identity the grant's current expiry on its target (never an earlier one).
+    True if it had an identity to move; False for an ended grant or one without a made identity.
+
+    Raises:
+        BrokerError: the target is down or refused (the outbox tries again later).
+    """
+    with broker.transaction() as conn:
+        row = store.get(conn, grant_id)
+        grant = grant_store.get(conn, grant_id)
+    if row is None or row.state != store.CREATED or row.target_name is None:
+        return False
+    if grant is None or grant.state != "active":
+        return False  # ended meanwhile: its end drops the identity
+    svc = broker.policy.service(row.service)
+    if svc is None or not svc.dynamic:
+        return False
+    with provisioner(broker, svc) as target:
+        target.extend(row.target_name, grant.expires_at)
+    return True
 
 
 # ---------------------------------------------------------------- end

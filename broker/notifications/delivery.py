@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.events import outbox
-from access.broker.events.bus import Event, GrantDecided, GrantEnded, PrincipalLocked
+from access.broker.events.bus import Event, GrantDecided, GrantEnded, GrantExtended, PrincipalLocked
 from access.broker.notifications import forms, signing
 from access.broker.notifications.emit import WEBHOOK
 from access.broker.notifications.endpoints import WebhookEndpoint
@@ -135,4 +135,4 @@ class WebhookLoop(outbox.OutboxLoop):
         super().__init__(broker, interval=interval, only=(WEBHOOK,), batch=_BATCH)
 
     def wakes_on(self, event: Event) -> bool:
-        return isinstance(event, GrantDecided | GrantEnded | PrincipalLocked)
+        return isinstance(event, GrantDecided | GrantEnded | GrantExtended | PrincipalLocked)

@@ -24,6 +24,7 @@ _HEADLINES: Mapping[str, str] = {
     Notice.GRANT_APPROVED: ":thumbsup: {actor} approved {subject}'s request for {scope} on {service}",
     Notice.GRANT_DENIED: ":no_entry: {subject} was denied {scope} on {service}",
     Notice.GRANT_EXPIRED: ":hourglass_flowing_sand: {subject}'s {scope} grant on {service} expired",
+    Notice.GRANT_EXTENDED: ":stopwatch: {subject} extended their {scope} grant on {service} to {expires}",
     Notice.GRANT_REVOKED: ":stop_sign: {subject}'s {scope} grant on {service} was ended by {actor}",
     Notice.ACCESS_LOCKED: ":lock: {actor} locked {target}",
     Notice.ACCESS_UNLOCKED: ":unlock: {actor} unlocked {target}",
@@ -78,6 +79,7 @@ def _headline(notice: Mapping[str, Any], grant: Mapping[str, Any], details: Mapp
         "scope": grant.get("scope"),
         "service": grant.get("service"),
         "ttl": grant.get("ttl"),
+        "expires": grant.get("expires_at"),
         "target": details.get("target"),
     }
     template = _HEADLINES.get(notice["event"], "{event}")
@@ -95,6 +97,7 @@ def _facts(grant: Mapping[str, Any], details: Mapping[str, Any]) -> list[str]:
         ("Reason", grant.get("reason") or "(none given)" if grant else None),
         ("Grant", grant.get("id")),
         ("Why", details.get("why")),
+        ("Was to end", details.get("old_expires_at")),
         ("Comment", details.get("comment")),
         ("Reason", details.get("reason")),
         ("Until", details.get("until")),

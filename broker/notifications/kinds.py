@@ -19,6 +19,8 @@ class Notice(StrEnum):
     # A request was refused: by the policy now, by a reviewer once approvals exist (``details.why``).
     GRANT_DENIED = "grant.denied"
     GRANT_EXPIRED = "grant.expired"
+    # Its owner gave an active grant more time (``details``: ``old_expires_at``, ``expires_at``).
+    GRANT_EXTENDED = "grant.extended"
     # Ended early: ``access revoke``, a lock-out (``details.why``: revoked, locked, identity_failed).
     GRANT_REVOKED = "grant.revoked"
     # A principal was disabled (``access-broker users disable``), or ``access-broker lock`` put a

@@ -55,5 +55,10 @@ class Provisioner(Protocol):
     def end(self, name: str) -> None:
         """Lock its login, end its live sessions, hand over what it owns, drop it."""
 
+    def extend(self, name: str, expires_at: datetime) -> None:
+        """Move the identity's own expiry on the target to ``expires_at`` when that is later (an
+        extended grant; never earlier, so extensions applied in any order end at the latest).
+        Live sessions are untouched. An absent identity, or one being ended: nothing to do."""
+
     def ours(self) -> list[OurIdentity]:
         """Every identity of ours on the target, with the grant and broker its tag names."""

@@ -39,6 +39,11 @@ Tags
     fresh password, expiry and limit, revokes everything and grants the spec again; once ``end`` has
     marked it ending, ``create`` refuses.
 
+extend
+    ``ALTER USER ... PASSWORD EXPIRE INTERVAL <days> DAY`` with the days from the password's last
+    change (MariaDB: ``mysql.global_priv``; MySQL: ``mysql.user``) to the grant's new expiry, when
+    that is more than it has: an extended grant's account must not expire at the old day.
+
 end
     Mark the row ending; ``ALTER USER ... ACCOUNT LOCK`` (new logins refused; sessions stay, so);
     ``KILL CONNECTION`` each of its sessions in ``information_schema.PROCESSLIST``, polled until
@@ -54,7 +59,8 @@ SELECTs only) and ``lock_wait_timeout`` server side; the client's read/write tim
 Permissions the admin account needs: CREATE USER; what the policy grants, WITH GRANT OPTION;
 PROCESS, granted directly (without it PROCESSLIST hides other accounts' sessions, so ``end``
 refuses to run rather than drop an account whose sessions it cannot see); CONNECTION ADMIN or
-SUPER to kill them; SELECT on ``mysql.user``; CREATE, INSERT, UPDATE, DELETE on the tag schema.
+SUPER to kill them; SELECT on ``mysql.user`` (MariaDB: and on ``mysql.global_priv``, for
+``extend``); CREATE, INSERT, UPDATE, DELETE on the tag schema.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 
 import pymysql
 import pymysql.cursors
@@ -257,6 +263,31 @@ class MySQLProvisioner:
         check_ours(name)
         with self._connect() as cur, self._step("end the account", name):
             self._end(cur, name)
+
+    def extend(self, name: str, expires_at: datetime) -> None:
+        check_ours(name)
+        with self._connect() as cur, self._step("extend the account", name):
+            # The lifetime counts whole days from the password's last change, on the target's clock.
+            if self._mariadb:
+                cur.execute(
+                    "SELECT Host, JSON_VALUE(Priv, '$.password_last_changed'),"
+                    " JSON_VALUE(Priv, '$.password_lifetime') FROM mysql.global_priv WHERE User = %s",
+                    (name,),
+                )
+            else:
+                cur.execute(
+                    "SELECT Host, UNIX_TIMESTAMP(password_last_changed), password_lifetime"
+                    " FROM mysql.user WHERE User = %s",
+                    (name,),
+                )
+            for host, changed, lifetime in cur.fetchall():
+                if changed is None:
+                    continue
+                remaining = expires_at.timestamp() - float(changed)
+                days = max(1, math.ceil(remaining / 86_400))
+                if lifetime is not None and int(lifetime) >= days:
+                    continue  # never earlier: the account already lasts at least that long
+                cur.execute("ALTER USER %s@%s PASSWORD EXPIRE INTERVAL %s DAY", (name, host, days))
 
     def ours(self) -> list[OurIdentity]:
         with self._connect() as cur, self._step("list identities", "access_*"):

@@ -40,6 +40,12 @@ end
     one admin connection per such database; a database the admin cannot connect to leaves the role in
     place, and ``end`` raises, naming it (a retry is safe). Absent role = already done.
 
+extend
+    ``ALTER ROLE <name> VALID UNTIL '<new expiry>'`` when the grant was extended (never earlier, one
+    at a time per role under an advisory lock; a NOLOGIN role, being ended, is left alone). Live
+    sessions are untouched: ``VALID UNTIL`` is checked at login only, which is why it must move,
+    or a login after the old expiry would fail.
+
 Waits: libpq's ``connect_timeout``; ``statement_timeout`` and ``lock_timeout`` (server side) on
 every admin statement; and, since a server-side timeout cannot help when the answer never
 arrives, a watchdog that shuts the admin connection's socket after ``operation_timeout``.
@@ -64,6 +70,7 @@ import hmac
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, LiteralString
 
 import psycopg
@@ -195,6 +202,26 @@ class PostgresProvisioner:
                     db.execute(sql.SQL("DROP OWNED BY {}").format(role))
             self._terminate(conn, name)  # a login that raced the NOLOGIN
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+
+    def extend(self, name: str, expires_at: datetime) -> None:
+        check_ours(name)
+        if expires_at.tzinfo is None:
+            raise ValueError("expires_at must carry a time zone (the broker's clock is UTC)")
+        with self._connect() as conn, self._step("extend the role", name), conn.transaction():
+            # One extension of a role at a time, so "never earlier" holds between two of them.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ["access-extend:" + name])
+            row = conn.execute(
+                "SELECT rolcanlogin, rolvaliduntil FROM pg_roles WHERE rolname = %s", [name]
+            ).fetchone()
+            if row is None or not row[0]:
+                return  # gone, or being ended (NOLOGIN): an extension must not revive it
+            if row[1] is not None and row[1] >= expires_at:
+                return
+            conn.execute(
+                sql.SQL("ALTER ROLE {} VALID UNTIL {}").format(
+                    sql.Identifier(name), sql.Literal(expires_at.isoformat())
+                )
+            )
 
     def ours(self) -> list[OurIdentity]:
         with self._connect() as conn, self._step("list identities", PREFIX + "*"):

@@ -46,6 +46,7 @@ import hashlib
 import re
 import secrets
 import string
+from datetime import datetime
 
 import redis
 from redis.backoff import NoBackoff
@@ -163,6 +164,9 @@ class RedisProvisioner:
                 if "no such user" not in str(error).lower():
                     raise
         self._call("ACL", "DELUSER", name)
+
+    def extend(self, name: str, expires_at: datetime) -> None:
+        """Nothing to move: a Redis ACL user has no expiry of its own (the broker ends it)."""
 
     def ours(self) -> list[OurIdentity]:
         found: list[OurIdentity] = []

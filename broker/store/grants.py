@@ -20,6 +20,7 @@ __all__ = [
     "GrantRecord",
     "due_for_expiry",
     "end",
+    "extend",
     "get",
     "insert",
     "list_for_principal",
@@ -154,5 +155,24 @@ def end(
         grants.update()
         .where(grants.c.id == grant_id, grants.c.state == from_state)
         .values(state=to_state, ended_at=now, ended_reason=reason, ended_by=actor)
+    )
+    return result.rowcount == 1
+
+
+def extend(
+    conn: sa.Connection, grant_id: str, *, old_expiry: datetime, new_expiry: datetime, now: datetime
+) -> bool:
+    """Move an active grant's expiry from ``old_expiry`` to ``new_expiry``; False when the grant
+    is no longer active with that expiry and time left at ``now`` (another request extended, revoked
+    or expired it first), and then nothing changed."""
+    result = conn.execute(
+        grants.update()
+        .where(
+            grants.c.id == grant_id,
+            grants.c.state == "active",
+            grants.c.expires_at == old_expiry,
+            grants.c.expires_at > now,
+        )
+        .values(expires_at=new_expiry)
     )
     return result.rowcount == 1

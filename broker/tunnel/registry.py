@@ -1,8 +1,10 @@
 """Live tunnels of this broker process, by grant and by sign-in session, and the three ways they are cut.
 
 1. A timer at the grant's ``expires_at`` (server clock): the cut lands on time, not on a poll.
-   The timer follows the grant's current expiry: when ``TunnelWatch`` reads a different
-   ``expires_at`` (an extension, or a shortening), the timer moves, earlier or later. Likewise a
+   The timer follows the grant's current expiry: an extension decided in this process moves it
+   at once (``GrantExtended``), and when ``TunnelWatch`` reads a different ``expires_at`` (an
+   extension on another replica, or a shortening), the timer moves, earlier or later. Nothing is
+   cut by a move: the tunnels stay as they are. Likewise a
    timer at the sign-in session's ``expires_at`` cuts the session's tunnels when its lifetime
    ends ("session expired", close 4013 as for signed out).
 2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``, ``SessionEnded``): revokes, lock-outs
@@ -26,7 +28,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from access.broker.events.bus import Event, GrantEnded, PrincipalLocked, SessionEnded
+from access.broker.events.bus import Event, GrantEnded, GrantExtended, PrincipalLocked, SessionEnded
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
 from access.shared.models import GrantState
@@ -175,6 +177,8 @@ class TunnelRegistry:
         with contextlib.suppress(RuntimeError):  # the loop has closed: no tunnels are left
             if isinstance(event, GrantEnded):
                 loop.call_soon_threadsafe(self.cut_grant, event.grant_id, event.reason)
+            elif isinstance(event, GrantExtended):
+                loop.call_soon_threadsafe(self.follow_expiry, event.grant_id, event.expires_at)
             elif isinstance(event, PrincipalLocked):
                 loop.call_soon_threadsafe(self.cut_principal, event.principal_id, "locked")
             elif isinstance(event, SessionEnded):

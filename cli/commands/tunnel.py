@@ -50,9 +50,6 @@ __all__ = ["connect", "env", "exec_command", "kubeconfig"]
 
 T = TypeVar("T")
 
-# Warn this long before expiry, or at 10% of the grant's lifetime when that is shorter.
-WARN_BEFORE_SECONDS = 300
-
 Service = Annotated[str, typer.Argument(help="Service to reach (see `access services`)")]
 DEFAULT_SCOPE = "read"
 DEFAULT_TTL = "30m"
@@ -218,31 +215,76 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return result
 
 
+# When to warn before a grant ends: at 5 minutes and at 1 minute left, or at half and at a fifth
+# of the grant's lifetime when that comes later (a 4 s grant: at 2 s and 0.8 s left), so that
+# short grants are warned too (and the warnings can be tested with them).
+WARN_AT_SECONDS = (300.0, 60.0)
+WARN_AT_FRACTIONS = (0.5, 0.2)
+# `connect` stops on its own this long after the expiry if the broker's close has not come.
+END_GRACE = 1.5
+
+
+def warn_points(lifetime: float) -> list[float]:
+    """Seconds before the end at which to warn, for a grant that lasts ``lifetime`` in all."""
+    points = {min(at, lifetime * part) for at, part in zip(WARN_AT_SECONDS, WARN_AT_FRACTIONS, strict=True)}
+    return sorted(points, reverse=True)
+
+
 class _Clock:
     """The grant's deadline on this machine's monotonic clock, from the broker's ``seconds_left``."""
 
     def __init__(self, grant: Grant) -> None:
-        self.total = max(1, int((grant.expires_at - grant.created_at).total_seconds()))
+        start = grant.approved_at or grant.created_at
+        self.expires_at = grant.expires_at
+        self.total = max(1.0, (grant.expires_at - start).total_seconds())
         self.deadline = time.monotonic() + grant.seconds_left
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def warn_at(self) -> float:
-        """Seconds before the end at which to warn."""
-        return min(WARN_BEFORE_SECONDS, self.total * 0.1)
+    def points(self) -> list[float]:
+        return warn_points(self.total)
 
 
-async def _warn_before_expiry(clock: _Clock, grant: Grant) -> None:
-    before = clock.warn_at()
-    wait = clock.left() - before
-    if wait < 0:
-        return
-    await asyncio.sleep(wait)
-    render.warning(
-        f"grant {render.name(grant.id)} ends in {format_duration(max(1, round(clock.left())))}: "
-        f"connections through it will be cut then"
-    )
+async def _reread(broker: BrokerClient, grant_id: str) -> Grant | None:
+    """The grant as the broker has it now (GET /v1/grants/ID), or None if it did not answer."""
+    try:
+        return await asyncio.to_thread(broker.get_grant, grant_id)
+    except CliError:
+        return None
+
+
+async def _follow_expiry(broker: BrokerClient, grant: Grant, *, grace: float | None) -> TunnelEnded | None:
+    """Warn before the grant ends (``warn_points``) and, with ``grace`` (connect), end once it
+    is ``grace`` seconds past its expiry without the broker's close having come.
+
+    Each moment is checked with the broker first (the grant may have been extended from another
+    terminal): an extended grant is followed to its new end and warned about at its own points,
+    so no warning names an old expiry. Points already passed when this starts are not warned.
+    """
+    clock = _Clock(grant)
+    warned = {point for point in clock.points() if point >= clock.left()}
+    while True:
+        due = [point for point in clock.points() if point not in warned]
+        point = due[0] if due else None
+        if point is None and grace is None:
+            return None
+        wait = clock.left() - point if point is not None else clock.left() + (grace or 0.0)
+        await asyncio.sleep(max(0.0, wait))
+        fresh = await _reread(broker, grant.id)
+        usable = fresh is not None and fresh.state == "active" and fresh.seconds_left > 0
+        if fresh is not None and usable and (fresh.expires_at != clock.expires_at or point is None):
+            clock = _Clock(fresh)  # extended meanwhile (or our clock ran ahead): follow it
+            warned = {p for p in clock.points() if p >= clock.left()}
+            continue
+        if point is not None:
+            warned.add(point)
+            if fresh is None or usable:
+                render.expiry_warning(grant.id, clock.left(), checked=fresh is not None)
+            continue
+        from access.cli.tunnel import TunnelEnded
+
+        return TunnelEnded(f"grant {grant.id} expired", "expired")
 
 
 # -- the private folder: secret files, and the state file of a running `access connect` ---------
@@ -276,6 +318,17 @@ def _write_state(service: str, scope: str, port: int, grant: Grant, local: Local
         state.update(ca_pem=local.cert_pem, local_token=local.token)
     write_private(path, json.dumps(state) + "\n")
     return path
+
+
+def _remove_state(path: Path) -> None:
+    """Remove our state file, unless another `access connect` of the same service and scope has
+    written its own there since (its `access env` must keep working when this one stops)."""
+    try:
+        if int(json.loads(path.read_text())["pid"]) != os.getpid():
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    path.unlink(missing_ok=True)
 
 
 def _read_state(service: str, scope: str) -> dict[str, Any] | None:
@@ -360,21 +413,18 @@ def connect(
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, request_stop)
-        warner = asyncio.create_task(_warn_before_expiry(clock, grant))
-        expiry = asyncio.create_task(asyncio.sleep(max(0.0, clock.left()) + 1.5))
+        # Warns before the end, and ends if the broker's close does not come (it follows extensions).
+        expiry = asyncio.create_task(_follow_expiry(broker, grant, grace=END_GRACE))
         try:
             done, _ = await asyncio.wait({forwarder.ended, stop, expiry}, return_when=asyncio.FIRST_COMPLETED)
             if forwarder.ended in done:
                 return forwarder.ended.result()
             if expiry in done:
-                from access.cli.tunnel import TunnelEnded
-
-                return TunnelEnded(f"grant {grant.id} expired", "expired")
+                return expiry.result()
             return None
         finally:
-            warner.cancel()
             expiry.cancel()
-            state.unlink(missing_ok=True)
+            _remove_state(state)
             await forwarder.aclose()
 
     ended = _run(main())
@@ -447,7 +497,6 @@ def exec_command(
     broker = client(ctx)
     grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
     info = _connection_info(broker, grant.id)
-    clock = _Clock(grant)
 
     local = _local_tls(info.kind, secret_dir)
 
@@ -485,7 +534,7 @@ def exec_command(
                     child.terminate()
 
             loop.add_signal_handler(signal.SIGTERM, forward_term)
-            warner = asyncio.create_task(_warn_before_expiry(clock, grant))
+            warner = asyncio.create_task(_follow_expiry(broker, grant, grace=None))
             try:
                 # An end cuts the program's connections (the broker closes the tunnel, and it is
                 # reported at once); the program decides when to exit, and the end decides the code.
