@@ -228,7 +228,9 @@ class _Clock:
     """The grant's deadline on this machine's monotonic clock, from the broker's ``seconds_left``."""
 
     def __init__(self, grant: Grant) -> None:
-        self.total = max(1, int((grant.expires_at - grant.created_at).total_seconds()))
+        # An approved grant's lifetime starts at its approval, not at the request.
+        start = grant.approved_at or grant.created_at
+        self.total = max(1, int((grant.expires_at - start).total_seconds()))
         self.deadline = time.monotonic() + grant.seconds_left
 
     def left(self) -> float:
