@@ -56,9 +56,17 @@ def ask(live: LiveBroker, *extra: str) -> str:
     return gid
 
 
-def by(live: LiveBroker, name: str, gid: str) -> Callable[[], None]:
-    """``name`` approves ``gid`` through the broker: a reviewer at another terminal."""
-    return lambda: grants.approve(live.broker, context(live.broker, name), gid, "")
+def approves_alices(live: LiveBroker, name: str, seen: list[str]) -> Callable[[], None]:
+    """``name`` approves alice's (one) pending request through the broker, as a reviewer at another
+    terminal does while alice's CLI waits; its id goes in ``seen``."""
+
+    def act() -> None:
+        if not seen:
+            [pending] = grants.list_grants(live.broker, context(live.broker, "alice"))
+            seen.append(pending.id)
+        grants.approve(live.broker, context(live.broker, name), seen[0], "")
+
+    return act
 
 
 def test_no_wait_prints_the_pending_grant_and_exits_5(live: LiveBroker) -> None:
@@ -107,18 +115,8 @@ def test_reviewers_see_approve_and_deny(live: LiveBroker) -> None:
 def test_request_wait_prints_the_grant_once_approved(live: LiveBroker, instant: FakeTime) -> None:
     live.sign_in("alice")
     holder: list[str] = []
-
-    def approve_as(name: str) -> Callable[[], None]:
-        def act() -> None:
-            if not holder:
-                [pending] = grants.list_grants(live.broker, context(live.broker, "alice"))
-                holder.append(pending.id)
-            by(live, name, holder[0])()
-
-        return act
-
-    instant.during[2] = approve_as("bob")
-    instant.during[4] = approve_as("carol")
+    instant.during[2] = approves_alices(live, "bob", holder)
+    instant.during[4] = approves_alices(live, "carol", holder)
     result = live.invoke(*WRITE, "--wait", "-o", "json")
     assert result.exit_code == 0, result.stderr
     grant = json.loads(result.stdout)
@@ -183,17 +181,8 @@ def test_connect_and_exec_wait_for_the_reviewers(live: LiveBroker, instant: Fake
         BROKER, transport=live.transport, token_store=FileStore(live.config_dir / "tokens.json"), now=live.now
     )
     seen: list[str] = []
-
-    def vote(name: str) -> Callable[[], None]:
-        def act() -> None:
-            if not seen:
-                [pending] = grants.list_grants(live.broker, context(live.broker, "alice"))
-                seen.append(pending.id)
-            by(live, name, seen[0])()
-
-        return act
-
-    instant.during[1], instant.during[2] = vote("bob"), vote("carol")
+    instant.during[1] = approves_alices(live, "bob", seen)
+    instant.during[2] = approves_alices(live, "carol", seen)
     grant = _grant_for(client, "svc-payments", "write", "20m", None, None, True)
     assert (grant.id, grant.state, grant.seconds_left) == (seen[0], "active", 1200)
     client.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,10 @@ def test_two_leads_approve_from_their_own_terminals(tmp_path: Path, devca: DevCA
             ACCESS_BROKER_WEBHOOKS=json.dumps(hooks),
         )
         with running(proc):
-            alice = _person(tmp_path, proc, "alice", "sre")
-            bob = _person(tmp_path, proc, "bob", "leads")
-            carol = _person(tmp_path, proc, "carol", "leads")
+            # Three people sign in at once (each its own admin command and device login).
+            with ThreadPoolExecutor(3) as pool:
+                people = [("alice", "sre"), ("bob", "leads"), ("carol", "leads")]
+                alice, bob, carol = pool.map(lambda p: _person(tmp_path, proc, *p), people)
 
             first = alice.run(*WRITE, "--no-wait")
             assert first.returncode == 5, first.stderr  # pending, for scripts
