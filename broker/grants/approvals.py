@@ -76,7 +76,8 @@ def approve(broker: Broker, ctx: AuthContext, grant_id: str, comment: str = "") 
         InvalidRequest: the comment is not one line of printable text, or too long.
         NotFound: no such grant, or not the caller's to see.
         Forbidden: the caller may not review it (their own, their service account's, not a
-            reviewer by the policy in force, the rule gone).
+            reviewer by the policy in force, the rule gone), or the policy in force would no
+            longer let it be approved as asked (its TTL over a lowered maximum, say).
         Conflict: it is no longer pending (approved, denied, cancelled, expired unreviewed: the
             message says by whom and when), or the caller already voted on it.
         Unavailable: the database could not be reached (nothing changed), or the target could
@@ -85,6 +86,12 @@ def approve(broker: Broker, ctx: AuthContext, grant_id: str, comment: str = "") 
     text = _one_line(comment, "comment")
     with lifecycle.transaction(broker) as tx:
         record, cast, now = _locked_for_vote(tx, ctx, grant_id)
+        why = reviews.no_longer_allowed(tx.conn, broker.policy, record)
+        if why is not None:
+            raise Forbidden(
+                f"grant {record.id} cannot be approved as asked: {why}",
+                hint="deny it with a reason, or let the requester ask again",
+            )
         vote = Vote(record.id, ctx.principal_id, ctx.name, APPROVE, text, now)
         cast = [*cast, _insert(tx.conn, vote)]
         approval = reviews.reviewers_of(broker.policy, record)

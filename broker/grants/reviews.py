@@ -11,12 +11,12 @@ approver counts for nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
 from access.broker.auth.principal import AuthContext
-from access.broker.policy import ApprovalRule, Policy, Subject, Tally, tally
+from access.broker.policy import ApprovalRule, Policy, Subject, Tally, evaluate, tally
 from access.broker.store import principals
 from access.broker.store.approvals import APPROVE, Vote
 from access.broker.store.grants import GrantRecord
@@ -27,6 +27,7 @@ __all__ = [
     "current_tally",
     "describe_missing",
     "is_reviewer",
+    "no_longer_allowed",
     "not_a_reviewer",
     "review_of",
     "reviewers_of",
@@ -61,6 +62,23 @@ def not_a_reviewer(conn: sa.Connection, policy: Policy, ctx: AuthContext, record
         return f"{record.subject} is a service account you own: nobody reviews their own request"
     if not approval.may_review(ctx):
         return f"you are not among its reviewers ({approval.describe()}, rule {record.rule})"
+    return None
+
+
+def no_longer_allowed(conn: sa.Connection, policy: Policy, record: GrantRecord) -> str | None:
+    """Why ``policy`` would no longer let this request be approved as asked (its TTL over a
+    lowered maximum, its reason no longer fitting, its owner gone), or None when it would.
+    Checked at each approval: a reload between the request and the approval can change it."""
+    who = principals.by_id(conn, record.principal_id)
+    if who is None or who.disabled:
+        return f"{record.subject} is no longer in the directory or is disabled"
+    subject = Subject(who.name, who.kind, who.groups)
+    ttl = timedelta(seconds=record.ttl_seconds or 0)
+    decision = evaluate(policy, subject, record.service, record.scope, ttl, record.reason)
+    if not decision.allowed:
+        return decision.reason
+    if decision.requirement != "approval" or decision.rule != record.rule:
+        return f"the policy in force decides it by rule {decision.rule} now; ask again"
     return None
 
 

@@ -236,6 +236,20 @@ def test_an_approved_grant_survives_a_reload_that_still_asks_for_approval(
     assert grants.get_grant(broker, alice, asked.id).state == GrantState.ACTIVE
 
 
+def test_a_request_over_a_maximum_lowered_meanwhile_cannot_be_approved(
+    make: Callable[..., Broker], tmp_path: Path
+) -> None:
+    broker = make({"groups": ["leads"]})
+    alice, bob = person(broker, "alice", "sre"), person(broker, "bob", "leads")
+    asked = grants.request_grant(broker, alice, write("40m"))
+    lowered = policy_with({"groups": ["leads"]})
+    lowered["rules"][1]["max_ttl"] = "30m"
+    assert reload_file(broker, write_policy(tmp_path / "p.yaml", lowered), "admin:t").ended == ()
+    with pytest.raises(Forbidden, match="cannot be approved as asked: ttl 40m is over the maximum 30m"):
+        grants.approve(broker, bob, asked.id)
+    assert grants.get_grant(broker, alice, asked.id).review.approvals == []  # type: ignore[union-attr]
+
+
 def test_a_request_expires_unreviewed(make: Callable[..., Broker]) -> None:
     broker = make({"groups": ["leads"]}, wait="5m")
     clock = clock_of(broker)
