@@ -40,7 +40,6 @@ def extend(
     maximum, request a new grant (which, for a rule that needs approval, needs approval again).
     Only the grant's owner can extend it; an ended or expired grant cannot be.
     """
-    from access.cli.commands.grants import _show_grant
     from access.shared.durations import DurationError, format_duration, parse_duration
 
     try:
@@ -48,7 +47,7 @@ def extend(
     except DurationError as exc:
         raise UsageError(str(exc), "write the TTL like 45s, 15m or 1h30m (counted from now)") from exc
     grant = client(ctx).extend(grant_id, ttl)
-    _show_grant(grant, output)
+    render.grant_details(grant, output)
     render.message(
         f"Extended grant {render.name(grant.id)}: {format_duration(grant.seconds_left)} left, until "
         f"{render.when(grant.expires_at)}. Connections through it stay open."

@@ -1,5 +1,6 @@
 """``access services``, ``access request``, ``access grants``, ``access revoke``; which grant
-``connect``, ``exec`` and ``env`` use (:func:`pick`, the rule docs/cli.md states)."""
+``connect``, ``exec`` and ``env`` use (:func:`pick`, the rule docs/cli.md states). The reviewer's
+commands and the wait for reviewers are in ``approvals``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from access.cli import render
+from access.cli.commands.approvals import WaitOption, finish_request, pending_table, wait_choice
 from access.cli.context import OutputOption, client
 from access.cli.errors import UsageError
 from access.cli.render import Output
@@ -16,7 +18,17 @@ from access.cli.render import Output
 if TYPE_CHECKING:
     from access.shared.models import Grant, ServiceInfo
 
-__all__ = ["Ask", "checked", "grants", "mismatch", "pick", "request", "revoke", "services"]
+__all__ = [
+    "Ask",
+    "checked",
+    "grants",
+    "mismatch",
+    "pick",
+    "request",
+    "revoke",
+    "services",
+    "waiting_request",
+]
 
 
 def _max_ttl(service: ServiceInfo) -> str:
@@ -29,9 +41,16 @@ def _max_ttl(service: ServiceInfo) -> str:
 
 
 def _scopes(service: ServiceInfo) -> str:
-    return ", ".join(
-        s.scope if s.requirement == "auto" else f"{s.scope} ({s.requirement})" for s in service.scopes
-    )
+    """``read, write (approval: 2 of group:leads)``."""
+    shown = []
+    for s in service.scopes:
+        if s.requirement == "auto":
+            shown.append(s.scope)
+        elif s.reviewers:
+            shown.append(f"{s.scope} ({s.requirement}: {s.reviewers})")
+        else:
+            shown.append(f"{s.scope} ({s.requirement})")
+    return ", ".join(shown)
 
 
 def services(ctx: typer.Context, output: OutputOption = Output.text) -> None:
@@ -47,34 +66,7 @@ def services(ctx: typer.Context, output: OutputOption = Output.text) -> None:
         ["SERVICE", "KIND", "SCOPES", "MAX TTL", "DESCRIPTION"],
         [[s.name, s.kind, _scopes(s), _max_ttl(s), s.description] for s in items],
         keep_whole=["SERVICE"],
-        free_text=["DESCRIPTION"],
-    )
-
-
-def _left(grant: Grant) -> str:
-    from access.shared.durations import format_duration
-
-    if grant.state == "active":
-        return format_duration(grant.seconds_left)
-    return grant.ended_reason or "-"
-
-
-def _show_grant(grant: Grant, output: Output) -> None:
-    if output is Output.json:
-        render.json_out(grant)
-        return
-    render.pairs(
-        [
-            ("id", grant.id),
-            ("service", f"{grant.service} ({grant.kind})"),
-            ("scope", grant.scope),
-            ("state", str(grant.state)),
-            ("time left", _left(grant) if grant.state == "active" else "-"),
-            ("expires", render.when(grant.expires_at)),
-            ("reason", grant.reason or "-"),
-            *([("ended", f"{render.when(grant.ended_at)} ({grant.ended_reason})")] if grant.ended_at else []),
-        ],
-        free_text=["expires", "reason", "ended"],
+        free_text=["SCOPES", "DESCRIPTION"],
     )
 
 
@@ -113,7 +105,8 @@ def checked(grant: Grant) -> Grant:
         )
     if grant.state == "pending":
         raise Pending(
-            f"grant {render.name(grant.id)} is waiting for approval", "check on it with `access grants`"
+            f"grant {render.name(grant.id)} is waiting for approval",
+            f"wait for it with `access wait {grant.id}`",
         )
     return grant
 
@@ -196,6 +189,20 @@ def pick(items: list[Grant], ask: Ask) -> tuple[Grant | None, str]:
     )
 
 
+def waiting_request(items: list[Grant], ask: Ask) -> Grant | None:
+    """Your newest pending request for what ``ask`` asks (same service and scope; the same reason
+    and TTL when given): ``connect``/``exec`` wait for it rather than ask the reviewers twice."""
+    for grant in sorted(items, key=lambda g: g.created_at, reverse=True):
+        if grant.state != "pending" or (grant.service, grant.scope) != (ask.service, ask.scope):
+            continue
+        if ask.reason is not None and grant.reason != ask.reason:
+            continue
+        if ask.ttl_seconds is not None and grant.ttl_seconds != ask.ttl_seconds:
+            continue
+        return grant
+    return None
+
+
 def request(
     ctx: typer.Context,
     service: Annotated[
@@ -204,23 +211,27 @@ def request(
     scope: Annotated[str, typer.Option("--scope", "-s", help="Scope to ask for, e.g. read")],
     ttl: Annotated[str, typer.Option("--ttl", "-t", help="How long, e.g. 45s, 30m, 1h30m")] = "30m",
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why, e.g. a ticket: INC-123")] = "",
+    wait: WaitOption = None,
     output: OutputOption = Output.text,
 ) -> None:
-    """Ask for a time-limited grant on a service; policy decides and the ledger records it."""
-    from access.shared.durations import format_duration
+    """Ask for a time-limited grant on a service; policy decides and the ledger records it.
 
+    A scope that needs approval gives a pending request: with --wait (the default on a terminal)
+    the command waits for the reviewers, then prints the grant, whose TTL counts from the
+    approval; with --no-wait (the default in scripts) it prints the pending grant and exits 5.
+    """
     _validate(service, scope, ttl, reason)
-    grant = client(ctx).request_grant(service, scope, ttl, reason)
-    if grant.state != "denied":
-        _show_grant(grant, output)
-    checked(grant)
-    # The hint names this very grant: `connect`/`exec` without --grant might pick another one.
-    service, grant_id = render.name(service), render.name(grant.id)
-    render.message(
-        f"Granted {render.name(scope)} on {service} for {format_duration(grant.seconds_left)}. "
-        f"Use it with `access connect {service} --grant {grant_id}` "
-        f"or `access exec {service} --grant {grant_id} -- CMD`."
-    )
+    broker = client(ctx)
+    grant = broker.request_grant(service, scope, ttl, reason)
+    if grant.state == "denied":
+        checked(grant)
+    waiting = grant.state == "pending" and wait_choice(wait)
+    if not waiting:
+        render.grant_details(grant, output)  # -o json: the grant as answered, pending or active
+    grant = finish_request(broker, grant, waiting)
+    if waiting:
+        render.grant_details(grant, output)
+    render.grant_usage(grant)
 
 
 def grants(
@@ -228,19 +239,31 @@ def grants(
     all_: Annotated[
         bool, typer.Option("--all", "-a", help="Include expired, revoked and denied grants")
     ] = False,
+    pending: Annotated[
+        bool,
+        typer.Option(
+            "--pending", help="Instead: others' requests waiting for your review (approve or deny them)"
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
-    """List your grants, with state and time left (active ones unless --all)."""
-    items = client(ctx).list_grants(include_ended=all_)
+    """List your grants, with state and time left (active and pending ones unless --all); or,
+    with --pending, the requests that wait for your review."""
+    if pending and all_:
+        raise UsageError("--pending lists what waits for your review: leave out --all")
+    items = client(ctx).reviews() if pending else client(ctx).list_grants(include_ended=all_)
     if output is Output.json:
         render.json_out(items)
+        return
+    if pending:
+        pending_table(items)
         return
     if not items:
         render.message("No active grants; ask for one with `access request SERVICE --scope S --ttl 30m`.")
         return
     render.table(
         ["ID", "SERVICE", "SCOPE", "STATE", "LEFT", "REASON"],
-        [[g.id, g.service, g.scope, str(g.state), _left(g), g.reason] for g in items],
+        [[g.id, g.service, g.scope, str(g.state), render.grant_left(g), g.reason] for g in items],
         keep_whole=["ID", "SERVICE"],
         free_text=["REASON"],
     )
@@ -251,7 +274,7 @@ def revoke(
     grant_id: Annotated[str, typer.Argument(help="Grant id (see `access grants`)", metavar="GRANT_ID")],
     output: OutputOption = Output.text,
 ) -> None:
-    """End a grant now; live connections through it are cut.
+    """End a grant now; live connections through it are cut. A pending request is cancelled.
 
     A grant of yours that had already ended (expired, revoked, denied) is fine too: it says so
     and exits 0, so a clean-up step can revoke whatever happened.
@@ -260,10 +283,12 @@ def revoke(
     before = broker.get_grant(grant_id)  # not found (8) for someone else's or a made-up id
     ended = before.state not in ("active", "pending")
     grant = before if ended else broker.revoke(grant_id)
-    _show_grant(grant, output)
+    render.grant_details(grant, output)
     if ended:
         render.message(
             f"Grant {render.name(grant.id)} had already ended ({grant.ended_reason or grant.state})."
         )
+    elif before.state == "pending":
+        render.message(f"Cancelled request {render.name(grant.id)}: nobody can approve it now.")
     else:
         render.message(f"Revoked grant {render.name(grant.id)}.")

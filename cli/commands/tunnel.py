@@ -25,6 +25,7 @@ from urllib.parse import quote
 import typer
 
 from access.cli import render
+from access.cli.commands.approvals import WaitOption
 from access.cli.context import OutputOption, client
 from access.cli.errors import (
     CliError,
@@ -33,7 +34,6 @@ from access.cli.errors import (
     Expired,
     NeedsLogin,
     NotExecutable,
-    Pending,
     UsageError,
 )
 from access.cli.render import Output
@@ -97,32 +97,43 @@ def _grant_for(
     ttl: str | None,
     reason: str | None,
     grant_id: str | None = None,
+    wait: bool | None = False,
 ) -> Grant:
     """The grant ``--grant`` names, or an active one that matches what was asked, or a new one.
 
-    Says on stderr which grant is used and why (docs/cli.md, "Which grant is used").
+    Says on stderr which grant is used and why (docs/cli.md, "Which grant is used"). A new
+    request that needs approval, or a pending grant named, is waited for when ``wait``
+    (``approvals.wait_choice``: None decides by the terminal).
 
     Raises:
         UsageError: a bad TTL, or --grant with --ttl/--reason or another service or scope.
         NotFound / Expired / Denied / Pending: the grant named is not usable, or the new one
-            was not issued.
+            was not issued (or not yet: pending, exit 5).
     """
-    from access.cli.commands.grants import Ask, checked, pick
+    from access.cli.commands.approvals import finish_request, wait_choice
+    from access.cli.commands.grants import Ask, pick, waiting_request
     from access.shared.durations import DurationError, parse_duration
 
     if grant_id is not None:
-        return _named_grant(broker, service, scope, ttl, reason, grant_id)
+        named = _named_grant(broker, service, scope, ttl, reason, grant_id)
+        return finish_request(broker, named, wait_choice(wait)) if named.state == "pending" else named
     try:
         ttl_seconds = None if ttl is None else int(parse_duration(ttl).total_seconds())
     except DurationError as exc:
         raise UsageError(str(exc), "see `access services` for each scope's maximum TTL") from exc
     ask = Ask(service, scope or DEFAULT_SCOPE, ttl_seconds, reason)
-    grant, why = pick(broker.list_grants(), ask)
+    mine = broker.list_grants()
+    grant, why = pick(mine, ask)
     if grant is not None:
         render.note(f"using grant {render.grant_label(grant)}: {why}")
         return grant
+    waiting = waiting_request(mine, ask)
+    if waiting is not None:
+        render.note(f"{why}; your request {render.name(waiting.id)} for it waits for approval")
+        return finish_request(broker, waiting, wait_choice(wait))
     render.note(f"requesting a new grant: {why}")
-    grant = checked(broker.request_grant(ask.service, ask.scope, ttl or DEFAULT_TTL, reason or ""))
+    asked = broker.request_grant(ask.service, ask.scope, ttl or DEFAULT_TTL, reason or "")
+    grant = finish_request(broker, asked, wait_choice(wait))
     render.note(
         f"granted {render.name(grant.id)}: {render.name(service)} ({render.name(grant.scope)}) "
         f"for {format_duration(grant.seconds_left)}"
@@ -152,7 +163,7 @@ def _named_grant(
             "leave out --scope, or see `access grants`",
         )
     if grant.state == "pending":
-        raise Pending(f"grant {name} is waiting for approval", "check on it with `access grants`")
+        return grant  # the caller waits for it, or says how to
     again = f"request a new one: `access request {render.name(service)} --scope {render.name(grant.scope)}`"
     if grant.state != "active" or grant.seconds_left <= 0:
         ended = f"grant {name} has ended ({grant.ended_reason or grant.state})"
@@ -367,6 +378,7 @@ def connect(
     port: Annotated[
         int, typer.Option("--port", "-p", help="Local port (default: a free one)", min=0, max=65535)
     ] = 0,
+    wait: WaitOption = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Forward a local port on 127.0.0.1 to SERVICE through the broker until the grant ends or Ctrl-C."""
@@ -375,7 +387,7 @@ def connect(
     listener = _listen(port)
     try:
         broker = client(ctx)
-        grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
+        grant = _grant_for(broker, service, scope, ttl, reason, grant_id, wait)
     except BaseException:
         listener.close()
         raise
@@ -473,6 +485,7 @@ def exec_command(
     ttl: Ttl = None,
     reason: Reason = None,
     grant_id: GrantId = None,
+    wait: WaitOption = None,
 ) -> None:
     """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
 
@@ -495,7 +508,7 @@ def exec_command(
     secret_dir = _private_dir()
     _check_program(command[0], os.environ.get("PATH", os.defpath))
     broker = client(ctx)
-    grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
+    grant = _grant_for(broker, service, scope, ttl, reason, grant_id, wait)
     info = _connection_info(broker, grant.id)
 
     local = _local_tls(info.kind, secret_dir)
