@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from access.shared.durations import format_duration
-from access.shared.models import Grant, ReviewClause
+from access.shared.models import Grant, GrantState, ReviewClause
 
 __all__ = ["InboxItem", "clause_text", "item", "outcome_text", "when"]
 
@@ -77,9 +77,9 @@ def outcome_text(grant: Grant, action: str) -> str:
     whose = f"{grant.subject}'s request for {grant.scope} on {grant.service} ({grant.id})"
     if action == "deny":
         return f"You denied {whose}."
-    if grant.state == "active":
+    if grant.state is GrantState.ACTIVE:
         return f"You approved {whose}. It is granted: active until {when(grant.expires_at)}."
-    if grant.state == "pending" and grant.review is not None:
+    if grant.state is GrantState.PENDING and grant.review is not None:
         still = [clause_text(c) for c in grant.review.clauses if c.missing > 0]
         return f"You approved {whose}. It still waits: " + "; ".join(still) + "."
-    return f"You approved {whose}. It is now {grant.state}."
+    return f"You approved {whose}. It is now {grant.state.value}."
