@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -15,7 +16,15 @@ from access.broker.runtime import Broker
 from access.broker.store.tables import sessions, web_sessions
 from access.broker.web.csrf import CSRF_COOKIE
 from access.broker.web.inbox import SESSION_COOKIE
-from tests.broker.conftest import PASSWORD, DevicePage, InboxPage, add_user, audit_actions, audit_rows
+from tests.broker.conftest import (
+    BASE_URL,
+    PASSWORD,
+    DevicePage,
+    InboxPage,
+    add_user,
+    audit_actions,
+    audit_rows,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -86,15 +95,24 @@ async def test_wrong_password_keeps_the_name_not_the_password(
 
 
 async def test_password_guessing_is_rate_limited_as_on_the_device_page(
-    broker: Broker, inbox: InboxPage
+    make_broker: Callable[..., Broker],
 ) -> None:
+    # The device page's allowances (auth.password), here the one per address, made small so
+    # that the test pays for few argon2 checks; tests/broker/auth covers each allowance.
+    from access.broker.app import create_app
+
+    broker = make_broker(login_failures_per_address=2)
     add_user(broker)
-    for _ in range(10):
-        assert (await inbox.sign_in(password="wrong-password")).status_code == 401
-    response = await inbox.sign_in()  # even the right password now waits
+    transport = httpx.ASGITransport(app=create_app(broker, background=False), client=("192.0.2.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+        inbox = InboxPage(http)
+        for name in ("alice", "mallory"):
+            assert (await inbox.sign_in(name, password="wrong-password")).status_code == 401
+        response = await inbox.sign_in()  # even the right password now waits
     assert response.status_code == 429
     assert "too many failed attempts" in response.text and "try again" in response.text
     assert _session_rows(broker) == []
+    assert audit_actions(broker).count("login.failure") == 2
 
 
 async def test_sign_in_without_the_csrf_token_changes_nothing(
