@@ -84,6 +84,7 @@ class ScopeInfo(_Model):
     scope: str
     max_ttl_seconds: int
     requirement: str = "auto"
+    reviewers: str | None = None  # require: approval: "2 of group:leads and 1 of group:security"
 
 
 class ServiceInfo(_Model):
@@ -149,7 +150,12 @@ class Review(_Model):
 
     clauses: list[ReviewClause]
     approvals: list[Approval] = []
+    # While pending: the review deadline. Once decided: when it was (approved, denied, ended).
     review_expires_at: Instant
+    # Seconds until the review deadline, by the broker's clock (0 once decided): how long to wait.
+    seconds_left: int = 0
+    # What the tally still needs, for people: "1 more of group:leads" ("" once met).
+    missing: str = ""
     # Whether the caller may approve or deny it now (reviewer, not the requester, not yet voted).
     can_review: bool = False
 

@@ -142,20 +142,28 @@ def users_disable(
 @service_accounts_app.command(
     "add",
     epilog=examples(
-        "access-broker service-accounts add deploy-bot -g ci",
+        "access-broker service-accounts add deploy-bot -g ci --owner alice",
         "access-broker service-accounts add deploy-bot -g ci -o json > deploy-bot.json",
     ),
 )
 def service_accounts_add(
     name: Annotated[str, typer.Argument(help="Service account name, e.g. deploy-bot")],
     group: Groups = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            "--owner", metavar="USER", help="The user responsible for it: they may not approve its requests"
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Add a service account and print its client id and secret. The secret is shown only once."""
     with admin_broker(data_dir, database_url) as broker:
-        client_id, secret = identity.create_service_account(broker, name, group or [], actor=admin_actor())
+        client_id, secret = identity.create_service_account(
+            broker, name, group or [], actor=admin_actor(), owner=owner
+        )
     if output is Output.json:
         typer.echo(json.dumps({"name": name, "client_id": client_id, "client_secret": secret}, indent=2))
     else:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from access.broker import grants
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
 from access.broker.audit import search as audit
 from access.broker.policy import allowed_services
-from access.shared.models import AuditPage, Grant, GrantRequest, ScopeInfo, ServiceInfo
+from access.shared.models import (
+    ApproveRequest,
+    AuditPage,
+    DenyRequest,
+    Grant,
+    GrantRequest,
+    GrantState,
+    ScopeInfo,
+    ServiceInfo,
+)
 
 __all__ = ["router"]
 
@@ -19,14 +28,21 @@ router = APIRouter()
 
 @router.get("/services")
 def list_services(broker: BrokerDep, ctx: CurrentPrincipal) -> list[ServiceInfo]:
-    """What the caller may request: each service with its scopes and maximum TTLs."""
+    """What the caller may request: each service with its scopes, maximum TTLs and, for scopes
+    that need approval, who reviews."""
     scopes: dict[str, list[ScopeInfo]] = {}
     configs = {}
     for access in allowed_services(broker.policy, ctx):
         configs[access.service.name] = access.service
         seconds = int(access.max_ttl.total_seconds())
+        reviewers = access.approval.describe() if access.approval is not None else None
         scopes.setdefault(access.service.name, []).append(
-            ScopeInfo(scope=access.scope, max_ttl_seconds=seconds, requirement=access.requirement)
+            ScopeInfo(
+                scope=access.scope,
+                max_ttl_seconds=seconds,
+                requirement=access.requirement,
+                reviewers=reviewers,
+            )
         )
     return [
         ServiceInfo(name=name, kind=svc.kind, description=svc.description, scopes=scopes[name])
@@ -34,9 +50,33 @@ def list_services(broker: BrokerDep, ctx: CurrentPrincipal) -> list[ServiceInfo]
     ]
 
 
-@router.post("/grants", status_code=201)
-def request_grant(body: GrantRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
-    return grants.request_grant(broker, ctx, body)
+@router.post(
+    "/grants",
+    status_code=201,
+    responses={202: {"model": Grant, "description": "pending: the request waits for review"}},
+)
+def request_grant(body: GrantRequest, broker: BrokerDep, ctx: CurrentPrincipal, response: Response) -> Grant:
+    """201 with the active grant, or 202 with the pending one when the rule needs approval."""
+    grant = grants.request_grant(broker, ctx, body)
+    if grant.state == GrantState.PENDING:
+        response.status_code = 202
+    return grant
+
+
+@router.get("/reviews")
+def pending_reviews(broker: BrokerDep, ctx: CurrentPrincipal) -> list[Grant]:
+    """What waits for the caller's review (others' pending requests they may approve), oldest first."""
+    return grants.pending_for(broker, ctx)
+
+
+@router.post("/grants/{grant_id}/approve")
+def approve_grant(grant_id: str, body: ApproveRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
+    return grants.approve(broker, ctx, grant_id, body.comment)
+
+
+@router.post("/grants/{grant_id}/deny")
+def deny_grant(grant_id: str, body: DenyRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
+    return grants.deny(broker, ctx, grant_id, body.reason)
 
 
 @router.get("/grants")

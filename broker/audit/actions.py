@@ -31,6 +31,9 @@ class Action(StrEnum):
     SERVICE_ACCOUNT_DISABLE = "service_account.disable"
     # Grants (grants/): the request, the policy's decision, and the end.
     GRANT_REQUEST = "grant.request"
+    GRANT_PENDING = "grant.pending"
+    GRANT_APPROVE = "grant.approve"
+    GRANT_REJECT = "grant.reject"
     GRANT_ISSUE = "grant.issue"
     GRANT_DENY = "grant.deny"
     GRANT_REVOKE = "grant.revoke"
@@ -67,6 +70,7 @@ WHILE_UNSAFE = frozenset(
         Action.USER_DISABLE,
         Action.SERVICE_ACCOUNT_DISABLE,
         Action.GRANT_DENY,
+        Action.GRANT_REJECT,
         Action.GRANT_REVOKE,
         Action.GRANT_EXPIRED,
         Action.CONNECTION_CLOSE,

@@ -2,13 +2,16 @@
 
 ``lifecycle`` holds the states, the transition table and the one function that applies a
 transition (store, audit, outbox in one transaction; events after the commit). ``requests``
-decides requests by the (pure) policy; ``revoke`` ends grants early; ``expiry`` ends them on
-time; ``queries`` reads them (lists, visibility, the tunnel's checks). SQL lives in
+decides requests by the (pure) policy; ``approvals`` takes reviewers' votes on the requests that
+need them (``reviews`` says where one stands and who may review it); ``revoke`` ends grants
+early; ``expiry`` ends them on time; ``queries`` reads them (lists, visibility, the tunnel's
+checks). SQL lives in
 ``access.broker.store.grants``; this package imports no table.
 
 May import: audit, auth.principal (auth.tokens lazily), events, policy, runtime, store.
 """
 
+from access.broker.grants.approvals import approve, deny, pending_for
 from access.broker.grants.expiry import EXPIRY_INTERVAL, ExpiryLoop, expire_due
 from access.broker.grants.lifecycle import GrantEvent, IllegalTransition, grant_target
 from access.broker.grants.queries import (
@@ -32,6 +35,8 @@ __all__ = [
     "IllegalTransition",
     "NotYours",
     "TunnelGrant",
+    "approve",
+    "deny",
     "effective_state",
     "end_grants_for_principal",
     "expire_due",
@@ -41,6 +46,7 @@ __all__ = [
     "list_grants",
     "open_connection",
     "open_for_tunnel",
+    "pending_for",
     "request_grant",
     "revoke_grant",
     "watched_grants",

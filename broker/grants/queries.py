@@ -5,7 +5,9 @@ clock too: a grant past ``expires_at`` is never usable whatever the column says
 (``effective_state``).
 
 Who may see and revoke a grant: its owner, and the policy's audit readers (the people who can
-already see every grant in the ledger). Anyone else gets ``NotFound``, so grant ids do not leak.
+already see every grant in the ledger). A grant that needs approval may be seen, not revoked, by
+its reviewers too (``reviews.is_reviewer``: by the policy in force). Anyone else gets
+``NotFound``, so grant ids do not leak.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Expired, Forbidden, NotFound
+from access.broker.grants import reviews
 from access.broker.grants.lifecycle import grant_target
 from access.broker.identities.logins import check_connection_limit
 from access.broker.runtime import Broker
+from access.broker.store import approvals as votes
 from access.broker.store import connections as open_connections
 from access.broker.store import grants as store
 from access.broker.store.grants import GrantRecord
-from access.shared.models import Grant, GrantState
+from access.shared.models import Grant, GrantState, Review
 
 __all__ = [
     "NotYours",
@@ -37,10 +41,12 @@ __all__ = [
     "get_grant",
     "grant_state",
     "list_grants",
+    "may_view",
     "not_found",
     "open_connection",
     "open_for_tunnel",
     "to_model",
+    "to_model_reviewed",
     "visible",
     "watched_grants",
 ]
@@ -65,18 +71,20 @@ class TunnelGrant:
 
 
 def effective_state(state: str, expires_at: datetime, now: datetime) -> GrantState:
-    """The state a grant really is in: active past its expiry is expired (at the exact instant too)."""
-    if state == GrantState.ACTIVE and now >= expires_at:
+    """The state a grant really is in: active past its expiry, or pending past its review
+    deadline, is expired (at the exact instant too)."""
+    if state in (GrantState.ACTIVE, GrantState.PENDING) and now >= expires_at:
         return GrantState.EXPIRED
     return GrantState(state)
 
 
-def to_model(record: GrantRecord, now: datetime) -> Grant:
+def to_model(record: GrantRecord, now: datetime, review: Review | None = None) -> Grant:
     """The API's view of a stored grant at ``now`` (effective state, seconds left)."""
     state = effective_state(record.state, record.expires_at, now)
     ended_at, ended_reason = record.ended_at, record.ended_reason
     if state == GrantState.EXPIRED and ended_at is None:
-        ended_at, ended_reason = record.expires_at, "expired"
+        why = "unreviewed" if record.state == GrantState.PENDING else "expired"
+        ended_at, ended_reason = record.expires_at, why
     left = int((record.expires_at - now).total_seconds()) if state == GrantState.ACTIVE else 0
     return Grant(
         id=record.id,
@@ -92,12 +100,33 @@ def to_model(record: GrantRecord, now: datetime) -> Grant:
         ended_reason=ended_reason,
         seconds_left=max(0, left),
         rule=record.rule,
+        requirement=record.requirement,
+        ttl_seconds=record.ttl_seconds,
+        approved_at=record.approved_at,
+        break_glass=record.break_glass,
+        review=review,
     )
+
+
+def to_model_reviewed(
+    conn: sa.Connection, broker: Broker, ctx: AuthContext, record: GrantRecord, now: datetime
+) -> Grant:
+    """``to_model`` with the ``review`` filled for a grant that needs approval, as ``ctx`` sees it."""
+    if record.requirement != "approval":
+        return to_model(record, now)
+    state = effective_state(record.state, record.expires_at, now)
+    cast = votes.for_grant(conn, record.id)
+    return to_model(record, now, reviews.review_of(conn, broker.policy, ctx, record, cast, state, now))
 
 
 def visible(ctx: AuthContext, record: GrantRecord, broker: Broker) -> bool:
     """Whether ``ctx`` may see (and revoke) the grant: its owner or an audit reader."""
     return bool(record.principal_id == ctx.principal_id or broker.policy.can_read_audit(ctx))
+
+
+def may_view(ctx: AuthContext, record: GrantRecord, broker: Broker) -> bool:
+    """Whether ``ctx`` may see the grant: ``visible``, or one of its reviewers by the policy now."""
+    return visible(ctx, record, broker) or reviews.is_reviewer(broker.policy, ctx, record)
 
 
 def fetch(conn: sa.Connection, grant_id: str) -> GrantRecord | None:
@@ -124,7 +153,8 @@ class NotYours(NotFound):
 
 
 def list_grants(broker: Broker, ctx: AuthContext, include_ended: bool = False) -> list[Grant]:
-    """The caller's grants, newest first: only usable ones unless ``include_ended``.
+    """The caller's grants, newest first: only usable ones and those waiting for review unless
+    ``include_ended``. Pending ones carry their ``review``.
 
     Raises:
         Unavailable: the database could not be reached.
@@ -134,11 +164,17 @@ def list_grants(broker: Broker, ctx: AuthContext, include_ended: bool = False) -
         records = store.list_for_principal(
             conn, ctx.principal_id, usable_at=None if include_ended else now, limit=_LIST_LIMIT
         )
-    return [to_model(record, now) for record in records]
+        return [
+            to_model_reviewed(conn, broker, ctx, record, now)
+            if record.state == GrantState.PENDING
+            else to_model(record, now)
+            for record in records
+        ]
 
 
 def get_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
-    """One grant, for its owner or an audit reader.
+    """One grant, for its owner, an audit reader or (for one that needs approval) its reviewers,
+    with its ``review``.
 
     Raises:
         NotFound: no such grant, or not the caller's to see.
@@ -146,9 +182,9 @@ def get_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
     """
     with broker.transaction() as conn:
         record = fetch(conn, grant_id)
-    if record is None or not visible(ctx, record, broker):
-        raise not_found(grant_id)
-    return to_model(record, broker.clock.now())
+        if record is None or not may_view(ctx, record, broker):
+            raise not_found(grant_id)
+        return to_model_reviewed(conn, broker, ctx, record, broker.clock.now())
 
 
 def open_for_tunnel(broker: Broker, ctx: AuthContext, grant_id: str) -> TunnelGrant:

@@ -1,8 +1,11 @@
 """Requesting a grant: check the request, let the (pure) policy decide, record the outcome.
 
 The request is audited (``grant.request``), then the decision is applied as a lifecycle
-transition (``issue`` or ``deny``, each with its audit entry), all in one transaction. A denied
-request is stored as a grant in state ``denied``, so ``access grants --all`` shows it.
+transition (``issue``, ``park`` or ``deny``, each with its audit entry), all in one transaction.
+A denied request is stored as a grant in state ``denied``, so ``access grants --all`` shows it.
+A request under a ``require: approval`` rule is parked ``pending`` until its reviewers decide
+(``approvals``): its ``expires_at`` is the review deadline, and the TTL asked for is kept in
+``ttl_seconds`` to start counting at the approval.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.errors import BrokerError, GrantDenied, InvalidRequest, NotFound, Unavailable
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
-from access.broker.grants.queries import to_model
+from access.broker.grants.queries import to_model, to_model_reviewed
 from access.broker.identities import lifecycle as identities
 from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
@@ -26,28 +29,33 @@ from access.shared.durations import DurationError, format_duration, parse_durati
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest
 from access.shared.names import NAME_RULE, is_dns_label, is_scope
 
-__all__ = ["request_grant"]
+__all__ = ["make_identity", "request_grant"]
 
 
 def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Grant:
-    """Decide ``request`` by the policy and record it; return the active grant.
+    """Decide ``request`` by the policy and record it; return the active grant, or the pending
+    one when the rule needs approval (its ``review`` says by whom).
 
-    The request and the decision are audited (``grant.request`` then ``grant.issue`` or
-    ``grant.deny``); a denied request is stored as a grant in state ``denied``.
+    The request and the decision are audited (``grant.request`` then ``grant.issue``,
+    ``grant.pending`` or ``grant.deny``); a denied request is stored as a grant in state
+    ``denied``.
 
     Raises:
         InvalidRequest: bad service name, scope, TTL or reason (nothing is recorded).
         NotFound: the policy has no such service (nothing is recorded).
-        GrantDenied: the policy said no, or the rule needs approval (recorded as denied).
+        GrantDenied: the policy said no (recorded as denied).
         Unavailable: the database or the ledger could not be written; nothing changed.
     """
     # One policy for the whole request: a reload swaps ``broker.policy`` from another thread.
     policy = broker.policy
     decision, ttl, reason = _decide(policy, ctx, request)
     denial = _denial(decision)
-    event = GrantEvent.ISSUE if denial is None else GrantEvent.DENY
+    if denial is not None:
+        event = GrantEvent.DENY
+    else:
+        event = GrantEvent.ISSUE if decision.issuable else GrantEvent.PARK
     now = broker.clock.now()
-    record = _record(policy, ctx, decision, reason, now, ttl, denial)
+    record = _record(policy, ctx, decision, reason, now, ttl, event)
     with lifecycle.transaction(broker) as tx:
         target = grant_target(record.service, record.id)
         details = {
@@ -60,21 +68,34 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
             tx.conn, broker.clock, actor=ctx.name, action=Action.GRANT_REQUEST, target=target, details=details
         )
         details = _decision_details(record, decision, denial, policy.version)
-        lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details)
-        dynamic = denial is None and policy.services[record.service].dynamic
+        notice = None
+        if event == GrantEvent.PARK:
+            assert decision.approval is not None
+            details["reviewers"] = decision.approval.describe()
+            details["review_expires_at"] = ledger.format_time(record.expires_at)
+            notice = {"reviewers": details["reviewers"], "review_expires_at": details["review_expires_at"]}
+        lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details, notice=notice)
+        dynamic = event == GrantEvent.ISSUE and policy.services[record.service].dynamic
         if dynamic:
             identities.intend(tx.conn, record, now)
+        if event == GrantEvent.PARK:
+            return to_model_reviewed(tx.conn, broker, ctx, record, now)
     if denial is not None:
         raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
     if dynamic:
-        _make_identity(broker, record, now)
+        make_identity(broker, record, now)
     return to_model(record, now)
 
 
-def _make_identity(broker: Broker, record: GrantRecord, attempt: datetime) -> None:
+def make_identity(broker: Broker, record: GrantRecord, attempt: datetime) -> None:
     """The grant's identity on the target, before the grant is returned (the attempt ``intend``
     began at ``attempt``); if the target refuses or does not answer, the grant is ended at once
-    (its end cleans up) and the request fails (503)."""
+    (its end cleans up) and the request fails (503). For a grant issued at once, and for one
+    whose approvals just completed (``approvals``).
+
+    Raises:
+        Unavailable: the target did not make the identity; the grant was ended.
+    """
     try:
         identities.make(broker, record, attempt)
     except BrokerError as exc:
@@ -94,14 +115,8 @@ def _make_identity(broker: Broker, record: GrantRecord, attempt: datetime) -> No
 
 
 def _denial(decision: Decision) -> str | None:
-    """Why the decision issues nothing, or None when it issues a grant."""
-    if not decision.allowed:
-        return decision.reason
-    if not decision.issuable:
-        # Approvals (not built yet) will park such requests as "pending"; until reviewers exist,
-        # a grant that needs approval cannot be issued.
-        return f"{decision.reason}, and approvals are not enabled on this broker yet"
-    return None
+    """Why the decision refuses the request, or None when it issues or parks a grant."""
+    return None if decision.allowed else decision.reason
 
 
 def _decision_details(
@@ -116,7 +131,8 @@ def _decision_details(
         "policy_version": policy_version,
     }
     if denial is None:
-        details["expires_at"] = ledger.format_time(record.expires_at)
+        key = "expires_at" if record.state == "active" else "review_expires_at"
+        details[key] = ledger.format_time(record.expires_at)
     else:
         details["why"] = denial
     return details
@@ -135,12 +151,19 @@ def _record(
     reason: str,
     now: datetime,
     ttl: timedelta,
-    denial: str | None,
+    event: GrantEvent,
 ) -> GrantRecord:
-    """The row the decision stores, in the state its transition leads to."""
+    """The row the decision stores, in the state its transition leads to: a pending one expires
+    (unreviewed) at its review deadline until approved."""
     svc = policy.services[decision.service]
-    denied = denial is not None
-    event = GrantEvent.DENY if denied else GrantEvent.ISSUE
+    denied = event == GrantEvent.DENY
+    if denied:
+        expires_at = now
+    elif event == GrantEvent.PARK:
+        assert decision.approval is not None
+        expires_at = now + decision.approval.wait
+    else:
+        expires_at = now + ttl
     return GrantRecord(
         id="g-" + secrets.token_hex(8),
         principal_id=ctx.principal_id,
@@ -153,10 +176,12 @@ def _record(
         rule=decision.rule,
         requirement=decision.requirement,
         created_at=now,
-        expires_at=now if denied else now + ttl,
+        expires_at=expires_at,
         ended_at=now if denied else None,
         ended_reason="denied" if denied else None,
         ended_by="policy" if denied else None,
+        ttl_seconds=int(ttl.total_seconds()),
+        break_glass=decision.break_glass,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from access.broker.auth.principal import AuthContext
-from access.broker.errors import Conflict
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, GrantTx
 from access.broker.grants.queries import effective_state, fetch, not_found, to_model, visible
@@ -17,7 +16,9 @@ __all__ = ["end_grants_for_principal", "revoke_grant"]
 
 
 def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
-    """End an active grant now (owner or audit reader), audited; live tunnels are cut.
+    """End an active grant now (owner or audit reader), audited; live tunnels are cut. A pending
+    request is cancelled the same way (``grant.revoke``, reason ``cancelled``): nobody can approve
+    it any more.
 
     Idempotent: a grant that already ended (expired, revoked, denied) is returned as it is,
     unchanged and with nothing audited, so "revoke whatever happened" in a pipeline's clean-up
@@ -25,7 +26,6 @@ def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
 
     Raises:
         NotFound: no such grant, or not the caller's to see.
-        Conflict: the grant is pending (nothing to revoke yet).
         Unavailable: the database could not be reached; nothing changed.
     """
     with lifecycle.transaction(broker) as tx:
@@ -34,11 +34,10 @@ def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
             raise not_found(grant_id)
         now = broker.clock.now()
         state = effective_state(record.state, record.expires_at, now)
-        if state == GrantState.PENDING:
-            raise Conflict(f"grant {grant_id} is still {state}", hint="see `access grants`")
-        if state == GrantState.ACTIVE:
-            # False: ended meanwhile (expired or revoked by another request): as it is, then.
-            lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=ctx.name, now=now, reason="revoked")
+        if state in (GrantState.ACTIVE, GrantState.PENDING):
+            # None: ended meanwhile (expired, revoked, decided by another request): as it is, then.
+            why = "revoked" if state == GrantState.ACTIVE else "cancelled"
+            lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=ctx.name, now=now, reason=why)
             record = store.get(tx.conn, grant_id)
     assert record is not None  # read (and maybe updated) in this transaction
     return to_model(record, now)
@@ -47,7 +46,8 @@ def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
 def end_grants_for_principal(
     conn: sa.Connection, broker: Broker, principal_id: str, reason: str, actor: str
 ) -> list[str]:
-    """Revoke every usable grant of a principal inside the caller's transaction; return their ids.
+    """Revoke every usable grant of a principal, and cancel its requests waiting for review,
+    inside the caller's transaction; return their ids.
 
     Each is audited (``grant.revoke`` with ``reason``) and gets its ``grant.ended`` outbox row.
     Nothing is published: the caller owns the transaction, so it publishes
@@ -58,8 +58,10 @@ def end_grants_for_principal(
     """
     tx = GrantTx(conn, broker)
     now = broker.clock.now()
+    records = store.usable_for_principal(conn, principal_id, now)
+    records += store.pending_for_principal(conn, principal_id, now)
     return [
         record.id
-        for record in store.usable_for_principal(conn, principal_id, now)
+        for record in records
         if lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=actor, now=now, reason=reason)
     ]

@@ -44,16 +44,25 @@ def grant_facts(grant: GrantRecord) -> dict[str, Any]:
         "scope": grant.scope,
         "state": grant.state,
         "reason": grant.reason,
-        "ttl": format_duration(grant.expires_at - grant.created_at)
-        if grant.expires_at > grant.created_at
-        else None,
+        "ttl": _ttl(grant),
         "requested_at": format_time(grant.created_at),
         "expires_at": format_time(grant.expires_at),
         "rule": grant.rule,
         "requirement": grant.requirement,
         "ended_reason": grant.ended_reason,
         "ended_by": grant.ended_by,
+        "approved_at": format_time(grant.approved_at) if grant.approved_at else None,
+        "break_glass": grant.break_glass,
     }
+
+
+def _ttl(grant: GrantRecord) -> str | None:
+    """The TTL asked for (a pending grant's ``expires_at`` is its review deadline, not its end)."""
+    if grant.ttl_seconds:
+        return format_duration(grant.ttl_seconds)
+    if grant.expires_at > grant.created_at:
+        return format_duration(grant.expires_at - grant.created_at)
+    return None
 
 
 def notify(

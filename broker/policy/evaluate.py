@@ -50,6 +50,7 @@ class ServiceAccess(NamedTuple):
     scope: str
     max_ttl: timedelta
     requirement: Requirement
+    approval: ApprovalRule | None = None  # the reviewers, for ``require: approval``
 
 
 def evaluate(
@@ -132,7 +133,7 @@ def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess
             if not matching:
                 continue
             best = _best(svc, matching)
-            result.append(ServiceAccess(svc, scope, _effective_max(svc, best), best.require))
+            result.append(ServiceAccess(svc, scope, _effective_max(svc, best), best.require, best.approval))
     return result
 
 

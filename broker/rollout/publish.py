@@ -4,8 +4,12 @@ Every path changes nothing unless the new policy is valid: it is validated befor
 written, and the version row, its ``policy.reload`` entry and the grants it ends are one
 transaction. A grant stays when the new policy would issue it now (``explain`` says ``auto``,
 for some TTL): its service, scope and an ``auto`` rule for its owner (with the owner's groups
-of today) still exist. Everything else ends, failing closed: approvals are not built, so a
-grant whose rule now needs approval has none.
+of today) still exist; or, for a grant that was approved, when the new policy would still let
+it be had with approval. A request still waiting for review stays only while its own rule
+exists, still asks for approval and still covers it (its reviewers are that rule's, in the
+policy in force: a reviewer dropped there can no longer approve it); it is ended otherwise, also
+when the new policy would issue it at once (the requester asks again). Everything else ends,
+failing closed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from access.broker.runtime import Broker
 from access.broker.store import grants as grant_store
 from access.broker.store import policy_versions as store
 from access.broker.store import principals
+from access.broker.store.grants import GrantRecord
+from access.shared.models import GrantState
 
 __all__ = ["Reloaded", "adopt_at_start", "apply_latest", "reload_file", "sha256_of"]
 
@@ -195,16 +201,17 @@ def _refuse(
 
 
 def _end_disallowed(tx: GrantTx, policy: Policy, actor: str) -> list[str]:
-    """End (``grant.revoke``, reason ``policy``) every usable grant ``policy`` would not issue now."""
+    """End (``grant.revoke``, reason ``policy``) every usable grant ``policy`` would not issue
+    now, and every pending request it would no longer have reviewed under its rule."""
     now = tx.broker.clock.now()
     ended: list[str] = []
     groups: dict[str, Subject | None] = {}
-    for record in grant_store.usable(tx.conn, now):
+    for record in [*grant_store.usable(tx.conn, now), *grant_store.pending(tx.conn, now)]:
         if record.principal_id not in groups:
             who = principals.by_id(tx.conn, record.principal_id)
             groups[record.principal_id] = None if who is None else Subject(who.name, who.kind, who.groups)
         subject = groups[record.principal_id]
-        why = _why_not(policy, subject, record.service, record.scope, record.reason)
+        why = _why_not(policy, subject, record)
         if why is None:
             continue
         details = {
@@ -222,16 +229,30 @@ def _end_disallowed(tx: GrantTx, policy: Policy, actor: str) -> list[str]:
     return ended
 
 
-def _why_not(policy: Policy, subject: Subject | None, service: str, scope: str, reason: str) -> str | None:
-    """Why ``policy`` would not issue this grant (asked for with ``reason``) now, or None when it would."""
+def _why_not(policy: Policy, subject: Subject | None, record: GrantRecord) -> str | None:
+    """Why ``policy`` would not issue this grant (asked for with its reason) now, or would not
+    have this pending request reviewed under its rule; None when it would."""
     if subject is None:
         return "its owner is not in the directory"
     try:
-        found = explain(policy, subject, service, scope, reason=reason)
+        found = explain(policy, subject, record.service, record.scope, reason=record.reason)
     except (UnknownService, UnknownScope) as exc:
         return str(exc)
+    if record.state == GrantState.PENDING:
+        rule = policy.rule(record.rule) if record.rule else None
+        if found.outcome == "auto":
+            return f"{found.decision.reason}: it no longer needs approval; ask again"
+        if found.outcome == "deny":
+            return found.decision.reason
+        if rule is None or rule.require != "approval":
+            return f"rule {record.rule} no longer asks for approval"
+        if not rule.matches(subject, record.service, record.scope):
+            return f"rule {record.rule} no longer covers {subject.name} {record.scope} on {record.service}"
+        return None
     if found.outcome == "auto":
         return None
     if found.outcome == "approval":
+        if record.requirement == "approval" and record.approved_at is not None:
+            return None  # approved under a rule that asks for approval, and one still does
         return f"{found.decision.reason}, and the grant has no approval"
     return found.decision.reason

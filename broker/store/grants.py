@@ -18,12 +18,15 @@ from access.broker.store.tables import grants
 
 __all__ = [
     "GrantRecord",
+    "activate",
     "due_for_expiry",
     "end",
     "get",
     "insert",
     "list_for_principal",
     "lock",
+    "pending",
+    "pending_for_principal",
     "states",
     "usable",
     "usable_for_principal",
@@ -52,6 +55,9 @@ class GrantRecord:
     ended_at: datetime | None = None
     ended_reason: str | None = None
     ended_by: str | None = None
+    ttl_seconds: int | None = None  # the TTL asked for (a pending grant's clock starts at approval)
+    approved_at: datetime | None = None
+    break_glass: bool = False
 
     @classmethod
     def from_row(cls, row: Any) -> GrantRecord:
@@ -82,7 +88,8 @@ def list_for_principal(
     """A principal's grants, newest first; only those usable at ``usable_at`` unless it is None."""
     query = sa.select(grants).where(grants.c.principal_id == principal_id)
     if usable_at is not None:
-        query = query.where(grants.c.state == "active", grants.c.expires_at > usable_at)
+        # Usable, or still waiting for review (a pending grant's expiry is its review deadline).
+        query = query.where(grants.c.state.in_(("active", "pending")), grants.c.expires_at > usable_at)
     query = query.order_by(grants.c.created_at.desc(), grants.c.id).limit(limit)
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
@@ -91,6 +98,14 @@ def usable_for_principal(conn: sa.Connection, principal_id: str, now: datetime) 
     """Every grant of a principal that is active and not past its expiry at ``now``."""
     query = sa.select(grants).where(
         grants.c.principal_id == principal_id, grants.c.state == "active", grants.c.expires_at > now
+    )
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def pending_for_principal(conn: sa.Connection, principal_id: str, now: datetime) -> list[GrantRecord]:
+    """Every request of a principal that waits for review at ``now``."""
+    query = sa.select(grants).where(
+        grants.c.principal_id == principal_id, grants.c.state == "pending", grants.c.expires_at > now
     )
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
@@ -105,11 +120,25 @@ def usable(conn: sa.Connection, now: datetime) -> list[GrantRecord]:
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
 
-def due_for_expiry(conn: sa.Connection, now: datetime, limit: int) -> list[GrantRecord]:
-    """Active grants whose expiry is at or before ``now``, the oldest expiry first."""
+def pending(conn: sa.Connection, now: datetime, limit: int | None = None) -> list[GrantRecord]:
+    """Grants waiting for review at ``now`` (pending, before their review deadline), oldest
+    first; at most ``limit`` (None: all)."""
     query = (
         sa.select(grants)
-        .where(grants.c.state == "active", grants.c.expires_at <= now)
+        .where(grants.c.state == "pending", grants.c.expires_at > now)
+        .order_by(grants.c.created_at, grants.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
+def due_for_expiry(conn: sa.Connection, now: datetime, limit: int) -> list[GrantRecord]:
+    """Active grants past their expiry and pending ones past their review deadline (at or before
+    ``now``), the oldest first."""
+    query = (
+        sa.select(grants)
+        .where(grants.c.state.in_(("active", "pending")), grants.c.expires_at <= now)
         .order_by(grants.c.expires_at)
         .limit(limit)
     )
@@ -145,5 +174,16 @@ def end(
         grants.update()
         .where(grants.c.id == grant_id, grants.c.state == from_state)
         .values(state=to_state, ended_at=now, ended_reason=reason, ended_by=actor)
+    )
+    return result.rowcount == 1
+
+
+def activate(conn: sa.Connection, grant_id: str, *, approved_at: datetime, expires_at: datetime) -> bool:
+    """Move a pending grant to active as of ``approved_at``, usable until ``expires_at``; False
+    when it was no longer pending (denied, cancelled or expired first), and then nothing changed."""
+    result = conn.execute(
+        grants.update()
+        .where(grants.c.id == grant_id, grants.c.state == "pending")
+        .values(state="active", approved_at=approved_at, expires_at=expires_at)
     )
     return result.rowcount == 1

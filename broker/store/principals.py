@@ -46,6 +46,7 @@ class PrincipalRecord:
     disabled: bool
     created_at: datetime
     client_id: str | None = None
+    owner: str | None = None  # a service account's owning user (name)
 
     @classmethod
     def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> PrincipalRecord:
@@ -58,6 +59,7 @@ class PrincipalRecord:
             disabled=bool(m["disabled"]),
             created_at=m["created_at"],
             client_id=m["client_id"],
+            owner=m["owner"],
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -69,6 +71,7 @@ class PrincipalRecord:
             "disabled": self.disabled,
             "created_at": format_instant(self.created_at),
             "client_id": self.client_id,
+            "owner": self.owner,
         }
 
 
@@ -80,6 +83,7 @@ _COLUMNS = (
     principals.c.disabled,
     principals.c.created_at,
     principals.c.client_id,
+    principals.c.owner,
 )
 
 
@@ -120,6 +124,7 @@ def insert(
     password_hash: str | None = None,
     client_id: str | None = None,
     secret_hash: str | None = None,
+    owner: str | None = None,
 ) -> None:
     """Add a principal (``source`` keeps its default, ``embedded``).
 
@@ -136,6 +141,7 @@ def insert(
             password_hash=password_hash,
             client_id=client_id,
             secret_hash=secret_hash,
+            owner=owner,
         )
     )
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Dialect
 from access.broker.clock import utc
 
 __all__ = [
+    "approvals",
     "audit_checkpoints",
     "audit_log",
     "broker_instances",
@@ -79,6 +80,9 @@ principals = sa.Table(
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("disabled_at", UTCDateTime, nullable=True),
+    # A service account's owning user (by name: names are unique and never reused): they may not
+    # approve its requests. Null for users, and for accounts made before owners existed.
+    sa.Column("owner", sa.String(64), nullable=True),
 )
 
 # A login session: one refresh-token family. Access tokens carry its id (``sid``), so revoking
@@ -160,7 +164,7 @@ grants = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("scope", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    # active | expired | revoked | denied | pending (once approvals exist)
+    # active | expired | revoked | denied | pending (waits for review, ``grants.approvals``)
     sa.Column("state", sa.String(16), nullable=False, index=True),
     sa.Column("rule", sa.String(128), nullable=True),
     sa.Column("requirement", sa.String(16), nullable=False, server_default="auto"),
@@ -169,6 +173,26 @@ grants = sa.Table(
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("ended_reason", sa.String(64), nullable=True),
     sa.Column("ended_by", sa.String(64), nullable=True),
+    # The TTL asked for. A pending grant's ``expires_at`` is its review deadline; once approved
+    # (``approved_at``) it becomes ``approved_at + ttl_seconds``. Null: a grant older than approvals.
+    sa.Column("ttl_seconds", sa.Integer, nullable=True),
+    sa.Column("approved_at", UTCDateTime, nullable=True),
+    sa.Column("break_glass", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+# Each reviewer's word on a pending grant: one row per reviewer and grant (the UNIQUE makes a
+# second vote impossible even if two requests of one reviewer race past the row lock).
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("grant_id", sa.String(40), sa.ForeignKey("grants.id"), nullable=False),
+    sa.Column("reviewer_id", sa.String(36), nullable=False),
+    sa.Column("reviewer", sa.String(64), nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # approve | deny
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("grant_id", "reviewer_id", name="uq_approvals_grant_reviewer"),
 )
 
 # The audit ledger: append-only (triggers refuse UPDATE/DELETE/TRUNCATE), hash-chained.

@@ -12,6 +12,7 @@ import secrets
 import uuid
 from collections.abc import Iterable
 
+import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -73,11 +74,14 @@ def _insert(
     password_hash: str | None = None,
     client_id: str | None = None,
     secret_hash: str | None = None,
+    owner: str | None = None,
 ) -> str:
     principal_id = str(uuid.uuid4())
     with broker.transaction() as conn:
         if principals.name_taken(conn, name):
             raise Conflict(f"a user or service account named {name!r} already exists")
+        if owner is not None:
+            _check_owner(conn, owner)
         principals.insert(
             conn,
             principal_id=principal_id,
@@ -88,10 +92,13 @@ def _insert(
             password_hash=password_hash,
             client_id=client_id,
             secret_hash=secret_hash,
+            owner=owner,
         )
         details: dict[str, object] = {"kind": kind, "groups": groups}
         if client_id:
             details["client_id"] = client_id
+        if owner is not None:
+            details["owner"] = owner
         ledger.append(
             conn, broker.clock, actor=actor, action=action, target=f"principal:{name}", details=details
         )
@@ -125,13 +132,24 @@ def create_user(
     )
 
 
+def _check_owner(conn: sa.Connection, owner: str) -> None:
+    found = principals.by_name(conn, owner) if is_principal_name(owner) else None
+    if found is None or found.kind != USER:
+        raise InvalidRequest(
+            f"no user named {owner[:80]!r} to own the service account",
+            hint="name an existing user (`access-broker users list`)",
+        )
+
+
 def create_service_account(
-    broker: Broker, name: str, groups: Iterable[str], *, actor: str = "admin"
+    broker: Broker, name: str, groups: Iterable[str], *, actor: str = "admin", owner: str | None = None
 ) -> tuple[str, str]:
     """Add a service account. Returns ``(client_id, client_secret)``; the secret is not stored.
 
+    ``owner``: the user responsible for it, who may then not approve its requests.
+
     Raises:
-        InvalidRequest: bad name or group.
+        InvalidRequest: bad name or group, or ``owner`` is not an existing user.
         Conflict: the name is taken.
         Unavailable: the database could not be reached.
     """
@@ -149,6 +167,7 @@ def create_service_account(
         action=Action.SERVICE_ACCOUNT_CREATE,
         client_id=client_id,
         secret_hash=_hasher.hash(secret),
+        owner=owner,
     )
     return client_id, secret
 

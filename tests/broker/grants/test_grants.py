@@ -133,16 +133,22 @@ def test_ttl_over_the_maximum_is_denied_stating_the_maximum(broker: Broker) -> N
     assert ledger(broker)[-1][1] == "grant.deny"
 
 
-def test_approval_rules_are_not_issuable_yet(make_broker: Callable[..., Broker], db_url: str) -> None:
+def test_a_request_under_an_approval_rule_waits_for_review(
+    make_broker: Callable[..., Broker], db_url: str
+) -> None:
     policy = json.loads(json.dumps(DEFAULT_POLICY))
     policy["rules"][0]["require"] = "approval"
-    policy["rules"][0]["approval"] = {"reviewers": [{"groups": ["leads"]}]}
+    policy["rules"][0]["approval"] = {"reviewers": [{"groups": ["leads"]}], "wait": "10m"}
     broker = make_broker(db_url=db_url, policy=policy)
     alice = add_principal(broker, "alice")
-    with pytest.raises(GrantDenied, match=r"needs approval .* approvals are not enabled on this broker yet"):
-        grants.request_grant(broker, alice, req())
-    [denied] = grants.list_grants(broker, alice, include_ended=True)
-    assert denied.state == GrantState.DENIED
+    pending = grants.request_grant(broker, alice, req(ttl="20m"))
+    assert pending.state == GrantState.PENDING
+    assert pending.expires_at == broker.clock.now() + timedelta(minutes=10)  # the review deadline
+    assert (pending.ttl_seconds, pending.requirement, pending.seconds_left) == (1200, "approval", 0)
+    assert pending.review is not None and pending.review.missing == "1 more of group:leads"
+    assert [g.id for g in grants.list_grants(broker, alice)] == [pending.id]  # waiting counts
+    assert [action for _, action, _ in ledger(broker)] == ["grant.request", "grant.pending"]
+    assert ledger(broker)[1][2]["reviewers"] == "1 of group:leads"
 
 
 @pytest.mark.parametrize(

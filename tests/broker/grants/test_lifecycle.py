@@ -32,17 +32,30 @@ A, X, R, D, P = (
 # from-state, event -> to-state, audit action, ends the grant; None: no such transition.
 TABLE: list[tuple[GrantState | None, GrantEvent, tuple[GrantState, Action, bool] | None]] = [
     (None, GrantEvent.ISSUE, (A, Action.GRANT_ISSUE, False)),
+    (None, GrantEvent.PARK, (P, Action.GRANT_PENDING, False)),
     (None, GrantEvent.DENY, (D, Action.GRANT_DENY, False)),
+    (None, GrantEvent.APPROVE, None),
+    (None, GrantEvent.REJECT, None),
     (None, GrantEvent.REVOKE, None),
     (None, GrantEvent.EXPIRE, None),
     (A, GrantEvent.ISSUE, None),
+    (A, GrantEvent.PARK, None),
     (A, GrantEvent.DENY, None),
+    (A, GrantEvent.APPROVE, None),  # approved twice: the second vote finds it active
+    (A, GrantEvent.REJECT, None),
     (A, GrantEvent.REVOKE, (R, Action.GRANT_REVOKE, True)),
     (A, GrantEvent.EXPIRE, (X, Action.GRANT_EXPIRED, True)),
     # Ended grants are final, whatever happens next.
     *[(state, event, None) for state in (X, R, D) for event in GrantEvent],
-    # Pending has no transitions until approvals exist.
-    *[(P, event, None) for event in GrantEvent],
+    # Pending: approved (the vote that completes the tally), rejected, expired unreviewed, cancelled.
+    # Never usable, so none of its ends ends anything (no grant.ended outbox row).
+    (P, GrantEvent.ISSUE, None),
+    (P, GrantEvent.PARK, None),
+    (P, GrantEvent.DENY, None),
+    (P, GrantEvent.APPROVE, (A, Action.GRANT_ISSUE, False)),
+    (P, GrantEvent.REJECT, (D, Action.GRANT_REJECT, False)),
+    (P, GrantEvent.EXPIRE, (X, Action.GRANT_EXPIRED, False)),
+    (P, GrantEvent.REVOKE, (R, Action.GRANT_REVOKE, False)),
 ]
 
 

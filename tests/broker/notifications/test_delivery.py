@@ -85,6 +85,8 @@ def test_issue_revoke_and_expiry_are_delivered_signed(
         "requirement": "auto",
         "ended_reason": None,
         "ended_by": None,
+        "approved_at": None,
+        "break_glass": False,
     }
     assert (issued["actor"], issued["broker"], issued["inbox"]) == (
         "alice",
