@@ -29,6 +29,7 @@ from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import tags, websessions
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, Unauthenticated
+from access.broker.grants import approvals
 from access.broker.runtime import Broker
 from access.broker.web import csrf, pages
 from access.broker.web.csrf import CSRF_FIELD
@@ -107,8 +108,6 @@ def _list_page(
     error: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    from access.broker.grants import approvals  # TEMP until the approvals branch is merged
-
     now = broker.clock.now()
     items = [item(grant, now) for grant in approvals.pending_for(broker, ctx)]
     return pages.page(
@@ -213,8 +212,6 @@ async def deny(grant_id: str, request: Request, broker: BrokerDep) -> Response:
 
 
 def _decide(broker: Broker, request: Request, form: dict[str, str], grant_id: str, action: str) -> Response:
-    from access.broker.grants import approvals  # TEMP until the approvals branch is merged
-
     ctx = _signed_in(broker, request)
     if not csrf.form_is_ours(request, form):
         token = csrf.new_token()

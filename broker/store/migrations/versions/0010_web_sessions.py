@@ -1,7 +1,7 @@
 """web_sessions: the approvals inbox's browser sign-ins (a hashed cookie token per session)
 
 Revision ID: 0010_web_sessions
-Revises: 0008_policy_versions
+Revises: 0009_approvals
 Create Date: 2026-12-02
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0010_web_sessions"
-down_revision: str | Sequence[str] | None = "0008_policy_versions"
+down_revision: str | Sequence[str] | None = "0009_approvals"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
