@@ -87,9 +87,7 @@ def _json(result: Any) -> Any:
 
 def _ask(cli: Cli, reason: str) -> dict[str, Any]:
     """bob asks for write on svc-payments: it waits for review (the pending exit code)."""
-    result = cli.run(
-        "request", "svc-payments", "-s", "write", "-t", "15m", "-r", reason, "-o", "json"
-    )
+    result = cli.run("request", "svc-payments", "-s", "write", "-t", "15m", "-r", reason, "-o", "json")
     assert result.stdout, result.stderr
     grant: dict[str, Any] = json.loads(result.stdout)
     assert grant["state"] == "pending", grant
