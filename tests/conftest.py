@@ -109,6 +109,25 @@ DEFAULT_POLICY: dict[str, Any] = {
 }
 
 
+# DEFAULT_POLICY plus a rule under which a developer's write on svc-payments waits for one of
+# the leads (the approvals inbox's tests, in process and in Chromium).
+REVIEWED_POLICY: dict[str, Any] = {
+    **DEFAULT_POLICY,
+    "rules": [
+        *DEFAULT_POLICY["rules"],
+        {
+            "name": "payments-write-reviewed",
+            "subjects": {"groups": ["dev"]},
+            "services": ["svc-payments"],
+            "scopes": ["write"],
+            "max_ttl": "1h",
+            "require": "approval",
+            "approval": {"reviewers": [{"groups": ["leads"], "count": 1}], "wait": "1h"},
+        },
+    ],
+}
+
+
 @pytest.fixture
 def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[..., Any]]:
     """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...)``.

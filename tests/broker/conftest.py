@@ -102,6 +102,17 @@ def ledger_text(broker: Broker) -> str:
         )
 
 
+def assert_page_headers(response: httpx.Response) -> None:
+    """An HTML page with the headers every page of the broker carries (``web.render``)."""
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["x-frame-options"] == "DENY"
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp and "script-src" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-store"
+
+
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 _CONSENT_FIELD = re.compile(r'name="consent_token" value="([^"]+)"')
 

@@ -10,7 +10,6 @@ issue's note). Chromium or Playwright missing fails the test with what to instal
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import os
@@ -21,23 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEFAULT_POLICY
+from tests.conftest import REVIEWED_POLICY
 from tests.e2e.conftest import Cli, DevCA, make_broker_process, new_cli, running
 
 pytestmark = pytest.mark.e2e
 
-POLICY: dict[str, Any] = copy.deepcopy(DEFAULT_POLICY)
-POLICY["rules"].append(
-    {
-        "name": "payments-write-reviewed",
-        "subjects": {"groups": ["dev"]},
-        "services": ["svc-payments"],
-        "scopes": ["write"],
-        "max_ttl": "1h",
-        "require": "approval",
-        "approval": {"reviewers": [{"groups": ["leads"], "count": 1}], "wait": "30m"},
-    }
-)
 BOB_PASSWORD = "bob-password-1"
 CAROL_PASSWORD = "carol-password-1"
 NAVIGATION_TIMEOUT_MS = 10_000
@@ -101,7 +88,9 @@ def test_a_reviewer_approves_and_denies_in_chromium(tmp_path: Path, devca: DevCA
     except ImportError:
         pytest.fail("playwright is not installed: `pip install '.[test]'` (the test extra has it)")
 
-    proc = make_broker_process(tmp_path, devca, f"sqlite:///{tmp_path / 'broker-data' / 'broker.db'}", POLICY)
+    proc = make_broker_process(
+        tmp_path, devca, f"sqlite:///{tmp_path / 'broker-data' / 'broker.db'}", REVIEWED_POLICY
+    )
     with ThreadPoolExecutor(2) as pool:  # two admin processes at once: each is mostly start-up
         list(
             pool.map(

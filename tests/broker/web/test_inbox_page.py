@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -19,31 +18,17 @@ from access.broker.runtime import Broker
 from access.broker.store.tables import grants
 from access.broker.web.csrf import CSRF_COOKIE
 from access.shared.models import GrantRequest
-from tests.broker.conftest import InboxPage, add_user, audit_actions, audit_rows, login
-from tests.broker.web.test_inbox_signin import assert_page_headers
-from tests.conftest import DEFAULT_POLICY
+from tests.broker.conftest import InboxPage, add_user, assert_page_headers, audit_actions, audit_rows, login
+from tests.conftest import REVIEWED_POLICY
 
 pytestmark = pytest.mark.anyio
-
-POLICY: dict[str, Any] = copy.deepcopy(DEFAULT_POLICY)
-POLICY["rules"].append(
-    {
-        "name": "payments-write-reviewed",
-        "subjects": {"groups": ["dev"]},
-        "services": ["svc-payments"],
-        "scopes": ["write"],
-        "max_ttl": "1h",
-        "require": "approval",
-        "approval": {"reviewers": [{"groups": ["leads"], "count": 1}], "wait": "1h"},
-    }
-)
 
 
 @pytest.fixture
 def broker(make_broker: Callable[..., Broker]) -> Broker:
     """bob (dev) asks; carol (leads) reviews. (Each user costs an argon2 hash: tests that need
     another reviewer, dana, or a bystander, erin, add them.)"""
-    made = make_broker(policy=POLICY)
+    made = make_broker(policy=REVIEWED_POLICY)
     add_user(made, "bob", ("dev",))
     add_user(made, "carol", ("leads",))
     return made

@@ -22,20 +22,12 @@ from tests.broker.conftest import (
     DevicePage,
     InboxPage,
     add_user,
+    assert_page_headers,
     audit_actions,
     audit_rows,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def assert_page_headers(response: httpx.Response) -> None:
-    assert response.headers["content-type"].startswith("text/html")
-    assert response.headers["x-frame-options"] == "DENY"
-    csp = response.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "script-src" not in csp
-    assert response.headers["referrer-policy"] == "no-referrer"
-    assert response.headers["cache-control"] == "no-store"
 
 
 def _session_rows(broker: Broker) -> list[sa.Row[tuple[str, str]]]:
