@@ -130,9 +130,11 @@ REVIEWED_POLICY: dict[str, Any] = {
 
 @pytest.fixture
 def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[..., Any]]:
-    """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...)``.
+    """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...,
+    base_url=...)``.
 
-    Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``.
+    Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``,
+    ``https://broker.test``.
     """
     from access.broker.policy import policy_from_data
     from access.broker.runtime import Broker
@@ -145,6 +147,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
         db_url: str | None = None,
         policy: dict[str, Any] | None = None,
         clock: Any = None,
+        base_url: str = "https://broker.test",
         **settings: Any,
     ) -> Any:
         data_dir = tmp_path / f"broker-{len(made)}"
@@ -153,7 +156,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
             Settings(data_dir=data_dir, database_url=url, **settings),
             clock=clock or fake_clock,
             policy=policy_from_data(policy if policy is not None else DEFAULT_POLICY),
-            base_url="https://broker.test",
+            base_url=base_url,
         )
         made.append(broker)
         return broker

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 import httpx
@@ -86,18 +87,24 @@ async def test_wrong_password_keeps_the_name_not_the_password(
     assert entry["details"]["method"] == "inbox" and entry["details"]["reason"] == "wrong_credentials"
 
 
+@contextlib.asynccontextmanager
+async def _browser(broker: Broker, base_url: str = BASE_URL) -> AsyncIterator[InboxPage]:
+    """The inbox of a broker made with other settings than the ``client`` fixture's."""
+    from access.broker.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(broker, background=False), client=("192.0.2.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+        yield InboxPage(http)
+
+
 async def test_password_guessing_is_rate_limited_as_on_the_device_page(
     make_broker: Callable[..., Broker],
 ) -> None:
     # The device page's allowances (auth.password), here the one per address, made small so
     # that the test pays for few argon2 checks; tests/broker/auth covers each allowance.
-    from access.broker.app import create_app
-
     broker = make_broker(login_failures_per_address=2)
     add_user(broker)
-    transport = httpx.ASGITransport(app=create_app(broker, background=False), client=("192.0.2.7", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
-        inbox = InboxPage(http)
+    async with _browser(broker) as inbox:
         for name in ("alice", "mallory"):
             assert (await inbox.sign_in(name, password="wrong-password")).status_code == 401
         response = await inbox.sign_in()  # even the right password now waits
@@ -206,3 +213,16 @@ async def test_a_forged_cookie_signs_nobody_in(
     response = await client.get("/inbox")
     assert response.status_code == 200 and 'name="password"' in response.text
     assert "<script>" not in response.text
+
+
+async def test_over_plain_http_the_cookies_are_not_secure(make_broker: Callable[..., Broker]) -> None:
+    # Behind a proxy that terminates TLS the operator sets an https:// public URL; a plain
+    # http:// one (loopback, --insecure-http) gets cookies a browser will send back over it.
+    broker = make_broker(base_url="http://127.0.0.1:8080")
+    add_user(broker)
+    async with _browser(broker, "http://127.0.0.1:8080") as inbox:
+        response = await inbox.sign_in()
+    assert response.status_code == 303
+    cookies = _set_cookies(response)
+    for name in (SESSION_COOKIE, CSRF_COOKIE):
+        assert "httponly" in cookies[name].lower() and "secure" not in cookies[name].lower()
