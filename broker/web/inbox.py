@@ -2,7 +2,9 @@
 
 Flow: GET /inbox (not signed in: the sign-in form) -> POST /inbox (password, as on the device
 page) -> 303 to GET /inbox (the list) -> POST /inbox/{id}/approve or /deny (a comment; deny
-needs one) -> 303 back to the list with what happened -> POST /inbox/sign-out.
+needs one) -> 303 back to the list with what happened -> POST /inbox/sign-out. GET
+/inbox/{id} shows one request to those who may see it (``grants.queries.get_grant``), decided
+or not.
 
 Cookies, all ``Path=/inbox``, ``HttpOnly``, ``Secure`` over TLS:
 
@@ -29,11 +31,11 @@ from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import tags, websessions
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, Unauthenticated
-from access.broker.grants import approvals
+from access.broker.grants import approvals, queries
 from access.broker.runtime import Broker
 from access.broker.web import csrf, pages
 from access.broker.web.csrf import CSRF_FIELD
-from access.broker.web.inbox_view import item, outcome_text
+from access.broker.web.inbox_view import InboxItem, item, outcome_text
 from access.shared.models import MAX_REASON_LENGTH
 
 __all__ = ["SESSION_COOKIE", "router"]
@@ -195,6 +197,46 @@ async def sign_out(request: Request, broker: BrokerDep) -> Response:
     response = _see_list({"signed_out": "1"})
     response.delete_cookie(SESSION_COOKIE, path=_PATH, secure=pages.is_https(broker), httponly=True)
     return response
+
+
+@router.get("/inbox/{grant_id}", response_class=HTMLResponse)
+def one_request(request: Request, broker: BrokerDep, grant_id: str) -> HTMLResponse:
+    """One request, as its reviewers see it: waiting (with Approve and Deny) or how it ended."""
+    token = csrf.token_from_cookie(request) or csrf.new_token()
+    ctx = _signed_in(broker, request)
+    if ctx is None:
+        return _sign_in_page(broker, token, notice=_SIGN_IN_FIRST if _session_token(request) else "")
+    try:
+        if not _GRANT_ID.match(grant_id):
+            raise NotFound(f"no grant {grant_id[:40]!r}")
+        shown = item(queries.get_grant(broker, ctx, grant_id), broker.clock.now())
+    except BrokerError as exc:
+        return _request_page(broker, ctx, token, None, error=pages.error_text(exc), status=exc.status)
+    return _request_page(broker, ctx, token, shown)
+
+
+def _request_page(
+    broker: Broker,
+    ctx: AuthContext,
+    csrf_token: str,
+    shown: InboxItem | None,
+    *,
+    error: str = "",
+    status: int = 200,
+) -> HTMLResponse:
+    return pages.page(
+        broker,
+        "inbox_request.html",
+        f"Request {shown.id}" if shown else "Request",
+        csrf_token=csrf_token,
+        csrf_path=_PATH,
+        status=status,
+        user_name=ctx.name,
+        it=shown,
+        message="",
+        error=error,
+        max_comment=MAX_REASON_LENGTH,
+    )
 
 
 @router.post("/inbox/{grant_id}/approve", response_class=HTMLResponse)

@@ -13,7 +13,7 @@ from datetime import datetime
 from access.shared.durations import format_duration
 from access.shared.models import Grant, GrantState, ReviewClause
 
-__all__ = ["InboxItem", "clause_text", "item", "outcome_text", "when"]
+__all__ = ["InboxItem", "clause_text", "item", "outcome_text", "state_text", "when"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class InboxItem:
     reason: str
     age: str
     asked_at: str
-    review_expires: str
+    state: str
+    pending: bool
     clauses: tuple[str, ...]
     approvals: tuple[str, ...]
     can_review: bool
@@ -47,6 +48,17 @@ def clause_text(clause: ReviewClause) -> str:
     return f"needs {clause.missing} more of {among}{by}"
 
 
+def state_text(grant: Grant) -> str:
+    """Where the request stands: waiting (until when), granted (until when), or how it ended."""
+    if grant.state is GrantState.PENDING:
+        review = grant.review
+        return f"waits for review until {when(review.review_expires_at)}" if review else "waits for review"
+    if grant.state is GrantState.ACTIVE:
+        return f"granted, active until {when(grant.expires_at)}"
+    why = grant.ended_reason
+    return f"{grant.state.value} ({why})" if why and why != grant.state.value else grant.state.value
+
+
 def item(grant: Grant, now: datetime) -> InboxItem:
     """The facts of pending ``grant`` as the list shows them at ``now``."""
     review = grant.review
@@ -60,7 +72,8 @@ def item(grant: Grant, now: datetime) -> InboxItem:
         reason=grant.reason or "(none given)",
         age=format_duration(now - grant.created_at),
         asked_at=when(grant.created_at),
-        review_expires=when(review.review_expires_at) if review else "",
+        state=state_text(grant),
+        pending=grant.state is GrantState.PENDING,
         clauses=tuple(clause_text(c) for c in review.clauses) if review else (),
         approvals=tuple(
             f"{a.reviewer} {'approved' if a.decision == 'approve' else 'denied'}"

@@ -218,3 +218,25 @@ async def test_a_message_made_elsewhere_is_not_shown(
     await inbox.signed_in("dana")
     replayed = await client.get("/inbox", params={"done": real["done"][0], "tag": real["tag"][0]})
     assert "You approved" not in replayed.text
+
+
+async def test_one_request_has_a_page_of_its_own(
+    client: httpx.AsyncClient, broker: Broker, inbox: InboxPage
+) -> None:
+    grant_id = _ask(broker)
+    add_user(broker, "erin", ())
+    await inbox.signed_in("carol")
+    waiting = await client.get(f"/inbox/{grant_id}")
+    assert waiting.status_code == 200
+    assert_page_headers(waiting)
+    assert "waits for review until" in waiting.text and f'action="/inbox/{grant_id}/approve"' in waiting.text
+
+    assert (await inbox.decide(grant_id, "approve", "fine")).status_code == 303
+    decided = await client.get(f"/inbox/{grant_id}")
+    assert "granted, active until" in decided.text and "carol approved: fine" in decided.text
+    assert "/approve" not in decided.text
+
+    await inbox.signed_in("erin")  # not a reviewer: as if there were no such request
+    for path in (f"/inbox/{grant_id}", "/inbox/g-nonexistent", "/inbox/%3Cscript%3E"):
+        hidden = await client.get(path)
+        assert hidden.status_code == 404 and "no grant" in hidden.text and "<script" not in hidden.text

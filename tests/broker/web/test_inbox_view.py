@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from access.broker.web.inbox_view import clause_text, item, outcome_text
+from access.broker.web.inbox_view import clause_text, item, outcome_text, state_text
 from access.shared.models import Approval, Grant, Review, ReviewClause
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -68,7 +68,8 @@ def test_item_has_the_facts_a_reviewer_needs() -> None:
     shown = item(_grant(), NOW)
     assert (shown.subject, shown.service, shown.scope, shown.ttl) == ("bob", "svc-payments", "write", "15m")
     assert shown.reason == "CHG-42" and shown.age == "7m"
-    assert shown.asked_at == "2026-12-02 08:53 UTC" and shown.review_expires == "2026-12-02 11:00 UTC"
+    assert shown.asked_at == "2026-12-02 08:53 UTC"
+    assert shown.state == "waits for review until 2026-12-02 11:00 UTC" and shown.pending
     assert shown.clauses == (
         "needs 1 more of group:leads (approved by carol)",
         "met: 1 of group:security, user:dana (approved by dana)",
@@ -93,3 +94,19 @@ def test_outcomes() -> None:
     assert outcome_text(_grant(state="denied"), "deny") == (
         "You denied bob's request for write on svc-payments (g-1)."
     )
+
+
+@pytest.mark.parametrize(
+    ("changes", "text"),
+    [
+        (
+            {"state": "active", "expires_at": NOW + timedelta(minutes=15)},
+            "granted, active until 2026-12-02 09:15 UTC",
+        ),
+        ({"state": "denied", "ended_reason": "denied"}, "denied"),
+        ({"state": "expired", "ended_reason": "unreviewed"}, "expired (unreviewed)"),
+        ({"review": None}, "waits for review"),
+    ],
+)
+def test_state_text(changes: dict[str, Any], text: str) -> None:
+    assert state_text(_grant(**changes)) == text
