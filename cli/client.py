@@ -43,7 +43,16 @@ from access.cli.tokens import (
     env_token,
     refresh_lock,
 )
-from access.shared.models import AuditEntry, AuditPage, Grant, GrantRequest, Principal, ServiceInfo
+from access.shared.models import (
+    ApproveRequest,
+    AuditEntry,
+    AuditPage,
+    DenyRequest,
+    Grant,
+    GrantRequest,
+    Principal,
+    ServiceInfo,
+)
 from access.shared.net import is_loopback_host
 from access.shared.oauth import DEVICE_GRANT_TYPE
 
@@ -526,6 +535,20 @@ class BrokerClient:
 
     def revoke(self, grant_id: str) -> Grant:
         return self._parse(Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/revoke"))
+
+    def reviews(self) -> list[Grant]:
+        """Others' requests waiting for my review (``GET /v1/reviews``), oldest first."""
+        return self._parse(list[Grant], self._api("GET", "/v1/reviews"))
+
+    def approve(self, grant_id: str, comment: str = "") -> Grant:
+        body = ApproveRequest(comment=comment).model_dump(mode="json")
+        return self._parse(
+            Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/approve", body=body)
+        )
+
+    def deny(self, grant_id: str, reason: str) -> Grant:
+        body = DenyRequest(reason=reason).model_dump(mode="json")
+        return self._parse(Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/deny", body=body))
 
     def audit(
         self,

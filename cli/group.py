@@ -42,9 +42,10 @@ class LazyCommand:
     global_options: bool = True  # False: the command talks to no broker (--broker would be ignored)
 
 
-_AUTH, _GRANTS, _TUNNEL = (
+_AUTH, _GRANTS, _APPROVALS, _TUNNEL = (
     "access.cli.commands.auth",
     "access.cli.commands.grants",
+    "access.cli.commands.approvals",
     "access.cli.commands.tunnel",
 )
 
@@ -98,13 +99,34 @@ COMMANDS: dict[str, LazyCommand] = {
         _GRANTS,
         "grants",
         "List your grants with state and time left.",
-        examples=("access grants", "access grants --all -o json"),
+        examples=("access grants", "access grants --all -o json", "access grants --pending"),
     ),
     "revoke": LazyCommand(
         _GRANTS,
         "revoke",
         "End a grant now; live connections are cut.",
         examples=("access revoke g-3f9c2a71d04be886",),
+    ),
+    "approve": LazyCommand(
+        _APPROVALS,
+        "approve",
+        "Approve a request that waits for your review.",
+        examples=("access grants --pending", "access approve g-3f9c2a71d04be886 -c 'INC-123 checked'"),
+    ),
+    "deny": LazyCommand(
+        _APPROVALS,
+        "deny",
+        "Deny a request that waits for your review.",
+        examples=("access deny g-3f9c2a71d04be886 -r 'not during the freeze'",),
+    ),
+    "wait": LazyCommand(
+        _APPROVALS,
+        "wait",
+        "Wait for your pending request to be reviewed.",
+        examples=(
+            "access request payments-db -s write -r CHG-42 --no-wait -o json",
+            "access wait g-3f9c2a71d04be886",
+        ),
     ),
     "connect": LazyCommand(
         _TUNNEL,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Output",
+    "Spinner",
     "console",
     "error",
     "grant_label",
@@ -328,3 +329,46 @@ def section(title: str, items: Sequence[tuple[str, str]], *, free_text: Sequence
 def when(moment: datetime) -> str:
     """A broker timestamp in the local time zone: ``2025-06-01 14:03:12 CEST``."""
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+class Spinner:
+    """One status line on stderr while the CLI waits (for reviewers): redrawn in place with a
+    turning bar on a terminal; elsewhere (a pipe, a log) a plain line each time the text changes,
+    so logs get no control characters and no repeats. The text is free text, escaped."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self) -> None:
+        self.animated = sys.stderr.isatty()
+        self._text: str | None = None
+        self._frame = 0
+        self._drawn = False
+
+    def show(self, line: str) -> None:
+        line = terminal.text(line)
+        if not self.animated:
+            if line != self._text:
+                _say("", "", line)
+            self._text = line
+            return
+        self._text = line
+        self._draw()
+
+    def tick(self) -> None:
+        """The next frame (terminal only)."""
+        if self.animated and self._text is not None:
+            self._frame += 1
+            self._draw()
+
+    def _draw(self) -> None:
+        frame = self.FRAMES[self._frame % len(self.FRAMES)]
+        sys.stderr.write(f"\r{frame} {self._text}\x1b[K")
+        sys.stderr.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        """Clear the line (terminal), so what follows starts on a clean one."""
+        if self._drawn:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._drawn = False

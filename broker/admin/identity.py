@@ -75,15 +75,19 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
     if not records:
         typer.echo(f"no {kind.replace('_', ' ')}s yet", err=True)
         return
-    header = ("NAME", "GROUPS", "STATUS", "CREATED", "CLIENT ID" if kind == identity.SERVICE_ACCOUNT else "")
+    accounts = kind == identity.SERVICE_ACCOUNT
+    header: tuple[str, ...] = ("NAME", "GROUPS", "STATUS", "CREATED")
+    if accounts:
+        header += ("OWNER", "CLIENT ID")
     rows: list[tuple[str, ...]] = [header]
     for p in records:
         status = "disabled" if p.disabled else "active"
         created = p.created_at.strftime("%Y-%m-%d %H:%M UTC")
         groups = ",".join(p.groups) or "-"
-        rows.append(
-            tuple(terminal.name(cell) for cell in (p.name, groups, status, created, p.client_id or ""))
-        )
+        cells: tuple[str, ...] = (p.name, groups, status, created)
+        if accounts:
+            cells += (p.owner or "-", p.client_id or "")
+        rows.append(tuple(terminal.name(cell) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())

@@ -263,6 +263,10 @@ def _usable_for_tunnel(conn: sa.Connection, broker: Broker, ctx: AuthContext, gr
         raise Expired(
             f"grant {grant_id} expired at {ledger.format_time(record.expires_at)}", hint=_ask_again(record)
         )
+    if state == GrantState.PENDING:
+        raise Forbidden(
+            f"grant {grant_id} is waiting for approval", hint=f"wait for it: `access wait {grant_id}`"
+        )
     if state != GrantState.ACTIVE:
         raise Forbidden(f"grant {grant_id} is {state}", hint=_ask_again(record))
     svc = broker.policy.service(record.service)

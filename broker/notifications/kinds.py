@@ -10,13 +10,14 @@ __all__ = ["RESERVED", "Notice"]
 class Notice(StrEnum):
     """An event's name, as sent in ``event`` and ``X-Access-Event``. Never rename one."""
 
-    # A request waits for review (pending); emitted by approvals.
+    # A request waits for review (pending; ``details``: reviewers, review_expires_at).
     GRANT_REQUESTED = "grant.requested"
     # A grant became active: issued by the policy at once, or once its approvals are complete.
     GRANT_ISSUED = "grant.issued"
-    # A reviewer approved a pending request (``details``: reviewer, comment); emitted by approvals.
+    # A reviewer approved a pending request (``details``: reviewer, comment, missing: what the
+    # tally still needs, "" when this approval completed it and ``grant.issued`` follows).
     GRANT_APPROVED = "grant.approved"
-    # A request was refused: by the policy now, by a reviewer once approvals exist (``details.why``).
+    # A request was refused: by the policy, or by a reviewer (``details``: why; reviewer, reason).
     GRANT_DENIED = "grant.denied"
     GRANT_EXPIRED = "grant.expired"
     # Ended early: ``access revoke``, a lock-out (``details.why``: revoked, locked, identity_failed).
@@ -27,5 +28,5 @@ class Notice(StrEnum):
     BREAK_GLASS = "grant.break_glass"
 
 
-# Defined now, emitted by work not built yet (approvals, break-glass): endpoints may subscribe.
-RESERVED = frozenset({Notice.GRANT_REQUESTED, Notice.GRANT_APPROVED, Notice.BREAK_GLASS})
+# Defined now, emitted by work not built yet (break-glass): endpoints may subscribe.
+RESERVED = frozenset({Notice.BREAK_GLASS})

@@ -329,10 +329,11 @@ def _show_profile(
             ("groups", ", ".join(me.groups) or "-"),
             ("session ends", _when(me.session_expires_at)),
         ]
-        items += [
-            ("grant", f"{g.service} {g.scope}, {format_duration(g.seconds_left)} left, {g.id}")
-            for g in grants
-        ]
+        for g in grants:
+            left = f"{format_duration(g.seconds_left)} left"
+            if g.state == "pending":
+                left = "waiting for approval"
+            items.append(("grant", f"{g.service} {g.scope}, {left}, {g.id}"))
         if not grants:
             items.append(("grants", "none active"))
     elif problem is not None:

@@ -1,5 +1,6 @@
 """``access services``, ``access request``, ``access grants``, ``access revoke``; which grant
-``connect``, ``exec`` and ``env`` use (:func:`pick`, the rule docs/cli.md states)."""
+``connect``, ``exec`` and ``env`` use (:func:`pick`, the rule docs/cli.md states). The reviewer's
+commands and the wait for reviewers are in ``approvals``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from access.cli import render
+from access.cli.commands.approvals import WaitOption, finish_request, pending_table, wait_choice
 from access.cli.context import OutputOption, client
 from access.cli.errors import UsageError
 from access.cli.render import Output
@@ -16,7 +18,18 @@ from access.cli.render import Output
 if TYPE_CHECKING:
     from access.shared.models import Grant, ServiceInfo
 
-__all__ = ["Ask", "checked", "grants", "mismatch", "pick", "request", "revoke", "services"]
+__all__ = [
+    "Ask",
+    "checked",
+    "grants",
+    "mismatch",
+    "pick",
+    "request",
+    "revoke",
+    "services",
+    "show_grant",
+    "usage_hint",
+]
 
 
 def _max_ttl(service: ServiceInfo) -> str:
@@ -29,9 +42,16 @@ def _max_ttl(service: ServiceInfo) -> str:
 
 
 def _scopes(service: ServiceInfo) -> str:
-    return ", ".join(
-        s.scope if s.requirement == "auto" else f"{s.scope} ({s.requirement})" for s in service.scopes
-    )
+    """``read, write (approval: 2 of group:leads)``."""
+    shown = []
+    for s in service.scopes:
+        if s.requirement == "auto":
+            shown.append(s.scope)
+        elif s.reviewers:
+            shown.append(f"{s.scope} ({s.requirement}: {s.reviewers})")
+        else:
+            shown.append(f"{s.scope} ({s.requirement})")
+    return ", ".join(shown)
 
 
 def services(ctx: typer.Context, output: OutputOption = Output.text) -> None:
@@ -47,7 +67,7 @@ def services(ctx: typer.Context, output: OutputOption = Output.text) -> None:
         ["SERVICE", "KIND", "SCOPES", "MAX TTL", "DESCRIPTION"],
         [[s.name, s.kind, _scopes(s), _max_ttl(s), s.description] for s in items],
         keep_whole=["SERVICE"],
-        free_text=["DESCRIPTION"],
+        free_text=["SCOPES", "DESCRIPTION"],
     )
 
 
@@ -56,13 +76,45 @@ def _left(grant: Grant) -> str:
 
     if grant.state == "active":
         return format_duration(grant.seconds_left)
+    if grant.state == "pending":
+        return "in review"
     return grant.ended_reason or "-"
 
 
-def _show_grant(grant: Grant, output: Output) -> None:
+def _review_rows(grant: Grant) -> list[tuple[str, str]]:
+    """What a grant that needs approval adds: who reviews, who said what, what is still needed."""
+    from access.shared.durations import format_duration
+
+    review = grant.review
+    if review is None:
+        return []
+    rows = []
+    if grant.subject:
+        rows.append(("requester", grant.subject))
+    if grant.ttl_seconds:
+        rows.append(("ttl", f"{format_duration(grant.ttl_seconds)} (counted from the approval)"))
+    rule = " and ".join(f"{c.count} of {', '.join(c.reviewers)}" for c in review.clauses)
+    rows.append(("reviewers", rule or f"none: rule {grant.rule} no longer asks for approval"))
+    said = [
+        f"{a.reviewer} {'approved' if a.decision == 'approve' else 'denied'}"
+        + (f' ("{a.comment}")' if a.comment else "")
+        for a in review.approvals
+    ]
+    rows.append(("reviews", "; ".join(said) or "none yet"))
+    if grant.state == "pending":
+        rows.append(("needs", review.missing or "-"))
+        rows.append(("review by", render.when(review.review_expires_at)))
+    if grant.approved_at is not None:
+        rows.append(("approved", render.when(grant.approved_at)))
+    return rows
+
+
+def show_grant(grant: Grant, output: Output) -> None:
+    """One grant: JSON, or ``key  value`` lines (with its review, if it needs approval)."""
     if output is Output.json:
         render.json_out(grant)
         return
+    pending = grant.state == "pending"
     render.pairs(
         [
             ("id", grant.id),
@@ -70,11 +122,35 @@ def _show_grant(grant: Grant, output: Output) -> None:
             ("scope", grant.scope),
             ("state", str(grant.state)),
             ("time left", _left(grant) if grant.state == "active" else "-"),
-            ("expires", render.when(grant.expires_at)),
+            *([] if pending else [("expires", render.when(grant.expires_at))]),
             ("reason", grant.reason or "-"),
             *([("ended", f"{render.when(grant.ended_at)} ({grant.ended_reason})")] if grant.ended_at else []),
+            *_review_rows(grant),
         ],
-        free_text=["expires", "reason", "ended"],
+        free_text=[
+            "expires",
+            "reason",
+            "ended",
+            "ttl",
+            "reviewers",
+            "reviews",
+            "needs",
+            "review by",
+            "approved",
+        ],
+    )
+
+
+def usage_hint(grant: Grant) -> None:
+    """How to use an active grant: the hint names this very grant (`connect`/`exec` without
+    --grant might pick another one)."""
+    from access.shared.durations import format_duration
+
+    service, grant_id = render.name(grant.service), render.name(grant.id)
+    render.message(
+        f"Granted {render.name(grant.scope)} on {service} for {format_duration(grant.seconds_left)}. "
+        f"Use it with `access connect {service} --grant {grant_id}` "
+        f"or `access exec {service} --grant {grant_id} -- CMD`."
     )
 
 
@@ -113,7 +189,8 @@ def checked(grant: Grant) -> Grant:
         )
     if grant.state == "pending":
         raise Pending(
-            f"grant {render.name(grant.id)} is waiting for approval", "check on it with `access grants`"
+            f"grant {render.name(grant.id)} is waiting for approval",
+            f"wait for it with `access wait {grant.id}`",
         )
     return grant
 
@@ -204,23 +281,27 @@ def request(
     scope: Annotated[str, typer.Option("--scope", "-s", help="Scope to ask for, e.g. read")],
     ttl: Annotated[str, typer.Option("--ttl", "-t", help="How long, e.g. 45s, 30m, 1h30m")] = "30m",
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why, e.g. a ticket: INC-123")] = "",
+    wait: WaitOption = None,
     output: OutputOption = Output.text,
 ) -> None:
-    """Ask for a time-limited grant on a service; policy decides and the ledger records it."""
-    from access.shared.durations import format_duration
+    """Ask for a time-limited grant on a service; policy decides and the ledger records it.
 
+    A scope that needs approval gives a pending request: with --wait (the default on a terminal)
+    the command waits for the reviewers, then prints the grant, whose TTL counts from the
+    approval; with --no-wait (the default in scripts) it prints the pending grant and exits 5.
+    """
     _validate(service, scope, ttl, reason)
-    grant = client(ctx).request_grant(service, scope, ttl, reason)
-    if grant.state != "denied":
-        _show_grant(grant, output)
-    checked(grant)
-    # The hint names this very grant: `connect`/`exec` without --grant might pick another one.
-    service, grant_id = render.name(service), render.name(grant.id)
-    render.message(
-        f"Granted {render.name(scope)} on {service} for {format_duration(grant.seconds_left)}. "
-        f"Use it with `access connect {service} --grant {grant_id}` "
-        f"or `access exec {service} --grant {grant_id} -- CMD`."
-    )
+    broker = client(ctx)
+    grant = broker.request_grant(service, scope, ttl, reason)
+    if grant.state == "denied":
+        checked(grant)
+    waiting = grant.state == "pending" and wait_choice(wait)
+    if not waiting:
+        show_grant(grant, output)  # -o json: the grant as answered, pending or active
+    grant = finish_request(broker, grant, waiting)
+    if waiting:
+        show_grant(grant, output)
+    usage_hint(grant)
 
 
 def grants(
@@ -228,12 +309,24 @@ def grants(
     all_: Annotated[
         bool, typer.Option("--all", "-a", help="Include expired, revoked and denied grants")
     ] = False,
+    pending: Annotated[
+        bool,
+        typer.Option(
+            "--pending", help="Instead: others' requests waiting for your review (approve or deny them)"
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
-    """List your grants, with state and time left (active ones unless --all)."""
-    items = client(ctx).list_grants(include_ended=all_)
+    """List your grants, with state and time left (active and pending ones unless --all); or,
+    with --pending, the requests that wait for your review."""
+    if pending and all_:
+        raise UsageError("--pending lists what waits for your review: leave out --all")
+    items = client(ctx).reviews() if pending else client(ctx).list_grants(include_ended=all_)
     if output is Output.json:
         render.json_out(items)
+        return
+    if pending:
+        pending_table(items)
         return
     if not items:
         render.message("No active grants; ask for one with `access request SERVICE --scope S --ttl 30m`.")
@@ -251,7 +344,7 @@ def revoke(
     grant_id: Annotated[str, typer.Argument(help="Grant id (see `access grants`)", metavar="GRANT_ID")],
     output: OutputOption = Output.text,
 ) -> None:
-    """End a grant now; live connections through it are cut.
+    """End a grant now; live connections through it are cut. A pending request is cancelled.
 
     A grant of yours that had already ended (expired, revoked, denied) is fine too: it says so
     and exits 0, so a clean-up step can revoke whatever happened.
@@ -260,10 +353,12 @@ def revoke(
     before = broker.get_grant(grant_id)  # not found (8) for someone else's or a made-up id
     ended = before.state not in ("active", "pending")
     grant = before if ended else broker.revoke(grant_id)
-    _show_grant(grant, output)
+    show_grant(grant, output)
     if ended:
         render.message(
             f"Grant {render.name(grant.id)} had already ended ({grant.ended_reason or grant.state})."
         )
+    elif before.state == "pending":
+        render.message(f"Cancelled request {render.name(grant.id)}: nobody can approve it now.")
     else:
         render.message(f"Revoked grant {render.name(grant.id)}.")

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import typer
 
 from access.cli import render
+from access.cli.commands.approvals import WaitOption
 from access.cli.context import OutputOption, client
 from access.cli.errors import (
     CliError,
@@ -33,7 +34,6 @@ from access.cli.errors import (
     Expired,
     NeedsLogin,
     NotExecutable,
-    Pending,
     UsageError,
 )
 from access.cli.render import Output
@@ -100,21 +100,26 @@ def _grant_for(
     ttl: str | None,
     reason: str | None,
     grant_id: str | None = None,
+    wait: bool | None = False,
 ) -> Grant:
     """The grant ``--grant`` names, or an active one that matches what was asked, or a new one.
 
-    Says on stderr which grant is used and why (docs/cli.md, "Which grant is used").
+    Says on stderr which grant is used and why (docs/cli.md, "Which grant is used"). A new
+    request that needs approval, or a pending grant named, is waited for when ``wait``
+    (``approvals.wait_choice``: None decides by the terminal).
 
     Raises:
         UsageError: a bad TTL, or --grant with --ttl/--reason or another service or scope.
         NotFound / Expired / Denied / Pending: the grant named is not usable, or the new one
-            was not issued.
+            was not issued (or not yet: pending, exit 5).
     """
-    from access.cli.commands.grants import Ask, checked, pick
+    from access.cli.commands.approvals import finish_request, wait_choice
+    from access.cli.commands.grants import Ask, pick
     from access.shared.durations import DurationError, parse_duration
 
     if grant_id is not None:
-        return _named_grant(broker, service, scope, ttl, reason, grant_id)
+        named = _named_grant(broker, service, scope, ttl, reason, grant_id)
+        return finish_request(broker, named, wait_choice(wait)) if named.state == "pending" else named
     try:
         ttl_seconds = None if ttl is None else int(parse_duration(ttl).total_seconds())
     except DurationError as exc:
@@ -125,7 +130,8 @@ def _grant_for(
         render.note(f"using grant {render.grant_label(grant)}: {why}")
         return grant
     render.note(f"requesting a new grant: {why}")
-    grant = checked(broker.request_grant(ask.service, ask.scope, ttl or DEFAULT_TTL, reason or ""))
+    asked = broker.request_grant(ask.service, ask.scope, ttl or DEFAULT_TTL, reason or "")
+    grant = finish_request(broker, asked, wait_choice(wait))
     render.note(
         f"granted {render.name(grant.id)}: {render.name(service)} ({render.name(grant.scope)}) "
         f"for {format_duration(grant.seconds_left)}"
@@ -155,7 +161,7 @@ def _named_grant(
             "leave out --scope, or see `access grants`",
         )
     if grant.state == "pending":
-        raise Pending(f"grant {name} is waiting for approval", "check on it with `access grants`")
+        return grant  # the caller waits for it, or says how to
     again = f"request a new one: `access request {render.name(service)} --scope {render.name(grant.scope)}`"
     if grant.state != "active" or grant.seconds_left <= 0:
         ended = f"grant {name} has ended ({grant.ended_reason or grant.state})"
@@ -222,7 +228,9 @@ class _Clock:
     """The grant's deadline on this machine's monotonic clock, from the broker's ``seconds_left``."""
 
     def __init__(self, grant: Grant) -> None:
-        self.total = max(1, int((grant.expires_at - grant.created_at).total_seconds()))
+        # An approved grant's lifetime starts at its approval, not at the request.
+        start = grant.approved_at or grant.created_at
+        self.total = max(1, int((grant.expires_at - start).total_seconds()))
         self.deadline = time.monotonic() + grant.seconds_left
 
     def left(self) -> float:
@@ -314,6 +322,7 @@ def connect(
     port: Annotated[
         int, typer.Option("--port", "-p", help="Local port (default: a free one)", min=0, max=65535)
     ] = 0,
+    wait: WaitOption = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Forward a local port on 127.0.0.1 to SERVICE through the broker until the grant ends or Ctrl-C."""
@@ -322,7 +331,7 @@ def connect(
     listener = _listen(port)
     try:
         broker = client(ctx)
-        grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
+        grant = _grant_for(broker, service, scope, ttl, reason, grant_id, wait)
     except BaseException:
         listener.close()
         raise
@@ -423,6 +432,7 @@ def exec_command(
     ttl: Ttl = None,
     reason: Reason = None,
     grant_id: GrantId = None,
+    wait: WaitOption = None,
 ) -> None:
     """Run COMMAND with a tunnel to SERVICE in its environment; exit with its exit code.
 
@@ -445,7 +455,7 @@ def exec_command(
     secret_dir = _private_dir()
     _check_program(command[0], os.environ.get("PATH", os.defpath))
     broker = client(ctx)
-    grant = _grant_for(broker, service, scope, ttl, reason, grant_id)
+    grant = _grant_for(broker, service, scope, ttl, reason, grant_id, wait)
     info = _connection_info(broker, grant.id)
     clock = _Clock(grant)
 

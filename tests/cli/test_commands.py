@@ -94,7 +94,12 @@ def test_json_output_is_the_wire_model_on_stdout(live: LiveBroker) -> None:
 
     services = json.loads(live.invoke("services", "--output", "json").stdout)
     assert services[0]["name"] == "svc-payments"
-    assert services[0]["scopes"][1] == {"scope": "write", "max_ttl_seconds": 1800, "requirement": "auto"}
+    assert services[0]["scopes"][1] == {
+        "scope": "write",
+        "max_ttl_seconds": 1800,
+        "requirement": "auto",
+        "reviewers": None,
+    }
 
     issued = _request(live, "--scope", "read", "--ttl", "30m", "--reason", "INC-123")
     grants = json.loads(live.invoke("grants", "-o", "json").stdout)
@@ -141,6 +146,7 @@ def test_request_sends_the_grant_request(live: LiveBroker) -> None:
         "scope": "read",
         "ttl": "30m",
         "reason": "INC-123",
+        "break_glass": False,
     }
     grant = json.loads(result.stdout)
     assert (grant["state"], grant["subject"], grant["reason"]) == ("active", "alice", "INC-123")

@@ -136,7 +136,13 @@ def test_an_older_grant_without_the_reason_or_with_more_time_is_not_reused(
     assert f"requesting a new grant: {old['id']} (read, 22m left, no reason) does not match" in err
     assert "22m left is more than the 20s asked" in err and 'not "INC-9"' in err
     [sent] = [json.loads(r.content) for r in live.sent("POST", "/v1/grants")][1:]
-    assert sent == {"service": "svc-payments", "scope": "read", "ttl": "20s", "reason": "INC-9"}
+    assert sent == {
+        "service": "svc-payments",
+        "scope": "read",
+        "ttl": "20s",
+        "reason": "INC-9",
+        "break_glass": False,
+    }
 
     live.clock.advance(5)
     again = _grant_for(broker, "svc-payments", None, "20s", "INC-9")

@@ -251,3 +251,21 @@ def test_admin_service_accounts_print_the_secret_once(
 
     code, _, err = run_admin("service-accounts", "disable", "deploy-bot")
     assert code == 0, err
+
+
+def test_admin_service_accounts_have_an_owner_who_must_exist(
+    run_admin: Callable[..., tuple[int, str, str]],
+) -> None:
+    code, _, err = run_admin("service-accounts", "add", "deploy-bot", "--owner", "alice")
+    assert code == 2 and "no user named 'alice' to own the service account" in err
+    code, out, _ = run_admin("service-accounts", "list", "-o", "json")
+    assert json.loads(out) == []  # nothing made
+    code, _, err = run_admin("users", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0, err
+    code, _, err = run_admin("service-accounts", "add", "deploy-bot", "-g", "ci", "--owner", "alice")
+    assert code == 0, err
+    code, out, _ = run_admin("service-accounts", "list", "-o", "json")
+    assert json.loads(out)[0]["owner"] == "alice"
+    code, out, _ = run_admin("service-accounts", "list")
+    assert out.splitlines()[0].split() == ["NAME", "GROUPS", "STATUS", "CREATED", "OWNER", "CLIENT", "ID"]
+    assert " alice " in out.splitlines()[1]
