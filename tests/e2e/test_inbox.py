@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from access.shared.errors import ExitCode
 from tests.conftest import REVIEWED_POLICY
 from tests.e2e.conftest import Cli, DevCA, make_broker_process, new_cli, running
 
@@ -74,8 +75,10 @@ def _json(result: Any) -> Any:
 
 def _ask(cli: Cli, reason: str) -> dict[str, Any]:
     """bob asks for write on svc-payments: it waits for review (the pending exit code)."""
-    result = cli.run("request", "svc-payments", "-s", "write", "-t", "15m", "-r", reason, "-o", "json")
-    assert result.stdout, result.stderr
+    result = cli.run(
+        "request", "svc-payments", "-s", "write", "-t", "15m", "-r", reason, "--no-wait", "-o", "json"
+    )
+    assert result.returncode == ExitCode.PENDING, f"exit {result.returncode}: {result.stderr}"
     grant: dict[str, Any] = json.loads(result.stdout)
     assert grant["state"] == "pending", grant
     return grant
