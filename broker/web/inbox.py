@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -101,6 +102,34 @@ def _sign_in_page(
     return response
 
 
+def _signed_in_page(
+    broker: Broker,
+    ctx: AuthContext,
+    name: str,
+    title: str,
+    csrf_token: str,
+    *,
+    message: str = "",
+    error: str = "",
+    status: int = 200,
+    **values: Any,
+) -> HTMLResponse:
+    """A page of ``inbox_base.html``: who is signed in, the sign-out button, a message or error."""
+    return pages.page(
+        broker,
+        name,
+        title,
+        csrf_token=csrf_token,
+        csrf_path=_PATH,
+        status=status,
+        user_name=ctx.name,
+        message=message,
+        error=error,
+        max_comment=MAX_REASON_LENGTH,
+        **values,
+    )
+
+
 def _list_page(
     broker: Broker,
     ctx: AuthContext,
@@ -112,18 +141,9 @@ def _list_page(
 ) -> HTMLResponse:
     now = broker.clock.now()
     items = [item(grant, now) for grant in approvals.pending_for(broker, ctx)]
-    return pages.page(
-        broker,
-        "inbox.html",
-        f"Approvals inbox ({len(items)})" if items else "Approvals inbox",
-        csrf_token=csrf_token,
-        csrf_path=_PATH,
-        status=status,
-        user_name=ctx.name,
-        items=items,
-        message=message,
-        error=error,
-        max_comment=MAX_REASON_LENGTH,
+    title = f"Approvals inbox ({len(items)})" if items else "Approvals inbox"
+    return _signed_in_page(
+        broker, ctx, "inbox.html", title, csrf_token, message=message, error=error, status=status, items=items
     )
 
 
@@ -224,18 +244,9 @@ def _request_page(
     error: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    return pages.page(
-        broker,
-        "inbox_request.html",
-        f"Request {shown.id}" if shown else "Request",
-        csrf_token=csrf_token,
-        csrf_path=_PATH,
-        status=status,
-        user_name=ctx.name,
-        it=shown,
-        message="",
-        error=error,
-        max_comment=MAX_REASON_LENGTH,
+    title = f"Request {shown.id}" if shown else "Request"
+    return _signed_in_page(
+        broker, ctx, "inbox_request.html", title, csrf_token, error=error, status=status, it=shown
     )
 
 
