@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 BOB_PASSWORD = "bob-password-1"
 CAROL_PASSWORD = "carol-password-1"
-NAVIGATION_TIMEOUT_MS = 10_000
+NAVIGATION_TIMEOUT_MS = 10_000  # every wait on the page is bounded by this
 
 
 def _chromium() -> str:
@@ -120,6 +120,7 @@ def test_a_reviewer_approves_and_denies_in_chromium(tmp_path: Path, devca: DevCA
                     java_script_enabled=False, viewport={"width": 1000, "height": 700}
                 )
                 context.set_default_timeout(NAVIGATION_TIMEOUT_MS)
+                expect.set_options(timeout=NAVIGATION_TIMEOUT_MS)  # bounded waits, with room for a loaded CI
                 page = context.new_page()
 
                 # Sign in.
