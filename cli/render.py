@@ -38,7 +38,10 @@ __all__ = [
     "Spinner",
     "console",
     "error",
+    "grant_details",
     "grant_label",
+    "grant_left",
+    "grant_usage",
     "json_out",
     "layout",
     "message",
@@ -307,6 +310,90 @@ def pairs(items: Sequence[tuple[str, str]], *, free_text: Sequence[str] = ()) ->
             lead = shown + " " * (pad - len(key)) if n == 0 else " " * pad
             lines.append(f"{lead}{_GAP}{part}".rstrip())
     _write(lines)
+
+
+def grant_left(grant: Grant) -> str:
+    """A grant's LEFT cell: time left, ``in review`` while pending, else why it ended."""
+    from access.shared.durations import format_duration
+
+    if grant.state == "active":
+        return format_duration(grant.seconds_left)
+    if grant.state == "pending":
+        return "in review"
+    return grant.ended_reason or "-"
+
+
+def _review_rows(grant: Grant) -> list[tuple[str, str]]:
+    """What a grant that needs approval adds: who reviews, who said what, what is still needed."""
+    from access.shared.durations import format_duration
+
+    review = grant.review
+    if review is None:
+        return []
+    rows = []
+    if grant.subject:
+        rows.append(("requester", grant.subject))
+    if grant.ttl_seconds:
+        rows.append(("ttl", f"{format_duration(grant.ttl_seconds)} (counted from the approval)"))
+    rule = " and ".join(f"{c.count} of {', '.join(c.reviewers)}" for c in review.clauses)
+    rows.append(("reviewers", rule or f"none: rule {grant.rule} no longer asks for approval"))
+    said = [
+        f"{a.reviewer} {'approved' if a.decision == 'approve' else 'denied'}"
+        + (f' ("{a.comment}")' if a.comment else "")
+        for a in review.approvals
+    ]
+    rows.append(("reviews", "; ".join(said) or "none yet"))
+    if grant.state == "pending":
+        rows.append(("needs", review.missing or "-"))
+        rows.append(("review by", when(review.review_expires_at)))
+    if grant.approved_at is not None:
+        rows.append(("approved", when(grant.approved_at)))
+    return rows
+
+
+def grant_details(grant: Grant, output: Output) -> None:
+    """One grant: JSON, or ``key  value`` lines (with its review, if it needs approval)."""
+    if output is Output.json:
+        json_out(grant)
+        return
+    pending = grant.state == "pending"
+    pairs(
+        [
+            ("id", grant.id),
+            ("service", f"{grant.service} ({grant.kind})"),
+            ("scope", grant.scope),
+            ("state", str(grant.state)),
+            ("time left", grant_left(grant) if grant.state == "active" else "-"),
+            *([] if pending else [("expires", when(grant.expires_at))]),
+            ("reason", grant.reason or "-"),
+            *([("ended", f"{when(grant.ended_at)} ({grant.ended_reason})")] if grant.ended_at else []),
+            *_review_rows(grant),
+        ],
+        free_text=[
+            "expires",
+            "reason",
+            "ended",
+            "ttl",
+            "reviewers",
+            "reviews",
+            "needs",
+            "review by",
+            "approved",
+        ],
+    )
+
+
+def grant_usage(grant: Grant) -> None:
+    """How to use an active grant: the hint names this very grant (`connect`/`exec` without
+    --grant might pick another one)."""
+    from access.shared.durations import format_duration
+
+    service, grant_id = name(grant.service), name(grant.id)
+    message(
+        f"Granted {name(grant.scope)} on {service} for {format_duration(grant.seconds_left)}. "
+        f"Use it with `access connect {service} --grant {grant_id}` "
+        f"or `access exec {service} --grant {grant_id} -- CMD`."
+    )
 
 
 def grant_label(grant: Grant) -> str:

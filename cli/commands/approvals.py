@@ -108,10 +108,8 @@ def approve(
     Nobody approves their own request, nor one of a service account they own; each reviewer has
     one say. Exit 4 if you may not review it, 1 (conflict) if it was decided meanwhile.
     """
-    from access.cli.commands.grants import show_grant
-
     grant = client(ctx).approve(grant_id, comment)
-    show_grant(grant, output)
+    render.grant_details(grant, output)
     gid = render.name(grant.id)
     if grant.state == "active":
         render.message(f"Approved: grant {gid} for {render.name(grant.subject)} is active now.")
@@ -127,12 +125,10 @@ def deny(
     output: OutputOption = Output.text,
 ) -> None:
     """Deny a request that waits for your review; one reviewer's no ends it."""
-    from access.cli.commands.grants import show_grant
-
     if not reason.strip():
         raise UsageError("say why you deny it", f"access deny {grant_id} --reason TEXT")
     grant = client(ctx).deny(grant_id, reason)
-    show_grant(grant, output)
+    render.grant_details(grant, output)
     render.message(f"Denied grant {render.name(grant.id)} of {render.name(grant.subject)}.")
 
 
@@ -170,12 +166,11 @@ def wait(ctx: typer.Context, grant_id: GrantIdArg, output: OutputOption = Output
     deadline; Ctrl-C stops waiting and leaves it pending). Exit 0 active, 4 denied, 6 expired
     unreviewed, 5 still pending (Ctrl-C)."""
     from access.cli import review
-    from access.cli.commands.grants import show_grant, usage_hint
 
     broker = client(ctx)
     grant = broker.get_grant(grant_id)
     if grant.state == "pending":
         render.message(f"waiting for the reviewers of grant {render.name(grant.id)}")
     grant = review.wait_for_review(broker, grant)
-    show_grant(grant, output)
-    usage_hint(grant)
+    render.grant_details(grant, output)
+    render.grant_usage(grant)

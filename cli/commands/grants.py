@@ -27,8 +27,7 @@ __all__ = [
     "request",
     "revoke",
     "services",
-    "show_grant",
-    "usage_hint",
+    "waiting_request",
 ]
 
 
@@ -68,89 +67,6 @@ def services(ctx: typer.Context, output: OutputOption = Output.text) -> None:
         [[s.name, s.kind, _scopes(s), _max_ttl(s), s.description] for s in items],
         keep_whole=["SERVICE"],
         free_text=["SCOPES", "DESCRIPTION"],
-    )
-
-
-def _left(grant: Grant) -> str:
-    from access.shared.durations import format_duration
-
-    if grant.state == "active":
-        return format_duration(grant.seconds_left)
-    if grant.state == "pending":
-        return "in review"
-    return grant.ended_reason or "-"
-
-
-def _review_rows(grant: Grant) -> list[tuple[str, str]]:
-    """What a grant that needs approval adds: who reviews, who said what, what is still needed."""
-    from access.shared.durations import format_duration
-
-    review = grant.review
-    if review is None:
-        return []
-    rows = []
-    if grant.subject:
-        rows.append(("requester", grant.subject))
-    if grant.ttl_seconds:
-        rows.append(("ttl", f"{format_duration(grant.ttl_seconds)} (counted from the approval)"))
-    rule = " and ".join(f"{c.count} of {', '.join(c.reviewers)}" for c in review.clauses)
-    rows.append(("reviewers", rule or f"none: rule {grant.rule} no longer asks for approval"))
-    said = [
-        f"{a.reviewer} {'approved' if a.decision == 'approve' else 'denied'}"
-        + (f' ("{a.comment}")' if a.comment else "")
-        for a in review.approvals
-    ]
-    rows.append(("reviews", "; ".join(said) or "none yet"))
-    if grant.state == "pending":
-        rows.append(("needs", review.missing or "-"))
-        rows.append(("review by", render.when(review.review_expires_at)))
-    if grant.approved_at is not None:
-        rows.append(("approved", render.when(grant.approved_at)))
-    return rows
-
-
-def show_grant(grant: Grant, output: Output) -> None:
-    """One grant: JSON, or ``key  value`` lines (with its review, if it needs approval)."""
-    if output is Output.json:
-        render.json_out(grant)
-        return
-    pending = grant.state == "pending"
-    render.pairs(
-        [
-            ("id", grant.id),
-            ("service", f"{grant.service} ({grant.kind})"),
-            ("scope", grant.scope),
-            ("state", str(grant.state)),
-            ("time left", _left(grant) if grant.state == "active" else "-"),
-            *([] if pending else [("expires", render.when(grant.expires_at))]),
-            ("reason", grant.reason or "-"),
-            *([("ended", f"{render.when(grant.ended_at)} ({grant.ended_reason})")] if grant.ended_at else []),
-            *_review_rows(grant),
-        ],
-        free_text=[
-            "expires",
-            "reason",
-            "ended",
-            "ttl",
-            "reviewers",
-            "reviews",
-            "needs",
-            "review by",
-            "approved",
-        ],
-    )
-
-
-def usage_hint(grant: Grant) -> None:
-    """How to use an active grant: the hint names this very grant (`connect`/`exec` without
-    --grant might pick another one)."""
-    from access.shared.durations import format_duration
-
-    service, grant_id = render.name(grant.service), render.name(grant.id)
-    render.message(
-        f"Granted {render.name(grant.scope)} on {service} for {format_duration(grant.seconds_left)}. "
-        f"Use it with `access connect {service} --grant {grant_id}` "
-        f"or `access exec {service} --grant {grant_id} -- CMD`."
     )
 
 
@@ -273,6 +189,20 @@ def pick(items: list[Grant], ask: Ask) -> tuple[Grant | None, str]:
     )
 
 
+def waiting_request(items: list[Grant], ask: Ask) -> Grant | None:
+    """Your newest pending request for what ``ask`` asks (same service and scope; the same reason
+    and TTL when given): ``connect``/``exec`` wait for it rather than ask the reviewers twice."""
+    for grant in sorted(items, key=lambda g: g.created_at, reverse=True):
+        if grant.state != "pending" or (grant.service, grant.scope) != (ask.service, ask.scope):
+            continue
+        if ask.reason is not None and grant.reason != ask.reason:
+            continue
+        if ask.ttl_seconds is not None and grant.ttl_seconds != ask.ttl_seconds:
+            continue
+        return grant
+    return None
+
+
 def request(
     ctx: typer.Context,
     service: Annotated[
@@ -297,11 +227,11 @@ def request(
         checked(grant)
     waiting = grant.state == "pending" and wait_choice(wait)
     if not waiting:
-        show_grant(grant, output)  # -o json: the grant as answered, pending or active
+        render.grant_details(grant, output)  # -o json: the grant as answered, pending or active
     grant = finish_request(broker, grant, waiting)
     if waiting:
-        show_grant(grant, output)
-    usage_hint(grant)
+        render.grant_details(grant, output)
+    render.grant_usage(grant)
 
 
 def grants(
@@ -333,7 +263,7 @@ def grants(
         return
     render.table(
         ["ID", "SERVICE", "SCOPE", "STATE", "LEFT", "REASON"],
-        [[g.id, g.service, g.scope, str(g.state), _left(g), g.reason] for g in items],
+        [[g.id, g.service, g.scope, str(g.state), render.grant_left(g), g.reason] for g in items],
         keep_whole=["ID", "SERVICE"],
         free_text=["REASON"],
     )
@@ -353,7 +283,7 @@ def revoke(
     before = broker.get_grant(grant_id)  # not found (8) for someone else's or a made-up id
     ended = before.state not in ("active", "pending")
     grant = before if ended else broker.revoke(grant_id)
-    show_grant(grant, output)
+    render.grant_details(grant, output)
     if ended:
         render.message(
             f"Grant {render.name(grant.id)} had already ended ({grant.ended_reason or grant.state})."

@@ -114,7 +114,7 @@ def _grant_for(
             was not issued (or not yet: pending, exit 5).
     """
     from access.cli.commands.approvals import finish_request, wait_choice
-    from access.cli.commands.grants import Ask, pick
+    from access.cli.commands.grants import Ask, pick, waiting_request
     from access.shared.durations import DurationError, parse_duration
 
     if grant_id is not None:
@@ -125,10 +125,15 @@ def _grant_for(
     except DurationError as exc:
         raise UsageError(str(exc), "see `access services` for each scope's maximum TTL") from exc
     ask = Ask(service, scope or DEFAULT_SCOPE, ttl_seconds, reason)
-    grant, why = pick(broker.list_grants(), ask)
+    mine = broker.list_grants()
+    grant, why = pick(mine, ask)
     if grant is not None:
         render.note(f"using grant {render.grant_label(grant)}: {why}")
         return grant
+    waiting = waiting_request(mine, ask)
+    if waiting is not None:
+        render.note(f"{why}; your request {render.name(waiting.id)} for it waits for approval")
+        return finish_request(broker, waiting, wait_choice(wait))
     render.note(f"requesting a new grant: {why}")
     asked = broker.request_grant(ask.service, ask.scope, ttl or DEFAULT_TTL, reason or "")
     grant = finish_request(broker, asked, wait_choice(wait))

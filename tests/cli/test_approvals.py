@@ -165,3 +165,35 @@ def test_exec_on_a_request_that_needs_approval(live: LiveBroker) -> None:
     result = live.invoke("exec", "svc-payments", "-s", "write", "--no-wait", "--", "true")
     assert result.exit_code == ExitCode.PENDING
     assert "waits for approval by 2 more of group:leads" in result.stderr
+    again = live.invoke("exec", "svc-payments", "-s", "write", "--no-wait", "--", "true")
+    assert again.exit_code == ExitCode.PENDING  # the same request, not a second one for the reviewers
+    [pending] = grants.list_grants(live.broker, context(live.broker, "alice"))
+    assert f"your request {pending.id} for it waits for approval" in again.stderr
+    assert len(live.sent("POST", "/v1/grants")) == 1
+
+
+def test_connect_and_exec_wait_for_the_reviewers(live: LiveBroker, instant: FakeTime) -> None:
+    from access.cli.client import BrokerClient
+    from access.cli.commands.tunnel import _grant_for
+    from access.cli.tokens import FileStore
+    from tests.cli.conftest import BROKER
+
+    live.sign_in("alice")
+    client = BrokerClient(
+        BROKER, transport=live.transport, token_store=FileStore(live.config_dir / "tokens.json"), now=live.now
+    )
+    seen: list[str] = []
+
+    def vote(name: str) -> Callable[[], None]:
+        def act() -> None:
+            if not seen:
+                [pending] = grants.list_grants(live.broker, context(live.broker, "alice"))
+                seen.append(pending.id)
+            by(live, name, seen[0])()
+
+        return act
+
+    instant.during[1], instant.during[2] = vote("bob"), vote("carol")
+    grant = _grant_for(client, "svc-payments", "write", "20m", None, None, True)
+    assert (grant.id, grant.state, grant.seconds_left) == (seen[0], "active", 1200)
+    client.close()
