@@ -244,6 +244,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     from access.broker.api import health, oauth
     from access.broker.api import router as api
     from access.broker.web import device as device_page
+    from access.broker.web import inbox as inbox_page
 
     app = FastAPI(
         title="access broker",
@@ -258,6 +259,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(device_page.router)
+    app.include_router(inbox_page.router)
     app.include_router(api.router)
     app.add_middleware(BodySizeLimit, limit=MAX_JSON_BODY_BYTES)
     app.add_middleware(CatchAll)  # added last, so outermost: it sees what the others raise

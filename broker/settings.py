@@ -224,6 +224,13 @@ class Settings(BaseSettings):
         le=100,
         description="tries of one webhook delivery before it is given up on (audited notification.failed)",
     )
+    # Issue 12: the approvals inbox in the browser (web/inbox.py, docs/inbox.md).
+    inbox_session_ttl: int = Field(
+        default=8 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="how long a sign-in on the approvals inbox page lasts, seconds",
+    )
 
     @field_validator("webhooks", mode="after")
     @classmethod

@@ -109,11 +109,32 @@ DEFAULT_POLICY: dict[str, Any] = {
 }
 
 
+# DEFAULT_POLICY plus a rule under which a developer's write on svc-payments waits for one of
+# the leads (the approvals inbox's tests, in process and in Chromium).
+REVIEWED_POLICY: dict[str, Any] = {
+    **DEFAULT_POLICY,
+    "rules": [
+        *DEFAULT_POLICY["rules"],
+        {
+            "name": "payments-write-reviewed",
+            "subjects": {"groups": ["dev"]},
+            "services": ["svc-payments"],
+            "scopes": ["write"],
+            "max_ttl": "1h",
+            "require": "approval",
+            "approval": {"reviewers": [{"groups": ["leads"], "count": 1}], "wait": "1h"},
+        },
+    ],
+}
+
+
 @pytest.fixture
 def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[..., Any]]:
-    """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...)``.
+    """A factory for in-process brokers: ``make_broker(db_url=..., policy=dict, clock=...,
+    base_url=...)``.
 
-    Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``.
+    Defaults: a fresh SQLite database, ``DEFAULT_POLICY``, the test's ``fake_clock``,
+    ``https://broker.test``.
     """
     from access.broker.policy import policy_from_data
     from access.broker.runtime import Broker
@@ -126,6 +147,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
         db_url: str | None = None,
         policy: dict[str, Any] | None = None,
         clock: Any = None,
+        base_url: str = "https://broker.test",
         **settings: Any,
     ) -> Any:
         data_dir = tmp_path / f"broker-{len(made)}"
@@ -134,7 +156,7 @@ def make_broker(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Callable[...,
             Settings(data_dir=data_dir, database_url=url, **settings),
             clock=clock or fake_clock,
             policy=policy_from_data(policy if policy is not None else DEFAULT_POLICY),
-            base_url="https://broker.test",
+            base_url=base_url,
         )
         made.append(broker)
         return broker

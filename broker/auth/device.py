@@ -24,9 +24,9 @@ import sqlalchemy as sa
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
-from access.broker.auth import ratelimit, tags
+from access.broker.auth import ratelimit
 from access.broker.auth.device_flow import Event, Poll, next_step, transition
-from access.broker.auth.identity import check_password
+from access.broker.auth.password import PasswordAttempt
 from access.broker.auth.sessions import TokenSet, hash_token, start_session
 from access.broker.auth.tokens import OAuthError
 from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
@@ -288,44 +288,23 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
         Unauthenticated: wrong username or password, or a disabled user.
         Unavailable: the database could not be reached.
     """
-    username = username.strip()
+    attempt = PasswordAttempt(broker, username, client_ip, "device_page")
     code = normalise_user_code(user_code)
     code_key = ratelimit.USER_CODE_GUESSES.key(broker, client_ip)
-    password_key = ratelimit.PASSWORD_FAILURES.key(broker, username.lower(), client_ip)
-    per_address = ratelimit.login_failures_per_address(broker)
-    address_key = per_address.key(broker, client_ip)
     with broker.transaction() as conn:
         ratelimit.check(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
-        ratelimit.check(conn, broker.clock, per_address, address_key)
-        ratelimit.check(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
+        attempt.check_limits(conn)
         row = None if code is None else device_codes.open_by_user_code(conn, code, broker.clock.now())
         if row is None:
             ratelimit.hit(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
     if row is None:
         raise InvalidRequest(_BAD_CODE)
     # The slow argon2 check runs outside any transaction, so it holds no database lock.
-    user, reason = check_password(broker, username, password)
+    user, reason = attempt.verify(password)
     consent = secrets.token_urlsafe(32)
     with broker.transaction() as conn:
         if user is None:
-            ratelimit.hit(conn, broker.clock, ratelimit.PASSWORD_FAILURES, password_key)
-            ratelimit.hit(conn, broker.clock, per_address, address_key)
-            # A name that matches no account may be a password typed in the wrong field: the
-            # ledger keeps only its keyed tag (same name, same tag), never the text.
-            name = tags.unknown_name(broker, username) if reason == "unknown_user" else username
-            ledger.append(
-                conn,
-                broker.clock,
-                actor=name,
-                action=Action.LOGIN_FAILURE,
-                target=f"user:{name}",
-                details={
-                    "method": "device_page",
-                    "reason": reason,
-                    "ip": client_ip[:64],
-                    "device_id": row.id,
-                },
-            )
+            attempt.record_failure(conn, reason, device_id=row.id)
         else:
             transition(row.status, Event.SIGN_IN)  # pending stays pending, now with a consent token
             # Conditional: the code may have been decided or have expired during the argon2 check.
@@ -333,14 +312,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
                 conn, row.id, user.id, hash_token(consent), broker.clock.now()
             )
             if updated:
-                ledger.append(
-                    conn,
-                    broker.clock,
-                    actor=user.name,
-                    action=Action.LOGIN_SUCCESS,
-                    target=f"principal:{user.name}",
-                    details={"method": "device_page", "ip": client_ip[:64], "device_id": row.id},
-                )
+                attempt.record_success(conn, user, device_id=row.id)
     if user is None:
         raise Unauthenticated("Wrong username or password.", hint=None)
     if not updated:

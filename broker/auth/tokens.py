@@ -36,6 +36,7 @@ __all__ = [
     "authenticate",
     "check_session",
     "issue_access_token",
+    "live_session",
     "verify_access_token",
 ]
 
@@ -173,7 +174,7 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
         Unavailable: the database could not be reached.
     """
     claims = verify_access_token(broker, raw_token)
-    row = _live_session(broker, claims.session_id, claims.subject)
+    row = live_session(broker, claims.session_id, claims.subject)
     return AuthContext(
         principal_id=claims.subject,
         name=row.name,
@@ -197,19 +198,27 @@ def check_session(broker: Broker, ctx: AuthContext, conn: sa.Connection | None =
         Unauthenticated: the session was revoked or has expired, or the principal is disabled.
         Unavailable: the database could not be reached.
     """
-    _live_session(broker, ctx.session_id, ctx.principal_id, conn)
+    live_session(broker, ctx.session_id, ctx.principal_id, conn)
 
 
-def _live_session(
-    broker: Broker, session_id: str, principal_id: str, conn: sa.Connection | None = None
+def live_session(
+    broker: Broker, session_id: str, principal_id: str | None, conn: sa.Connection | None = None
 ) -> SessionView:
+    """The session ``session_id`` and its principal, if it is live (not revoked, not expired,
+    principal enabled). ``principal_id``: the principal it must belong to (None: any).
+    ``conn``: look inside the caller's transaction rather than one of its own.
+
+    Raises:
+        Unauthenticated: no such session (or another principal's), revoked, expired, or disabled.
+        Unavailable: the database could not be reached.
+    """
     if conn is None:
         with broker.transaction() as own:
             row = sessions.by_id(own, session_id)
     else:
         row = sessions.by_id(conn, session_id)
     now = broker.clock.now()
-    if row is None or row.principal_id != principal_id:
+    if row is None or (principal_id is not None and row.principal_id != principal_id):
         raise Unauthenticated("the session behind this token does not exist")
     if row.revoked_at is not None:
         raise Unauthenticated("this session was signed out or revoked")

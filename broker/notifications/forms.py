@@ -15,7 +15,7 @@ from access.broker.notifications.kinds import Notice
 
 __all__ = ["INBOX_PATH", "mrkdwn", "render", "render_json", "render_slack"]
 
-# The approvals inbox page (built by the approvals work); Slack messages link to it.
+# The approvals inbox page (web/inbox.py, docs/inbox.md); Slack messages link to it.
 INBOX_PATH = "/inbox"
 
 _HEADLINES: Mapping[str, str] = {

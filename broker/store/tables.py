@@ -34,6 +34,7 @@ __all__ = [
     "rate_events",
     "refresh_tokens",
     "sessions",
+    "web_sessions",
 ]
 
 
@@ -108,6 +109,18 @@ refresh_tokens = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("used_at", UTCDateTime, nullable=True),
+)
+
+# The approvals inbox's browser sign-ins: the cookie is a random token, stored as SHA-256 like a
+# refresh token, pointing at an ordinary ``sessions`` row (so revocation, expiry and disabling a
+# principal work as for the CLI's logins). A table of its own, not ``refresh_tokens``: a cookie
+# must never be exchangeable for API tokens at /oauth/token.
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
 # RFC 8628 device authorizations. The device code is stored hashed; the user code is stored

@@ -1,9 +1,9 @@
 """CSRF protection for the HTML forms: a double-submit cookie.
 
-A random ``access_csrf`` cookie (HttpOnly, SameSite=Strict, Secure over TLS, Path=/device) must
-equal the hidden ``csrf_token`` field of every POST. Another site can make a browser send the
-cookie but cannot read it to fill in the field. The comparison is constant-time, so timing
-says nothing about how much of a guess was right.
+A random ``access_csrf`` cookie (HttpOnly, SameSite=Strict, Secure over TLS, its path that of
+the pages using it: /device or /inbox) must equal the hidden ``csrf_token`` field of every
+POST. Another site can make a browser send the cookie but cannot read it to fill in the field.
+The comparison is constant-time, so timing says nothing about how much of a guess was right.
 
 A second, one-time token guards the consent step: signing in on /device yields a consent token
 (``auth.device.sign_in``, stored hashed) that the Approve/Deny form carries and that
@@ -25,7 +25,6 @@ __all__ = ["CSRF_COOKIE", "CSRF_FIELD", "form_is_ours", "new_token", "set_cookie
 
 CSRF_COOKIE = "access_csrf"
 CSRF_FIELD = "csrf_token"
-_COOKIE_PATH = "/device"
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 
 
@@ -46,13 +45,14 @@ def form_is_ours(request: Request, form: Mapping[str, str]) -> bool:
     return cookie is not None and hmac.compare_digest(cookie.encode(), field.encode())
 
 
-def set_cookie(response: Response, token: str, *, secure: bool) -> None:
-    """Send ``token`` as the CSRF cookie; ``secure`` when the broker is served over TLS."""
+def set_cookie(response: Response, token: str, *, secure: bool, path: str) -> None:
+    """Send ``token`` as the CSRF cookie for the pages under ``path``; ``secure`` when the broker
+    is served over TLS."""
     response.set_cookie(
         CSRF_COOKIE,
         token,
         httponly=True,
         samesite="strict",
         secure=secure,
-        path=_COOKIE_PATH,
+        path=path,
     )

@@ -20,25 +20,20 @@ from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import device
 from access.broker.errors import BrokerError
 from access.broker.runtime import Broker
-from access.broker.web import csrf
+from access.broker.web import csrf, pages
 from access.broker.web.csrf import CSRF_COOKIE, CSRF_FIELD
-from access.broker.web.render import html_response, render
 
 __all__ = ["CSRF_COOKIE", "router"]
 
 router = APIRouter(include_in_schema=False)
 
-_BAD_CSRF = "This form expired or your browser blocked its cookie. Please try again."
+_PATH = "/device"
 
 
 def _page(
     broker: Broker, name: str, title: str, *, csrf_token: str, status: int = 200, **values: Any
 ) -> HTMLResponse:
-    """Render ``name`` inside the layout, with the security headers and the CSRF cookie."""
-    body = render(name, title=title, csrf_token=csrf_token, **values)
-    response = html_response(body, status=status)
-    csrf.set_cookie(response, csrf_token, secure=broker.base_url.startswith("https://"))
-    return response
+    return pages.page(broker, name, title, csrf_token=csrf_token, csrf_path=_PATH, status=status, **values)
 
 
 def _form_page(
@@ -64,21 +59,6 @@ def _form_page(
     )
 
 
-def _error_text(exc: BrokerError) -> str:
-    text = exc.message.rstrip(".") + "."
-    if exc.hint:
-        text += f" {exc.hint[0].upper()}{exc.hint[1:].rstrip('.')}."
-    return text
-
-
-async def _read_form(request: Request) -> dict[str, str]:
-    try:
-        form = await request.form()
-    except Exception:  # a malformed body is treated as an empty form: the CSRF check then fails
-        return {}
-    return {k: v for k, v in form.items() if isinstance(v, str)}
-
-
 @router.get("/device", response_class=HTMLResponse)
 def device_form(request: Request, broker: BrokerDep, user_code: str = "") -> HTMLResponse:
     """The sign-in form, with the code pre-filled from ``verification_uri_complete``."""
@@ -89,11 +69,13 @@ def device_form(request: Request, broker: BrokerDep, user_code: str = "") -> HTM
 @router.post("/device", response_class=HTMLResponse)
 async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
     """Check CSRF, the code and the password; show what is being authorized."""
-    form = await _read_form(request)
+    form = await pages.read_form(request)
     user_code, username = form.get("user_code", ""), form.get("username", "")
     if not csrf.form_is_ours(request, form):
         token = csrf.new_token()
-        return _form_page(broker, token, user_code=user_code, username=username, error=_BAD_CSRF, status=403)
+        return _form_page(
+            broker, token, user_code=user_code, username=username, error=pages.BAD_CSRF, status=403
+        )
     token = form[CSRF_FIELD]
     try:
         result = await run_in_threadpool(
@@ -101,7 +83,12 @@ async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
         )
     except BrokerError as exc:
         return _form_page(
-            broker, token, user_code=user_code, username=username, error=_error_text(exc), status=exc.status
+            broker,
+            token,
+            user_code=user_code,
+            username=username,
+            error=pages.error_text(exc),
+            status=exc.status,
         )
     req = result.request
     return _page(
@@ -122,9 +109,9 @@ async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
 @router.post("/device/confirm", response_class=HTMLResponse)
 async def device_confirm(request: Request, broker: BrokerDep) -> HTMLResponse:
     """Approve or deny, once; then tell the person to go back to the terminal."""
-    form = await _read_form(request)
+    form = await pages.read_form(request)
     if not csrf.form_is_ours(request, form):
-        return _form_page(broker, csrf.new_token(), error=_BAD_CSRF, status=403)
+        return _form_page(broker, csrf.new_token(), error=pages.BAD_CSRF, status=403)
     token = form[CSRF_FIELD]
     action = form.get("action", "")
     if action not in ("approve", "deny"):
@@ -134,7 +121,7 @@ async def device_confirm(request: Request, broker: BrokerDep) -> HTMLResponse:
             device.decide, broker, form.get("consent_token", ""), action == "approve", client_ip(request)
         )
     except BrokerError as exc:
-        return _form_page(broker, token, error=_error_text(exc), status=exc.status)
+        return _form_page(broker, token, error=pages.error_text(exc), status=exc.status)
     values: dict[str, Any] = (
         {
             "headline": "Device authorized",

@@ -102,6 +102,17 @@ def ledger_text(broker: Broker) -> str:
         )
 
 
+def assert_page_headers(response: httpx.Response) -> None:
+    """An HTML page with the headers every page of the broker carries (``web.render``)."""
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["x-frame-options"] == "DENY"
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp and "script-src" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-store"
+
+
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 _CONSENT_FIELD = re.compile(r'name="consent_token" value="([^"]+)"')
 
@@ -175,3 +186,40 @@ async def poll(client: httpx.AsyncClient, device_code: str) -> httpx.Response:
             "client_id": "access-cli",
         },
     )
+
+
+@dataclass
+class InboxPage:
+    """Drives /inbox the way a browser without JavaScript does (cookies kept by ``client``)."""
+
+    client: httpx.AsyncClient
+
+    async def open(self) -> httpx.Response:
+        response = await self.client.get("/inbox")
+        assert response.status_code == 200, response.text
+        return response
+
+    async def sign_in(self, username: str = "alice", password: str = PASSWORD) -> httpx.Response:
+        """POST the sign-in form (the answer is not followed: 303 on success)."""
+        csrf = DevicePage.csrf((await self.open()).text)
+        return await self.client.post(
+            "/inbox", data={"csrf_token": csrf, "username": username, "password": password}
+        )
+
+    async def signed_in(self, username: str = "alice") -> httpx.Response:
+        """Sign in and follow the redirect to the list."""
+        response = await self.sign_in(username)
+        assert response.status_code == 303, response.text
+        return await self.open()
+
+    async def decide(self, grant_id: str, action: str, comment: str = "") -> httpx.Response:
+        """Press Approve or Deny on ``grant_id`` with ``comment`` (the answer is not followed)."""
+        csrf = DevicePage.csrf((await self.open()).text)
+        return await self.client.post(
+            f"/inbox/{grant_id}/{action}", data={"csrf_token": csrf, "comment": comment}
+        )
+
+
+@pytest.fixture
+def inbox(client: httpx.AsyncClient) -> InboxPage:
+    return InboxPage(client)

@@ -11,18 +11,16 @@ import sqlalchemy as sa
 from access.broker.runtime import Broker
 from access.broker.store.tables import device_codes
 from access.broker.web.device import CSRF_COOKIE
-from tests.broker.conftest import PASSWORD, DevicePage, add_user, audit_actions, start_device
+from tests.broker.conftest import (
+    PASSWORD,
+    DevicePage,
+    add_user,
+    assert_page_headers,
+    audit_actions,
+    start_device,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def _assert_page_headers(response: httpx.Response) -> None:
-    assert response.headers["content-type"].startswith("text/html")
-    assert response.headers["x-frame-options"] == "DENY"
-    csp = response.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "form-action 'self'" in csp and "script-src" not in csp
-    assert response.headers["referrer-policy"] == "no-referrer"
-    assert response.headers["cache-control"] == "no-store"
 
 
 def _device_status(broker: Broker) -> list[str]:
@@ -34,7 +32,7 @@ async def test_form_sets_a_strict_csrf_cookie_matching_the_hidden_field(client: 
     response = await client.get("/device", params={"user_code": "bcdf ghjk"})
 
     assert response.status_code == 200
-    _assert_page_headers(response)
+    assert_page_headers(response)
     cookie = response.headers["set-cookie"]
     assert cookie.startswith(f"{CSRF_COOKIE}=")
     for attribute in ("HttpOnly", "SameSite=strict", "Secure", "Path=/device"):
@@ -86,7 +84,7 @@ async def test_sign_in_shows_what_is_being_authorized(
     response = await page.sign_in(started["user_code"].lower())
 
     assert response.status_code == 200, response.text
-    _assert_page_headers(response)
+    assert_page_headers(response)
     text = response.text
     assert "access CLI" in text
     assert "build-box.example" in text
@@ -105,7 +103,7 @@ async def test_approve_ends_with_return_to_terminal(
     add_user(broker)
     started = await start_device(client)
     done = await page.approve(started["user_code"])
-    _assert_page_headers(done)
+    assert_page_headers(done)
     assert "You can close this window and return to your terminal" in done.text
     assert "Device authorized" in done.text
     assert _device_status(broker) == ["approved"]
@@ -132,7 +130,7 @@ async def test_missing_or_wrong_csrf_changes_nothing(client: httpx.AsyncClient, 
     for response in (no_token, wrong_token):
         assert response.status_code == 403
         assert "form expired" in response.text
-        _assert_page_headers(response)
+        assert_page_headers(response)
     assert audit_actions(broker) == before
     assert _device_status(broker) == ["pending"]
 

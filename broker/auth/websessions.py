@@ -1,0 +1,124 @@
+"""Browser sign-ins for the approvals inbox: a password, a cookie, and signing out.
+
+Signing in checks the embedded directory's password as the device page does (same allowances
+against guessing, ``auth.password``) and opens an ordinary ``sessions`` row (client
+``access-inbox``, lifetime ``inbox_session_ttl``). The browser gets a 256-bit random token as a
+cookie; the database keeps only its SHA-256 (``web_sessions``), so every replica knows the
+sign-in, a leaked table signs nobody in, and revoking the session (signing out, ``users
+disable``, ``token.revoke``) ends it everywhere at the next page. Each page checks the session
+again (``tokens.live_session``): a disabled user's cookie stops working at once.
+
+The token is good for nothing but the inbox: it is not a refresh token (``/oauth/token`` never
+sees it) nor an access token (the API wants a signed JWT).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from access.broker.auth.password import PasswordAttempt
+from access.broker.auth.principal import AuthContext
+from access.broker.auth.sessions import hash_token, logout
+from access.broker.auth.tokens import live_session
+from access.broker.errors import Unauthenticated
+from access.broker.runtime import Broker
+from access.broker.store import sessions, web_sessions
+
+__all__ = ["CLIENT_ID", "WebSignIn", "authenticate", "sign_in", "sign_out"]
+
+CLIENT_ID = "access-inbox"  # the sessions row's client: what the ledger and `sessions` show
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class WebSignIn:
+    """A new browser sign-in: ``token`` goes in the cookie, and nowhere else."""
+
+    token: str
+    name: str
+    session_id: str
+    expires_at: datetime
+
+
+def sign_in(broker: Broker, username: str, password: str, client_ip: str) -> WebSignIn:
+    """Check a person's password and open an inbox session for them.
+
+    Audited ``login.success`` (method ``inbox``, with the session id) or ``login.failure``.
+
+    Raises:
+        RateLimited: too many failed logins from this IP, or for this name from this IP.
+        Unauthenticated: wrong username or password, or a disabled user (one message for all).
+        Unavailable: the database could not be reached.
+    """
+    attempt = PasswordAttempt(broker, username, client_ip, "inbox")
+    with broker.transaction() as conn:
+        attempt.check_limits(conn)
+    # The slow argon2 check runs outside any transaction, so it holds no database lock.
+    user, reason = attempt.verify(password)
+    token = secrets.token_urlsafe(32)
+    session_id = str(uuid.uuid4())
+    now = broker.clock.now()
+    expires_at = now + timedelta(seconds=broker.settings.inbox_session_ttl)
+    with broker.transaction() as conn:
+        if user is None:
+            attempt.record_failure(conn, reason)
+        else:
+            sessions.insert(
+                conn,
+                session_id=session_id,
+                principal_id=user.id,
+                client_id=CLIENT_ID,
+                created_at=now,
+                expires_at=expires_at,
+            )
+            web_sessions.insert(conn, token_hash=hash_token(token), session_id=session_id, created_at=now)
+            attempt.record_success(conn, user, session_id=session_id)
+    if user is None:
+        raise Unauthenticated("Wrong username or password.", hint=None)
+    return WebSignIn(token=token, name=user.name, session_id=session_id, expires_at=expires_at)
+
+
+def authenticate(broker: Broker, token: str) -> AuthContext:
+    """Who the inbox cookie ``token`` signs in, if its session is still live.
+
+    Raises:
+        Unauthenticated: a malformed or unknown token, or its session was signed out, revoked
+            or has expired, or its user is disabled.
+        Unavailable: the database could not be reached.
+    """
+    if not _TOKEN_SHAPE.match(token):
+        raise Unauthenticated("not signed in", hint=None)
+    with broker.transaction() as conn:
+        session_id = web_sessions.session_of(conn, hash_token(token))
+        if session_id is None:
+            raise Unauthenticated("not signed in", hint=None)
+        row = live_session(broker, session_id, None, conn)
+    return AuthContext(
+        principal_id=row.principal_id,
+        name=row.name,
+        kind=row.kind,
+        groups=row.groups,
+        session_id=session_id,
+        token_id="",  # no access token: the cookie stands for the session itself
+        expires_at=row.expires_at,
+        session_expires_at=row.expires_at,
+    )
+
+
+def sign_out(broker: Broker, token: str) -> str | None:
+    """End the inbox session of ``token`` (audited ``logout``); the name signed out, or None
+    when the token signed nobody in any more (nothing to do).
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    try:
+        ctx = authenticate(broker, token)
+    except Unauthenticated:
+        return None
+    logout(broker, ctx)
+    return ctx.name
