@@ -1,7 +1,7 @@
 """web_sessions: the approvals inbox's browser sign-ins (a hashed cookie token per session)
 
-Revision ID: 0010_web_sessions
-Revises: 0009_approvals
+Revision ID: 0011_web_sessions
+Revises: 0010_approvals
 Create Date: 2026-12-02
 
 """
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0010_web_sessions"
-down_revision: str | Sequence[str] | None = "0009_approvals"
+revision: str = "0011_web_sessions"
+down_revision: str | Sequence[str] | None = "0010_approvals"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
