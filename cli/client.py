@@ -496,13 +496,15 @@ class BrokerClient:
     def services(self) -> list[ServiceInfo]:
         return self._parse(list[ServiceInfo], self._api("GET", "/v1/services"))
 
-    def request_grant(self, service: str, scope: str, ttl: str, reason: str = "") -> Grant:
+    def request_grant(
+        self, service: str, scope: str, ttl: str, reason: str = "", *, break_glass: bool = False
+    ) -> Grant:
         """Ask for a grant. A service the broker does not know gets "did you mean" (see below).
 
         Raises:
             NotFound: no such service; the hint names the likeliest of those you may request.
         """
-        request = GrantRequest(service=service, scope=scope, ttl=ttl, reason=reason)
+        request = GrantRequest(service=service, scope=scope, ttl=ttl, reason=reason, break_glass=break_glass)
         try:
             # Only a break-glass request says so: an ordinary one's body is what it always was.
             body = request.model_dump(mode="json", exclude=None if request.break_glass else {"break_glass"})
@@ -531,6 +533,10 @@ class BrokerClient:
     def list_grants(self, include_ended: bool = False) -> list[Grant]:
         params = {"all": "true"} if include_ended else None
         return self._parse(list[Grant], self._api("GET", "/v1/grants", params=params))
+
+    def break_glass_grants(self) -> list[Grant]:
+        """Break-glass grants, ended ones too: everyone's for an audit reader, else your own."""
+        return self._parse(list[Grant], self._api("GET", "/v1/grants", params={"break_glass": "true"}))
 
     def get_grant(self, grant_id: str) -> Grant:
         return self._parse(Grant, self._api("GET", f"/v1/grants/{quote(grant_id, safe='')}"))

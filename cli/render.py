@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Output",
     "Spinner",
+    "break_glass_notice",
+    "break_glass_table",
     "console",
     "error",
     "expiry_warning",
@@ -381,6 +383,28 @@ def grant_details(grant: Grant, output: Output) -> None:
             "review by",
             "approved",
         ],
+    )
+
+
+def break_glass_notice(grant: Grant) -> None:
+    """Said loudly on stderr when a break-glass grant is issued: it is flagged for review."""
+    warning(
+        f"BREAK-GLASS: grant {name(grant.id)} ({name(grant.scope)} on {name(grant.service)}) was issued "
+        "at once and is flagged in the audit ledger and to the webhooks for review after the fact "
+        f"(reason: {text(grant.reason)})"
+    )
+
+
+def break_glass_table(items: list[Grant]) -> None:
+    """``access grants --break-glass``: who took what through break-glass, when, why, and how it ended."""
+    if not items:
+        message("No break-glass grants.")
+        return
+    table(
+        ["ID", "SUBJECT", "SERVICE", "SCOPE", "TAKEN", "STATE", "REASON"],
+        [[g.id, g.subject, g.service, g.scope, when(g.created_at), str(g.state), g.reason] for g in items],
+        keep_whole=["ID", "SUBJECT", "SERVICE"],
+        free_text=["REASON"],
     )
 
 

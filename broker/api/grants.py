@@ -91,7 +91,13 @@ def list_grants(
     broker: BrokerDep,
     ctx: CurrentPrincipal,
     include_all: Annotated[bool, Query(alias="all", description="include ended and denied grants")] = False,
+    break_glass: Annotated[
+        bool,
+        Query(description="instead: break-glass grants, ended ones too (everyone's, for an audit reader)"),
+    ] = False,
 ) -> list[Grant]:
+    if break_glass:
+        return grants.list_break_glass(broker, ctx)
     return grants.list_grants(broker, ctx, include_ended=include_all)
 
 

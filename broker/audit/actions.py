@@ -35,6 +35,8 @@ class Action(StrEnum):
     GRANT_APPROVE = "grant.approve"
     GRANT_REJECT = "grant.reject"
     GRANT_ISSUE = "grant.issue"
+    # A grant issued through a break-glass rule: written beside its grant.issue, for review.
+    GRANT_BREAK_GLASS = "grant.break_glass"
     GRANT_DENY = "grant.deny"
     GRANT_REVOKE = "grant.revoke"
     GRANT_EXPIRED = "grant.expired"

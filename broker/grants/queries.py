@@ -41,6 +41,7 @@ __all__ = [
     "fetch",
     "get_grant",
     "grant_state",
+    "list_break_glass",
     "list_grants",
     "may_view",
     "not_found",
@@ -171,6 +172,20 @@ def list_grants(broker: Broker, ctx: AuthContext, include_ended: bool = False) -
             else to_model(record, now)
             for record in records
         ]
+
+
+def list_break_glass(broker: Broker, ctx: AuthContext) -> list[Grant]:
+    """Break-glass grants, newest first, ended ones too, for review after the fact: everyone's for
+    an audit reader (the policy's ``audit.readers``), the caller's own for anyone else.
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    now = broker.clock.now()
+    everyone = broker.policy.can_read_audit(ctx)
+    with broker.transaction() as conn:
+        records = store.list_break_glass(conn, None if everyone else ctx.principal_id, limit=_LIST_LIMIT)
+    return [to_model(record, now) for record in records]
 
 
 def get_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:

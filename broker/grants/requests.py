@@ -24,6 +24,8 @@ from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model, to_model_reviewed
 from access.broker.identities import lifecycle as identities
 from access.broker.locks import guard as locks
+from access.broker.notifications.emit import notify
+from access.broker.notifications.kinds import Notice
 from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
@@ -85,6 +87,8 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
             details["review_expires_at"] = ledger.format_time(record.expires_at)
             notice = {"reviewers": details["reviewers"], "review_expires_at": details["review_expires_at"]}
         lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details, notice=notice)
+        if event == GrantEvent.ISSUE and record.break_glass:
+            _flag_break_glass(tx, record, decision, actor=ctx.name)
         dynamic = event == GrantEvent.ISSUE and policy.services[record.service].dynamic
         if dynamic:
             identities.intend(tx.conn, record, now)
@@ -97,6 +101,25 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
     if dynamic:
         make_identity(broker, record, now)
     return to_model(record, now)
+
+
+def _flag_break_glass(tx: lifecycle.GrantTx, record: GrantRecord, decision: Decision, *, actor: str) -> None:
+    """A break-glass grant, flagged where it will be seen: its own ledger entry beside
+    ``grant.issue`` (``access grants --break-glass`` and ``access audit --action grant.break_glass``
+    list them for review) and the ``grant.break_glass`` notice, in the issuing transaction."""
+    details = {
+        "grant_id": record.id,
+        "subject": record.subject,
+        "scope": record.scope,
+        "rule": decision.rule,
+        "reason": record.reason,
+        "expires_at": ledger.format_time(record.expires_at),
+    }
+    target = grant_target(record.service, record.id)
+    ledger.append(
+        tx.conn, tx.broker.clock, actor=actor, action=Action.GRANT_BREAK_GLASS, target=target, details=details
+    )
+    notify(tx.conn, tx.broker, Notice.BREAK_GLASS, actor=actor, grant=record, details={"rule": decision.rule})
 
 
 def make_identity(broker: Broker, record: GrantRecord, attempt: datetime) -> None:
@@ -142,6 +165,8 @@ def _decision_details(
         "requirement": decision.requirement,
         "policy_version": policy_version,
     }
+    if decision.break_glass:
+        details["break_glass"] = True
     if denial is None:
         key = "expires_at" if record.state == "active" else "review_expires_at"
         details[key] = ledger.format_time(record.expires_at)
@@ -153,6 +178,8 @@ def _decision_details(
 def _denial_hint(decision: Decision, ttl: timedelta) -> str:
     if decision.max_ttl is not None and ttl > decision.max_ttl:
         return f"ask for --ttl {format_duration(decision.max_ttl)} or less"
+    if decision.break_glass and decision.rule is None:
+        return "break-glass is only what a rule marked break_glass: true gives; ask without --break-glass"
     return "see `access services` for what you may request"
 
 
@@ -209,12 +236,12 @@ def _check_reason(reason: str) -> str:
 
 
 def _parse_ttl(
-    text: str, policy: Policy, ctx: AuthContext, service: str, scope: str, reason: str
+    text: str, policy: Policy, ctx: AuthContext, service: str, scope: str, reason: str, break_glass: bool
 ) -> timedelta:
     try:
         ttl: timedelta = parse_duration(text)
     except DurationError as exc:
-        probe = evaluate(policy, ctx, service, scope, timedelta(seconds=1), reason)
+        probe = evaluate(policy, ctx, service, scope, timedelta(seconds=1), reason, break_glass=break_glass)
         limit = ""
         if probe.allowed and probe.max_ttl is not None:
             limit = f"; the maximum for {scope} on {service} is {format_duration(probe.max_ttl)}"
@@ -235,5 +262,6 @@ def _decide(policy: Policy, ctx: AuthContext, request: GrantRequest) -> tuple[De
         raise NotFound(str(exc), hint="see `access services` for what you may request") from exc
     except UnknownScope as exc:
         raise InvalidRequest(str(exc), hint="see `access services`") from exc
-    ttl = _parse_ttl(request.ttl, policy, ctx, service, scope, reason)
-    return evaluate(policy, ctx, service, scope, ttl, reason), ttl, reason
+    ttl = _parse_ttl(request.ttl, policy, ctx, service, scope, reason, request.break_glass)
+    decision = evaluate(policy, ctx, service, scope, ttl, reason, break_glass=request.break_glass)
+    return decision, ttl, reason

@@ -30,9 +30,9 @@ class Notice(StrEnum):
     ACCESS_LOCKED = "access.locked"
     # ``access-broker unlock`` lifted a lock (``details``: target, lock_ids, reason).
     ACCESS_UNLOCKED = "access.unlocked"
-    # A grant issued through a break-glass rule (reserved: emitted by the break-glass work).
+    # A grant issued through a break-glass rule (beside its grant.issued), for review after the fact.
     BREAK_GLASS = "grant.break_glass"
 
 
-# Defined now, emitted by work not built yet (break-glass): endpoints may subscribe.
-RESERVED = frozenset({Notice.BREAK_GLASS})
+# Defined now, emitted by work not built yet: endpoints may subscribe (none at the moment).
+RESERVED: frozenset[Notice] = frozenset()

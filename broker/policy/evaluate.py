@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import NamedTuple
 
-from access.broker.policy.model import ApprovalRule, Policy, Requirement, Rule, ServiceConfig, SubjectLike
+from access.broker.policy.model import (
+    ApprovalRule,
+    Policy,
+    ReasonRule,
+    Requirement,
+    Rule,
+    ServiceConfig,
+    SubjectLike,
+)
 from access.shared.durations import format_duration
 
 __all__ = ["Decision", "ServiceAccess", "allowed_services", "can_read_audit", "evaluate"]
@@ -99,11 +107,10 @@ def evaluate(
         limit = _effective_max(svc, best)
         reason = f"ttl {format_duration(ttl)} is over the maximum {format_duration(limit)} for {what}"
         return Decision(False, service, scope, limit, best.require, best.name, reason)
-    reasoned = [rule for rule in fitting if rule.reason is None or rule.reason.refuses(reason) is None]
+    reasoned = [rule for rule in fitting if _reason_rule(rule).refuses(reason) is None]
     if not reasoned:
         best = _best(svc, fitting)
-        assert best.reason is not None
-        wanted = best.reason.refuses(reason)
+        wanted = _reason_rule(best).refuses(reason)
         given = f'the reason "{reason}"' if reason else "no reason"
         why = f"{what} needs {wanted} (rule {best.name}); {given} was given"
         return Decision(False, service, scope, _effective_max(svc, best), best.require, best.name, why)
@@ -141,6 +148,17 @@ def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess
 def can_read_audit(policy: Policy, who: SubjectLike) -> bool:
     """True when the policy's ``audit.readers`` include ``who``. Fails closed: no readers, no one."""
     return policy.can_read_audit(who)
+
+
+_ANY_REASON = ReasonRule(required=False)
+_SOME_REASON = ReasonRule(required=True)
+
+
+def _reason_rule(rule: Rule) -> ReasonRule:
+    """What ``rule`` asks of a reason: its own ``reason:``; a break-glass rule always asks for one."""
+    if rule.reason is not None:
+        return rule.reason
+    return _SOME_REASON if rule.break_glass else _ANY_REASON
 
 
 def _effective_max(svc: ServiceConfig, rule: Rule) -> timedelta:

@@ -235,7 +235,14 @@ def _why_not(policy: Policy, subject: Subject | None, record: GrantRecord) -> st
     if subject is None:
         return "its owner is not in the directory"
     try:
-        found = explain(policy, subject, record.service, record.scope, reason=record.reason)
+        found = explain(
+            policy,
+            subject,
+            record.service,
+            record.scope,
+            reason=record.reason,
+            break_glass=record.break_glass,
+        )
     except (UnknownService, UnknownScope) as exc:
         return str(exc)
     if record.state == GrantState.PENDING:

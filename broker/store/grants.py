@@ -96,6 +96,16 @@ def list_for_principal(
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
 
+def list_break_glass(conn: sa.Connection, principal_id: str | None, *, limit: int) -> list[GrantRecord]:
+    """Grants issued through break-glass rules, newest first, whatever their state: one
+    principal's, or everyone's when ``principal_id`` is None."""
+    query = sa.select(grants).where(grants.c.break_glass.is_(True))
+    if principal_id is not None:
+        query = query.where(grants.c.principal_id == principal_id)
+    query = query.order_by(grants.c.created_at.desc(), grants.c.id).limit(limit)
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
 def usable_for_principal(conn: sa.Connection, principal_id: str, now: datetime) -> list[GrantRecord]:
     """Every grant of a principal that is active and not past its expiry at ``now``."""
     query = sa.select(grants).where(

@@ -212,6 +212,14 @@ def request(
     ttl: Annotated[str, typer.Option("--ttl", "-t", help="How long, e.g. 45s, 30m, 1h30m")] = "30m",
     reason: Annotated[str, typer.Option("--reason", "-r", help="Why, e.g. a ticket: INC-123")] = "",
     wait: WaitOption = None,
+    break_glass: Annotated[
+        bool,
+        typer.Option(
+            "--break-glass",
+            help="Emergency: ask the policy's break-glass rules (issued at once, a reason required, "
+            "flagged in the ledger and to the webhooks for review)",
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
     """Ask for a time-limited grant on a service; policy decides and the ledger records it.
@@ -219,10 +227,15 @@ def request(
     A scope that needs approval gives a pending request: with --wait (the default on a terminal)
     the command waits for the reviewers, then prints the grant, whose TTL counts from the
     approval; with --no-wait (the default in scripts) it prints the pending grant and exits 5.
+    With --break-glass only rules marked break_glass decide: issued at once, never pending.
     """
     _validate(service, scope, ttl, reason)
+    if break_glass and not reason.strip():
+        raise UsageError("a break-glass request needs a reason", "add --reason, e.g. --reason INC-123")
     broker = client(ctx)
-    grant = broker.request_grant(service, scope, ttl, reason)
+    grant = broker.request_grant(service, scope, ttl, reason, break_glass=break_glass)
+    if grant.break_glass:
+        render.break_glass_notice(grant)
     if grant.state == "denied":
         checked(grant)
     waiting = grant.state == "pending" and wait_choice(wait)
@@ -245,18 +258,34 @@ def grants(
             "--pending", help="Instead: others' requests waiting for your review (approve or deny them)"
         ),
     ] = False,
+    break_glass: Annotated[
+        bool,
+        typer.Option(
+            "--break-glass",
+            help="Instead: break-glass grants, ended ones too, for review (everyone's for an audit reader)",
+        ),
+    ] = False,
     output: OutputOption = Output.text,
 ) -> None:
     """List your grants, with state and time left (active and pending ones unless --all); or,
-    with --pending, the requests that wait for your review."""
-    if pending and all_:
-        raise UsageError("--pending lists what waits for your review: leave out --all")
-    items = client(ctx).reviews() if pending else client(ctx).list_grants(include_ended=all_)
+    with --pending, the requests that wait for your review; or, with --break-glass, the grants
+    taken through break-glass rules."""
+    if sum((pending, all_, break_glass)) > 1:
+        raise UsageError("give one of --all, --pending and --break-glass")
+    if break_glass:
+        items = client(ctx).break_glass_grants()
+    elif pending:
+        items = client(ctx).reviews()
+    else:
+        items = client(ctx).list_grants(include_ended=all_)
     if output is Output.json:
         render.json_out(items)
         return
     if pending:
         pending_table(items)
+        return
+    if break_glass:
+        render.break_glass_table(items)
         return
     if not items:
         render.message("No active grants; ask for one with `access request SERVICE --scope S --ttl 30m`.")

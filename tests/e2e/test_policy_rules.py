@@ -1,6 +1,7 @@
 """Policy decisions seen from the real CLI against the real broker process: a role that selects
-services by label issues at once, an explicit deny (by label) wins over an allow by name, and a
-reason pattern is refused with the pattern named, then accepted."""
+services by label issues at once, an explicit deny (by label) wins over an allow by name, a
+reason pattern is refused with the pattern named, then accepted, and break-glass is had only
+when asked for, flagged and listed."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ POLICY: dict[str, Any] = {
                 },
                 # Named outright, and also matched by the deny below: the deny wins.
                 {"services": ["svc-search"], "scopes": ["read"]},
+                # An emergency: search writes at once, only when asked as break-glass.
+                {"services": ["svc-search"], "scopes": ["write"], "max_ttl": "10m", "break_glass": True},
             ],
         }
     ],
@@ -57,7 +60,7 @@ POLICY: dict[str, Any] = {
             "subjects": {"groups": ["contractors"]},
             "labels": {"env": "prod"},
             "scopes": ["read", "write"],
-            "require": "deny",
+            "require": "deny",  # also beats break-glass
         }
     ],
 }
@@ -107,6 +110,23 @@ def test_roles_labels_deny_and_reason_patterns(tmp_path: Path, devca: DevCA) -> 
         )
         assert (write["state"], write["rule"], write["reason"]) == ("active", "payments-oncall[1]", "INC-42")
 
+        # Break-glass: not without asking for it (nor without a reason); asked for, issued at once,
+        # said loudly, and listed for review.
+        plain = alice.run("request", "svc-search", "--scope", "write", "--ttl", "5m", "--reason", "INC-9")
+        assert plain.returncode == ExitCode.DENIED, plain.stderr
+        assert "without --break-glass" not in plain.stderr
+        bare = alice.run("request", "svc-search", "--scope", "write", "--ttl", "5m", "--break-glass")
+        assert bare.returncode == ExitCode.USAGE and "needs a reason" in bare.stderr
+        args = ("request", "svc-search", "--scope", "write", "--ttl", "5m", "--reason", "INC-9")
+        glass = alice.run(*args, "--break-glass", "-o", "json")
+        taken = _json(glass)
+        assert (taken["state"], taken["break_glass"], taken["rule"]) == ("active", True, "payments-oncall[3]")
+        assert "BREAK-GLASS" in glass.stderr and "flagged" in glass.stderr
+        listed_glass = _json(alice.run("grants", "--break-glass", "-o", "json"))
+        assert [g["id"] for g in listed_glass] == [taken["id"]]
+        table = alice.run("grants", "--break-glass")
+        assert table.returncode == 0 and taken["id"] in table.stdout and "INC-9" in table.stdout
+
         # The explicit deny (by label) beats the role's allow (by label and by name).
         (tmp_path / "m").mkdir()
         mallory = new_cli(tmp_path / "m", proc)
@@ -114,6 +134,12 @@ def test_roles_labels_deny_and_reason_patterns(tmp_path: Path, devca: DevCA) -> 
         assert {svc["name"] for svc in _json(mallory.run("services", "-o", "json"))} == {
             "svc-payments-staging"
         }
+        emergency = mallory.run(
+            "request", "svc-search", "--scope", "write", "--ttl", "5m", "-r", "x", "--break-glass"
+        )
+        assert (
+            emergency.returncode == ExitCode.DENIED and "no-prod-writes-for-contractors" in emergency.stderr
+        )
         for service in ("svc-payments", "svc-search"):
             denied = mallory.run("request", service, "--scope", "read", "--ttl", "5m", "--reason", "INC-1")
             assert denied.returncode == ExitCode.DENIED, denied.stderr
