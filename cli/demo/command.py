@@ -164,6 +164,8 @@ def _steps(run: Runner, target: _Target) -> None:
         )
     policy_file.write_text(target.policy())
     run.admin("users", "add", "demo", "--group", "sre", "--password-stdin", stdin=password + "\n")
+    lead_password = secrets.token_urlsafe(12)
+    run.admin("users", "add", "lead", "--group", "leads", "--password-stdin", stdin=lead_password + "\n")
     run.start_broker(policy_file)
     console.note(f"$ access-broker serve --policy {policy_file.name} ...   -> {run.url}")
 
@@ -179,7 +181,6 @@ def _steps(run: Runner, target: _Target) -> None:
         console.note(f"[demo] before the grant: roles on PostgreSQL tagged by this broker ({pg.broker_id})")
         if pg.count_roles() != 0:
             raise RuntimeError("PostgreSQL has roles of this broker before any grant")
-    run.access("request", "demo-db", "--scope", "write", "--ttl", "5m", "--reason", "DEMO-1", check=False)
     grant = json.loads(
         run.access(
             "request", "demo-db", "--scope", "read", "--ttl", "5m", "--reason", "DEMO-1", "-o", "json"
@@ -200,10 +201,13 @@ def _steps(run: Runner, target: _Target) -> None:
         run.access("exec", "demo-db", "--scope", "read", "--", sys.executable, "-c", _ECHO_CLIENT)
         run.access("revoke", grant["id"])
 
-    console.say(f"\n5. A live connection is cut when the grant expires ({_CUT_TTL} grant)")
+    console.say("\n5. A write needs a second person: the lead approves it from their own terminal")
+    _approved_write(run, pg, lead_password)
+
+    console.say(f"\n6. A live connection is cut when the grant expires ({_CUT_TTL} grant)")
     _cut_at_expiry(run, pg)
 
-    console.say("\n6. The audit trail, and the ledger's verification")
+    console.say("\n7. The audit trail, and the ledger's verification")
     run.access("audit", "--since", "10m")
     run.stop_broker()
     verify = run.admin("audit", "verify")
@@ -250,6 +254,54 @@ def _exec_as_role(run: Runner, pg: DemoPostgres, role: str, grant_id: str) -> No
     if gone is None:
         raise RuntimeError(f"role {role} was still on PostgreSQL 10s after the revoke")
     console.note(f"[demo] role {role} gone {gone - revoked:.2f}s after `access revoke` returned")
+
+
+def _approved_write(run: Runner, pg: DemoPostgres | None, lead_password: str) -> None:
+    """A write request waits (pending) for one of the leads; its requester may not approve it;
+    the lead, signed in on their own terminal, sees it and approves it; the grant's TTL counts
+    from then, and on PostgreSQL its role may write."""
+    asked = run.access(
+        "request",
+        "demo-db",
+        "--scope",
+        "write",
+        "--ttl",
+        "5m",
+        "--reason",
+        "DEMO-3",
+        "--no-wait",
+        "-o",
+        "json",
+        check=False,
+        show=False,
+    )
+    console.output(asked.stderr)  # the pending grant, as JSON on stdout, is long: its id is what counts
+    if asked.returncode != 5:
+        raise RuntimeError(f"the write request was not left pending (exit {asked.returncode})")
+    grant_id = json.loads(asked.stdout)["id"]
+    console.note("[demo] exit 5: pending, waiting for one of group:leads; the requester cannot say yes:")
+    if run.access("approve", grant_id, check=False).returncode != 4:
+        raise RuntimeError("the requester approved their own request")
+    console.say("[demo] meanwhile, in the lead's terminal (a second person, signed in as lead):")
+    run.login("lead", lead_password, who="lead")
+    run.access("request", "demo-db", "--scope", "read", "--ttl", "5m", who="lead", check=False)
+    console.note("[demo] deny by default: no rule gives lead anything; the lead reviews")
+    run.access("grants", "--pending", who="lead")
+    run.access("approve", grant_id, "--comment", "ok for DEMO-3", who="lead")
+    console.say("[demo] back in the engineer's terminal:")
+    run.access("wait", grant_id)
+    if pg is None:
+        run.access("revoke", grant_id)
+        return
+    console.note(f"[demo] the role the broker made on PostgreSQL for {grant_id}, once approved:")
+    role = pg.show_role(grant_id)
+    run.access(
+        "exec", "demo-db", "--grant", grant_id, "--", "psql", "-c", "insert into orders values (3, 'lamp')"
+    )
+    console.note(f"[demo] PostgreSQL let {role} write: the approved write grant's own role")
+    run.access("revoke", grant_id)
+    if pg.wait_gone(role) is None:
+        raise RuntimeError(f"role {role} was still on PostgreSQL 10s after the revoke")
 
 
 def _cut_at_expiry(run: Runner, pg: DemoPostgres | None) -> None:

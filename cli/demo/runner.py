@@ -129,13 +129,22 @@ class Runner:
             check=True,
         )
 
-    def access(self, *args: str, show: bool = True, check: bool = True) -> subprocess.CompletedProcess[str]:
-        console.command(["access", *args])
+    def env_of(self, who: str | None) -> dict[str, str]:
+        """The CLI environment of the demo's engineer (None), or of another person ``who``: a
+        configuration folder, and so a sign-in, of their own, as on their own laptop."""
+        if who is None:
+            return self.cli_env
+        return {**self.cli_env, "XDG_CONFIG_HOME": str(self.workdir / f"config-{who}")}
+
+    def access(
+        self, *args: str, show: bool = True, check: bool = True, who: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        console.command(["access", *args], f"   ({who}'s terminal)" if who else "")
         result = subprocess.run(
             [program("access"), *args],
             capture_output=True,
             text=True,
-            env=self.cli_env,
+            env=self.env_of(who),
             timeout=60,
             check=False,
             stdin=subprocess.DEVNULL,
@@ -146,17 +155,17 @@ class Runner:
             raise RuntimeError(f"`access {' '.join(args)}` exited {result.returncode}")
         return result
 
-    def login(self, username: str, password: str) -> None:
+    def login(self, username: str, password: str, who: str | None = None) -> None:
         from access.cli.browser import complete_device_login
 
-        console.command(["access", "login", "--no-browser"])
+        console.command(["access", "login", "--no-browser"], f"   ({who}'s terminal)" if who else "")
         proc = subprocess.Popen(
             [program("access"), "login", "--no-browser"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.cli_env,
+            env=self.env_of(who),
         )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True).start()

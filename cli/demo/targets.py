@@ -43,7 +43,8 @@ class EchoService:
 
 
 def policy(target: str, kind: str, options: dict[str, str], credentials: dict[str, Any] | None = None) -> str:
-    """The demo's policy: one service, ``demo-db``; the group ``sre`` may read it for 30 minutes."""
+    """The demo's policy: one service, ``demo-db``; the group ``sre`` may read it for 30 minutes,
+    and write to it for 15 once one of the group ``leads`` approves."""
     import yaml
 
     service: dict[str, Any] = {
@@ -68,7 +69,17 @@ def policy(target: str, kind: str, options: dict[str, str], credentials: dict[st
                     "scopes": ["read"],
                     "max_ttl": "30m",
                     "require": "auto",
-                }
+                },
+                {
+                    # A write waits for a second person: one of the leads (never the requester).
+                    "name": "sre-demo-write",
+                    "subjects": {"groups": ["sre"]},
+                    "services": ["demo-db"],
+                    "scopes": ["write"],
+                    "max_ttl": "15m",
+                    "require": "approval",
+                    "approval": {"reviewers": [{"groups": ["leads"]}], "wait": "10m"},
+                },
             ],
             "audit": {"readers": {"groups": ["sre"]}},
         },

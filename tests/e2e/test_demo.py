@@ -35,7 +35,15 @@ def test_demo_goes_all_the_way(tmp_path: Path) -> None:
     out = result.stderr
     assert result.returncode == 0, out
     assert "acting as your browser" in out  # it says that it filled in the device page itself
-    assert "error: no policy rule gives demo write on demo-db" in out  # deny by default
+    assert "error: no policy rule gives lead read on demo-db" in out  # deny by default
+    # A write waits for a second person: pending (exit 5), not approvable by its requester, then
+    # approved from the lead's own terminal (its own sign-in), and its TTL counts from then.
+    assert "error: grant g-" in out and "waits for approval by 1 more of group:leads" in out
+    assert "nobody reviews their own request" in out
+    assert "(lead's terminal)" in out and "Signed in to" in out and "as lead" in out
+    assert 'lead approved ("ok for DEMO-3")' in out
+    assert "ttl        5m (counted from the approval)" in out
+    assert "INSERT 0 1" in out  # the approved write grant's role may write
     assert "kind: kubernetes" in out  # how to add a cluster
     assert "Revoked grant" in out
     cut = re.search(r"cut ([+-]\d+\.\d+)s from the grant's expiry", out)
@@ -51,11 +59,14 @@ def test_demo_goes_all_the_way(tmp_path: Path) -> None:
     broker = _one(r"tagged by this broker \(([A-Za-z0-9_-]+)\)", out).group(1)
     assert _one(rf"-v broker={re.escape(broker)} <<< .*\n    (\d+)$", out).group(1) == "0"  # none before
     roles = re.findall(r"^    rolname\s+\| (access_demo_[a-z0-9]{6})$", out, re.MULTILINE)
-    assert len(roles) == 2 and roles[0] != roles[1], out  # one per grant: exec's, then the cut one's
+    # One per grant: exec's, the approved write's, then the cut one's.
+    assert len(roles) == 3 and len(set(roles)) == 3, out
     assert len(re.findall(r"^    member_of\s+\| \{pg_read_all_data\}$", out, re.MULTILINE)) == 2
-    assert len(re.findall(r"^    rolconnlimit\s+\| 3$", out, re.MULTILINE)) == 2
-    assert len(re.findall(r"^    rolvaliduntil\s+\| 20\d\d-", out, re.MULTILINE)) == 2
-    read, cut_role = roles
+    writer = r"^    member_of\s+\| \{pg_read_all_data,pg_write_all_data\}$"
+    assert len(re.findall(writer, out, re.MULTILINE)) == 1
+    assert len(re.findall(r"^    rolconnlimit\s+\| 3$", out, re.MULTILINE)) == 3
+    assert len(re.findall(r"^    rolvaliduntil\s+\| 20\d\d-", out, re.MULTILINE)) == 3
+    read, _write, cut_role = roles
     assert re.search(rf"^     {read}$", out, re.MULTILINE)  # `select current_user` through the tunnel
     assert "ERROR:  permission denied for table orders" in out  # the target refuses the write
     after_revoke = float(_one(rf"role {read} gone (\d+\.\d+)s after `access revoke` returned", out).group(1))
