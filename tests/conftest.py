@@ -7,7 +7,7 @@ run in parallel without seeing each other.
 A broker that ``make_broker`` opens on a SQLite file that does not exist yet starts from a copy
 of one migrated file (``migrated_sqlite``, made once per pytest-xdist worker by running the
 migrations on an empty file): byte for byte what the migrations would have built there, without
-running them again for every test (about 60 ms each). The broker still runs ``migrate`` on it,
+running them again for every test (about 0.1 s each here). The broker still runs ``migrate`` on it,
 which finds the file at head.
 """
 
