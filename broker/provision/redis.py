@@ -48,10 +48,6 @@ import secrets
 import string
 from datetime import datetime
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from access.broker.errors import BrokerError, InvalidRequest, TargetUnreachable
 
 from .base import Identity, IdentitySpec, OurIdentity
@@ -116,6 +112,10 @@ class RedisProvisioner:
     ) -> None:
         if not _TAG.fullmatch(broker_id):
             raise ValueError(f"a broker id is 1 to 64 of A-Z a-z 0-9 _ -, not {broker_id!r}")
+        import redis  # here, not at the top: a broker without a Redis service never needs it (~0.1 s)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self._where = f"{host}:{port}"
         self._broker_id = broker_id
         self._client = redis.Redis(
@@ -183,6 +183,8 @@ class RedisProvisioner:
 
     def _call(self, *args: str) -> object:
         """One admin command; Redis's refusals and silences as the broker's errors."""
+        import redis
+
         try:
             return self._client.execute_command(*args)  # type: ignore[no-untyped-call]
         except redis.AuthenticationError as error:
