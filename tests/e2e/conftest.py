@@ -29,6 +29,7 @@ BIN = Path(sys.executable).parent
 ACCESS = str(BIN / "access")
 ACCESS_BROKER = str(BIN / "access-broker")
 START_TIMEOUT = 30.0
+_IN_PROCESS = threading.Lock()
 
 
 def _require_tool(name: str) -> str:
@@ -146,7 +147,10 @@ class BrokerProcess:
 
         env: dict[str, str | None] = {name: None for name in os.environ if name not in self.env}
         env.update(self.env)
-        result = CliRunner().invoke(app, list(args), input=input, env=env)
+        # CliRunner swaps this process's stdin, stdout and environment while it runs: one at a time
+        # (tests add users from several threads).
+        with _IN_PROCESS:
+            result = CliRunner().invoke(app, list(args), input=input, env=env)
         if result.exit_code != 0:
             raise AssertionError(
                 f"access-broker {' '.join(args)} failed ({result.exit_code}): {result.stderr}"
