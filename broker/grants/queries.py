@@ -32,6 +32,7 @@ from access.broker.store import approvals as votes
 from access.broker.store import connections as open_connections
 from access.broker.store import grants as store
 from access.broker.store.grants import GrantRecord
+from access.shared.closecodes import grant_ended_close
 from access.shared.models import Grant, GrantState, Review
 
 __all__ = [
@@ -284,6 +285,10 @@ def _usable_for_tunnel(conn: sa.Connection, broker: Broker, ctx: AuthContext, gr
         raise Forbidden(
             f"grant {grant_id} is waiting for approval", hint=f"wait for it: `access wait {grant_id}`"
         )
+    if state == GrantState.REVOKED:
+        # In the words of the tunnel's close: "ended: the policy no longer allows it", "... locked".
+        message = grant_ended_close(record.ended_reason or "revoked", grant_id)[1]
+        raise Forbidden(message, hint=_ask_again(record))
     if state != GrantState.ACTIVE:
         raise Forbidden(f"grant {grant_id} is {state}", hint=_ask_again(record))
     # Belt and braces: a lock ended the grant when it was put on, but fail closed meanwhile.

@@ -118,7 +118,8 @@ def test_policy_denies_by_default(cli: Cli) -> None:
 @pytest.mark.parametrize("e2e_db", ["postgresql"], indirect=True)
 def test_sighup_reloads_the_policy_and_refuses_a_bad_one(cli: Cli, broker: BrokerProcess) -> None:
     """SIGHUP to `serve`: a file that fails validation is refused (logged; the old policy stays),
-    a good one is in force at once."""
+    a good one is in force at once, and one that no longer allows a grant ends it and cuts its
+    live tunnel."""
     assert cli.device_login("bob", "bob-password-1").returncode == 0
     assert broker.proc is not None
     bad = copy.deepcopy(DEFAULT_POLICY)
@@ -136,6 +137,31 @@ def test_sighup_reloads_the_policy_and_refuses_a_bad_one(cli: Cli, broker: Broke
     services = _json(cli.run("services", "-o", "json"))
     assert isinstance(services, list)
     assert [svc["name"] for svc in services] == ["svc-payments"]
+
+    # A reload that no longer gives bob read ends his grant at once and cuts his live tunnel.
+    args = ("request", "svc-payments", "--scope", "read", "--ttl", "5m", "--reason", "INC-1", "-o", "json")
+    grant = _json(cli.run(*args))
+    connect = cli.popen("connect", "svc-payments", "--grant", grant["id"], "-o", "json")
+    try:
+        assert connect.stdout is not None and connect.stderr is not None
+        assert json.loads(connect.stdout.readline())["grant_id"] == grant["id"]  # the tunnel is up
+        write_policy(broker.policy, DEFAULT_POLICY)  # bob is in no group: nothing for him
+        broker.proc.send_signal(signal.SIGHUP)
+        _wait_for_output(broker, "SIGHUP: policy version 3 in force")
+        reloaded = time.monotonic()
+        assert connect.wait(timeout=10) != 0
+        assert time.monotonic() - reloaded < 2.0  # the cut follows the reload, it does not wait out the TTL
+        err = connect.stderr.read()
+        assert "the policy no longer allows it" in err, err
+    finally:
+        if connect.poll() is None:
+            connect.kill()
+            connect.wait(timeout=10)
+        for stream in (connect.stdout, connect.stderr):
+            if stream is not None:
+                stream.close()
+    [ended] = [g for g in _json(cli.run("grants", "--all", "-o", "json")) if g["id"] == grant["id"]]
+    assert (ended["state"], ended["ended_reason"]) == ("revoked", "policy")
 
 
 def _wait_for_output(broker: BrokerProcess, text: str) -> None:

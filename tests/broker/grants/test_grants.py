@@ -248,7 +248,7 @@ def test_revoke_by_owner_publishes_after_commit(broker: Broker) -> None:
     assert grants.revoke_grant(broker, alice, grant.id) == revoked
     assert len(ledger(broker)) == entries
     assert states_seen == [GrantState.REVOKED]
-    with pytest.raises(Forbidden, match="is revoked"):
+    with pytest.raises(Forbidden, match="was revoked"):
         grants.open_for_tunnel(broker, alice, grant.id)
 
 
