@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,14 +165,58 @@ class BrokerProcess:
             args += ["--group", group]
         self.admin_here(*args, input=password + "\n")
 
-    def add_service_account(self, name: str, *groups: str) -> dict[str, str]:
+    def add_service_account(self, name: str, *groups: str, owner: str | None = None) -> dict[str, str]:
         import json
 
         args = ["service-accounts", "add", name, "-o", "json"]
         for group in groups:
             args += ["--group", group]
+        if owner is not None:
+            args += ["--owner", owner]
         result: dict[str, str] = json.loads(self.admin(*args).stdout)
         return result
+
+
+class Watched:
+    """A CLI subprocess whose stderr is read as it comes, to wait for a line it prints (bounded)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        self.proc = proc
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._pump = threading.Thread(target=_pump, args=(proc.stderr, self.seen, self._lines), daemon=True)
+        self._pump.start()
+
+    def until(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+        """The first line from now on that matches ``pattern``; fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise AssertionError(f"no line matched {pattern!r}:\n" + "".join(self.seen)) from None
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Wait for it to exit (killing it after ``timeout``); what it printed."""
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.kill()
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout.read()
+        self.proc.stdout.close()
+        self._pump.join(timeout=5)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, stdout, "".join(self.seen))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 @dataclass
@@ -218,35 +263,22 @@ class Cli:
             env={**self.env, **(env or {})},
         )
 
+    def watch(self, *args: str, env: dict[str, str] | None = None) -> Watched:
+        """``access ARGS`` started, its stderr read line by line as it comes (``Watched.until``)."""
+        return Watched(self.popen(*args, env=env))
+
     def device_login(
         self, username: str, password: str, *, approve: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """``access login --no-browser``, completing the HTML form as a browser would."""
         from access.cli.browser import complete_device_login
 
-        proc = self.popen("login", "--no-browser")
-        assert proc.stderr is not None
-        seen: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stderr, seen, lines), daemon=True).start()
-        code = None
-        while code is None:
-            try:
-                line = lines.get(timeout=20)
-            except queue.Empty:
-                proc.kill()
-                raise AssertionError("login printed no user code:\n" + "".join(seen)) from None
-            match = re.search(r"\b([B-DF-HJ-NP-TV-XZ]{4}-[B-DF-HJ-NP-TV-XZ]{4})\b", line)
-            if match:
-                code = match.group(1)
+        login = self.watch("login", "--no-browser")
+        code = login.until(r"\b([B-DF-HJ-NP-TV-XZ]{4}-[B-DF-HJ-NP-TV-XZ]{4})\b").group(1)
         complete_device_login(
             self.broker.url, code, username, password, ca_file=str(self.broker.ca.ca_cert), approve=approve
         )
-        assert proc.stdout is not None
-        stdout = proc.stdout.read()
-        proc.wait(timeout=30)
-        proc.stdout.close()
-        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, "".join(seen))
+        return login.finish()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
