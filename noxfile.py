@@ -18,7 +18,7 @@ def tests(session: nox.Session) -> None:
     (setup.py); ``ACCESS_PURE_PYTHON=1 nox -s tests`` runs it as pure Python.
     """
     session.install(".[test]")
-    session.run("pytest", "-n", "2", *session.posargs)
+    session.run("pytest", "-n", "3", *session.posargs)
 
 
 @nox.session(python="3.11")
