@@ -99,7 +99,9 @@ def _plain_target(kind: str, value: str) -> str:
 
 
 def _covered(conn: sa.Connection, kind: str, value: str, now: datetime) -> tuple[str, list[GrantRecord]]:
-    """The ledger target of a lock on (kind, value), and the usable grants it covers.
+    """The ledger target of a lock on (kind, value), and what it covers: the usable grants, and
+    the requests still waiting for review (a reviewer could otherwise approve one after the lock
+    is lifted, as if nothing had happened).
 
     Raises:
         NotFound: no user or service account of that name, or no such grant.
@@ -110,13 +112,17 @@ def _covered(conn: sa.Connection, kind: str, value: str, now: datetime) -> tuple
             raise NotFound(
                 f"no user or service account named {value!r}", hint="see `access-broker users list`"
             )
-        return _plain_target(kind, value), grant_store.usable_for_principal(conn, principal.id, now)
+        covered = grant_store.usable_for_principal(conn, principal.id, now)
+        return _plain_target(kind, value), covered + grant_store.pending_for_principal(
+            conn, principal.id, now
+        )
     if kind == "service":
-        return _plain_target(kind, value), grant_store.usable_for_service(conn, value, now)
+        covered = grant_store.usable_for_service(conn, value, now)
+        return _plain_target(kind, value), covered + grant_store.pending_for_service(conn, value, now)
     grant = grant_store.get(conn, value)
     if grant is None:
         raise NotFound(f"no grant {value!r}", hint="see `access grants --all` (as an audit reader)")
-    usable = grant.state == "active" and grant.expires_at > now
+    usable = grant.state in ("active", "pending") and grant.expires_at > now
     return grant_target(grant.service, grant.id), [grant] if usable else []
 
 

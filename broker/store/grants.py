@@ -130,6 +130,14 @@ def pending_for_principal(conn: sa.Connection, principal_id: str, now: datetime)
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
 
+def pending_for_service(conn: sa.Connection, service: str, now: datetime) -> list[GrantRecord]:
+    """Every request on a service that waits for review at ``now``."""
+    query = sa.select(grants).where(
+        grants.c.service == service, grants.c.state == "pending", grants.c.expires_at > now
+    )
+    return [GrantRecord.from_row(row) for row in conn.execute(query)]
+
+
 def usable(conn: sa.Connection, now: datetime) -> list[GrantRecord]:
     """Every grant that is active and not past its expiry at ``now``, oldest first."""
     query = (

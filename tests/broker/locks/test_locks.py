@@ -422,3 +422,22 @@ def _wait_until_blocked(broker: Broker) -> None:
                 return
         time.sleep(0.01)
     raise AssertionError("the lock did not wait for the request's transaction")
+
+
+def test_a_lock_also_ends_what_waits_for_review(make_broker: Callable[..., Broker], db_url: str) -> None:
+    """A request waiting for reviewers under a user or service lock is ended with it (reason
+    locked): lifting the lock later does not leave it to be approved as if nothing happened."""
+    from tests.conftest import REVIEWED_POLICY
+
+    broker = make_broker(db_url=db_url, policy=REVIEWED_POLICY)
+    dev = add_principal(broker, "dev", groups=("dev",))
+    ask = GrantRequest(service="svc-payments", scope="write", ttl="10m", reason="CHG-1")
+    for kind, value in (("user", "dev"), ("service", "svc-payments"), ("grant", None)):
+        waiting = grants.request_grant(broker, dev, ask)
+        assert waiting.state == GrantState.PENDING
+        done = put_lock(broker, kind, value or waiting.id, actor=ADMIN, reason="INC-9")
+        assert done.ended == [waiting.id] and state(broker, waiting.id) == "revoked"
+        with broker.transaction() as conn:
+            record = grant_store.get(conn, waiting.id)
+        assert record is not None and record.ended_reason == "locked"
+        lift_lock(broker, kind, value or waiting.id, actor=ADMIN)
