@@ -32,6 +32,11 @@ GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     # Its owner was disabled, or `access-broker lock` covers the user, the service or the grant.
     "locked": (CLOSE_LOCKED, "grant {grant} ended: an administrator locked access"),
     "signed out": (CLOSE_SIGNED_OUT, "grant {grant} ended: its sign-in session ended; run `access login`"),
+    # `access-broker users revoke-sessions`: every session and grant of the person ended at once.
+    "sessions revoked": (
+        CLOSE_SIGNED_OUT,
+        "grant {grant} ended: an administrator ended your sign-in sessions; run `access login`",
+    ),
     # The session's lifetime ran out: the same code (the person must sign in again), its own words.
     "session expired": (
         CLOSE_SIGNED_OUT,
@@ -39,7 +44,9 @@ GRANT_ENDED_CLOSE: Final[dict[str, tuple[int, str]]] = {
     ),
 }
 _WHY_BY_CODE: Final[dict[int, str]] = {
-    code: why for why, (code, _) in GRANT_ENDED_CLOSE.items() if why not in ("session expired", "policy")
+    code: why
+    for why, (code, _) in GRANT_ENDED_CLOSE.items()
+    if why not in ("session expired", "sessions revoked", "policy")
 }
 
 

@@ -55,6 +55,11 @@ def admin_actor() -> str:
     return f"admin:{user}"[:64]
 
 
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin")
+]
+
+
 def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         line = sys.stdin.readline()
@@ -97,6 +102,26 @@ def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None
     say(f"disabled {terminal.name(name)}: sessions revoked, {len(ended)} active grant(s) ended", err=True)
 
 
+def _enable(name: str, kind: str, data_dir: Path | None, database_url: str | None) -> None:
+    with admin_broker(data_dir, database_url) as broker:
+        identity.enable_principal(broker, name, admin_actor(), kind)
+    say(f"enabled {terminal.name(name)}: it signs in again (no earlier session or grant came back)", err=True)
+
+
+def _revoke_sessions(name: str, kind: str, data_dir: Path | None, database_url: str | None) -> None:
+    with admin_broker(data_dir, database_url) as broker:
+        done = identity.revoke_sessions(broker, name, admin_actor(), kind)
+    signed_in = done.sign_ins
+    say(
+        f"revoked the sessions of {terminal.name(name)}: {len(signed_in.session_ids)} session(s)"
+        f" ({signed_in.inbox_sessions} in the inbox), {signed_in.device_logins} device login(s) not yet"
+        f" completed, {len(done.grants_revoked)} active grant(s) revoked,"
+        f" {len(done.requests_cancelled)} pending request(s) cancelled; live tunnels are cut",
+        err=True,
+    )
+    say(f"{terminal.name(name)} stays enabled and may sign in again (`users disable` to stop that)", err=True)
+
+
 @users_app.command(
     "add",
     epilog=examples(
@@ -108,9 +133,7 @@ def _disable(name: str, data_dir: Path | None, database_url: str | None) -> None
 def users_add(
     name: Annotated[str, typer.Argument(help="User name (lowercase letters, digits, '.', '_', '-')")],
     group: Groups = None,
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin")
-    ] = False,
+    password_stdin: PasswordStdin = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -139,6 +162,65 @@ def users_disable(
 ) -> None:
     """Disable a user: revoke their sessions and end their active grants (tunnels close)."""
     _disable(name, data_dir, database_url)
+
+
+@users_app.command(
+    "set-password",
+    epilog=examples(
+        "access-broker users set-password alice",
+        "printf '%s\\n' \"$PASSWORD\" | access-broker users set-password alice --password-stdin",
+        "access-broker users set-password alice --keep-sessions",
+    ),
+)
+def users_set_password(
+    name: Annotated[str, typer.Argument(help="User whose password to replace")],
+    password_stdin: PasswordStdin = False,
+    keep_sessions: Annotated[
+        bool,
+        typer.Option(
+            "--keep-sessions",
+            help="Leave the user signed in where they are (default: every sign-in session ends)",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set a new password for a user (a reset). Their sign-in sessions end too, unless
+    --keep-sessions: a reset after a compromise signs the attacker out. Grants stay."""
+    password = _read_password(password_stdin)
+    with admin_broker(data_dir, database_url) as broker:
+        ended = identity.set_password(
+            broker, name, password, actor=admin_actor(), keep_sessions=keep_sessions
+        )
+    if ended is None:
+        say(f"set the password of {terminal.name(name)}; their sessions were kept", err=True)
+    else:
+        say(
+            f"set the password of {terminal.name(name)}; {len(ended.session_ids)} sign-in session(s)"
+            f" ended ({ended.inbox_sessions} in the inbox): they sign in again with the new one",
+            err=True,
+        )
+
+
+@users_app.command("enable", epilog=examples("access-broker users enable alice"))
+def users_enable(
+    name: Annotated[str, typer.Argument(help="Disabled user to enable")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Enable a disabled user again. They must sign in anew: no earlier session or grant returns."""
+    _enable(name, identity.USER, data_dir, database_url)
+
+
+@users_app.command("revoke-sessions", epilog=examples("access-broker users revoke-sessions alice"))
+def users_revoke_sessions(
+    name: Annotated[str, typer.Argument(help="User to sign out everywhere")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Offboard at once: end every session (CLI and inbox), grant and pending request of a user
+    and cut their live tunnels on every replica. The user stays enabled (unlike disable)."""
+    _revoke_sessions(name, identity.USER, data_dir, database_url)
 
 
 @service_accounts_app.command(
@@ -194,3 +276,26 @@ def service_accounts_disable(
 ) -> None:
     """Disable a service account: revoke its sessions and end its active grants."""
     _disable(name, data_dir, database_url)
+
+
+@service_accounts_app.command("enable", epilog=examples("access-broker service-accounts enable deploy-bot"))
+def service_accounts_enable(
+    name: Annotated[str, typer.Argument(help="Disabled service account to enable")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Enable a disabled service account again; its client secret works again, its old sessions do not."""
+    _enable(name, identity.SERVICE_ACCOUNT, data_dir, database_url)
+
+
+@service_accounts_app.command(
+    "revoke-sessions", epilog=examples("access-broker service-accounts revoke-sessions deploy-bot")
+)
+def service_accounts_revoke_sessions(
+    name: Annotated[str, typer.Argument(help="Service account to sign out everywhere")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """End every session, grant and pending request of a service account and cut its live
+    tunnels. Its client secret still works (disable it to stop that)."""
+    _revoke_sessions(name, identity.SERVICE_ACCOUNT, data_dir, database_url)

@@ -27,8 +27,14 @@ class Action(StrEnum):
     # The directory (auth/identity): users and service accounts.
     USER_CREATE = "user.create"
     USER_DISABLE = "user.disable"
+    USER_ENABLE = "user.enable"
+    USER_SET_PASSWORD = "user.set_password"
+    # Offboarding: every session, grant and request of the principal ended; it stays enabled.
+    USER_REVOKE_SESSIONS = "user.revoke_sessions"
     SERVICE_ACCOUNT_CREATE = "service_account.create"
     SERVICE_ACCOUNT_DISABLE = "service_account.disable"
+    SERVICE_ACCOUNT_ENABLE = "service_account.enable"
+    SERVICE_ACCOUNT_REVOKE_SESSIONS = "service_account.revoke_sessions"
     # Grants (grants/): the request, the policy's decision, an extension, and the end.
     GRANT_REQUEST = "grant.request"
     GRANT_PENDING = "grant.pending"
@@ -76,6 +82,9 @@ WHILE_UNSAFE = frozenset(
         Action.TOKEN_REVOKE,
         Action.USER_DISABLE,
         Action.SERVICE_ACCOUNT_DISABLE,
+        # Offboarding takes everything away. Enabling and setting a password give, and wait.
+        Action.USER_REVOKE_SESSIONS,
+        Action.SERVICE_ACCOUNT_REVOKE_SESSIONS,
         Action.GRANT_DENY,
         Action.GRANT_REJECT,
         Action.GRANT_REVOKE,

@@ -36,7 +36,7 @@ class GrantDecided:
 @dataclass(frozen=True)
 class GrantEnded:
     grant_id: str
-    reason: str  # "expired" | "revoked" | "locked"
+    reason: str  # "expired" | "revoked" | "locked" | "policy" | "sessions revoked" ...
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class SessionEnded:
     """A sign-in session was ended (published after commit by ``auth.sessions``): its tunnels close."""
 
     session_id: str
-    reason: str  # "logout" | "refresh_reuse" | "revoked"
+    reason: str  # "logout" | "refresh_reuse" | "revoked" | "password_changed" | "sessions_revoked" ...
 
 
 # Every grant transition is a GrantDecided or a GrantEnded (grants.lifecycle publishes it after commit);

@@ -30,10 +30,11 @@ from access.broker.grants.queries import (
     watched_grants,
 )
 from access.broker.grants.requests import request_grant
-from access.broker.grants.revoke import end_grants_for_principal, revoke_grant
+from access.broker.grants.revoke import EndedGrants, end_grants_for_principal, revoke_grant
 
 __all__ = [
     "EXPIRY_INTERVAL",
+    "EndedGrants",
     "ExpiryLoop",
     "GrantEvent",
     "IllegalTransition",

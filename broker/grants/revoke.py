@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 
 from access.broker.auth.principal import AuthContext
@@ -10,9 +12,10 @@ from access.broker.grants.lifecycle import GrantEvent, GrantTx
 from access.broker.grants.queries import effective_state, fetch, not_found, to_model, visible
 from access.broker.runtime import Broker
 from access.broker.store import grants as store
+from access.broker.store.grants import GrantRecord
 from access.shared.models import Grant, GrantState
 
-__all__ = ["end_grants_for_principal", "revoke_grant"]
+__all__ = ["EndedGrants", "end_grants_for_principal", "revoke_grant"]
 
 
 def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
@@ -43,9 +46,21 @@ def revoke_grant(broker: Broker, ctx: AuthContext, grant_id: str) -> Grant:
     return to_model(record, now)
 
 
+@dataclass(frozen=True)
+class EndedGrants:
+    """What ``end_grants_for_principal`` ended: active grants revoked, requests cancelled."""
+
+    revoked: tuple[str, ...]
+    cancelled: tuple[str, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [*self.revoked, *self.cancelled]
+
+
 def end_grants_for_principal(
     conn: sa.Connection, broker: Broker, principal_id: str, reason: str, actor: str
-) -> list[str]:
+) -> EndedGrants:
     """Revoke every usable grant of a principal, and cancel its requests waiting for review,
     inside the caller's transaction; return their ids.
 
@@ -58,10 +73,13 @@ def end_grants_for_principal(
     """
     tx = GrantTx(conn, broker)
     now = broker.clock.now()
-    records = store.usable_for_principal(conn, principal_id, now)
-    records += store.pending_for_principal(conn, principal_id, now)
-    return [
-        record.id
-        for record in records
-        if lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=actor, now=now, reason=reason)
-    ]
+
+    def end(records: list[GrantRecord]) -> tuple[str, ...]:
+        return tuple(
+            record.id
+            for record in records
+            if lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=actor, now=now, reason=reason)
+        )
+
+    revoked = end(store.usable_for_principal(conn, principal_id, now))
+    return EndedGrants(revoked=revoked, cancelled=end(store.pending_for_principal(conn, principal_id, now)))

@@ -22,6 +22,7 @@ __all__ = [
     "attach_consent",
     "by_device_code_hash",
     "delete_expired",
+    "deny_open_for_principal",
     "insert_pending",
     "mark_consumed",
     "open_by_consent_hash",
@@ -190,3 +191,18 @@ def mark_consumed(conn: sa.Connection, device_id: str, now: datetime) -> bool:
         .values(status=DeviceState.CONSUMED.value, last_poll_at=now)
     )
     return result.rowcount > 0
+
+
+def deny_open_for_principal(conn: sa.Connection, principal_id: str, now: datetime) -> int:
+    """Deny every device authorization a principal signed in to and that is not exchanged yet
+    (pending with their consent attached, or approved): none may turn into a session after
+    their sessions were ended. Returns how many."""
+    result = conn.execute(
+        device_codes.update()
+        .where(
+            device_codes.c.principal_id == principal_id,
+            device_codes.c.status.in_([DeviceState.PENDING.value, DeviceState.APPROVED.value]),
+        )
+        .values(status=DeviceState.DENIED.value, decided_at=now, consent_hash=None)
+    )
+    return int(result.rowcount)

@@ -23,6 +23,7 @@ __all__ = [
     "by_id",
     "by_name",
     "disable",
+    "enable",
     "insert",
     "name_taken",
     "service_account_credentials",
@@ -169,7 +170,7 @@ def service_account_credentials(
 
 
 def set_password_hash(conn: sa.Connection, principal_id: str, password_hash: str) -> None:
-    """Replace a user's password hash (argon2 parameters changed: rehash on login)."""
+    """Replace a user's password hash (a reset, or argon2 parameters changed: rehash on login)."""
     conn.execute(
         principals.update().where(principals.c.id == principal_id).values(password_hash=password_hash)
     )
@@ -180,3 +181,13 @@ def disable(conn: sa.Connection, principal_id: str, now: datetime) -> None:
     conn.execute(
         principals.update().where(principals.c.id == principal_id).values(disabled=True, disabled_at=now)
     )
+
+
+def enable(conn: sa.Connection, principal_id: str) -> bool:
+    """Clear a principal's disabled mark. True if it was disabled (so this call enabled it)."""
+    result = conn.execute(
+        principals.update()
+        .where(principals.c.id == principal_id, principals.c.disabled.is_(True))
+        .values(disabled=False, disabled_at=None)
+    )
+    return result.rowcount > 0

@@ -105,14 +105,14 @@ def revoke(conn: sa.Connection, session_id: str, now: datetime, reason: str) -> 
     return result.rowcount > 0
 
 
-def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, reason: str) -> int:
-    """Revoke every session of a principal not yet revoked. Returns how many this call revoked."""
-    result = conn.execute(
-        sessions.update()
-        .where(sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
-    )
-    return int(result.rowcount)
+def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, reason: str) -> list[str]:
+    """Revoke every session of a principal not yet revoked. Returns the ids of those revoked
+    (read in the caller's transaction, then revoked unless someone else just did)."""
+    live = sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None)
+    ids = [str(row.id) for row in conn.execute(sa.select(sessions.c.id).where(*live))]
+    if ids:
+        conn.execute(sessions.update().where(*live).values(revoked_at=now, revoked_reason=reason))
+    return ids
 
 
 def revoked_reasons(conn: sa.Connection, session_ids: Sequence[str]) -> dict[str, str]:

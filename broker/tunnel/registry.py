@@ -207,8 +207,9 @@ _ENDED_WHY = {GrantState.EXPIRED: "expired", GrantState.REVOKED: "revoked", Gran
 def _grant_why(state: GrantState, ended_reason: str | None) -> str:
     """How to cut a tunnel whose grant the database shows ended: a disabled principal's grants
     are stored revoked with ``ended_reason`` "locked", and cut as locked (4012), not revoked;
-    those a reloaded policy no longer allows, "policy", are cut as revoked in their own words."""
-    if state == GrantState.REVOKED and ended_reason in ("locked", "policy"):
+    those a reloaded policy no longer allows, "policy", are cut as revoked in their own words, and
+    those of an offboarded principal, "sessions revoked", as signed out (4013, in theirs)."""
+    if state == GrantState.REVOKED and ended_reason in ("locked", "policy", "sessions revoked"):
         return ended_reason
     return _ENDED_WHY[state]
 

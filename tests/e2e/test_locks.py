@@ -1,6 +1,7 @@
 """`access-broker lock` end to end: the real broker and CLI on PostgreSQL; a live `access connect`
 is cut within a second of a lock on its user or its service, new requests are refused with the
-lock's words, and `unlock` lets them through again. One broker startup for all of it."""
+lock's words, and `unlock` lets them through again; `access-broker users revoke-sessions` cuts one
+the same way and the person's next command says to log in again. One broker startup for all of it."""
 
 from __future__ import annotations
 
@@ -64,25 +65,34 @@ def _request(cli: Cli, service: str) -> subprocess.CompletedProcess[str]:
     return cli.run("request", service, "--scope", "read", "--ttl", "10m", "--reason", "INC-1", "-o", "json")
 
 
-def _cut_by(broker: BrokerProcess, cli: Cli, service: str, *lock: str) -> str:
-    """Connect, lock, and check the live connection is cut within a second; the connect's stderr."""
+def _cut_by(
+    broker: BrokerProcess,
+    cli: Cli,
+    service: str,
+    *command: str,
+    said: str = "1 active grant(s) ended",
+    code: int = ExitCode.DENIED,
+    words: str = "an administrator locked access",
+) -> str:
+    """Connect, run ``access-broker COMMAND`` (a lock), and check the live connection is cut
+    within a second, the command ``said`` so, and the connect exited ``code`` with ``words``."""
     proc, info = _start_connect(cli, service, "--scope", "read", "--ttl", "10m", "--reason", "INC-1")
     try:
         conn = _open_echo(info["port"])
-        result = broker.admin("lock", *lock)
-        done = time.time()  # the lock committed before the command exited
+        result = broker.admin(*command)
+        done = time.time()  # the change committed before the command exited
         cut = _wait_for_cut(conn, timeout=10)
         conn.close()
-        assert cut - done <= 1.0, f"cut {cut - done:.2f}s after the lock"
-        assert "1 active grant(s) ended" in result.stderr, result.stderr
+        assert cut - done <= 1.0, f"cut {cut - done:.2f}s after the {command[0]}"
+        assert said in result.stderr, result.stderr
         _, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
         with contextlib.suppress(Exception):
             proc.communicate(timeout=5)
-    assert proc.returncode == ExitCode.DENIED, err
-    assert f"grant {info['grant_id']} ended: an administrator locked access" in err
+    assert proc.returncode == code, err
+    assert f"grant {info['grant_id']} ended: {words}" in err
     return err
 
 
@@ -93,7 +103,16 @@ def test_lock_cuts_live_tunnels_refuses_requests_until_unlocked(
 
     # A user lock: alice's live tunnel is cut, her new requests refused saying who, until and why.
     _cut_by(
-        lock_broker, alice, "svc-echo", "--user", "alice", "--reason", "INC-42 laptop stolen", "--until", "2h"
+        lock_broker,
+        alice,
+        "svc-echo",
+        "lock",
+        "--user",
+        "alice",
+        "--reason",
+        "INC-42 laptop stolen",
+        "--until",
+        "2h",
     )
     refused = _request(alice, "svc-echo")
     assert refused.returncode == ExitCode.DENIED, refused.stderr
@@ -111,7 +130,7 @@ def test_lock_cuts_live_tunnels_refuses_requests_until_unlocked(
     assert nothing.returncode == ExitCode.NOT_FOUND and "user alice is not locked" in nothing.stderr
 
     # A service lock: bob's tunnel to it is cut, everyone's requests for it refused, others pass.
-    _cut_by(lock_broker, bob, "svc-other", "--service", "svc-other", "--reason", "maintenance")
+    _cut_by(lock_broker, bob, "svc-other", "lock", "--service", "svc-other", "--reason", "maintenance")
     refused = _request(alice, "svc-other")
     assert refused.returncode == ExitCode.DENIED and "service svc-other is locked by admin:" in refused.stderr
     assert "maintenance" in refused.stderr
@@ -122,3 +141,21 @@ def test_lock_cuts_live_tunnels_refuses_requests_until_unlocked(
         ("service", "svc-other", "active"),
         ("user", "alice", "lifted"),
     ]
+
+    # Offboarding (issue 13): revoke-sessions cuts alice's live tunnel within a second, as a lock
+    # does, but as "signed out" (exit 3); her next command says to log in again. bob is untouched.
+    _cut_by(
+        lock_broker,
+        alice,
+        "svc-echo",
+        "users",
+        "revoke-sessions",
+        "alice",
+        said="revoked the sessions of alice: 1 session(s) (0 in the inbox)",
+        code=ExitCode.NEEDS_LOGIN,
+        words="an administrator ended your sign-in sessions; run `access login`",
+    )
+    after = alice.run("grants")
+    assert after.returncode == ExitCode.NEEDS_LOGIN, after.stderr
+    assert "access login" in after.stderr
+    assert bob.run("grants").returncode == 0

@@ -4,11 +4,20 @@
 client secrets, stored as argon2id hashes in our own database. Upstream OIDC and CI-token
 sources (not built yet) are meant to join it here as sibling modules; ``principals.source`` says
 where a principal comes from. ``directory`` holds what applies whatever the source (listing,
-disabling). Identity may import the store and ``grants`` (to end a disabled
-principal's grants), never ``auth.sessions`` or ``auth.device``, which import it.
+disabling and enabling, ending every session and grant of a principal: offboarding). Identity
+may import the store and ``grants`` (to end a principal's grants), never ``auth.sessions`` or
+``auth.device``, which import it.
 """
 
-from access.broker.auth.identity.directory import disable_principal, list_principals
+from access.broker.auth.identity.directory import (
+    SESSIONS_REVOKED,
+    EndedSignIns,
+    Revoked,
+    disable_principal,
+    enable_principal,
+    list_principals,
+    revoke_sessions,
+)
 from access.broker.auth.identity.embedded import (
     MAX_GROUPS,
     MAX_PASSWORD_LENGTH,
@@ -17,6 +26,7 @@ from access.broker.auth.identity.embedded import (
     check_password,
     create_service_account,
     create_user,
+    set_password,
 )
 from access.broker.store.principals import SERVICE_ACCOUNT, USER, PrincipalRecord
 
@@ -25,12 +35,18 @@ __all__ = [
     "MAX_PASSWORD_LENGTH",
     "MIN_PASSWORD_LENGTH",
     "SERVICE_ACCOUNT",
+    "SESSIONS_REVOKED",
     "USER",
+    "EndedSignIns",
     "PrincipalRecord",
+    "Revoked",
     "check_client_secret",
     "check_password",
     "create_service_account",
     "create_user",
     "disable_principal",
+    "enable_principal",
     "list_principals",
+    "revoke_sessions",
+    "set_password",
 ]

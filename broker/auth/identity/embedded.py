@@ -18,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
+from access.broker.auth.identity.directory import EndedSignIns, end_sign_ins, find_principal
 from access.broker.errors import Conflict, InvalidRequest
 from access.broker.runtime import Broker
 from access.broker.store import principals
@@ -32,6 +33,7 @@ __all__ = [
     "check_password",
     "create_service_account",
     "create_user",
+    "set_password",
 ]
 
 MIN_PASSWORD_LENGTH = 8
@@ -105,6 +107,13 @@ def _insert(
     return principal_id
 
 
+def _check_password_length(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidRequest(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidRequest(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+
+
 def create_user(
     broker: Broker, name: str, groups: Iterable[str], password: str, *, actor: str = "admin"
 ) -> str:
@@ -117,10 +126,7 @@ def create_user(
     """
     _check_name(name, "user")
     cleaned = _clean_groups(groups)
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidRequest(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise InvalidRequest(f"the password must have at most {MAX_PASSWORD_LENGTH} characters")
+    _check_password_length(password)
     return _insert(
         broker,
         kind=USER,
@@ -130,6 +136,51 @@ def create_user(
         action=Action.USER_CREATE,
         password_hash=_hasher.hash(password),
     )
+
+
+def set_password(
+    broker: Broker, name: str, password: str, *, actor: str = "admin", keep_sessions: bool = False
+) -> EndedSignIns | None:
+    """Replace a user's password (argon2id), audited ``user.set_password`` (no secret in it).
+
+    Unless ``keep_sessions``, the user's sign-in sessions end in the same transaction (reason
+    ``password_changed``; their live tunnels are cut, device logins not yet exchanged denied):
+    a reset after a compromise must sign the attacker out. Grants stay: the user uses them after
+    signing in again (``revoke_sessions`` ends them too). Returns what ended (None when kept).
+    A disabled user's password may be set: they still cannot sign in until enabled.
+
+    Raises:
+        InvalidRequest: a password shorter than 8 characters (or too long), or ``name`` is a
+            service account (it has a client secret, not a password).
+        NotFound: no user has this name.
+        Unavailable: the database could not be reached; nothing changed.
+    """
+    _check_password_length(password)
+    password_hash = _hasher.hash(password)  # slow: before the transaction, holding no lock
+    with broker.transaction() as conn:
+        try:
+            user = find_principal(conn, name, USER)
+        except InvalidRequest as exc:
+            raise InvalidRequest(
+                f"{name!r} is a service account: it has a client secret, not a password",
+                hint="there is no secret rotation yet: add a new service account and disable this one",
+            ) from exc
+        principals.set_password_hash(conn, user.id, password_hash)
+        ended = None if keep_sessions else end_sign_ins(conn, broker, user.id, "password_changed")
+        details: dict[str, object] = {"sessions_kept": keep_sessions}
+        if ended is not None:
+            details.update(ended.details())
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=actor,
+            action=Action.USER_SET_PASSWORD,
+            target=f"principal:{user.name}",
+            details=details,
+        )
+    for event in [] if ended is None else ended.events("password_changed"):
+        broker.events.publish(event)
+    return ended
 
 
 def _check_owner(conn: sa.Connection, owner: str) -> None:

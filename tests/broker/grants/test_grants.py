@@ -296,8 +296,9 @@ def test_end_grants_for_principal_locks_out(broker: Broker, clock: FakeClock) ->
     b1 = grants.request_grant(broker, bob, req())
     seen = events(broker)
     with broker.transaction() as conn:
-        ended = grants.end_grants_for_principal(conn, broker, alice.principal_id, "locked", "admin:ops")
-    assert sorted(ended) == sorted([a1.id, a2.id])
+        done = grants.end_grants_for_principal(conn, broker, alice.principal_id, "locked", "admin:ops")
+    assert (sorted(done.revoked), done.cancelled) == (sorted([a1.id, a2.id]), ())
+    ended = done.ids
     assert seen == []  # the caller publishes after its commit
     for grant_id in ended:
         shown = grants.get_grant(broker, alice, grant_id)

@@ -86,8 +86,10 @@ def test_sessions_revoke_once_and_refresh_tokens_are_used_once(store_broker: Bro
         assert sessions.principal_name(conn, "s2") == "alice"
         assert sessions.revoke(conn, "s1", NOW, "logout")
         assert not sessions.revoke(conn, "s1", NOW, "logout")
-        assert sessions.revoke_for_principal(conn, "p1", NOW, "principal_disabled") == 1  # only s2 was live
-        assert sessions.revoke_for_principal(conn, "p1", NOW, "principal_disabled") == 0
+        assert sessions.revoke_for_principal(conn, "p1", NOW, "principal_disabled") == [
+            "s2"
+        ]  # only s2 was live
+        assert sessions.revoke_for_principal(conn, "p1", NOW, "principal_disabled") == []
         view = sessions.by_id(conn, "s2")
         assert view is not None and view.revoked_at == NOW and view.groups == ("sre",)
 
