@@ -240,11 +240,12 @@ class Settings(BaseSettings):
         description="CI systems whose identity tokens are exchanged for a service account's token: "
         "a JSON list of {issuer, audience, jwks_uri, algorithms, rules}; default none",
     )
-    ci_token_ttl: int = Field(
+    ci_session_ttl: int = Field(
         default=900,
         ge=30,
-        le=900,
-        description="lifetime of a token exchanged for a CI token, seconds (never past the CI token's)",
+        le=3600,
+        description="how long a pipeline's login from a CI token lasts, seconds (its access token: at most "
+        "ACCESS_BROKER_ACCESS_TOKEN_TTL of it, not refreshed)",
     )
 
     @field_validator("ci_issuers", mode="after")

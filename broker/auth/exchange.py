@@ -4,9 +4,13 @@ The subject token must be a JWT from an issuer of ``ACCESS_BROKER_CI_ISSUERS``, 
 its published keys (``auth.jwks``) with an algorithm accepted for it, with ``iss`` exactly the
 issuer, ``aud`` containing its configured audience, and ``exp``, ``iat`` (and ``nbf`` if given)
 holding by the broker's clock. Then the issuer's rules are tried in order (``auth.citrust``):
-the first whose claims all match names the service account. The answer is one access token, no
-refresh token, lasting ``ci_token_ttl`` at most and never (beyond ``_EXP_LEEWAY``) past the CI
-token's own expiry; its session ends with it.
+the first whose claims all match names the service account. The answer is one access token
+(``access_token_ttl`` at most) and no refresh token, for a session of ``ci_session_ttl``: a
+running ``access exec`` keeps its tunnel for the session, later commands need a new exchange.
+
+The session does not end with the CI token: GitHub's live five minutes, too short for a
+migration, and the CI token is spent once exchanged (as PyPI's trusted publishing and AWS's
+``AssumeRoleWithWebIdentity`` give their own lifetime, not the source token's).
 
 Every refusal is ``invalid_request`` (RFC 8693 section 2.2.2 says so for an unacceptable
 subject token), audited ``token.exchange_refuse`` with the reason; when the token was valid but
@@ -41,7 +45,6 @@ EXCHANGE_CLIENT_ID = "token-exchange"
 # The issuer's clock and ours may differ by this much (GitHub's tokens are valid from iat).
 _EXP_LEEWAY = timedelta(seconds=30)
 _IAT_SKEW = timedelta(seconds=60)
-_MIN_LIFETIME = 30
 _REQUIRED = ["iss", "aud", "exp", "iat", "sub"]
 
 
@@ -89,9 +92,7 @@ def exchange_ci_token(broker: Broker, subject_token: str, client_ip: str) -> Tok
             f"the CI token cannot be checked now: {exc}; try again later",
             status=503,
         ) from None
-    now = broker.clock.now()
-    expires_at = datetime.fromtimestamp(int(claims["exp"]), tz=UTC)
-    lifetime = min(broker.settings.ci_token_ttl, max(int((expires_at - now).total_seconds()), _MIN_LIFETIME))
+    lifetime = broker.settings.ci_session_ttl
     base = {"issuer": issuer.issuer, "subject": str(claims["sub"])[:512], "rule": number}
     with broker.transaction() as conn:
         account = principals.by_name(conn, rule.service_account)

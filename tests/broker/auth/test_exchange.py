@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from access.broker.auth import identity
 from access.broker.auth.jwks import REFETCH_AFTER
 from access.broker.clock import FakeClock
+from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
 from access.shared.oauth import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 from tests.broker.conftest import BASE_URL, audit_rows, ledger_text
@@ -94,7 +95,7 @@ async def test_a_token_matching_a_rule_gets_a_short_token_for_its_service_accoun
     assert body["issued_token_type"] == ACCESS_TOKEN_TYPE
     assert body["token_type"] == "Bearer"
     assert "refresh_token" not in body  # a pipeline logs in again with a fresh CI token
-    assert body["expires_in"] == 600  # the CI token's remaining life: shorter than ci_token_ttl
+    assert body["expires_in"] == 900  # ci_session_ttl, whatever the CI token has left
     me = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200, me.text
     assert (me.json()["name"], me.json()["kind"]) == ("deploy-bot", "service_account")
@@ -107,14 +108,31 @@ async def test_a_token_matching_a_rule_gets_a_short_token_for_its_service_accoun
     assert token not in ledger_text(broker) and token.split(".")[2] not in ledger_text(broker)
 
 
-async def test_the_token_lasts_at_most_ci_token_ttl_and_its_session_ends_with_it(
-    client: httpx.AsyncClient, broker: Broker, issuer: Issuer, fake_clock: FakeClock
+async def test_the_session_lasts_ci_session_ttl_and_its_token_at_most_access_token_ttl(
+    make_broker: Callable[..., Broker], issuer: Issuer, fake_clock: FakeClock
 ) -> None:
-    body = (await _exchange(client, issuer.mint(lifetime=3600))).json()
-    assert body["expires_in"] == broker.settings.ci_token_ttl == 900
-    fake_clock.advance(timedelta(seconds=901))
-    me = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {body['access_token']}"})
-    assert me.status_code == 401
+    from access.broker.app import create_app
+    from access.broker.auth.tokens import live_session
+
+    made = make_broker(
+        ci_issuers=[{"issuer": issuer.url, "audience": AUDIENCE, "rules": RULES}],
+        ci_session_ttl=1800,
+        access_token_ttl=600,
+    )
+    identity.create_service_account(made, "deploy-bot", ["ci"], actor="admin:test")
+    transport = httpx.ASGITransport(app=create_app(made, background=False), client=("192.0.2.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
+        body = (await _exchange(http, issuer.mint(lifetime=300))).json()
+        assert body["expires_in"] == 600 and "refresh_token" not in body
+        [row] = audit_rows(made, "token.exchange")
+        session_id = row["details"]["session_id"]
+        fake_clock.advance(timedelta(seconds=601))  # past the CI token and the access token
+        me = await http.get("/v1/whoami", headers={"Authorization": f"Bearer {body['access_token']}"})
+        assert me.status_code == 401
+        live_session(made, session_id, None)  # the session (and a running exec's tunnel) lives on
+        fake_clock.advance(timedelta(seconds=1200))
+        with pytest.raises(Unauthenticated):
+            live_session(made, session_id, None)
 
 
 async def test_a_prefix_glob_matches_the_second_rule(
