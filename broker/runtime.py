@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine
 
+from access.broker.auth.jwks import KeyCache
 from access.broker.clock import Clock, SystemClock
 from access.broker.errors import Unavailable, database_unavailable, outcome_unknown
 from access.broker.events.bus import EventBus
@@ -39,6 +40,8 @@ class Broker:
     events: EventBus = field(default_factory=EventBus)
     # This process among the replicas: owner of the tunnel connections it opens (tunnel.closes).
     instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # The signing keys of trusted CI issuers, as last fetched (auth/jwks.py).
+    ci_keys: KeyCache = field(default_factory=KeyCache)
 
     @classmethod
     def from_settings(

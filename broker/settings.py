@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from access.broker.auth.citrust import CiIssuer
 from access.broker.notifications.endpoints import WebhookEndpoint
 from access.broker.store.engine import DatabaseTimeouts, PoolSettings
 from access.shared.net import IPNetwork, is_loopback_host
@@ -231,6 +232,30 @@ class Settings(BaseSettings):
         le=7 * 24 * 3600,
         description="how long a sign-in on the approvals inbox page lasts, seconds",
     )
+
+    # Issue 13: pipelines sign in with their CI system's identity token (auth/exchange.py,
+    # docs/pipelines.md).
+    ci_issuers: tuple[CiIssuer, ...] = Field(
+        default=(),
+        description="CI systems whose identity tokens are exchanged for a service account's token: "
+        "a JSON list of {issuer, audience, jwks_uri, algorithms, rules}; default none",
+    )
+    ci_session_ttl: int = Field(
+        default=900,
+        ge=30,
+        le=3600,
+        description="how long a pipeline's login from a CI token lasts, seconds (its access token: at most "
+        "ACCESS_BROKER_ACCESS_TOKEN_TTL of it, not refreshed)",
+    )
+
+    @field_validator("ci_issuers", mode="after")
+    @classmethod
+    def _unique_issuers(cls, value: tuple[CiIssuer, ...]) -> tuple[CiIssuer, ...]:
+        issuers = [entry.issuer for entry in value]
+        twice = sorted({issuer for issuer in issuers if issuers.count(issuer) > 1})
+        if twice:
+            raise ValueError(f"CI issuers must be unique: {', '.join(twice)} given more than once")
+        return value
 
     @field_validator("webhooks", mode="after")
     @classmethod

@@ -54,7 +54,7 @@ from access.shared.models import (
     ServiceInfo,
 )
 from access.shared.net import is_loopback_host
-from access.shared.oauth import DEVICE_GRANT_TYPE
+from access.shared.oauth import DEVICE_GRANT_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 
 __all__ = ["CLIENT_ID", "BrokerClient", "DeviceAuthorization", "normalise_url"]
 
@@ -471,6 +471,36 @@ class BrokerClient:
             f"the broker refused client {client_id!r}: {data.get('error_description') or data.get('error')}",
             "check the client id and the secret file (`access-broker service-accounts add` prints both once)",
             code=str(data.get("error", "")),
+        )
+
+    def exchange_ci_token(self, subject_token: str) -> Tokens:
+        """Exchange a CI system's identity token for a service account's token (RFC 8693).
+
+        Raises:
+            Denied: the broker refused the token (no trust rule matches it, wrong audience,
+                expired, bad signature...): the message says which.
+            Unavailable: the broker cannot check it now (the CI issuer's keys are unreachable,
+                or too many failures from this address).
+        """
+        status, data = self._oauth(
+            "/oauth/token",
+            {
+                "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
+                "subject_token": subject_token,
+                "subject_token_type": JWT_TOKEN_TYPE,
+            },
+        )
+        if status == 200:
+            return Tokens.from_response(data, self._now())
+        error = str(data.get("error", ""))
+        text = str(data.get("error_description") or error)
+        if status in (429, 503):
+            raise Unavailable(f"the broker cannot take the CI token now: {text}", "try again in a minute")
+        raise Denied(
+            f"the broker refused the CI token: {text}",
+            "the broker's ACCESS_BROKER_CI_ISSUERS rules decide which pipelines may sign in "
+            "(docs/pipelines.md)",
+            code=error,
         )
 
     def revoke_token(self, token: str) -> None:

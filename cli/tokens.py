@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "TokenStore",
     "Tokens",
     "child_environment",
+    "ci_token",
     "default_store",
     "env_credentials",
     "env_secret",
@@ -51,6 +53,7 @@ ENV_CLIENT_SECRET_FILE = "ACCESS_CLIENT_SECRET_FILE"  # noqa: S105 - a variable 
 KEYRING_SERVICE = "access"
 TOKEN_FILE = "tokens.json"  # noqa: S105 - a file name
 _NOTE_KEY = "token_file_note_shown"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,8 @@ def env_token() -> str | None:
     return value or None
 
 
-def read_secret_file(path: str) -> str:
-    """A client secret from ``path`` (``-`` for stdin). Secrets never come from argv.
+def read_secret_file(path: str, what: str = "client secret") -> str:
+    """A client secret (or ``what``) from ``path`` (``-`` for stdin). Secrets never come from argv.
 
     Accepted: files of ours or root's (Kubernetes secret volumes are root's, 0644; Docker
     secrets 0444) that only their owner can change. Refused: a file that group or others can
@@ -123,11 +126,11 @@ def read_secret_file(path: str) -> str:
             secret = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or exc
-            raise UsageError(f"cannot read the client secret file {path}: {reason}") from exc
+            raise UsageError(f"cannot read the {what} file {path}: {reason}") from exc
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise UsageError(
                 f"refusing to read {path}: other users can change it (mode {stat.filemode(info.st_mode)})",
-                f"run `chmod go-w {path}`; if someone may have changed or read it, rotate the secret",
+                f"run `chmod go-w {path}`; if someone may have changed or read it, rotate the {what}",
             )
         if hasattr(os, "getuid") and info.st_uid not in (os.getuid(), 0):
             raise UsageError(
@@ -135,8 +138,38 @@ def read_secret_file(path: str) -> str:
                 "use a file of yours (or root's), mode 0600 or 0400",
             )
     if not secret:
-        raise UsageError(f"the client secret file {path} is empty")
+        raise UsageError(f"the {what} file {path} is empty")
     return secret
+
+
+def ci_token(token_file: str | None, token_env: str | None) -> str:
+    """The CI identity token of ``access login --oidc-token-file/--oidc-token-env``.
+
+    Read from a file (as a client secret file is: ``-`` for stdin, refused if others can change
+    it) or from the environment variable named; surrounding whitespace is dropped. The token
+    never comes from argv, and never goes to a log.
+
+    Raises:
+        UsageError: both or neither given, the variable's name is not one, it is unset or
+            empty, or the file is missing, empty or refused.
+    """
+    if (token_file is None) == (token_env is None):
+        raise UsageError("give one of --oidc-token-file and --oidc-token-env")
+    if token_file is not None:
+        return read_secret_file(token_file, "identity token")
+    assert token_env is not None
+    if not _ENV_NAME.match(token_env):
+        raise UsageError(
+            f"--oidc-token-env takes the name of an environment variable, not {token_env[:40]!r}",
+            "e.g. --oidc-token-env CI_JOB_JWT (the token itself never goes on the command line)",
+        )
+    token = os.environ.get(token_env, "").strip()
+    if not token:
+        raise UsageError(
+            f"the environment variable {token_env} is unset or empty",
+            "set it to the CI system's identity token (docs/pipelines.md shows how)",
+        )
+    return token
 
 
 def env_secret() -> str | None:

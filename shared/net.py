@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
-__all__ = ["IPNetwork", "forwarded_client", "is_loopback_host"]
+__all__ = ["IPNetwork", "check_remote_url", "forwarded_client", "is_loopback_host"]
 
 
 def is_loopback_host(host: str) -> bool:
@@ -68,3 +69,28 @@ def _within(address: str, networks: Sequence[IPNetwork]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip.version == net.version and ip in net for net in networks)
+
+
+def check_remote_url(where: str, url: str) -> None:
+    """Refuse a URL the broker would call that is not ``https://`` (``http://`` only to loopback).
+
+    Used for webhooks and CI issuers: a URL with a user or password, or without a host, is
+    refused too. ``where`` starts each message (``webhook 'ops'``).
+
+    Raises:
+        ValueError: the URL is not acceptable; the message says why.
+    """
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname or "", parts.port  # .port raises on a bad port
+    except ValueError:
+        raise ValueError(f"{where}: the url is not a valid URL") from None
+    if not host:
+        raise ValueError(f"{where}: the url has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{where}: the url must not carry a user or password")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and is_loopback_host(host):
+        return  # a peer on this machine (a sidecar, a test): nothing crosses a network
+    raise ValueError(f"{where}: the url must be https:// (http:// only to a loopback address)")

@@ -125,3 +125,16 @@ def test_the_complete_policy_example_loads_and_passes_its_tests(tmp_path: Path) 
             assert re.search(rf"^\s*(- )?{key}:|[{{,]\s*{key}:", example, re.MULTILINE), (
                 f"the complete example in docs/policy.md has no {model.__name__} key {key!r}"
             )
+
+
+def test_the_pipelines_guide_shows_ci_issuers_the_broker_accepts() -> None:
+    """docs/pipelines.md's ACCESS_BROKER_CI_ISSUERS example passes the checks made at start."""
+    import json
+
+    text = (DOCS / "pipelines.md").read_text()
+    example = text.split("ACCESS_BROKER_CI_ISSUERS='", 1)[1].split("'\n", 1)[0]
+    issuers = Settings(ci_issuers=json.loads(example)).ci_issuers  # type: ignore[arg-type]
+    assert [entry.issuer for entry in issuers] == [
+        "https://token.actions.githubusercontent.com",
+        "https://gitlab.com",
+    ]

@@ -19,10 +19,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from access.broker.api.deps import BrokerDep, client_ip
-from access.broker.auth import device, sessions
-from access.broker.auth.tokens import OAuthError
+from access.broker.auth import device, exchange, sessions
+from access.broker.auth.tokens import AUDIENCE, OAuthError
 from access.broker.errors import BrokerError, PayloadTooLarge
-from access.shared.oauth import DEVICE_GRANT_TYPE
+from access.shared.oauth import (
+    ACCESS_TOKEN_TYPE,
+    DEVICE_GRANT_TYPE,
+    ID_TOKEN_TYPE,
+    JWT_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT_TYPE,
+)
 
 __all__ = ["router"]
 
@@ -135,7 +141,7 @@ async def device_authorization(request: Request, broker: BrokerDep) -> JSONRespo
 
 @router.post("/oauth/token")
 async def token(request: Request, broker: BrokerDep) -> JSONResponse:
-    """The token endpoint: device_code, refresh_token and client_credentials grants."""
+    """The token endpoint: device_code, refresh_token, client_credentials and token-exchange grants."""
     params = await _form(request)
     grant_type = _required(params, "grant_type")
     if grant_type == DEVICE_GRANT_TYPE:
@@ -149,9 +155,41 @@ async def token(request: Request, broker: BrokerDep) -> JSONResponse:
         tokens = await run_in_threadpool(
             sessions.client_credentials, broker, client_id, secret, client_ip(request)
         )
+    elif grant_type == TOKEN_EXCHANGE_GRANT_TYPE:
+        subject_token = _exchange_params(params, broker.base_url)
+        tokens = await run_in_threadpool(
+            exchange.exchange_ci_token, broker, subject_token, client_ip(request)
+        )
+        return _json({**tokens.to_response(), "issued_token_type": ACCESS_TOKEN_TYPE})
     else:
         raise OAuthError("unsupported_grant_type", f"unsupported grant_type {grant_type[:100]!r}")
     return _json(tokens.to_response())
+
+
+def _exchange_params(params: dict[str, str], base_url: str) -> str:
+    """The subject token of an RFC 8693 request, after checking what else it asks for.
+
+    ``audience``/``resource``, when given, must name this broker; ``requested_token_type`` an
+    access token; ``scope`` and ``actor_token`` (delegation) are refused rather than ignored, so
+    a client never believes it got something it did not.
+    """
+    subject_token = _required(params, "subject_token")
+    token_type = _required(params, "subject_token_type")
+    if token_type not in (JWT_TOKEN_TYPE, ID_TOKEN_TYPE):
+        raise OAuthError("invalid_request", f"subject_token_type must be {JWT_TOKEN_TYPE} or {ID_TOKEN_TYPE}")
+    requested = params.get("requested_token_type", ACCESS_TOKEN_TYPE)
+    if requested != ACCESS_TOKEN_TYPE:
+        raise OAuthError("invalid_request", f"this broker issues only {ACCESS_TOKEN_TYPE}")
+    for name in ("audience", "resource"):
+        if name in params and params[name] not in (base_url, AUDIENCE):
+            raise OAuthError("invalid_target", f"{name} must be {base_url} (this broker) or left out")
+    if "scope" in params:
+        raise OAuthError(
+            "invalid_scope", "scope is not supported: the trust rule decides the service account"
+        )
+    if "actor_token" in params:
+        raise OAuthError("invalid_request", "actor_token (delegation) is not supported")
+    return subject_token
 
 
 @router.post("/oauth/revoke")
@@ -173,7 +211,12 @@ def metadata(broker: BrokerDep) -> JSONResponse:
             "token_endpoint": f"{base}/oauth/token",
             "device_authorization_endpoint": f"{base}/oauth/device_authorization",
             "revocation_endpoint": f"{base}/oauth/revoke",
-            "grant_types_supported": [DEVICE_GRANT_TYPE, "refresh_token", "client_credentials"],
+            "grant_types_supported": [
+                DEVICE_GRANT_TYPE,
+                "refresh_token",
+                "client_credentials",
+                TOKEN_EXCHANGE_GRANT_TYPE,
+            ],
             "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "response_types_supported": [],

@@ -24,6 +24,9 @@ class Action(StrEnum):
     TOKEN_REFRESH = "token.refresh"
     TOKEN_REFRESH_REUSE = "token.refresh_reuse"
     TOKEN_REVOKE = "token.revoke"
+    # A CI system's identity token exchanged for a service account's token (RFC 8693), or refused.
+    TOKEN_EXCHANGE = "token.exchange"
+    TOKEN_EXCHANGE_REFUSE = "token.exchange_refuse"
     # The directory (auth/identity): users and service accounts.
     USER_CREATE = "user.create"
     USER_DISABLE = "user.disable"
@@ -80,6 +83,7 @@ WHILE_UNSAFE = frozenset(
         Action.LOGOUT,
         Action.TOKEN_REFRESH_REUSE,
         Action.TOKEN_REVOKE,
+        Action.TOKEN_EXCHANGE_REFUSE,
         Action.USER_DISABLE,
         Action.SERVICE_ACCOUNT_DISABLE,
         # Offboarding takes everything away. Enabling and setting a password give, and wait.

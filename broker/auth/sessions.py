@@ -96,11 +96,14 @@ def start_session(
     client_id: str,
     *,
     lifetime: int | None = None,
+    refreshable: bool = True,
 ) -> TokenSet:
     """Open a session for ``principal`` inside the caller's transaction and issue its tokens.
 
-    ``lifetime``: the session's, in seconds (default ``session_ttl``). The caller writes the
-    audit entry for the login that led here.
+    ``lifetime``: the session's, in seconds (default ``session_ttl``). ``refreshable`` False:
+    no refresh token, and one access token that lasts as long as the session (at most
+    ``access_token_ttl``), as for an exchanged CI token. The caller writes the audit entry for
+    the login that led here.
     """
     now = broker.clock.now()
     lifetime = broker.settings.session_ttl if lifetime is None else lifetime
@@ -114,9 +117,13 @@ def start_session(
         created_at=now,
         expires_at=expires_at,
     )
-    refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at)
+    refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if refreshable else None
     access, expires_in = issue_access_token(
-        broker, principal_id=principal.id, session_id=session_id, client_id=client_id
+        broker,
+        principal_id=principal.id,
+        session_id=session_id,
+        client_id=client_id,
+        ttl=None if refreshable else lifetime,
     )
     return TokenSet(access, expires_in, refresh_token, session_id)
 

@@ -84,11 +84,14 @@ class AccessClaims:
 
 
 def issue_access_token(
-    broker: Broker, *, principal_id: str, session_id: str, client_id: str
+    broker: Broker, *, principal_id: str, session_id: str, client_id: str, ttl: int | None = None
 ) -> tuple[str, int]:
-    """Sign a new access token for a session. Returns ``(token, expires_in_seconds)``."""
+    """Sign a new access token for a session. Returns ``(token, expires_in_seconds)``.
+
+    ``ttl``: its lifetime in seconds, at most (and by default) ``access_token_ttl``.
+    """
     now = broker.clock.now()
-    ttl = broker.settings.access_token_ttl
+    ttl = broker.settings.access_token_ttl if ttl is None else min(ttl, broker.settings.access_token_ttl)
     claims: dict[str, Any] = {
         "iss": broker.base_url,
         "aud": AUDIENCE,

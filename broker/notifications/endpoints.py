@@ -14,12 +14,11 @@ import re
 import stat
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from access.broker.notifications.kinds import Notice
-from access.shared.net import is_loopback_host
+from access.shared.net import check_remote_url
 
 __all__ = ["MIN_SECRET_BYTES", "SecretUnavailable", "WebhookEndpoint"]
 
@@ -62,7 +61,7 @@ class WebhookEndpoint(BaseModel):
             raise ValueError(
                 f"{where}: a name is 1 to 63 of a-z, 0-9, - and _, starting with a letter or digit"
             )
-        _check_url(where, self.url)
+        check_remote_url(where, self.url)
         if (self.secret_file is None) == (self.secret_env is None):
             raise ValueError(f"{where}: give its signing secret as secret_file or secret_env (one of them)")
         if not self.events:
@@ -102,20 +101,3 @@ class WebhookEndpoint(BaseModel):
                 "(make one with `openssl rand -hex 32`)"
             )
         return value
-
-
-def _check_url(where: str, url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        host, _port = parts.hostname or "", parts.port  # .port raises on a bad port
-    except ValueError:
-        raise ValueError(f"{where}: the url is not a valid URL") from None
-    if not host:
-        raise ValueError(f"{where}: the url has no host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{where}: the url must not carry a user or password")
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http" and is_loopback_host(host):
-        return  # a receiver on this machine (a sidecar, a test): nothing crosses a network
-    raise ValueError(f"{where}: the url must be https:// (http:// only to a loopback address)")

@@ -133,6 +133,24 @@ def login(
             "Default: ACCESS_CLIENT_SECRET_FILE or ACCESS_CLIENT_SECRET",
         ),
     ] = None,
+    oidc_token_file: Annotated[
+        str | None,
+        typer.Option(
+            "--oidc-token-file",
+            metavar="FILE",
+            help="Pipelines: exchange the CI system's identity token in FILE (- = stdin) for a "
+            "service account's token, as the broker's trust rules say (docs/pipelines.md)",
+        ),
+    ] = None,
+    oidc_token_env: Annotated[
+        str | None,
+        typer.Option(
+            "--oidc-token-env",
+            metavar="VAR",
+            help="Pipelines: the same, with the token in the environment variable VAR "
+            "(its name, not the token)",
+        ),
+    ] = None,
     timeout: Annotated[
         str | None,
         typer.Option(
@@ -143,19 +161,25 @@ def login(
         ),
     ] = None,
 ) -> None:
-    """Sign in: the device flow in a browser, or --client-id for service accounts.
+    """Sign in: the device flow in a browser, --client-id for service accounts, or
+    --oidc-token-file/--oidc-token-env for a pipeline with its CI system's identity token.
 
     The broker becomes the current profile: later commands without --broker use it.
     """
     from access.cli import config
-    from access.cli.tokens import env_token
+    from access.cli.tokens import ci_token, env_token
 
     if client_secret_file is not None and client_id is None:
         raise UsageError("--client-secret-file needs --client-id")
+    oidc = oidc_token_file is not None or oidc_token_env is not None
+    if oidc and client_id is not None:
+        raise UsageError("sign in with --client-id or with a CI identity token, not both")
     wait = _timeout(timeout)
     broker_client = client(ctx, broker=broker, ca_file=ca_file, insecure=insecure)
     url = broker_client.base_url
-    if client_id is not None:
+    if oidc:
+        tokens = broker_client.exchange_ci_token(ci_token(oidc_token_file, oidc_token_env))
+    elif client_id is not None:
         tokens = broker_client.client_credentials(client_id, _secret(client_id, client_secret_file))
     else:
         open_browser = not no_browser and _can_open_browser()

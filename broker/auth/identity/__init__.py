@@ -1,8 +1,10 @@
 """Identity: who the principals are and how they prove it.
 
 ``embedded`` is today's only identity source: users with passwords and service accounts with
-client secrets, stored as argon2id hashes in our own database. Upstream OIDC and CI-token
-sources (not built yet) are meant to join it here as sibling modules; ``principals.source`` says
+client secrets, stored as argon2id hashes in our own database. Pipelines may also sign in as a
+service account with a CI identity token (``auth.exchange``, ``auth.citrust``, ``auth.jwks``:
+they open sessions, so they live beside ``auth.sessions``, not here). Upstream OIDC (not built
+yet) is meant to join it here as a sibling module; ``principals.source`` says
 where a principal comes from. ``directory`` holds what applies whatever the source (listing,
 disabling and enabling, ending every session and grant of a principal: offboarding). Identity
 may import the store and ``grants`` (to end a principal's grants), never ``auth.sessions`` or
