@@ -57,6 +57,8 @@ def _compiled_extensions() -> list[Any]:
                 # isolated build environment does not have.
                 [
                     "--config-file=",
+                    # mypy's cache with the rest of the build, not a .mypy_cache left in the checkout.
+                    f"--cache-dir={os.path.relpath(build / 'mypy-cache', HERE)}",
                     "--ignore-missing-imports",
                     *(f"access/shared/{name}.py" for name in HOT_MODULES),
                 ],
