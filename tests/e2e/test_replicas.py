@@ -107,6 +107,21 @@ def _wait_active(cluster: Cluster) -> None:
             time.sleep(0.05)  # a bounded poll of the target, not a synchronisation
 
 
+def _wait_shared_key(broker: BrokerProcess, grant_id: str) -> None:
+    """Until the query's channel has written its cancel key to the shared store (a worker thread
+    does it once the login is done; a cancel that comes before is refused on another replica, as
+    the module says): what a cancel through B needs, and under load it can trail the query."""
+    import psycopg
+
+    deadline = time.monotonic() + BOUND
+    url = broker.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        sql = "select count(*) from cancel_keys where grant_id = %s"
+        while conn.execute(sql, (grant_id,)).fetchone() == (0,):
+            assert time.monotonic() < deadline, "the channel's cancel key never reached the store"
+            time.sleep(0.05)  # a bounded poll of the store, not a synchronisation
+
+
 def test_psqls_cancel_through_another_replica_cancels_its_query_and_only_with_the_grants_key(
     tmp_path: Path, replicas: list[BrokerProcess], pg_cluster: Cluster
 ) -> None:
@@ -125,6 +140,7 @@ def test_psqls_cancel_through_another_replica_cancels_its_query_and_only_with_th
     )  # fmt: skip
     try:
         _wait_active(pg_cluster)
+        _wait_shared_key(first, made["grant_id"])
         started = time.monotonic()
         psql.send_signal(signal.SIGINT)  # psql sends a CancelRequest on a new connection
         _, err = psql.communicate(timeout=BOUND)
