@@ -56,7 +56,7 @@ class GrantState(StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     DENIED = "denied"
-    # A grant waiting on reviewers (approvals are not built yet: nothing is pending today).
+    # A request waiting for its reviewers (docs/approvals.md): its expires_at is the review deadline.
     PENDING = "pending"
 
 

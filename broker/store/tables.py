@@ -66,7 +66,8 @@ metadata = sa.MetaData(
 )
 
 # Users and service accounts of the embedded identity directory. ``source`` leaves room for
-# other identity sources (upstream OIDC, CI identity tokens), which are not built yet.
+# other identity sources (upstream OIDC), which are not built yet; CI identity tokens sign in as
+# an embedded service account (auth/exchange.py).
 principals = sa.Table(
     "principals",
     metadata,
