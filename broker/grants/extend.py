@@ -52,12 +52,11 @@ __all__ = ["extend_grant", "grant_start"]
 
 
 def grant_start(record: GrantRecord) -> datetime:
-    """When the grant's lifetime began: its approval, once approvals record one, else its issue.
+    """When the grant's lifetime began: its approval for one that needed approval, else its issue.
 
     The maximum TTL bounds the time from here to the expiry, however many extensions there are.
     """
-    approved_at: datetime | None = getattr(record, "approved_at", None)  # a column approvals adds
-    return approved_at or record.created_at
+    return record.approved_at or record.created_at
 
 
 def extend_grant(broker: Broker, ctx: AuthContext, grant_id: str, request: ExtendRequest) -> Grant:
