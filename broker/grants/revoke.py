@@ -81,5 +81,6 @@ def end_grants_for_principal(
             if lifecycle.apply(tx, record, GrantEvent.REVOKE, actor=actor, now=now, reason=reason)
         )
 
-    revoked = end(store.usable_for_principal(conn, principal_id, now))
-    return EndedGrants(revoked=revoked, cancelled=end(store.pending_for_principal(conn, principal_id, now)))
+    revoked = end(store.live(conn, now, states=("active",), principal_id=principal_id))
+    cancelled = end(store.live(conn, now, states=("pending",), principal_id=principal_id))
+    return EndedGrants(revoked=revoked, cancelled=cancelled)

@@ -112,13 +112,9 @@ def _covered(conn: sa.Connection, kind: str, value: str, now: datetime) -> tuple
             raise NotFound(
                 f"no user or service account named {value!r}", hint="see `access-broker users list`"
             )
-        covered = grant_store.usable_for_principal(conn, principal.id, now)
-        return _plain_target(kind, value), covered + grant_store.pending_for_principal(
-            conn, principal.id, now
-        )
+        return _plain_target(kind, value), grant_store.live(conn, now, principal_id=principal.id)
     if kind == "service":
-        covered = grant_store.usable_for_service(conn, value, now)
-        return _plain_target(kind, value), covered + grant_store.pending_for_service(conn, value, now)
+        return _plain_target(kind, value), grant_store.live(conn, now, service=value)
     grant = grant_store.get(conn, value)
     if grant is None:
         raise NotFound(f"no grant {value!r}", hint="see `access grants --all` (as an audit reader)")

@@ -25,13 +25,11 @@ __all__ = [
     "get",
     "insert",
     "list_for_principal",
+    "live",
     "lock",
     "pending",
-    "pending_for_principal",
     "states",
     "usable",
-    "usable_for_principal",
-    "usable_for_service",
 ]
 
 # Lists of ids are sent in chunks: databases bound the number of parameters of one statement.
@@ -106,35 +104,22 @@ def list_break_glass(conn: sa.Connection, principal_id: str | None, *, limit: in
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
 
-def usable_for_principal(conn: sa.Connection, principal_id: str, now: datetime) -> list[GrantRecord]:
-    """Every grant of a principal that is active and not past its expiry at ``now``."""
-    query = sa.select(grants).where(
-        grants.c.principal_id == principal_id, grants.c.state == "active", grants.c.expires_at > now
-    )
-    return [GrantRecord.from_row(row) for row in conn.execute(query)]
-
-
-def usable_for_service(conn: sa.Connection, service: str, now: datetime) -> list[GrantRecord]:
-    """Every grant on a service that is active and not past its expiry at ``now``."""
-    query = sa.select(grants).where(
-        grants.c.service == service, grants.c.state == "active", grants.c.expires_at > now
-    )
-    return [GrantRecord.from_row(row) for row in conn.execute(query)]
-
-
-def pending_for_principal(conn: sa.Connection, principal_id: str, now: datetime) -> list[GrantRecord]:
-    """Every request of a principal that waits for review at ``now``."""
-    query = sa.select(grants).where(
-        grants.c.principal_id == principal_id, grants.c.state == "pending", grants.c.expires_at > now
-    )
-    return [GrantRecord.from_row(row) for row in conn.execute(query)]
-
-
-def pending_for_service(conn: sa.Connection, service: str, now: datetime) -> list[GrantRecord]:
-    """Every request on a service that waits for review at ``now``."""
-    query = sa.select(grants).where(
-        grants.c.service == service, grants.c.state == "pending", grants.c.expires_at > now
-    )
+def live(
+    conn: sa.Connection,
+    now: datetime,
+    *,
+    states: tuple[str, ...] = ("active", "pending"),
+    principal_id: str | None = None,
+    service: str | None = None,
+) -> list[GrantRecord]:
+    """Grants in ``states`` not past their expiry at ``now`` (a pending one's expiry is its review
+    deadline), of one principal and/or on one service, oldest first."""
+    query = sa.select(grants).where(grants.c.state.in_(states), grants.c.expires_at > now)
+    if principal_id is not None:
+        query = query.where(grants.c.principal_id == principal_id)
+    if service is not None:
+        query = query.where(grants.c.service == service)
+    query = query.order_by(grants.c.created_at, grants.c.id)
     return [GrantRecord.from_row(row) for row in conn.execute(query)]
 
 
