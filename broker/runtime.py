@@ -42,6 +42,9 @@ class Broker:
     instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
     # The signing keys of trusted CI issuers, as last fetched (auth/jwks.py).
     ci_keys: KeyCache = field(default_factory=KeyCache)
+    # The discovery documents and keys of upstream OIDC providers (auth/upstream), and the
+    # transport of every request to them.
+    oidc_keys: KeyCache = field(default_factory=KeyCache)
 
     @classmethod
     def from_settings(
