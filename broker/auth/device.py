@@ -37,6 +37,7 @@ from access.broker.store.principals import PrincipalRecord
 from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = [
+    "BAD_CODE",
     "CLIENTS",
     "DEVICE_GRANT_TYPE",
     "USER_CODE_ALPHABET",
@@ -273,7 +274,7 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
     return tokens
 
 
-_BAD_CODE = (
+BAD_CODE = (
     "That code is not valid or has expired. Check the code in your terminal, or run `access login` again."
 )
 
@@ -304,7 +305,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
         if row is None:
             ratelimit.hit(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
     if row is None:
-        raise InvalidRequest(_BAD_CODE)
+        raise InvalidRequest(BAD_CODE)
     # The slow argon2 check runs outside any transaction, so it holds no database lock.
     user, reason = attempt.verify(password)
     signed: SignIn | None = None
@@ -318,7 +319,7 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     if user is None:
         raise Unauthenticated("Wrong username or password.", hint=None)
     if signed is None:
-        raise InvalidRequest(_BAD_CODE)
+        raise InvalidRequest(BAD_CODE)
     return signed
 
 
@@ -331,7 +332,7 @@ def open_request(conn: sa.Connection, broker: Broker, device_id: str) -> DeviceC
     """
     row = device_codes.open_by_id(conn, device_id, broker.clock.now())
     if row is None:
-        raise InvalidRequest(_BAD_CODE)
+        raise InvalidRequest(BAD_CODE)
     return row
 
 
