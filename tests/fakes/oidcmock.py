@@ -178,4 +178,6 @@ class FakeProvider:
             refresh = secrets.token_urlsafe(16)
             self._refresh[refresh] = user
             body["refresh_token"] = refresh
-        return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        return httpx.Response(
+            200, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )

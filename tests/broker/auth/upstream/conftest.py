@@ -31,9 +31,7 @@ def provider_changes() -> dict[str, Any]:
 
 
 @pytest.fixture
-def broker(
-    make_broker: Callable[..., Broker], idp: FakeProvider, provider_changes: dict[str, Any]
-) -> Broker:
+def broker(make_broker: Callable[..., Broker], idp: FakeProvider, provider_changes: dict[str, Any]) -> Broker:
     made = make_broker(oidc_providers=[provider_settings(**provider_changes)])
     made.oidc_keys = KeyCache(transport=idp.transport)
     return made

@@ -75,7 +75,13 @@ ALICE = {"sub": "1", "preferred_username": "alice", "email": "alice@example.com"
             0,
         ),
         ({"allowed_email_domains": ["example.com"]}, ALICE, "alice", (), 0),
-        ({}, {**ALICE, "groups": [f"g{i:03d}" for i in range(70)]}, "alice", tuple(f"g{i:03d}" for i in range(64)), 6),
+        (
+            {},
+            {**ALICE, "groups": [f"g{i:03d}" for i in range(70)]},
+            "alice",
+            tuple(f"g{i:03d}" for i in range(64)),
+            6,
+        ),
     ],
 )
 def test_claims_map_to_a_name_and_groups(
