@@ -33,6 +33,8 @@ class Action(StrEnum):
     USER_CREATE = "user.create"
     # A person signed in with an upstream OIDC provider for the first time and became a user.
     USER_PROVISION = "user.provision"
+    # An existing user linked by an administrator to a person at an upstream provider.
+    USER_LINK = "user.link"
     USER_DISABLE = "user.disable"
     USER_ENABLE = "user.enable"
     USER_SET_PASSWORD = "user.set_password"

@@ -30,6 +30,7 @@ __all__ = [
     "service_account_credentials",
     "set_groups",
     "set_password_hash",
+    "set_upstream",
     "user_credentials",
 ]
 
@@ -175,6 +176,17 @@ def insert(
 def set_groups(conn: sa.Connection, principal_id: str, groups: Sequence[str]) -> None:
     """Replace a principal's groups (an upstream user's, as their provider says at each sign-in)."""
     conn.execute(principals.update().where(principals.c.id == principal_id).values(groups=list(groups)))
+
+
+def set_upstream(conn: sa.Connection, principal_id: str, issuer: str, subject: str) -> None:
+    """Link a user to an upstream provider's ``subject`` (``users link``).
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: another user has this (issuer, subject).
+    """
+    conn.execute(
+        principals.update().where(principals.c.id == principal_id).values(issuer=issuer, subject=subject)
+    )
 
 
 def user_credentials(conn: sa.Connection, name: str) -> tuple[PrincipalRecord, str | None] | None:

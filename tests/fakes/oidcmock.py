@@ -28,7 +28,7 @@ __all__ = ["CLIENT_ID", "CLIENT_SECRET", "ISSUER", "FakeProvider", "provider_set
 
 ISSUER = "https://idp.test"
 CLIENT_ID = "access-broker"
-CLIENT_SECRET = "s3cret-of-the-broker-at-the-idp"  # noqa: S105 - a test value
+CLIENT_SECRET = "s3cret-of-the-broker-at-the-idp"
 
 
 def provider_settings(**changes: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from access.broker.settings import Settings
 from tests.fakes.oidcmock import provider_settings
 
-SECRET = "the-client-secret-0123456789"  # noqa: S105 - a test value
+SECRET = "the-client-secret-0123456789"
 
 
 @pytest.fixture(autouse=True)
