@@ -249,7 +249,7 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
         raise OAuthError(Poll.USED.value, _ALREADY_USED)
     if principal.disabled:
         raise OAuthError(Poll.DENIED.value, "the account that approved this request is disabled")
-    tokens = start_session(conn, broker, principal, code.client_id)
+    tokens = start_session(conn, broker, principal, code.client_id, mfa_at=code.mfa_at)
     ledger.append(
         conn,
         broker.clock,
@@ -262,6 +262,7 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
             "session_id": tokens.session_id,
             "client_id": code.client_id,
             "client_host": code.client_host,
+            "mfa": code.mfa_at is not None,
         },
     )
     return tokens

@@ -97,13 +97,14 @@ def start_session(
     *,
     lifetime: int | None = None,
     refreshable: bool = True,
+    mfa_at: datetime | None = None,
 ) -> TokenSet:
     """Open a session for ``principal`` inside the caller's transaction and issue its tokens.
 
     ``lifetime``: the session's, in seconds (default ``session_ttl``). ``refreshable`` False:
     no refresh token, and one access token that lasts as long as the session (at most
     ``access_token_ttl``), as for an exchanged CI token. The caller writes the audit entry for
-    the login that led here.
+    the login that led here. ``mfa_at``: when that login presented a second factor, if it did.
     """
     now = broker.clock.now()
     lifetime = broker.settings.session_ttl if lifetime is None else lifetime
@@ -116,6 +117,7 @@ def start_session(
         client_id=client_id,
         created_at=now,
         expires_at=expires_at,
+        mfa_at=mfa_at,
     )
     refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if refreshable else None
     access, expires_in = issue_access_token(

@@ -57,6 +57,8 @@ class DeviceCode:
     last_poll_at: datetime | None
     status: DeviceState
     principal_id: str | None
+    mfa_at: datetime | None = None  # when the person who signed in presented a second factor
+    mfa_required: bool = False  # ``access login --mfa``: a sign-in without one is refused
 
     @classmethod
     def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> DeviceCode:
@@ -73,6 +75,8 @@ class DeviceCode:
             last_poll_at=m["last_poll_at"],
             status=DeviceState(m["status"]),
             principal_id=m["principal_id"],
+            mfa_at=m["mfa_at"],
+            mfa_required=bool(m["mfa_required"]),
         )
 
 
@@ -104,8 +108,10 @@ def insert_pending(
     created_at: datetime,
     expires_at: datetime,
     interval: int,
+    mfa_required: bool = False,
 ) -> None:
-    """Store a new device authorization in state ``pending``.
+    """Store a new device authorization in state ``pending`` (``mfa_required``: the person must
+    sign in with a second factor).
 
     Raises:
         sqlalchemy.exc.IntegrityError: the device code or user code is taken.
@@ -122,6 +128,7 @@ def insert_pending(
             expires_at=expires_at,
             interval=interval,
             status=DeviceState.PENDING.value,
+            mfa_required=mfa_required,
         )
     )
 
@@ -156,9 +163,15 @@ def record_poll(conn: sa.Connection, device_id: str, now: datetime, interval: in
 
 
 def attach_consent(
-    conn: sa.Connection, device_id: str, principal_id: str, consent_hash: str, now: datetime
+    conn: sa.Connection,
+    device_id: str,
+    principal_id: str,
+    consent_hash: str,
+    now: datetime,
+    mfa_at: datetime | None = None,
 ) -> bool:
-    """Tie a pending, unexpired authorization to the person who signed in and their consent token.
+    """Tie a pending, unexpired authorization to the person who signed in and their consent token
+    (``mfa_at``: when that sign-in presented a second factor, None if it did not).
 
     True if it was still pending and unexpired (so this call attached them).
     """
@@ -169,7 +182,7 @@ def attach_consent(
             device_codes.c.status == DeviceState.PENDING.value,
             device_codes.c.expires_at > now,
         )
-        .values(principal_id=principal_id, consent_hash=consent_hash)
+        .values(principal_id=principal_id, consent_hash=consent_hash, mfa_at=mfa_at)
     )
     return result.rowcount > 0
 

@@ -61,6 +61,7 @@ class SessionView:
     kind: str
     groups: tuple[str, ...]
     disabled: bool
+    mfa_at: datetime | None = None  # the sign-in's second factor, if it presented one
 
 
 def insert(
@@ -71,8 +72,9 @@ def insert(
     client_id: str,
     created_at: datetime,
     expires_at: datetime,
+    mfa_at: datetime | None = None,
 ) -> None:
-    """Open a session."""
+    """Open a session (``mfa_at``: when its sign-in presented a second factor, if it did)."""
     conn.execute(
         sessions.insert().values(
             id=session_id,
@@ -80,6 +82,7 @@ def insert(
             client_id=client_id,
             created_at=created_at,
             expires_at=expires_at,
+            mfa_at=mfa_at,
         )
     )
 
@@ -200,6 +203,7 @@ def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
             sessions.c.principal_id,
             sessions.c.expires_at,
             sessions.c.revoked_at,
+            sessions.c.mfa_at,
             principals.c.name,
             principals.c.kind,
             principals.c.groups,
@@ -218,4 +222,5 @@ def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
         kind=row.kind,
         groups=tuple(row.groups or ()),
         disabled=bool(row.disabled),
+        mfa_at=row.mfa_at,
     )

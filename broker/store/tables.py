@@ -99,6 +99,9 @@ sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
     sa.Column("revoked_reason", sa.String(64), nullable=True),
+    # When the sign-in that opened the session presented a second factor (TOTP, or an upstream
+    # provider's amr/acr saying so); None: it did not. Refreshes keep it: it dates the sign-in.
+    sa.Column("mfa_at", UTCDateTime, nullable=True),
 )
 
 # Refresh tokens are stored as SHA-256 of the token: a leaked table grants nothing.
@@ -144,6 +147,10 @@ device_codes = sa.Table(
     sa.Column("principal_id", sa.String(36), sa.ForeignKey("principals.id"), nullable=True),
     sa.Column("consent_hash", sa.String(64), nullable=True),
     sa.Column("decided_at", UTCDateTime, nullable=True),
+    # The second factor presented when the person signed in on the page (copied to the session).
+    sa.Column("mfa_at", UTCDateTime, nullable=True),
+    # ``access login --mfa``: the page refuses a sign-in without a second factor.
+    sa.Column("mfa_required", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # Sliding-window rate limiting that every replica sees (user-code guessing, password guessing).
