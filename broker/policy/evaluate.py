@@ -79,6 +79,7 @@ class ServiceAccess(NamedTuple):
     max_ttl: timedelta
     requirement: Requirement
     approval: ApprovalRule | None = None  # the reviewers, for ``require: approval``
+    mfa: timedelta | None = None  # the rule's second-factor window
 
 
 def evaluate(
@@ -185,7 +186,8 @@ def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess
             if not matching:
                 continue
             best = _best(svc, matching)
-            result.append(ServiceAccess(svc, scope, _effective_max(svc, best), best.require, best.approval))
+            limit = _effective_max(svc, best)
+            result.append(ServiceAccess(svc, scope, limit, best.require, best.approval, best.mfa))
     return result
 
 
