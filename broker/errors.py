@@ -10,8 +10,10 @@
     ├── Unauthenticated              (401) no, expired, forged or revoked token
     ├── Forbidden                    (403) authenticated but not allowed (e.g. audit read)
     │   ├── GrantDenied              (403) policy said no
-    │   └── Locked                   (403, code ``locked``) an admin's lock covers the user, the
+    │   ├── Locked                   (403, code ``locked``) an admin's lock covers the user, the
     │                                service or the grant (``access.broker.locks``)
+    │   └── MfaRequired              (403, code ``mfa_required``) the policy asks for a sign-in
+    │                                with a second factor more recent than the caller's
     ├── NotFound                     (404) unknown service, grant, user, endpoint
     ├── Conflict                     (409) already exists / already ended
     ├── Expired                      (410) the grant or code ran out
@@ -44,6 +46,8 @@ Outside the tree, on purpose (mapped at the boundary, ``raise X(...) from exc``)
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from access.shared.errors import ErrorCode, http_status_for
 
 __all__ = [
@@ -57,6 +61,7 @@ __all__ = [
     "InvalidRequest",
     "LedgerUnsafe",
     "Locked",
+    "MfaRequired",
     "Misconfigured",
     "NotFound",
     "PayloadTooLarge",
@@ -135,6 +140,26 @@ class Locked(Forbidden):
     def __init__(self, message: str, *, hint: str | None = None, lock_id: str) -> None:
         super().__init__(message, hint=hint)
         self.lock_id = lock_id
+
+
+class MfaRequired(Forbidden):
+    """The policy asks for a sign-in with a second factor within ``window`` (a rule's ``mfa:``
+    for requesting, an approval's for approving) and the caller's sign-in had none, or an older
+    one. ``access login --mfa`` (step-up) and asking again is the remedy, so the CLI exits 3."""
+
+    code = ErrorCode.MFA_REQUIRED
+
+    def __init__(self, message: str, *, hint: str | None = None, window: timedelta) -> None:
+        super().__init__(message, hint=hint)
+        self.window = window
+
+    def body(self) -> dict[str, object]:
+        # ``max_age`` in seconds, as RFC 9470 (step-up authentication) names the same thing.
+        body = super().body()
+        detail = body["error"]
+        assert isinstance(detail, dict)
+        detail["max_age"] = int(self.window.total_seconds())
+        return body
 
 
 class NotFound(BrokerError):

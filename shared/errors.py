@@ -28,7 +28,8 @@ Exit codes of ``access`` (documented in docs/cli.md)::
     0  ok
     1  error            something failed; the message says what
     2  usage            bad input: a flag, a TTL, a service name
-    3  needs login      no token, or it expired or was revoked: run `access login`
+    3  needs login      no token, or it expired or was revoked: run `access login`; or the policy
+                        asks for a recent second factor: run `access login --mfa`
     4  denied           policy or a person said no, or an admin's lock (``access-broker lock``)
     5  pending          waiting on something (device approval, later: reviewers)
     6  expired          the device code or the grant ran out
@@ -72,6 +73,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     DENIED = "grant_denied"
     LOCKED = "locked"
+    MFA_REQUIRED = "mfa_required"
     PENDING = "pending"
     EXPIRED = "expired"
     NOT_FOUND = "not_found"
@@ -89,6 +91,8 @@ _TABLE: dict[ErrorCode, tuple[int, ExitCode]] = {
     ErrorCode.FORBIDDEN: (403, ExitCode.DENIED),
     ErrorCode.DENIED: (403, ExitCode.DENIED),
     ErrorCode.LOCKED: (403, ExitCode.DENIED),
+    # Signing in again with a second factor is what it takes: a login matter, not a denial.
+    ErrorCode.MFA_REQUIRED: (403, ExitCode.NEEDS_LOGIN),
     ErrorCode.PENDING: (409, ExitCode.PENDING),
     ErrorCode.EXPIRED: (410, ExitCode.EXPIRED),
     ErrorCode.NOT_FOUND: (404, ExitCode.NOT_FOUND),

@@ -85,6 +85,9 @@ class ScopeInfo(_Model):
     max_ttl_seconds: int
     requirement: str = "auto"
     reviewers: str | None = None  # require: approval: "2 of group:leads and 1 of group:security"
+    # The rule's ``mfa:``: a sign-in with a second factor within this many seconds (``access
+    # login --mfa``); None: any sign-in.
+    mfa_seconds: int | None = None
 
 
 class ServiceInfo(_Model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -208,6 +209,13 @@ def explain_decision(
     break_glass: Annotated[
         bool, typer.Option("--break-glass", help="As `access request --break-glass` asks")
     ] = False,
+    mfa: Annotated[
+        str,
+        typer.Option(
+            "--mfa",
+            help="Their sign-in's second factor: 'now' (default), 'none', or how long ago (20m)",
+        ),
+    ] = "now",
     policy_file: PolicyFileOpt = None,
     output: Output = "text",
     data_dir: DataDir = None,
@@ -226,13 +234,23 @@ def explain_decision(
             wanted = parse_duration(ttl)
         except DurationError as exc:
             raise fail(str(exc), hint="write the ttl like 45s, 30m or 1h30m", code=2) from exc
+    second_factor = _second_factor(mfa)
     policy = _load(policy_file)
     if user is not None:
         subject = Subject(user, "user", tuple(sorted(set(group or []))))
     else:
         subject = Subject(service_account or "", "service_account", tuple(sorted(set(group or []))))
     try:
-        found = explain(policy, subject, service, scope, wanted, reason, break_glass=break_glass)
+        found = explain(
+            policy,
+            subject,
+            service,
+            scope,
+            wanted,
+            reason,
+            break_glass=break_glass,
+            second_factor=second_factor,
+        )
     except (UnknownService, UnknownScope) as exc:
         raise fail(str(exc), hint=f"`access-broker policy check {policy_file}` lists them", code=2) from exc
     approval = found.decision.approval if found.outcome == "approval" else None
@@ -249,9 +267,25 @@ def explain_decision(
     say(f"rule:     {decision.rule or '(none: denied by default)'}")
     if decision.max_ttl is not None:
         say(f"max ttl:  {format_duration(decision.max_ttl)}")
+    if decision.mfa is not None:
+        say(f"mfa:      a sign-in with a second factor within {format_duration(decision.mfa)}")
     say(f"why:      {decision.reason}")
     if approval is not None:
         _say_reviewers(approval, found.candidates, subject, where)
+
+
+def _second_factor(text: str) -> timedelta | None:
+    """``--mfa``: now -> 0, none -> None, a duration -> that long ago."""
+    if text == "now":
+        return timedelta(0)
+    if text == "none":
+        return None
+    try:
+        return parse_duration(text)
+    except DurationError as exc:
+        raise fail(
+            f"--mfa {text[:40]!r}: {exc}", hint="give now, none, or how long ago (20m)", code=2
+        ) from exc
 
 
 def _directory(data_dir: Path | None, database_url: str | None) -> tuple[list[PrincipalRecord] | None, str]:
@@ -273,7 +307,7 @@ def _directory(data_dir: Path | None, database_url: str | None) -> tuple[list[Pr
 def _say_reviewers(
     approval: ApprovalRule, found: Candidates | None, subject: Subject, where: str | None
 ) -> None:
-    say(f"approval: {approval.describe()}, within {format_duration(approval.wait)}")
+    say(f"approval: {approval.describe()}{approval.describe_mfa()}, within {format_duration(approval.wait)}")
     if found is None:
         say(f"  (reviewers not listed: no directory at {where}; give --data-dir or --database-url)")
         return

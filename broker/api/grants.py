@@ -43,6 +43,7 @@ def list_services(broker: BrokerDep, ctx: CurrentPrincipal) -> list[ServiceInfo]
                 max_ttl_seconds=seconds,
                 requirement=access.requirement,
                 reviewers=reviewers,
+                mfa_seconds=None if access.mfa is None else int(access.mfa.total_seconds()),
             )
         )
     return [

@@ -256,7 +256,7 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
     upstream = None
     if code.upstream_provider is not None:
         upstream = UpstreamLink(code.upstream_provider, code.upstream_refresh, code.session_expires_at)
-    tokens = start_session(conn, broker, principal, code.client_id, upstream=upstream)
+    tokens = start_session(conn, broker, principal, code.client_id, upstream=upstream, mfa_at=code.mfa_at)
     ledger.append(
         conn,
         broker.clock,
@@ -269,6 +269,7 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
             "session_id": tokens.session_id,
             "client_id": code.client_id,
             "client_host": code.client_host,
+            "mfa": code.mfa_at is not None,
         },
     )
     return tokens
@@ -342,11 +343,13 @@ def signed_in_as(
     row: DeviceCode,
     principal: PrincipalRecord,
     upstream: UpstreamLink | None = None,
+    mfa_at: datetime | None = None,
 ) -> SignIn | None:
     """Inside the caller's transaction: ``principal`` has signed in (by password, or at an
     upstream provider: ``upstream`` is what its session will keep) for the request ``row``,
-    which gets a fresh one-time consent token for the Approve/Deny step. None when the request
-    was decided or expired meanwhile. The caller audits the sign-in."""
+    which gets a fresh one-time consent token for the Approve/Deny step (``mfa_at``: when that
+    sign-in presented a second factor, if it did). None when the request was decided or expired
+    meanwhile. The caller audits the sign-in."""
     transition(row.status, Event.SIGN_IN)  # pending stays pending, now with a consent token
     consent = secrets.token_urlsafe(32)
     # Conditional: the code may have been decided or have expired during the password check.
@@ -356,6 +359,7 @@ def signed_in_as(
         principal.id,
         hash_token(consent),
         broker.clock.now(),
+        mfa_at,
         upstream_provider=None if upstream is None else upstream.provider,
         upstream_refresh=None if upstream is None else upstream.sealed_refresh,
         session_expires_at=None if upstream is None else upstream.expires_at,

@@ -18,3 +18,6 @@ class AuthContext:
     token_id: str  # the access token's jti
     expires_at: datetime  # the access token's
     session_expires_at: datetime | None = None  # the sign-in session's (refresh family), server time
+    # When the sign-in behind the session presented a second factor (None: it did not); policy
+    # that requires MFA within a window compares it with the broker's clock.
+    mfa_at: datetime | None = None

@@ -117,14 +117,16 @@ def start_session(
     lifetime: int | None = None,
     refreshable: bool = True,
     upstream: UpstreamLink | None = None,
+    mfa_at: datetime | None = None,
 ) -> TokenSet:
     """Open a session for ``principal`` inside the caller's transaction and issue its tokens.
 
     ``lifetime``: the session's, in seconds (default ``session_ttl``). ``refreshable`` False:
     no refresh token, and one access token that lasts as long as the session (at most
     ``access_token_ttl``), as for an exchanged CI token. ``upstream``: the session of an
-    upstream sign-in (it ends by ``upstream.expires_at`` if that is sooner). The caller writes
-    the audit entry for the login that led here.
+    upstream sign-in (it ends by ``upstream.expires_at`` if that is sooner). ``mfa_at``:
+    when that login presented a second factor, if it did. The caller writes the audit entry for
+    the login that led here.
     """
     now = broker.clock.now()
     lifetime = broker.settings.session_ttl if lifetime is None else lifetime
@@ -141,6 +143,7 @@ def start_session(
         expires_at=expires_at,
         upstream_provider=None if upstream is None else upstream.provider,
         upstream_refresh=None if upstream is None else upstream.sealed_refresh,
+        mfa_at=mfa_at,
     )
     refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if refreshable else None
     access, expires_in = issue_access_token(

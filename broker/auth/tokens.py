@@ -187,6 +187,7 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
         token_id=claims.token_id,
         expires_at=claims.expires_at,
         session_expires_at=row.expires_at,
+        mfa_at=row.mfa_at,
     )
 
 

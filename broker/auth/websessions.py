@@ -81,10 +81,12 @@ def open_web_session(
     *,
     ends_by: datetime | None = None,
     upstream_provider: str | None = None,
+    mfa_at: datetime | None = None,
 ) -> WebSignIn:
     """Inside the caller's transaction: ``principal`` has signed in (by password, or at an
     upstream provider, ``upstream_provider``); open their inbox session, lasting
-    ``inbox_session_ttl`` or until ``ends_by`` if sooner. The caller audits the sign-in."""
+    ``inbox_session_ttl`` or until ``ends_by`` if sooner (``mfa_at``: when the sign-in presented a
+    second factor, if it did). The caller audits the sign-in."""
     token = secrets.token_urlsafe(32)
     session_id = str(uuid.uuid4())
     now = broker.clock.now()
@@ -99,6 +101,7 @@ def open_web_session(
         created_at=now,
         expires_at=expires_at,
         upstream_provider=upstream_provider,
+        mfa_at=mfa_at,
     )
     web_sessions.insert(conn, token_hash=hash_token(token), session_id=session_id, created_at=now)
     return WebSignIn(token=token, name=principal.name, session_id=session_id, expires_at=expires_at)

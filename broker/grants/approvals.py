@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
-from access.broker.errors import Conflict, Forbidden, InvalidRequest
+from access.broker.errors import Conflict, Forbidden, InvalidRequest, MfaRequired
 from access.broker.grants import lifecycle, reviews
 from access.broker.grants.lifecycle import GrantEvent, GrantTx, grant_target
 from access.broker.grants.queries import effective_state, fetch, may_view, not_found, to_model_reviewed
@@ -35,11 +35,13 @@ from access.broker.identities import lifecycle as identities
 from access.broker.locks import guard as locks
 from access.broker.notifications.emit import notify
 from access.broker.notifications.kinds import Notice
+from access.broker.policy import ApprovalRule, mfa_met, second_factor_age
 from access.broker.runtime import Broker
 from access.broker.store import approvals as votes
 from access.broker.store import grants as store
 from access.broker.store.approvals import APPROVE, DENY, Vote
 from access.broker.store.grants import GrantRecord
+from access.shared.durations import format_duration
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantState
 
 __all__ = ["approve", "deny", "pending_for"]
@@ -80,6 +82,8 @@ def approve(broker: Broker, ctx: AuthContext, grant_id: str, comment: str = "") 
         Forbidden: the caller may not review it (their own, their service account's, not a
             reviewer by the policy in force, the rule gone), or the policy in force would no
             longer let it be approved as asked (its TTL over a lowered maximum, say).
+        MfaRequired: the rule asks reviewers for a sign-in with a recent second factor, and
+            the caller's had none or an older one (nothing is recorded).
         Conflict: it is no longer pending (approved, denied, cancelled, expired unreviewed: the
             message says by whom and when), or the caller already voted on it.
         Unavailable: the database could not be reached (nothing changed), or the target could
@@ -96,10 +100,11 @@ def approve(broker: Broker, ctx: AuthContext, grant_id: str, comment: str = "") 
                 f"grant {record.id} cannot be approved as asked: {why}",
                 hint="deny it with a reason, or let the requester ask again",
             )
-        vote = Vote(record.id, ctx.principal_id, ctx.name, APPROVE, text, now)
-        cast = [*cast, _insert(tx.conn, vote)]
         approval = reviews.reviewers_of(broker.policy, record)
         assert approval is not None  # _locked_for_vote checked the reviewer under this policy
+        _check_second_factor(approval, ctx, record, now)
+        vote = Vote(record.id, ctx.principal_id, ctx.name, APPROVE, text, now)
+        cast = [*cast, _insert(tx.conn, vote)]
         counted = reviews.current_tally(tx.conn, approval, cast)
         missing = reviews.describe_missing(approval, counted)
         details = {"grant_id": record.id, "reviewer": ctx.name, "comment": text, "missing": missing}
@@ -150,6 +155,27 @@ def deny(broker: Broker, ctx: AuthContext, grant_id: str, reason: str) -> Grant:
         if denied is None:  # cannot happen under the row lock; fail closed if it does
             raise Conflict(f"grant {record.id} changed while it was being reviewed", hint="look again")
         return to_model_reviewed(tx.conn, broker, ctx, denied, now)
+
+
+def _check_second_factor(
+    approval: ApprovalRule, ctx: AuthContext, record: GrantRecord, now: datetime
+) -> None:
+    """An approval whose rule asks reviewers for a recent second factor (``approval.mfa``) needs
+    one in the reviewer's sign-in; denying never does.
+
+    Raises:
+        MfaRequired: the reviewer's sign-in had no second factor, or too old a one.
+    """
+    if mfa_met(approval.mfa, second_factor_age(ctx.mfa_at, now)):
+        return
+    assert approval.mfa is not None
+    had = "had none" if ctx.mfa_at is None else f"was {format_duration(now - ctx.mfa_at)} ago"
+    raise MfaRequired(
+        f"approving grant {record.id} needs a sign-in with a second factor within "
+        f"{format_duration(approval.mfa)} (rule {record.rule}); yours {had}",
+        hint="run `access login --mfa` (or sign in to the inbox again with your one-time code), then approve",
+        window=approval.mfa,
+    )
 
 
 def _locked_for_vote(

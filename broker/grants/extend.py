@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
-from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest
+from access.broker.errors import Conflict, Expired, Forbidden, GrantDenied, InvalidRequest, MfaRequired
 from access.broker.events import outbox
 from access.broker.events.bus import GrantExtended
 from access.broker.grants import lifecycle
@@ -41,7 +41,14 @@ from access.broker.grants.lifecycle import grant_target
 from access.broker.grants.queries import effective_state, fetch, not_found, to_model, visible
 from access.broker.notifications.emit import notify
 from access.broker.notifications.kinds import Notice
-from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate
+from access.broker.policy import (
+    Decision,
+    Policy,
+    UnknownScope,
+    UnknownService,
+    evaluate,
+    second_factor_age,
+)
 from access.broker.runtime import Broker
 from access.broker.store import grants as store
 from access.broker.store.grants import GrantRecord
@@ -87,7 +94,7 @@ def extend_grant(broker: Broker, ctx: AuthContext, grant_id: str, request: Exten
                 "would not make it last longer (an extension never shortens a grant)",
                 hint=f"ask for more than {left}, or end it early with `access revoke {record.id}`",
             )
-        decision = _decide(policy, ctx, record, new_expiry)
+        decision = _decide(policy, ctx, record, new_expiry, now)
         if not store.extend(tx.conn, record.id, old_expiry=record.expires_at, new_expiry=new_expiry, now=now):
             raise Conflict(
                 f"grant {record.id} was extended or ended by another request meanwhile; nothing changed",
@@ -154,7 +161,9 @@ def _check_usable(record: GrantRecord, now: datetime) -> None:
         )
 
 
-def _decide(policy: Policy, ctx: AuthContext, record: GrantRecord, new_expiry: datetime) -> Decision:
+def _decide(
+    policy: Policy, ctx: AuthContext, record: GrantRecord, new_expiry: datetime, now: datetime
+) -> Decision:
     """The grant's own rule's decision, in the policy in force, for its whole new lifetime.
 
     Only that rule and the policy's deny rules are evaluated: an extension stays under the rule
@@ -179,6 +188,8 @@ def _decide(policy: Policy, ctx: AuthContext, record: GrantRecord, new_expiry: d
             lifetime,
             record.reason,
             break_glass=rule.break_glass,
+            # A rule with ``mfa:`` asks for it again to extend: more time is a new ask.
+            second_factor=second_factor_age(ctx.mfa_at, now),
         )
     except (UnknownService, UnknownScope) as exc:
         raise GrantDenied(
@@ -186,6 +197,12 @@ def _decide(policy: Policy, ctx: AuthContext, record: GrantRecord, new_expiry: d
         ) from exc
     if decision.allowed:
         return decision
+    if decision.needs_mfa is not None:
+        raise MfaRequired(
+            f"extending grant {record.id}: {decision.reason}",
+            hint="run `access login --mfa` to sign in again with your second factor, then extend again",
+            window=decision.needs_mfa,
+        )
     if decision.max_ttl is not None and lifetime > decision.max_ttl:
         hint = again
         if decision.requirement == "approval":

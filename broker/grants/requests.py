@@ -18,7 +18,7 @@ from typing import Any
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
-from access.broker.errors import BrokerError, GrantDenied, InvalidRequest, NotFound, Unavailable
+from access.broker.errors import BrokerError, GrantDenied, InvalidRequest, MfaRequired, NotFound, Unavailable
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model, to_model_reviewed
@@ -26,14 +26,17 @@ from access.broker.identities import lifecycle as identities
 from access.broker.locks import guard as locks
 from access.broker.notifications.emit import notify
 from access.broker.notifications.kinds import Notice
-from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate
+from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate, second_factor_age
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
 from access.shared.durations import DurationError, format_duration, parse_duration
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest
 from access.shared.names import NAME_RULE, is_dns_label, is_scope
 
-__all__ = ["make_identity", "request_grant"]
+__all__ = ["MFA_HINT", "make_identity", "request_grant"]
+
+# What to do when the policy asks for a more recent second factor (step-up).
+MFA_HINT = "run `access login --mfa` to sign in again with your second factor, then ask again"
 
 
 def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Grant:
@@ -48,14 +51,16 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         InvalidRequest: bad service name, scope, TTL or reason (nothing is recorded).
         NotFound: the policy has no such service (nothing is recorded).
         GrantDenied: the policy said no (recorded as denied).
+        MfaRequired: the policy would say yes to a sign-in with a more recent second factor
+            (recorded as denied; ``access login --mfa`` and asking again would do).
         Locked: a lock is in force on the user or the service (recorded as denied, with its id).
         Unavailable: the database or the ledger could not be written; nothing changed.
     """
     # One policy for the whole request: a reload swaps ``broker.policy`` from another thread.
     policy = broker.policy
-    decision, ttl, reason = _decide(policy, ctx, request)
-    denial = _denial(decision)
     now = broker.clock.now()
+    decision, ttl, reason = _decide(policy, ctx, request, now)
+    denial = _denial(decision)
     with lifecycle.transaction(broker) as tx:
         # First, before any ledger append: a lock on the user or the service wins over the policy.
         lock = locks.covering(tx.conn, now, user=ctx.name, service=decision.service, grant_id=None)
@@ -96,6 +101,8 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
             return to_model_reviewed(tx.conn, broker, ctx, record, now)
     if refusal is not None:
         raise refusal
+    if denial is not None and decision.needs_mfa is not None:
+        raise MfaRequired(denial, hint=MFA_HINT, window=decision.needs_mfa)
     if denial is not None:
         raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
     if dynamic:
@@ -167,6 +174,8 @@ def _decision_details(
     }
     if decision.break_glass:
         details["break_glass"] = True
+    if decision.mfa is not None:
+        details["mfa"] = format_duration(decision.mfa)  # the rule's window for a second factor
     if denial is None:
         key = "expires_at" if record.state == "active" else "review_expires_at"
         details[key] = ledger.format_time(record.expires_at)
@@ -249,7 +258,9 @@ def _parse_ttl(
     return ttl
 
 
-def _decide(policy: Policy, ctx: AuthContext, request: GrantRequest) -> tuple[Decision, timedelta, str]:
+def _decide(
+    policy: Policy, ctx: AuthContext, request: GrantRequest, now: datetime
+) -> tuple[Decision, timedelta, str]:
     service, scope = request.service, request.scope
     if not is_dns_label(service):
         raise InvalidRequest(f"bad service name {service[:63]!r}: {NAME_RULE}", hint="see `access services`")
@@ -263,5 +274,8 @@ def _decide(policy: Policy, ctx: AuthContext, request: GrantRequest) -> tuple[De
     except UnknownScope as exc:
         raise InvalidRequest(str(exc), hint="see `access services`") from exc
     ttl = _parse_ttl(request.ttl, policy, ctx, service, scope, reason, request.break_glass)
-    decision = evaluate(policy, ctx, service, scope, ttl, reason, break_glass=request.break_glass)
+    second_factor = second_factor_age(ctx.mfa_at, now)
+    decision = evaluate(
+        policy, ctx, service, scope, ttl, reason, break_glass=request.break_glass, second_factor=second_factor
+    )
     return decision, ttl, reason

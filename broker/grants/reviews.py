@@ -74,7 +74,11 @@ def no_longer_allowed(conn: sa.Connection, policy: Policy, record: GrantRecord) 
         return f"{record.subject} is no longer in the directory or is disabled"
     subject = Subject(who.name, who.kind, who.groups)
     ttl = timedelta(seconds=record.ttl_seconds or 0)
-    decision = evaluate(policy, subject, record.service, record.scope, ttl, record.reason)
+    # The requester's second factor was judged when they asked (a rule's ``mfa:`` is about the
+    # request); what counts now is the rest of the rule, and the reviewer's own (``approve``).
+    decision = evaluate(
+        policy, subject, record.service, record.scope, ttl, record.reason, second_factor=timedelta(0)
+    )
     if not decision.allowed:
         return decision.reason
     if decision.requirement != "approval" or decision.rule != record.rule:

@@ -34,6 +34,8 @@ from access.broker.policy.evaluate import (
     allowed_services,
     can_read_audit,
     evaluate,
+    mfa_met,
+    second_factor_age,
 )
 from access.broker.policy.load import load_cases, load_policy, policy_from_data, policy_from_text
 from access.broker.policy.model import (
@@ -87,9 +89,11 @@ __all__ = [
     "explain",
     "load_cases",
     "load_policy",
+    "mfa_met",
     "outcome",
     "policy_from_data",
     "policy_from_text",
     "run_cases",
+    "second_factor_age",
     "tally",
 ]

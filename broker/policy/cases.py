@@ -12,12 +12,16 @@ Format (``policy-tests.yaml``)::
          reviewers: "2 of group:leads and 1 of group:security"}   # optional: who must approve
       - {user: carol, groups: [sre], service: svc-payments, scope: write, break_glass: true,
          reason: INC-1, expect: auto}   # asked as ``access request --break-glass`` asks
+      - {user: alice, groups: [sre], service: svc-ledger, scope: write, mfa: false, expect: deny}
+      - {user: alice, groups: [sre], service: svc-ledger, scope: write, mfa: 20m, expect: auto}
 
 ``expect`` is what ``explain`` calls the outcome: ``auto`` (issued at once), ``approval`` (allowed
 once approved) or ``deny``. Without ``ttl`` a case asks about the scope whatever the TTL; with
 one, a TTL over the maximum is a ``deny``. A case naming a service or scope the policy does not
 have fails whatever it expects: a typo in a test must not pass as a denial. ``reviewers`` is
 compared clause by clause, whatever the order of the clauses and of the names in each.
+``mfa`` is the asker's second factor: ``true`` (presented just now, the default, so a rule's
+``mfa:`` window is met), ``false`` (the sign-in had none) or how long ago it was (``20m``).
 
 Pure, like ``evaluate``: the file is read by ``load.py``'s functions, the decision is
 ``evaluate``'s, and nothing here does I/O.
@@ -62,6 +66,7 @@ class Case(_Model):
     ttl: OptionalDuration = None
     reason: Text | None = None
     break_glass: bool = False  # asks as ``access request --break-glass`` does
+    mfa: bool | OptionalDuration = True  # the asker's second factor: now, none, or this long ago
     expect: Outcome
     rule: Text | None = None
     reviewers: Text | None = None
@@ -78,6 +83,13 @@ class Case(_Model):
         if (self.user is None) == (self.service_account is None):
             raise ValueError("name the user or the service_account who asks (one of them)")
         return self
+
+    @property
+    def second_factor(self) -> timedelta | None:
+        """How long ago the asker presented a second factor, as ``evaluate`` takes it."""
+        if self.mfa is True:
+            return timedelta(0)
+        return None if self.mfa is False else self.mfa
 
     @property
     def subject(self) -> Subject:
@@ -130,6 +142,7 @@ class Explanation:
             "max_ttl": None if d.max_ttl is None else format_duration(d.max_ttl),
             "reason": d.reason,
             "break_glass": d.break_glass,
+            "mfa": None if d.mfa is None else format_duration(d.mfa),
             "approval": approval,
         }
 
@@ -159,17 +172,21 @@ def explain(
     reason: str | None = None,
     *,
     break_glass: bool = False,
+    second_factor: timedelta | None = timedelta(0),
 ) -> Explanation:
     """The decision for ``subject`` asking for ``scope`` on ``service`` (for ``ttl``, or whatever
-    the TTL when None; with ``reason``; as a break-glass request when ``break_glass``), with the
-    rule that made it. No I/O.
+    the TTL when None; with ``reason``; as a break-glass request when ``break_glass``; with a
+    second factor presented ``second_factor`` ago, by default just now, None for none), with
+    the rule that made it. No I/O.
 
     Raises:
         UnknownService: the policy has no such service.
         UnknownScope: the service does not offer ``scope``.
     """
     wanted = _ANY_TTL if ttl is None else ttl
-    decision = evaluate(policy, subject, service, scope, wanted, reason, break_glass=break_glass)
+    decision = evaluate(
+        policy, subject, service, scope, wanted, reason, break_glass=break_glass, second_factor=second_factor
+    )
     return Explanation(outcome(decision), decision)
 
 
@@ -192,6 +209,7 @@ def run_cases(policy: Policy, cases: CaseFile, lines: tuple[int | None, ...] = (
                 case.ttl,
                 case.reason,
                 break_glass=case.break_glass,
+                second_factor=case.second_factor,
             )
         except (UnknownService, UnknownScope) as exc:
             mismatches.append(Mismatch(i, line, f"{asked}: expected {case.expect}, but {exc}"))

@@ -3,7 +3,8 @@
 Deny by default: a request is allowed only when an allow rule (``require: auto`` or
 ``approval``) matches its subject, service (by name or by labels) and scope, no ``require:
 deny`` rule matches (by name or by labels: an explicit deny wins), and
-the TTL is within the smaller of the service's and the rule's ``max_ttl``. ``approval``
+the TTL is within the smaller of the service's and the rule's ``max_ttl``, and the subject's
+sign-in presented a second factor recently enough for a rule with ``mfa:``. ``approval``
 decisions are allowed but not ``issuable``: the grants service refuses them until reviewers
 exist.
 """
@@ -11,7 +12,7 @@ exist.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from access.broker.policy.model import (
@@ -25,7 +26,15 @@ from access.broker.policy.model import (
 )
 from access.shared.durations import format_duration
 
-__all__ = ["Decision", "ServiceAccess", "allowed_services", "can_read_audit", "evaluate"]
+__all__ = [
+    "Decision",
+    "ServiceAccess",
+    "allowed_services",
+    "can_read_audit",
+    "evaluate",
+    "mfa_met",
+    "second_factor_age",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,16 @@ class Decision:
     # The deciding rule's reviewers (``require: approval``), and whether it is a break-glass rule.
     approval: ApprovalRule | None = None
     break_glass: bool = False
+    # The deciding rule's ``mfa`` window (None: it asks for no second factor), and whether the
+    # request was denied only for want of one that recent (``access login --mfa`` would do).
+    mfa: timedelta | None = None
+    mfa_missing: bool = False
+
+    @property
+    def needs_mfa(self) -> timedelta | None:
+        """The window of the second factor that would have let it through, when that is all
+        it lacked; None otherwise."""
+        return self.mfa if self.mfa_missing else None
 
     @property
     def issuable(self) -> bool:
@@ -60,6 +79,7 @@ class ServiceAccess(NamedTuple):
     max_ttl: timedelta
     requirement: Requirement
     approval: ApprovalRule | None = None  # the reviewers, for ``require: approval``
+    mfa: timedelta | None = None  # the rule's second-factor window
 
 
 def evaluate(
@@ -71,9 +91,11 @@ def evaluate(
     reason: str | None = None,
     *,
     break_glass: bool = False,
+    second_factor: timedelta | None = None,
 ) -> Decision:
     """Decide whether ``subject`` may get ``scope`` on ``service`` for ``ttl`` with ``reason``.
-    No I/O.
+    No I/O. ``second_factor``: how long ago the subject's sign-in presented a second factor
+    (None: it did not, which no rule with ``mfa:`` accepts).
 
     A break-glass request (``break_glass``) is decided by the ``break_glass: true`` rules only,
     and an ordinary request by the others only: break-glass is asked for, never fallen into.
@@ -81,8 +103,8 @@ def evaluate(
 
     A matching ``require: deny`` rule wins over any allow rule. An allow rule counts only if the
     TTL is within its maximum and the reason is what it asks for (``Rule.reason``: none given
-    does not do for a rule that asks for one). Among those, ``auto`` beats ``approval``, then the
-    longer effective maximum wins, then the earlier rule.
+    does not do for a rule that asks for one) and its ``mfa`` window is met. Among those,
+    ``auto`` beats ``approval``, then the longer effective maximum wins, then the earlier rule.
 
     Raises:
         UnknownService: the policy has no such service.
@@ -114,17 +136,40 @@ def evaluate(
         given = f'the reason "{reason}"' if reason else "no reason"
         why = f"{what} needs {wanted} (rule {best.name}); {given} was given"
         return Decision(False, service, scope, _effective_max(svc, best), best.require, best.name, why)
-    best = _best(svc, reasoned)
+    strong = [rule for rule in reasoned if mfa_met(rule.mfa, second_factor)]
+    if not strong:
+        best = _best(svc, reasoned)
+        assert best.mfa is not None  # only a rule with a window can fail this
+        had = "had none" if second_factor is None else f"was {format_duration(second_factor)} ago"
+        why = (
+            f"{what} needs a sign-in with a second factor within {format_duration(best.mfa)} "
+            f"(rule {best.name}); yours {had}"
+        )
+        limit = _effective_max(svc, best)
+        return Decision(
+            False, service, scope, limit, best.require, best.name, why, mfa=best.mfa, mfa_missing=True
+        )
+    best = _best(svc, strong)
     if best.require == "approval":
         assert best.approval is not None
-        reason = f"{what} needs approval by {best.approval.describe()} (rule {best.name})"
+        reviewers = best.approval.describe() + best.approval.describe_mfa()
+        reason = f"{what} needs approval by {reviewers} (rule {best.name})"
     elif best.break_glass:
         reason = f"{what} allowed as break-glass by rule {best.name}"
     else:
         reason = f"{what} allowed by rule {best.name}"
     limit = _effective_max(svc, best)
     return Decision(
-        True, service, scope, limit, best.require, best.name, reason, best.approval, best.break_glass
+        True,
+        service,
+        scope,
+        limit,
+        best.require,
+        best.name,
+        reason,
+        best.approval,
+        best.break_glass,
+        best.mfa,
     )
 
 
@@ -141,8 +186,25 @@ def allowed_services(policy: Policy, subject: SubjectLike) -> list[ServiceAccess
             if not matching:
                 continue
             best = _best(svc, matching)
-            result.append(ServiceAccess(svc, scope, _effective_max(svc, best), best.require, best.approval))
+            limit = _effective_max(svc, best)
+            result.append(ServiceAccess(svc, scope, limit, best.require, best.approval, best.mfa))
     return result
+
+
+def mfa_met(window: timedelta | None, second_factor: timedelta | None) -> bool:
+    """A second factor presented ``second_factor`` ago meets a rule's ``mfa`` window (None: the
+    rule asks for none). Fails closed: none presented meets no window. A slightly negative age
+    (another replica's clock a little ahead wrote ``mfa_at``) is recent, not refused: only the
+    broker ever writes that time."""
+    if window is None:
+        return True
+    return second_factor is not None and second_factor <= window
+
+
+def second_factor_age(mfa_at: datetime | None, now: datetime) -> timedelta | None:
+    """How long before ``now`` a sign-in's second factor was presented (``AuthContext.mfa_at``),
+    for ``evaluate``; None when it presented none."""
+    return None if mfa_at is None else now - mfa_at
 
 
 def can_read_audit(policy: Policy, who: SubjectLike) -> bool:

@@ -62,6 +62,7 @@ from access.broker.policy.fields import (
     split_target,
 )
 from access.broker.policy.labels import Labels, LabelSelector, describe, selects
+from access.shared.durations import format_duration
 
 __all__ = [
     "REQUIREMENTS",
@@ -442,14 +443,21 @@ class ApprovalRule(_Model):
 
     reviewers: Annotated[tuple[ReviewerClause, ...], PydanticField(min_length=1, max_length=10)]
     wait: Duration = DEFAULT_REVIEW_WAIT
+    # A reviewer's sign-in must have presented a second factor within this long before they
+    # approve (None: any sign-in does). Denying never needs one: saying no is always safe.
+    mfa: OptionalDuration = None
 
     def may_review(self, who: SubjectLike) -> bool:
         """``who`` is named by at least one clause."""
         return any(clause.match(who) for clause in self.reviewers)
 
     def describe(self) -> str:
-        """``2 of group:leads and 1 of group:security``."""
+        """``2 of group:leads and 1 of group:security`` (``review.parse_terms`` reads it back)."""
         return " and ".join(clause.describe() for clause in self.reviewers)
+
+    def describe_mfa(self) -> str:
+        """`` (each with a second factor within 15m)`` when ``mfa`` asks for one, else ``""``."""
+        return "" if self.mfa is None else f" (each with a second factor within {format_duration(self.mfa)})"
 
 
 def _someone(subjects: Subjects) -> Subjects:
@@ -482,6 +490,9 @@ class Allow(_Model):
     reason: ReasonRule | None = None
     approval: ApprovalRule | None = None
     break_glass: bool = False
+    # The requester's sign-in must have presented a second factor (TOTP, or an upstream
+    # provider's amr/acr saying so) within this long before the request; None: any sign-in.
+    mfa: OptionalDuration = None
 
     @model_validator(mode="after")
     def _terms_fit(self) -> Allow:

@@ -58,6 +58,8 @@ class DeviceCode:
     last_poll_at: datetime | None
     status: DeviceState
     principal_id: str | None
+    mfa_at: datetime | None = None  # when the person who signed in presented a second factor
+    mfa_required: bool = False  # ``access login --mfa``: a sign-in without one is refused
     # Signed in with an upstream provider: which, its refresh token (sealed) and the latest the
     # session may end (set when the provider gave no refresh token), for the session to come.
     upstream_provider: str | None = None
@@ -79,6 +81,8 @@ class DeviceCode:
             last_poll_at=m["last_poll_at"],
             status=DeviceState(m["status"]),
             principal_id=m["principal_id"],
+            mfa_at=m["mfa_at"],
+            mfa_required=bool(m["mfa_required"]),
             upstream_provider=m["upstream_provider"],
             upstream_refresh=None if m["upstream_refresh"] is None else bytes(m["upstream_refresh"]),
             session_expires_at=m["session_expires_at"],
@@ -113,8 +117,10 @@ def insert_pending(
     created_at: datetime,
     expires_at: datetime,
     interval: int,
+    mfa_required: bool = False,
 ) -> None:
-    """Store a new device authorization in state ``pending``.
+    """Store a new device authorization in state ``pending`` (``mfa_required``: the person must
+    sign in with a second factor).
 
     Raises:
         sqlalchemy.exc.IntegrityError: the device code or user code is taken.
@@ -131,6 +137,7 @@ def insert_pending(
             expires_at=expires_at,
             interval=interval,
             status=DeviceState.PENDING.value,
+            mfa_required=mfa_required,
         )
     )
 
@@ -175,13 +182,15 @@ def attach_consent(
     principal_id: str,
     consent_hash: str,
     now: datetime,
+    mfa_at: datetime | None = None,
     *,
     upstream_provider: str | None = None,
     upstream_refresh: bytes | None = None,
     session_expires_at: datetime | None = None,
 ) -> bool:
     """Tie a pending, unexpired authorization to the person who signed in and their consent token
-    (and, for an upstream sign-in, what its session will need; a later sign-in replaces it all).
+    (``mfa_at``: when that sign-in presented a second factor, None if it did not; and, for an
+    upstream sign-in, what its session will need; a later sign-in replaces it all).
 
     True if it was still pending and unexpired (so this call attached them).
     """
@@ -195,6 +204,7 @@ def attach_consent(
         .values(
             principal_id=principal_id,
             consent_hash=consent_hash,
+            mfa_at=mfa_at,
             upstream_provider=upstream_provider,
             upstream_refresh=upstream_refresh,
             session_expires_at=session_expires_at,

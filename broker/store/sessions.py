@@ -67,6 +67,7 @@ class SessionView:
     kind: str
     groups: tuple[str, ...]
     disabled: bool
+    mfa_at: datetime | None = None  # the sign-in's second factor, if it presented one
 
 
 def insert(
@@ -77,10 +78,12 @@ def insert(
     client_id: str,
     created_at: datetime,
     expires_at: datetime,
+    mfa_at: datetime | None = None,
     upstream_provider: str | None = None,
     upstream_refresh: bytes | None = None,
 ) -> None:
-    """Open a session (of an upstream sign-in: with its provider and sealed refresh token)."""
+    """Open a session (``mfa_at``: when its sign-in presented a second factor, if it did; of an
+    upstream sign-in: with its provider and sealed refresh token)."""
     conn.execute(
         sessions.insert().values(
             id=session_id,
@@ -88,6 +91,7 @@ def insert(
             client_id=client_id,
             created_at=created_at,
             expires_at=expires_at,
+            mfa_at=mfa_at,
             upstream_provider=upstream_provider,
             upstream_refresh=upstream_refresh,
         )
@@ -221,6 +225,7 @@ def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
             sessions.c.principal_id,
             sessions.c.expires_at,
             sessions.c.revoked_at,
+            sessions.c.mfa_at,
             principals.c.name,
             principals.c.kind,
             principals.c.groups,
@@ -239,4 +244,5 @@ def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
         kind=row.kind,
         groups=tuple(row.groups or ()),
         disabled=bool(row.disabled),
+        mfa_at=row.mfa_at,
     )

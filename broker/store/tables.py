@@ -105,6 +105,9 @@ sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
     sa.Column("revoked_reason", sa.String(64), nullable=True),
+    # When the sign-in that opened the session presented a second factor (TOTP, or an upstream
+    # provider's amr/acr saying so); None: it did not. Refreshes keep it: it dates the sign-in.
+    sa.Column("mfa_at", UTCDateTime, nullable=True),
     # A session opened by an upstream OIDC sign-in: the provider's name, and its refresh token
     # sealed (auth/upstream/refresh.py), with which every refresh re-reads the person's groups.
     sa.Column("upstream_provider", sa.String(64), nullable=True),
@@ -174,6 +177,10 @@ device_codes = sa.Table(
     sa.Column("principal_id", sa.String(36), sa.ForeignKey("principals.id"), nullable=True),
     sa.Column("consent_hash", sa.String(64), nullable=True),
     sa.Column("decided_at", UTCDateTime, nullable=True),
+    # The second factor presented when the person signed in on the page (copied to the session).
+    sa.Column("mfa_at", UTCDateTime, nullable=True),
+    # ``access login --mfa``: the page refuses a sign-in without a second factor.
+    sa.Column("mfa_required", sa.Boolean, nullable=False, server_default=sa.false()),
     # Signed in with an upstream provider (auth/upstream): carried to the session at exchange.
     sa.Column("upstream_provider", sa.String(64), nullable=True),
     sa.Column("upstream_refresh", sa.LargeBinary, nullable=True),

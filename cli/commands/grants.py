@@ -41,15 +41,17 @@ def _max_ttl(service: ServiceInfo) -> str:
 
 
 def _scopes(service: ServiceInfo) -> str:
-    """``read, write (approval: 2 of group:leads)``."""
+    """``read, write (approval: 2 of group:leads), admin (mfa within 1h)``."""
+    from access.shared.durations import format_duration
+
     shown = []
     for s in service.scopes:
-        if s.requirement == "auto":
-            shown.append(s.scope)
-        elif s.reviewers:
-            shown.append(f"{s.scope} ({s.requirement}: {s.reviewers})")
-        else:
-            shown.append(f"{s.scope} ({s.requirement})")
+        terms = []
+        if s.requirement != "auto":
+            terms.append(f"{s.requirement}: {s.reviewers}" if s.reviewers else s.requirement)
+        if s.mfa_seconds is not None:
+            terms.append(f"mfa within {format_duration(s.mfa_seconds)}")
+        shown.append(f"{s.scope} ({'; '.join(terms)})" if terms else s.scope)
     return ", ".join(shown)
 
 

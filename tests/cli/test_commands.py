@@ -99,6 +99,7 @@ def test_json_output_is_the_wire_model_on_stdout(live: LiveBroker) -> None:
         "max_ttl_seconds": 1800,
         "requirement": "auto",
         "reviewers": None,
+        "mfa_seconds": None,
     }
 
     issued = _request(live, "--scope", "read", "--ttl", "30m", "--reason", "INC-123")

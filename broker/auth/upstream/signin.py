@@ -298,6 +298,8 @@ def _sign_in(
 ) -> Completed:
     signed: SignIn | None = None
     web: WebSignIn | None = None
+    # The provider's word on the second factor dates from when the person authenticated there.
+    mfa_at = (token.auth_time or broker.clock.now()) if token.mfa else None
     with broker.transaction() as conn:
         principal = _principal(conn, broker, provider, token, mapped)
         sealed = seal_refresh(broker, provider.name, principal.id, refresh_token)
@@ -315,7 +317,7 @@ def _sign_in(
             # Without an upstream refresh token the groups cannot be read again: the session
             # then ends when the ID token does.
             link = UpstreamLink(provider.name, sealed, None if sealed else token.expires_at)
-            signed = None if row is None else device.signed_in_as(conn, broker, row, principal, link)
+            signed = None if row is None else device.signed_in_as(conn, broker, row, principal, link, mfa_at)
             if signed is None:
                 problem: _Refused | None = _Refused(
                     "device_request_gone", InvalidRequest(device.BAD_CODE), token.subject
@@ -325,7 +327,12 @@ def _sign_in(
                 details["device_id"] = login.device_id
         else:
             web = websessions.open_web_session(
-                conn, broker, principal, ends_by=token.expires_at, upstream_provider=provider.name
+                conn,
+                broker,
+                principal,
+                ends_by=token.expires_at,
+                upstream_provider=provider.name,
+                mfa_at=mfa_at,
             )
             problem = None
             details["session_id"] = web.session_id

@@ -256,3 +256,32 @@ def test_starting_device_logins_is_rate_limited_per_ip(broker: Broker, fake_cloc
     device.start(broker, "access-cli", "laptop-7", "192.0.2.99")  # another IP is not affected
     fake_clock.advance(10 * 60)
     _start(broker)
+
+
+def test_a_second_factor_at_sign_in_dates_the_session_and_survives_refresh(broker: Broker) -> None:
+    """The device login's ``mfa_at`` (set by whatever second factor the sign-in presented) is
+    copied to the session it becomes; every access token of the session, refreshed or not,
+    reports it, so policy can ask how long ago the person proved a second factor."""
+    from access.broker.auth import sessions
+
+    add_user(broker)
+    plain, strong = _start(broker), _start(broker)
+    _approve(broker, plain)
+    _approve(broker, strong)
+    proved_at = broker.clock.now()
+    with broker.transaction() as conn:  # what a TOTP check or an upstream amr records at sign-in
+        conn.execute(
+            device_codes.update()
+            .where(device_codes.c.user_code == strong.user_code.replace("-", ""))
+            .values(mfa_at=proved_at)
+        )
+    assert isinstance(broker.clock, FakeClock)
+    broker.clock.advance(30)
+
+    without = device.exchange(broker, plain.device_code, "access-cli")
+    with_mfa = device.exchange(broker, strong.device_code, "access-cli")
+    assert tokens.authenticate(broker, without.access_token).mfa_at is None
+    assert tokens.authenticate(broker, with_mfa.access_token).mfa_at == proved_at
+    renewed = sessions.refresh(broker, with_mfa.refresh_token or "", "access-cli")
+    assert tokens.authenticate(broker, renewed.access_token).mfa_at == proved_at
+    assert [r["details"]["mfa"] for r in audit_rows(broker, "token.issue")] == [False, True]

@@ -218,7 +218,7 @@ roles:
 """
 
 LABEL_RULE = "1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-ENTRY_KEYS = "services, labels, scopes, max_ttl, require, reason, approval, break_glass"
+ENTRY_KEYS = "services, labels, scopes, max_ttl, require, reason, approval, break_glass, mfa"
 SELECT = "select services by name (services: [svc-a]) or by labels (labels: {env: prod}), or both"
 PREFIX = (
     "the prefix before '/' must be a DNS subdomain (lowercase labels joined by '.', e.g. app.kubernetes.io)"

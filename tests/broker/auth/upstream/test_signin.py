@@ -241,3 +241,14 @@ async def test_callback_failures_are_rate_limited_per_address(
     for _ in range(10):
         assert (await client.get("/oidc/idp/callback", params={"state": "x"})).status_code == 400
     assert (await client.get("/oidc/idp/callback", params={"state": "x"})).status_code == 429
+
+
+async def test_a_second_factor_at_the_provider_reaches_the_session(
+    broker: Broker, client: httpx.AsyncClient, idp: FakeProvider
+) -> None:
+    tokens = await _device_login(client, idp)
+    assert authenticate(broker, str(tokens["access_token"])).mfa_at is None
+    idp.claims = {"amr": ["pwd", "otp"]}
+    tokens = await _device_login(client, idp)
+    assert authenticate(broker, str(tokens["access_token"])).mfa_at is not None
+    assert audit_rows(broker, "login.success")[-1]["details"]["mfa"] is True

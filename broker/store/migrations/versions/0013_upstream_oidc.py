@@ -1,7 +1,7 @@
 """upstream OIDC: principals linked by (issuer, subject), upstream sessions, sign-ins under way
 
-Revision ID: 0012_upstream_oidc
-Revises: 0011_web_sessions
+Revision ID: 0013_upstream_oidc
+Revises: 0012_mfa
 Create Date: 2026-12-02
 
 """
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0012_upstream_oidc"
-down_revision: str | Sequence[str] | None = "0011_web_sessions"
+revision: str = "0013_upstream_oidc"
+down_revision: str | Sequence[str] | None = "0012_mfa"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
