@@ -65,6 +65,7 @@ class FakeProvider:
     refresh_without_id_token: bool = False
     issue_refresh_tokens: bool = True
     down: bool = False
+    userinfo_sub: str | None = None  # answer userinfo about another subject
     requests: list[str] = field(default_factory=list)
     _codes: dict[str, _Grant] = field(default_factory=dict)
     _refresh: dict[str, str] = field(default_factory=dict)  # refresh token -> user
@@ -145,7 +146,16 @@ class FakeProvider:
             user = self._access.get(request.headers.get("authorization", "").removeprefix("Bearer "))
             if user is None:
                 return httpx.Response(401, json={"error": "invalid_token"})
-            return httpx.Response(200, json={"sub": f"sub-{user}", "groups": self.groups.get(user, [])})
+            return httpx.Response(
+                200,
+                json={
+                    "sub": self.userinfo_sub or f"sub-{user}",
+                    "preferred_username": user,
+                    "email": f"{user}@example.com",
+                    "email_verified": True,
+                    "groups": self.groups.get(user, []),
+                },
+            )
         return httpx.Response(404)
 
     def _token(self, request: httpx.Request) -> httpx.Response:

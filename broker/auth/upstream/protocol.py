@@ -33,6 +33,7 @@ __all__ = [
     "new_code_verifier",
     "redeem_code",
     "redeem_refresh_token",
+    "with_userinfo",
 ]
 
 
@@ -180,3 +181,25 @@ def fetch_userinfo(keys: KeyCache, found: Endpoints, access_token: str) -> dict[
     if status != 200:
         raise KeyUnavailable(f"the userinfo endpoint answered HTTP {status}")
     return answer
+
+
+def with_userinfo(
+    keys: KeyCache, found: Endpoints, provider: OidcProvider, claims: dict[str, Any], answer: dict[str, Any]
+) -> dict[str, Any]:
+    """``claims`` (a validated ID token's) completed from userinfo when they lack the groups or a
+    name: many providers put the scopes' claims only there (OpenID Connect Core 5.4, and
+    oidc-provider's default). The ID token's claims win; userinfo's ``sub`` must be its.
+
+    Raises:
+        KeyUnavailable: userinfo was needed and could not be read.
+        ValueError: userinfo is about another subject.
+    """
+    wanted = (provider.groups_claim, provider.username_claim, "email")
+    access = answer.get("access_token")
+    if all(name in claims for name in wanted) or found.userinfo is None or not isinstance(access, str):
+        return claims
+    info = fetch_userinfo(keys, found, access)
+    # Core 5.3.2: a userinfo answer for another sub must not be used.
+    if info.get("sub") != claims.get("sub"):
+        raise ValueError("userinfo is about another person than the ID token")
+    return {**info, **claims}

@@ -116,9 +116,13 @@ def _claims(
     subject: str | None,
 ) -> dict[str, object]:
     if "id_token" in answer:
-        return validate_id_token(
+        claims = validate_id_token(
             broker.oidc_keys, provider, answer["id_token"], broker.clock, nonce=None, subject=subject
         ).claims
+        try:
+            return protocol.with_userinfo(broker.oidc_keys, found, provider, claims, answer)
+        except ValueError as exc:
+            raise InvalidIdToken("wrong_subject", str(exc)) from None
     access = answer.get("access_token")
     if not isinstance(access, str):
         raise InvalidIdToken("malformed", "the refresh answer has neither an ID token nor an access token")

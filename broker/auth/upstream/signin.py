@@ -265,6 +265,7 @@ def _complete(
         token = validate_id_token(
             broker.oidc_keys, provider, answer.get("id_token"), broker.clock, nonce=login.nonce
         )
+        claims = protocol.with_userinfo(broker.oidc_keys, found, provider, token.claims, answer)
     except KeyUnavailable as exc:
         _record_unavailable(broker, provider, str(exc), ip)
         raise _unavailable(provider) from None
@@ -273,6 +274,8 @@ def _complete(
             "code_refused",
             Unauthenticated(f"{provider.display_name} refused the sign-in ({exc.error})", hint="try again"),
         ) from None
+    except ValueError as exc:  # userinfo about someone else
+        raise _Refused("wrong_subject", Unauthenticated(str(exc), hint=None)) from None
     except InvalidIdToken as exc:
         raise _Refused(
             exc.reason,
@@ -281,7 +284,7 @@ def _complete(
             ),
         ) from None
     try:
-        mapped = map_claims(provider, token.claims)
+        mapped = map_claims(provider, claims)
     except MappingRefused as exc:
         raise _Refused(exc.reason, Unauthenticated(exc.message, hint=None), token.subject) from None
     return _sign_in(broker, provider, login, token, mapped, answer.get("refresh_token"), ip)

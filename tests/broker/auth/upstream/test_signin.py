@@ -252,3 +252,18 @@ async def test_a_second_factor_at_the_provider_reaches_the_session(
     tokens = await _device_login(client, idp)
     assert authenticate(broker, str(tokens["access_token"])).mfa_at is not None
     assert audit_rows(broker, "login.success")[-1]["details"]["mfa"] is True
+
+
+async def test_claims_only_in_userinfo_are_read_from_there(
+    broker: Broker, client: httpx.AsyncClient, idp: FakeProvider
+) -> None:
+    """oidc-provider's default: the ID token carries sub and the protocol claims, userinfo the rest."""
+    idp.claims = {"groups": None, "preferred_username": None, "email": None, "email_verified": None}
+    tokens = await _device_login(client, idp)
+    assert authenticate(broker, str(tokens["access_token"])).groups == ("eng",)
+    idp.groups["alice"] = ["ops"]
+    renewed = refresh(broker, str(tokens["refresh_token"]), "access-cli")
+    assert authenticate(broker, renewed.access_token).groups == ("ops",)
+    idp.userinfo_sub = "sub-mallory"
+    with pytest.raises(OAuthError, match="your sign-in with Example IdP ended"):
+        refresh(broker, str(renewed.refresh_token), "access-cli")
