@@ -31,8 +31,20 @@ def provider_changes() -> dict[str, Any]:
 
 
 @pytest.fixture
-def broker(make_broker: Callable[..., Broker], idp: FakeProvider, provider_changes: dict[str, Any]) -> Broker:
-    made = make_broker(oidc_providers=[provider_settings(**provider_changes)])
+def broker_db() -> str | None:
+    """The broker's database (None: a fresh SQLite file); modules that touch the store override
+    it with ``db_url`` to run on PostgreSQL too."""
+    return None
+
+
+@pytest.fixture
+def broker(
+    make_broker: Callable[..., Broker],
+    idp: FakeProvider,
+    provider_changes: dict[str, Any],
+    broker_db: str | None,
+) -> Broker:
+    made = make_broker(db_url=broker_db, oidc_providers=[provider_settings(**provider_changes)])
     made.oidc_keys = KeyCache(transport=idp.transport)
     return made
 

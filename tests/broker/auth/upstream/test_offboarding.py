@@ -20,6 +20,12 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
+def broker_db(db_url: str) -> str:
+    """On SQLite and PostgreSQL."""
+    return db_url
+
+
+@pytest.fixture
 def run_admin(broker: Broker, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     from access.broker.admin.main import app
 

@@ -23,6 +23,13 @@ from tests.fakes.oidcmock import CLIENT_SECRET, FakeProvider
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def broker_db(db_url: str) -> str:
+    """On SQLite and PostgreSQL."""
+    return db_url
+
+
 _REFRESH_URL = re.compile(r'http-equiv="refresh" content="0; url=([^"]+)"')
 
 
