@@ -77,6 +77,8 @@ class KeyCache:
     """Per-process cache of each issuer's keys; safe to share between threads."""
 
     transport: httpx.BaseTransport | None = None
+    # At most one refetch for an unknown kid per this many seconds per issuer.
+    refetch_after: float = REFETCH_AFTER
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _attempted: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -135,7 +137,7 @@ class KeyCache:
 
     def _may_refetch(self, issuer: KeySource, clock: Clock) -> bool:
         last = self._attempted.get(issuer.issuer)
-        return last is None or clock.monotonic() - last >= REFETCH_AFTER
+        return last is None or clock.monotonic() - last >= self.refetch_after
 
     def _fetch(self, issuer: KeySource, clock: Clock) -> _Entry:
         self._attempted[issuer.issuer] = clock.monotonic()

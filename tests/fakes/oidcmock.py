@@ -14,8 +14,12 @@ import base64
 import hashlib
 import json
 import secrets
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,7 +28,7 @@ import jwt
 
 from tests.fakes.ciissuer import SigningKey
 
-__all__ = ["CLIENT_ID", "CLIENT_SECRET", "ISSUER", "FakeProvider", "provider_settings"]
+__all__ = ["CLIENT_ID", "CLIENT_SECRET", "ISSUER", "FakeProvider", "loopback_provider", "provider_settings"]
 
 ISSUER = "https://idp.test"
 CLIENT_ID = "access-broker"
@@ -54,6 +58,7 @@ class _Grant:
 @dataclass
 class FakeProvider:
     now: Any = time.time  # () -> float: the provider's clock
+    issuer: str = ISSUER
     key: SigningKey = field(default_factory=SigningKey)
     published: list[SigningKey] = field(default_factory=list)
     discovery: dict[str, Any] = field(default_factory=dict)
@@ -73,12 +78,13 @@ class FakeProvider:
 
     def __post_init__(self) -> None:
         self.published = [self.key]
+        issuer = self.issuer
         self.discovery = {
-            "issuer": ISSUER,
-            "authorization_endpoint": f"{ISSUER}/authorize",
-            "token_endpoint": f"{ISSUER}/token",
-            "userinfo_endpoint": f"{ISSUER}/userinfo",
-            "jwks_uri": f"{ISSUER}/jwks",
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "userinfo_endpoint": f"{issuer}/userinfo",
+            "jwks_uri": f"{issuer}/jwks",
             "id_token_signing_alg_values_supported": ["ES256"],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic"],
@@ -97,7 +103,7 @@ class FakeProvider:
     def authorize(self, url: str, user: str = "alice") -> tuple[str, str]:
         """The browser at the authorization URL, signed in as ``user``: ``(code, state)``."""
         query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-        assert url.startswith(f"{ISSUER}/authorize?"), url
+        assert url.startswith(f"{self.issuer}/authorize?"), url
         assert query["response_type"] == "code" and query["client_id"] == CLIENT_ID
         assert query["code_challenge_method"] == "S256" and "openid" in query["scope"].split()
         code = secrets.token_urlsafe(16)
@@ -107,7 +113,7 @@ class FakeProvider:
     def id_token(self, user: str, nonce: str | None = None, **extra: Any) -> str:
         now = int(self.now())
         claims: dict[str, Any] = {
-            "iss": ISSUER,
+            "iss": self.issuer,
             "sub": f"sub-{user}",
             "aud": CLIENT_ID,
             "iat": now,
@@ -191,3 +197,48 @@ class FakeProvider:
         return httpx.Response(
             200, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
         )
+
+
+@contextmanager
+def loopback_provider() -> Iterator[FakeProvider]:
+    """The same provider over real HTTP on 127.0.0.1 (a thread), for the real broker process:
+    its issuer is ``http://127.0.0.1:<port>`` (plain HTTP, which the broker allows on loopback)."""
+    lock = threading.Lock()
+    holder: list[FakeProvider] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(min(length, 64 * 1024)) if length else b""
+            request = httpx.Request(
+                self.command, holder[0].issuer + self.path, headers=dict(self.headers.items()), content=body
+            )
+            try:
+                with lock:
+                    response = holder[0].handle(request)
+            except httpx.ConnectError:
+                self.close_connection = True  # "down": drop the connection without an answer
+                return
+            content = response.read()
+            self.send_response(response.status_code)
+            self.send_header("content-type", response.headers.get("content-type", "application/json"))
+            self.send_header("content-length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    holder.append(FakeProvider(issuer=f"http://127.0.0.1:{server.server_address[1]}"))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield holder[0]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

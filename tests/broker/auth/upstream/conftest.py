@@ -45,7 +45,7 @@ def broker(
     broker_db: str | None,
 ) -> Broker:
     made = make_broker(db_url=broker_db, oidc_providers=[provider_settings(**provider_changes)])
-    made.oidc_keys = KeyCache(transport=idp.transport)
+    made.oidc_keys = KeyCache(transport=idp.transport, refetch_after=made.oidc_keys.refetch_after)
     return made
 
 

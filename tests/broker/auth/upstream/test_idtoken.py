@@ -114,7 +114,7 @@ def test_a_rotated_key_is_fetched_once_and_works(
 ) -> None:
     _validate(broker, idp.id_token("alice", NONCE))
     fetches = idp.requests.count("GET /jwks")
-    fake_clock.advance(31)  # past REFETCH_AFTER
+    fake_clock.advance(broker.oidc_keys.refetch_after)
     idp.rotate()
     assert _validate(broker, idp.id_token("alice", NONCE)).subject == "sub-alice"
     assert idp.requests.count("GET /jwks") == fetches + 1
@@ -125,6 +125,22 @@ def test_a_refreshed_token_must_be_for_the_sessions_subject(broker: Broker, idp:
     assert _validate(broker, raw, nonce=None, subject="sub-alice").subject == "sub-alice"
     with pytest.raises(InvalidIdToken, match="another person"):
         _validate(broker, raw, nonce=None, subject="sub-bob")
+
+
+def test_an_unknown_kid_is_refetched_at_most_every_few_seconds(
+    broker: Broker, idp: FakeProvider, fake_clock: FakeClock
+) -> None:
+    _validate(broker, idp.id_token("alice", NONCE))
+    idp.rotate()
+    fake_clock.advance(broker.oidc_keys.refetch_after - 1)
+    with pytest.raises(InvalidIdToken, match="does not publish"):
+        _validate(broker, idp.id_token("alice", NONCE))
+    fetches = idp.requests.count("GET /jwks")
+    with pytest.raises(InvalidIdToken, match="does not publish"):
+        _validate(broker, idp.id_token("alice", NONCE))
+    assert idp.requests.count("GET /jwks") == fetches  # made-up kids cannot make it hammer the provider
+    fake_clock.advance(1)
+    assert _validate(broker, idp.id_token("alice", NONCE)).subject == "sub-alice"
 
 
 def test_a_provider_that_is_down_gives_no_key(broker: Broker, idp: FakeProvider) -> None:
