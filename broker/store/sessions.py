@@ -119,7 +119,8 @@ def revoke(conn: sa.Connection, session_id: str, now: datetime, reason: str) -> 
     result = conn.execute(
         sessions.update()
         .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
+        # A revoked session never refreshes again: its upstream refresh token is of no more use.
+        .values(revoked_at=now, revoked_reason=reason, upstream_refresh=None)
     )
     return result.rowcount > 0
 
@@ -130,7 +131,11 @@ def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, 
     live = sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None)
     ids = [str(row.id) for row in conn.execute(sa.select(sessions.c.id).where(*live))]
     if ids:
-        conn.execute(sessions.update().where(*live).values(revoked_at=now, revoked_reason=reason))
+        conn.execute(
+            sessions.update()
+            .where(*live)
+            .values(revoked_at=now, revoked_reason=reason, upstream_refresh=None)
+        )
     return ids
 
 

@@ -6,12 +6,14 @@ import json
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from access.broker.auth import identity
 from access.broker.auth.tokens import authenticate
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
+from access.broker.store.tables import sessions
 from tests.broker.auth.upstream.test_signin import _device_login
 from tests.broker.conftest import PASSWORD, audit_rows
 from tests.fakes.oidcmock import FakeProvider, provider_settings
@@ -55,6 +57,11 @@ async def test_revoke_sessions_by_upstream_subject_ends_every_token(
     assert "revoked the sessions of alice: 1 session(s)" in err
     with pytest.raises(Unauthenticated, match="revoked"):
         authenticate(broker, str(tokens["access_token"]))
+    with broker.transaction() as conn:  # the provider's refresh token is not kept past the end
+        kept = conn.execute(
+            sa.select(sessions.c.upstream_refresh).where(sessions.c.upstream_provider == "idp")
+        )
+        assert list(kept.scalars()) == [None]
     code, _, err = run_admin("users", "revoke-sessions", "--provider", "idp", "--subject", "sub-nobody")
     assert code == 8 and "no user is linked to subject 'sub-nobody'" in err
     code, _, err = run_admin("users", "revoke-sessions", "alice", "--provider", "idp", "--subject", "x")
