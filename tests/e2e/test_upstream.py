@@ -52,7 +52,8 @@ def _policy() -> dict[str, Any]:
 @pytest.fixture
 def idp() -> Iterator[FakeProvider]:
     with loopback_provider() as provider:
-        provider.groups.update(alice=["eng"], carol=[])
+        provider.set_groups("alice", ["eng"])
+        provider.set_groups("carol", [])
         yield provider
 
 
@@ -67,6 +68,7 @@ def broker(tmp_path: Path, devca: DevCA, e2e_db: str, idp: FakeProvider) -> Iter
         IDP_SECRET=CLIENT_SECRET,
     )
     with running(proc):
+        idp.add_redirect_uri(f"{proc.url}/oidc/idp/callback")  # as registered at a real provider
         yield proc
 
 
@@ -87,8 +89,9 @@ def _sign_in_at_provider(broker: BrokerProcess, idp: FakeProvider, user_code: st
         going = browser.post("/device/oidc/idp", data={"csrf_token": csrf.group(1), "user_code": user_code})
         match = _REFRESH.search(going.text)
         assert going.status_code == 200 and match, going.text
-        code, state = idp.authorize(unescape(match.group(1)), user)  # signed in at the provider
-        confirm = browser.get("/oidc/idp/callback", params={"code": code, "state": state})
+        callback = idp.sign_in(unescape(match.group(1)), user, f"{user}-pw")  # signed in there
+        assert callback.startswith(f"{broker.url}/oidc/idp/callback?"), callback
+        confirm = browser.get(callback)
         if confirm.status_code != 200:
             return confirm.text
         csrf, consent = _CSRF.search(confirm.text), _CONSENT.search(confirm.text)
@@ -146,7 +149,7 @@ def test_people_sign_in_upstream_and_its_groups_decide(
     assert refused.returncode == ExitCode.DENIED, refused.stderr
 
     # Removed from eng at the provider: gone at alice's next refresh.
-    idp.groups["alice"] = []
+    idp.set_groups("alice", [])
     _expire_access_token(alice)
     assert _whoami(alice)["groups"] == []
     assert _request(alice).returncode == ExitCode.DENIED
@@ -154,14 +157,14 @@ def test_people_sign_in_upstream_and_its_groups_decide(
     # The provider rotates its keys: the next sign-in still works (the broker refetches them,
     # at most once per 5 seconds: wait that long since its last fetch).
     last_fetch = time.monotonic()
-    idp.rotate()
-    idp.groups["alice"] = ["eng"]
+    idp.rotate_keys()
+    idp.set_groups("alice", ["eng"])
     time.sleep(max(0.0, 5.5 - (time.monotonic() - last_fetch)))
     _login(alice, broker, idp, "alice")
     assert _whoami(alice)["groups"] == ["eng"]
 
     # Disabled at the provider: the next refresh ends the session.
-    idp.refuse_refresh = True
+    idp.disable("alice")
     _expire_access_token(alice)
     ended = alice.run("whoami")
     assert ended.returncode != 0

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -71,6 +71,7 @@ class FakeProvider:
     issue_refresh_tokens: bool = True
     down: bool = False
     userinfo_sub: str | None = None  # answer userinfo about another subject
+    disabled: set[str] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
     _codes: dict[str, _Grant] = field(default_factory=dict)
     _refresh: dict[str, str] = field(default_factory=dict)  # refresh token -> user
@@ -99,6 +100,29 @@ class FakeProvider:
         self.key = SigningKey()
         self.published = [self.key]
         return self.key
+
+    # The same surface as tests/fakes/oidcprovider.py (the real oidc-provider), so an end-to-end
+    # test can run against either.
+    def set_groups(self, user: str, groups: list[str]) -> None:
+        self.groups[user] = list(groups)
+
+    def disable(self, user: str) -> None:
+        """The person is disabled here: their refresh tokens are refused."""
+        self.disabled.add(user)
+
+    def rotate_keys(self) -> str:
+        return self.rotate().kid
+
+    def add_redirect_uri(self, uri: str) -> None:
+        """Any redirect URI is accepted here (the code is bound to the one asked for)."""
+
+    def sign_in(self, authorize_url: str, user: str, password: str = "", otp: str | None = None) -> str:
+        """The browser signs in at the authorization URL: the callback URL it is sent back to."""
+        if otp is not None:
+            self.claims = {**self.claims, "amr": ["pwd", "otp"]}
+        code, state = self.authorize(authorize_url, user)
+        redirect = self._codes[code].redirect_uri
+        return f"{redirect}?{urlencode({'code': code, 'state': state})}"
 
     def authorize(self, url: str, user: str = "alice") -> tuple[str, str]:
         """The browser at the authorization URL, signed in as ``user``: ``(code, state)``."""
@@ -179,7 +203,7 @@ class FakeProvider:
             return self._tokens(grant.user, self.id_token(grant.user, grant.nonce))
         if form.get("grant_type") == "refresh_token":
             user = self._refresh.pop(form.get("refresh_token", ""), None)
-            if user is None or self.refuse_refresh:
+            if user is None or self.refuse_refresh or user in self.disabled:
                 return httpx.Response(400, json={"error": "invalid_grant", "error_description": "gone"})
             return self._tokens(user, None if self.refresh_without_id_token else self.id_token(user))
         return httpx.Response(400, json={"error": "unsupported_grant_type"})
