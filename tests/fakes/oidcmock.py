@@ -189,10 +189,15 @@ class FakeProvider:
         return httpx.Response(404)
 
     def _token(self, request: httpx.Request) -> httpx.Response:
-        expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        if request.headers.get("authorization") != f"Basic {expected}":
-            return httpx.Response(401, json={"error": "invalid_client"})
         form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        if self.discovery.get("token_endpoint_auth_methods_supported") == ["client_secret_post"]:
+            authenticated = (form.get("client_id"), form.get("client_secret")) == (CLIENT_ID, CLIENT_SECRET)
+            authenticated = authenticated and "authorization" not in request.headers
+        else:
+            expected = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+            authenticated = request.headers.get("authorization") == f"Basic {expected}"
+        if not authenticated:
+            return httpx.Response(401, json={"error": "invalid_client"})
         if form.get("grant_type") == "authorization_code":
             grant = self._codes.pop(form.get("code", ""), None)
             if grant is None or form.get("redirect_uri") != grant.redirect_uri:

@@ -274,3 +274,28 @@ async def test_claims_only_in_userinfo_are_read_from_there(
     idp.userinfo_sub = "sub-mallory"
     with pytest.raises(OAuthError, match="your sign-in with Example IdP ended"):
         refresh(broker, str(renewed.refresh_token), "access-cli")
+
+
+async def test_a_provider_that_takes_the_secret_only_in_the_body_gets_it_there(
+    broker: Broker, client: httpx.AsyncClient, idp: FakeProvider
+) -> None:
+    idp.discovery["token_endpoint_auth_methods_supported"] = ["client_secret_post"]
+    tokens = await _device_login(client, idp)
+    assert authenticate(broker, str(tokens["access_token"])).name == "alice"
+
+
+async def test_a_provider_without_pkce_s256_is_not_used(
+    broker: Broker, client: httpx.AsyncClient, idp: FakeProvider
+) -> None:
+    idp.discovery["code_challenge_methods_supported"] = ["plain"]
+    started = await start_device(client)
+    csrf = await DevicePage(client).open()
+    page = await client.post("/device/oidc/idp", data={"csrf_token": csrf, "user_code": started["user_code"]})
+    assert page.status_code == 503
+    assert "S256" in audit_rows(broker, "login.failure")[-1]["details"]["error"]
+
+
+async def test_an_inbox_start_needs_csrf(broker: Broker, client: httpx.AsyncClient) -> None:
+    await client.get("/inbox")
+    refused = await client.post("/inbox/oidc/idp", data={"csrf_token": "x" * 43})
+    assert refused.status_code == 403 and "access_oidc" not in refused.headers.get("set-cookie", "")
