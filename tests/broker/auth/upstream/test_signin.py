@@ -299,3 +299,16 @@ async def test_an_inbox_start_needs_csrf(broker: Broker, client: httpx.AsyncClie
     await client.get("/inbox")
     refused = await client.post("/inbox/oidc/idp", data={"csrf_token": "x" * 43})
     assert refused.status_code == 403 and "access_oidc" not in refused.headers.get("set-cookie", "")
+
+
+async def test_a_provider_down_at_the_callback_is_a_503_and_signs_nobody_in(
+    broker: Broker, client: httpx.AsyncClient, idp: FakeProvider
+) -> None:
+    started = await start_device(client)
+    url = await _start(client, str(started["user_code"]))
+    code, state = idp.authorize(url, "alice")
+    idp.down = True
+    page = await client.get("/oidc/idp/callback", params={"code": code, "state": state})
+    assert page.status_code == 503 and "unavailable" in page.text
+    assert not [p for p in identity.list_principals(broker) if p.name == "alice"]
+    assert (await poll(client, str(started["device_code"]))).json()["error"] == "authorization_pending"
