@@ -182,3 +182,12 @@ def test_a_wrong_password_shows_the_form_again(rp: RelyingParty, oidc_provider: 
     with pytest.raises(SignInRefused, match="sign-in form again") as refused:
         oidc_provider.sign_in(rp.authorize_url(), "alice", PASSWORDS["alice"], otp="000000")
     assert "Wrong one-time code." in refused.value.page
+
+
+def test_it_exits_by_itself_when_its_stdin_closes() -> None:
+    """So a test run that dies leaves no node behind: stop() only closes stdin and waits."""
+    idp = OidcProvider().start()
+    process = idp._process
+    assert process is not None and process.poll() is None
+    idp.stop()
+    assert process.returncode == 0, idp.stderr  # not killed (-9): it left by itself
