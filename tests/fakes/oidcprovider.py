@@ -12,7 +12,9 @@ groups), each with the password ``PASSWORDS[user]`` and the one-time code ``OTP`
 ``subject(user)``. ID tokens carry sub, groups, email, email_verified, preferred_username, name,
 amr, acr, auth_time, nonce and sid; with the one-time code amr is ["pwd", "otp"] and acr "mfa",
 without it ["pwd"] and "pwd". A refresh answers a new ID token with the person's groups as they
-are then.
+are then. The test-admin calls go to the provider's /__test__/ API with a bearer token made at
+start. The ``oidc_provider`` fixture (tests/conftest.py) is one process per test session (per
+xdist worker), its people ``reset()`` before each test; keys and redirect URIs stay.
 
     with OidcProvider() as idp:                      # or the ``oidc_provider`` fixture
         idp.add_redirect_uri("https://127.0.0.1:8443/oidc/idp/callback")
