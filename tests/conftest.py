@@ -221,3 +221,20 @@ def kube_api(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Any]:
     with running(tmp_path / "kube-api", clock=fake_clock.now) as api:
         yield api
         assert not api.server.errors, f"the stand-in raised: {api.server.errors!r}"
+
+
+@pytest.fixture(scope="session")
+def _oidc_provider_process() -> Iterator[Any]:
+    """One oidc-provider node process per test session (each xdist worker its own)."""
+    from tests.fakes.oidcprovider import OidcProvider
+
+    with OidcProvider() as provider:
+        yield provider
+
+
+@pytest.fixture
+def oidc_provider(_oidc_provider_process: Any) -> Any:
+    """The real OpenID provider (tests/fakes/oidcprovider.py), its people as at the start: their
+    first groups, none disabled. Its keys and redirect URIs stay as earlier tests left them."""
+    _oidc_provider_process.reset()
+    return _oidc_provider_process

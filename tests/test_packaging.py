@@ -22,7 +22,9 @@ def _build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".git", ".venv", ".nox", "build", "*.egg-info", "__pycache__", "*.so"),
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".nox", "build", "*.egg-info", "__pycache__", "*.so", "node_modules"
+        ),
     )
     # The build runs without isolation (no downloads), in this environment, which has all of our
     # dependencies; the isolated one pip makes for users has none of them (only the build
