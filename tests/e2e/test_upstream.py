@@ -1,7 +1,8 @@
 """Signing in with an upstream OpenID provider, end to end: the real broker process, the real CLI.
 
 The provider is tests/fakes/oidcmock.py served over real HTTP on loopback (its keys, codes,
-refresh tokens and groups its own); the browser is httpx following the pages' forms. ``access
+refresh tokens and groups its own), and then the real oidc-provider under Node
+(tests/fakes/oidcprovider.py); the browser is httpx following the pages' forms. ``access
 login`` prints its code; the person signs in at the provider and approves; policy decisions
 then use the provider's groups, and a group removed there stops counting at the next refresh.
 """
@@ -57,19 +58,33 @@ def idp() -> Iterator[FakeProvider]:
         yield provider
 
 
-@pytest.fixture
-def broker(tmp_path: Path, devca: DevCA, e2e_db: str, idp: FakeProvider) -> Iterator[BrokerProcess]:
+def _broker(
+    tmp_path: Path, devca: DevCA, database_url: str, idp: Any, secret: str
+) -> Iterator[BrokerProcess]:
     proc = make_broker_process(
         tmp_path,
         devca,
-        e2e_db,
+        database_url,
         _policy(),
         ACCESS_BROKER_OIDC_PROVIDERS=json.dumps([provider_settings(issuer=idp.issuer)]),
-        IDP_SECRET=CLIENT_SECRET,
+        IDP_SECRET=secret,
     )
     with running(proc):
         idp.add_redirect_uri(f"{proc.url}/oidc/idp/callback")  # as registered at a real provider
         yield proc
+
+
+@pytest.fixture
+def broker(tmp_path: Path, devca: DevCA, e2e_db: str, idp: FakeProvider) -> Iterator[BrokerProcess]:
+    """The broker (SQLite and PostgreSQL) trusting the provider written here."""
+    yield from _broker(tmp_path, devca, e2e_db, idp, CLIENT_SECRET)
+
+
+@pytest.fixture
+def real_broker(tmp_path: Path, devca: DevCA, oidc_provider: Any) -> Iterator[BrokerProcess]:
+    """The broker (SQLite) trusting the real oidc-provider (tests/fakes/oidcprovider.py)."""
+    url = f"sqlite:///{tmp_path / 'broker-data' / 'broker.db'}"
+    yield from _broker(tmp_path, devca, url, oidc_provider, oidc_provider.client_secret)
 
 
 def _cli(tmp_path: Path, broker: BrokerProcess, name: str) -> Cli:
@@ -78,7 +93,7 @@ def _cli(tmp_path: Path, broker: BrokerProcess, name: str) -> Cli:
     return Cli(home=home, broker=broker)
 
 
-def _sign_in_at_provider(broker: BrokerProcess, idp: FakeProvider, user_code: str, user: str) -> str:
+def _sign_in_at_provider(broker: BrokerProcess, idp: Any, user_code: str, user: str) -> str:
     """What the person does in the browser: "Sign in with", the provider, Approve. The page shown."""
     verify = ssl.create_default_context(cafile=str(broker.ca.ca_cert))
     with httpx.Client(base_url=broker.url, verify=verify, timeout=10) as browser:
@@ -104,7 +119,7 @@ def _sign_in_at_provider(broker: BrokerProcess, idp: FakeProvider, user_code: st
         return done.text
 
 
-def _login(cli: Cli, broker: BrokerProcess, idp: FakeProvider, user: str) -> None:
+def _login(cli: Cli, broker: BrokerProcess, idp: Any, user: str) -> None:
     login = cli.watch("login", "--no-browser")
     code = login.until(_CODE).group(1)
     assert "Device authorized" in _sign_in_at_provider(broker, idp, code, user)
@@ -137,6 +152,17 @@ def _expire_access_token(cli: Cli) -> None:
 def test_people_sign_in_upstream_and_its_groups_decide(
     tmp_path: Path, broker: BrokerProcess, idp: FakeProvider
 ) -> None:
+    _scenario(tmp_path, broker, idp)
+
+
+def test_the_same_with_the_real_oidc_provider(
+    tmp_path: Path, real_broker: BrokerProcess, oidc_provider: Any
+) -> None:
+    """panva's oidc-provider (OpenID-certified) with its own sign-in and consent pages, RSA keys."""
+    _scenario(tmp_path, real_broker, oidc_provider)
+
+
+def _scenario(tmp_path: Path, broker: BrokerProcess, idp: Any) -> None:
     alice, carol = _cli(tmp_path, broker, "alice"), _cli(tmp_path, broker, "carol")
     _login(alice, broker, idp, "alice")
     assert (_whoami(alice)["name"], _whoami(alice)["groups"]) == ("alice", ["eng"])
