@@ -42,6 +42,11 @@ class Broker:
     instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
     # The signing keys of trusted CI issuers, as last fetched (auth/jwks.py).
     ci_keys: KeyCache = field(default_factory=KeyCache)
+    # The discovery documents and keys of upstream OIDC providers (auth/upstream), and the
+    # transport of every request to them. A provider that rotates its keys is refetched after
+    # 5 seconds, not CI's 30: people sign in one at a time, and each sign-in that fails on an
+    # unknown key is a person told to try again (the refetch stays bounded per provider).
+    oidc_keys: KeyCache = field(default_factory=lambda: KeyCache(refetch_after=5.0))
 
     @classmethod
     def from_settings(

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from access.broker.auth.citrust import CiIssuer
+from access.broker.auth.upstream.config import OidcProvider
 from access.broker.notifications.endpoints import WebhookEndpoint
 from access.broker.store.engine import DatabaseTimeouts, PoolSettings
 from access.shared.net import IPNetwork, is_loopback_host
@@ -247,6 +248,30 @@ class Settings(BaseSettings):
         description="how long a pipeline's login from a CI token lasts, seconds (its access token: at most "
         "ACCESS_BROKER_ACCESS_TOKEN_TTL of it, not refreshed)",
     )
+
+    # Issue 13: people sign in with their organisation's OpenID provider (auth/upstream,
+    # docs/upstream.md).
+    oidc_providers: tuple[OidcProvider, ...] = Field(
+        default=(),
+        description="OpenID providers people sign in with on the device page and the inbox: a JSON list "
+        "of {name, display_name, issuer, client_id, client_secret_file or client_secret_env, scopes, "
+        "username_claim, groups_claim, group_prefix, email_domains, allowed_email_domains, mfa_amr, "
+        "mfa_acr}; default none",
+    )
+
+    @field_validator("oidc_providers", mode="after")
+    @classmethod
+    def _unique_providers(cls, value: tuple[OidcProvider, ...]) -> tuple[OidcProvider, ...]:
+        for what in ("name", "issuer"):
+            seen = [getattr(provider, what) for provider in value]
+            twice = sorted({item for item in seen if seen.count(item) > 1})
+            if twice:
+                raise ValueError(f"OIDC providers: each {what} once; {', '.join(twice)} given more than once")
+        return value
+
+    def oidc_provider(self, name: str) -> OidcProvider | None:
+        """The upstream provider called ``name``, or None."""
+        return next((provider for provider in self.oidc_providers if provider.name == name), None)
 
     @field_validator("ci_issuers", mode="after")
     @classmethod

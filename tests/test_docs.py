@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 from access.broker.settings import Settings
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -138,3 +140,17 @@ def test_the_pipelines_guide_shows_ci_issuers_the_broker_accepts() -> None:
         "https://token.actions.githubusercontent.com",
         "https://gitlab.com",
     ]
+
+
+def test_the_upstream_guide_shows_a_provider_the_broker_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/upstream.md's ACCESS_BROKER_OIDC_PROVIDERS example passes the checks made at start
+    (its secret file swapped for a variable: the file is the reader's)."""
+    import json
+
+    text = (DOCS / "upstream.md").read_text()
+    (example,) = json.loads(text.split("ACCESS_BROKER_OIDC_PROVIDERS='", 1)[1].split("'\n", 1)[0])
+    monkeypatch.setenv("OKTA_SECRET", "x" * 32)
+    example = {**example, "client_secret_file": None, "client_secret_env": "OKTA_SECRET"}
+    (provider,) = Settings(oidc_providers=[example]).oidc_providers
+    fields = set(re.findall(r"^\| `(\w+)`", text.split("## Settings", 1)[1], re.M))
+    assert fields | {"client_secret_file", "client_secret_env"} >= set(type(provider).model_fields)

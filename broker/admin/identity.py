@@ -84,6 +84,8 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
     header: tuple[str, ...] = ("NAME", "GROUPS", "STATUS", "CREATED")
     if accounts:
         header += ("OWNER", "CLIENT ID")
+    else:
+        header += ("SOURCE",)
     rows: list[tuple[str, ...]] = [header]
     for p in records:
         status = "disabled" if p.disabled else "active"
@@ -92,6 +94,9 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
         cells: tuple[str, ...] = (p.name, groups, status, created)
         if accounts:
             cells += (p.owner or "-", p.client_id or "")
+        else:
+            # "embedded", "oidc:<provider>", or a password user linked to a provider.
+            cells += (p.source if p.subject is None or p.source != "embedded" else "embedded+linked",)
         rows.append(cells)
     print_table(rows)
 
@@ -212,15 +217,63 @@ def users_enable(
     _enable(name, identity.USER, data_dir, database_url)
 
 
-@users_app.command("revoke-sessions", epilog=examples("access-broker users revoke-sessions alice"))
+Provider = Annotated[
+    str | None,
+    typer.Option(
+        "--provider", metavar="NAME", help="An upstream OIDC provider (ACCESS_BROKER_OIDC_PROVIDERS)"
+    ),
+]
+Subject = Annotated[
+    str | None,
+    typer.Option("--subject", metavar="SUB", help="The person's subject there (the ID token's sub)"),
+]
+
+
+@users_app.command(
+    "revoke-sessions",
+    epilog=examples(
+        "access-broker users revoke-sessions alice",
+        "# the person an upstream provider knows as this subject",
+        "access-broker users revoke-sessions --provider okta --subject 00u1abcd",
+    ),
+)
 def users_revoke_sessions(
-    name: Annotated[str, typer.Argument(help="User to sign out everywhere")],
+    name: Annotated[str | None, typer.Argument(help="User to sign out everywhere")] = None,
+    provider: Provider = None,
+    subject: Subject = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Offboard at once: end every session (CLI and inbox), grant and pending request of a user
-    and cut their live tunnels on every replica. The user stays enabled (unlike disable)."""
+    and cut their live tunnels on every replica. The user stays enabled (unlike disable).
+    Name the user, or give --provider and --subject for the person an upstream provider knows."""
+    if (name is None) == (provider is None or subject is None) or (provider is None) != (subject is None):
+        raise fail("give a user name, or --provider and --subject (not both)", code=2)
+    if name is None:
+        assert provider is not None and subject is not None
+        with admin_broker(data_dir, database_url) as broker:
+            name = identity.find_upstream(broker, provider, subject).name
     _revoke_sessions(name, identity.USER, data_dir, database_url)
+
+
+@users_app.command(
+    "link", epilog=examples("access-broker users link alice --provider okta --subject 00u1abcd")
+)
+def users_link(
+    name: Annotated[str, typer.Argument(help="Existing user to link")],
+    provider: Provider = None,
+    subject: Subject = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Link an existing user to a person at an upstream OIDC provider: signing in there then
+    signs in as this user, whose groups become the provider's at each sign-in. (An upstream
+    sign-in never takes over a user of the same name by itself; its error page names the subject.)"""
+    if provider is None or subject is None:
+        raise fail("give --provider and --subject", code=2)
+    with admin_broker(data_dir, database_url) as broker:
+        identity.link_upstream(broker, name, provider, subject, admin_actor())
+    say(f"linked {terminal.name(name)} to {terminal.name(subject)} at {terminal.name(provider)}", err=True)
 
 
 @service_accounts_app.command(

@@ -24,11 +24,17 @@ class Action(StrEnum):
     TOKEN_REFRESH = "token.refresh"
     TOKEN_REFRESH_REUSE = "token.refresh_reuse"
     TOKEN_REVOKE = "token.revoke"
+    # An upstream OIDC provider refused the refresh token of a session (auth/upstream): it ended.
+    TOKEN_UPSTREAM_REFUSE = "token.upstream_refuse"
     # A CI system's identity token exchanged for a service account's token (RFC 8693), or refused.
     TOKEN_EXCHANGE = "token.exchange"
     TOKEN_EXCHANGE_REFUSE = "token.exchange_refuse"
     # The directory (auth/identity): users and service accounts.
     USER_CREATE = "user.create"
+    # A person signed in with an upstream OIDC provider for the first time and became a user.
+    USER_PROVISION = "user.provision"
+    # An existing user linked by an administrator to a person at an upstream provider.
+    USER_LINK = "user.link"
     USER_DISABLE = "user.disable"
     USER_ENABLE = "user.enable"
     USER_SET_PASSWORD = "user.set_password"
@@ -83,6 +89,7 @@ WHILE_UNSAFE = frozenset(
         Action.LOGOUT,
         Action.TOKEN_REFRESH_REUSE,
         Action.TOKEN_REVOKE,
+        Action.TOKEN_UPSTREAM_REFUSE,
         Action.TOKEN_EXCHANGE_REFUSE,
         Action.USER_DISABLE,
         Action.SERVICE_ACCOUNT_DISABLE,

@@ -27,15 +27,17 @@ from access.broker.audit.actions import Action
 from access.broker.auth import ratelimit
 from access.broker.auth.device_flow import Event, Poll, next_step, transition
 from access.broker.auth.password import PasswordAttempt
-from access.broker.auth.sessions import TokenSet, hash_token, start_session
+from access.broker.auth.sessions import TokenSet, UpstreamLink, hash_token, start_session
 from access.broker.auth.tokens import OAuthError
 from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
 from access.broker.store import device_codes, principals
 from access.broker.store.device_codes import DeviceCode
+from access.broker.store.principals import PrincipalRecord
 from access.shared.oauth import DEVICE_GRANT_TYPE
 
 __all__ = [
+    "BAD_CODE",
     "CLIENTS",
     "DEVICE_GRANT_TYPE",
     "USER_CODE_ALPHABET",
@@ -47,7 +49,9 @@ __all__ = [
     "exchange",
     "format_user_code",
     "normalise_user_code",
+    "open_request",
     "sign_in",
+    "signed_in_as",
     "start",
 ]
 
@@ -249,7 +253,10 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
         raise OAuthError(Poll.USED.value, _ALREADY_USED)
     if principal.disabled:
         raise OAuthError(Poll.DENIED.value, "the account that approved this request is disabled")
-    tokens = start_session(conn, broker, principal, code.client_id, mfa_at=code.mfa_at)
+    upstream = None
+    if code.upstream_provider is not None:
+        upstream = UpstreamLink(code.upstream_provider, code.upstream_refresh, code.session_expires_at)
+    tokens = start_session(conn, broker, principal, code.client_id, upstream=upstream, mfa_at=code.mfa_at)
     ledger.append(
         conn,
         broker.clock,
@@ -268,7 +275,7 @@ def _consume(conn: sa.Connection, broker: Broker, code: DeviceCode, now: datetim
     return tokens
 
 
-_BAD_CODE = (
+BAD_CODE = (
     "That code is not valid or has expired. Check the code in your terminal, or run `access login` again."
 )
 
@@ -299,26 +306,65 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
         if row is None:
             ratelimit.hit(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
     if row is None:
-        raise InvalidRequest(_BAD_CODE)
+        raise InvalidRequest(BAD_CODE)
     # The slow argon2 check runs outside any transaction, so it holds no database lock.
     user, reason = attempt.verify(password)
-    consent = secrets.token_urlsafe(32)
+    signed: SignIn | None = None
     with broker.transaction() as conn:
         if user is None:
             attempt.record_failure(conn, reason, device_id=row.id)
         else:
-            transition(row.status, Event.SIGN_IN)  # pending stays pending, now with a consent token
-            # Conditional: the code may have been decided or have expired during the argon2 check.
-            updated = device_codes.attach_consent(
-                conn, row.id, user.id, hash_token(consent), broker.clock.now()
-            )
-            if updated:
+            signed = signed_in_as(conn, broker, row, user)
+            if signed is not None:
                 attempt.record_success(conn, user, device_id=row.id)
     if user is None:
         raise Unauthenticated("Wrong username or password.", hint=None)
-    if not updated:
-        raise InvalidRequest(_BAD_CODE)
-    return SignIn(DeviceRequest.from_code(row), user.name, consent)
+    if signed is None:
+        raise InvalidRequest(BAD_CODE)
+    return signed
+
+
+def open_request(conn: sa.Connection, broker: Broker, device_id: str) -> DeviceCode:
+    """The device request ``device_id`` if it still waits for a sign-in (an upstream sign-in
+    comes back to it from the provider).
+
+    Raises:
+        InvalidRequest: it expired or was decided meanwhile.
+    """
+    row = device_codes.open_by_id(conn, device_id, broker.clock.now())
+    if row is None:
+        raise InvalidRequest(BAD_CODE)
+    return row
+
+
+def signed_in_as(
+    conn: sa.Connection,
+    broker: Broker,
+    row: DeviceCode,
+    principal: PrincipalRecord,
+    upstream: UpstreamLink | None = None,
+    mfa_at: datetime | None = None,
+) -> SignIn | None:
+    """Inside the caller's transaction: ``principal`` has signed in (by password, or at an
+    upstream provider: ``upstream`` is what its session will keep) for the request ``row``,
+    which gets a fresh one-time consent token for the Approve/Deny step (``mfa_at``: when that
+    sign-in presented a second factor, if it did). None when the request was decided or expired
+    meanwhile. The caller audits the sign-in."""
+    transition(row.status, Event.SIGN_IN)  # pending stays pending, now with a consent token
+    consent = secrets.token_urlsafe(32)
+    # Conditional: the code may have been decided or have expired during the password check.
+    attached = device_codes.attach_consent(
+        conn,
+        row.id,
+        principal.id,
+        hash_token(consent),
+        broker.clock.now(),
+        mfa_at,
+        upstream_provider=None if upstream is None else upstream.provider,
+        upstream_refresh=None if upstream is None else upstream.sealed_refresh,
+        session_expires_at=None if upstream is None else upstream.expires_at,
+    )
+    return SignIn(DeviceRequest.from_code(row), principal.name, consent) if attached else None
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import jwt
 
-from access.broker.auth.citrust import ALLOWED_ALGORITHMS, CiIssuer
+from access.broker.auth.citrust import ALLOWED_ALGORITHMS
 from access.broker.clock import Clock
 from access.shared.net import check_remote_url
 
-__all__ = ["KeyCache", "KeyUnavailable", "UnknownKey"]
+__all__ = ["KeyCache", "KeySource", "KeyUnavailable", "UnknownKey", "fetch_json"]
 
 TIMEOUT = 5.0
 MAX_BYTES = 256 * 1024
@@ -38,6 +40,19 @@ REFETCH_AFTER = 30.0
 MAX_KEYS = 64
 
 _FAMILY = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+class KeySource(Protocol):
+    """An issuer whose keys the cache fetches: a CI issuer, or an upstream OIDC provider."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def jwks_uri(self) -> str | None: ...
+
+    @property
+    def algorithms(self) -> tuple[str, ...] | None: ...
 
 
 class KeyUnavailable(Exception):
@@ -53,6 +68,8 @@ class _Entry:
     fetched_at: float
     keys: list[dict[str, Any]]
     algorithms: frozenset[str]
+    # The discovery document (None when the settings pinned jwks_uri and algorithms).
+    document: dict[str, Any] | None = None
 
 
 @dataclass
@@ -60,11 +77,13 @@ class KeyCache:
     """Per-process cache of each issuer's keys; safe to share between threads."""
 
     transport: httpx.BaseTransport | None = None
+    # At most one refetch for an unknown kid per this many seconds per issuer.
+    refetch_after: float = REFETCH_AFTER
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _attempted: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def signing_key(self, issuer: CiIssuer, kid: str | None, alg: str, clock: Clock) -> jwt.PyJWK:
+    def signing_key(self, issuer: KeySource, kid: str | None, alg: str, clock: Clock) -> jwt.PyJWK:
         """The key that must have signed a token of ``issuer`` with header ``kid`` and ``alg``.
 
         Raises:
@@ -87,26 +106,47 @@ class KeyCache:
         except jwt.PyJWTError as exc:
             raise UnknownKey(f"the issuer's key {kid!r} is unusable: {exc}") from exc
 
-    def _accepted(self, issuer: CiIssuer, entry: _Entry) -> frozenset[str]:
+    def discovery(self, issuer: KeySource, clock: Clock) -> dict[str, Any]:
+        """The issuer's discovery document, as last fetched (at most ``MAX_AGE`` old), its
+        ``issuer`` checked to be the one asked for.
+
+        Raises:
+            KeyUnavailable: it could not be fetched, or the settings pinned the keys (no discovery).
+        """
+        with self._lock:
+            entry = self._current(issuer, clock)
+        if entry.document is None:
+            raise KeyUnavailable(f"{issuer.issuer}: no discovery document (its jwks_uri is pinned)")
+        return entry.document
+
+    @contextmanager
+    def http(self) -> Iterator[httpx.Client]:
+        """A client bounded as the key fetches are (``TIMEOUT``, no redirects), on this cache's
+        transport: for the other requests to the same issuers (token endpoints)."""
+        with httpx.Client(timeout=TIMEOUT, transport=self.transport, follow_redirects=False) as http:
+            yield http
+
+    def _accepted(self, issuer: KeySource, entry: _Entry) -> frozenset[str]:
         return frozenset(issuer.algorithms) if issuer.algorithms is not None else entry.algorithms
 
-    def _current(self, issuer: CiIssuer, clock: Clock) -> _Entry:
+    def _current(self, issuer: KeySource, clock: Clock) -> _Entry:
         entry = self._entries.get(issuer.issuer)
         if entry is not None and clock.monotonic() - entry.fetched_at < MAX_AGE:
             return entry
         return self._fetch(issuer, clock)
 
-    def _may_refetch(self, issuer: CiIssuer, clock: Clock) -> bool:
+    def _may_refetch(self, issuer: KeySource, clock: Clock) -> bool:
         last = self._attempted.get(issuer.issuer)
-        return last is None or clock.monotonic() - last >= REFETCH_AFTER
+        return last is None or clock.monotonic() - last >= self.refetch_after
 
-    def _fetch(self, issuer: CiIssuer, clock: Clock) -> _Entry:
+    def _fetch(self, issuer: KeySource, clock: Clock) -> _Entry:
         self._attempted[issuer.issuer] = clock.monotonic()
         self._entries.pop(issuer.issuer, None)  # a failed refetch leaves nothing stale behind
-        with httpx.Client(timeout=TIMEOUT, transport=self.transport, follow_redirects=False) as http:
+        discovered: dict[str, Any] | None = None
+        with self.http() as http:
             jwks_uri, announced = issuer.jwks_uri, frozenset(ALLOWED_ALGORITHMS)
             if jwks_uri is None or issuer.algorithms is None:
-                jwks_uri, announced = _discover(http, issuer)
+                jwks_uri, announced, discovered = _discover(http, issuer)
             document = _get_json(http, jwks_uri, "the JWKS")
         raw = document.get("keys")
         if not isinstance(raw, list) or not raw:
@@ -114,13 +154,14 @@ class KeyCache:
         keys = [key for key in raw[:MAX_KEYS] if _usable(key)]
         if not keys:
             raise KeyUnavailable(f"the JWKS of {issuer.issuer} holds no usable signing key")
-        entry = _Entry(clock.monotonic(), keys, announced)
+        entry = _Entry(clock.monotonic(), keys, announced, discovered)
         self._entries[issuer.issuer] = entry
         return entry
 
 
-def _discover(http: httpx.Client, issuer: CiIssuer) -> tuple[str, frozenset[str]]:
-    """The issuer's ``jwks_uri`` (the setting's if given) and the acceptable algorithms it announces."""
+def _discover(http: httpx.Client, issuer: KeySource) -> tuple[str, frozenset[str], dict[str, Any]]:
+    """The issuer's ``jwks_uri`` (the setting's if given), the acceptable algorithms it announces,
+    and the whole document."""
     url = issuer.issuer + "/.well-known/openid-configuration"
     document = _get_json(http, url, "the discovery document")
     # OpenID Connect Discovery 1.0 section 4.3: the document must name the very issuer asked for.
@@ -142,14 +183,38 @@ def _discover(http: httpx.Client, issuer: CiIssuer) -> tuple[str, frozenset[str]
         raise KeyUnavailable(
             f"{issuer.issuer} announces no accepted signing algorithm; pin `algorithms` in its settings"
         )
-    return jwks_uri, algorithms
+    return jwks_uri, algorithms, document
 
 
 def _get_json(http: httpx.Client, url: str, what: str) -> dict[str, Any]:
+    status, document = fetch_json(http, "GET", url, what)
+    if status != 200:
+        raise KeyUnavailable(f"{what} at {url} answered HTTP {status}")
+    return document
+
+
+def fetch_json(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    what: str,
+    *,
+    data: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """``method`` ``url`` (a form ``data`` body if given); the status and the JSON object answered,
+    at most ``MAX_BYTES`` of it. A non-JSON answer to a status other than 200 is ``{}``.
+
+    Raises:
+        KeyUnavailable: no answer (a timeout, a refused connection), a body too large, or a
+            200 whose body is not a JSON object.
+    """
+    sent = {"Accept": "application/json", **(headers or {})}
+    if data is not None:
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
     try:
-        with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
-            if response.status_code != 200:
-                raise KeyUnavailable(f"{what} at {url} answered HTTP {response.status_code}")
+        with http.stream(method, url, headers=sent, content=data) as response:
+            status = response.status_code
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
@@ -160,10 +225,14 @@ def _get_json(http: httpx.Client, url: str, what: str) -> dict[str, Any]:
     try:
         document = json.loads(body)
     except ValueError:
+        if status != 200:
+            return status, {}
         raise KeyUnavailable(f"{what} at {url} is not JSON") from None
     if not isinstance(document, dict):
+        if status != 200:
+            return status, {}
         raise KeyUnavailable(f"{what} at {url} is not a JSON object")
-    return document
+    return status, document
 
 
 def _usable(key: Any) -> bool:

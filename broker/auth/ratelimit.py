@@ -26,6 +26,8 @@ from access.broker.store import rate_events
 __all__ = [
     "CLIENT_SECRET_FAILURES",
     "DEVICE_STARTS",
+    "OIDC_CALLBACK_FAILURES",
+    "OIDC_STARTS",
     "PASSWORD_FAILURES",
     "USER_CODE_GUESSES",
     "Limit",
@@ -60,6 +62,11 @@ DEVICE_STARTS = Limit("device_start", 30, timedelta(minutes=10))
 PASSWORD_FAILURES = Limit("password", 10, timedelta(minutes=15))
 # Ten wrong secrets per (client id, IP) in fifteen minutes, for service accounts.
 CLIENT_SECRET_FAILURES = Limit("client_secret", 10, timedelta(minutes=15))
+
+# Upstream OIDC sign-ins started per IP in ten minutes (each writes a row), and callbacks that
+# failed (a bad or replayed state, a refused token) per IP in fifteen minutes.
+OIDC_STARTS = Limit("oidc_start", 30, timedelta(minutes=10))
+OIDC_CALLBACK_FAILURES = Limit("oidc_callback", 10, timedelta(minutes=15))
 
 
 def login_failures_per_address(broker: Broker) -> Limit:

@@ -12,6 +12,12 @@ person's CLI does, and its open tunnels (tied to the session, not the access tok
 RFC 6749 section 4.4.3 advises against a refresh token here and section 6 would have the client
 authenticate again to use it; we follow Boundary and Teleport instead (a renewable session the
 broker bounds), so the client secret is needed only at login and never has to be kept around.
+
+A session opened by an upstream OIDC sign-in keeps the provider's refresh token (sealed): every
+refresh first asks the provider again (``auth.upstream.refresh``, outside any transaction) and
+replaces the person's groups with what it says, so a group removed there stops counting at the
+next refresh. A provider that refuses ends the session; one that does not answer makes the
+refresh fail (``temporarily_unavailable``) without ending it.
 """
 
 from __future__ import annotations
@@ -30,15 +36,18 @@ from access.broker.auth import ratelimit, tags
 from access.broker.auth.identity import check_client_secret
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokens import OAuthError, issue_access_token, verify_access_token
+from access.broker.auth.upstream.refresh import Reread, UpstreamEnded, UpstreamUnavailable, reread
 from access.broker.clock import Clock
 from access.broker.errors import RateLimited, Unauthenticated
 from access.broker.events.bus import SessionEnded
 from access.broker.runtime import Broker
-from access.broker.store import sessions
+from access.broker.store import principals, sessions
 from access.broker.store.principals import PrincipalRecord
+from access.broker.store.sessions import RefreshToken
 
 __all__ = [
     "TokenSet",
+    "UpstreamLink",
     "client_credentials",
     "ended_sessions",
     "hash_token",
@@ -72,6 +81,16 @@ class TokenSet:
         return body
 
 
+@dataclass(frozen=True)
+class UpstreamLink:
+    """What a session opened by an upstream sign-in keeps: the provider's name, its refresh token
+    sealed (None: it gave none), and the latest the session may end (None: ``session_ttl``)."""
+
+    provider: str
+    sealed_refresh: bytes | None
+    expires_at: datetime | None
+
+
 def hash_token(token: str) -> str:
     """SHA-256 hex of a random token (refresh tokens, device codes, consent tokens)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -97,18 +116,23 @@ def start_session(
     *,
     lifetime: int | None = None,
     refreshable: bool = True,
+    upstream: UpstreamLink | None = None,
     mfa_at: datetime | None = None,
 ) -> TokenSet:
     """Open a session for ``principal`` inside the caller's transaction and issue its tokens.
 
     ``lifetime``: the session's, in seconds (default ``session_ttl``). ``refreshable`` False:
     no refresh token, and one access token that lasts as long as the session (at most
-    ``access_token_ttl``), as for an exchanged CI token. The caller writes the audit entry for
-    the login that led here. ``mfa_at``: when that login presented a second factor, if it did.
+    ``access_token_ttl``), as for an exchanged CI token. ``upstream``: the session of an
+    upstream sign-in (it ends by ``upstream.expires_at`` if that is sooner). ``mfa_at``:
+    when that login presented a second factor, if it did. The caller writes the audit entry for
+    the login that led here.
     """
     now = broker.clock.now()
     lifetime = broker.settings.session_ttl if lifetime is None else lifetime
     expires_at = now + timedelta(seconds=lifetime)
+    if upstream is not None and upstream.expires_at is not None:
+        expires_at = min(expires_at, upstream.expires_at)
     session_id = str(uuid.uuid4())
     sessions.insert(
         conn,
@@ -117,6 +141,8 @@ def start_session(
         client_id=client_id,
         created_at=now,
         expires_at=expires_at,
+        upstream_provider=None if upstream is None else upstream.provider,
+        upstream_refresh=None if upstream is None else upstream.sealed_refresh,
         mfa_at=mfa_at,
     )
     refresh_token = _new_refresh_token(conn, broker.clock, session_id, expires_at) if refreshable else None
@@ -141,14 +167,20 @@ _invalid_refresh = "the refresh token is invalid, expired or revoked: run `acces
 def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
     """Rotate a refresh token: mark it used, issue its successor and a new access token.
 
+    For a session of an upstream sign-in the provider is asked first (``_reread_upstream``) and
+    the person's groups replaced with what it says now.
+
     Raises:
         OAuthError: ``invalid_grant`` when the token is unknown, expired, of a revoked session or
             disabled principal, issued to another client, or already used (in which case the
-            whole session has been revoked and ``token.refresh_reuse`` audited).
+            whole session has been revoked and ``token.refresh_reuse`` audited), or the upstream
+            provider refused its refresh token (the session is revoked);
+            ``temporarily_unavailable`` (503) when the provider cannot be asked now.
         Unavailable: the database could not be reached.
     """
     if not raw_token or len(raw_token) > _MAX_REFRESH_LENGTH:
         raise OAuthError("invalid_grant", _invalid_refresh)
+    upstream = _reread_upstream(broker, hash_token(raw_token), client_id)
     reused = False
     with broker.transaction() as conn:
         row = sessions.refresh_token(conn, hash_token(raw_token))
@@ -173,6 +205,11 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
         elif row.expires_at <= now or row.session_expires_at <= now:
             raise OAuthError("invalid_grant", "the session has expired: run `access login`")
         else:
+            details: dict[str, object] = {"session_id": row.session_id}
+            if upstream is not None and upstream.session_id == row.session_id:
+                principals.set_groups(conn, row.principal_id, upstream.groups)
+                sessions.set_upstream_refresh(conn, row.session_id, upstream.sealed_refresh)
+                details.update(upstream=row.upstream_provider, groups=list(upstream.groups))
             successor = _new_refresh_token(conn, broker.clock, row.session_id, row.session_expires_at)
             access, expires_in = issue_access_token(
                 broker, principal_id=row.principal_id, session_id=row.session_id, client_id=row.client_id
@@ -183,13 +220,72 @@ def refresh(broker: Broker, raw_token: str, client_id: str | None) -> TokenSet:
                 actor=row.name,
                 action=Action.TOKEN_REFRESH,
                 target=f"session:{row.session_id}",
-                details={"session_id": row.session_id},
+                details=details,
             )
     if reused:
         # Raised after commit: the revocation and its audit entry must stick.
         broker.events.publish(SessionEnded(row.session_id, "refresh_reuse"))
         raise OAuthError("invalid_grant", "this refresh token was already used; the session is revoked")
     return TokenSet(access, expires_in, successor, row.session_id)
+
+
+def _reread_upstream(broker: Broker, token_hash: str, client_id: str | None) -> Reread | None:
+    """For a live session of an upstream sign-in, what its provider says of the person now; None
+    for any other session (or a token ``refresh`` refuses anyway: it says why).
+
+    The provider is asked outside any transaction (its answer may take seconds). A refusal ends
+    the session (``token.upstream_refuse``, audited) before the refresh is refused.
+
+    Raises:
+        OAuthError: ``invalid_grant`` when the provider refused; ``temporarily_unavailable``
+            (503) when it did not answer.
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        row = sessions.refresh_token(conn, token_hash)
+    now = broker.clock.now()
+    if row is None or row.upstream_provider is None or not _refreshable(row, client_id, now):
+        return None
+    try:
+        return reread(broker, row)
+    except UpstreamUnavailable as exc:
+        raise OAuthError(
+            "temporarily_unavailable",
+            f"{exc}: your session is kept, try again in a minute",
+            status=503,
+        ) from None
+    except UpstreamEnded as exc:
+        with broker.transaction() as conn:
+            revoked = revoke_session(conn, broker.clock, row.session_id, "upstream_ended")
+            if revoked:
+                ledger.append(
+                    conn,
+                    broker.clock,
+                    actor=row.name,
+                    action=Action.TOKEN_UPSTREAM_REFUSE,
+                    target=f"session:{row.session_id}",
+                    details={
+                        "session_id": row.session_id,
+                        "provider": row.upstream_provider,
+                        "reason": exc.reason,
+                    },
+                )
+        if revoked:
+            broker.events.publish(SessionEnded(row.session_id, "upstream_ended"))
+        raise OAuthError(
+            "invalid_grant", f"your sign-in with {exc.display_name} ended: run `access login`"
+        ) from None
+
+
+def _refreshable(row: RefreshToken, client_id: str | None, now: datetime) -> bool:
+    return (
+        row.revoked_at is None
+        and not row.disabled
+        and row.used_at is None
+        and (client_id is None or client_id == row.client_id)
+        and row.expires_at > now
+        and row.session_expires_at > now
+    )
 
 
 def client_credentials(broker: Broker, client_id: str, secret: str, client_ip: str) -> TokenSet:

@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
+
 from access.broker.auth.password import PasswordAttempt
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.sessions import hash_token, logout
@@ -27,8 +29,9 @@ from access.broker.auth.tokens import live_session
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
 from access.broker.store import sessions, web_sessions
+from access.broker.store.principals import PrincipalRecord
 
-__all__ = ["CLIENT_ID", "WebSignIn", "authenticate", "sign_in", "sign_out"]
+__all__ = ["CLIENT_ID", "WebSignIn", "authenticate", "open_web_session", "sign_in", "sign_out"]
 
 CLIENT_ID = "access-inbox"  # the sessions row's client: what the ledger and `sessions` show
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
@@ -59,27 +62,49 @@ def sign_in(broker: Broker, username: str, password: str, client_ip: str) -> Web
         attempt.check_limits(conn)
     # The slow argon2 check runs outside any transaction, so it holds no database lock.
     user, reason = attempt.verify(password)
+    with broker.transaction() as conn:
+        if user is None:
+            attempt.record_failure(conn, reason)
+            signed = None
+        else:
+            signed = open_web_session(conn, broker, user)
+            attempt.record_success(conn, user, session_id=signed.session_id)
+    if signed is None:
+        raise Unauthenticated("Wrong username or password.", hint=None)
+    return signed
+
+
+def open_web_session(
+    conn: sa.Connection,
+    broker: Broker,
+    principal: PrincipalRecord,
+    *,
+    ends_by: datetime | None = None,
+    upstream_provider: str | None = None,
+    mfa_at: datetime | None = None,
+) -> WebSignIn:
+    """Inside the caller's transaction: ``principal`` has signed in (by password, or at an
+    upstream provider, ``upstream_provider``); open their inbox session, lasting
+    ``inbox_session_ttl`` or until ``ends_by`` if sooner (``mfa_at``: when the sign-in presented a
+    second factor, if it did). The caller audits the sign-in."""
     token = secrets.token_urlsafe(32)
     session_id = str(uuid.uuid4())
     now = broker.clock.now()
     expires_at = now + timedelta(seconds=broker.settings.inbox_session_ttl)
-    with broker.transaction() as conn:
-        if user is None:
-            attempt.record_failure(conn, reason)
-        else:
-            sessions.insert(
-                conn,
-                session_id=session_id,
-                principal_id=user.id,
-                client_id=CLIENT_ID,
-                created_at=now,
-                expires_at=expires_at,
-            )
-            web_sessions.insert(conn, token_hash=hash_token(token), session_id=session_id, created_at=now)
-            attempt.record_success(conn, user, session_id=session_id)
-    if user is None:
-        raise Unauthenticated("Wrong username or password.", hint=None)
-    return WebSignIn(token=token, name=user.name, session_id=session_id, expires_at=expires_at)
+    if ends_by is not None:
+        expires_at = min(expires_at, ends_by)
+    sessions.insert(
+        conn,
+        session_id=session_id,
+        principal_id=principal.id,
+        client_id=CLIENT_ID,
+        created_at=now,
+        expires_at=expires_at,
+        upstream_provider=upstream_provider,
+        mfa_at=mfa_at,
+    )
+    web_sessions.insert(conn, token_hash=hash_token(token), session_id=session_id, created_at=now)
+    return WebSignIn(token=token, name=principal.name, session_id=session_id, expires_at=expires_at)
 
 
 def authenticate(broker: Broker, token: str) -> AuthContext:

@@ -26,6 +26,7 @@ __all__ = [
     "insert_pending",
     "mark_consumed",
     "open_by_consent_hash",
+    "open_by_id",
     "open_by_user_code",
     "record_decision",
     "record_poll",
@@ -59,6 +60,11 @@ class DeviceCode:
     principal_id: str | None
     mfa_at: datetime | None = None  # when the person who signed in presented a second factor
     mfa_required: bool = False  # ``access login --mfa``: a sign-in without one is refused
+    # Signed in with an upstream provider: which, its refresh token (sealed) and the latest the
+    # session may end (set when the provider gave no refresh token), for the session to come.
+    upstream_provider: str | None = None
+    upstream_refresh: bytes | None = None
+    session_expires_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> DeviceCode:
@@ -77,6 +83,9 @@ class DeviceCode:
             principal_id=m["principal_id"],
             mfa_at=m["mfa_at"],
             mfa_required=bool(m["mfa_required"]),
+            upstream_provider=m["upstream_provider"],
+            upstream_refresh=None if m["upstream_refresh"] is None else bytes(m["upstream_refresh"]),
+            session_expires_at=m["session_expires_at"],
         )
 
 
@@ -149,6 +158,11 @@ def open_by_user_code(conn: sa.Connection, user_code: str, now: datetime) -> Dev
     return _first(conn, _open(now).where(device_codes.c.user_code == user_code))
 
 
+def open_by_id(conn: sa.Connection, device_id: str, now: datetime) -> DeviceCode | None:
+    """The pending, unexpired device authorization with this id, or None."""
+    return _first(conn, _open(now).where(device_codes.c.id == device_id))
+
+
 def open_by_consent_hash(conn: sa.Connection, consent_hash: str, now: datetime) -> DeviceCode | None:
     """The pending, unexpired device authorization with this consent token (hash), or None."""
     return _first(conn, _open(now).where(device_codes.c.consent_hash == consent_hash))
@@ -169,9 +183,14 @@ def attach_consent(
     consent_hash: str,
     now: datetime,
     mfa_at: datetime | None = None,
+    *,
+    upstream_provider: str | None = None,
+    upstream_refresh: bytes | None = None,
+    session_expires_at: datetime | None = None,
 ) -> bool:
     """Tie a pending, unexpired authorization to the person who signed in and their consent token
-    (``mfa_at``: when that sign-in presented a second factor, None if it did not).
+    (``mfa_at``: when that sign-in presented a second factor, None if it did not; and, for an
+    upstream sign-in, what its session will need; a later sign-in replaces it all).
 
     True if it was still pending and unexpired (so this call attached them).
     """
@@ -182,7 +201,14 @@ def attach_consent(
             device_codes.c.status == DeviceState.PENDING.value,
             device_codes.c.expires_at > now,
         )
-        .values(principal_id=principal_id, consent_hash=consent_hash, mfa_at=mfa_at)
+        .values(
+            principal_id=principal_id,
+            consent_hash=consent_hash,
+            mfa_at=mfa_at,
+            upstream_provider=upstream_provider,
+            upstream_refresh=upstream_refresh,
+            session_expires_at=session_expires_at,
+        )
     )
     return result.rowcount > 0
 

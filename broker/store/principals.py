@@ -22,12 +22,15 @@ __all__ = [
     "all_by_name",
     "by_id",
     "by_name",
+    "by_upstream",
     "disable",
     "enable",
     "insert",
     "name_taken",
     "service_account_credentials",
+    "set_groups",
     "set_password_hash",
+    "set_upstream",
     "user_credentials",
 ]
 
@@ -48,6 +51,9 @@ class PrincipalRecord:
     created_at: datetime
     client_id: str | None = None
     owner: str | None = None  # a service account's owning user (name)
+    source: str = "embedded"  # or "oidc:<provider>"
+    issuer: str | None = None  # upstream users: their provider's issuer and their subject there
+    subject: str | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row[*tuple[Any, ...]]) -> PrincipalRecord:
@@ -61,6 +67,9 @@ class PrincipalRecord:
             created_at=m["created_at"],
             client_id=m["client_id"],
             owner=m["owner"],
+            source=str(m["source"]),
+            issuer=m["issuer"],
+            subject=m["subject"],
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -73,6 +82,8 @@ class PrincipalRecord:
             "created_at": format_instant(self.created_at),
             "client_id": self.client_id,
             "owner": self.owner,
+            "source": self.source,
+            "subject": self.subject,
         }
 
 
@@ -85,6 +96,9 @@ _COLUMNS = (
     principals.c.created_at,
     principals.c.client_id,
     principals.c.owner,
+    principals.c.source,
+    principals.c.issuer,
+    principals.c.subject,
 )
 
 
@@ -101,6 +115,11 @@ def by_id(conn: sa.Connection, principal_id: str) -> PrincipalRecord | None:
 def by_name(conn: sa.Connection, name: str) -> PrincipalRecord | None:
     """The principal with this name (users and service accounts share one namespace), or None."""
     return _one(conn, principals.c.name == name)
+
+
+def by_upstream(conn: sa.Connection, issuer: str, subject: str) -> PrincipalRecord | None:
+    """The user an upstream provider's ``issuer`` knows as ``subject``, or None."""
+    return _one(conn, sa.and_(principals.c.issuer == issuer, principals.c.subject == subject))
 
 
 def name_taken(conn: sa.Connection, name: str) -> bool:
@@ -126,11 +145,15 @@ def insert(
     client_id: str | None = None,
     secret_hash: str | None = None,
     owner: str | None = None,
+    source: str = "embedded",
+    issuer: str | None = None,
+    subject: str | None = None,
 ) -> None:
-    """Add a principal (``source`` keeps its default, ``embedded``).
+    """Add a principal: ``source`` ``embedded`` (the default), or an upstream user's
+    ``oidc:<provider>`` with its ``issuer`` and ``subject``.
 
     Raises:
-        sqlalchemy.exc.IntegrityError: the name or client id is taken.
+        sqlalchemy.exc.IntegrityError: the name, client id or (issuer, subject) is taken.
     """
     conn.execute(
         principals.insert().values(
@@ -143,7 +166,26 @@ def insert(
             client_id=client_id,
             secret_hash=secret_hash,
             owner=owner,
+            source=source,
+            issuer=issuer,
+            subject=subject,
         )
+    )
+
+
+def set_groups(conn: sa.Connection, principal_id: str, groups: Sequence[str]) -> None:
+    """Replace a principal's groups (an upstream user's, as their provider says at each sign-in)."""
+    conn.execute(principals.update().where(principals.c.id == principal_id).values(groups=list(groups)))
+
+
+def set_upstream(conn: sa.Connection, principal_id: str, issuer: str, subject: str) -> None:
+    """Link a user to an upstream provider's ``subject`` (``users link``).
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: another user has this (issuer, subject).
+    """
+    conn.execute(
+        principals.update().where(principals.c.id == principal_id).values(issuer=issuer, subject=subject)
     )
 
 

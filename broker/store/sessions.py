@@ -27,6 +27,7 @@ __all__ = [
     "revoke_for_principal",
     "revoked_reasons",
     "session_of_refresh_token",
+    "set_upstream_refresh",
 ]
 
 _ID_BATCH = 500  # ids per IN (...): well under every backend's bound-parameter limit
@@ -48,6 +49,11 @@ class RefreshToken:
     principal_id: str
     name: str
     disabled: bool
+    # An upstream OIDC sign-in's session: the provider, its sealed refresh token (None: it gave
+    # none), and the person's subject there.
+    upstream_provider: str | None = None
+    upstream_refresh: bytes | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,11 @@ def insert(
     created_at: datetime,
     expires_at: datetime,
     mfa_at: datetime | None = None,
+    upstream_provider: str | None = None,
+    upstream_refresh: bytes | None = None,
 ) -> None:
-    """Open a session (``mfa_at``: when its sign-in presented a second factor, if it did)."""
+    """Open a session (``mfa_at``: when its sign-in presented a second factor, if it did; of an
+    upstream sign-in: with its provider and sealed refresh token)."""
     conn.execute(
         sessions.insert().values(
             id=session_id,
@@ -83,8 +92,15 @@ def insert(
             created_at=created_at,
             expires_at=expires_at,
             mfa_at=mfa_at,
+            upstream_provider=upstream_provider,
+            upstream_refresh=upstream_refresh,
         )
     )
+
+
+def set_upstream_refresh(conn: sa.Connection, session_id: str, sealed: bytes | None) -> None:
+    """Store the provider's rotated refresh token (sealed) for an upstream session."""
+    conn.execute(sessions.update().where(sessions.c.id == session_id).values(upstream_refresh=sealed))
 
 
 def insert_refresh_token(
@@ -103,7 +119,8 @@ def revoke(conn: sa.Connection, session_id: str, now: datetime, reason: str) -> 
     result = conn.execute(
         sessions.update()
         .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
+        # A revoked session never refreshes again: its upstream refresh token is of no more use.
+        .values(revoked_at=now, revoked_reason=reason, upstream_refresh=None)
     )
     return result.rowcount > 0
 
@@ -114,7 +131,11 @@ def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, 
     live = sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None)
     ids = [str(row.id) for row in conn.execute(sa.select(sessions.c.id).where(*live))]
     if ids:
-        conn.execute(sessions.update().where(*live).values(revoked_at=now, revoked_reason=reason))
+        conn.execute(
+            sessions.update()
+            .where(*live)
+            .values(revoked_at=now, revoked_reason=reason, upstream_refresh=None)
+        )
     return ids
 
 
@@ -146,6 +167,9 @@ def refresh_token(conn: sa.Connection, token_hash: str) -> RefreshToken | None:
             principals.c.id.label("principal_id"),
             principals.c.name,
             principals.c.disabled,
+            principals.c.subject,
+            sessions.c.upstream_provider,
+            sessions.c.upstream_refresh,
         )
         .select_from(
             refresh_tokens.join(sessions, refresh_tokens.c.session_id == sessions.c.id).join(
@@ -167,6 +191,9 @@ def refresh_token(conn: sa.Connection, token_hash: str) -> RefreshToken | None:
         principal_id=row.principal_id,
         name=row.name,
         disabled=bool(row.disabled),
+        upstream_provider=row.upstream_provider,
+        upstream_refresh=None if row.upstream_refresh is None else bytes(row.upstream_refresh),
+        subject=row.subject,
     )
 
 

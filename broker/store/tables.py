@@ -27,6 +27,7 @@ __all__ = [
     "identities",
     "locks",
     "metadata",
+    "oidc_logins",
     "open_connections",
     "outbox",
     "policy_versions",
@@ -65,9 +66,10 @@ metadata = sa.MetaData(
     }
 )
 
-# Users and service accounts of the embedded identity directory. ``source`` leaves room for
-# other identity sources (upstream OIDC), which are not built yet; CI identity tokens sign in as
-# an embedded service account (auth/exchange.py).
+# Users and service accounts. ``source``: ``embedded`` (passwords and client secrets here), or
+# ``oidc:<provider>`` for a person provisioned at their first upstream sign-in
+# (auth/upstream), linked by (``issuer``, ``subject``) and never by name. CI identity tokens
+# sign in as an embedded service account (auth/exchange.py).
 principals = sa.Table(
     "principals",
     metadata,
@@ -85,6 +87,10 @@ principals = sa.Table(
     # A service account's owning user (by name: names are unique and never reused): they may not
     # approve its requests. Null for users, and for accounts made before owners existed.
     sa.Column("owner", sa.String(64), nullable=True),
+    # Upstream OIDC users only: the provider's issuer and the ID token's ``sub`` (unique together).
+    sa.Column("issuer", sa.String(512), nullable=True),
+    sa.Column("subject", sa.String(255), nullable=True),
+    sa.UniqueConstraint("issuer", "subject", name="uq_principals_issuer_subject"),
 )
 
 # A login session: one refresh-token family. Access tokens carry its id (``sid``), so revoking
@@ -102,6 +108,30 @@ sessions = sa.Table(
     # When the sign-in that opened the session presented a second factor (TOTP, or an upstream
     # provider's amr/acr saying so); None: it did not. Refreshes keep it: it dates the sign-in.
     sa.Column("mfa_at", UTCDateTime, nullable=True),
+    # A session opened by an upstream OIDC sign-in: the provider's name, and its refresh token
+    # sealed (auth/upstream/refresh.py), with which every refresh re-reads the person's groups.
+    sa.Column("upstream_provider", sa.String(64), nullable=True),
+    sa.Column("upstream_refresh", sa.LargeBinary, nullable=True),
+)
+
+# Upstream OIDC sign-ins under way (auth/upstream/signin.py): what the callback must match.
+# In the database, not in memory, so the callback may reach another replica. ``state`` and the
+# browser's cookie are stored as SHA-256; the PKCE verifier sealed; single use (``used_at``).
+oidc_logins = sa.Table(
+    "oidc_logins",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("state_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("browser_hash", sa.String(64), nullable=False),
+    sa.Column("nonce", sa.String(128), nullable=False),
+    sa.Column("code_verifier", sa.LargeBinary, nullable=False),
+    sa.Column("purpose", sa.String(16), nullable=False),  # device | inbox
+    # No foreign key: device authorizations are pruned a day after they expire, these sooner.
+    sa.Column("device_id", sa.String(36), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+    sa.Column("used_at", UTCDateTime, nullable=True),
 )
 
 # Refresh tokens are stored as SHA-256 of the token: a leaked table grants nothing.
@@ -151,6 +181,10 @@ device_codes = sa.Table(
     sa.Column("mfa_at", UTCDateTime, nullable=True),
     # ``access login --mfa``: the page refuses a sign-in without a second factor.
     sa.Column("mfa_required", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Signed in with an upstream provider (auth/upstream): carried to the session at exchange.
+    sa.Column("upstream_provider", sa.String(64), nullable=True),
+    sa.Column("upstream_refresh", sa.LargeBinary, nullable=True),
+    sa.Column("session_expires_at", UTCDateTime, nullable=True),
 )
 
 # Sliding-window rate limiting that every replica sees (user-code guessing, password guessing).

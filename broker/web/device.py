@@ -2,6 +2,8 @@
 
 Flow: GET /device (code, username, password) -> POST /device (checks them, shows what is
 being authorized) -> POST /device/confirm (Approve or Deny) -> "return to your terminal".
+With an upstream provider (``web.oidc``): POST /device/oidc/<provider> (the code) -> the
+provider -> GET /oidc/<provider>/callback (shows what is being authorized) -> /device/confirm.
 
 Every POST must pass the double-submit CSRF check (``web.csrf``); every value shown is
 HTML-escaped by the template environment (``web.render``), and every page carries the
@@ -18,12 +20,14 @@ from starlette.concurrency import run_in_threadpool
 
 from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import device
+from access.broker.auth.device import SignIn
+from access.broker.auth.upstream import signin as upstream
 from access.broker.errors import BrokerError
 from access.broker.runtime import Broker
 from access.broker.web import csrf, pages
 from access.broker.web.csrf import CSRF_COOKIE, CSRF_FIELD
 
-__all__ = ["CSRF_COOKIE", "router"]
+__all__ = ["CSRF_COOKIE", "confirm_page", "router"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -56,6 +60,7 @@ def _form_page(
         error=error or "",
         user_code=shown,
         username=username[:64],
+        providers=pages.providers(broker),
     )
 
 
@@ -90,6 +95,29 @@ async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
             error=pages.error_text(exc),
             status=exc.status,
         )
+    return confirm_page(broker, token, result)
+
+
+@router.post("/device/oidc/{provider}", response_class=HTMLResponse)
+async def device_upstream(provider: str, request: Request, broker: BrokerDep) -> HTMLResponse:
+    """Check CSRF and the code, then send the browser to ``provider`` to sign in."""
+    form = await pages.read_form(request)
+    user_code = form.get("user_code", "")
+    if not csrf.form_is_ours(request, form):
+        return _form_page(broker, csrf.new_token(), user_code=user_code, error=pages.BAD_CSRF, status=403)
+    try:
+        started = await run_in_threadpool(
+            upstream.start, broker, provider, upstream.DEVICE, user_code, client_ip(request)
+        )
+    except BrokerError as exc:
+        return _form_page(
+            broker, form[CSRF_FIELD], user_code=user_code, error=pages.error_text(exc), status=exc.status
+        )
+    return pages.redirect_page(broker, started, csrf_token=form[CSRF_FIELD], csrf_path=_PATH)
+
+
+def confirm_page(broker: Broker, token: str, result: SignIn) -> HTMLResponse:
+    """What is being authorized, with Approve and Deny (after a password or upstream sign-in)."""
     req = result.request
     return _page(
         broker,

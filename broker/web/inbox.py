@@ -31,6 +31,8 @@ from starlette.concurrency import run_in_threadpool
 from access.broker.api.deps import BrokerDep, client_ip
 from access.broker.auth import tags, websessions
 from access.broker.auth.principal import AuthContext
+from access.broker.auth.upstream import signin as upstream
+from access.broker.auth.websessions import WebSignIn
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, Unauthenticated
 from access.broker.grants import approvals, queries
 from access.broker.runtime import Broker
@@ -39,7 +41,7 @@ from access.broker.web.csrf import CSRF_FIELD
 from access.broker.web.inbox_view import InboxItem, item, outcome_text
 from access.shared.models import MAX_REASON_LENGTH
 
-__all__ = ["SESSION_COOKIE", "router"]
+__all__ = ["SESSION_COOKIE", "router", "signed_in_response"]
 
 router = APIRouter(include_in_schema=False)
 
@@ -96,6 +98,7 @@ def _sign_in_page(
         username=username[:64],
         error=error,
         notice=notice,
+        providers=pages.providers(broker),
     )
     if error or notice:
         response.delete_cookie(SESSION_COOKIE, path=_PATH, secure=pages.is_https(broker), httponly=True)
@@ -186,6 +189,26 @@ async def sign_in(request: Request, broker: BrokerDep) -> Response:
         return _sign_in_page(
             broker, form[CSRF_FIELD], username=username, error=pages.error_text(exc), status=exc.status
         )
+    return signed_in_response(broker, signed)
+
+
+@router.post("/inbox/oidc/{provider}", response_class=HTMLResponse)
+async def sign_in_upstream(provider: str, request: Request, broker: BrokerDep) -> Response:
+    """Check CSRF, then send the browser to ``provider`` to sign in (back at ``web.oidc``)."""
+    form = await pages.read_form(request)
+    if not csrf.form_is_ours(request, form):
+        return _sign_in_page(broker, csrf.new_token(), error=pages.BAD_CSRF, status=403)
+    try:
+        started = await run_in_threadpool(
+            upstream.start, broker, provider, upstream.INBOX, "", client_ip(request)
+        )
+    except BrokerError as exc:
+        return _sign_in_page(broker, form[CSRF_FIELD], error=pages.error_text(exc), status=exc.status)
+    return pages.redirect_page(broker, started, csrf_token=form[CSRF_FIELD], csrf_path=_PATH)
+
+
+def signed_in_response(broker: Broker, signed: WebSignIn) -> Response:
+    """Set the session cookie of a new sign-in (password or upstream) and go to the list (303)."""
     response = _see_list()
     secure = pages.is_https(broker)
     response.set_cookie(

@@ -1,14 +1,14 @@
 """Identity: who the principals are and how they prove it.
 
-``embedded`` is today's only identity source: users with passwords and service accounts with
-client secrets, stored as argon2id hashes in our own database. Pipelines may also sign in as a
-service account with a CI identity token (``auth.exchange``, ``auth.citrust``, ``auth.jwks``:
-they open sessions, so they live beside ``auth.sessions``, not here). Upstream OIDC (not built
-yet) is meant to join it here as a sibling module; ``principals.source`` says
-where a principal comes from. ``directory`` holds what applies whatever the source (listing,
-disabling and enabling, ending every session and grant of a principal: offboarding). Identity
-may import the store and ``grants`` (to end a principal's grants), never ``auth.sessions`` or
-``auth.device``, which import it.
+``embedded``: users with passwords and service accounts with client secrets, stored as argon2id
+hashes in our own database. Pipelines may also sign in as a service account with a CI identity
+token (``auth.exchange``, ``auth.citrust``, ``auth.jwks``: they open sessions, so they live
+beside ``auth.sessions``, not here), and people with their organisation's OpenID provider
+(``auth.upstream``, which opens sessions too; it provisions users linked by issuer and subject).
+``principals.source`` says where a principal comes from. ``directory`` holds what applies
+whatever the source (listing, disabling and enabling, ending every session and grant of a
+principal: offboarding). Identity may import the store and ``grants`` (to end a principal's
+grants), never ``auth.sessions`` or ``auth.device``, which import it.
 """
 
 from access.broker.auth.identity.directory import (
@@ -17,6 +17,8 @@ from access.broker.auth.identity.directory import (
     Revoked,
     disable_principal,
     enable_principal,
+    find_upstream,
+    link_upstream,
     list_principals,
     revoke_sessions,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "create_user",
     "disable_principal",
     "enable_principal",
+    "find_upstream",
+    "link_upstream",
     "list_principals",
     "revoke_sessions",
     "set_password",

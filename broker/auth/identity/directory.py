@@ -35,6 +35,8 @@ __all__ = [
     "enable_principal",
     "end_sign_ins",
     "find_principal",
+    "find_upstream",
+    "link_upstream",
     "list_principals",
     "revoke_sessions",
 ]
@@ -105,6 +107,69 @@ def find_principal(conn: sa.Connection, name: str, kind: str | None = None) -> P
             hint=f"use `access-broker {_KIND_COMMANDS[principal.kind]} ...`",
         )
     return principal
+
+
+def _issuer(broker: Broker, provider: str) -> str:
+    found = broker.settings.oidc_provider(provider)
+    if found is None:
+        known = ", ".join(p.name for p in broker.settings.oidc_providers) or "none is configured"
+        raise NotFound(
+            f"no OIDC provider named {provider[:40]!r} ({known})", hint="see ACCESS_BROKER_OIDC_PROVIDERS"
+        )
+    return found.issuer
+
+
+def find_upstream(broker: Broker, provider: str, subject: str) -> PrincipalRecord:
+    """The user that ``provider`` (a configured upstream provider's name) knows as ``subject``.
+
+    Raises:
+        NotFound: no such provider, or nobody signed in from it with this subject yet.
+        Unavailable: the database could not be reached.
+    """
+    issuer = _issuer(broker, provider)
+    with broker.transaction() as conn:
+        found = principals.by_upstream(conn, issuer, subject)
+    if found is None:
+        raise NotFound(
+            f"no user is linked to subject {subject[:80]!r} of {provider}",
+            hint="`access-broker users list -o json` shows each user's subject",
+        )
+    return found
+
+
+def link_upstream(broker: Broker, name: str, provider: str, subject: str, actor: str) -> PrincipalRecord:
+    """Link the existing user ``name`` to ``subject`` at ``provider``: their next sign-in there
+    signs in as this user (whose groups then become the provider's), audited ``user.link``.
+
+    For a person who had a password user before the provider was configured: an upstream
+    sign-in never takes over a user of the same name by itself.
+
+    Raises:
+        NotFound: no such user or provider.
+        InvalidRequest: ``name`` is a service account.
+        Conflict: another user is linked to this subject, or this user to another one.
+        Unavailable: the database could not be reached; nothing changed.
+    """
+    issuer = _issuer(broker, provider)
+    if not subject or len(subject) > 255:
+        raise InvalidRequest("give the subject (the ID token's sub) of at most 255 characters")
+    with broker.transaction() as conn:
+        user = find_principal(conn, name, USER)
+        other = principals.by_upstream(conn, issuer, subject)
+        if other is not None:
+            raise Conflict(f"{other.name!r} is already linked to this subject of {provider}")
+        if user.subject is not None:
+            raise Conflict(f"{name!r} is already linked to an upstream subject")
+        principals.set_upstream(conn, user.id, issuer, subject)
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=actor,
+            action=Action.USER_LINK,
+            target=f"principal:{user.name}",
+            details={"provider": provider, "subject": subject},
+        )
+    return user
 
 
 def end_sign_ins(conn: sa.Connection, broker: Broker, principal_id: str, reason: str) -> EndedSignIns:
