@@ -58,6 +58,7 @@ __all__ = [
     "pending_enrolment",
     "reset",
     "second_factor",
+    "users_with_totp",
 ]
 
 STEP_SECONDS = 30
@@ -157,6 +158,16 @@ def second_factor(
         return None, reason, None
     ok, mfa_at = check_sign_in(conn, broker, user, otp)
     return (user, reason, mfa_at) if ok else (None, "totp", None)
+
+
+def users_with_totp(broker: Broker) -> set[str]:
+    """The ids of the principals whose one-time codes are in force (``users list``).
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    with broker.transaction() as conn:
+        return principals.totp_users(conn)
 
 
 def _user(conn: sa.Connection, name: str) -> PrincipalRecord:

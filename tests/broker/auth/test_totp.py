@@ -4,11 +4,14 @@ PostgreSQL with the fake clock."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import pyotp
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
 from access.broker.auth import device, websessions
 from access.broker.auth.identity import totp
@@ -214,3 +217,46 @@ def test_a_secret_sealed_under_another_key_fails_closed(any_broker: Broker, fake
         )
     with pytest.raises(Unauthenticated):
         _device_sign_in(any_broker, _code(secret, fake_clock))
+
+
+def test_admin_totp_enrol_list_and_reset(tmp_path: Path, sqlite_url: str) -> None:
+    from access.broker.admin.main import app
+
+    def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+        result = CliRunner().invoke(
+            app, [*args, "--data-dir", str(tmp_path / "data"), "--database-url", sqlite_url], input=stdin
+        )
+        return result.exit_code, result.stdout, result.stderr
+
+    assert run("users", "add", "alice", "--password-stdin", stdin=PASSWORD + "\n")[0] == 0
+    code, out, err = run("users", "totp-enrol", "alice")
+    assert code == 0, err
+    uri = out.splitlines()[0]
+    assert uri.startswith("otpauth://totp/") and "secret=" in uri
+    assert "█" in out or "▀" in out  # the QR code, drawn in the terminal
+    assert "confirm with a first code on /inbox/mfa" in err
+    code, out, _ = run("users", "list")
+    assert "TOTP" in out.splitlines()[0] and out.splitlines()[1].split()[-1] == "off"  # pending only
+    code, out, _ = run("users", "list", "-o", "json")
+    assert json.loads(out)[0]["totp"] is False
+    code, _, err = run("users", "totp-reset", "alice")
+    assert code == 0 and "removed the one-time codes of alice; 0 sign-in session(s) ended" in err, err
+    code, _, err = run("users", "totp-reset", "alice")
+    assert code == 8 and "alice has no one-time codes set up" in err, err
+    code, _, err = run("users", "totp-enrol", "nobody")
+    assert code == 8 and "no user named 'nobody'" in err
+
+
+def test_users_list_shows_totp_on(broker: Broker, fake_clock: FakeClock) -> None:
+    from access.broker.admin.identity import Output, _print_principals
+
+    _enrolled(broker, fake_clock)
+    add_user(broker, "bob")
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        _print_principals(broker, "user", Output.text)
+    rows = [line.split() for line in out.getvalue().splitlines()[1:]]
+    assert [(row[0], row[-1]) for row in rows] == [("alice", "on"), ("bob", "off")]
