@@ -245,6 +245,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     from access.broker.api import router as api
     from access.broker.web import device as device_page
     from access.broker.web import inbox as inbox_page
+    from access.broker.web import inbox_mfa as inbox_mfa_page
     from access.broker.web import oidc as oidc_page
 
     app = FastAPI(
@@ -260,6 +261,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(oauth.router)
     app.include_router(device_page.router)
+    app.include_router(inbox_mfa_page.router)  # before the inbox's /inbox/{grant_id}
     app.include_router(inbox_page.router)
     app.include_router(oidc_page.router)
     app.include_router(api.router)

@@ -72,8 +72,10 @@ def complete_device_login(
     *,
     ca_file: str | None = None,
     approve: bool = True,
+    otp: str = "",
 ) -> str:
-    """Sign in on ``/device`` and approve (or deny) ``user_code``. Returns the final page's text.
+    """Sign in on ``/device`` (with the one-time code ``otp`` if given) and approve (or deny)
+    ``user_code``. Returns the final page's text.
 
     Raises:
         RuntimeError: a page did not have the form expected, or the broker refused a step.
@@ -90,7 +92,7 @@ def complete_device_login(
         if not forms:
             raise RuntimeError("the verification page has no sign-in form")
         form = forms[0]
-        data = _fill(form, {"user_code": user_code, "username": username, "password": password})
+        data = _fill(form, {"user_code": user_code, "username": username, "password": password, "otp": otp})
         page = browser.post(urljoin(str(page.url), form.action or "/device"), data=data)
         if page.status_code != 200:
             raise RuntimeError(f"sign-in refused ({page.status_code}): {page.text[:300]}")

@@ -405,11 +405,14 @@ class BrokerClient:
             raise self._error(response)
         return response.status_code, data
 
-    def device_authorize(self, client_host: str | None) -> DeviceAuthorization:
-        """Start a device login (RFC 8628 section 3.1)."""
+    def device_authorize(self, client_host: str | None, mfa: bool = False) -> DeviceAuthorization:
+        """Start a device login (RFC 8628 section 3.1); ``mfa``: the sign-in on the page must
+        present a second factor (step-up, ``access login --mfa``)."""
         form = {"client_id": CLIENT_ID}
         if client_host:
             form["client_host"] = client_host
+        if mfa:
+            form["mfa"] = "true"
         status, data = self._oauth("/oauth/device_authorization", form)
         if status != 200:
             raise CliError(

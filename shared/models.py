@@ -78,6 +78,10 @@ class Principal(_Model):
     token_expires_at: Instant | None = None
     session_expires_at: Instant | None = None  # when the sign-in session ends (refreshes stop)
     can_read_audit: bool = False
+    # When the sign-in behind the session presented a second factor (TOTP, ``access login
+    # --mfa``), and how long ago by the broker's clock; None: it did not.
+    mfa_at: Instant | None = None
+    mfa_age_seconds: int | None = None
 
 
 class ScopeInfo(_Model):

@@ -17,6 +17,7 @@ import typer
 
 from access.broker.admin.common import DatabaseUrl, DataDir, admin_broker, fail, print_table, say
 from access.broker.auth import identity
+from access.broker.auth.identity import totp
 from access.broker.runtime import Broker
 from access.shared import terminal
 from access.shared.clihelp import examples
@@ -75,7 +76,11 @@ def _read_password(password_stdin: bool) -> str:
 def _print_principals(broker: Broker, kind: str, output: Output) -> None:
     records = [p for p in identity.list_principals(broker) if p.kind == kind]
     if output is Output.json:
-        typer.echo(json.dumps([p.to_dict() for p in records], indent=2))
+        with_totp = totp.users_with_totp(broker)
+        shown = [
+            p.to_dict() | ({} if p.kind != identity.USER else {"totp": p.id in with_totp}) for p in records
+        ]
+        typer.echo(json.dumps(shown, indent=2))
         return
     if not records:
         typer.echo(f"no {kind.replace('_', ' ')}s yet", err=True)
@@ -84,8 +89,9 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
     header: tuple[str, ...] = ("NAME", "GROUPS", "STATUS", "CREATED")
     if accounts:
         header += ("OWNER", "CLIENT ID")
-    else:
-        header += ("SOURCE",)
+    with_totp = set() if accounts else totp.users_with_totp(broker)
+    if not accounts:
+        header += ("SOURCE", "TOTP")
     rows: list[tuple[str, ...]] = [header]
     for p in records:
         status = "disabled" if p.disabled else "active"
@@ -96,7 +102,8 @@ def _print_principals(broker: Broker, kind: str, output: Output) -> None:
             cells += (p.owner or "-", p.client_id or "")
         else:
             # "embedded", "oidc:<provider>", or a password user linked to a provider.
-            cells += (p.source if p.subject is None or p.source != "embedded" else "embedded+linked",)
+            source = p.source if p.subject is None or p.source != "embedded" else "embedded+linked"
+            cells += (source, "on" if p.id in with_totp else "off")
         rows.append(cells)
     print_table(rows)
 

@@ -157,6 +157,7 @@ def completion(
 
 
 def _register_groups() -> None:
+    from access.broker.admin import totp as _totp_commands  # noqa: F401 (adds users totp-*)
     from access.broker.admin.audit import audit_app
     from access.broker.admin.identity import service_accounts_app, users_app
     from access.broker.admin.locks import register as register_locks

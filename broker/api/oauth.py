@@ -130,11 +130,15 @@ def _client_secret(request: Request, params: dict[str, str]) -> tuple[str, str]:
 
 @router.post("/oauth/device_authorization")
 async def device_authorization(request: Request, broker: BrokerDep) -> JSONResponse:
-    """RFC 8628 section 3.1: start a device login. Form: ``client_id``, optional ``client_host``."""
+    """RFC 8628 section 3.1: start a device login. Form: ``client_id``, optional ``client_host``,
+    optional ``mfa=true`` (step-up, ``access login --mfa``: the sign-in must have a second factor)."""
     params = await _form(request)
     client_id = _required(params, "client_id")
+    mfa = params.get("mfa", "false")
+    if mfa not in ("true", "false"):
+        raise OAuthError("invalid_request", "mfa must be true or false")
     auth = await run_in_threadpool(
-        device.start, broker, client_id, params.get("client_host"), client_ip(request)
+        device.start, broker, client_id, params.get("client_host"), client_ip(request), mfa == "true"
     )
     return _json(auth.to_response())
 

@@ -25,6 +25,10 @@ def whoami(broker: BrokerDep, ctx: CurrentPrincipal) -> Principal:
         token_expires_at=ctx.expires_at,
         session_expires_at=ctx.session_expires_at,
         can_read_audit=broker.policy.can_read_audit(ctx),
+        mfa_at=ctx.mfa_at,
+        mfa_age_seconds=None
+        if ctx.mfa_at is None
+        else max(0, int((broker.clock.now() - ctx.mfa_at).total_seconds())),
     )
 
 

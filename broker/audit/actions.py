@@ -38,6 +38,10 @@ class Action(StrEnum):
     USER_DISABLE = "user.disable"
     USER_ENABLE = "user.enable"
     USER_SET_PASSWORD = "user.set_password"
+    # TOTP (auth/identity/totp): a secret made, confirmed by a first code, turned off or reset.
+    USER_TOTP_ENROL = "user.totp_enrol"
+    USER_TOTP_CONFIRM = "user.totp_confirm"
+    USER_TOTP_DISABLE = "user.totp_disable"
     # Offboarding: every session, grant and request of the principal ended; it stays enabled.
     USER_REVOKE_SESSIONS = "user.revoke_sessions"
     SERVICE_ACCOUNT_CREATE = "service_account.create"

@@ -26,10 +26,16 @@ from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth import ratelimit
 from access.broker.auth.device_flow import Event, Poll, next_step, transition
-from access.broker.auth.password import PasswordAttempt
+from access.broker.auth.identity.totp import second_factor
+from access.broker.auth.password import (
+    MFA_UNAVAILABLE,
+    MFA_UNAVAILABLE_HINT,
+    WRONG_SIGN_IN,
+    PasswordAttempt,
+)
 from access.broker.auth.sessions import TokenSet, UpstreamLink, hash_token, start_session
 from access.broker.auth.tokens import OAuthError
-from access.broker.errors import InvalidRequest, RateLimited, Unauthenticated
+from access.broker.errors import Forbidden, InvalidRequest, RateLimited, Unauthenticated
 from access.broker.runtime import Broker
 from access.broker.store import device_codes, principals
 from access.broker.store.device_codes import DeviceCode
@@ -132,8 +138,11 @@ class SignIn:
     consent_token: str
 
 
-def start(broker: Broker, client_id: str, client_host: str | None, client_ip: str) -> DeviceAuthorization:
-    """Begin a device authorization for a CLI on ``client_host`` (as it says) at ``client_ip``.
+def start(
+    broker: Broker, client_id: str, client_host: str | None, client_ip: str, mfa_required: bool = False
+) -> DeviceAuthorization:
+    """Begin a device authorization for a CLI on ``client_host`` (as it says) at ``client_ip``;
+    ``mfa_required`` (``access login --mfa``): the sign-in on the page must present a second factor.
 
     Raises:
         OAuthError: ``invalid_client`` for an unknown client id; ``invalid_request`` for a
@@ -170,6 +179,7 @@ def start(broker: Broker, client_id: str, client_host: str | None, client_ip: st
             created_at=now,
             expires_at=now + timedelta(seconds=settings.device_code_ttl),
             interval=settings.device_poll_interval,
+            mfa_required=mfa_required,
         )
         ledger.append(
             conn,
@@ -177,7 +187,12 @@ def start(broker: Broker, client_id: str, client_host: str | None, client_ip: st
             actor="anonymous",
             action=Action.DEVICE_REQUEST,
             target=f"device:{device_id}",
-            details={"client_id": client_id, "client_host": client_host, "ip": client_ip[:64]},
+            details={
+                "client_id": client_id,
+                "client_host": client_host,
+                "ip": client_ip[:64],
+                "mfa_required": mfa_required,
+            },
         )
     shown = format_user_code(user_code)
     uri = f"{broker.base_url}/device"
@@ -280,7 +295,9 @@ BAD_CODE = (
 )
 
 
-def sign_in(broker: Broker, user_code: str, username: str, password: str, client_ip: str) -> SignIn:
+def sign_in(
+    broker: Broker, user_code: str, username: str, password: str, client_ip: str, otp: str = ""
+) -> SignIn:
     """Check a user code and a person's password on the verification page.
 
     On success the device request gets a one-time consent token (returned; stored hashed) and
@@ -289,11 +306,17 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     allowance), and is audited as ``login.failure``
     (a username that matches no account as its ``tags.unknown_name``, never as typed).
 
+    A user with TOTP in force needs a current one-time code ``otp`` too (a wrong or missing one
+    fails as a wrong password does, reason ``totp``); then the device login records ``mfa_at``,
+    which its session keeps. A request made with ``access login --mfa`` (``mfa_required``)
+    accepts no sign-in without that second factor.
+
     Raises:
         RateLimited: too many wrong codes or failed logins from this IP, or wrong passwords for
             this name from this IP.
         InvalidRequest: the user code is malformed, unknown, expired or already decided.
-        Unauthenticated: wrong username or password, or a disabled user.
+        Unauthenticated: wrong username, password or one-time code, or a disabled user.
+        Forbidden: the request asks for a second factor and the user has no TOTP set up.
         Unavailable: the database could not be reached.
     """
     attempt = PasswordAttempt(broker, username, client_ip, "device_page")
@@ -310,15 +333,22 @@ def sign_in(broker: Broker, user_code: str, username: str, password: str, client
     # The slow argon2 check runs outside any transaction, so it holds no database lock.
     user, reason = attempt.verify(password)
     signed: SignIn | None = None
+    no_factor = False
     with broker.transaction() as conn:
+        user, reason, mfa_at = second_factor(conn, broker, user, reason, otp)
+        no_factor = user is not None and row.mfa_required and mfa_at is None
         if user is None:
             attempt.record_failure(conn, reason, device_id=row.id)
+        elif no_factor:
+            attempt.record_failure(conn, "mfa_unavailable", counted=False, device_id=row.id)
         else:
-            signed = signed_in_as(conn, broker, row, user)
+            signed = signed_in_as(conn, broker, row, user, mfa_at=mfa_at)
             if signed is not None:
-                attempt.record_success(conn, user, device_id=row.id)
+                attempt.record_success(conn, user, device_id=row.id, mfa=mfa_at is not None)
     if user is None:
-        raise Unauthenticated("Wrong username or password.", hint=None)
+        raise Unauthenticated(WRONG_SIGN_IN, hint=None)
+    if no_factor:
+        raise Forbidden(MFA_UNAVAILABLE, hint=MFA_UNAVAILABLE_HINT)
     if signed is None:
         raise InvalidRequest(BAD_CODE)
     return signed

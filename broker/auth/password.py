@@ -20,7 +20,19 @@ from access.broker.auth.identity import check_password
 from access.broker.runtime import Broker
 from access.broker.store.principals import PrincipalRecord
 
-__all__ = ["PasswordAttempt"]
+__all__ = ["MFA_UNAVAILABLE", "MFA_UNAVAILABLE_HINT", "WRONG_SIGN_IN", "PasswordAttempt"]
+
+# One message for every failure (wrong name, password or one-time code, a disabled account):
+# it says nothing about which, nor whether the account has a second factor.
+WRONG_SIGN_IN = "Wrong username, password or one-time code."
+MFA_UNAVAILABLE = (
+    "This sign-in asks for a second factor (access login --mfa) and your account has no "
+    "one-time codes set up."
+)
+MFA_UNAVAILABLE_HINT = (
+    "set them up on the approvals inbox's page /inbox/mfa (sign in there with your password), "
+    "or ask an administrator; then run `access login --mfa` again"
+)
 
 
 class PasswordAttempt:
@@ -52,11 +64,15 @@ class PasswordAttempt:
         """
         return check_password(self.broker, self.username, password)
 
-    def record_failure(self, conn: sa.Connection, reason: str, **details: Any) -> None:
-        """Count the failure against both allowances and audit it (``details`` added to the entry)."""
+    def record_failure(
+        self, conn: sa.Connection, reason: str, *, counted: bool = True, **details: Any
+    ) -> None:
+        """Count the failure against both allowances (unless not ``counted``: the credentials
+        were right) and audit it (``details`` added to the entry)."""
         clock = self.broker.clock
-        ratelimit.hit(conn, clock, ratelimit.PASSWORD_FAILURES, self._password_key)
-        ratelimit.hit(conn, clock, self._per_address, self._address_key)
+        if counted:
+            ratelimit.hit(conn, clock, ratelimit.PASSWORD_FAILURES, self._password_key)
+            ratelimit.hit(conn, clock, self._per_address, self._address_key)
         # A name that matches no account may be a password typed in the wrong field: the
         # ledger keeps only its keyed tag (same name, same tag), never the text.
         name = tags.unknown_name(self.broker, self.username) if reason == "unknown_user" else self.username

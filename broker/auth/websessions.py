@@ -22,7 +22,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from access.broker.auth.password import PasswordAttempt
+from access.broker.auth.identity.totp import second_factor
+from access.broker.auth.password import WRONG_SIGN_IN, PasswordAttempt
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.sessions import hash_token, logout
 from access.broker.auth.tokens import live_session
@@ -47,14 +48,17 @@ class WebSignIn:
     expires_at: datetime
 
 
-def sign_in(broker: Broker, username: str, password: str, client_ip: str) -> WebSignIn:
+def sign_in(broker: Broker, username: str, password: str, client_ip: str, otp: str = "") -> WebSignIn:
     """Check a person's password and open an inbox session for them.
 
-    Audited ``login.success`` (method ``inbox``, with the session id) or ``login.failure``.
+    Audited ``login.success`` (method ``inbox``, with the session id) or ``login.failure``. A
+    user with TOTP in force needs a current one-time code ``otp`` too; the session then records
+    ``mfa_at`` (approving where the policy asks for a second factor needs it).
 
     Raises:
         RateLimited: too many failed logins from this IP, or for this name from this IP.
-        Unauthenticated: wrong username or password, or a disabled user (one message for all).
+        Unauthenticated: wrong username, password or one-time code, or a disabled user (one
+            message for all).
         Unavailable: the database could not be reached.
     """
     attempt = PasswordAttempt(broker, username, client_ip, "inbox")
@@ -63,14 +67,15 @@ def sign_in(broker: Broker, username: str, password: str, client_ip: str) -> Web
     # The slow argon2 check runs outside any transaction, so it holds no database lock.
     user, reason = attempt.verify(password)
     with broker.transaction() as conn:
+        user, reason, mfa_at = second_factor(conn, broker, user, reason, otp)
         if user is None:
             attempt.record_failure(conn, reason)
             signed = None
         else:
-            signed = open_web_session(conn, broker, user)
-            attempt.record_success(conn, user, session_id=signed.session_id)
+            signed = open_web_session(conn, broker, user, mfa_at=mfa_at)
+            attempt.record_success(conn, user, session_id=signed.session_id, mfa=mfa_at is not None)
     if signed is None:
-        raise Unauthenticated("Wrong username or password.", hint=None)
+        raise Unauthenticated(WRONG_SIGN_IN, hint=None)
     return signed
 
 
@@ -131,6 +136,7 @@ def authenticate(broker: Broker, token: str) -> AuthContext:
         token_id="",  # no access token: the cookie stands for the session itself
         expires_at=row.expires_at,
         session_expires_at=row.expires_at,
+        mfa_at=row.mfa_at,  # approving where the policy asks for a second factor reads it
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "SERVICE_ACCOUNT",
     "USER",
     "PrincipalRecord",
+    "TotpState",
     "all_by_name",
     "by_id",
     "by_name",
@@ -31,6 +32,12 @@ __all__ = [
     "set_groups",
     "set_password_hash",
     "set_upstream",
+    "totp_accept_step",
+    "totp_clear",
+    "totp_confirm",
+    "totp_set_pending",
+    "totp_state",
+    "totp_users",
     "user_credentials",
 ]
 
@@ -231,5 +238,72 @@ def enable(conn: sa.Connection, principal_id: str) -> bool:
         principals.update()
         .where(principals.c.id == principal_id, principals.c.disabled.is_(True))
         .values(disabled=False, disabled_at=None)
+    )
+    return result.rowcount > 0
+
+
+@dataclass(frozen=True)
+class TotpState:
+    """A user's TOTP enrolment: the sealed secret, when it was confirmed (None: not yet, so
+    sign-in ignores it), and the last time step a code was accepted for."""
+
+    sealed_secret: bytes
+    confirmed_at: datetime | None
+    last_step: int | None
+
+
+def totp_state(conn: sa.Connection, principal_id: str) -> TotpState | None:
+    """The principal's TOTP enrolment, or None when it has none."""
+    row = conn.execute(
+        sa.select(
+            principals.c.totp_secret, principals.c.totp_confirmed_at, principals.c.totp_last_step
+        ).where(principals.c.id == principal_id)
+    ).first()
+    if row is None or row.totp_secret is None:
+        return None
+    return TotpState(bytes(row.totp_secret), row.totp_confirmed_at, row.totp_last_step)
+
+
+def totp_users(conn: sa.Connection) -> set[str]:
+    """The ids of the principals whose TOTP enrolment is confirmed (in force)."""
+    rows = conn.execute(sa.select(principals.c.id).where(principals.c.totp_confirmed_at.is_not(None)))
+    return {str(row.id) for row in rows}
+
+
+def totp_set_pending(conn: sa.Connection, principal_id: str, sealed_secret: bytes) -> None:
+    """Store a new, unconfirmed TOTP secret (replacing an unconfirmed one)."""
+    conn.execute(
+        principals.update()
+        .where(principals.c.id == principal_id)
+        .values(totp_secret=sealed_secret, totp_confirmed_at=None, totp_last_step=None)
+    )
+
+
+def totp_accept_step(conn: sa.Connection, principal_id: str, step: int) -> bool:
+    """Record that a code for time ``step`` was accepted, if no code for this step or a later
+    one was (conditional, so two concurrent sign-ins with one code cannot both win). True if
+    this call recorded it."""
+    result = conn.execute(
+        principals.update()
+        .where(
+            principals.c.id == principal_id,
+            sa.or_(principals.c.totp_last_step.is_(None), principals.c.totp_last_step < step),
+        )
+        .values(totp_last_step=step)
+    )
+    return result.rowcount > 0
+
+
+def totp_confirm(conn: sa.Connection, principal_id: str, now: datetime) -> None:
+    """Put the stored TOTP secret in force (its first correct code was accepted)."""
+    conn.execute(principals.update().where(principals.c.id == principal_id).values(totp_confirmed_at=now))
+
+
+def totp_clear(conn: sa.Connection, principal_id: str) -> bool:
+    """Remove the principal's TOTP secret. True if there was one."""
+    result = conn.execute(
+        principals.update()
+        .where(principals.c.id == principal_id, principals.c.totp_secret.is_not(None))
+        .values(totp_secret=None, totp_confirmed_at=None, totp_last_step=None)
     )
     return result.rowcount > 0

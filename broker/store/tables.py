@@ -87,6 +87,13 @@ principals = sa.Table(
     # A service account's owning user (by name: names are unique and never reused): they may not
     # approve its requests. Null for users, and for accounts made before owners existed.
     sa.Column("owner", sa.String(64), nullable=True),
+    # TOTP (RFC 6238, ``auth.identity.totp``): the base32 secret sealed (AES-GCM with a key of its
+    # own, the principal id as associated data), when a first correct code confirmed the
+    # enrolment (until then sign-in ignores it), and the last time step a code was accepted for
+    # (a code is good once: RFC 6238 section 5.2).
+    sa.Column("totp_secret", sa.LargeBinary, nullable=True),
+    sa.Column("totp_confirmed_at", UTCDateTime, nullable=True),
+    sa.Column("totp_last_step", sa.BigInteger, nullable=True),
     # Upstream OIDC users only: the provider's issuer and the ID token's ``sub`` (unique together).
     sa.Column("issuer", sa.String(512), nullable=True),
     sa.Column("subject", sa.String(255), nullable=True),

@@ -1,9 +1,10 @@
 """The device verification page (RFC 8628 ``verification_uri``): plain HTML forms, no JavaScript.
 
-Flow: GET /device (code, username, password) -> POST /device (checks them, shows what is
-being authorized) -> POST /device/confirm (Approve or Deny) -> "return to your terminal".
-With an upstream provider (``web.oidc``): POST /device/oidc/<provider> (the code) -> the
-provider -> GET /oidc/<provider>/callback (shows what is being authorized) -> /device/confirm.
+Flow: GET /device (code, username, password, one-time code if set up) -> POST /device (checks
+them, shows what is being authorized) -> POST /device/confirm (Approve or Deny) -> "return to
+your terminal". With an upstream provider (``web.oidc``): POST /device/oidc/<provider> (the
+code) -> the provider -> GET /oidc/<provider>/callback (shows what is being authorized) ->
+/device/confirm.
 
 Every POST must pass the double-submit CSRF check (``web.csrf``); every value shown is
 HTML-escaped by the template environment (``web.render``), and every page carries the
@@ -84,7 +85,13 @@ async def device_sign_in(request: Request, broker: BrokerDep) -> HTMLResponse:
     token = form[CSRF_FIELD]
     try:
         result = await run_in_threadpool(
-            device.sign_in, broker, user_code, username, form.get("password", ""), client_ip(request)
+            device.sign_in,
+            broker,
+            user_code,
+            username,
+            form.get("password", ""),
+            client_ip(request),
+            form.get("otp", ""),
         )
     except BrokerError as exc:
         return _form_page(

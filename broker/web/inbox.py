@@ -183,7 +183,12 @@ async def sign_in(request: Request, broker: BrokerDep) -> Response:
         return _sign_in_page(broker, csrf.new_token(), username=username, error=pages.BAD_CSRF, status=403)
     try:
         signed = await run_in_threadpool(
-            websessions.sign_in, broker, username, form.get("password", ""), client_ip(request)
+            websessions.sign_in,
+            broker,
+            username,
+            form.get("password", ""),
+            client_ip(request),
+            form.get("otp", ""),
         )
     except BrokerError as exc:
         return _sign_in_page(

@@ -51,7 +51,7 @@ def _can_open_browser() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def _show_code(auth: DeviceAuthorization, open_browser: bool) -> None:
+def _show_code(auth: DeviceAuthorization, open_browser: bool, mfa: bool = False) -> None:
     from access.shared.durations import format_duration
 
     render.message("To sign in, open this page in a browser:")
@@ -68,17 +68,24 @@ def _show_code(auth: DeviceAuthorization, open_browser: bool) -> None:
                 render.message("A browser window was opened for you.")
         except webbrowser.Error:
             pass  # the URL is printed above: opening a browser is only a convenience
+    if mfa:
+        render.message(
+            "This sign-in needs a second factor: enter the one-time code from your authenticator "
+            "app with your password (no codes set up yet? the approvals inbox's /inbox/mfa page)."
+        )
     render.message(
         f"Waiting for approval (the code expires in {format_duration(auth.expires_in)}; Ctrl-C stops)..."
     )
 
 
-def _device_login(broker: BrokerClient, open_browser: bool, timeout: float | None) -> Tokens:
+def _device_login(
+    broker: BrokerClient, open_browser: bool, timeout: float | None, mfa: bool = False
+) -> Tokens:
     from access.cli.device import wait_for_approval
 
     host = socket.gethostname()
-    auth = broker.device_authorize(host if _HOST.match(host) else None)
-    _show_code(auth, open_browser)
+    auth = broker.device_authorize(host if _HOST.match(host) else None, mfa=mfa)
+    _show_code(auth, open_browser, mfa)
     return wait_for_approval(broker, auth, timeout=timeout)
 
 
@@ -160,6 +167,14 @@ def login(
             "(default: the code's lifetime, 10m unless the broker says otherwise)",
         ),
     ] = None,
+    mfa: Annotated[
+        bool,
+        typer.Option(
+            "--mfa",
+            help="Step-up: the sign-in in the browser must present a second factor (a one-time "
+            "code), as policy asks for some scopes; the new session records it",
+        ),
+    ] = False,
 ) -> None:
     """Sign in: the device flow in a browser, --client-id for service accounts, or
     --oidc-token-file/--oidc-token-env for a pipeline with its CI system's identity token.
@@ -174,6 +189,8 @@ def login(
     oidc = oidc_token_file is not None or oidc_token_env is not None
     if oidc and client_id is not None:
         raise UsageError("sign in with --client-id or with a CI identity token, not both")
+    if mfa and (oidc or client_id is not None):
+        raise UsageError("--mfa is for a person's sign-in in the browser, not --client-id or a CI token")
     wait = _timeout(timeout)
     broker_client = client(ctx, broker=broker, ca_file=ca_file, insecure=insecure)
     url = broker_client.base_url
@@ -183,7 +200,7 @@ def login(
         tokens = broker_client.client_credentials(client_id, _secret(client_id, client_secret_file))
     else:
         open_browser = not no_browser and _can_open_browser()
-        tokens = _device_login(broker_client, open_browser, wait)
+        tokens = _device_login(broker_client, open_browser, wait, mfa)
 
     previous = broker_client.store.load(url)
     broker_client.save_tokens(tokens)
@@ -258,10 +275,17 @@ def whoami(ctx: typer.Context, output: OutputOption = Output.text) -> None:
             ("broker", broker_client.base_url),
             ("session", me.session_id or "-"),
             ("session ends", _when(me.session_expires_at)),
+            ("second factor", _mfa_age(me.mfa_age_seconds)),
             ("audit log", "can read" if me.can_read_audit else "cannot read"),
         ],
-        free_text=["session ends"],
+        free_text=["session ends", "second factor"],
     )
+
+
+def _mfa_age(seconds: int | None) -> str:
+    from access.shared.durations import format_duration
+
+    return "none" if seconds is None else f"{format_duration(seconds)} ago"
 
 
 def _when(moment: Any) -> str:

@@ -141,13 +141,11 @@ class DevicePage:
         return match.group(1)
 
     async def sign_in(
-        self, user_code: str, username: str = "alice", password: str = PASSWORD
+        self, user_code: str, username: str = "alice", password: str = PASSWORD, otp: str = ""
     ) -> httpx.Response:
         csrf = await self.open()
-        return await self.client.post(
-            "/device",
-            data={"csrf_token": csrf, "user_code": user_code, "username": username, "password": password},
-        )
+        data = {"csrf_token": csrf, "user_code": user_code, "username": username, "password": password}
+        return await self.client.post("/device", data={**data, "otp": otp})
 
     async def confirm(self, html: str, action: str = "approve") -> httpx.Response:
         data = {"csrf_token": self.csrf(html), "consent_token": self.consent(html), "action": action}
@@ -199,11 +197,13 @@ class InboxPage:
         assert response.status_code == 200, response.text
         return response
 
-    async def sign_in(self, username: str = "alice", password: str = PASSWORD) -> httpx.Response:
+    async def sign_in(
+        self, username: str = "alice", password: str = PASSWORD, otp: str = ""
+    ) -> httpx.Response:
         """POST the sign-in form (the answer is not followed: 303 on success)."""
         csrf = DevicePage.csrf((await self.open()).text)
         return await self.client.post(
-            "/inbox", data={"csrf_token": csrf, "username": username, "password": password}
+            "/inbox", data={"csrf_token": csrf, "username": username, "password": password, "otp": otp}
         )
 
     async def signed_in(self, username: str = "alice") -> httpx.Response:

@@ -88,7 +88,10 @@ def test_json_output_is_the_wire_model_on_stdout(live: LiveBroker) -> None:
         "can_read_audit",
         "token_expires_at",
         "session_expires_at",
+        "mfa_at",
+        "mfa_age_seconds",
     }
+    assert (principal["mfa_at"], principal["mfa_age_seconds"]) == (None, None)  # a password-only sign-in
     assert (principal["name"], principal["kind"], principal["groups"]) == ("alice", "user", ["sre"])
     assert principal["can_read_audit"] is True and principal["session_id"]
 

@@ -39,3 +39,11 @@ def test_a_request_without_a_second_factor_says_to_step_up(broker_app: BrokerApp
     issued = live.invoke(*WRITE)
     assert issued.exit_code == ExitCode.OK, issued.stderr
     assert "active" in issued.stdout
+
+
+def test_mfa_is_for_the_device_login_only(broker_app: BrokerApp) -> None:
+    live = broker_app(policy=POLICY, users={})
+    for other in (("--client-id", "deploy-bot"), ("--oidc-token-env", "CI_TOKEN")):
+        refused = live.invoke("login", "--mfa", *other)
+        assert refused.exit_code == ExitCode.USAGE, refused.stderr
+        assert "--mfa is for a person's sign-in in the browser" in refused.stderr

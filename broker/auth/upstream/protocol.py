@@ -99,9 +99,26 @@ def new_code_verifier() -> str:
 
 
 def authorization_url(
-    found: Endpoints, provider: OidcProvider, redirect_uri: str, state: str, nonce: str, verifier: str
+    found: Endpoints,
+    provider: OidcProvider,
+    redirect_uri: str,
+    state: str,
+    nonce: str,
+    verifier: str,
+    *,
+    step_up: bool = False,
 ) -> str:
-    """Where the browser goes to sign in: the code flow with PKCE S256, ``state`` and ``nonce``."""
+    """Where the browser goes to sign in: the code flow with PKCE S256, ``state`` and ``nonce``.
+
+    ``step_up`` (``access login --mfa``): ask the provider to authenticate the person again now
+    (``prompt=login``, ``max_age=0``: OpenID Connect Core 3.1.2.1), with the ``acr`` values that
+    count as a second factor when the provider is configured with some, so the ID token's
+    ``auth_time`` is fresh and its ``amr``/``acr`` are about this sign-in."""
+    extra: dict[str, str] = {}
+    if step_up:
+        extra = {"prompt": "login", "max_age": "0"}
+        if provider.mfa_acr:
+            extra["acr_values"] = " ".join(provider.mfa_acr)
     return str(
         prepare_grant_uri(
             found.authorization,
@@ -113,6 +130,7 @@ def authorization_url(
             nonce=nonce,
             code_challenge=create_s256_code_challenge(verifier),
             code_challenge_method="S256",
+            **extra,
         )
     )
 

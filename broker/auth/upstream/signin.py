@@ -40,7 +40,14 @@ from access.broker.auth.upstream.idtoken import IdToken, InvalidIdToken, validat
 from access.broker.auth.upstream.mapping import Mapped, MappingRefused, map_claims
 from access.broker.auth.upstream.refresh import seal_refresh
 from access.broker.auth.websessions import WebSignIn
-from access.broker.errors import BrokerError, InvalidRequest, NotFound, Unauthenticated, Unavailable
+from access.broker.errors import (
+    BrokerError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from access.broker.identities.sealing import Sealer
 from access.broker.runtime import Broker
 from access.broker.store import device_codes, oidc_logins, principals
@@ -134,6 +141,7 @@ def start(broker: Broker, provider_name: str, purpose: str, user_code: str, clie
     start_key = ratelimit.OIDC_STARTS.key(broker, ip)
     code_key = ratelimit.USER_CODE_GUESSES.key(broker, ip)
     device_id = None
+    step_up = False
     with broker.transaction() as conn:
         ratelimit.check(conn, broker.clock, ratelimit.OIDC_STARTS, start_key)
         if purpose == DEVICE:
@@ -143,7 +151,7 @@ def start(broker: Broker, provider_name: str, purpose: str, user_code: str, clie
             if row is None:
                 ratelimit.hit(conn, broker.clock, ratelimit.USER_CODE_GUESSES, code_key)
             else:
-                device_id = row.id
+                device_id, step_up = row.id, row.mfa_required
     if purpose == DEVICE and device_id is None:
         raise InvalidRequest(device.BAD_CODE)
     try:
@@ -171,7 +179,9 @@ def start(broker: Broker, provider_name: str, purpose: str, user_code: str, clie
             created_at=now,
             expires_at=now + LOGIN_TTL,
         )
-    url = protocol.authorization_url(found, provider, redirect_uri(broker, provider), state, nonce, verifier)
+    url = protocol.authorization_url(
+        found, provider, redirect_uri(broker, provider), state, nonce, verifier, step_up=step_up
+    )
     return Started(url=url, browser_token=browser, provider=provider)
 
 
@@ -320,6 +330,18 @@ def _sign_in(
             # Without an upstream refresh token the groups cannot be read again: the session
             # then ends when the ID token does.
             link = UpstreamLink(provider.name, sealed, None if sealed else token.expires_at)
+            if row is not None and row.mfa_required and mfa_at is None:
+                # ``access login --mfa``: the provider must say a second factor was used.
+                raise _Refused(
+                    "mfa_unavailable",
+                    Forbidden(
+                        f"This sign-in asks for a second factor, and {provider.display_name} says"
+                        " none was used.",
+                        hint=f"sign in at {provider.display_name} with your second factor, or ask"
+                        " an administrator which amr/acr values count (mfa_amr, mfa_acr)",
+                    ),
+                    token.subject,
+                )
             signed = None if row is None else device.signed_in_as(conn, broker, row, principal, link, mfa_at)
             if signed is None:
                 problem: _Refused | None = _Refused(

@@ -179,9 +179,9 @@ def test_consent_is_single_use_and_bound_to_the_sign_in(broker: Broker) -> None:
 def test_wrong_password_is_audited_without_the_password(broker: Broker) -> None:
     add_user(broker)
     auth = _start(broker)
-    with pytest.raises(Unauthenticated, match="Wrong username or password"):
+    with pytest.raises(Unauthenticated, match="Wrong username, password or one-time code"):
         device.sign_in(broker, auth.user_code, "alice", "hunter2-wrong", IP)
-    with pytest.raises(Unauthenticated, match="Wrong username or password"):
+    with pytest.raises(Unauthenticated, match="Wrong username, password or one-time code"):
         device.sign_in(broker, auth.user_code, "mallory", "hunter2-wrong", IP)
 
     failures = audit_rows(broker, "login.failure")

@@ -152,7 +152,7 @@ async def test_wrong_password_rerenders_the_form(
     started = await start_device(client)
     response = await page.sign_in(started["user_code"], password="not-the-password")
     assert response.status_code == 401
-    assert "Wrong username or password." in response.text
+    assert "Wrong username, password or one-time code." in response.text
     assert 'value="alice"' in response.text  # the username is kept...
     assert "not-the-password" not in response.text  # ...the password is not
     assert started["user_code"] in response.text

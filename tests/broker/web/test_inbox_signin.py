@@ -79,7 +79,7 @@ async def test_wrong_password_keeps_the_name_not_the_password(
     response = await inbox.sign_in(password="not-the-password")
     assert response.status_code == 401
     assert_page_headers(response)
-    assert "Wrong username or password." in response.text
+    assert "Wrong username, password or one-time code." in response.text
     assert 'value="alice"' in response.text and "not-the-password" not in response.text
     assert SESSION_COOKIE not in client.cookies
     assert _session_rows(broker) == []

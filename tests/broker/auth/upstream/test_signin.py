@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from html import unescape
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -312,3 +313,33 @@ async def test_a_provider_down_at_the_callback_is_a_503_and_signs_nobody_in(
     assert page.status_code == 503 and "unavailable" in page.text
     assert not [p for p in identity.list_principals(broker) if p.name == "alice"]
     assert (await poll(client, str(started["device_code"]))).json()["error"] == "authorization_pending"
+
+
+async def test_a_step_up_login_makes_the_provider_authenticate_again_and_needs_its_second_factor(
+    broker: Broker, client: httpx.AsyncClient, idp: FakeProvider
+) -> None:
+    """``access login --mfa`` through a provider: the authorization request asks for a fresh
+    authentication (prompt=login, max_age=0); an ID token without a second factor in its amr
+    is refused (audited, nothing to approve), one with it goes on to Approve."""
+    response = await client.post(
+        "/oauth/device_authorization",
+        data={"client_id": "access-cli", "client_host": "laptop", "mfa": "true"},
+    )
+    started = response.json()
+    url = await _start(client, str(started["user_code"]))
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert (query["prompt"], query["max_age"]) == ("login", "0")
+
+    refused = await _callback(client, idp, url, "alice")
+    assert refused.status_code == 403 and "says none was used" in refused.text
+    assert audit_rows(broker, "login.failure")[-1]["details"]["reason"] == "mfa_unavailable"
+
+    idp.claims = {"amr": ["pwd", "otp"]}
+    confirm = await _callback(client, idp, await _start(client, str(started["user_code"])), "alice")
+    assert confirm.status_code == 200, confirm.text
+    assert (await DevicePage(client).confirm(confirm.text)).status_code == 200
+    tokens = (await poll(client, str(started["device_code"]))).json()
+    assert authenticate(broker, str(tokens["access_token"])).mfa_at is not None
+
+    plain = await start_device(client)  # an ordinary login asks the provider for nothing more
+    assert "prompt=" not in await _start(client, str(plain["user_code"]))
