@@ -2,12 +2,13 @@
 
     python benchmarks/wire_tap.py [--megabytes 8] [--rounds 3] [--path DIR]
 
-Feeds ``broker/wire/postgres.py``'s tap the client-to-server bytes of pgbench-like workloads,
+Feeds PostgreSQL's tap (``broker/wire/pgtap.py``) the client-to-server bytes of pgbench-like workloads,
 one chunk per round trip as a client sends them (and, for comparison, the same bytes packed into
 64 KiB chunks, as a pipelining client or a busy relay would), and prints CPU microseconds per MB
 and nanoseconds per message: the best of ``--rounds``. No server is involved: it is the tap alone.
-``--path`` puts another tree holding ``access/`` first (e.g. one where mypyc compiled
-``access/broker/wire/postgres.py`` and ``base.py``), to compare; the default is this worktree.
+``--path`` puts another tree holding ``access/`` first (e.g. the site-packages of a compiled
+install, where ``access/broker/wire/pgtap.py`` is compiled with mypyc), to compare; the default is
+this worktree.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 _path = sys.argv[sys.argv.index("--path") + 1] if "--path" in sys.argv else None
 sys.path.insert(0, _path or str(Path(__file__).resolve().parent.parent))  # not an installed access
 
-from access.broker.wire import postgres  # noqa: E402  (after the path it comes from)
+from access.broker.wire import pgtap, postgres  # noqa: E402  (after the path it comes from)
 
 
 def message(kind: bytes, body: bytes) -> bytes:
@@ -148,9 +149,7 @@ def main() -> int:
                 f"{seconds / messages * 1e9:7.0f} {size / seconds:7.0f}",
                 flush=True,
             )
-    build = (
-        "compiled (mypyc)" if postgres.__file__ and not postgres.__file__.endswith(".py") else "pure Python"
-    )
+    build = "compiled (mypyc)" if pgtap.__file__ and not pgtap.__file__.endswith(".py") else "pure Python"
     print(f"({build}, Python {sys.version.split()[0]}; best of {args.rounds}; CPU time of this process)")
     return 0
 

@@ -103,9 +103,10 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         assert compiled == []
         assert build != "pure" or wheel.name.endswith("-py3-none-any.whl")
         return
-    assert compiled == ["_speedups__mypyc", "mux", "muxframe", "wsframe"]
-    assert all(name.startswith("access/shared/") for name in names if name.endswith(".so"))
-    # The compiled modules import and frame bytes as the sources do.
+    assert compiled == ["_speedups__mypyc", "mux", "muxframe", "pgtap", "target", "wsframe"]
+    shared = {"access/shared/", "access/broker/wire/pgtap.", "access/broker/tunnel/target."}
+    assert all(name.startswith(tuple(shared)) for name in names if name.endswith(".so"))
+    # The compiled modules import and frame bytes (and tap statements) as the sources do.
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     code = (
@@ -113,6 +114,10 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         "assert not mux.__file__.endswith('.py'), mux.__file__; "
         "frame = ws.masked_frame(b'hello'); "
         "assert ws.FrameParser(expect_masked=True).feed(frame) == [(ws.OP_BINARY, b'hello')]; "
+        "import access.broker.wire.pgtap as pgtap, access.broker.tunnel.target as target; "
+        "assert not pgtap.__file__.endswith('.py') and not target.__file__.endswith('.py'); "
+        "tap = pgtap.PostgresTap(); tap.feed(b'Q\\0\\0\\0\\x0dselect 1\\0'); "
+        "assert [(s.kind, s.text) for s in tap.take()] == [('query', 'select 1')]; "
         "print('ok')"
     )
     result = subprocess.run(

@@ -51,9 +51,10 @@ from access.broker.tunnel import cancels, wired
 from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.limits import limits_for
 from access.broker.tunnel.registry import registry_for
+from access.broker.tunnel.target import TargetChannel
 from access.broker.wire import mysql as mywire
 from access.broker.wire import postgres as pgwire
-from access.broker.wire.base import Handshake, Statement, Tap, TargetLogin, WireError
+from access.broker.wire.base import Handshake, Statement, TargetLogin, WireError
 from access.shared.closecodes import grant_ended_close
 from access.shared.httphead import HeadError, parse_request_head, split_head
 from access.shared.mux import Channel, MuxSession, error_payload
@@ -153,7 +154,7 @@ def http_error(error: BrokerError) -> bytes:
     return head.encode("latin-1") + body
 
 
-class BrokerChannel(Channel):
+class BrokerChannel(TargetChannel):
     """One channel: the connection to the target, and what its audit entries need."""
 
     __slots__ = ("connection_id", "counted", "error", "opened", "target_tls")
@@ -182,8 +183,8 @@ class WireChannel(BrokerChannel):
     The kind's ``Handshake`` runs from the target's connection on: the client's DATA goes to
     ``feed_client``, the target's bytes to ``feed_target``, and what the machine has for either
     leg is sent on (to the client only once the channel is open, within its send window). Once
-    done, the relay is the base channel's, except that each client chunk goes through the
-    ``Tap`` first, and its statements to the session's ``statement_sink``. A ``WireError``
+    done, the relay is ``TargetChannel``'s (compiled): each client chunk goes through the ``Tap``
+    first, and its statements to the session's ``statement_sink`` (``statements_tapped``). A ``WireError``
     (a refused login, a refused command such as Redis ``AUTH``, a malformed stream) sends its
     ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
     by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
@@ -203,7 +204,6 @@ class WireChannel(BrokerChannel):
         "login",
         "machine",
         "pending",
-        "recorder",
         "shared",
         "statements",
         "timer",
@@ -216,7 +216,7 @@ class WireChannel(BrokerChannel):
         self.login: TargetLogin | None = None  # set in the worker thread; never logged
         self.tls = TargetTls("disable")
         self.machine: Handshake | None = None  # None once the login is done
-        self.recorder: Tap | None = None
+        self.login_running = True  # until the login is done: every byte goes to ``machine``
         self.issued: tuple[int, int] | None = None  # PostgreSQL: the key the client got
         self.statements = 0
         self.kept: list[Statement] = []
@@ -232,7 +232,8 @@ class WireChannel(BrokerChannel):
         if self.kind == "postgres":
             self.issued = cancels.cancels_for(self.session.broker).issue()  # type: ignore[attr-defined]
         tls = self.tls.mode != "disable"
-        self.machine, self.recorder = wired.machines(self.kind, self.login, self.issued, tls=tls)
+        self.machine, recorder = wired.machines(self.kind, self.login, self.issued, tls=tls)
+        self.set_tap(recorder)
         self.login = None
         loop = asyncio.get_running_loop()
         timeout: float = self.session.broker.settings.tunnel_login_timeout  # type: ignore[attr-defined]
@@ -243,22 +244,15 @@ class WireChannel(BrokerChannel):
         if self.machine is not None:
             self._run(self.machine.feed_target, b"")  # Redis: the broker's AUTH goes out now
 
-    # -- target -> client ------------------------------------------------------------------
+    # -- the login's bytes (``TargetChannel`` relays and taps the rest) ------------------------
 
-    def data_received(self, data: bytes) -> None:
-        if self.machine is None:
-            super().data_received(data)
-        else:
-            self._run(self.machine.feed_target, data)
+    def target_login_bytes(self, data: bytes) -> None:
+        assert self.machine is not None
+        self._run(self.machine.feed_target, data)
 
-    # -- client -> target ------------------------------------------------------------------
-
-    def deliver(self, data: bytes) -> None:
+    def client_login_bytes(self, data: bytes) -> None:
         machine = self.machine
-        if machine is None:
-            if self._tapped(data):
-                super().deliver(data)
-            return
+        assert machine is not None
         self.consume(data)  # taken by the machine at once: the credit is due as for bytes that left
         session = self.session
         session.buffered += len(data)
@@ -268,19 +262,11 @@ class WireChannel(BrokerChannel):
         if self.unacked >= self.ack_mark and not self.write_paused and self.transport is not None:
             self._ack()
 
-    def _tapped(self, data: bytes) -> bool:
-        """Whether ``data`` may go on to the target: the tap saw it and its statements are kept."""
-        recorder = self.recorder
-        assert recorder is not None
-        try:
-            recorder.client_bytes(data)
-        except WireError as exc:
-            self.refuse(exc)
-            return False
-        batch = recorder.take()
-        return not batch or self._record(batch)
+    def tap_failed(self, exc: WireError) -> None:
+        self.refuse(exc)
 
-    def _record(self, batch: list[Statement]) -> bool:
+    def statements_tapped(self, batch: list[Statement]) -> bool:
+        """The hand-off: count and keep ``batch``, then give it to the session's sink."""
         self.statements += len(batch)
         room = STATEMENTS_KEPT - len(self.kept)
         if room > 0:
@@ -389,6 +375,7 @@ class WireChannel(BrokerChannel):
 
     def _logged_in(self, machine: Handshake) -> None:
         self.machine = None
+        self.login_running = False
         self.stop_timer()
         session: TunnelProtocol = self.session  # type: ignore[assignment]
         grant = session.grant
@@ -402,7 +389,7 @@ class WireChannel(BrokerChannel):
         client, target = machine.leftovers()
         if target:
             self._to_client(target)
-        if client and self._tapped(client) and self.transport is not None:
+        if client and self.tap_client(client) and self.transport is not None:
             self.transport.write(client)
 
     def _to_client(self, data: bytes) -> None:
@@ -445,6 +432,7 @@ class WireChannel(BrokerChannel):
         if self.why is not None or self.transport is None:
             return  # ended meanwhile: its connection's loss ends it
         self.machine = None
+        self.login_running = False
         self.cancel = cancels.decide(entry, grant.grant_id, grant.host, grant.port)
         if self.cancel == cancels.FORWARDED:
             assert entry is not None

@@ -32,7 +32,8 @@ ParameterStatus, NoticeResponse, BackendKeyData (rewritten) and ReadyForQuery. A
 from the target during the login becomes a ``WireError`` whose ``client_message`` is an
 ErrorResponse naming the refusal, with the target's SQLSTATE; the password never appears in it.
 
-**Tap.** After the handshake, the client's messages are walked by their lengths. Statements:
+**Tap** (``wire.pgtap``: it runs per message, so it is compiled with the tunnel's hot path).
+After the handshake, the client's messages are walked by their lengths. Statements:
 ``query`` (a Query's text, several statements as one), ``parse`` (a Parse: its text, and its
 name), ``execute`` (an Execute: the name and text of the statement its portal was bound to,
 tracked from Bind, the last 100 named ones remembered), ``function`` (a FunctionCall: the
@@ -57,9 +58,22 @@ from typing import Final
 import scramp
 
 from access.broker.wire import scram
-from access.broker.wire.base import Handshake, Outgoing, Statement, Tap, TargetLogin, WireError
+from access.broker.wire.base import Handshake, Outgoing, Tap, TargetLogin, WireError
+from access.broker.wire.pgtap import (
+    LARGEST_MESSAGE,
+    NAME_CEILING,
+    PENDING_CEILING,
+    STATEMENTS_KEPT,
+    TEXT_CEILING,
+    PostgresTap,
+)
 
 __all__ = [
+    "LARGEST_MESSAGE",
+    "NAME_CEILING",
+    "PENDING_CEILING",
+    "STATEMENTS_KEPT",
+    "TEXT_CEILING",
     "PostgresHandshake",
     "PostgresTap",
     "cancel_key_matches",
@@ -79,11 +93,6 @@ MESSAGE_CEILING: Final = 64 * 1024
 LOGIN_CEILING: Final = 1024 * 1024  # every byte the target sends before ReadyForQuery
 EARLY_CEILING: Final = 64 * 1024  # client bytes held while the target logs in
 SCRAM_ITERATIONS_CEILING: Final = 100_000
-TEXT_CEILING: Final = 4096
-NAME_CEILING: Final = 256  # bytes of a statement or portal name the tap keeps
-PENDING_CEILING: Final = 1000
-STATEMENTS_KEPT: Final = 100  # named statements (and portals) the tap remembers, oldest forgotten first
-LARGEST_MESSAGE: Final = 0x3FFFFFFF  # PostgreSQL refuses longer ones too
 
 _AUTH_OK: Final = 0
 _AUTH_CLEARTEXT: Final = 3
@@ -497,205 +506,6 @@ class PostgresHandshake(Outgoing):
         except (scramp.ScramException, UnicodeDecodeError, ValueError) as exc:
             raise self._target_error(f"its SCRAM challenge is invalid ({exc})") from None
         self._to_target += _message(b"p", self._scram_final.message.encode())
-
-
-# -- the tap ---------------------------------------------------------------------------------
-
-# What the tap does with each frontend message type: -1 not one (the stream is out of step),
-# 0 skip its body, otherwise the kind of prefix it reads.
-_SKIP: Final = 0
-_QUERY: Final = 1
-_PARSE: Final = 2
-_BIND: Final = 3
-_EXECUTE: Final = 4
-_CLOSE: Final = 5
-_FUNCTION: Final = 6
-_COPY_DATA: Final = 7
-_TERMINATE: Final = 8
-
-
-def _kinds() -> tuple[int, ...]:
-    table = [-1] * 256
-    for letter in b"cDfHSp":  # CopyDone, Describe, CopyFail, Flush, Sync, the password family
-        table[letter] = _SKIP
-    table[ord("Q")], table[ord("P")], table[ord("B")] = _QUERY, _PARSE, _BIND
-    table[ord("E")], table[ord("C")], table[ord("F")] = _EXECUTE, _CLOSE, _FUNCTION
-    table[ord("d")], table[ord("X")] = _COPY_DATA, _TERMINATE
-    return tuple(table)
-
-
-_KIND: Final = _kinds()
-
-
-def _cut_text(raw: bytes, ceiling: int) -> str:
-    """``raw`` up to its NUL, at most ``ceiling`` bytes, as text (a character cut in two dropped)."""
-    end = raw.find(b"\0")
-    cut = raw[: end if 0 <= end <= ceiling else ceiling]
-    try:
-        return cut.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.reason == "unexpected end of data":
-            return cut[: exc.start].decode("utf-8", "replace")
-        return cut.decode("utf-8", "replace")
-
-
-def _name(raw: bytes, start: int = 0) -> tuple[str, int]:
-    """A cstring name from ``raw[start:]`` (cut at NAME_CEILING) and where the next field starts."""
-    end = raw.find(b"\0", start)
-    stop = len(raw) if end < 0 else end
-    name = raw[start : min(stop, start + NAME_CEILING)].decode("utf-8", "replace")
-    return name, stop + 1
-
-
-class PostgresTap:
-    """Records the statements a client sends after the login (see the module docstring)."""
-
-    def __init__(self, *, pending_ceiling: int = PENDING_CEILING, text_ceiling: int = TEXT_CEILING) -> None:
-        self._pending_ceiling = pending_ceiling
-        self._text_ceiling = text_ceiling
-        self._pending: list[Statement] = []
-        self._skip = 0  # body bytes of the current message still to pass over
-        self._held = bytearray()  # an incomplete header, or a header and an incomplete prefix
-        self._need = 0  # how long _held must grow
-        self._body = 0  # the held message's body length
-        self._statements: dict[str, str] = {}  # statement name -> text
-        self._portals: dict[str, str] = {}  # portal name -> statement name
-        self.dropped = 0
-        """Statements not kept because ``pending_ceiling`` were waiting for ``take``."""
-        self.copy_bytes = 0
-        """CopyData bytes the client sent (COPY ... FROM STDIN), counted, never decoded."""
-        self.terminated = False
-        """The client sent Terminate."""
-
-    def take(self) -> list[Statement]:
-        taken = self._pending
-        self._pending = []
-        return taken
-
-    def client_bytes(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        if view.format != "B":
-            view = view.cast("B")
-        pos, end = 0, len(view)
-        while pos < end:
-            if self._skip:  # at a chunk's start, or once a held message is complete
-                step = min(self._skip, end - pos)
-                self._skip -= step
-                pos += step
-                continue
-            if self._held:
-                pos = self._fill(view, pos, end)
-                continue
-            if end - pos < 5:
-                self._held += view[pos:end]
-                self._need = 5
-                return
-            # At a message boundary: one header, at most one prefix, then a jump over the rest.
-            letter = view[pos]
-            body = int.from_bytes(view[pos + 1 : pos + 5], "big") - 4
-            want = self._prefix(letter, body)
-            start = pos + 5
-            if want:
-                if end - start < want:
-                    self._held += view[pos:end]
-                    self._need = 5 + want
-                    self._body = body
-                    return
-                self._decode(letter, bytes(view[start : start + want]), body)
-            pos = start + body
-            if pos > end:
-                self._skip = pos - end
-                return
-
-    def _fill(self, view: memoryview, pos: int, end: int) -> int:
-        step = min(self._need - len(self._held), end - pos)
-        self._held += view[pos : pos + step]
-        pos += step
-        if len(self._held) < self._need:
-            return pos
-        held = self._held
-        if self._need == 5:  # the header is complete
-            body = int.from_bytes(held[1:5], "big") - 4
-            want = self._prefix(held[0], body)
-            if want:
-                self._need = 5 + want
-                self._body = body
-                return pos
-            self._skip = body
-        else:
-            self._decode(held[0], bytes(held[5:]), self._body)
-            self._skip = self._body - (self._need - 5)
-        self._held = bytearray()
-        return pos
-
-    def _prefix(self, letter: int, body: int) -> int:
-        """Checks a message header; how many body bytes the tap reads (0: none)."""
-        kind = _KIND[letter]
-        if kind < 0:
-            raise WireError(f"PostgreSQL client: not a frontend message (type {letter:#04x}): out of step")
-        if body < 0 or body > LARGEST_MESSAGE:
-            raise WireError(f"PostgreSQL client: invalid message length {body + 4}")
-        if kind == _SKIP:
-            return 0
-        if kind == _COPY_DATA:
-            self.copy_bytes += body
-            return 0
-        if kind == _TERMINATE:
-            self.terminated = True
-            return 0
-        if body == 0:
-            raise WireError(f"PostgreSQL client: an empty {chr(letter)!r} message")
-        if kind == _QUERY:
-            return min(body, self._text_ceiling + 1)
-        if kind == _PARSE:
-            return min(body, NAME_CEILING + 1 + self._text_ceiling + 1)
-        if kind == _BIND:
-            return min(body, 2 * (NAME_CEILING + 1))
-        if kind == _FUNCTION:
-            return min(body, 4)
-        return min(body, 1 + NAME_CEILING + 1)  # Execute, Close
-
-    def _decode(self, letter: int, raw: bytes, body: int) -> None:
-        kind = _KIND[letter]
-        if kind == _QUERY:
-            # A simple query drops the unnamed statement and portal, as PostgreSQL does.
-            if self._statements:
-                self._statements.pop("", None)
-            if self._portals:
-                self._portals.pop("", None)
-            self._record(Statement("query", _cut_text(raw, self._text_ceiling)))
-        elif kind == _PARSE:
-            name, start = _name(raw)
-            text = _cut_text(raw[start:], self._text_ceiling) if start <= len(raw) else ""
-            self._remember(self._statements, name, text)
-            self._record(Statement("parse", text, name or None))
-        elif kind == _BIND:
-            portal, start = _name(raw)
-            statement, _ = _name(raw, start)
-            self._remember(self._portals, portal, statement)
-        elif kind == _EXECUTE:
-            portal, _ = _name(raw)
-            bound = self._portals.get(portal)
-            text = self._statements.get(bound, "") if bound is not None else ""
-            self._record(Statement("execute", text, bound or None))
-        elif kind == _CLOSE:
-            name, _ = _name(raw, 1)
-            (self._statements if raw[0] == 0x53 else self._portals).pop(name, None)
-        elif kind == _FUNCTION and len(raw) == 4:
-            self._record(Statement("function", f"function oid {int.from_bytes(raw, 'big')}"))
-
-    @staticmethod
-    def _remember(kept: dict[str, str], name: str, value: str) -> None:
-        kept.pop(name, None)
-        if len(kept) >= STATEMENTS_KEPT:
-            del kept[next(iter(kept))]
-        kept[name] = value
-
-    def _record(self, statement: Statement) -> None:
-        if len(self._pending) < self._pending_ceiling:
-            self._pending.append(statement)
-        else:
-            self.dropped += 1
 
 
 def handshake(
