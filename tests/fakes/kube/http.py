@@ -229,7 +229,7 @@ class _Connection:
             await self._serve()
         except h11.RemoteProtocolError as exc:  # a head over the limit (431) or broken HTTP (400)
             if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await self._respond(self.server.refuse(exc.error_status_hint, str(exc)))
+                await self._respond(self.server.refuse(exc.error_status_hint, str(exc)), close=True)
 
     async def _serve(self) -> None:
         first = True
@@ -266,13 +266,14 @@ class _Connection:
         # h11 bounds a head that arrives in pieces; one that arrives whole is measured here.
         size = len(head.method) + len(head.target) + sum(len(k) + len(v) + 4 for k, v in head.headers)
         if size > self.limits.head:
-            await self._respond(self.server.refuse(431, f"the request head is over {self.limits.head} bytes"))
+            refusal = self.server.refuse(431, f"the request head is over {self.limits.head} bytes")
+            await self._respond(refusal, close=True)
             return None
         body = bytearray()
         too_large = self.server.refuse(413, f"the request body is over {self.limits.body} bytes")
         length = dict(head.headers).get(b"content-length", b"0")
         if length.isdigit() and int(length) > self.limits.body:
-            await self._respond(too_large)  # refused before a byte of it is read
+            await self._respond(too_large, close=True)  # refused before a byte of it is read
             await self._discard()
             return None
         while True:
@@ -280,7 +281,7 @@ class _Connection:
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.limits.body:
-                    await self._respond(too_large)
+                    await self._respond(too_large, close=True)
                     await self._discard()
                     return None
             elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
@@ -312,11 +313,14 @@ class _Connection:
                 self.writer.write(data)
         await asyncio.wait_for(self.writer.drain(), self.limits.write_timeout)
 
-    async def _respond(self, response: Response) -> None:
+    async def _respond(self, response: Response, *, close: bool = False) -> None:
+        """Send a whole response; ``close`` says the connection ends after it (a refusal), so that
+        the client does not send its next request down a connection the server is closing."""
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),
             *response.headers,
+            *([("Connection", "close")] if close else []),
         ]
         await self._send(h11.Response(status_code=response.status, headers=headers))
         await self._send(h11.Data(data=response.body), h11.EndOfMessage())
