@@ -2,7 +2,10 @@
 
 PostgreSQL tests create a database of their own on the machine's server (``ACCESS_TEST_PG``,
 default ``postgresql://postgres@127.0.0.1:5432/postgres``) and drop it afterwards, so tests
-run in parallel without seeing each other.
+run in parallel without seeing each other. It is made as a copy of a template the migrations
+brought to head once per pytest-xdist worker (``CREATE DATABASE ... TEMPLATE``): running them
+on every test's database cost about a second each; a broker opening it finds it at head. A test
+that needs a database with no tables asks for ``pg_empty_url``.
 
 A broker that ``make_broker`` opens on a SQLite file that does not exist yet starts from a copy
 of one migrated file (``migrated_sqlite``, made once per pytest-xdist worker by running the
@@ -31,20 +34,29 @@ PG_ADMIN_URL = os.environ.get("ACCESS_TEST_PG", "postgresql://postgres@127.0.0.1
 # Tests never touch the machine's real keyring.
 os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 
+# Brokers under test hash passwords with OWASP's minimum argon2id parameters, the lowest the
+# settings allow (a third of the default's time): the suite hashes and verifies thousands of
+# them. tests/broker/auth/test_identity.py checks the default parameters and the change between.
+LIGHT_PASSWORD_HASHING = {
+    "ACCESS_BROKER_PASSWORD_HASH_MEMORY_KIB": "19456",
+    "ACCESS_BROKER_PASSWORD_HASH_TIME_COST": "2",
+    "ACCESS_BROKER_PASSWORD_HASH_PARALLELISM": "1",
+}
+os.environ.update(LIGHT_PASSWORD_HASHING)
+
 
 def _pg_admin_engine() -> sa.Engine:
     url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg")
     return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test; dropped afterwards."""
+def _pg_database(template: str | None) -> Iterator[str]:
     name = f"access_t_{secrets.token_hex(6)}"
     admin = _pg_admin_engine()
     try:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+            copy = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
     except sa.exc.OperationalError as exc:  # pragma: no cover - environment problem
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: start it (see README) ({exc.orig})")
     url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
@@ -54,6 +66,35 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _pg_migrated_template() -> Iterator[str]:
+    """A PostgreSQL database the migrations brought to head, once per worker; never connected to
+    after that (a template with a session open cannot be copied)."""
+    from access.broker.store import engine as store_engine
+
+    for url in _pg_database(None):
+        engine = store_engine.create_engine(url)
+        try:
+            store_engine.migrate(engine)
+        finally:
+            engine.dispose()
+        name = sa.engine.make_url(url).database
+        assert name is not None
+        yield name
+
+
+@pytest.fixture
+def pg_url(_pg_migrated_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test, at the migrations' head; dropped afterwards."""
+    yield from _pg_database(_pg_migrated_template)
+
+
+@pytest.fixture
+def pg_empty_url() -> Iterator[str]:
+    """A fresh PostgreSQL database with no tables at all; dropped afterwards."""
+    yield from _pg_database(None)
 
 
 @pytest.fixture(scope="session")
@@ -238,3 +279,20 @@ def oidc_provider(_oidc_provider_process: Any) -> Any:
     first groups, none disabled. Its keys and redirect URIs stay as earlier tests left them."""
     _oidc_provider_process.reset()
     return _oidc_provider_process
+
+
+# The longest tests first: pytest-xdist hands tests out in this order, so the ones that take tens
+# of seconds (building the compiled wheel, the end-to-end scenarios) run while the many short
+# ones fill the other workers, instead of one of them starting last and running on alone.
+_SLOW_FIRST = ("tests/test_packaging.py", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        where = item.nodeid
+        for index, prefix in enumerate(_SLOW_FIRST):
+            if where.startswith(prefix):
+                return index
+        return len(_SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each group is the collection's

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from access.shared.devca import DevCA, make_ca
-from tests.conftest import DEFAULT_POLICY, write_policy
+from tests.conftest import DEFAULT_POLICY, LIGHT_PASSWORD_HASHING, _start_from_migrated, write_policy
 
 BIN = Path(sys.executable).parent
 ACCESS = str(BIN / "access")
@@ -289,12 +289,26 @@ def e2e_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+_MIGRATED: list[Path] = []  # this worker's migrated SQLite file (``migrated_sqlite``)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _migrated_for_processes(migrated_sqlite: Path) -> None:
+    _MIGRATED.append(migrated_sqlite)
+
+
 def make_broker_process(
     tmp_path: Path, devca: DevCA, database_url: str, policy: dict[str, Any] | None = None, **env: str
 ) -> BrokerProcess:
+    """A broker process to start. A SQLite file that does not exist yet starts as a copy of the
+    worker's migrated one (PostgreSQL's ``pg_url`` is a copy of a migrated template): the broker's
+    own ``migrate`` finds it at head, as it would after the first start."""
     data_dir = tmp_path / "broker-data"
+    if _MIGRATED:
+        _start_from_migrated(database_url, _MIGRATED[0], data_dir)
     policy_path = write_policy(tmp_path / "policy.yaml", policy if policy is not None else DEFAULT_POLICY)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("ACCESS_")}
+    base_env.update(LIGHT_PASSWORD_HASHING)
     base_env.update(
         ACCESS_BROKER_DATA_DIR=str(data_dir),
         ACCESS_BROKER_DATABASE_URL=database_url,
