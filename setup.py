@@ -40,6 +40,31 @@ def _warn(message: str) -> None:
     print(f"access-jit: {message}; the tunnel runs as pure Python", file=sys.stderr)
 
 
+def _c_compiler_problem() -> str | None:
+    """Why this machine cannot build a Python extension, or None: a tiny C file that includes
+    Python.h is compiled first (a fraction of a second), before mypyc spends half a minute
+    translating the modules for a compiler that is not there."""
+    import sysconfig
+    import tempfile
+
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.errors import CCompilerError, DistutilsError
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = Path(scratch) / "probe.c"
+        probe.write_text("#include <Python.h>\nint access_probe(void) { return 0; }\n")
+        try:
+            compiler.compile(
+                [str(probe)], output_dir=scratch, include_dirs=[sysconfig.get_paths()["include"]]
+            )
+        except (CCompilerError, DistutilsError, OSError) as exc:
+            return f"no working C compiler with Python's headers ({exc})"
+    return None
+
+
 def _compiled_extensions() -> list[Any]:
     if os.environ.get("ACCESS_PURE_PYTHON"):
         return []
@@ -47,6 +72,10 @@ def _compiled_extensions() -> list[Any]:
         from mypyc.build import mypycify
     except ImportError:
         _warn("mypyc is not available")
+        return []
+    problem = _c_compiler_problem()
+    if problem is not None:
+        _warn(problem)
         return []
     # mypyc names modules after their paths: access/shared links to shared/, the installed layout.
     # Its C sources (and, beside them, setuptools' object files) go under build/, where every
