@@ -130,6 +130,14 @@ class Settings(BaseSettings):
         le=100_000,
         description="failed logins (any name) one client address may make in 15 minutes",
     )
+    # argon2id for passwords and client secrets: RFC 9106's second recommended option by default;
+    # no lower than OWASP's minimum (19 MiB, 2 passes, 1 lane) for a small machine. A stored hash
+    # made with other parameters is verified with its own and re-made at the next sign-in.
+    password_hash_memory_kib: int = Field(
+        default=65536, ge=19456, le=4 * 1024 * 1024, description="argon2id memory per hash, KiB"
+    )
+    password_hash_time_cost: int = Field(default=3, ge=2, le=32, description="argon2id passes")
+    password_hash_parallelism: int = Field(default=4, ge=1, le=64, description="argon2id lanes")
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

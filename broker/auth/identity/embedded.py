@@ -41,12 +41,23 @@ MAX_PASSWORD_LENGTH = 1024
 MAX_GROUPS = 64
 _SECRET_MAX_LENGTH = 256
 
-_hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory parameters
+
+@functools.cache
+def _hasher_with(memory_kib: int, time_cost: int, parallelism: int) -> PasswordHasher:
+    return PasswordHasher(memory_cost=memory_kib, time_cost=time_cost, parallelism=parallelism)
+
+
+def _hasher(broker: Broker) -> PasswordHasher:
+    """argon2id with the settings' parameters (RFC 9106's by default)."""
+    s = broker.settings
+    return _hasher_with(s.password_hash_memory_kib, s.password_hash_time_cost, s.password_hash_parallelism)
 
 
 @functools.cache
-def _dummy_hash() -> str:
-    return _hasher.hash(secrets.token_urlsafe(16))
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """A hash of nothing anyone knows, made with the same parameters as real ones: verifying an
+    unknown name costs what verifying a known one does."""
+    return hasher.hash(secrets.token_urlsafe(16))
 
 
 def _check_name(name: str, what: str) -> None:
@@ -134,7 +145,7 @@ def create_user(
         groups=cleaned,
         actor=actor,
         action=Action.USER_CREATE,
-        password_hash=_hasher.hash(password),
+        password_hash=_hasher(broker).hash(password),
     )
 
 
@@ -156,7 +167,7 @@ def set_password(
         Unavailable: the database could not be reached; nothing changed.
     """
     _check_password_length(password)
-    password_hash = _hasher.hash(password)  # slow: before the transaction, holding no lock
+    password_hash = _hasher(broker).hash(password)  # slow: before the transaction, holding no lock
     with broker.transaction() as conn:
         try:
             user = find_principal(conn, name, USER)
@@ -217,15 +228,16 @@ def create_service_account(
         actor=actor,
         action=Action.SERVICE_ACCOUNT_CREATE,
         client_id=client_id,
-        secret_hash=_hasher.hash(secret),
+        secret_hash=_hasher(broker).hash(secret),
         owner=owner,
     )
     return client_id, secret
 
 
-def _verify(stored_hash: str | None, secret: str) -> bool:
+def _verify(broker: Broker, stored_hash: str | None, secret: str) -> bool:
+    hasher = _hasher(broker)
     try:
-        return _hasher.verify(stored_hash or _dummy_hash(), secret) and stored_hash is not None
+        return hasher.verify(stored_hash or _dummy_hash(hasher), secret) and stored_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 
@@ -246,7 +258,7 @@ def check_password(broker: Broker, name: str, password: str) -> tuple[PrincipalR
         with broker.transaction() as conn:
             found = principals.user_credentials(conn, name)
     stored = None if found is None else found[1]
-    ok = _verify(stored, password[:MAX_PASSWORD_LENGTH])
+    ok = _verify(broker, stored, password[:MAX_PASSWORD_LENGTH])
     if found is None:
         return None, "unknown_user"
     if not ok:
@@ -254,9 +266,9 @@ def check_password(broker: Broker, name: str, password: str) -> tuple[PrincipalR
     user = found[0]
     if user.disabled:
         return None, "disabled"
-    if stored is not None and _hasher.check_needs_rehash(stored):
+    if stored is not None and _hasher(broker).check_needs_rehash(stored):
         with broker.transaction() as conn:
-            principals.set_password_hash(conn, user.id, _hasher.hash(password))
+            principals.set_password_hash(conn, user.id, _hasher(broker).hash(password))
     return user, "ok"
 
 
@@ -273,7 +285,7 @@ def check_client_secret(broker: Broker, client_id: str, secret: str) -> tuple[Pr
     if 0 < len(client_id) <= 64 and len(secret) <= _SECRET_MAX_LENGTH:
         with broker.transaction() as conn:
             found = principals.service_account_credentials(conn, client_id)
-    ok = _verify(None if found is None else found[1], secret[:_SECRET_MAX_LENGTH])
+    ok = _verify(broker, None if found is None else found[1], secret[:_SECRET_MAX_LENGTH])
     if found is None:
         return None, "unknown_client"
     if not ok:

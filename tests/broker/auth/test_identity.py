@@ -92,6 +92,44 @@ def test_check_password(any_broker: Broker) -> None:
     assert identity.check_password(any_broker, "<script>", PASSWORD) == (None, "unknown_user")
 
 
+def test_hashes_follow_the_settings_and_an_older_one_is_remade_at_sign_in(
+    make_broker: Callable[..., Broker],
+) -> None:
+    strong = make_broker(
+        password_hash_memory_kib=65536, password_hash_time_cost=3, password_hash_parallelism=4
+    )
+    identity.create_user(strong, "alice", ["sre"], PASSWORD)
+    before, _ = _stored(strong, "alice")
+    assert before is not None and "$m=65536,t=3,p=4$" in before
+
+    # The same database under a broker set to OWASP's minimum: the old hash still verifies, and
+    # the sign-in re-makes it with the new parameters.
+    light = make_broker(
+        db_url=str(strong.engine.url),
+        password_hash_memory_kib=19456,
+        password_hash_time_cost=2,
+        password_hash_parallelism=1,
+    )
+    user, reason = identity.check_password(light, "alice", PASSWORD)
+    assert user is not None and reason == "ok"
+    after, _ = _stored(light, "alice")
+    assert after is not None and "$m=19456,t=2,p=1$" in after
+    assert identity.check_password(light, "alice", PASSWORD)[1] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("password_hash_memory_kib", 19455), ("password_hash_time_cost", 1), ("password_hash_parallelism", 0)],
+)
+def test_hash_parameters_below_owasps_minimum_are_refused(setting: str, value: int, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from access.broker.settings import Settings
+
+    with pytest.raises(ValidationError, match=setting):
+        Settings(data_dir=tmp_path, **{setting: value})
+
+
 def test_an_unknown_user_still_costs_one_argon2_verification(broker: Broker) -> None:
     # Same work whether or not the name exists: the dummy hash is used for unknown names.
     embedded._dummy_hash.cache_clear()
