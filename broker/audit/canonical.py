@@ -28,7 +28,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=
 
 class Plain(list[Any]):
     """A list its maker vouches for: only ints within ±(2**53 - 1), strings without lone
-    surrogates, and Plain lists of those (``_plain`` does not look inside). The statement log's
+    surrogates, and lists of those (``_plain`` does not look inside). The statement log's
     batches are made so (``audit.statements._compact``): checking each of their items again
     would cost as much as encoding them."""
 

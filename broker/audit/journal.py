@@ -33,7 +33,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,31 @@ __all__ = ["ROTATE_BYTES", "Journal", "JournalError", "Recovered", "recover", "r
 log = logging.getLogger(__name__)
 
 ROTATE_BYTES = 8 * 1024 * 1024
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _encoder() -> Callable[[Any], str]:
+    """JSON without spaces or ASCII escaping, one call per record. ``json.JSONEncoder.encode``
+    makes a new C encoder on every call (about 2.5 µs a record, on the event loop); the C
+    encoder made once and called directly writes the same text in under 1 µs. Where the C
+    accelerator is missing (another Python), the standard encoder."""
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        return encoder.encode
+    # The C encoder's arguments, as ``JSONEncoder.iterencode`` passes them: markers (None: no
+    # cycle check; records are lists of strings, ints and None), default, the string encoder,
+    # indent, key separator, item separator, sort_keys, skipkeys, allow_nan.
+    chunks = make(None, encoder.default, basestring, None, ":", ",", False, False, True)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+_encode = _encoder()
 
 
 class JournalError(Exception):
@@ -84,7 +108,16 @@ class Journal:
         Raises:
             JournalError: the write failed.
         """
-        data = "".join([_encode(record) + "\n" for record in records]).encode("utf-8", "surrogatepass")
+        return self.append_text("".join([_encode(record) + "\n" for record in records]))
+
+    def append_text(self, lines: str) -> int:
+        """Write ``lines`` (JSON records, each ending in a newline; one ``write``); returns the
+        generation they are in.
+
+        Raises:
+            JournalError: the write failed.
+        """
+        data = lines.encode("utf-8", "surrogatepass")
         with self._lock:
             if self._fd is None or self.size >= ROTATE_BYTES:
                 self._open()

@@ -3,8 +3,9 @@ ledger entries (not one chain append per statement), with a bounded buffer that 
 
 The channel hands each ``Tap.take()`` batch to ``statement_log_for(broker).add(...)`` on the event
 loop *before* forwarding the bytes that carried it. ``add`` does no database work: it numbers the
-statements within their connection (``n``, from 0), stamps them with the broker's time and queues
-them, O(1) per statement. :class:`StatementFlushLoop` (a worker thread, never the event loop)
+statements within their connection (``n``, from 0) and queues them, O(1) per statement; at the
+end of the loop turn the turn's statements get the broker's time (one reading for all of them)
+and one journal write. :class:`StatementFlushLoop` (a worker thread, never the event loop)
 writes what is queued as one ledger entry per connection and batch:
 
 - every ``statement_flush_interval`` seconds (default 1),
@@ -37,6 +38,7 @@ be written makes ``add`` refuse from then on (fail closed).
 from __future__ import annotations
 
 import asyncio
+import json.encoder
 import logging
 import threading
 import time
@@ -45,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,8 +174,8 @@ class StatementLog:
         self.journal_failed: str | None = None  # why the journal cannot be written: add refuses
         self._generation = 0  # the add side's last journal generation
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._turn_records: list[list[Any]] = []
         self._turn_items: list[_Item] = []
+        self._prefixes: dict[str, str] = {}  # connection -> the start of its journal records
         self._outstanding: dict[int, int] = {}  # the writer's side: rows not written per generation
         self._sealed: set[int] = set()  # the writer's side: generations that take no more rows
         self._recovered: dict[int, list[tuple[Path, int]]] = {}  # replayed files per generation
@@ -224,25 +227,16 @@ class StatementLog:
         ):
             self.refused += count
             return False
-        first = self._next_n.get(connection_id, 0)
-        self._next_n[connection_id] = first + count
-        at = self.broker.clock.now()
-        self._turn_records.append(
-            [
-                "S",
-                connection_id,
-                grant_id,
-                service,
-                actor,
-                first,
-                round(at.timestamp() * 1_000_000),
-                [[statement.kind, statement.text, statement.name] for statement in statements],
-            ]
-        )
-        self._turn_items.append((connection_id, grant_id, service, actor, first, at, statements, 0))
+        next_n = self._next_n
+        first = next_n.get(connection_id, 0)
+        next_n[connection_id] = first + count
+        # The broker's time and the journal record come at the end of the turn, once for all of
+        # its statements (``_end_turn``): here only the ceiling, the numbers and the queue.
+        items = self._turn_items
+        items.append((connection_id, grant_id, service, actor, first, None, statements, 0))
         if self._loop is None:
             self._end_turn()
-        elif len(self._turn_items) == 1:
+        elif len(items) == 1:
             self._loop.call_soon(self._end_turn)
         self._added_bytes += size
         self._added += count
@@ -256,6 +250,7 @@ class StatementLog:
         """The channel ended: write its statements soon and then forget it (for the event loop)."""
         if self._next_n.pop(connection_id, None) is None:
             return  # it never had a statement
+        self._prefixes.pop(connection_id, None)
         self._turn_items.append((connection_id, "", "", "", 0, None, _CLOSE, 0))
         self._end_turn()  # now: its last statements go to the writer with it
         if self.on_due is not None:
@@ -277,11 +272,24 @@ class StatementLog:
         items = self._turn_items
         if not items:
             return
-        records, self._turn_records, self._turn_items = self._turn_records, [], []
+        self._turn_items = []
+        at = self.broker.clock.now()  # the broker's time of this turn's statements
+        tail = f",{round(at.timestamp() * 1_000_000)},["
+        prefixes = self._prefixes
+        lines: list[str] = []
+        for connection_id, grant_id, service, actor, first, _at, statements, _g in items:
+            if statements is _CLOSE:
+                continue
+            prefix = prefixes.get(connection_id)
+            if prefix is None:
+                prefix = prefixes[connection_id] = _journal_prefix(connection_id, grant_id, service, actor)
+            body = ",".join([_journal_statement(statement) for statement in statements])
+            lines.append(f"{prefix}{first}{tail}{body}]]\n")
+        records = "".join(lines)
         generation = self._generation
         if records:
             try:
-                generation = self.journal.append(records)
+                generation = self.journal.append_text(records)
             except JournalError as exc:
                 if self.journal_failed is None:
                     log.error("statement journal failed, channels to logged-in services stop: %s", exc)
@@ -291,8 +299,11 @@ class StatementLog:
                 self._queue.append(("", "", "", "", 0, None, _SEAL, self._generation))
             self._generation = generation
         queue = self._queue
-        for connection_id, grant_id, service, actor, first, at, statements, _ in items:
-            queue.append((connection_id, grant_id, service, actor, first, at, statements, generation))
+        for connection_id, grant_id, service, actor, first, _at, statements, _g in items:
+            if statements is _CLOSE:
+                queue.append((connection_id, "", "", "", 0, None, _CLOSE, generation))
+            else:
+                queue.append((connection_id, grant_id, service, actor, first, at, statements, generation))
 
     def _take_queue(self) -> None:
         """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""
@@ -314,7 +325,7 @@ class StatementLog:
                 conn = connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
                 conn.first_n = first
             conn.closed = False
-            conn.rows.extend([(at, statement) for statement in statements])
+            conn.rows.extend(zip(repeat(at), statements))  # one time per turn: the same object
             outstanding[generation] = outstanding.get(generation, 0) + len(statements)
             generations = conn.generations
             if generations and generations[-1][0] == generation:
@@ -525,28 +536,53 @@ class StatementLog:
             )
 
 
+def _journal_prefix(connection_id: str, grant_id: str, service: str, actor: str) -> str:
+    """The start of a connection's ``S`` records in the journal: ``["S",connection,grant,service,actor,``."""
+    return f'["S",{_quote(connection_id)},{_quote(grant_id)},{_quote(service)},{_quote(actor)},'
+
+
+def _journal_statement(statement: Statement) -> str:
+    """One statement of an ``S`` record: ``[kind,text,name]``, as ``json.dumps`` (no spaces, no
+    ASCII escaping) writes it. Built from quoted strings rather than by encoding the record: one
+    C call per string and no lists to build, on the event loop (tests/broker/audit/test_journal.py
+    checks the lines against the JSON of the records)."""
+    name = statement.name
+    return f"[{_quote(statement.kind)},{_quote(statement.text)},{'null' if name is None else _quote(name)}]"
+
+
 def _compact(rows: list[_Row]) -> Plain:
     """The rows as ``[µs after the batch's at, kind, text]`` (``+ [name]`` where there is one).
 
     Lists, not objects, and an integer offset, not a time per row: this form costs a third of
     ``{n, at, kind, text}`` in the hash's canonical JSON. Text is made valid UTF-8 first (a lone
     surrogate would make the entry unhashable, and the batch unwritable for ever). The result
-    is a ``canonical.Plain``: only such ints and strings, so the canonical JSON does not check
-    each item again.
+    is a ``canonical.Plain`` of lists of such ints and strings, so the canonical JSON does not
+    check each item again.
     """
     start = rows[0][0]
     compact = Plain()
+    append = compact.append
+    last_at, offset = start, 0
     for at, statement in rows:
-        text = statement.text if statement.text.isascii() else _utf8(statement.text)
-        offset = (at - start) // _MICROSECOND
-        item = Plain((offset, statement.kind if statement.kind.isascii() else _utf8(statement.kind), text))
-        if statement.name is not None:
-            item.append(statement.name if statement.name.isascii() else _utf8(statement.name))
-        compact.append(item)
+        kind, text, name = statement.kind, statement.text, statement.name
+        if not text.isascii():
+            text = _utf8(text)
+        if not kind.isascii():
+            kind = _utf8(kind)
+        if at is not last_at:  # the statements of one loop turn share one time object
+            last_at, offset = at, (at - start) // _MICROSECOND
+        if name is None:
+            append([offset, kind, text])
+        else:
+            append([offset, kind, text, name if name.isascii() else _utf8(name)])
     return compact
 
 
 _MICROSECOND = timedelta(microseconds=1)
+
+# JSON's string quoting without ASCII escaping (the C one where there is one): what
+# ``json.dumps(..., ensure_ascii=False)`` writes for a string.
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _utf8(text: str) -> str:

@@ -86,6 +86,38 @@ def test_statements_a_dead_process_had_not_written_are_written_by_the_next(
     assert verify_ledger(after.engine, after.audit_key.public_key()).ok
 
 
+def test_journal_lines_are_the_json_of_their_records_and_come_back_whole(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """The event loop builds a journal line from quoted strings (not by encoding a record): it
+    must be exactly the JSON of the record, and a recovery must give back every text and name."""
+    broker = make_broker()
+    log = statement_log_for(broker)
+    texts = ["SELECT '\"quoted\" \\ back'", "line\nbreak\ttab\x00nul\x1f\x7f", "naïve — ünï ✓ 😀", ""]
+    statements = [Statement("query", text) for text in texts] + [Statement("parse", "SELECT $1", 'st"1\n')]
+    assert log.add(
+        connection_id="c-1", grant_id=GRANT, service='svc "x"', actor="bob\\", statements=statements
+    )
+    assert log.add(
+        connection_id="c-1", grant_id=GRANT, service='svc "x"', actor="bob\\", statements=statements[:1]
+    )
+    lines = _journals(broker)[0].read_bytes().decode("utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [record[:6] for record in records] == [
+        ["S", "c-1", GRANT, 'svc "x"', "bob\\", 0],
+        ["S", "c-1", GRANT, 'svc "x"', "bob\\", 5],
+    ]
+    assert records[0][7] == [[s.kind, s.text, s.name] for s in statements]
+    assert lines == [json.dumps(record, ensure_ascii=False, separators=(",", ":")) for record in records]
+
+    _die(log)
+    after = _next_process(broker)
+    later = statement_log_for(after)
+    assert later.recover() == 6
+    assert later.flush() == 6
+    assert [text for _n, text in _recorded(after)["c-1"]] == [*texts, "SELECT $1", texts[0]]
+
+
 def test_a_live_process_journal_is_never_taken(make_broker: Callable[..., Broker]) -> None:
     broker = make_broker()
     log = statement_log_for(broker)
