@@ -3,8 +3,9 @@ the rest of the project's metadata).
 
 ``shared/mux.py``, ``shared/muxframe.py`` and ``shared/wsframe.py`` run once per message through
 the tunnel; compiled, they cost about a sixth less user-space CPU (docs/tunnel.md). So do the
-broker's end of a channel (``broker/tunnel/target.py``) and PostgreSQL's statement tap
-(``broker/wire/pgtap.py``). They are plain, strictly typed Python too, and that is what runs when
+broker's end of a channel (``broker/tunnel/target.py``), PostgreSQL's statement tap
+(``broker/wire/pgtap.py``) and the statement log's event-loop side (``broker/audit/turn.py``).
+They are plain, strictly typed Python too, and that is what runs when
 compiling is not possible:
 
 * ``ACCESS_PURE_PYTHON=1`` asks for no compiling;
@@ -33,6 +34,7 @@ HOT_MODULES = (
     "access/shared/wsframe.py",
     "access/broker/wire/pgtap.py",
     "access/broker/tunnel/target.py",
+    "access/broker/audit/turn.py",
 )
 
 

@@ -103,8 +103,13 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         assert compiled == []
         assert build != "pure" or wheel.name.endswith("-py3-none-any.whl")
         return
-    assert compiled == ["_speedups__mypyc", "mux", "muxframe", "pgtap", "target", "wsframe"]
-    shared = {"access/shared/", "access/broker/wire/pgtap.", "access/broker/tunnel/target."}
+    assert compiled == ["_speedups__mypyc", "mux", "muxframe", "pgtap", "target", "turn", "wsframe"]
+    shared = {
+        "access/shared/",
+        "access/broker/wire/pgtap.",
+        "access/broker/tunnel/target.",
+        "access/broker/audit/turn.",
+    }
     assert all(name.startswith(tuple(shared)) for name in names if name.endswith(".so"))
     # The compiled modules import and frame bytes (and tap statements) as the sources do.
     unpacked = tmp_path / "unpacked"
@@ -118,6 +123,13 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         "assert not pgtap.__file__.endswith('.py') and not target.__file__.endswith('.py'); "
         "tap = pgtap.PostgresTap(); tap.feed(b'Q\\0\\0\\0\\x0dselect 1\\0'); "
         "assert [(s.kind, s.text) for s in tap.take()] == [('query', 'select 1')]; "
+        "import access.broker.audit.turn as turn, access.broker.wire.base as base, json; "
+        "assert not turn.__file__.endswith('.py'), turn.__file__; "
+        "side = turn.AddSide(10, 10_000); "
+        "assert side.add('c', 'g', 's', 'a', [base.Statement('query', 'select \"1\"\\n', 'p')]); "
+        "line = side.journal_text(side.take(), 7); "
+        "want = ['S', 'c', 'g', 's', 'a', 0, 7, [['query', 'select \"1\"\\n', 'p']]]; "
+        "assert json.loads(line) == want, line; "
         "print('ok')"
     )
     result = subprocess.run(

@@ -38,7 +38,6 @@ be written makes ``add`` refuse from then on (fail closed).
 from __future__ import annotations
 
 import asyncio
-import json.encoder
 import logging
 import threading
 import time
@@ -55,6 +54,7 @@ from access.broker.audit import journal, ledger
 from access.broker.audit.actions import Action
 from access.broker.audit.canonical import Plain
 from access.broker.audit.journal import Journal, JournalError
+from access.broker.audit.turn import BATCH_STATEMENTS, ROW_OVERHEAD, AddSide
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
@@ -74,10 +74,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BATCH_STATEMENTS = 500  # statements in one ledger entry at most
 BATCH_BYTES = 256 * 1024  # about this much text in one ledger entry at most (one statement more may pass it)
 GROUP_ENTRIES = 16  # entries written in one transaction at most (one chain lock, one commit)
-ROW_OVERHEAD = 96  # bytes counted per queued statement besides its text (numbers, time, kind, name)
 
 
 # A queued statement: the broker's time of its ``add`` and the statement (its number is the
@@ -157,25 +155,18 @@ class StatementLog:
         self.limit = broker.settings.statement_log_limit
         self.max_bytes = broker.settings.statement_log_bytes
         self._queue: deque[_Item] = deque()  # add/close -> the writer
-        self._next_n: dict[str, int] = {}  # add's side: the next statement number per connection
-        self._added = 0  # add's side: statements (and bytes) queued since the start
-        self._added_bytes = 0
-        self._done = 0  # the writer's side: statements (and bytes) written since the start
-        self._done_bytes = 0
+        # The event loop's side (compiled: ``audit.turn``): the counters, the numbers, the turn.
+        self.side = AddSide(self.limit, self.max_bytes)
+        self.side.schedule = self._end_turn  # no loop bound: each add is written at once
         self._connections: dict[str, _Connection] = {}  # the writer's side
         self._writer = threading.Lock()  # one writer at a time keeps each connection's batches in order
-        self.refused = 0  # statements ``add`` refused (the buffer was full), since the start
         self.entries = 0  # ledger entries written, since the start
-        self.on_due: Callable[[], None] | None = None  # set by the flush loop: "flush soon"
         self.waiting_logged = False
         # The journal (audit.journal): what add queued is on disk before the writer has it. With
         # an event loop bound (``bind``), one write per loop turn for what that turn added.
         self.journal = Journal(Path(broker.settings.data_dir) / "statements")
         self.journal_failed: str | None = None  # why the journal cannot be written: add refuses
         self._generation = 0  # the add side's last journal generation
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._turn_items: list[_Item] = []
-        self._prefixes: dict[str, str] = {}  # connection -> the start of its journal records
         self._outstanding: dict[int, int] = {}  # the writer's side: rows not written per generation
         self._sealed: set[int] = set()  # the writer's side: generations that take no more rows
         self._recovered: dict[int, list[tuple[Path, int]]] = {}  # replayed files per generation
@@ -183,11 +174,11 @@ class StatementLog:
     @property
     def pending(self) -> int:
         """Statements queued, not yet in the ledger."""
-        return self._added - self._done
+        return self.side.added - self.side.done
 
     @property
     def pending_bytes(self) -> int:
-        return self._added_bytes - self._done_bytes
+        return self.side.added_bytes - self.side.done_bytes
 
     @property
     def has_work(self) -> bool:
@@ -197,7 +188,21 @@ class StatementLog:
     @property
     def written(self) -> int:
         """Statements written to the ledger, since the start."""
-        return self._done
+        return self.side.done
+
+    @property
+    def refused(self) -> int:
+        """Statements ``add`` refused (the buffer was full, or the journal failed), since the start."""
+        return self.side.refused
+
+    @property
+    def on_due(self) -> Callable[[], None] | None:
+        """Called when the writer should flush soon (a full batch, an ended channel): the flush loop's."""
+        return self.side.wake
+
+    @on_due.setter
+    def on_due(self, wake: Callable[[], None] | None) -> None:
+        self.side.wake = wake
 
     def add(
         self,
@@ -214,45 +219,14 @@ class StatementLog:
         typically because the database has been unreachable for a while): the caller must not
         forward the bytes that carried them, and should end the channel (fail closed).
         """
-        count = len(statements)
-        if not count:
-            return True
-        size = count * ROW_OVERHEAD
-        for statement in statements:
-            size += len(statement.text)
-        if (
-            self._added - self._done + count > self.limit
-            or self._added_bytes - self._done_bytes + size > self.max_bytes
-            or self.journal_failed is not None
-        ):
-            self.refused += count
-            return False
-        next_n = self._next_n
-        first = next_n.get(connection_id, 0)
-        next_n[connection_id] = first + count
-        # The broker's time and the journal record come at the end of the turn, once for all of
-        # its statements (``_end_turn``): here only the ceiling, the numbers and the queue.
-        items = self._turn_items
-        items.append((connection_id, grant_id, service, actor, first, None, statements, 0))
-        if self._loop is None:
-            self._end_turn()
-        elif len(items) == 1:
-            self._loop.call_soon(self._end_turn)
-        self._added_bytes += size
-        self._added += count
-        # Wake the writer when this connection passes another full batch (once, not on every add
-        # after it: while the database is down the queue only grows).
-        if first // BATCH_STATEMENTS != (first + count) // BATCH_STATEMENTS and self.on_due is not None:
-            self.on_due()
-        return True
+        return self.side.add(connection_id, grant_id, service, actor, statements)
 
     def close(self, connection_id: str) -> None:
         """The channel ended: write its statements soon and then forget it (for the event loop)."""
-        if self._next_n.pop(connection_id, None) is None:
+        if not self.side.forget(connection_id):
             return  # it never had a statement
-        self._prefixes.pop(connection_id, None)
-        self._turn_items.append((connection_id, "", "", "", 0, None, _CLOSE, 0))
-        self._end_turn()  # now: its last statements go to the writer with it
+        self._end_turn()  # now: its last statements go to the writer before it
+        self._queue.append((connection_id, "", "", "", 0, None, _CLOSE, self._generation))
         if self.on_due is not None:
             self.on_due()
 
@@ -260,7 +234,7 @@ class StatementLog:
         """``add`` runs on ``loop`` (one journal write per loop turn), or (None) on any thread,
         each ``add`` written at once."""
         self._end_turn()
-        self._loop = loop
+        self.side.schedule = self._end_turn if loop is None else partial(loop.call_soon, self._end_turn)
 
     def _end_turn(self) -> None:
         """Write this turn's statements to the journal, then hand them to the writer.
@@ -269,41 +243,24 @@ class StatementLog:
         the journal cannot be written they still go to the writer, and ``add`` refuses from now
         on, so channels stop (fail closed) rather than relay what could be lost.
         """
-        items = self._turn_items
-        if not items:
+        side = self.side
+        if not side.turn:
             return
-        self._turn_items = []
+        turn = side.take()
         at = self.broker.clock.now()  # the broker's time of this turn's statements
-        tail = f",{round(at.timestamp() * 1_000_000)},["
-        prefixes = self._prefixes
-        lines: list[str] = []
-        for connection_id, grant_id, service, actor, first, _at, statements, _g in items:
-            if statements is _CLOSE:
-                continue
-            prefix = prefixes.get(connection_id)
-            if prefix is None:
-                prefix = prefixes[connection_id] = _journal_prefix(connection_id, grant_id, service, actor)
-            body = ",".join([_journal_statement(statement) for statement in statements])
-            lines.append(f"{prefix}{first}{tail}{body}]]\n")
-        records = "".join(lines)
         generation = self._generation
-        if records:
-            try:
-                generation = self.journal.append_text(records)
-            except JournalError as exc:
-                if self.journal_failed is None:
-                    log.error("statement journal failed, channels to logged-in services stop: %s", exc)
-                self.journal_failed = str(exc)
+        try:
+            generation = self.journal.append_text(side.journal_text(turn, round(at.timestamp() * 1_000_000)))
+        except JournalError as exc:
+            if self.journal_failed is None:
+                log.error("statement journal failed, channels to logged-in services stop: %s", exc)
+            self.journal_failed = str(exc)
+            side.shut = True
         if generation != self._generation:
             if self._generation:
                 self._queue.append(("", "", "", "", 0, None, _SEAL, self._generation))
             self._generation = generation
-        queue = self._queue
-        for connection_id, grant_id, service, actor, first, _at, statements, _g in items:
-            if statements is _CLOSE:
-                queue.append((connection_id, "", "", "", 0, None, _CLOSE, generation))
-            else:
-                queue.append((connection_id, grant_id, service, actor, first, at, statements, generation))
+        side.hand_over(turn, self._queue.append, at, generation)
 
     def _take_queue(self) -> None:
         """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""
@@ -345,6 +302,7 @@ class StatementLog:
         if not self._writer.acquire(blocking=False):
             return 0  # another thread is writing: it takes what was just queued too
         written = 0
+        side = self.side
         try:
             self._take_queue()
             budget = sum(conn.waiting for conn in self._connections.values())
@@ -356,8 +314,8 @@ class StatementLog:
                 self._write(group)
                 for conn, rows, size in group:
                     conn.written(len(rows), self._outstanding)
-                    self._done_bytes += size
-                    self._done += len(rows)
+                    side.done_bytes += size
+                    side.done += len(rows)
                     written += len(rows)
                     self.entries += 1
                 for conn, _rows, _size in group:
@@ -434,8 +392,8 @@ class StatementLog:
         for connection_id in dict.fromkeys(item[0] for item in items):  # their channels are gone
             self._queue.append((connection_id, "", "", "", 0, None, _CLOSE, generation))
         self._queue.append(("", "", "", "", 0, None, _SEAL, generation))
-        self._added += count
-        self._added_bytes += size
+        self.side.added += count
+        self.side.added_bytes += size
         if count:
             log.warning(
                 "%d statements of %d connections recovered from the journals of a broker process "
@@ -536,20 +494,6 @@ class StatementLog:
             )
 
 
-def _journal_prefix(connection_id: str, grant_id: str, service: str, actor: str) -> str:
-    """The start of a connection's ``S`` records in the journal: ``["S",connection,grant,service,actor,``."""
-    return f'["S",{_quote(connection_id)},{_quote(grant_id)},{_quote(service)},{_quote(actor)},'
-
-
-def _journal_statement(statement: Statement) -> str:
-    """One statement of an ``S`` record: ``[kind,text,name]``, as ``json.dumps`` (no spaces, no
-    ASCII escaping) writes it. Built from quoted strings rather than by encoding the record: one
-    C call per string and no lists to build, on the event loop (tests/broker/audit/test_journal.py
-    checks the lines against the JSON of the records)."""
-    name = statement.name
-    return f"[{_quote(statement.kind)},{_quote(statement.text)},{'null' if name is None else _quote(name)}]"
-
-
 def _compact(rows: list[_Row]) -> Plain:
     """The rows as ``[µs after the batch's at, kind, text]`` (``+ [name]`` where there is one).
 
@@ -579,10 +523,6 @@ def _compact(rows: list[_Row]) -> Plain:
 
 
 _MICROSECOND = timedelta(microseconds=1)
-
-# JSON's string quoting without ASCII escaping (the C one where there is one): what
-# ``json.dumps(..., ensure_ascii=False)`` writes for a string.
-_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _utf8(text: str) -> str:

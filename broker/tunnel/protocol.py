@@ -70,7 +70,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANNEL_KINDS",
     "CONNECT_TIMEOUT",
-    "STATEMENTS_KEPT",
     "TUNNEL_PATH",
     "StatementSink",
     "TunnelProtocol",
@@ -83,7 +82,6 @@ log = logging.getLogger(__name__)
 
 TUNNEL_PATH = "/v1/tunnel"
 CONNECT_TIMEOUT = 5.0
-STATEMENTS_KEPT = 1000  # statements a channel keeps (``WireChannel.kept``); the rest are only counted
 _SSL_REQUEST = (8).to_bytes(4, "big") + pgwire.SSL_REQUEST.to_bytes(4, "big")
 # Called with each batch of statements a channel's tap recorded, before the chunk is forwarded;
 # False (the statement log is full or cannot be written) ends the channel: fail closed.
@@ -184,7 +182,8 @@ class WireChannel(BrokerChannel):
     ``feed_client``, the target's bytes to ``feed_target``, and what the machine has for either
     leg is sent on (to the client only once the channel is open, within its send window). Once
     done, the relay is ``TargetChannel``'s (compiled): each client chunk goes through the ``Tap``
-    first, and its statements to the session's ``statement_sink`` (``statements_tapped``). A ``WireError``
+    first, and its statements to the statement log (``TargetChannel.hand_off``; to the session's
+    ``statement_sink`` where a test put another one there). A ``WireError``
     (a refused login, a refused command such as Redis ``AUTH``, a malformed stream) sends its
     ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
     by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
@@ -199,13 +198,11 @@ class WireChannel(BrokerChannel):
         "cancel",
         "deferred",
         "issued",
-        "kept",
         "kind",
         "login",
         "machine",
         "pending",
         "shared",
-        "statements",
         "timer",
         "tls",
     )
@@ -218,8 +215,6 @@ class WireChannel(BrokerChannel):
         self.machine: Handshake | None = None  # None once the login is done
         self.login_running = True  # until the login is done: every byte goes to ``machine``
         self.issued: tuple[int, int] | None = None  # PostgreSQL: the key the client got
-        self.statements = 0
-        self.kept: list[Statement] = []
         self.timer: asyncio.TimerHandle | None = None
         self.cancel: str | None = None  # a CancelRequest channel: "forwarded" or why it was refused
         self.deferred: WireError | None = None  # a refusal met before the channel was open
@@ -266,19 +261,18 @@ class WireChannel(BrokerChannel):
         self.refuse(exc)
 
     def statements_tapped(self, batch: list[Statement]) -> bool:
-        """The hand-off: count and keep ``batch``, then give it to the session's sink."""
-        self.statements += len(batch)
-        room = STATEMENTS_KEPT - len(self.kept)
-        if room > 0:
-            self.kept.extend(batch[:room])
+        """The hand-off where the session has a sink other than its statement log's (a test's):
+        give it ``batch``. (With the session's own sink, ``log_side`` is set at the login and
+        ``TargetChannel.hand_off`` adds to the log's compiled side directly.)"""
         sink: StatementSink | None = self.session.statement_sink  # type: ignore[attr-defined]
         if sink is not None and not sink(self, batch):
-            message = "the broker cannot record this connection's statements now; try again shortly"
-            self.refuse(
-                WireError("the statement log refused a batch", wired.client_error(self.kind, message))
-            )
+            self.statements_refused()
             return False
         return True
+
+    def statements_refused(self) -> None:
+        message = "the broker cannot record this connection's statements now; try again shortly"
+        self.refuse(WireError("the statement log refused a batch", wired.client_error(self.kind, message)))
 
     # -- the login -------------------------------------------------------------------------
 
@@ -386,6 +380,10 @@ class WireChannel(BrokerChannel):
                 self.shared = cancels.remember(session.broker, entry)  # written in a worker thread
                 if self.shared is None:
                     self.issued = None
+        ctx = session.ctx
+        if grant is not None and ctx is not None and session.statement_sink == session._record_statements:
+            self.log_side = session.statement_log.side  # the hand-off without Python (``TargetChannel``)
+            self.log_ids = (self.connection_id, grant.grant_id, grant.service, ctx.name)
         client, target = machine.leftovers()
         if target:
             self._to_client(target)
@@ -825,12 +823,9 @@ class TunnelProtocol(MuxSession):
         full or cannot be written: the channel then stops (fail closed)."""
         if self.grant is None or self.ctx is None:
             return False
-        return self.statement_log.add(
-            connection_id=channel.connection_id,
-            grant_id=self.grant.grant_id,
-            service=self.grant.service,
-            actor=self.ctx.name,
-            statements=batch,
+        # The log's compiled side directly (``StatementLog.add`` is this call behind keywords).
+        return self.statement_log.side.add(
+            channel.connection_id, self.grant.grant_id, self.grant.service, self.ctx.name, batch
         )
 
     # -- cuts and the end ------------------------------------------------------------------

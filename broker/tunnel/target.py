@@ -4,19 +4,22 @@
 ``tcp`` channel relays as ``shared.mux.Channel`` does. A channel the broker logs in for
 (``protocol.WireChannel``) first hands every byte to its login machine (``login_running``:
 ``client_login_bytes``, ``target_login_bytes``), then relays with a statement tap on the client's
-bytes: each chunk goes through the tap, and the statements it found to ``statements_tapped``
-(the statement log's hand-off), before the chunk is forwarded; a malformed stream goes to
-``tap_failed`` and nothing of it is forwarded.
+bytes: each chunk goes through the tap, and the statements it found to the statement log
+(``hand_off``) before the chunk is forwarded; a malformed stream goes to ``tap_failed`` and
+nothing of it is forwarded. The hand-off goes straight to the log's compiled side
+(``audit.turn.AddSide``, set by the subclass as ``log_side`` once logged in), or, where the
+session has a sink of its own, to ``statements_tapped``.
 
 Why here and compiled (``setup.py``): this runs once per message. With the tap, the relay and
-this class compiled, a logged-in PostgreSQL channel runs no Python per message but the hand-off
-of what the tap recorded (docs/tunnel.md). The other kinds' taps are Python, called from here.
+this class and the log's side compiled, a logged-in PostgreSQL channel runs no Python per message
+(docs/tunnel.md). The other kinds' taps are Python, called from here.
 """
 
 from __future__ import annotations
 
 from mypy_extensions import mypyc_attr
 
+from access.broker.audit.turn import AddSide
 from access.broker.wire.base import Statement, Tap, WireError
 from access.broker.wire.pgtap import PostgresTap
 from access.shared.mux import Channel, MuxSession
@@ -33,6 +36,9 @@ class TargetChannel(Channel):
         self.login_running = False  # a login machine takes every byte, both ways
         self.pg_tap: PostgresTap | None = None  # PostgreSQL's tap (compiled: called natively)
         self.other_tap: Tap | None = None  # another kind's tap
+        self.statements = 0  # statements the tap found, handed off
+        self.log_side: AddSide | None = None  # the statement log's side, once logged in
+        self.log_ids: tuple[str, str, str, str] = ("", "", "", "")  # connection, grant, service, actor
 
     def set_tap(self, tap: Tap | None) -> None:
         """The tap the client's bytes go through once the login is done."""
@@ -67,7 +73,7 @@ class TargetChannel(Channel):
             except WireError as exc:
                 self.tap_failed(exc)
                 return
-            if pg.waiting and not self.statements_tapped(pg.take()):
+            if pg.waiting and not self.hand_off(pg.take()):
                 return
         elif self.other_tap is not None and not self.tap_client(data):
             return
@@ -85,7 +91,7 @@ class TargetChannel(Channel):
                 return False
             if not pg.waiting:
                 return True
-            return self.statements_tapped(pg.take())
+            return self.hand_off(pg.take())
         other = self.other_tap
         if other is None:
             return True
@@ -95,7 +101,20 @@ class TargetChannel(Channel):
             self.tap_failed(exc)
             return False
         batch = other.take()
-        return not batch or self.statements_tapped(batch)
+        return not batch or self.hand_off(batch)
+
+    def hand_off(self, batch: list[Statement]) -> bool:
+        """The statements of one client chunk, before it is forwarded; False: it is not (the
+        log refused them, and the channel is ending)."""
+        self.statements += len(batch)
+        side = self.log_side
+        if side is None:
+            return self.statements_tapped(batch)
+        connection_id, grant_id, service, actor = self.log_ids
+        if side.add(connection_id, grant_id, service, actor, batch):
+            return True
+        self.statements_refused()
+        return False
 
     # -- for subclasses ----------------------------------------------------------------------
 
@@ -106,8 +125,13 @@ class TargetChannel(Channel):
         """DATA from the client while ``login_running``."""
 
     def statements_tapped(self, batch: list[Statement]) -> bool:
-        """The statements of one client chunk, before it is forwarded; False: it is not."""
+        """Without ``log_side``: the statements of one client chunk, before it is forwarded;
+        False: it is not."""
         return True
+
+    def statements_refused(self) -> None:
+        """The statement log refused a chunk's statements: end the channel (fail closed)."""
+        self.end("refused", flush=False)
 
     def tap_failed(self, exc: WireError) -> None:
         """The tap found the client's stream malformed: the chunk is not forwarded."""
