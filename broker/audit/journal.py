@@ -9,7 +9,9 @@ on the same data folder replays the journals whose owner is gone (``recover``) i
 before they are deleted: nothing the dead process relayed is dropped, and nothing it wrote is
 written twice.
 
-Records are JSON lines (``json.dumps`` per record, C speed; a line torn by the crash is ignored)::
+Records are JSON lines, as ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes
+them (the ``S`` lines built by the statement log's compiled side, ``audit.turn``, from quoted
+strings; a line torn by the crash is ignored)::
 
     ["S", connection, grant, service, actor, first, at_us, [[kind, text, name], ...]]
     ["W", connection, next_n]        # the writer: statements before next_n are in the ledger
@@ -33,7 +35,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,31 +45,7 @@ __all__ = ["ROTATE_BYTES", "Journal", "JournalError", "Recovered", "recover", "r
 log = logging.getLogger(__name__)
 
 ROTATE_BYTES = 8 * 1024 * 1024
-
-
-def _encoder() -> Callable[[Any], str]:
-    """JSON without spaces or ASCII escaping, one call per record. ``json.JSONEncoder.encode``
-    makes a new C encoder on every call (about 2.5 µs a record, on the event loop); the C
-    encoder made once and called directly writes the same text in under 1 µs. Where the C
-    accelerator is missing (another Python), the standard encoder."""
-    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    basestring = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or basestring is None:
-        return encoder.encode
-    # The C encoder's arguments, as ``JSONEncoder.iterencode`` passes them: markers (None: no
-    # cycle check; records are lists of strings, ints and None), default, the string encoder,
-    # indent, key separator, item separator, sort_keys, skipkeys, allow_nan.
-    chunks = make(None, encoder.default, basestring, None, ":", ",", False, False, True)
-    join = "".join
-
-    def encode(value: Any) -> str:
-        return join(chunks(value, 0))
-
-    return encode
-
-
-_encode = _encoder()
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class JournalError(Exception):
@@ -102,16 +80,8 @@ class Journal:
         self._files[self.generation] = (path, fd)
         self.size = 0
 
-    def append(self, records: list[list[Any]]) -> int:
-        """Write ``records`` (one ``write``); returns the generation they are in.
-
-        Raises:
-            JournalError: the write failed.
-        """
-        return self.append_text("".join([_encode(record) + "\n" for record in records]))
-
-    def append_text(self, lines: str) -> int:
-        """Write ``lines`` (JSON records, each ending in a newline; one ``write``); returns the
+    def append(self, lines: str) -> int:
+        """Write ``lines`` (``S`` records, each ending in a newline; one ``write``); returns the
         generation they are in.
 
         Raises:

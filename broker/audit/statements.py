@@ -250,7 +250,7 @@ class StatementLog:
         at = self.broker.clock.now()  # the broker's time of this turn's statements
         generation = self._generation
         try:
-            generation = self.journal.append_text(side.journal_text(turn, round(at.timestamp() * 1_000_000)))
+            generation = self.journal.append(side.journal_text(turn, round(at.timestamp() * 1_000_000)))
         except JournalError as exc:
             if self.journal_failed is None:
                 log.error("statement journal failed, channels to logged-in services stop: %s", exc)

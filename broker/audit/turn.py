@@ -107,12 +107,8 @@ class AddSide:
 
     def forget(self, connection_id: str) -> bool:
         """A channel ended: forget its numbers; whether it ever had a statement."""
-        if connection_id not in self.next_n:
-            return False
-        del self.next_n[connection_id]
-        if connection_id in self.prefixes:
-            del self.prefixes[connection_id]
-        return True
+        self.prefixes.pop(connection_id, None)
+        return self.next_n.pop(connection_id, None) is not None
 
     def take(self) -> list[Added]:
         """This turn's adds (the next add starts a new turn)."""

@@ -182,8 +182,7 @@ class WireChannel(BrokerChannel):
     ``feed_client``, the target's bytes to ``feed_target``, and what the machine has for either
     leg is sent on (to the client only once the channel is open, within its send window). Once
     done, the relay is ``TargetChannel``'s (compiled): each client chunk goes through the ``Tap``
-    first, and its statements to the statement log (``TargetChannel.hand_off``; to the session's
-    ``statement_sink`` where a test put another one there). A ``WireError``
+    first, and its statements to the statement log (``TargetChannel.hand_off``). A ``WireError``
     (a refused login, a refused command such as Redis ``AUTH``, a malformed stream) sends its
     ``client_message`` and closes both legs, audited as ``why: refused``. The login is bounded
     by ``settings.tunnel_login_timeout``. A channel without a login is a plain ``BrokerChannel``:
@@ -261,9 +260,9 @@ class WireChannel(BrokerChannel):
         self.refuse(exc)
 
     def statements_tapped(self, batch: list[Statement]) -> bool:
-        """The hand-off where the session has a sink other than its statement log's (a test's):
-        give it ``batch``. (With the session's own sink, ``log_side`` is set at the login and
-        ``TargetChannel.hand_off`` adds to the log's compiled side directly.)"""
+        """The hand-off before ``log_side`` is set (the login had no grant or sign-in to
+        record them under): the session's sink, which then refuses. Once logged in,
+        ``TargetChannel.hand_off`` adds to the log's compiled side directly."""
         sink: StatementSink | None = self.session.statement_sink  # type: ignore[attr-defined]
         if sink is not None and not sink(self, batch):
             self.statements_refused()
@@ -381,7 +380,7 @@ class WireChannel(BrokerChannel):
                 if self.shared is None:
                     self.issued = None
         ctx = session.ctx
-        if grant is not None and ctx is not None and session.statement_sink == session._record_statements:
+        if grant is not None and ctx is not None:
             self.log_side = session.statement_log.side  # the hand-off without Python (``TargetChannel``)
             self.log_ids = (self.connection_id, grant.grant_id, grant.service, ctx.name)
         client, target = machine.leftovers()

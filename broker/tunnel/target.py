@@ -7,8 +7,8 @@
 bytes: each chunk goes through the tap, and the statements it found to the statement log
 (``hand_off``) before the chunk is forwarded; a malformed stream goes to ``tap_failed`` and
 nothing of it is forwarded. The hand-off goes straight to the log's compiled side
-(``audit.turn.AddSide``, set by the subclass as ``log_side`` once logged in), or, where the
-session has a sink of its own, to ``statements_tapped``.
+(``audit.turn.AddSide``, set by the subclass as ``log_side`` once logged in), or, without one,
+to ``statements_tapped``.
 
 Why here and compiled (``setup.py``): this runs once per message. With the tap, the relay and
 this class and the log's side compiled, a logged-in PostgreSQL channel runs no Python per message

@@ -1,6 +1,5 @@
-"""A logged-in channel's statements: handed to the statement log (or a session's own
-``statement_sink``) before the chunk is forwarded, and a log or sink that cannot take a batch ends
-the channel (fail closed).
+"""A logged-in channel's statements: handed to the statement log before the chunk is forwarded,
+and a log that cannot take a batch ends the channel (fail closed).
 
 A real uvicorn broker (``setup`` from test_protocol) whose ``svc-stream`` is a redis service on
 the shared Redis (its ``default`` user: the broker logs in with ``AUTH default ""``), reached
@@ -16,9 +15,6 @@ import pytest
 import redis
 
 from access.broker.audit.statements import statement_log_for
-from access.broker.tunnel.protocol import TunnelProtocol, WireChannel
-from access.broker.tunnel.registry import registry_for
-from access.broker.wire.base import Statement
 from access.cli.tunnel import Forwarder
 from tests.broker.conftest import audit_rows
 from tests.broker.tunnel import test_protocol
@@ -79,53 +75,3 @@ def test_a_full_statement_log_ends_the_channel_before_forwarding(setup: Setup) -
     _wait_for(lambda: audit_rows(setup.broker, "connection.statements"), "the statements")
     (entry,) = audit_rows(setup.broker, "connection.statements")
     assert [item[2] for item in entry["details"]["statements"]] == ["PING", f"GET {key}"]
-
-
-def test_a_session_sink_of_its_own_gets_the_statements_and_can_refuse(setup: Setup) -> None:  # noqa: F811
-    """Where the session's ``statement_sink`` is not its statement log's (set before the login),
-    the channel hands the statements to that sink, and a refusal ends the channel the same way."""
-    grant_id = setup.grant(service="svc-stream")
-    key = f"access:sink:{secrets.token_hex(8)}"
-    wanted = f"${len(key)}\r\n{key}\r\n".encode()
-    batches: list[list[Statement]] = []
-    accept = [True]
-
-    def sink(channel: WireChannel, batch: list[Statement]) -> bool:
-        batches.append(batch)
-        return accept[0]
-
-    async def main() -> tuple[bytes, bytes]:
-        forwarder = Forwarder(setup.endpoint(grant_id), report=lambda _: None)
-        _, port = await forwarder.start()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"PING\r\n")  # opens the tunnel (this channel logs in with the log's sink)
-        first = await reader.readline()
-        (tunnel,) = next(iter(registry_for(setup.broker)._by_grant.values()))
-        assert isinstance(tunnel, TunnelProtocol)
-        tunnel.statement_sink = sink
-        other_reader, other_writer = await asyncio.open_connection("127.0.0.1", port)
-        other_writer.write(b"*2\r\n$3\r\nGET\r\n" + wanted)  # a new channel: its login sees the sink
-        second = await other_reader.readline()
-        accept[0] = False
-        other_writer.write(b"*3\r\n$3\r\nSET\r\n" + wanted + b"$1\r\nx\r\n")
-        refused = await asyncio.wait_for(other_reader.read(), 10)
-        for w in (writer, other_writer):
-            w.close()
-        await forwarder.aclose()
-        return first + second, refused
-
-    answers, refused = run(main())
-    assert answers == b"+PONG\r\n$-1\r\n"
-    assert b"-ERR access: the broker cannot record this connection's statements now" in refused
-    assert batches == [[Statement("command", f"GET {key}")], [Statement("command", f"SET {key}")]]
-    shared = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=5)
-    try:
-        assert shared.get(key) is None
-    finally:
-        shared.delete(key)
-        shared.close()
-    _wait_for(lambda: len(audit_rows(setup.broker, "connection.close")) == 2, "the connection.closes")
-    refusals = [
-        row for row in audit_rows(setup.broker, "connection.close") if row["details"]["why"] == "refused"
-    ]
-    assert [row["details"]["statements"] for row in refusals] == [2]  # GET, and the SET it refused
