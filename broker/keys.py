@@ -17,7 +17,28 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = ["derived_secret", "key_id", "load_or_create_key", "public_pem"]
+__all__ = ["derived_secret", "key_id", "load_key", "load_or_create_key", "public_pem"]
+
+
+def load_key(path: Path) -> Ed25519PrivateKey:
+    """Load the Ed25519 private key at ``path`` (it must exist: nothing is created).
+
+    Raises:
+        ValueError: the file is readable by group or others, or is not an Ed25519 key.
+        OSError: the file cannot be read (``FileNotFoundError`` when it is missing).
+    """
+    mode = path.stat().st_mode & 0o077
+    if mode:
+        raise ValueError(f"{path} is readable by group or others: run `chmod 600 {path}`")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:  # not PEM, or encrypted with a password
+        raise ValueError(
+            f"{path} is not an unencrypted PEM private key: move it away to have a new one created"
+        ) from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -28,18 +49,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         OSError: the file or its directory cannot be read or written.
     """
     if path.exists():
-        mode = path.stat().st_mode & 0o077
-        if mode:
-            raise ValueError(f"{path} is readable by group or others: run `chmod 600 {path}`")
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as exc:  # not PEM, or encrypted with a password
-            raise ValueError(
-                f"{path} is not an unencrypted PEM private key: move it away to have a new one created"
-            ) from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
+        return load_key(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(

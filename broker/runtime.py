@@ -11,16 +11,17 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy.engine import Engine
 
 from access.broker.auth.jwks import KeyCache
 from access.broker.clock import Clock, SystemClock
 from access.broker.errors import Unavailable, database_unavailable, outcome_unknown
 from access.broker.events.bus import EventBus
-from access.broker.keys import load_or_create_key
+from access.broker.keys import key_id, load_key, load_or_create_key
 from access.broker.policy import Policy, load_policy
 from access.broker.settings import Settings
 from access.broker.store import engine as store_engine
@@ -37,6 +38,9 @@ class Broker:
     token_key: Ed25519PrivateKey
     audit_key: Ed25519PrivateKey
     base_url: str
+    # Keys kept from before a rotation (``previous_*_key_files``): they verify and open, never sign.
+    previous_token_keys: tuple[Ed25519PrivateKey, ...] = ()
+    previous_audit_keys: tuple[Ed25519PrivateKey, ...] = ()
     events: EventBus = field(default_factory=EventBus)
     # This process among the replicas: owner of the tunnel connections it opens (tunnel.closes).
     instance_id: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -86,8 +90,25 @@ class Broker:
             policy=policy,
             token_key=load_or_create_key(settings.resolved_signing_key_file),
             audit_key=load_or_create_key(settings.resolved_audit_key_file),
+            previous_token_keys=tuple(load_key(path) for path in settings.previous_signing_key_files),
+            previous_audit_keys=tuple(load_key(path) for path in settings.previous_audit_key_files),
             base_url=base_url or settings.base_url(),
         )
+
+    @property
+    def token_ring(self) -> tuple[Ed25519PrivateKey, ...]:
+        """The token key, then the older ones: the first signs and seals, all verify and open."""
+        return (self.token_key, *self.previous_token_keys)
+
+    @cached_property
+    def token_verifiers(self) -> dict[str, Ed25519PublicKey]:
+        """The ring's public keys by key id (a token's ``kid`` picks one)."""
+        return {key_id(key): key.public_key() for key in self.token_ring}
+
+    @property
+    def audit_ring(self) -> tuple[Ed25519PrivateKey, ...]:
+        """The audit key, then the older ones: the first signs checkpoints, all verify them."""
+        return (self.audit_key, *self.previous_audit_keys)
 
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:

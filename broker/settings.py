@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     audit_key_file: Path | None = Field(
         default=None, description="Ed25519 PEM key for checkpoints; default in data dir"
     )
+    # Key rotation without logging anyone out (docs/deploy.md): keys listed here are never used
+    # to sign or seal, only to verify and open what was made with them before.
+    previous_signing_key_files: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="older token keys (comma-separated PEM files): their tokens and sealed secrets "
+        "are still accepted; nothing new is signed with them",
+    )
+    previous_audit_key_files: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="older audit keys (comma-separated PEM files): checkpoints they signed still verify",
+    )
     db_pool_size: int = Field(
         default=10, ge=1, le=200, description="PostgreSQL: connections kept open per broker process"
     )
@@ -138,6 +149,13 @@ class Settings(BaseSettings):
     )
     password_hash_time_cost: int = Field(default=3, ge=2, le=32, description="argon2id passes")
     password_hash_parallelism: int = Field(default=4, ge=1, le=64, description="argon2id lanes")
+
+    @field_validator("previous_signing_key_files", "previous_audit_key_files", mode="before")
+    @classmethod
+    def _parse_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(Path(part.strip()) for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ exits 1. Nothing here serves requests.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import ssl
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from access.broker.errors import Misconfigured
-from access.broker.keys import key_id, load_or_create_key
+from access.broker.keys import key_id, load_key, load_or_create_key
 from access.broker.runtime import Broker
 from access.broker.settings import Settings
 from access.broker.store import broker_meta
@@ -41,12 +43,16 @@ class Setting:
         return f"{self.flag} / {self.env}" if self.flag else self.env
 
 
+log = logging.getLogger(__name__)
+
 DATA_DIR = Setting("ACCESS_BROKER_DATA_DIR", "--data-dir")
 POLICY = Setting("ACCESS_BROKER_POLICY", "--policy")
 TLS_CERT = Setting("ACCESS_BROKER_TLS_CERT", "--tls-cert")
 TLS_KEY = Setting("ACCESS_BROKER_TLS_KEY", "--tls-key")
 SIGNING_KEY = Setting("ACCESS_BROKER_SIGNING_KEY_FILE")
 AUDIT_KEY = Setting("ACCESS_BROKER_AUDIT_KEY_FILE")
+PREVIOUS_SIGNING_KEYS = Setting("ACCESS_BROKER_PREVIOUS_SIGNING_KEY_FILES")
+PREVIOUS_AUDIT_KEYS = Setting("ACCESS_BROKER_PREVIOUS_AUDIT_KEY_FILES")
 HOST = Setting("ACCESS_BROKER_HOST", "--host")
 PORT = Setting("ACCESS_BROKER_PORT", "--port")
 PUBLIC_URL = Setting("ACCESS_BROKER_PUBLIC_URL", "--public-url")
@@ -164,6 +170,12 @@ def preflight(settings: Settings) -> None:
         load_or_create_key(settings.resolved_signing_key_file)
     with about_file("audit signing key", settings.resolved_audit_key_file, AUDIT_KEY):
         load_or_create_key(settings.resolved_audit_key_file)
+    for path in settings.previous_signing_key_files:
+        with about_file("older token signing key", path, PREVIOUS_SIGNING_KEYS):
+            load_key(path)
+    for path in settings.previous_audit_key_files:
+        with about_file("older audit signing key", path, PREVIOUS_AUDIT_KEYS):
+            load_key(path)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -235,6 +247,18 @@ def claim_identity(broker: Broker, *, stable_issuer: bool) -> None:
     else:  # pragma: no cover - the row appeared and vanished twice
         raise Misconfigured("could not record this broker's identity", hint="start it again")
     _compare(broker, recorded, mine)
+    if (recorded.token_key_id, recorded.audit_key_id) != (mine.token_key_id, mine.audit_key_id):
+        # A rotation: the recorded keys are older keys of this broker's rings; record the new ones,
+        # so a replica that knows only the old ones is refused from now on.
+        with broker.transaction() as conn:
+            broker_meta.set_keys(conn, mine.token_key_id, mine.audit_key_id, broker.clock.now())
+        log.warning(
+            "keys rotated: this broker signs with token key %s and audit key %s (before: %s, %s)",
+            mine.token_key_id,
+            mine.audit_key_id,
+            recorded.token_key_id,
+            recorded.audit_key_id,
+        )
 
 
 def _compare(broker: Broker, recorded: broker_meta.Identity, mine: broker_meta.Identity) -> None:
@@ -244,15 +268,16 @@ def _compare(broker: Broker, recorded: broker_meta.Identity, mine: broker_meta.I
         differences.append(
             f"issuer (public URL): this broker {mine.issuer}, the database's {recorded.issuer} ({PUBLIC_URL})"
         )
-    if recorded.token_key_id != mine.token_key_id:
+    # The recorded key may be one of this broker's older keys (a rotation under way, docs/deploy.md).
+    if recorded.token_key_id not in {key_id(key) for key in broker.token_ring}:
         differences.append(
-            f"token signing key: this broker's {settings.resolved_signing_key_file} is {mine.token_key_id}, "
-            f"the database's is {recorded.token_key_id} ({SIGNING_KEY})"
+            f"token signing key: this broker's {settings.resolved_signing_key_file} is {mine.token_key_id}"
+            f"{_older(broker.previous_token_keys)}, the database's is {recorded.token_key_id} ({SIGNING_KEY})"
         )
-    if recorded.audit_key_id != mine.audit_key_id:
+    if recorded.audit_key_id not in {key_id(key) for key in broker.audit_ring}:
         differences.append(
-            f"audit signing key: this broker's {settings.resolved_audit_key_file} is {mine.audit_key_id}, "
-            f"the database's is {recorded.audit_key_id} ({AUDIT_KEY})"
+            f"audit signing key: this broker's {settings.resolved_audit_key_file} is {mine.audit_key_id}"
+            f"{_older(broker.previous_audit_keys)}, the database's is {recorded.audit_key_id} ({AUDIT_KEY})"
         )
     if differences:
         raise Misconfigured(
@@ -262,6 +287,10 @@ def _compare(broker: Broker, recorded: broker_meta.Identity, mine: broker_meta.I
             "Replicas); to change them on purpose, stop every replica, run "
             "`access-broker migrate --forget-identity`, then start them all",
         )
+
+
+def _older(keys: tuple[Ed25519PrivateKey, ...]) -> str:
+    return f" (older keys: {', '.join(key_id(key) for key in keys)})" if keys else ""
 
 
 def forget_identity(broker: Broker) -> None:

@@ -46,7 +46,7 @@ def verify(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Check every entry's hash, the chain and every signed checkpoint; exit 1 naming the first bad entry."""
-    from access.broker.audit.checkpoints import load_checkpoints_file, verify_ledger
+    from access.broker.audit.checkpoints import audit_public_keys, load_checkpoints_file, verify_ledger
 
     check_output(output)
     external = None
@@ -56,7 +56,7 @@ def verify(
         except (OSError, ValueError) as exc:
             raise fail(f"cannot use {checkpoints}: {exc}", code=2) from exc
     with admin_broker(data_dir, database_url) as broker:
-        result = verify_ledger(broker.engine, broker.audit_key.public_key(), external)
+        result = verify_ledger(broker.engine, audit_public_keys(broker), external)
     if output == "json":
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:

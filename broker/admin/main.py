@@ -160,6 +160,7 @@ def _register_groups() -> None:
     from access.broker.admin import totp as _totp_commands  # noqa: F401 (adds users totp-*)
     from access.broker.admin.audit import audit_app
     from access.broker.admin.identity import service_accounts_app, users_app
+    from access.broker.admin.keys import keys_app
     from access.broker.admin.locks import register as register_locks
     from access.broker.admin.policy import policy_app
 
@@ -167,6 +168,7 @@ def _register_groups() -> None:
     app.add_typer(service_accounts_app, name="service-accounts")
     app.add_typer(audit_app, name="audit")
     app.add_typer(policy_app, name="policy")
+    app.add_typer(keys_app, name="keys")
     register_locks(app)
 
 

@@ -68,6 +68,8 @@ class Action(StrEnum):
     CONNECTION_REFUSE = "connection.refuse"
     # The ledger itself (admin/): its append-only guards were found missing and put back.
     LEDGER_GUARDS_RESTORE = "ledger.guards_restore"
+    # Keys (admin/keys): stored secrets sealed again with the current token key after a rotation.
+    KEYS_RESEAL = "keys.reseal"
     # The statement log (audit/statements): a batch of the statements one channel relayed.
     CONNECTION_STATEMENTS = "connection.statements"
     # Per-grant identities on targets (identities/): made, dropped at the grant's end, reconciled.

@@ -38,10 +38,12 @@ from access.broker.store import audit as store
 from access.broker.store.ledger_ddl import guard_problems, install_guards
 
 __all__ = [
+    "AuditKeys",
     "Checkpoint",
     "CheckpointLoop",
     "Problem",
     "VerifyResult",
+    "audit_public_keys",
     "check_ledger",
     "export_checkpoints",
     "export_entries",
@@ -57,6 +59,16 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The audit key that must have signed a checkpoint, or several: the current one and the older
+# ones a rotation keeps (``previous_audit_key_files``), by which older checkpoints still verify.
+AuditKeys = Ed25519PublicKey | Sequence[Ed25519PublicKey]
+
+
+def audit_public_keys(broker: Broker) -> list[Ed25519PublicKey]:
+    """The public keys of the broker's audit ring: the current one first."""
+    return [key.public_key() for key in broker.audit_ring]
+
 
 _TYPE = "access-audit-checkpoint/v1"
 _BATCH = 1000
@@ -81,6 +93,11 @@ class Checkpoint:
         }
         data: bytes = canonical.dumps(body)
         return data
+
+    def signed_by(self, keys: AuditKeys) -> bool:
+        """Whether one of ``keys`` (the audit key, or the ring with older ones) signed this."""
+        ring = (keys,) if isinstance(keys, Ed25519PublicKey) else keys
+        return any(self.key_id == key_id(key) and self.signature_valid(key) for key in ring)
 
     def signature_valid(self, public_key: Ed25519PublicKey) -> bool:
         try:
@@ -157,7 +174,7 @@ def _guard_messages(conn: sa.Connection) -> list[str]:
 
 
 def check_ledger(
-    conn: sa.Connection, public_key: Ed25519PublicKey, anchor: tuple[int, str] | None = None
+    conn: sa.Connection, public_key: AuditKeys, anchor: tuple[int, str] | None = None
 ) -> list[str]:
     """What keeps the ledger from being signed now; [] when it may be.
 
@@ -179,7 +196,7 @@ def check_ledger(
     if row is not None:
         newest = Checkpoint(row.seq, row.head_hash, row.at, row.key_id, row.signature)
         entry = store.entries_after(conn, newest.seq - 1, 1)
-        if newest.key_id != key_id(public_key) or not newest.signature_valid(public_key):
+        if not newest.signed_by(public_key):
             problems.append(
                 f"the newest checkpoint (seq {newest.seq}) has no valid signature by the audit key"
             )
@@ -215,7 +232,7 @@ def refuse_unsafe(broker: Broker) -> None:
         Unavailable: the database could not be reached.
     """
     with broker.transaction() as conn:
-        problems = check_ledger(conn, broker.audit_key.public_key())
+        problems = check_ledger(conn, audit_public_keys(broker))
     if problems:
         raise unsafe_error(problems, "refusing to serve: ")
 
@@ -255,7 +272,7 @@ def write_checkpoint(broker: Broker, anchor: tuple[int, str] | None = None) -> C
     """
     with broker.transaction() as conn:
         head = store.chain_head(conn)
-        problems = check_ledger(conn, broker.audit_key.public_key(), anchor)
+        problems = check_ledger(conn, audit_public_keys(broker), anchor)
         if problems:
             raise unsafe_error(problems)
         if head is None:
@@ -443,7 +460,7 @@ def _recomputed(row: Any) -> str | None:
 
 def verify_ledger(
     source: sa.Engine | sa.Connection,
-    public_key: Ed25519PublicKey,
+    public_key: AuditKeys,
     checkpoints: Iterable[Checkpoint] | None = None,
 ) -> VerifyResult:
     """Check the whole ledger: every hash, the chain, seq continuity, and every checkpoint.
@@ -469,10 +486,11 @@ def verify_ledger(
     for message in guards:
         _problem(result, None, "guard", message)
     all_checkpoints = _merge(stored, list(checkpoints or ()), result)
-    wanted_id = key_id(public_key)
+    ring = (public_key,) if isinstance(public_key, Ed25519PublicKey) else tuple(public_key)
+    wanted_id = ", ".join(key_id(key) for key in ring)
     by_seq: dict[int, list[Checkpoint]] = {}
     for checkpoint in all_checkpoints:
-        if checkpoint.key_id != wanted_id or not checkpoint.signature_valid(public_key):
+        if not checkpoint.signed_by(ring):
             _problem(
                 result,
                 checkpoint.seq,

@@ -19,6 +19,7 @@ from typing import Any
 
 import jwt
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import BrokerError, Unauthenticated
@@ -107,6 +108,13 @@ def issue_access_token(
     return token, ttl
 
 
+def _verifying_key(broker: Broker, kid: object) -> Ed25519PublicKey:
+    """The public key of the ring's key named ``kid`` (a rotation keeps older tokens valid until
+    they expire). A token naming no key of ours is checked against the current one, and fails."""
+    found = broker.token_verifiers.get(kid) if isinstance(kid, str) else None
+    return found if found is not None else broker.token_key.public_key()
+
+
 def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
     """Check an access token's signature, type, issuer, audience and times (no database).
 
@@ -120,7 +128,7 @@ def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
         header = jwt.get_unverified_header(raw_token)
         claims = jwt.decode(
             raw_token,
-            broker.token_key.public_key(),
+            _verifying_key(broker, header.get("kid")),
             algorithms=[ALGORITHM],  # pinned: never taken from the token
             audience=AUDIENCE,
             issuer=broker.base_url,

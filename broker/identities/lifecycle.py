@@ -124,7 +124,7 @@ def make(broker: Broker, record: GrantRecord, attempt: datetime, **details: Any)
     try:
         with provisioner(broker, svc) as target:
             identity = target.create(spec_for(svc, record))
-            sealed = Sealer(broker.token_key).seal(record.id, identity.password)
+            sealed = Sealer(broker.token_ring).seal(record.id, identity.password)
             with broker.transaction() as conn:
                 if store.created(conn, record.id, identity.name, sealed, attempt):
                     audit(

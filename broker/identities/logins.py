@@ -35,7 +35,7 @@ def identity_login(broker: Broker, grant_id: str) -> TargetLogin | None:
         return None
     if grant is None or grant[0] != "active" or broker.clock.now() >= grant[1]:
         return None  # ended, or past its expiry before the expiry loop saw it: fail closed
-    password = Sealer(broker.token_key).open(grant_id, row.sealed_password)
+    password = Sealer(broker.token_ring).open(grant_id, row.sealed_password)
     if password is None:
         return None
     svc = broker.policy.service(row.service)

@@ -9,7 +9,8 @@ Why that key and not a file of its own: every replica must unseal what another s
 replicas already share the signing key (they verify each other's tokens), so there is no second
 secret to distribute, back up or forget on one replica. The cost: whoever holds the signing key
 can also unseal the passwords, which changes little (that holder can already mint tokens and get
-grants); rotating the signing key makes sealed passwords unreadable, which fails closed
+grants). A rotation keeps the old key in ``previous_signing_key_files``, so what it sealed still
+opens; a key dropped from there makes what only it sealed unreadable, which fails closed
 (``identity_login`` answers None; the grant's next identity gets a new one).
 
 The grant id is the associated data: a sealed password moved to another grant's row does not open.
@@ -18,6 +19,7 @@ The grant id is the associated data: a sealed password moved to another grant's 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,10 +43,20 @@ def derive_key(token_key: Ed25519PrivateKey, info: bytes) -> bytes:
 
 class Sealer:
     """Seal and open secrets with the key derived from ``token_key`` for ``info`` (by default
-    the identities' passwords')."""
+    the identities' passwords').
 
-    def __init__(self, token_key: Ed25519PrivateKey, info: bytes = _INFO) -> None:
-        self._aead = AESGCM(derive_key(token_key, info))
+    ``token_key`` may be the broker's ring (``Broker.token_ring``): the first key seals, and what
+    an older key sealed still opens, so a rotation of the signing key loses no stored secret.
+    """
+
+    def __init__(
+        self, token_key: Ed25519PrivateKey | Sequence[Ed25519PrivateKey], info: bytes = _INFO
+    ) -> None:
+        keys = (token_key,) if isinstance(token_key, Ed25519PrivateKey) else tuple(token_key)
+        if not keys:
+            raise ValueError("a sealer needs a key")
+        self._aeads = [AESGCM(derive_key(key, info)) for key in keys]
+        self._aead = self._aeads[0]
 
     def seal(self, grant_id: str, password: str) -> bytes:
         return self.seal_bytes(grant_id, password.encode())
@@ -64,7 +76,13 @@ class Sealer:
 
     def open_bytes(self, associated: str, sealed: bytes) -> bytes | None:
         """What ``seal_bytes`` sealed, or None when it does not open."""
-        try:
-            return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], associated.encode())
-        except (InvalidTag, ValueError):
-            return None
+        return self.open_bytes_with(associated, sealed)[0]
+
+    def open_bytes_with(self, associated: str, sealed: bytes) -> tuple[bytes | None, bool]:
+        """``open_bytes``, and whether an older key of the ring opened it (then seal it again)."""
+        for index, aead in enumerate(self._aeads):
+            try:
+                return aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], associated.encode()), index > 0
+            except (InvalidTag, ValueError):
+                continue
+        return None, False

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from access.broker.keys import key_id
+from access.broker.perbroker import PerBroker
 from access.broker.policy.model import AdminCredential, ServiceConfig
 from access.broker.provision.base import Provisioner
 from access.broker.provision.common import AdminLogin, ProvisionFailed
 from access.broker.provision.mysql import MySQLProvisioner
 from access.broker.provision.postgres import PostgresProvisioner
 from access.broker.provision.redis import RedisProvisioner
+from access.broker.store import broker_meta
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
@@ -30,7 +32,33 @@ __all__ = ["admin_password", "broker_id", "provisioner", "provisioner_for"]
 
 
 def broker_id(broker: Broker) -> str:
-    return key_id(broker.token_key)
+    """The id in the tags of this fleet's identities on targets (``provision.common.tag``): the one
+    ``broker_meta`` recorded, which a rotation of the token key leaves as it is; before the first
+    ``serve`` recorded one, the token key's (what that ``serve`` records).
+
+    Raises:
+        Unavailable: the database could not be reached (the first time only: it is kept).
+    """
+    return _broker_ids(broker).value
+
+
+class _BrokerId:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._value: str | None = None
+
+    @property
+    def value(self) -> str:
+        if self._value is None:
+            with self.broker.transaction() as conn:
+                recorded = broker_meta.read(conn)
+            self._value = (
+                recorded.broker_id if recorded and recorded.broker_id else key_id(self.broker.token_key)
+            )
+        return self._value
+
+
+_broker_ids = PerBroker(_BrokerId)
 
 
 def admin_password(svc: ServiceConfig, admin: AdminCredential) -> str:

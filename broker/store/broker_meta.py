@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from access.broker.store.tables import broker_meta
 
-__all__ = ["Identity", "forget", "insert", "read", "set_issuer"]
+__all__ = ["Identity", "forget", "insert", "read", "set_issuer", "set_keys"]
 
 _ROW = 1
 
@@ -21,6 +21,7 @@ class Identity:
     issuer: str | None
     token_key_id: str
     audit_key_id: str
+    broker_id: str | None = None  # None: this row is being written (insert takes token_key_id)
 
 
 def read(conn: sa.Connection) -> Identity | None:
@@ -28,7 +29,7 @@ def read(conn: sa.Connection) -> Identity | None:
     row = conn.execute(sa.select(broker_meta).where(broker_meta.c.id == _ROW)).first()
     if row is None:
         return None
-    return Identity(row.issuer, row.token_key_id, row.audit_key_id)
+    return Identity(row.issuer, row.token_key_id, row.audit_key_id, row.broker_id or row.token_key_id)
 
 
 def insert(conn: sa.Connection, identity: Identity, at: datetime) -> None:
@@ -40,7 +41,17 @@ def insert(conn: sa.Connection, identity: Identity, at: datetime) -> None:
             token_key_id=identity.token_key_id,
             audit_key_id=identity.audit_key_id,
             recorded_at=at,
+            broker_id=identity.broker_id or identity.token_key_id,
         )
+    )
+
+
+def set_keys(conn: sa.Connection, token_key_id: str, audit_key_id: str, at: datetime) -> None:
+    """Record the keys that sign now, after a rotation (the broker id stays as it is)."""
+    conn.execute(
+        broker_meta.update()
+        .where(broker_meta.c.id == _ROW)
+        .values(token_key_id=token_key_id, audit_key_id=audit_key_id, recorded_at=at)
     )
 
 

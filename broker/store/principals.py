@@ -270,6 +270,25 @@ def totp_users(conn: sa.Connection) -> set[str]:
     return {str(row.id) for row in rows}
 
 
+def totp_sealed(conn: sa.Connection) -> list[tuple[str, bytes]]:
+    """Every stored TOTP secret, sealed, with its principal's id (``keys reseal``)."""
+    rows = conn.execute(
+        sa.select(principals.c.id, principals.c.totp_secret).where(principals.c.totp_secret.is_not(None))
+    )
+    return [(str(row.id), bytes(row.totp_secret)) for row in rows]
+
+
+def totp_reseal(conn: sa.Connection, principal_id: str, old: bytes, new: bytes) -> bool:
+    """Replace the sealed secret ``old`` by ``new`` (the same secret under the current key);
+    False when it changed meanwhile (a new enrolment or a reset: then it stays as it is)."""
+    result = conn.execute(
+        principals.update()
+        .where(principals.c.id == principal_id, principals.c.totp_secret == old)
+        .values(totp_secret=new)
+    )
+    return result.rowcount == 1
+
+
 def totp_set_pending(conn: sa.Connection, principal_id: str, sealed_secret: bytes) -> None:
     """Store a new, unconfirmed TOTP secret (replacing an unconfirmed one)."""
     conn.execute(

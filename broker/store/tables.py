@@ -301,6 +301,9 @@ broker_meta = sa.Table(
     sa.Column("token_key_id", sa.String(64), nullable=False),
     sa.Column("audit_key_id", sa.String(64), nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
+    # The id in the tags of this fleet's identities on targets: the first token key's, kept when
+    # the key rotates (token_key_id then follows the key that signs).
+    sa.Column("broker_id", sa.String(64), nullable=True),
 )
 
 # Each running broker process (replica), with its heartbeat: one whose heartbeat is older than

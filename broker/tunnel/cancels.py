@@ -137,11 +137,17 @@ class SharedKeys:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self._mac_key = derive_key(broker.token_key, _MAC_INFO)
-        self._sealer = Sealer(broker.token_key, _SEAL_INFO)
+        # The first key makes the MACs; the ring's older ones still check a key issued before a rotation.
+        self._mac_keys = [derive_key(key, _MAC_INFO) for key in broker.token_ring]
+        self._sealer = Sealer(broker.token_ring, _SEAL_INFO)
 
-    def _mac(self, key: tuple[int, int]) -> bytes:
-        return hmac.digest(self._mac_key, _KEY.pack(*key), "sha256")
+    def _mac(self, key: tuple[int, int], mac_key: bytes | None = None) -> bytes:
+        return hmac.digest(mac_key or self._mac_keys[0], _KEY.pack(*key), "sha256")
+
+    def _mac_matches(self, stored: bytes, presented: tuple[int, int]) -> bool:
+        # Every key is tried (no early exit): the time taken says nothing about which one matched.
+        matches = [hmac.compare_digest(stored, self._mac(presented, key)) for key in self._mac_keys]
+        return any(matches)
 
     def record(self, entry: CancelEntry) -> bool:
         """Write ``entry``'s row; False when it could not be (logged): a cancel for that channel
@@ -187,7 +193,7 @@ class SharedKeys:
         """
         with self.broker.transaction() as conn:
             row = store.find(conn, presented[0])
-        if row is None or not hmac.compare_digest(row.secret_mac, self._mac(presented)):
+        if row is None or not self._mac_matches(row.secret_mac, presented):
             return None
         if row.instance_id == self.broker.instance_id:
             return None  # this process's own channel: ``CancelKeys`` knows it, or it has ended

@@ -40,6 +40,7 @@ from access.broker.auth.identity.directory import EndedSignIns, end_sign_ins, fi
 from access.broker.auth.password import PasswordAttempt
 from access.broker.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from access.broker.identities.sealing import Sealer
+from access.broker.keys import key_id
 from access.broker.runtime import Broker
 from access.broker.store import principals
 from access.broker.store.principals import USER, PrincipalRecord
@@ -77,7 +78,7 @@ class Enrolment:
 
 
 def _sealer(broker: Broker) -> Sealer:
-    return Sealer(broker.token_key, _SEAL_INFO)
+    return Sealer(broker.token_ring, _SEAL_INFO)
 
 
 def issuer(broker: Broker) -> str:
@@ -106,8 +107,47 @@ def _matching_step(secret: str, code: str, now: datetime) -> int | None:
     return found
 
 
-def _open(broker: Broker, principal_id: str, state: principals.TotpState) -> str | None:
-    return _sealer(broker).open(principal_id, state.sealed_secret)
+def _open(conn: sa.Connection, broker: Broker, principal_id: str, state: principals.TotpState) -> str | None:
+    """The secret; one an older key of the ring sealed is sealed again with the current key."""
+    sealer = _sealer(broker)
+    opened, by_older = sealer.open_bytes_with(principal_id, state.sealed_secret)
+    if opened is None:
+        return None
+    if by_older:
+        resealed = sealer.seal_bytes(principal_id, opened)
+        principals.totp_reseal(conn, principal_id, state.sealed_secret, resealed)
+    return opened.decode(errors="replace")
+
+
+def reseal_all(broker: Broker, *, actor: str) -> tuple[int, int]:
+    """Seal again with the current token key every TOTP secret an older key of the ring sealed
+    (``access-broker keys reseal``, before that key leaves ``previous_signing_key_files``).
+    Returns ``(resealed, unreadable)``: the second counts secrets no key of the ring opens
+    (their people must enrol again, ``users totp-reset``).
+
+    Raises:
+        Unavailable: the database could not be reached.
+    """
+    sealer = _sealer(broker)
+    resealed = unreadable = 0
+    with broker.transaction() as conn:
+        for principal_id, sealed in principals.totp_sealed(conn):
+            opened, by_older = sealer.open_bytes_with(principal_id, sealed)
+            if opened is None:
+                unreadable += 1
+            elif by_older and principals.totp_reseal(
+                conn, principal_id, sealed, sealer.seal_bytes(principal_id, opened)
+            ):
+                resealed += 1
+        ledger.append(
+            conn,
+            broker.clock,
+            actor=actor,
+            action=Action.KEYS_RESEAL,
+            target="keys:token",
+            details={"resealed": resealed, "unreadable": unreadable, "key_id": key_id(broker.token_key)},
+        )
+    return resealed, unreadable
 
 
 def _accept(
@@ -115,8 +155,8 @@ def _accept(
 ) -> bool:
     """Whether ``code`` is right now for the stored secret and its step is later than the last
     one accepted; if so that step is recorded (so the same code is refused next time)."""
-    secret = _open(broker, principal_id, state)
-    if secret is None:  # the signing key changed: fail closed (an administrator resets it)
+    secret = _open(conn, broker, principal_id, state)
+    if secret is None:  # no key of the ring opens it: fail closed (an administrator resets it)
         return False
     step = _matching_step(secret, code, broker.clock.now())
     if step is None or (state.last_step is not None and step <= state.last_step):
@@ -228,7 +268,7 @@ def pending_enrolment(broker: Broker, name: str) -> Enrolment | None:
         state = principals.totp_state(conn, user.id)
     if state is None or state.confirmed_at is not None:
         return None
-    secret = _open(broker, user.id, state)
+    secret = _sealer(broker).open(user.id, state.sealed_secret)
     if secret is None:
         return None
     uri = pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(

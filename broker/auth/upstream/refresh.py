@@ -59,14 +59,14 @@ def seal_refresh(broker: Broker, provider: str, principal_id: str, token: object
     None when the provider sent none (or something that cannot be one)."""
     if not isinstance(token, str) or not token or len(token) > _MAX_REFRESH:
         return None
-    return Sealer(broker.token_key, _SEAL_INFO).seal_bytes(
+    return Sealer(broker.token_ring, _SEAL_INFO).seal_bytes(
         _associated(provider, principal_id), token.encode()
     )
 
 
 def open_refresh(broker: Broker, provider: str, principal_id: str, sealed: bytes) -> str | None:
     """What ``seal_refresh`` sealed, or None (another key, another principal, tampered)."""
-    opened = Sealer(broker.token_key, _SEAL_INFO).open_bytes(_associated(provider, principal_id), sealed)
+    opened = Sealer(broker.token_ring, _SEAL_INFO).open_bytes(_associated(provider, principal_id), sealed)
     return None if opened is None else opened.decode(errors="replace")
 
 

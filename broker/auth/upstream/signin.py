@@ -173,7 +173,7 @@ def start(broker: Broker, provider_name: str, purpose: str, user_code: str, clie
             state_hash=hash_token(state),
             browser_hash=hash_token(browser),
             nonce=nonce,
-            code_verifier=Sealer(broker.token_key, _VERIFIER_INFO).seal_bytes(login_id, verifier.encode()),
+            code_verifier=Sealer(broker.token_ring, _VERIFIER_INFO).seal_bytes(login_id, verifier.encode()),
             purpose=purpose,
             device_id=device_id,
             created_at=now,
@@ -259,7 +259,7 @@ def _complete(
         )
     if not callback.code or len(callback.code) > _MAX_PARAM:
         raise _Refused("no_code", _again(f"{provider.display_name} sent no authorization code"))
-    verifier = Sealer(broker.token_key, _VERIFIER_INFO).open_bytes(login.id, login.code_verifier)
+    verifier = Sealer(broker.token_ring, _VERIFIER_INFO).open_bytes(login.id, login.code_verifier)
     if verifier is None:  # the signing key changed since the start
         raise _Refused("verifier_unreadable", _again("This sign-in can no longer be completed"))
     try:
