@@ -33,7 +33,7 @@ from access.cli.errors import CliError, NeedsLogin
 from access.shared.closecodes import ended_why
 from access.shared.httphead import HeadError, parse_response_head, split_head
 from access.shared.mux import Channel, MuxSession
-from access.shared.muxframe import OPEN, SUBPROTOCOL
+from access.shared.muxframe import MAX_CHANNELS, OPEN, SUBPROTOCOL
 from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
 
 if TYPE_CHECKING:
@@ -264,6 +264,9 @@ class ClientSession(MuxSession):
     def channel_finished(self, channel: Channel) -> None:
         if channel in self.pending:
             self.pending.remove(channel)
+        if self.live_channels == 0 and self.forwarder.session is not self and self.open and not self.draining:
+            # A WebSocket opened beside a full one, now empty: new connections go elsewhere.
+            self.close(CLOSE_NORMAL, "no connections left", why="client closed")
 
     def _settle(self) -> None:
         if not self.settled.done():
@@ -470,8 +473,10 @@ class Forwarder:
         return LocalChannel(self._current())
 
     def _current(self, *, quiet: bool = False) -> ClientSession:
+        """The WebSocket new connections join: a new one when there is none that can take them,
+        also when this one carries the protocol's ``MAX_CHANNELS`` (the older ones keep theirs)."""
         session = self.session
-        if session is None or not session.usable:
+        if session is None or not session.usable or session.live_channels >= MAX_CHANNELS:
             session = self.session = self._new_session()
             self._spawn(self._connect(session, quiet=quiet))
         return session
