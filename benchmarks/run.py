@@ -170,11 +170,13 @@ def start_broker(
     *,
     tls: bool = True,
     extra_services: tuple[dict[str, Any], ...] = (),
+    broker_settings: dict[str, str] | None = None,
 ) -> tuple[str, Path, dict[str, str]]:
     """A real broker (TLS unless ``tls`` is False: plain HTTP on loopback, for comparisons only);
     a service account logged in with `access login`. Returns (url, ca, env).
 
-    ``extra_services``: more services for the policy (kube.py's cluster), scope read."""
+    ``extra_services``: more services for the policy (kube.py's cluster), scope read;
+    ``broker_settings``: more ``ACCESS_BROKER_*`` variables for the broker (connections.py's limits)."""
     from access.shared.devca import make_ca
 
     ca = make_ca(tmp / "ca")
@@ -263,7 +265,7 @@ def start_broker(
             "--ready-file",
             str(ready),
         ],
-        env={**broker_env, "ACCESS_BROKER_LOG_LEVEL": "warning"},
+        env={**broker_env, "ACCESS_BROKER_LOG_LEVEL": "warning", **(broker_settings or {})},
     )
     deadline = time.monotonic() + 30
     while not ready.exists() or not ready.read_text().strip():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -241,7 +242,8 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=5,
+        # The drain (tunnels finishing on this replica), then 5 s for the rest (tunnel.protocol).
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 5,
     )
     server = uvicorn.Server(config)
 

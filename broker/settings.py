@@ -233,6 +233,14 @@ class Settings(BaseSettings):
     tunnel_login_timeout: float = Field(
         default=10.0, gt=0, le=300, description="seconds a channel's login to its target may take"
     )
+    # A graceful stop (SIGTERM): tunnels are told to open new connections elsewhere (docs/deploy.md).
+    drain_timeout: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, seconds the open connections of tunnels may go on before they are "
+        "cut (new ones go to another replica at once)",
+    )
 
     # Issue 12: signed webhook notifications (notifications/, docs/notifications.md).
     webhooks: tuple[WebhookEndpoint, ...] = Field(

@@ -33,8 +33,8 @@ from access.cli.errors import CliError, NeedsLogin
 from access.shared.closecodes import ended_why
 from access.shared.httphead import HeadError, parse_response_head, split_head
 from access.shared.mux import Channel, MuxSession
-from access.shared.muxframe import OPEN, SUBPROTOCOL
-from access.shared.wsframe import CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
+from access.shared.muxframe import MAX_CHANNELS, OPEN, SUBPROTOCOL
+from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_NORMAL, GRANT_ENDED_CODES, accept_key
 
 if TYPE_CHECKING:
     from access.cli.localtls import LocalTls
@@ -130,6 +130,8 @@ class ClientSession(MuxSession):
         self.failed = False  # the handshake failed: this session will never be ready
         self.pending: list[LocalChannel] = []  # waiting for the handshake
         self.handed_over: ClientSession | None = None  # the retry that took over from this one
+        self.draining = False  # the broker is stopping: no new channels here (DRAIN)
+        self.cut_at_close = 0  # channels still open when the WebSocket closed
         loop = asyncio.get_running_loop()
         self.gone: asyncio.Future[None] = loop.create_future()
         self.settled: asyncio.Future[None] = loop.create_future()  # ready, or failed
@@ -140,7 +142,7 @@ class ClientSession(MuxSession):
 
     @property
     def usable(self) -> bool:
-        return not (self.failed or self._lost or self._close_sent)
+        return not (self.failed or self._lost or self._close_sent or self.draining)
 
     # -- the handshake ---------------------------------------------------------------------
 
@@ -248,9 +250,23 @@ class ClientSession(MuxSession):
         if str(error.get("code")) in GRANT_ENDED:
             self.forwarder.end(TunnelEnded(message, str(error.get("code"))))
 
+    def on_drain(self, seconds: int) -> None:
+        """The broker is stopping: new local connections go through a new WebSocket (behind a
+        load balancer, to another replica); the open ones go on for at most ``seconds``."""
+        self.draining = True
+        self.forwarder.drained(self, seconds)
+
+    def close(self, code: int, reason: str, *, why: str) -> None:
+        if self.cut_at_close == 0:
+            self.cut_at_close = len(self.channels)
+        super().close(code, reason, why=why)
+
     def channel_finished(self, channel: Channel) -> None:
         if channel in self.pending:
             self.pending.remove(channel)
+        if self.live_channels == 0 and self.forwarder.session is not self and self.open and not self.draining:
+            # A WebSocket opened beside a full one, now empty: new connections go elsewhere.
+            self.close(CLOSE_NORMAL, "no connections left", why="client closed")
 
     def _settle(self) -> None:
         if not self.settled.done():
@@ -457,8 +473,10 @@ class Forwarder:
         return LocalChannel(self._current())
 
     def _current(self, *, quiet: bool = False) -> ClientSession:
+        """The WebSocket new connections join: a new one when there is none that can take them,
+        also when this one carries the protocol's ``MAX_CHANNELS`` (the older ones keep theirs)."""
         session = self.session
-        if session is None or not session.usable:
+        if session is None or not session.usable or session.live_channels >= MAX_CHANNELS:
             session = self.session = self._new_session()
             self._spawn(self._connect(session, quiet=quiet))
         return session
@@ -510,12 +528,33 @@ class Forwarder:
             self.session = None
         session.fail()
 
+    def drained(self, session: ClientSession, seconds: int) -> None:
+        """``session``'s broker is stopping: the next connection (at once, when held) opens a new
+        WebSocket to the same URL."""
+        if self.session is session:
+            self.session = None
+        if session.live_channels:
+            self.report(
+                f"the broker is restarting: {session.live_channels} open connection(s) go on for up to "
+                f"{seconds} s; new ones go through a new connection to {self.endpoint.base_url}"
+            )
+        if self.hold and not (self._closing or self.ended.done()):
+            self._current()
+
     def session_lost(self, session: ClientSession, relayed: bool) -> None:
         """``session``'s connection to the broker is gone; say why if it had been working."""
         self.sessions.discard(session)
         if self.session is session:
             self.session = None
         if not relayed or self._closing:
+            return
+        if session.draining and (session.remote_close is None or session.remote_close[0] == CLOSE_GOING_AWAY):
+            # The drained broker stopped: what still ran through it is cut; the rest already moved.
+            if session.cut_at_close:
+                self.report(
+                    f"the broker stopped: {session.cut_at_close} connection(s) still open through it "
+                    "were cut; new ones go through another"
+                )
             return
         if session.remote_close is None:
             if session.why == "error" or session.live_channels:

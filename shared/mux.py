@@ -38,6 +38,7 @@ from mypy_extensions import mypyc_attr
 from access.shared.muxframe import (
     CLOSE,
     DATA,
+    DRAIN,
     HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_CONTROL,
@@ -498,6 +499,8 @@ class MuxSession(asyncio.BufferedProtocol):
                 self.on_open(channel_id)
             elif not self.client:
                 raise ProtocolError(CLOSE_PROTOCOL, "only the broker accepts or refuses channels")
+            elif kind == DRAIN:
+                self.on_drain(value)
             elif kind == OPEN_OK:
                 channel = channels.get(channel_id)
                 if channel is not None:
@@ -749,6 +752,9 @@ class MuxSession(asyncio.BufferedProtocol):
 
     def on_open_fail(self, channel: Channel, error: dict[str, Any]) -> None:
         """CLI: the broker refused ``channel`` (``error``: its JSON error)."""
+
+    def on_drain(self, seconds: int) -> None:
+        """CLI: the broker is stopping; its open channels go on for at most ``seconds``."""
 
     def channel_finished(self, channel: Channel) -> None:
         """``channel``'s TCP connection is gone; ``channel.why`` says how it ended."""

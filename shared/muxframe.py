@@ -12,6 +12,9 @@ carry one, by ``value`` bytes of payload::
     DATA       both           payload: bytes for the channel's TCP connection
     WINDOW     both           value: bytes of credit returned to the sender (no payload)
     CLOSE      both           payload: a UTF-8 reason; the sender is done with the channel
+    DRAIN      broker -> CLI  channel 0, value: seconds. The broker is stopping: open no more
+                              channels here (a new WebSocket lands on another replica); the
+                              open ones go on for at most ``value`` seconds
 
 Flow control, per channel and direction, as SSH does it: a sender starts with ``INITIAL_WINDOW``
 bytes of credit and sends no more DATA than it holds; the receiver returns credit (``WINDOW``)
@@ -31,6 +34,7 @@ from access.shared.wsframe import CLOSE_PROTOCOL, ProtocolError
 __all__ = [
     "CLOSE",
     "DATA",
+    "DRAIN",
     "HEADER_SIZE",
     "INITIAL_WINDOW",
     "MAX_CHANNELS",
@@ -55,6 +59,7 @@ OPEN_FAIL = 3
 DATA = 4
 WINDOW = 5
 CLOSE = 6
+DRAIN = 7
 _NAMES = {
     OPEN: "OPEN",
     OPEN_OK: "OPEN_OK",
@@ -62,6 +67,7 @@ _NAMES = {
     DATA: "DATA",
     WINDOW: "WINDOW",
     CLOSE: "CLOSE",
+    DRAIN: "DRAIN",
 }
 _WITH_PAYLOAD = frozenset({OPEN_FAIL, DATA, CLOSE})
 

@@ -24,6 +24,7 @@ import contextlib
 import http
 import json
 import logging
+import math
 import re
 import secrets
 import ssl
@@ -58,7 +59,7 @@ from access.broker.wire.base import Handshake, Statement, TargetLogin, WireError
 from access.shared.closecodes import grant_ended_close
 from access.shared.httphead import HeadError, parse_request_head, split_head
 from access.shared.mux import Channel, MuxSession, error_payload
-from access.shared.muxframe import OPEN_FAIL, OPEN_OK, SUBPROTOCOL
+from access.shared.muxframe import DRAIN, OPEN_FAIL, OPEN_OK, SUBPROTOCOL
 from access.shared.net import forwarded_client
 from access.shared.wsframe import CLOSE_GOING_AWAY, CLOSE_PROTOCOL, ProtocolError, accept_key
 
@@ -495,6 +496,7 @@ class TunnelProtocol(MuxSession):
         self.limits = limits_for(self.broker)
         self.budget = self.limits.budget
         self._tunnel_counted = False  # counted against its user's tunnels
+        self._draining: asyncio.TimerHandle | None = None  # a graceful stop: the cut at its end
         # Where a logged-in channel's statements go (see ``StatementSink``): the statement log,
         # which batches them into ledger entries; a test may put another sink here.
         self.statement_log = statement_log_for(self.broker)  # looked up once, not per statement
@@ -783,6 +785,8 @@ class TunnelProtocol(MuxSession):
 
     def channel_finished(self, channel: Channel) -> None:
         assert isinstance(channel, BrokerChannel)
+        if self._draining is not None and self.live_channels == 0:
+            asyncio.get_running_loop().call_soon(self._end_drain)  # the last one: the tunnel is done
         if channel.counted and self.principal_id is not None:
             channel.counted = False
             self.limits.drop_channel(self.principal_id)
@@ -839,11 +843,26 @@ class TunnelProtocol(MuxSession):
         self.close(code, text, why=why)
 
     def shutdown(self) -> None:
-        """uvicorn is shutting down: tunnels fail closed (the CLI reconnects after a restart)."""
+        """uvicorn is shutting down (SIGTERM): drain. The CLI is told (DRAIN) to open new
+        connections through a new WebSocket, which lands on another replica; the open ones go on
+        until they end or ``drain_timeout`` passes, then the tunnel closes (1001)."""
+        if not self.open:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        seconds = self.broker.settings.drain_timeout
+        if self._draining is not None or seconds <= 0 or self.live_channels == 0:
+            self._end_drain()
+            return
+        self.send(DRAIN, 0, math.ceil(seconds))
+        self.flush()
+        self._draining = asyncio.get_running_loop().call_later(seconds, self._end_drain)
+
+    def _end_drain(self) -> None:
+        if self._draining is not None:
+            self._draining.cancel()
         if self.open:
             self.close(CLOSE_GOING_AWAY, "the broker is shutting down", why="shutdown")
-        elif self.transport is not None:
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)

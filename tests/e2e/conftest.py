@@ -315,6 +315,7 @@ def make_broker_process(
         ACCESS_BROKER_DEVICE_POLL_INTERVAL="1",
         ACCESS_BROKER_CHECKPOINT_INTERVAL="1",
         ACCESS_BROKER_LOG_LEVEL="warning",
+        ACCESS_BROKER_DRAIN_TIMEOUT="1",  # a stop drains live tunnels this long (test_drain sets its own)
     )
     base_env.update(env)
     return BrokerProcess(
