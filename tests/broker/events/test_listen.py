@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from access.broker import grants
 from access.broker.auth.identity import disable_principal
 from access.broker.auth.principal import AuthContext
+from access.broker.auth.sessions import revoke_token
 from access.broker.events.listen import SignalListener
 from access.broker.grants.extend import extend_grant
 from access.broker.rollout import reload_file
@@ -26,6 +27,7 @@ from access.broker.settings import Settings
 from access.broker.store import signals
 from access.broker.tunnel.registry import registry_for
 from access.shared.models import ExtendRequest
+from tests.broker.conftest import add_user, login
 from tests.broker.tunnel.test_registry import FakeTunnel, live_grant_of
 from tests.conftest import DEFAULT_POLICY, PG_ADMIN_URL, write_policy
 
@@ -107,6 +109,21 @@ async def test_disabling_a_user_on_another_broker_cuts_as_locked(here: Broker, t
         await asyncio.wait_for(tunnel.cut_event.wait(), BOUND)
     # The principal's signal comes first (its row is written first): "locked", then the grant's.
     assert {why for why, _ in tunnel.cuts} == {"locked"}
+
+
+async def test_a_sign_in_session_ended_on_another_broker_cuts_its_tunnels_here(
+    here: Broker, there: Broker
+) -> None:
+    tokens = login(there, add_user(there, "bob"))
+    _, grant = _live(there)
+    async with listening(here):
+        tunnel = FakeTunnel(grant.grant_id, None, session_id=tokens.session_id)
+        registry_for(here).add(tunnel)
+        registry_for(here).add_session(tunnel)
+        assert tokens.refresh_token is not None
+        assert await asyncio.to_thread(revoke_token, there, tokens.refresh_token)
+        await asyncio.wait_for(tunnel.cut_event.wait(), BOUND)
+    assert [why for why, _ in tunnel.cuts] == ["signed out"]
 
 
 async def test_an_extension_on_another_broker_moves_the_cut_here(here: Broker, there: Broker) -> None:
