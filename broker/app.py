@@ -212,8 +212,10 @@ def _background_loops(broker: Broker) -> list[Loop]:
     if broker.settings.listens:
         from access.broker.events.listen import SignalListener
 
-        # Other processes' ends at once; after every reconnection the polls read what was missed.
-        loops.append(SignalListener(broker, resync=[watch.wake, policy.wake], policy_changed=policy.wake))
+        # Other processes' ends at once; after every reconnection the polls read what was missed,
+        # and while it is not listening the tunnel watch polls at its quick interval.
+        watch.listener = SignalListener(broker, resync=[watch.wake, policy.wake], policy_changed=policy.wake)
+        loops.append(watch.listener)
     return loops
 
 

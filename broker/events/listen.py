@@ -81,6 +81,11 @@ class SignalListener(Loop):
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.connections = 0  # how many times it has (re)connected
 
+    @property
+    def listening(self) -> bool:
+        """Whether a connection listens now (False before the first and after a loss)."""
+        return self.conn is not None
+
     def next_delay(self, delay: float) -> float:
         """Listen again at once; while failing, back off from ``_FIRST_BACKOFF`` up to the cap."""
         return min(max(delay * 2, _FIRST_BACKOFF), self.max_backoff) if self.failing else 0.0

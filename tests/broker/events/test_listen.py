@@ -25,7 +25,7 @@ from access.broker.rollout import reload_file
 from access.broker.runtime import Broker
 from access.broker.settings import Settings
 from access.broker.store import signals
-from access.broker.tunnel.registry import registry_for
+from access.broker.tunnel.registry import TunnelWatch, registry_for
 from access.shared.models import ExtendRequest
 from tests.broker.conftest import add_user, login
 from tests.broker.tunnel.test_registry import FakeTunnel, live_grant_of
@@ -174,6 +174,23 @@ async def test_the_listener_reconnects_by_itself_wakes_the_poll_and_hears_again(
         await asyncio.to_thread(grants.revoke_grant, there, ctx, grant.grant_id)
         await asyncio.wait_for(tunnel.cut_event.wait(), BOUND)
     assert [why for why, _ in tunnel.cuts] == ["revoked"]
+
+
+async def test_the_poll_is_quick_while_no_notification_can_be_heard(here: Broker) -> None:
+    assert here.settings.watch_interval == 2.0  # PostgreSQL, listening: the safety net's interval
+    running = Listening(here)
+    watch = TunnelWatch(here, listener=running.listener)
+    assert watch.next_delay(watch.interval) == 0.25  # not listening yet: the poll is the only way
+    task = asyncio.create_task(running.listener.run())
+    try:
+        await running.until_connected(1)
+        assert watch.next_delay(watch.interval) == 2.0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert watch.next_delay(watch.interval) == 0.25  # stopped listening: quick again
+    assert TunnelWatch(here).next_delay(2.0) == 2.0  # no listener given: the interval as set
 
 
 async def test_a_signal_is_heard_when_its_transaction_commits_and_never_when_it_rolls_back(
