@@ -197,17 +197,26 @@ def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.tunnel.closes import CloseRetryLoop
     from access.broker.tunnel.registry import TunnelWatch
 
-    return [
+    watch, policy = TunnelWatch(broker), PolicyWatch(broker)
+    loops: list[Loop] = [
         CheckpointLoop(broker),
         ExpiryLoop(broker),
         OutboxLoop(broker, skip=(WEBHOOK,)),  # webhooks wait on others' servers: in a loop of their own
         WebhookLoop(broker),
-        TunnelWatch(broker),
+        watch,
         CloseRetryLoop(broker),
         StatementFlushLoop(broker),
         ReconcileLoop(broker),
-        PolicyWatch(broker),
+        policy,
     ]
+    if broker.settings.listens:
+        from access.broker.events.listen import SignalListener
+
+        # Other processes' ends at once; after every reconnection the polls read what was missed,
+        # and while it is not listening the tunnel watch polls at its quick interval.
+        watch.listener = SignalListener(broker, resync=[watch.wake, policy.wake], policy_changed=policy.wake)
+        loops.append(watch.listener)
+    return loops
 
 
 def create_app(broker: Broker, *, background: bool = True) -> FastAPI:

@@ -19,7 +19,19 @@ from access.broker.notifications.endpoints import WebhookEndpoint
 from access.broker.store.engine import DatabaseTimeouts, PoolSettings
 from access.shared.net import IPNetwork, is_loopback_host
 
-__all__ = ["Settings", "default_data_dir", "is_loopback_host"]
+__all__ = [
+    "LISTENING_WATCH_INTERVAL",
+    "POLLING_WATCH_INTERVAL",
+    "Settings",
+    "default_data_dir",
+    "is_loopback_host",
+]
+
+
+# The tunnel watch's default poll: quick when it is the only way ends decided elsewhere arrive,
+# slower as the safety net behind PostgreSQL's notifications.
+POLLING_WATCH_INTERVAL = 0.25
+LISTENING_WATCH_INTERVAL = 2.0
 
 
 def default_data_dir() -> Path:
@@ -63,8 +75,16 @@ class Settings(BaseSettings):
     checkpoint_interval: float = Field(
         default=60.0, gt=0, description="seconds between signed ledger checkpoints"
     )
-    grant_watch_interval: float = Field(
-        default=0.25, gt=0, le=1.0, description="seconds between checks for grants ended by other processes"
+    grant_watch_interval: float | None = Field(
+        default=None,
+        gt=0,
+        le=30.0,
+        description="seconds between checks for grants ended by other processes; default 2 on "
+        "PostgreSQL while notifications are listened for (db_notify), else 0.25",
+    )
+    db_notify: bool = Field(
+        default=True,
+        description="PostgreSQL: hear other processes' ends at once (LISTEN/NOTIFY); false: the poll alone",
     )
     policy_watch_interval: float = Field(
         default=2.0,
@@ -343,6 +363,23 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'broker.db'}"
+
+    @property
+    def on_postgres(self) -> bool:
+        return self.resolved_database_url.startswith("postgresql")
+
+    @property
+    def listens(self) -> bool:
+        """Whether this broker hears other processes' ends by LISTEN/NOTIFY (``events.listen``)."""
+        return self.db_notify and self.on_postgres
+
+    @property
+    def watch_interval(self) -> float:
+        """Seconds between the tunnel watch's polls: the safety net's longer default while
+        notifications carry ends at once, else the quick poll that is the only way."""
+        if self.grant_watch_interval is not None:
+            return self.grant_watch_interval
+        return LISTENING_WATCH_INTERVAL if self.listens else POLLING_WATCH_INTERVAL
 
     @property
     def pool(self) -> PoolSettings:

@@ -1,10 +1,10 @@
 """Events about grants, sessions and principals that the tunnel layer subscribes to.
 
-Ending a grant is an event, not a call into one process's memory: today subscribers run in this
-process; with several replicas the same events will also arrive through PostgreSQL
-LISTEN/NOTIFY (not built yet). Meanwhile ``tunnel.registry.TunnelWatch`` polls the database, so
-an end decided by another process (an admin command, another replica) is seen within
-``grant_watch_interval``.
+Ending a grant is an event, not a call into one process's memory: subscribers run in this
+process, and on PostgreSQL the events other processes decide (an admin command, another
+replica) arrive here too, through LISTEN/NOTIFY (``events.listen``), published on this bus as
+if decided here. ``tunnel.registry.TunnelWatch`` still polls the database as the safety net, so
+an end whose notification was lost is seen within ``grant_watch_interval``.
 """
 
 from __future__ import annotations

@@ -29,11 +29,12 @@ Besides webhooks one kind is carried, ``grant.ended`` (written by every transiti
 it, so a grant ended by an admin command in another process (which has no tunnels and no
 loops) reaches the serving broker's tunnels. With several replicas only ONE of them runs the
 row, yet EVERY replica must cut its own tunnels: cutting across replicas therefore does not
-rely on the outbox but on ``tunnel.registry.TunnelWatch`` polling the grants' states (and on
-PostgreSQL LISTEN/NOTIFY later, issue 14). The same handler then ends the grant's per-grant
-identity on its target (``identities.lifecycle.end_for_grant``: exactly one replica drops it;
-a target that is down makes the row fail and be retried; publishing again on a retry is
-harmless). ``OutboxLoop`` is woken by every ``GrantEnded`` this process publishes, so that
+rely on the outbox but on PostgreSQL NOTIFY (``store.signals``, heard by every replica's
+``events.listen.SignalListener``) and on ``tunnel.registry.TunnelWatch`` polling the grants'
+states. The same handler then ends the grant's per-grant identity on its target
+(``identities.lifecycle.end_for_grant``: exactly one replica drops it; a target that is down
+makes the row fail and be retried; publishing again on a retry is harmless). ``OutboxLoop`` is
+woken by every ``GrantEnded`` on this process's bus (decided here, or heard by NOTIFY), so that
 work starts at once rather than at the next poll.
 
 ``grant.extended`` (written by ``grants.extend`` with the new expiry) moves the per-grant

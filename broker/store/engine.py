@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-__all__ = ["DatabaseTimeouts", "PoolSettings", "create_engine", "migrate", "ping"]
+__all__ = ["DatabaseTimeouts", "PoolSettings", "connect_params", "create_engine", "migrate", "ping"]
 
 
 @dataclass(frozen=True)
@@ -118,13 +118,32 @@ def _sqlite_pragmas(busy_ms: int) -> Any:
     return on_connect
 
 
+def _bounded_params(timeouts: DatabaseTimeouts, cparams: dict[str, Any]) -> dict[str, Any]:
+    # What the URL says wins: its libpq parameters, and its own options, which come after
+    # ours (a later -c wins).
+    options = " ".join(filter(None, [timeouts.server_options(), cparams.get("options")]))
+    return {**timeouts.libpq_params(), **cparams, "options": options}
+
+
+def connect_params(url: str, timeouts: DatabaseTimeouts) -> dict[str, Any]:
+    """psycopg's keyword arguments for a connection of its own to the PostgreSQL of ``url``,
+    bounded as the pool's are (connecting, statements, locks, a dead peer): the replicas' LISTEN
+    connection (``store.signals``), which is no pooled connection.
+
+    Raises:
+        ValueError: ``url`` names another database.
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {parsed.get_backend_name()!r}")
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    _cargs, cparams = parsed.get_dialect()().create_connect_args(parsed)
+    return _bounded_params(timeouts, dict(cparams))
+
+
 def _postgres_connect(timeouts: DatabaseTimeouts) -> Any:
     def do_connect(_dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
-        # What the URL says wins: its libpq parameters, and its own options, which come after
-        # ours (a later -c wins).
-        options = " ".join(filter(None, [timeouts.server_options(), cparams.get("options")]))
-        params = {**timeouts.libpq_params(), **cparams, "options": options}
-        conn = _BoundedConnection.connect(*cargs, **params)
+        conn = _BoundedConnection.connect(*cargs, **_bounded_params(timeouts, cparams))
         conn.answer_timeout = timeouts.answer
         return conn
 

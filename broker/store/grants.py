@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from access.broker.store import signals
 from access.broker.store.tables import grants
 
 __all__ = [
@@ -182,13 +183,17 @@ def end(
     actor: str,
 ) -> bool:
     """Move a grant from ``from_state`` to ``to_state``; False when it was no longer in ``from_state``
-    (someone else moved it first), and then nothing changed."""
+    (someone else moved it first), and then nothing changed. Every replica is told at commit
+    (``signals``), so each cuts the grant's tunnels."""
     result = conn.execute(
         grants.update()
         .where(grants.c.id == grant_id, grants.c.state == from_state)
         .values(state=to_state, ended_at=now, ended_reason=reason, ended_by=actor)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    signals.send(conn, signals.Signal(signals.GRANT_ENDED, grant_id, reason=reason))
+    return True
 
 
 def extend(
@@ -196,7 +201,8 @@ def extend(
 ) -> bool:
     """Move an active grant's expiry from ``old_expiry`` to ``new_expiry``; False when the grant
     is no longer active with that expiry and time left at ``now`` (another request extended, revoked
-    or expired it first), and then nothing changed."""
+    or expired it first), and then nothing changed. Every replica is told at commit, so each
+    moves the cut of the grant's tunnels."""
     result = conn.execute(
         grants.update()
         .where(
@@ -207,7 +213,10 @@ def extend(
         )
         .values(expires_at=new_expiry)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    signals.send(conn, signals.Signal(signals.GRANT_EXTENDED, grant_id, expires_at=new_expiry))
+    return True
 
 
 def activate(conn: sa.Connection, grant_id: str, *, approved_at: datetime, expires_at: datetime) -> bool:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from access.broker.store import signals
 from access.broker.store.tables import policy_versions
 
 __all__ = ["PolicyVersion", "insert", "latest", "latest_number"]
@@ -37,7 +38,8 @@ def latest(conn: sa.Connection) -> PolicyVersion | None:
 
 
 def insert(conn: sa.Connection, *, sha256: str, source: str, text: str, at: datetime, by: str) -> int:
-    """Record a new version; return its number (one more than any before, on every database)."""
+    """Record a new version; return its number (one more than any before, on every database).
+    Every replica is told at commit (``signals``), and applies it."""
     result = conn.execute(
         policy_versions.insert().values(
             sha256=sha256, source=source[:1024], text=text, recorded_at=at, recorded_by=by[:64]
@@ -45,4 +47,5 @@ def insert(conn: sa.Connection, *, sha256: str, source: str, text: str, at: date
     )
     key = result.inserted_primary_key
     assert key is not None
+    signals.send(conn, signals.Signal(signals.POLICY_VERSION, str(key[0])))
     return int(key[0])

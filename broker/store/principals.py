@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from access.broker.store import signals
 from access.broker.store.tables import principals
 from access.shared.durations import format_instant
 
@@ -226,10 +227,11 @@ def set_password_hash(conn: sa.Connection, principal_id: str, password_hash: str
 
 
 def disable(conn: sa.Connection, principal_id: str, now: datetime) -> None:
-    """Mark a principal disabled as of ``now``."""
+    """Mark a principal disabled as of ``now``; every replica is told at commit (``signals``)."""
     conn.execute(
         principals.update().where(principals.c.id == principal_id).values(disabled=True, disabled_at=now)
     )
+    signals.send(conn, signals.Signal(signals.PRINCIPAL_LOCKED, principal_id))
 
 
 def enable(conn: sa.Connection, principal_id: str) -> bool:

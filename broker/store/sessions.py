@@ -12,6 +12,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from access.broker.store import signals
 from access.broker.store.tables import principals, refresh_tokens, sessions
 
 __all__ = [
@@ -115,19 +116,24 @@ def insert_refresh_token(
 
 
 def revoke(conn: sa.Connection, session_id: str, now: datetime, reason: str) -> bool:
-    """Revoke one session unless it already is. True if this call revoked it."""
+    """Revoke one session unless it already is. True if this call revoked it (and then every
+    replica is told at commit: ``signals``)."""
     result = conn.execute(
         sessions.update()
         .where(sessions.c.id == session_id, sessions.c.revoked_at.is_(None))
         # A revoked session never refreshes again: its upstream refresh token is of no more use.
         .values(revoked_at=now, revoked_reason=reason, upstream_refresh=None)
     )
-    return result.rowcount > 0
+    if result.rowcount == 0:
+        return False
+    signals.send(conn, signals.Signal(signals.SESSION_ENDED, session_id, reason=reason))
+    return True
 
 
 def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, reason: str) -> list[str]:
     """Revoke every session of a principal not yet revoked. Returns the ids of those revoked
-    (read in the caller's transaction, then revoked unless someone else just did)."""
+    (read in the caller's transaction, then revoked unless someone else just did); every replica
+    is told of each at commit."""
     live = sessions.c.principal_id == principal_id, sessions.c.revoked_at.is_(None)
     ids = [str(row.id) for row in conn.execute(sa.select(sessions.c.id).where(*live))]
     if ids:
@@ -136,6 +142,8 @@ def revoke_for_principal(conn: sa.Connection, principal_id: str, now: datetime, 
             .where(*live)
             .values(revoked_at=now, revoked_reason=reason, upstream_refresh=None)
         )
+    for session_id in ids:
+        signals.send(conn, signals.Signal(signals.SESSION_ENDED, session_id, reason=reason))
     return ids
 
 

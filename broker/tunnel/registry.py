@@ -9,13 +9,16 @@
    ends ("session expired", close 4013 as for signed out).
 2. ``broker.events`` (``GrantEnded``, ``PrincipalLocked``, ``SessionEnded``): revokes, lock-outs
    and ended sign-in sessions (logout, refresh-token reuse, token revoke) decided in this
-   process cut at once. Subscribers may be called from worker threads, so they only hand the
-   work to the event loop (``call_soon_threadsafe``).
-3. ``TunnelWatch`` asks the database every ``grant_watch_interval`` (0.25 s) about the grants that
-   have live tunnels here, and about the sessions behind them (one query each), so an end
-   decided by another process (``access-broker users disable``, a logout on another replica)
-   cuts within a second too. The why comes from the database's reasons: a grant ended
-   ``locked`` and a session revoked because its principal was disabled cut as ``locked``.
+   process cut at once; on PostgreSQL so do those decided by any other process (a replica,
+   ``access-broker users disable``), whose NOTIFY ``events.listen.SignalListener`` publishes
+   here. Subscribers may be called from worker threads, so they only hand the work to the
+   event loop (``call_soon_threadsafe``).
+3. ``TunnelWatch`` asks the database every ``grant_watch_interval`` (0.25 s; 2 s on PostgreSQL
+   while notifications are listened for, as the safety net behind them, woken at once after the
+   listening connection comes back) about the grants that have live tunnels here, and about the
+   sessions behind them (one query each), so an end decided by another process is cut without
+   a notification too. The why comes from the database's reasons: a grant ended ``locked`` and
+   a session revoked because its principal was disabled cut as ``locked``.
 
 The registry also drives the heartbeat: idle connections are pinged and half-open ones closed.
 """
@@ -31,19 +34,35 @@ from typing import TYPE_CHECKING, Protocol
 from access.broker.events.bus import Event, GrantEnded, GrantExtended, PrincipalLocked, SessionEnded
 from access.broker.loops import Loop
 from access.broker.perbroker import PerBroker
+from access.broker.settings import POLLING_WATCH_INTERVAL
 from access.shared.models import GrantState
 
 if TYPE_CHECKING:
     from access.broker.grants import TunnelGrant
     from access.broker.runtime import Broker
 
-__all__ = ["PING_INTERVAL", "PING_TIMEOUT", "Tunnel", "TunnelRegistry", "TunnelWatch", "registry_for"]
+__all__ = [
+    "PING_INTERVAL",
+    "PING_TIMEOUT",
+    "Hearing",
+    "Tunnel",
+    "TunnelRegistry",
+    "TunnelWatch",
+    "registry_for",
+]
 
 log = logging.getLogger(__name__)
 
 # Seconds of silence before the broker pings a tunnel, and then before it gives up on it.
 PING_INTERVAL = 15.0
 PING_TIMEOUT = 30.0
+
+
+class Hearing(Protocol):
+    """What the watch needs of the notifications' listener (``events.listen.SignalListener``)."""
+
+    @property
+    def listening(self) -> bool: ...
 
 
 class Tunnel(Protocol):
@@ -182,7 +201,7 @@ class TunnelRegistry:
             elif isinstance(event, PrincipalLocked):
                 loop.call_soon_threadsafe(self.cut_principal, event.principal_id, "locked")
             elif isinstance(event, SessionEnded):
-                loop.call_soon_threadsafe(self.cut_session, event.session_id, "signed out")
+                loop.call_soon_threadsafe(self.cut_session, event.session_id, _session_why(event.reason))
 
     def close(self) -> None:
         self._unsubscribe()
@@ -215,7 +234,13 @@ def _grant_why(state: GrantState, ended_reason: str | None) -> str:
 
 
 def _session_why(revoked_reason: str) -> str:
-    return "locked" if revoked_reason == "principal_disabled" else "signed out"
+    """How to cut a tunnel whose sign-in session ended: as locked for a disabled principal, in
+    the offboarding's own words when its sessions were revoked (as its grants' ends say, whichever
+    of the two reaches this process first), else as signed out."""
+    return _SESSION_WHY.get(revoked_reason, "signed out")
+
+
+_SESSION_WHY = {"principal_disabled": "locked", "sessions_revoked": "sessions revoked"}
 
 
 class TunnelWatch(Loop):
@@ -223,16 +248,26 @@ class TunnelWatch(Loop):
     ended, move expiry timers to the grants' current ``expires_at``; ping idle ones.
 
     While the database cannot be read the loop backs off (expiry timers and in-process events
-    keep cutting meanwhile); the heartbeat goes on, since it needs no database.
+    keep cutting meanwhile); the heartbeat goes on, since it needs no database. ``listener``
+    (PostgreSQL's notifications, set by the app): while it is not listening, the poll is the only
+    way other processes' ends arrive, so it runs at the quick ``POLLING_WATCH_INTERVAL`` rather
+    than the safety net's longer interval.
     """
 
     name = "tunnel watch"
 
-    def __init__(self, broker: Broker) -> None:
-        super().__init__(broker, broker.settings.grant_watch_interval, max_backoff=1.0)
+    def __init__(self, broker: Broker, listener: Hearing | None = None) -> None:
+        super().__init__(broker, broker.settings.watch_interval, max_backoff=1.0)
         self.registry = registry_for(broker)
         self.ticks_to_timeout = max(1, round(PING_TIMEOUT / PING_INTERVAL))
         self.next_heartbeat: float | None = None
+        self.listener = listener
+
+    def next_delay(self, delay: float) -> float:
+        """The interval (the quick one while notifications are not heard), or the backoff."""
+        if not self.failing and self.listener is not None and not self.listener.listening:
+            return min(self.interval, POLLING_WATCH_INTERVAL)
+        return super().next_delay(delay)
 
     async def tick(self) -> None:
         """Raises: Unavailable: the grants' or sessions' states could not be read."""

@@ -1,4 +1,6 @@
-"""Two broker processes on one PostgreSQL store: psql's cancel reaches the other replica (issue 10).
+"""Two broker processes on one PostgreSQL store: psql's cancel reaches the other replica (issue 10);
+a revoke on one cuts the other's tunnel at once by NOTIFY, and a replica that loses the database
+fails closed and recovers by itself (issue 14).
 
 Behind a load balancer a cancel's connection may land on another replica than its query's. Here
 two ``access-broker serve`` share a database and their keys (one data directory); alice has a
@@ -10,6 +12,7 @@ from the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +20,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ import pytest
 
 from access.shared.devca import DevCA
 from tests.e2e.conftest import BrokerProcess, Cli, _require_tool, make_broker_process, running
+from tests.e2e.test_tunnel import RecordingTarget, _open_echo, _start_connect, _wait_for_cut
 from tests.e2e.test_wire import _cancel, _closes, _message, _service
 from tests.fakes.tcpproxy import TcpProxy
 from tests.servers import DATABASE, Cluster, pg_cluster
@@ -173,3 +178,159 @@ def test_psqls_cancel_through_another_replica_cancels_its_query_and_only_with_th
         ("svc-pg", "refused: no live connection has that key"),
         ("svc-pg2", "refused: the key is another grant's"),
     ]
+
+
+# -- replicas that talk (issue 14): ends by NOTIFY, and a replica that loses the database ------
+
+# The poll as good as off: only a notification cuts within the tests' windows (at most 30 s).
+SLOW_POLL = {"ACCESS_BROKER_GRANT_WATCH_INTERVAL": "30"}
+CUT_WINDOW = 1.0  # a cut by notification lands well within it; the poll would take 30 s
+
+
+def _echo_policy(echo_port: int) -> dict[str, Any]:
+    echo = {"name": "svc-echo", "kind": "tcp", "target": f"127.0.0.1:{echo_port}", "scopes": ["read"]}
+    rule = {"name": "sre-echo", "subjects": {"groups": ["sre"]}, "services": ["svc-echo"], "scopes": ["read"]}
+    return {
+        "services": [{**echo, "max_ttl": "1h"}],
+        "rules": [{**rule, "max_ttl": "30m", "require": "auto"}],
+        "audit": {"readers": {"groups": ["sre"]}},
+    }
+
+
+@pytest.fixture
+def echo_target() -> Iterator[RecordingTarget]:
+    target = RecordingTarget()
+    yield target
+    target.close()
+
+
+@contextlib.contextmanager
+def _connected(cli: Cli, ttl: str) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    proc, info = _start_connect(cli, "svc-echo", "--scope", "read", "--ttl", ttl)
+    try:
+        yield proc, info
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_a_revoke_on_one_replica_cuts_the_tunnel_on_another_at_once_by_notify(
+    tmp_path: Path, devca: DevCA, pg_url: str, echo_target: RecordingTarget
+) -> None:
+    policy = _echo_policy(echo_target.port)
+    first = make_broker_process(tmp_path, devca, pg_url, policy, **SLOW_POLL)
+    second = make_broker_process(tmp_path, devca, pg_url, policy, **SLOW_POLL)
+    with running(first):
+        first.add_user("alice", "alice-password-1", "sre")
+        with running(second):
+            via_first = _signed_in(tmp_path, first, "home-a")
+            via_second = _signed_in(tmp_path, second, "home-b")
+            with _connected(via_second, "10m") as (_, info):
+                conn = _open_echo(info["port"])
+                assert via_first.run("revoke", info["grant_id"]).returncode == 0  # through A
+                done = time.time()  # A committed the revoke (and its NOTIFY) before it answered
+                cut = _wait_for_cut(conn, timeout=BOUND)
+                conn.close()
+                assert cut - done <= CUT_WINDOW, f"cut {cut - done:.2f}s after the revoke returned"
+            # A user disabled by a command (a process of its own, no tunnels, no loops) too.
+            with _connected(via_second, "10m") as (connect, info):
+                conn = _open_echo(info["port"])
+                first.admin("users", "disable", "alice")
+                done = time.time()
+                cut = _wait_for_cut(conn, timeout=BOUND)
+                conn.close()
+                assert cut - done <= CUT_WINDOW, f"cut {cut - done:.2f}s after the command returned"
+                _, err = connect.communicate(timeout=BOUND)
+                assert "locked" in err, err
+
+
+class _Unreachable:
+    """The test's own PostgreSQL database made unreachable and back: connections refused
+    (``ALLOW_CONNECTIONS false``) and every open one ended (``pg_terminate_backend``)."""
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        from tests.conftest import PG_ADMIN_URL
+
+        name = sa.engine.make_url(url).database
+        assert name is not None and name.startswith("access_t_")  # only a throwaway one
+        self.name = name
+        self.admin = sa.create_engine(
+            sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg"),
+            isolation_level="AUTOCOMMIT",
+            poolclass=sa.pool.NullPool,
+        )
+
+    def cut(self) -> None:
+        import sqlalchemy as sa
+
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+            sql = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
+            conn.execute(sa.text(sql), {"name": self.name})
+
+    def restore(self) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+
+def _until(check: Any, what: str, timeout: float = BOUND) -> Any:
+    """A bounded poll of something outside the test (a process's log, a CLI's answer)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return result
+
+
+def test_a_replica_that_loses_the_database_fails_closed_and_recovers_by_itself(
+    tmp_path: Path, devca: DevCA, pg_url: str, echo_target: RecordingTarget
+) -> None:
+    database = _Unreachable(pg_url)
+    policy = _echo_policy(echo_target.port)
+    broker = make_broker_process(
+        tmp_path, devca, pg_url, policy, ACCESS_BROKER_DB_CONNECT_TIMEOUT="2", **SLOW_POLL
+    )
+    broker.add_user("alice", "alice-password-1", "sre")
+    try:
+        with running(broker):
+            alice = _signed_in(tmp_path, broker, "home")
+            with _connected(alice, "15s") as (_, info):
+                live = _open_echo(info["port"])
+                database.cut()
+                # No new grant: the broker cannot check anything (503, exit 7).
+                refused = alice.run("request", "svc-echo", "--scope", "read", "--ttl", "5m")
+                assert refused.returncode == 7 and "unavailable" in refused.stderr, refused.stderr
+                # No new channel in the live tunnel: nothing reaches the target.
+                accepted = echo_target.accepted
+                with socket.create_connection(("127.0.0.1", info["port"]), timeout=BOUND) as new:
+                    new.settimeout(BOUND)
+                    with contextlib.suppress(ConnectionResetError):
+                        assert new.recv(100) == b""
+                assert echo_target.accepted == accepted
+                # What the replica can prove stays: the live channel, until the grant's expiry.
+                live.sendall(b"still\n")
+                assert live.recv(100) == b"still\n"
+                cut = _wait_for_cut(live, timeout=30)
+                live.close()
+                expires = datetime.fromisoformat(info["expires_at"].replace("Z", "+00:00")).timestamp()
+                assert -0.05 <= cut - expires <= 1.5, f"cut {cut - expires:+.2f}s from the expiry"
+            assert any("notify listener: failing" in line for line in broker.output), "".join(broker.output)
+            database.restore()
+            # By itself: listening again, and a grant and a tunnel as before.
+            _until(
+                lambda: any("notify listener: working again" in line for line in broker.output),
+                "the listener never came back:\n" + "".join(broker.output),
+            )
+            with _connected(alice, "10m") as (_, info):
+                conn = _open_echo(info["port"])
+                broker.admin("users", "disable", "alice")  # another process: heard by NOTIFY only
+                done = time.time()
+                cut = _wait_for_cut(conn, timeout=BOUND)
+                conn.close()
+                assert cut - done <= CUT_WINDOW, f"cut {cut - done:.2f}s after the command returned"
+    finally:
+        database.restore()
+        database.admin.dispose()

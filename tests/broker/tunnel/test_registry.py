@@ -46,6 +46,13 @@ def broker(make_broker: Callable[..., Broker], db_url: str) -> Broker:
 
 
 def live_grant(broker: Broker, ttl: str = "30m", name: str = "alice") -> grants.TunnelGrant:
+    return live_grant_of(broker, ttl, name)[1]
+
+
+def live_grant_of(
+    broker: Broker, ttl: str = "30m", name: str = "alice"
+) -> tuple[AuthContext, grants.TunnelGrant]:
+    """A user ``name`` (no session row) and an active grant of theirs, opened for a tunnel."""
     principal_id = str(uuid.uuid4())
     with broker.transaction() as conn:
         conn.execute(
@@ -63,7 +70,7 @@ def live_grant(broker: Broker, ttl: str = "30m", name: str = "alice") -> grants.
         expires_at=broker.clock.now() + timedelta(minutes=15),
     )
     grant = grants.request_grant(broker, ctx, GrantRequest(service="svc-payments", scope="read", ttl=ttl))
-    return grants.open_for_tunnel(broker, ctx, grant.id)
+    return ctx, grants.open_for_tunnel(broker, ctx, grant.id)
 
 
 def set_expiry(broker: Broker, grant_id: str, expires_at: datetime) -> None:
