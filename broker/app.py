@@ -188,6 +188,7 @@ def _without_trailing_slash(app: FastAPI, scope: Scope) -> str | None:
 
 def _background_loops(broker: Broker) -> list[Loop]:
     from access.broker.audit.checkpoints import CheckpointLoop
+    from access.broker.audit.sink import AuditSinkLoop
     from access.broker.audit.statements import StatementFlushLoop
     from access.broker.events.outbox import OutboxLoop
     from access.broker.grants import ExpiryLoop
@@ -203,6 +204,7 @@ def _background_loops(broker: Broker) -> list[Loop]:
         ExpiryLoop(broker),
         OutboxLoop(broker, skip=(WEBHOOK,)),  # webhooks wait on others' servers: in a loop of their own
         WebhookLoop(broker),
+        *([AuditSinkLoop(broker)] if broker.settings.audit_sink_url else []),  # audit/sink.py
         watch,
         CloseRetryLoop(broker),
         StatementFlushLoop(broker),

@@ -17,7 +17,7 @@ from access.broker.auth.citrust import CiIssuer
 from access.broker.auth.upstream.config import OidcProvider
 from access.broker.notifications.endpoints import WebhookEndpoint
 from access.broker.store.engine import DatabaseTimeouts, PoolSettings
-from access.shared.net import IPNetwork, is_loopback_host
+from access.shared.net import IPNetwork, check_remote_url, is_loopback_host
 
 __all__ = [
     "LISTENING_WATCH_INTERVAL",
@@ -280,6 +280,28 @@ class Settings(BaseSettings):
         le=100,
         description="tries of one webhook delivery before it is given up on (audited notification.failed)",
     )
+    # Issue 14: the ledger pushed to a SIEM (audit/sink.py, docs/audit.md#streaming-the-ledger).
+    audit_sink_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="where to POST the ledger's entries as NDJSON batches, in order (https://, or "
+        "http:// to a loopback address); default none",
+    )
+    audit_sink_token_file: Path | None = Field(
+        default=None, description="file (0600) holding the bearer token sent to the audit sink"
+    )
+    audit_sink_token_env: str | None = Field(
+        default=None, description="environment variable holding that token (instead of a file)"
+    )
+    audit_sink_batch: int = Field(
+        default=500, ge=1, le=5000, description="entries per audit sink POST, at most"
+    )
+    audit_sink_interval: float = Field(
+        default=2.0,
+        ge=0.1,
+        le=300,
+        description="seconds between looks for new entries to send to the audit sink",
+    )
     # Issue 12: the approvals inbox in the browser (web/inbox.py, docs/inbox.md).
     inbox_session_ttl: int = Field(
         default=8 * 3600,
@@ -344,6 +366,16 @@ class Settings(BaseSettings):
         if twice:
             raise ValueError(f"webhook names must be unique: {', '.join(twice)} given more than once")
         return value
+
+    @model_validator(mode="after")
+    def _check_audit_sink(self) -> Settings:
+        if self.audit_sink_url is not None:
+            check_remote_url("audit sink (ACCESS_BROKER_AUDIT_SINK_URL)", self.audit_sink_url)
+        elif self.audit_sink_token_file is not None or self.audit_sink_token_env is not None:
+            raise ValueError("an audit sink token was given without ACCESS_BROKER_AUDIT_SINK_URL")
+        if self.audit_sink_token_file is not None and self.audit_sink_token_env is not None:
+            raise ValueError("give the audit sink's token as a file or an environment variable, not both")
+        return self
 
     @model_validator(mode="after")
     def _check_transport(self) -> Settings:

@@ -609,15 +609,22 @@ class BrokerClient:
         grant: str | None = None,
         action: str | None = None,
     ) -> list[AuditEntry]:
+        filters = {"service": service, "actor": actor, "since": since, "grant": grant, "action": action}
+        return self.audit_page(filters, limit=limit).entries
+
+    def audit_page(
+        self,
+        filters: dict[str, str | None],
+        *,
+        limit: int = 100,
+        after_seq: int | None = None,
+        wait: float = 0,
+    ) -> AuditPage:
+        """A page of ``GET /v1/audit``; with ``after_seq``, the entries after it, oldest first,
+        the broker waiting up to ``wait`` seconds for one (``access audit --follow``)."""
         params = {"limit": str(limit)}
-        filters = (
-            ("service", service),
-            ("actor", actor),
-            ("since", since),
-            ("grant", grant),
-            ("action", action),
-        )
-        for key, value in filters:
-            if value:
-                params[key] = value
-        return self._parse(AuditPage, self._api("GET", "/v1/audit", params=params)).entries
+        if after_seq is not None:
+            params["after_seq"] = str(after_seq)
+            params["wait"] = str(wait)
+        params.update((key, value) for key, value in filters.items() if value)
+        return self._parse(AuditPage, self._api("GET", "/v1/audit", params=params))

@@ -45,8 +45,10 @@ __all__ = [
     "grant_label",
     "grant_left",
     "grant_usage",
+    "json_line",
     "json_out",
     "layout",
+    "log_line",
     "message",
     "name",
     "note",
@@ -142,6 +144,20 @@ def _jsonable(value: Any) -> Any:
 def json_out(value: Any) -> None:
     """``value`` (a wire model, a list of them, or plain data) as JSON on stdout."""
     sys.stdout.write(json.dumps(_jsonable(value), indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def json_line(value: Any) -> None:
+    """``value`` as one compact JSON line on stdout, flushed at once (a stream read line by line)."""
+    sys.stdout.write(json.dumps(_jsonable(value), separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def log_line(cells: Sequence[str], *, free_text: Sequence[int] = ()) -> None:
+    """One line of a stream shown as it comes (no table: its widths are not known ahead), its
+    cells escaped: as names, or as free text for the indexes in ``free_text``; flushed at once."""
+    shown = (text(cell) if i in free_text else name(cell) for i, cell in enumerate(cells))
+    sys.stdout.write("  ".join(shown).rstrip() + "\n")
     sys.stdout.flush()
 
 

@@ -202,3 +202,6 @@ class AuditEntry(_Model):
 
 class AuditPage(_Model):
     entries: list[AuditEntry]
+    # The ledger's head when the answer was made; for a request with after_seq, where to ask
+    # from next (the last entry's seq when the answer was cut at its limit).
+    last_seq: int | None = None

@@ -7,9 +7,13 @@ named); 2 bad usage (e.g. an unreadable checkpoints file).
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -120,32 +124,64 @@ def export_checkpoints(
     epilog=examples(
         "access-broker audit export --since 1d -f today.jsonl",
         "access-broker audit export --since 2026-01-01T00:00 | jq -r .action",
+        "access-broker audit export --follow --since-seq 41200 | vector --config vector.toml",
     ),
 )
 def export_entries(
     since: Annotated[
         str | None, typer.Option(help="Only entries this recent: 1h, 7d, or an ISO-8601 time")
     ] = None,
+    since_seq: Annotated[
+        int, typer.Option("--since-seq", min=0, help="Only entries after this seq (the last one you have)")
+    ] = 0,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Then keep printing new entries as they are written, until stopped"),
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, max=60, help="With --follow: seconds between looks at the ledger")
+    ] = 1.0,
     out: OutFile = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Print ledger entries, oldest first, as JSON lines (with their hashes)."""
+    """Print ledger entries, oldest first, as JSON lines (with their hashes and seq, to resume from)."""
     from access.broker.audit.checkpoints import export_entries as export
+    from access.broker.audit.checkpoints import follow_entries
     from access.broker.audit.search import parse_since
 
     with admin_broker(data_dir, database_url) as broker:
         start = parse_since(since, broker.clock.now())  # a bad --since is InvalidRequest: exit 2
+        if follow:
+            stop = threading.Event()
+            with _stopped_by_signals(stop):
+                _write_lines(follow_entries(broker.engine, since_seq, stop, start, interval), out, each=True)
+            return
         with broker.engine.connect() as conn:
-            _write_lines(export(conn, start), out)
+            _write_lines(export(conn, start, since_seq), out)
 
 
-def _write_lines(lines: Any, out: Path | None) -> None:
-    if out is None:
-        for line in lines:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-        return
-    with out.open("w", encoding="utf-8") as fh:
+@contextmanager
+def _stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (the follow ends after the line it is writing, exit 0)."""
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    before = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _write_lines(lines: Iterable[str], out: Path | None, *, each: bool = False) -> None:
+    """``lines`` to ``out`` (appended, for a follow: a restarted one resumes it) or stdout;
+    ``each``: flushed line by line (a follow's reader sees every entry as it comes)."""
+    with nullcontext(sys.stdout) if out is None else out.open("a" if each else "w", encoding="utf-8") as fh:
         for line in lines:
             fh.write(line + "\n")
+            if each:
+                fh.flush()
+        fh.flush()

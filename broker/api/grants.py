@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from access.broker import grants
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
@@ -119,7 +120,7 @@ def extend_grant(grant_id: str, body: ExtendRequest, broker: BrokerDep, ctx: Cur
 
 
 @router.get("/audit")
-def read_audit(
+async def read_audit(
     broker: BrokerDep,
     ctx: CurrentPrincipal,
     service: Annotated[str | None, Query(max_length=63)] = None,
@@ -128,7 +129,16 @@ def read_audit(
     limit: Annotated[int, Query(ge=1, le=audit.MAX_LIMIT)] = 100,
     grant: Annotated[str | None, Query(max_length=40)] = None,
     action: Annotated[str | None, Query(max_length=40, description="e.g. connection.statements")] = None,
+    after_seq: Annotated[
+        int | None,
+        Query(ge=0, description="instead: the entries after this seq, oldest first (follow; resume)"),
+    ] = None,
+    wait: Annotated[
+        float,
+        Query(ge=0, le=audit.MAX_WAIT, description="with after_seq: seconds to wait for a new entry"),
+    ] = 0,
 ) -> AuditPage:
-    return audit.search_audit(
-        broker, ctx, service=service, actor=actor, since=since, limit=limit, grant=grant, action=action
-    )
+    filters = {"service": service, "actor": actor, "since": since, "grant": grant, "action": action}
+    if after_seq is not None:
+        return await audit.follow_audit(broker, ctx, after_seq=after_seq, wait=wait, limit=limit, **filters)
+    return await run_in_threadpool(audit.search_audit, broker, ctx, limit=limit, **filters)

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -45,8 +46,10 @@ __all__ = [
     "VerifyResult",
     "audit_public_keys",
     "check_ledger",
+    "entry_line",
     "export_checkpoints",
     "export_entries",
+    "follow_entries",
     "load_checkpoints",
     "load_checkpoints_file",
     "refuse_unsafe",
@@ -72,6 +75,7 @@ def audit_public_keys(broker: Broker) -> list[Ed25519PublicKey]:
 
 _TYPE = "access-audit-checkpoint/v1"
 _BATCH = 1000
+_VERIFY_BATCH = 10_000  # rows of (seq, at, actor, action, target, details, hashes): a few MiB
 _MAX_PROBLEMS = 50
 
 
@@ -386,43 +390,72 @@ def load_checkpoints_file(path: Path) -> list[Checkpoint]:
         return load_checkpoints(fh, str(path))
 
 
-def export_entries(conn: sa.Connection, since: datetime | None = None) -> Iterator[str]:
-    """Ledger entries (oldest first, read in batches) as JSON lines, each with its hashes.
+def export_entries(conn: sa.Connection, since: datetime | None = None, after: int = 0) -> Iterator[str]:
+    """Ledger entries with seq > ``after`` (oldest first, read in batches) as JSON lines, each
+    with its hashes.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database could not be read.
     """
-    after = 0
     while True:
         rows = store.entries_after(conn, after, _BATCH, since)
-        for row in rows:
-            try:
-                details = json.loads(row.details)
-            except ValueError:
-                details = row.details
-            yield json.dumps(
-                {
-                    "seq": row.seq,
-                    "at": ledger.format_time(row.at),
-                    "actor": row.actor,
-                    "action": row.action,
-                    "target": row.target,
-                    "details": details,
-                    "prev_hash": row.prev_hash,
-                    "hash": row.hash,
-                },
-                separators=(",", ":"),
-            )
+        yield from (entry_line(row) for row in rows)
         if len(rows) < _BATCH:
             return
         after = rows[-1].seq
+
+
+def follow_entries(
+    engine: sa.Engine,
+    after: int,
+    stop: threading.Event,
+    since: datetime | None = None,
+    interval: float = 1.0,
+) -> Iterator[str]:
+    """``export_entries`` after ``after``, then each new entry as it is written, until ``stop``
+    is set: the ledger is read every ``interval`` seconds, each read a short one of at most
+    ``_BATCH`` rows (SQLite's write lock is never held against the broker).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database could not be read.
+    """
+    while not stop.is_set():
+        with engine.connect() as conn:
+            rows = store.entries_after(conn, after, _BATCH, since)
+        for row in rows:
+            yield entry_line(row)
+            after = row.seq
+        if len(rows) < _BATCH:
+            stop.wait(interval)
+
+
+def entry_line(row: Any) -> str:
+    """One ledger row as the JSON line ``audit export`` prints (details parsed, with the hashes)."""
+    try:
+        details = json.loads(row.details)
+    except ValueError:
+        details = row.details
+    return json.dumps(
+        {
+            "seq": row.seq,
+            "at": ledger.format_time(row.at),
+            "actor": row.actor,
+            "action": row.action,
+            "target": row.target,
+            "details": details,
+            "prev_hash": row.prev_hash,
+            "hash": row.hash,
+        },
+        separators=(",", ":"),
+    )
 
 
 # ---------------------------------------------------------------- verification
 
 
 def _read_batches(source: sa.Engine | sa.Connection, after: int = 0) -> Iterator[Sequence[Any]]:
-    """The ledger in seq order, ``_BATCH`` rows at a time (keyset pagination: memory-bounded).
+    """The ledger in seq order as ``store.chain_rows`` tuples, ``_VERIFY_BATCH`` rows at a time
+    (keyset pagination: memory-bounded).
 
     With an Engine each batch is its own short read, so a long verification never holds
     SQLite's write lock (every transaction there is BEGIN IMMEDIATE) against the broker.
@@ -430,14 +463,35 @@ def _read_batches(source: sa.Engine | sa.Connection, after: int = 0) -> Iterator
     while True:
         if isinstance(source, sa.Engine):
             with source.connect() as conn:
-                rows = store.entries_after(conn, after, _BATCH)
+                rows = store.chain_rows(conn, after, _VERIFY_BATCH)
         else:
-            rows = store.entries_after(source, after, _BATCH)
+            rows = store.chain_rows(source, after, _VERIFY_BATCH)
         if rows:
             yield rows
-        if len(rows) < _BATCH:
+        if len(rows) < _VERIFY_BATCH:
             return
-        after = rows[-1].seq
+        after = rows[-1][0]
+
+
+def _at_text(at: Any) -> str | None:
+    """``ledger.format_time`` of a ``store.chain_rows`` time, without parsing SQLite's text;
+    None for a text not in the form SQLite is given (the slow path then parses it)."""
+    if type(at) is str:
+        if len(at) == 26 and at[10] == " ":
+            return at[:10] + "T" + at[11:] + "Z"
+        return None
+    return ledger.format_time(at)
+
+
+def _slow_hash(source: sa.Engine | sa.Connection, seq: int) -> str | None:
+    """Entry ``seq``'s hash recomputed from its parsed fields (details canonicalised again):
+    for an entry whose stored form did not hash right as it is."""
+    if isinstance(source, sa.Engine):
+        with source.connect() as conn:
+            rows = store.entries_after(conn, seq - 1, 1)
+    else:
+        rows = store.entries_after(source, seq - 1, 1)
+    return _recomputed(rows[0]) if rows and rows[0].seq == seq else None
 
 
 def _recomputed(row: Any) -> str | None:
@@ -545,48 +599,53 @@ def _walk(
     """Check the entries after ``start`` (a seq and its hash, known good) against each other."""
     good_since, prev_hash = start  # good_since: the last seq confirmed by a matching checkpoint
     expected_seq = good_since + 1
+    stored_hash = ledger.stored_hash
     for rows in _read_batches(source, good_since):
-        for row in rows:
-            if row.seq != expected_seq:
-                gap = f"{expected_seq}" if row.seq == expected_seq + 1 else f"{expected_seq} to {row.seq - 1}"
+        for seq, at, actor, action, target, details, prev, digest in rows:
+            if seq != expected_seq:
+                gap = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq} to {seq - 1}"
                 _problem(
                     result,
                     expected_seq,
                     "missing",
-                    f"entry {gap} was deleted: the ledger jumps from seq {expected_seq - 1} to {row.seq}",
+                    f"entry {gap} was deleted: the ledger jumps from seq {expected_seq - 1} to {seq}",
                 )
-            elif row.prev_hash != prev_hash:
+            elif prev != prev_hash:
                 # Either the previous entry was edited and its hash recomputed, or this one was
                 # rewritten with a new prev_hash: the chain cannot tell which, so name both.
                 _problem(
                     result,
-                    row.seq - 1,
+                    seq - 1,
                     "broken_link",
-                    f"entry {row.seq - 1} or {row.seq} was changed: entry {row.seq}'s prev_hash does not "
-                    f"match entry {row.seq - 1}'s hash",
+                    f"entry {seq - 1} or {seq} was changed: entry {seq}'s prev_hash does not "
+                    f"match entry {seq - 1}'s hash",
                 )
-            digest = _recomputed(row)
-            if digest != row.hash:
+            # Every entry is hashed again from its stored fields; details as stored (canonical
+            # text), and only when that does not match, parsed and canonicalised again (an entry
+            # written in another form) before it is called changed.
+            when = _at_text(at)
+            if (
+                when is None or stored_hash(seq, when, actor, action, target, details, prev) != digest
+            ) and _slow_hash(source, seq) != digest:
                 _problem(
                     result,
-                    row.seq,
+                    seq,
                     "changed",
-                    f"entry {row.seq} was changed: its contents ({row.action} by {row.actor}) "
-                    "do not match its hash",
+                    f"entry {seq} was changed: its contents ({action} by {actor}) do not match its hash",
                 )
-            for checkpoint in by_seq.get(row.seq, ()):
-                if checkpoint.head_hash != row.hash:
-                    _problem(
-                        result,
-                        good_since + 1,
-                        "checkpoint_mismatch",
-                        f"entries {good_since + 1} to {row.seq} were rewritten: the checkpoint at seq "
-                        f"{row.seq} signed head {checkpoint.head_hash[:12]}…, "
-                        f"the ledger has {row.hash[:12]}…",
-                    )
-                else:
-                    good_since = row.seq
-            prev_hash = row.hash
-            expected_seq = row.seq + 1
-            result.entries = row.seq
-            result.head_hash = row.hash
+            if seq in by_seq:
+                for checkpoint in by_seq[seq]:
+                    if checkpoint.head_hash != digest:
+                        _problem(
+                            result,
+                            good_since + 1,
+                            "checkpoint_mismatch",
+                            f"entries {good_since + 1} to {seq} were rewritten: the checkpoint at seq "
+                            f"{seq} signed head {checkpoint.head_hash[:12]}…, the ledger has {digest[:12]}…",
+                        )
+                    else:
+                        good_since = seq
+            prev_hash = digest
+            expected_seq = seq + 1
+        result.entries = rows[-1][0]
+        result.head_hash = rows[-1][-1]

@@ -10,6 +10,7 @@ fails (fail closed).
 from __future__ import annotations
 
 import hashlib
+import json
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "format_time",
     "record",
     "set_unsafe",
+    "stored_hash",
     "unsafe",
 ]
 
@@ -93,13 +95,49 @@ def entry_hash(
 def _digest(seq: int, at: str, actor: str, action: str, target: str, details: bytes, prev_hash: str) -> str:
     """SHA-256 (hex) of the canonical JSON of ``{seq, at, actor, action, target, details,
     prev_hash}``, given ``details`` already in canonical form (``append`` stores that text too,
-    so a batch of statements is encoded once, not twice). RFC 8785 sorts the members by name:
-    action, actor, at | details | prev_hash, seq, target; the two outer parts are canonical
-    objects, joined around ``details`` (tests/broker/audit/test_ledger.py checks it against
-    rfc8785 over the whole object)."""
+    so a batch of statements is encoded once, not twice)."""
+    digest = stored_hash(seq, at, actor, action, target, details.decode("utf-8"), prev_hash)
+    if digest is not None:
+        return digest
+    # A string with no UTF-8 form (a lone surrogate): rfc8785 says what is wrong with it.
     head = canonical.dumps({"action": action, "actor": actor, "at": at})
     tail = canonical.dumps({"prev_hash": prev_hash, "seq": seq, "target": target})
     return hashlib.sha256(head[:-1] + b',"details":' + details + b"," + tail[1:]).hexdigest()
+
+
+# The C string encoder: escapes exactly what RFC 8785 escapes, as RFC 8785 does (``canonical``).
+_string = json.encoder.encode_basestring
+_SEQ_LIMIT = 2**53 - 1
+_FORM = '{"action":%s,"actor":%s,"at":%s,"details":%s,"prev_hash":%s,"seq":%d,"target":%s}'
+
+
+def stored_hash(
+    seq: int, at: str, actor: str, action: str, target: str, details: str, prev_hash: str
+) -> str | None:
+    """SHA-256 (hex) of an entry given ``at`` as ``format_time`` writes it and ``details`` as the
+    ledger stores it (its canonical JSON text), hashed as it is; None when a string has no UTF-8
+    form or ``seq`` is past JSON's exact integers (``_digest`` then goes through rfc8785).
+
+    RFC 8785 sorts the members by name (action, actor, at, details, prev_hash, seq, target) and
+    writes strings as the C encoder does; tests/broker/audit/test_ledger.py checks this against
+    rfc8785 over the whole object. Since every string is escaped, the text is parsed back one way
+    only: a hash that matches means each field, ``details`` included, is the one hashed.
+    """
+    if not 0 <= seq <= _SEQ_LIMIT:
+        return None
+    text = _FORM % (
+        _string(action),
+        _string(actor),
+        _string(at),
+        details,
+        _string(prev_hash),
+        seq,
+        _string(target),
+    )
+    try:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    except UnicodeEncodeError:
+        return None
 
 
 def _check_details(details: Mapping[str, Any]) -> None:

@@ -12,10 +12,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from access.broker.store.tables import audit_checkpoints, audit_log
+from access.broker.store.tables import audit_checkpoints, audit_log, audit_sink_cursor
 
 __all__ = [
     "chain_head",
+    "chain_rows",
     "checkpoint_rows",
     "entries_after",
     "insert_checkpoint",
@@ -23,7 +24,10 @@ __all__ = [
     "last_checkpoint_seq",
     "latest_checkpoint",
     "lock_chain",
+    "move_sink_cursor",
     "search",
+    "search_after",
+    "sink_cursor",
 ]
 
 
@@ -81,6 +85,42 @@ def entries_after(
     return conn.execute(query).all()
 
 
+def chain_rows(conn: sa.Connection, after: int, limit: int) -> list[tuple[Any, ...]]:
+    """Up to ``limit`` entries with seq > ``after``, oldest first, as plain tuples of
+    (seq, at, actor, action, target, details, prev_hash, hash) for verification.
+
+    ``at`` comes as the driver gives it: SQLite's text (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC),
+    a datetime on PostgreSQL. The rows come straight from the driver's cursor: parsing times and
+    making result rows cost more per row than hashing the entry does (benchmarks/ledger.py).
+    """
+    compiled = _CHAIN_ROWS.compile(dialect=conn.dialect)
+    values = compiled.construct_params({"after": after, "limit": limit})
+    params: Any = [values[k] for k in compiled.positiontup or ()] if compiled.positional else values
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+_CHAIN_ROWS = (
+    sa.select(
+        audit_log.c.seq,
+        sa.type_coerce(audit_log.c.at, sa.String),  # no result processing: the driver's value
+        audit_log.c.actor,
+        audit_log.c.action,
+        audit_log.c.target,
+        audit_log.c.details,
+        audit_log.c.prev_hash,
+        audit_log.c.hash,
+    )
+    .where(audit_log.c.seq > sa.bindparam("after"))
+    .order_by(audit_log.c.seq)
+    .limit(sa.bindparam("limit"))
+)
+
+
 def search(
     conn: sa.Connection,
     *,
@@ -93,7 +133,37 @@ def search(
 ) -> Sequence[Any]:
     """Entries about ``service`` (its grants and connections too), about ``grant``, by ``actor``,
     of ``action``, since ``start``; newest first, at most ``limit``."""
-    query = sa.select(audit_log)
+    query = _filtered(sa.select(audit_log), service, actor, start, grant, action)
+    return conn.execute(query.order_by(audit_log.c.seq.desc()).limit(limit)).all()
+
+
+def search_after(
+    conn: sa.Connection,
+    *,
+    after: int,
+    upto: int,
+    limit: int,
+    service: str | None = None,
+    actor: str | None = None,
+    start: datetime | None = None,
+    grant: str | None = None,
+    action: str | None = None,
+) -> Sequence[Any]:
+    """Entries with ``after`` < seq <= ``upto`` matching the filters of ``search``; oldest
+    first, at most ``limit`` (what a follower reads next)."""
+    query = sa.select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= upto)
+    query = _filtered(query, service, actor, start, grant, action)
+    return conn.execute(query.order_by(audit_log.c.seq).limit(limit)).all()
+
+
+def _filtered(
+    query: sa.Select[Any],
+    service: str | None,
+    actor: str | None,
+    start: datetime | None,
+    grant: str | None,
+    action: str | None,
+) -> sa.Select[Any]:
     if grant:
         query = query.where(audit_log.c.target.endswith(f"/{grant}", autoescape=True))
     if action:
@@ -109,8 +179,24 @@ def search(
     if actor:
         query = query.where(audit_log.c.actor == actor)
     if start is not None:
-        query = query.where(audit_log.c.at >= start)
-    return conn.execute(query.order_by(audit_log.c.seq.desc()).limit(limit)).all()
+        query = query.where(audit_log.c.at >= start, audit_log.c.seq >= _first_seq_since(start))
+    return query
+
+
+def _first_seq_since(start: datetime) -> Any:
+    """The lowest seq of an entry at or after ``start`` (a subquery over the index on ``at``).
+
+    Every entry the time bound keeps has a seq at least this, so adding ``seq >= it`` changes
+    nothing found (times need not rise with seq: brokers' clocks differ); it lets the database
+    walk seq from the head down to it instead of the whole ledger for one that matches.
+    ``seq + 0``: SQLite would otherwise find the minimum by walking seq up from the first
+    entry, not the index on ``at``.
+    """
+    return (
+        sa.select(sa.func.coalesce(sa.func.min(audit_log.c.seq + 0), 0))
+        .where(audit_log.c.at >= start)
+        .scalar_subquery()
+    )
 
 
 def last_checkpoint_seq(conn: sa.Connection) -> int | None:
@@ -142,3 +228,29 @@ def checkpoint_rows(conn: sa.Connection) -> Sequence[Any]:
     return conn.execute(
         sa.select(audit_checkpoints).order_by(audit_checkpoints.c.seq, audit_checkpoints.c.id)
     ).all()
+
+
+def sink_cursor(conn: sa.Connection, name: str) -> int:
+    """The last seq the sink ``name`` delivered; 0 before its first delivery."""
+    value = conn.execute(
+        sa.select(audit_sink_cursor.c.last_seq).where(audit_sink_cursor.c.name == name)
+    ).scalar()
+    return 0 if value is None else int(value)
+
+
+def move_sink_cursor(conn: sa.Connection, name: str, was: int, now: int, at: datetime) -> bool:
+    """Move the sink's cursor from ``was`` to ``now`` if it is still at ``was`` (another replica
+    may have delivered meanwhile); True if it moved."""
+    if was == 0:
+        exists = conn.execute(
+            sa.select(audit_sink_cursor.c.name).where(audit_sink_cursor.c.name == name)
+        ).first()
+        if exists is None:
+            conn.execute(audit_sink_cursor.insert().values(name=name, last_seq=now, updated_at=at))
+            return True
+    moved = conn.execute(
+        audit_sink_cursor.update()
+        .where(audit_sink_cursor.c.name == name, audit_sink_cursor.c.last_seq == was)
+        .values(last_seq=now, updated_at=at)
+    )
+    return moved.rowcount == 1

@@ -19,6 +19,7 @@ __all__ = [
     "approvals",
     "audit_checkpoints",
     "audit_log",
+    "audit_sink_cursor",
     "broker_instances",
     "broker_meta",
     "cancel_keys",
@@ -252,7 +253,7 @@ audit_log = sa.Table(
     sa.Column(
         "seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False
     ),
-    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),  # searches bounded by time
     sa.Column("actor", sa.String(64), nullable=False, index=True),
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("target", sa.String(200), nullable=False, index=True),
@@ -271,6 +272,16 @@ audit_checkpoints = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.Text, nullable=False),  # base64
+)
+
+# How far the audit sink (``audit.sink``) has delivered the ledger: one row per sink, its last
+# delivered seq, moved only after the receiver took the entries up to it.
+audit_sink_cursor = sa.Table(
+    "audit_sink_cursor",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 # Work that must follow a commit (``events.outbox``): written in the transaction that decides

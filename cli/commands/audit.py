@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +40,9 @@ def _details(details: dict[str, Any]) -> str:
 
 
 STATEMENTS_ACTION = "connection.statements"
+FOLLOW_PAGE = 1000  # entries per request while following (the broker's ceiling)
+# Seconds the broker may hold a follow request open: under the client's 10 s read timeout.
+FOLLOW_WAIT = 8
 
 
 def _statements(entries: list[AuditEntry]) -> list[dict[str, Any]]:
@@ -147,11 +151,32 @@ def audit(
         int,
         typer.Option("--limit", "-n", min=1, max=1000, help="At most this many entries (statements)"),
     ] = 100,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Keep printing new entries as they are written (JSON lines in a pipe)"),
+    ] = False,
+    since_seq: Annotated[
+        int | None,
+        typer.Option(
+            "--since-seq",
+            min=0,
+            help="Start after this seq (the last one you have): every entry since, oldest first",
+        ),
+    ] = None,
     output: OutputOption = Output.text,
 ) -> None:
     """Show audit ledger entries, newest last (needs policy permission to read the audit log)."""
     if since is not None:
         _check_since(since)
+    if follow or since_seq is not None:
+        if queries:
+            raise UsageError("--queries cannot be followed", "leave out --follow and --since-seq")
+        filters = {"service": service, "actor": actor, "since": since, "grant": grant}
+        try:
+            _stream(ctx, filters, limit, since_seq, follow, output)
+        except KeyboardInterrupt:  # Ctrl-C is how a follow ends
+            raise typer.Exit(0) from None
+        return
     if queries:
         # Each batch entry holds at least one statement: ``limit`` batches hold ``limit`` statements.
         batches = client(ctx).audit(
@@ -175,4 +200,53 @@ def audit(
         [[str(e.seq), render.when(e.at), e.actor, e.action, e.target, _details(e.details)] for e in entries],
         keep_whole=["SEQ", "TIME", "ACTION"],
         free_text=["TIME", "DETAILS"],
+    )
+
+
+def _stream(
+    ctx: typer.Context,
+    filters: dict[str, str | None],
+    limit: int,
+    since_seq: int | None,
+    follow: bool,
+    output: Output,
+) -> None:
+    """Entries after ``since_seq`` (or the newest ``limit``, then those after the ledger's head),
+    oldest first, one line each; with ``follow``, then new ones as they come, until Ctrl-C.
+    JSON lines for ``-o json`` or when stdout is no terminal: each has ``seq``, to resume from."""
+    broker = client(ctx)
+    as_json = output is Output.json or not sys.stdout.isatty()
+    cursor = since_seq or 0
+    if since_seq is None:
+        # The page's last_seq is the head read before its search: following from there may
+        # repeat an entry written meanwhile (skipped below), never miss one.
+        page = broker.audit_page(filters, limit=limit)
+        for entry in sorted(page.entries, key=lambda e: e.seq):
+            _show_one(entry, as_json)
+        cursor = max([page.last_seq or 0, *(e.seq for e in page.entries)])
+    while True:
+        wait = FOLLOW_WAIT if follow else 0
+        page = broker.audit_page(filters, limit=FOLLOW_PAGE, after_seq=cursor, wait=wait)
+        for entry in page.entries:
+            if entry.seq > cursor:
+                _show_one(entry, as_json)
+        cursor = max([cursor, page.last_seq or 0, *(e.seq for e in page.entries)])
+        if not follow and len(page.entries) < FOLLOW_PAGE:
+            return
+
+
+def _show_one(entry: AuditEntry, as_json: bool) -> None:
+    if as_json:
+        render.json_line(entry)
+        return
+    render.log_line(
+        [
+            str(entry.seq),
+            render.when(entry.at),
+            entry.actor,
+            entry.action,
+            entry.target,
+            _details(entry.details),
+        ],
+        free_text=[1, 5],
     )

@@ -45,6 +45,19 @@ def test_table_escapes_identifiers_and_free_text(capsys: pytest.CaptureFixture[s
     assert "Überprüfung [bold]x[/] \\x1b[2J" in out  # letters stay in free text; markup is literal
 
 
+def test_log_line_escapes_identifiers_and_free_text(capsys: pytest.CaptureFixture[str]) -> None:
+    render.log_line([HOSTILE, "Überprüfung \x1b[2J\nnext"], free_text=[1])  # a --follow line
+    out = capsys.readouterr().out
+    _clean(out)
+    assert out.count("\n") == 1  # one entry, one line: a newline in a value cannot start another
+    assert "\\u0440ostgres" in out and "Überprüfung \\x1b[2J\\nnext" in out
+
+
+def test_json_line_is_one_compact_line(capsys: pytest.CaptureFixture[str]) -> None:
+    render.json_line({"seq": 7, "target": "a\nb"})
+    assert capsys.readouterr().out == '{"seq":7,"target":"a\\nb"}\n'
+
+
 def test_pairs_escape_values(capsys: pytest.CaptureFixture[str]) -> None:
     render.pairs([("name", HOSTILE), ("reason", "caf\u00e9 \u200b")], free_text=["reason"])
     out = capsys.readouterr().out
@@ -105,6 +118,12 @@ def test_hostile_client_id_reaches_the_ledger_and_audit_shows_it_escaped(broker_
     assert len(failures) == 2
     assert failures[0]["target"].startswith("client:unknown:")  # the API path stores no text
     assert any(e["target"] == f"client:{client_id}" for e in failures)  # JSON is exact
+
+    streamed = live.invoke("audit", "--since-seq", "0")  # a pipe: JSON lines, exact
+    assert streamed.exit_code == 0, streamed.stderr
+    lines = [json.loads(line) for line in streamed.stdout.splitlines()]
+    assert [e["seq"] for e in lines] == sorted(e["seq"] for e in lines)
+    assert any(e["target"] == f"client:{client_id}" for e in lines)
 
     shown = live.invoke("audit")
     assert shown.exit_code == 0, shown.stderr

@@ -1,8 +1,8 @@
 """broker_meta.broker_id: the id that tags this fleet's identities on the targets, kept across a
 rotation of the token key (it was the token key's id, and stays the first one recorded)
 
-Revision ID: 0015_broker_id
-Revises: 0014_totp
+Revision ID: 0016_broker_id
+Revises: 0015_audit_stream
 Create Date: 2026-12-03
 
 """
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0015_broker_id"
-down_revision: str | Sequence[str] | None = "0014_totp"
+revision: str = "0016_broker_id"
+down_revision: str | Sequence[str] | None = "0015_audit_stream"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
