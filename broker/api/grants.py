@@ -122,7 +122,7 @@ def extend_grant(grant_id: str, body: ExtendRequest, broker: BrokerDep, ctx: Cur
     return grants.extend_grant(broker, ctx, grant_id, body)
 
 
-@router.get("/audit", tags=["audit"], responses=errors(403))
+@router.get("/audit", responses=errors(403))
 def read_audit(
     broker: BrokerDep,
     ctx: CurrentPrincipal,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -74,8 +75,15 @@ def _failure(strategy: st.SearchStrategy[Any], token: str, label: str) -> str | 
     except Unsatisfiable:
         assert label.endswith("negative"), label  # an operation without input has nothing to get wrong
     except (Exception, BaseExceptionGroup) as exc:  # schemathesis' FailureGroup is a BaseExceptionGroup
-        return f"{label}: {exc}"
+        return f"{label}: {_described(exc)}"
     return None
+
+
+def _described(exc: BaseException) -> str:
+    # Hypothesis' Flaky says only that the first run failed: what failed is among its exceptions.
+    if isinstance(exc, BaseExceptionGroup) and not isinstance(exc, FailureGroup):
+        return "\n".join([str(exc), *(_described(inner) for inner in exc.exceptions)])
+    return str(exc)
 
 
 def test_every_answer_is_in_the_schema(schema_broker: Broker) -> None:
