@@ -36,7 +36,7 @@ from tests.broker.conftest import add_user, login
 from tests.conftest import REVIEWED_POLICY
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES = 12  # per operation and mode: about 700 requests a database, a few seconds each
+EXAMPLES = 10  # per operation and mode: about 500 requests a database, about 10 s of CPU each
 # Operations that end what the others need (the caller's session, the grant): last.
 LAST = ("/v1/grants/{grant_id}/revoke", "/v1/logout")
 
