@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from access.broker.api.schema import ERROR_DESCRIPTIONS, errors
+from access.shared.models import ErrorBody
 from access.shared.oauth import (
     ACCESS_TOKEN_TYPE,
     DEVICE_GRANT_TYPE,
@@ -98,14 +99,22 @@ def form_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def oauth_errors() -> dict[int | str, dict[str, Any]]:
-    """``responses=`` of a form endpoint: RFC 6749 errors, and the broker's own when its database is down."""
+    """``responses=`` of a form endpoint: RFC 6749 errors, and the broker's own for a 500 or when its
+    database is down."""
     described = {
         400: "an RFC 6749 error: invalid_request, invalid_grant, authorization_pending, slow_down, ...",
         401: "invalid_client: the client's id or secret is wrong",
         413: ERROR_DESCRIPTIONS[413],
         429: "temporarily_unavailable: too many attempts, try again later",
     }
+    # 503 comes in either shape: RFC 6749's when an upstream provider or a CI issuer's keys cannot
+    # be reached (``temporarily_unavailable``), the broker's own when its database cannot.
+    either = {
+        "anyOf": [{"$ref": f"#/components/schemas/{model.__name__}"} for model in (OAuthErrorBody, ErrorBody)]
+    }
+    unavailable = "the broker's database, an upstream provider or a CI issuer's keys are out of reach"
     return {
         **{status: {"model": OAuthErrorBody, "description": text} for status, text in described.items()},
-        **errors(500, 503),
+        **errors(500),
+        503: {"description": unavailable, "content": {"application/json": {"schema": either}}},
     }

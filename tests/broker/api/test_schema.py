@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
@@ -33,7 +34,7 @@ from access.broker.auth.tokens import authenticate
 from access.broker.runtime import Broker
 from access.shared.models import GrantRequest, GrantState
 from tests.broker.conftest import add_user, login
-from tests.conftest import REVIEWED_POLICY
+from tests.conftest import REVIEWED_POLICY, _pg_admin_engine
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 10  # per operation and mode: about 500 requests a database, about 10 s of CPU each
@@ -121,3 +122,38 @@ def test_every_answer_is_in_the_schema(schema_broker: Broker) -> None:
     for operation in final:
         generated(operation)
     assert not [found for found in failures if found], "\n\n".join(found for found in failures if found)
+
+
+def test_with_the_database_gone_every_answer_is_still_in_the_schema(
+    make_broker: Callable[..., Broker], pg_url: str
+) -> None:
+    """The 503s of a broker whose database is gone, on every operation: documented, in the shape
+    the schema gives (the broker's own on /oauth/* too, beside RFC 6749's)."""
+    broker = make_broker(db_url=pg_url, policy=REVIEWED_POLICY)
+    alice = _token(broker, "alice", ("sre",))
+    broker.engine.dispose()
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE "{sa.engine.make_url(pg_url).database}" WITH (FORCE)')
+    admin.dispose()
+    api = schemathesis.openapi.from_asgi("/openapi.json", create_app(broker, background=False))
+    failures = []
+    statuses: set[int] = set()
+    conformance = [status_code_conformance, content_type_conformance, response_schema_conformance]
+    for operation in (result.ok() for result in api.get_all_operations()):
+        for example in api.get_strategies_from_examples(operation) or [operation.as_strategy()]:
+
+            @given(case=example)
+            @settings(max_examples=3, deadline=None, derandomize=True, database=None)
+            def conforms(case: Any) -> None:
+                response = case.call_and_validate(
+                    headers={"authorization": f"Bearer {alice}"}, checks=conformance
+                )
+                statuses.add(response.status_code)
+
+            try:
+                conforms()
+            except (Exception, BaseExceptionGroup) as exc:
+                failures.append(f"{operation.label}: {_described(exc)}")
+    assert not failures, "\n\n".join(failures)
+    assert 503 in statuses, statuses
