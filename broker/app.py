@@ -254,6 +254,8 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
 
     from access.broker.api import health, oauth
     from access.broker.api import router as api
+    from access.broker.api.schema import openapi_schema
+    from access.broker.web import apidocs
     from access.broker.web import device as device_page
     from access.broker.web import inbox as inbox_page
     from access.broker.web import inbox_mfa as inbox_mfa_page
@@ -263,11 +265,13 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
         title="access broker",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url=None,
+        description="Just-in-time, audited access to services: the JSON API under /v1 and OAuth 2.0.",
+        docs_url=None,  # /docs is web/apidocs.py: Swagger UI served from the package, no CDN
         redoc_url=None,
         redirect_slashes=False,  # Starlette's would trust the Host header: see _without_trailing_slash
     )
     app.state.broker = broker
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]  # FastAPI's documented way
     _install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(oauth.router)
@@ -275,6 +279,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.include_router(inbox_mfa_page.router)  # before the inbox's /inbox/{grant_id}
     app.include_router(inbox_page.router)
     app.include_router(oidc_page.router)
+    app.include_router(apidocs.router)
     app.include_router(api.router)
     app.add_middleware(BodySizeLimit, limit=MAX_JSON_BODY_BYTES)
     app.add_middleware(CatchAll)  # added last, so outermost: it sees what the others raise

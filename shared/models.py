@@ -104,7 +104,13 @@ class ServiceInfo(_Model):
 
 
 class GrantRequest(_Model):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "examples": [{"service": "svc-payments", "scope": "read", "ttl": "30m", "reason": "INC-123"}]
+        },
+    )
 
     service: str = Field(min_length=1, max_length=63)
     scope: str = Field(min_length=1, max_length=32)
@@ -117,21 +123,25 @@ class GrantRequest(_Model):
 class ApproveRequest(_Model):
     """``POST /v1/grants/{id}/approve``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [{"comment": "looks right"}]}
+    )
     comment: str = Field(default="", max_length=MAX_REASON_LENGTH)
 
 
 class DenyRequest(_Model):
     """``POST /v1/grants/{id}/deny``: a reviewer says no, and why."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [{"reason": "not during the freeze"}]}
+    )
     reason: str = Field(min_length=1, max_length=MAX_REASON_LENGTH)
 
 
 class ExtendRequest(_Model):
     """``POST /v1/grants/{id}/extend``: more time, counted from now, within the rule's maximum."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"examples": [{"ttl": "15m"}]})
     ttl: str = Field(min_length=1, max_length=32, description="duration such as 15m")
 
 

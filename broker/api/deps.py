@@ -4,32 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from access.broker.auth.principal import AuthContext
 from access.broker.errors import Unauthenticated
 from access.broker.runtime import Broker
 from access.shared.net import forwarded_client
 
-__all__ = ["BrokerDep", "CurrentPrincipal", "bearer_token", "client_ip", "get_broker", "get_principal"]
+__all__ = ["BrokerDep", "CurrentPrincipal", "client_ip", "get_broker", "get_principal"]
+
+# Declares the Bearer scheme in the OpenAPI schema (and on every route that authenticates); it
+# raises nothing itself (``auto_error=False``): get_principal answers a missing token in our shape.
+_BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="an access token from `access login` (the device flow) or POST /oauth/token",
+)
 
 
 def get_broker(request: Request) -> Broker:
     broker: Broker = request.app.state.broker
     return broker
-
-
-def bearer_token(request: Request) -> str:
-    """The bearer token from the Authorization header.
-
-    Raises:
-        Unauthenticated: no header, or not a Bearer token.
-    """
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("this call needs a bearer token")
-    return token.strip()
 
 
 def client_ip(request: Request) -> str:
@@ -43,15 +39,21 @@ def client_ip(request: Request) -> str:
     return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), trusted)[:64]
 
 
-def get_principal(request: Request) -> AuthContext:
+def get_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+) -> AuthContext:
     """Verify the bearer token and the session behind it.
 
     Raises:
-        Unauthenticated: missing, expired, forged or revoked token, or a disabled principal.
+        Unauthenticated: no Bearer token; a missing, expired, forged or revoked one; a disabled
+            principal.
     """
     from access.broker.auth.tokens import authenticate
 
-    return authenticate(get_broker(request), bearer_token(request))
+    token = credentials.credentials.strip() if credentials is not None else ""
+    if not token:
+        raise Unauthenticated("this call needs a bearer token")
+    return authenticate(get_broker(request), token)
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from access.broker import grants
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
+from access.broker.api.schema import errors
 from access.broker.audit import search as audit
 from access.broker.policy import allowed_services
 from access.shared.models import (
@@ -25,7 +26,7 @@ from access.shared.models import (
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(tags=["grants"])
 
 
 @router.get("/services")
@@ -62,7 +63,10 @@ def list_services(broker: BrokerDep, ctx: CurrentPrincipal) -> list[ServiceInfo]
 @router.post(
     "/grants",
     status_code=201,
-    responses={202: {"model": Grant, "description": "pending: the request waits for review"}},
+    responses={
+        202: {"model": Grant, "description": "pending: the request waits for review"},
+        **errors(403, 404, 502),
+    },
 )
 def request_grant(body: GrantRequest, broker: BrokerDep, ctx: CurrentPrincipal, response: Response) -> Grant:
     """201 with the active grant, or 202 with the pending one when the rule needs approval."""
@@ -78,12 +82,12 @@ def pending_reviews(broker: BrokerDep, ctx: CurrentPrincipal) -> list[Grant]:
     return grants.pending_for(broker, ctx)
 
 
-@router.post("/grants/{grant_id}/approve")
+@router.post("/grants/{grant_id}/approve", responses=errors(403, 404, 409, 410, 502))
 def approve_grant(grant_id: str, body: ApproveRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
     return grants.approve(broker, ctx, grant_id, body.comment)
 
 
-@router.post("/grants/{grant_id}/deny")
+@router.post("/grants/{grant_id}/deny", responses=errors(403, 404, 409))
 def deny_grant(grant_id: str, body: DenyRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
     return grants.deny(broker, ctx, grant_id, body.reason)
 
@@ -103,23 +107,23 @@ def list_grants(
     return grants.list_grants(broker, ctx, include_ended=include_all)
 
 
-@router.get("/grants/{grant_id}")
+@router.get("/grants/{grant_id}", responses=errors(404))
 def get_grant(grant_id: str, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
     return grants.get_grant(broker, ctx, grant_id)
 
 
-@router.post("/grants/{grant_id}/revoke")
+@router.post("/grants/{grant_id}/revoke", responses=errors(404))
 def revoke_grant(grant_id: str, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
     return grants.revoke_grant(broker, ctx, grant_id)
 
 
-@router.post("/grants/{grant_id}/extend")
+@router.post("/grants/{grant_id}/extend", responses=errors(403, 404, 409, 410))
 def extend_grant(grant_id: str, body: ExtendRequest, broker: BrokerDep, ctx: CurrentPrincipal) -> Grant:
     """More time for the caller's active grant: a new expiry of now + ttl, within its rule's maximum."""
     return grants.extend_grant(broker, ctx, grant_id, body)
 
 
-@router.get("/audit")
+@router.get("/audit", responses=errors(403))
 async def read_audit(
     broker: BrokerDep,
     ctx: CurrentPrincipal,

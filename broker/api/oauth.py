@@ -19,6 +19,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from access.broker.api.deps import BrokerDep, client_ip
+from access.broker.api.oauth_schema import (
+    DeviceAuthorizationForm,
+    RevokeForm,
+    ServerMetadata,
+    TokenForm,
+    TokenResponse,
+    form_body,
+    oauth_errors,
+)
 from access.broker.auth import device, exchange, sessions
 from access.broker.auth.tokens import AUDIENCE, OAuthError
 from access.broker.errors import BrokerError, PayloadTooLarge
@@ -128,7 +137,11 @@ def _client_secret(request: Request, params: dict[str, str]) -> tuple[str, str]:
     return params["client_id"], params["client_secret"]
 
 
-@router.post("/oauth/device_authorization")
+@router.post(
+    "/oauth/device_authorization",
+    openapi_extra=form_body(DeviceAuthorizationForm),
+    responses={200: {"model": device.DeviceAuthorization}, **oauth_errors()},
+)
 async def device_authorization(request: Request, broker: BrokerDep) -> JSONResponse:
     """RFC 8628 section 3.1: start a device login. Form: ``client_id``, optional ``client_host``,
     optional ``mfa=true`` (step-up, ``access login --mfa``: the sign-in must have a second factor)."""
@@ -143,7 +156,11 @@ async def device_authorization(request: Request, broker: BrokerDep) -> JSONRespo
     return _json(auth.to_response())
 
 
-@router.post("/oauth/token")
+@router.post(
+    "/oauth/token",
+    openapi_extra=form_body(TokenForm),
+    responses={200: {"model": TokenResponse}, **oauth_errors()},
+)
 async def token(request: Request, broker: BrokerDep) -> JSONResponse:
     """The token endpoint: device_code, refresh_token, client_credentials and token-exchange grants."""
     params = await _form(request)
@@ -196,7 +213,17 @@ def _exchange_params(params: dict[str, str], base_url: str) -> str:
     return subject_token
 
 
-@router.post("/oauth/revoke")
+@router.post(
+    "/oauth/revoke",
+    openapi_extra=form_body(RevokeForm),
+    responses={
+        200: {
+            "description": "revoked, or nothing to revoke",
+            "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
+        },
+        **oauth_errors(),
+    },
+)
 async def revoke(request: Request, broker: BrokerDep) -> JSONResponse:
     """RFC 7009: revoke the session behind a refresh or access token. Always 200 for a well-formed call."""
     params = await _form(request)
@@ -205,7 +232,7 @@ async def revoke(request: Request, broker: BrokerDep) -> JSONResponse:
     return _json({})
 
 
-@router.get("/.well-known/oauth-authorization-server")
+@router.get("/.well-known/oauth-authorization-server", responses={200: {"model": ServerMetadata}})
 def metadata(broker: BrokerDep) -> JSONResponse:
     """RFC 8414 authorization server metadata."""
     base = broker.base_url

@@ -11,6 +11,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from access.broker.api.deps import BrokerDep, CurrentPrincipal
+from access.broker.api.schema import errors
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
 from access.broker.auth.principal import AuthContext
@@ -48,7 +49,12 @@ def connection_details(broker: Broker, ctx: AuthContext, grant_id: str) -> Conne
     return info
 
 
-@router.get("/grants/{grant_id}/connection", response_model=ConnectionInfo)
+@router.get(
+    "/grants/{grant_id}/connection",
+    response_model=ConnectionInfo,
+    tags=["grants"],
+    responses=errors(403, 404, 410),
+)
 def get_connection(grant_id: str, broker: BrokerDep, ctx: CurrentPrincipal) -> JSONResponse:
     info = connection_details(broker, ctx, grant_id)
     # model_dump, not the response model's serialisation: the password field is repr=False only.

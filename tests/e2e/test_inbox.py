@@ -51,6 +51,15 @@ def _spki_pin(devca: DevCA) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
+def launch_chromium(playwright: Any, devca: DevCA) -> Any:
+    """Debian's Chromium, headless, trusting the broker's certificate key alone."""
+    return playwright.chromium.launch(
+        executable_path=_chromium(),
+        headless=True,
+        args=["--no-sandbox", f"--ignore-certificate-errors-spki-list={_spki_pin(devca)}"],
+    )
+
+
 class Shots:
     """Screenshots into the test's folder and, if set, ``ACCESS_SCREENSHOTS``."""
 
@@ -85,7 +94,7 @@ def _ask(cli: Cli, reason: str) -> dict[str, Any]:
 
 
 def test_a_reviewer_approves_and_denies_in_chromium(tmp_path: Path, devca: DevCA) -> None:
-    chromium = _chromium()
+    _chromium()  # fails with what to install before anything starts
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
@@ -109,11 +118,7 @@ def test_a_reviewer_approves_and_denies_in_chromium(tmp_path: Path, devca: DevCA
         second = _ask(bob, "CHG-43")
 
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=chromium,
-                headless=True,
-                args=["--no-sandbox", f"--ignore-certificate-errors-spki-list={_spki_pin(devca)}"],
-            )
+            browser = launch_chromium(playwright, devca)
             try:
                 # No JavaScript at all: the page must work without it (and it sends none).
                 context = browser.new_context(
