@@ -51,7 +51,9 @@ def get_principal(request: Request) -> AuthContext:
     """
     from access.broker.auth.tokens import authenticate
 
-    return authenticate(get_broker(request), bearer_token(request))
+    ctx = authenticate(get_broker(request), bearer_token(request))
+    request.state.principal = ctx.name  # for the request's log line (observe.requests)
+    return ctx
 
 
 BrokerDep = Annotated[Broker, Depends(get_broker)]
