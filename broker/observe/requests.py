@@ -86,6 +86,8 @@ class RequestLog:
             elif kind == "websocket.accept":
                 status = 101
                 message = {**message, "headers": [*message.get("headers", ()), header]}
+            elif kind == "websocket.close" and status == 0:
+                status = 403  # closed before it was accepted: the server answers the upgrade 403
             await send(message)
 
         try:

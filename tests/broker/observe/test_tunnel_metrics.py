@@ -16,7 +16,6 @@ import pytest
 from access.broker import grants
 from access.broker.auth import tokens
 from access.broker.observe.metrics import Metrics, metrics_for
-from access.broker.observe.requests import REQUEST_ID_HEADER
 from access.cli.tunnel import Forwarder
 from tests.broker.conftest import audit_rows
 from tests.broker.observe.test_metrics import samples, value
@@ -112,25 +111,35 @@ def test_a_cut_is_timed_from_the_decision_to_the_closed_socket(setup: Setup, tun
     assert [(line["why"], line["grant"]) for line in cut] == [("revoked", grant_id)]
 
 
-def test_a_refused_tunnel_answers_with_a_request_id(setup: Setup, tunnel_log: io.StringIO) -> None:  # noqa: F811
-    host, port = setup.url.removeprefix("http://").split(":")
+def _upgrade(served: Setup, path: str) -> tuple[str, str]:
+    """A WebSocket upgrade on ``path`` with a forged token: the answer's status line and request id."""
+    host, port = served.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
-            b"GET /v1/tunnel?grant=g-nope HTTP/1.1\r\nHost: x\r\n"
-            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
             b"Sec-WebSocket-Protocol: access-tunnel.v2\r\nAuthorization: Bearer forged-token-s3cr3t\r\n\r\n"
         )
         answer = b""
-        while chunk := sock.recv(65536):
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
             answer += chunk
-    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
-    assert head.startswith("HTTP/1.1 4"), head
-    request_id = next(
-        line.split(":", 1)[1].strip()
-        for line in head.split("\r\n")
-        if line.lower().startswith(REQUEST_ID_HEADER.lower())
-    )
+    status, *headers = answer.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    ids = [line.split(":", 1)[1].strip() for line in headers if line.lower().startswith("x-request-id:")]
+    assert len(ids) == 1, headers
+    return status, ids[0]
+
+
+def test_an_upgrade_elsewhere_is_denied_with_a_request_id(setup: Setup) -> None:  # noqa: F811
+    status, request_id = _upgrade(setup, "/v1/not-the-tunnel")
+    assert status.startswith("HTTP/1.1 404"), status
+    assert len(request_id) == 16
+
+
+def test_a_refused_tunnel_answers_with_a_request_id(setup: Setup, tunnel_log: io.StringIO) -> None:  # noqa: F811
+    status, request_id = _upgrade(setup, "/v1/tunnel?grant=g-nope")
+    assert status.startswith("HTTP/1.1 401"), status
     refused = [json.loads(line) for line in tunnel_log.getvalue().splitlines()]
-    assert [(e["message"], e["request_id"]) for e in refused] == [("tunnel refused", request_id)]
+    assert [(e["message"], e["request_id"], e["status"]) for e in refused] == [
+        ("tunnel refused", request_id, 401)
+    ]
     assert "forged-token-s3cr3t" not in tunnel_log.getvalue()
