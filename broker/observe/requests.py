@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from access.broker.observe.metrics import UNMATCHED, Metrics
@@ -28,6 +29,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _HEADER = REQUEST_ID_HEADER.lower().encode("ascii")
 # A client's id is kept only when it cannot smuggle anything into a log line or a header.
 _SAFE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# A method label is one of these or OTHER: a client's invented method makes no new series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "WEBSOCKET"})
 _RESPONSE_STARTS = frozenset({"http.response.start", "websocket.http.response.start"})
 
 
@@ -65,6 +68,8 @@ class RequestLog:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Bounded: routes are the app's, methods the few below, statuses the app's.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -97,10 +102,19 @@ class RequestLog:
 
     def _done(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
         route = _route(scope)
-        method = scope.get("method", "WEBSOCKET") if scope["type"] == "http" else "WEBSOCKET"
-        self.metrics.requests.labels(route, method, str(status)).inc()
-        self.metrics.request_seconds.labels(route, method).observe(seconds)
-        state = scope.get("state", {})
+        method = scope.get("method", "") if scope["type"] == "http" else "WEBSOCKET"
+        method = method if method in _METHODS else "OTHER"
+        key = (route, method, status)
+        counted = self._series.get(key)
+        if counted is None:  # prometheus_client's labels() is most of the cost: once per series
+            counted = self._series[key] = (
+                self.metrics.requests.labels(route, method, str(status)),
+                self.metrics.request_seconds.labels(route, method),
+            )
+        counted[0].inc()
+        counted[1].observe(seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return
         grant_id = scope.get("path_params", {}).get("grant_id")
         log.info(
             "%s %s %d %.1f ms",
@@ -114,7 +128,7 @@ class RequestLog:
                 "route": route,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
-                "principal": state.get("principal"),
+                "principal": scope.get("state", {}).get("principal"),
                 "grant": grant_id if isinstance(grant_id, str) else None,
             },
         )

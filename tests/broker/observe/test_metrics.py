@@ -172,3 +172,12 @@ async def test_metrics_moved_to_their_own_address_are_gone_from_the_main_port(
     transport = httpx.ASGITransport(app=create_app(broker, background=False))
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
         assert (await http.get("/metrics")).status_code == 404
+
+
+async def test_an_invented_method_makes_no_new_series(http: httpx.AsyncClient) -> None:
+    for method in ("BREW", "PROPFIND", "GET"):
+        await http.request(method, "/healthz")
+    found = await scrape(http)
+    methods = {dict(labels)["method"] for name, labels in found if name == "access_http_requests_total"}
+    assert methods == {"GET", "OTHER"}
+    assert value(found, "access_http_requests_total", route="/healthz", method="OTHER", status="405") == 2
