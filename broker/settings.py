@@ -149,6 +149,11 @@ class Settings(BaseSettings):
     password_hash_time_cost: int = Field(default=3, ge=2, le=32, description="argon2id passes")
     password_hash_parallelism: int = Field(default=4, ge=1, le=64, description="argon2id lanes")
 
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # INFO, JSON as given before
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _parse_proxies(cls, value: object) -> object:

@@ -151,3 +151,16 @@ def test_the_formats_carry_the_extra_fields() -> None:
     assert line["level"] == "info" and line["logger"] == "access.test"
     text = TextFormatter().format(record)
     assert text.endswith("INFO access.test: GET /x request_id=abc status=200")  # no principal=None
+
+
+def test_log_settings_take_any_case_and_refuse_other_values() -> None:
+    from pydantic import ValidationError
+
+    from access.broker.settings import Settings
+
+    settings = Settings(log_level="WARNING", log_format="JSON")
+    assert (settings.log_level, settings.log_format) == ("warning", "json")
+    with pytest.raises(ValidationError):
+        Settings(log_format="xml")
+    with pytest.raises(ValidationError):
+        Settings(metrics_listen="9464")  # HOST:PORT
