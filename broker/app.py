@@ -27,6 +27,8 @@ from starlette.websockets import WebSocket
 
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, database_unavailable
 from access.broker.loops import Loop
+from access.broker.observe.metrics import metrics_for
+from access.broker.observe.requests import RequestLog
 from access.broker.runtime import Broker
 from access.shared.models import MAX_JSON_BODY_BYTES
 
@@ -253,6 +255,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
                     await asyncio.to_thread(write_checkpoint, broker)
 
     from access.broker.api import health, oauth
+    from access.broker.api import metrics as metrics_route
     from access.broker.api import router as api
     from access.broker.api.schema import openapi_schema
     from access.broker.web import apidocs
@@ -274,6 +277,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]  # FastAPI's documented way
     _install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
     app.include_router(oauth.router)
     app.include_router(device_page.router)
     app.include_router(inbox_mfa_page.router)  # before the inbox's /inbox/{grant_id}
@@ -282,5 +286,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.include_router(apidocs.router)
     app.include_router(api.router)
     app.add_middleware(BodySizeLimit, limit=MAX_JSON_BODY_BYTES)
-    app.add_middleware(CatchAll)  # added last, so outermost: it sees what the others raise
+    app.add_middleware(CatchAll)  # it sees what the others raise
+    # Outermost: every answer, the catch-all's 500s too, gets a request id, a log line, a count.
+    app.add_middleware(RequestLog, metrics=metrics_for(broker))
     return app

@@ -32,7 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from access.broker.settings import Settings
 
-__all__ = ["BrokerHttpProtocol", "http_options", "protocols", "run"]
+__all__ = ["BrokerHttpProtocol", "http_options", "protocols", "run", "serve_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,28 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def serve_metrics(broker: Any, listen: str) -> None:
+    """Serve ``/metrics`` on ``listen`` (HOST:PORT) from a thread of its own (prometheus_client's
+    server: each scrape in its own thread, never on the event loop).
+
+    Raises:
+        Misconfigured: the address cannot be listened on.
+    """
+    from prometheus_client import start_http_server
+
+    from access.broker.errors import Misconfigured
+    from access.broker.observe.metrics import metrics_for
+
+    host, _, port = listen.rpartition(":")
+    try:
+        start_http_server(int(port), addr=host.strip("[]"), registry=metrics_for(broker).registry)
+    except OSError as exc:
+        raise Misconfigured(
+            f"cannot serve metrics on {listen}: {exc.strerror or exc}",
+            hint="choose another ACCESS_BROKER_METRICS_LISTEN, or stop what listens there",
+        ) from exc
+
+
 def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     """Serve until SIGINT/SIGTERM; on shutdown the ledger gets a final signed checkpoint. SIGHUP
     reloads the policy file for every replica (``rollout``; a bad file is refused and logged).
@@ -211,11 +233,13 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     from access.broker import startup
     from access.broker.app import create_app
     from access.broker.audit.checkpoints import refuse_unsafe
+    from access.broker.observe.logs import configure as configure_logs
     from access.broker.rollout import adopt_at_start, reload_on_signal
     from access.broker.runtime import Broker
     from access.shared.tuning import tune_allocator
 
     tune_allocator()
+    configure_logs(settings.log_format, settings.log_level)
 
     startup.preflight(settings)
     sock = startup.listen(settings.host, settings.port)
@@ -230,6 +254,8 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         sock.close()
         raise
     app = create_app(broker)
+    if settings.metrics_listen is not None:
+        serve_metrics(broker, settings.metrics_listen)
     config = uvicorn.Config(
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
@@ -239,7 +265,8 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # our handler on the root logger (observe.logs), uvicorn's records included
+        access_log=False,  # observe.requests logs each request once, with its id and route
         server_header=False,
         proxy_headers=False,
         # The drain (tunnels finishing on this replica), then 5 s for the rest (tunnel.protocol).

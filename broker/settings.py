@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -127,7 +127,17 @@ class Settings(BaseSettings):
         le=120,
         description="seconds to wait for a pooled connection before refusing (503)",
     )
-    log_level: str = Field(default="info", description="debug, info, warning or error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="debug, info, warning or error"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text (for a terminal) or json (one object per line, for a collector)"
+    )
+    metrics_listen: str | None = Field(
+        default=None,
+        pattern=r"^[^\s]+:[0-9]{1,5}$",
+        description="HOST:PORT to serve /metrics on instead of the main port (which then answers 404)",
+    )
     # Every other wait for the database (docs/broker.md, "When the database hangs").
     db_connect_timeout: float = Field(
         default=3.0, ge=2, le=120, description="PostgreSQL: seconds to open a connection (at least 2)"
@@ -176,6 +186,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(Path(part.strip()) for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # INFO, JSON as given before
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

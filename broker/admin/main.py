@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -47,6 +48,18 @@ app = typer.Typer(
 )
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 @app.command(
     epilog=examples(
         "access-broker serve --policy policy.yaml --tls-cert cert.pem --tls-key key.pem",
@@ -66,6 +79,8 @@ def serve(
         bool | None, typer.Option("--insecure-http", help=setting_help("insecure_http"))
     ] = None,
     public_url: Annotated[str | None, typer.Option(help=setting_help("public_url"))] = None,
+    log_format: Annotated[LogFormat | None, typer.Option(help=setting_help("log_format"))] = None,
+    log_level: Annotated[LogLevel | None, typer.Option(help=setting_help("log_level"))] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     ready_file: Annotated[
@@ -85,6 +100,8 @@ def serve(
         tls_key=tls_key,
         insecure_http=insecure_http,
         public_url=public_url,
+        log_format=log_format.value if log_format else None,
+        log_level=log_level.value if log_level else None,
         data_dir=data_dir,
         database_url=database_url,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from access.broker.audit import canonical
 from access.broker.audit.actions import WHILE_UNSAFE, Action
 from access.broker.clock import Clock, utc
 from access.broker.errors import LedgerUnsafe
+from access.broker.observe.metrics import for_engine
 from access.broker.store import audit as store
 
 if TYPE_CHECKING:
@@ -183,6 +185,7 @@ def append(
     details = dict(details or {})
     _check_details(details)
     target = target[:200]
+    started = time.perf_counter()
     store.lock_chain(conn)
     head = store.chain_head(conn)
     seq = 1 if head is None else head[0] + 1
@@ -201,6 +204,9 @@ def append(
         prev_hash=prev,
         digest=digest,
     )
+    metrics = for_engine(conn.engine)
+    if metrics is not None:  # admin commands keep no metrics
+        metrics.ledger_append_seconds.observe(time.perf_counter() - started)
     return LedgerEntry(seq, at, actor, action.value, target, details, prev, digest)
 
 

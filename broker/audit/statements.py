@@ -41,6 +41,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from access.broker.audit.journal import Journal, JournalError
 from access.broker.audit.turn import BATCH_STATEMENTS, ROW_OVERHEAD, AddSide
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
+from access.broker.observe.metrics import metrics_for
 from access.broker.perbroker import PerBroker
 from access.broker.wire.base import Statement
 
@@ -152,6 +154,7 @@ class StatementLog:
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        metrics_for(broker).statement_log = weakref.ref(self)  # read when scraped (observe)
         self.limit = broker.settings.statement_log_limit
         self.max_bytes = broker.settings.statement_log_bytes
         self._queue: deque[_Item] = deque()  # add/close -> the writer

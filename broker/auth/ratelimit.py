@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from access.broker.auth import tags
 from access.broker.clock import Clock
 from access.broker.errors import RateLimited
+from access.broker.observe.metrics import for_engine
 from access.broker.runtime import Broker
 from access.broker.store import rate_events
 
@@ -88,6 +89,9 @@ def check(conn: sa.Connection, clock: Clock, limit: Limit, key: str) -> None:
         RateLimited: ``limit.limit`` events or more within the window.
     """
     if count(conn, clock, limit, key) >= limit.limit:
+        metrics = for_engine(conn.engine)
+        if metrics is not None:
+            metrics.rate_limited.labels(limit.prefix).inc()
         minutes = max(1, int(limit.window.total_seconds() // 60))
         raise RateLimited(
             "too many failed attempts from here",

@@ -48,6 +48,8 @@ from access.broker.errors import (
     Unauthenticated,
 )
 from access.broker.kinds.login import LOGIN_KINDS, TargetTls, target_login, target_tls
+from access.broker.observe.metrics import metrics_for
+from access.broker.observe.requests import REQUEST_ID_HEADER, new_request_id
 from access.broker.tunnel import cancels, wired
 from access.broker.tunnel.closes import pending_for
 from access.broker.tunnel.limits import limits_for
@@ -80,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# One line per tunnel opened, cut and closed, and per channel closed (never per frame).
+events = logging.getLogger("access.broker.tunnel.events")
 
 TUNNEL_PATH = "/v1/tunnel"
 CONNECT_TIMEOUT = 5.0
@@ -139,13 +143,15 @@ def parse_request(head: bytes) -> TunnelRequest:
     )
 
 
-def http_error(error: BrokerError) -> bytes:
-    """A complete HTTP/1.1 error response carrying the broker's JSON error body."""
+def http_error(error: BrokerError, request_id: str | None = None) -> bytes:
+    """A complete HTTP/1.1 error response carrying the broker's JSON error body (and
+    ``X-Request-Id``: ``request_id``, else a new one)."""
     body = json.dumps(error.body()).encode()
     phrase = http.HTTPStatus(error.status).phrase
     head = (
         f"HTTP/1.1 {error.status} {phrase}\r\n"
         "Content-Type: application/json\r\n"
+        f"{REQUEST_ID_HEADER}: {request_id or new_request_id()}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Cache-Control: no-store\r\n"
         "Connection: close\r\n\r\n"
@@ -156,13 +162,14 @@ def http_error(error: BrokerError) -> bytes:
 class BrokerChannel(TargetChannel):
     """One channel: the connection to the target, and what its audit entries need."""
 
-    __slots__ = ("connection_id", "counted", "error", "opened", "target_tls")
+    __slots__ = ("connection_id", "counted", "error", "live", "opened", "target_tls")
 
     def __init__(self, session: TunnelProtocol, channel_id: int) -> None:
         super().__init__(session, channel_id)
         self.connection_id = "c-" + secrets.token_hex(8)
         self.opened = False  # connection.open was written: connection.close must follow
         self.counted = False  # counted against its user's channels (limits)
+        self.live = False  # agreed to (OPEN_OK): counted in access_channels_open
         self.error: str | None = None
         self.target_tls = TargetTls("disable")  # how ``_connect`` dials the target
 
@@ -501,6 +508,10 @@ class TunnelProtocol(MuxSession):
         # which batches them into ledger entries; a test may put another sink here.
         self.statement_log = statement_log_for(self.broker)  # looked up once, not per statement
         self.statement_sink: StatementSink | None = self._record_statements
+        self.metrics = metrics_for(self.broker)
+        self.request_id = new_request_id()  # in its refusals' X-Request-Id and its log lines
+        self._opened_at: float | None = None  # the 101 was sent: counted in access_tunnels_open
+        self._cut_at: float | None = None  # when this process decided to end it (``cut``)
 
     # -- the HTTP phase --------------------------------------------------------------------
 
@@ -573,6 +584,9 @@ class TunnelProtocol(MuxSession):
             b"Sec-WebSocket-Accept: " + accept_key(request.key).encode("ascii") + b"\r\n\r\n"
         )
         self.start(rest)
+        self._opened_at = time.monotonic()
+        self.metrics.tunnels_open.inc()
+        events.info("tunnel open", extra=self._log_fields())
         if self.open:
             self.transport.resume_reading()
 
@@ -607,6 +621,7 @@ class TunnelProtocol(MuxSession):
 
     def _refuse_over_limit(self, ctx: AuthContext) -> None:
         limit = self.limits.max_tunnels
+        self.metrics.rate_limited.labels("tunnels_per_user").inc()
         self._refuse(
             RateLimited(
                 f"{ctx.name} already has {limit} tunnels open through this broker (the limit)",
@@ -630,8 +645,11 @@ class TunnelProtocol(MuxSession):
 
     def _refuse(self, error: BrokerError) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(http_error(error))
+            self.transport.write(http_error(error, self.request_id))
             self.transport.close()
+        events.info(
+            "tunnel refused", extra={**self._log_fields(), "status": error.status, "code": error.code}
+        )
 
     def _refuse_ended(self, why: str) -> None:
         self.why = why
@@ -671,6 +689,8 @@ class TunnelProtocol(MuxSession):
                 hint="close some connections, or stop an `access connect` you no longer need",
             )
         if error is not None:
+            if isinstance(error, RateLimited):
+                self.metrics.rate_limited.labels("channels").inc()
             self.send(OPEN_FAIL, channel_id, payload=error_payload(error.body()))
             return
         channel.counted = True
@@ -720,6 +740,8 @@ class TunnelProtocol(MuxSession):
             channel.end(channel.why or "client closed", flush=False)  # ended while we connected
             return
         self.send(OPEN_OK, channel.id)
+        channel.live = True
+        self.metrics.channels_open.inc()
         channel.activate()
 
     async def _connect(self, channel: BrokerChannel, grant: TunnelGrant, tls: TargetTls) -> None:
@@ -790,6 +812,9 @@ class TunnelProtocol(MuxSession):
         if channel.counted and self.principal_id is not None:
             channel.counted = False
             self.limits.drop_channel(self.principal_id)
+        if channel.live:
+            channel.live = False
+            self.metrics.channels_open.dec()
         if not channel.opened or self.ctx is None or self.grant is None:
             return  # refused before it opened: nothing was opened, so nothing to close
         details: dict[str, Any] = {
@@ -803,6 +828,20 @@ class TunnelProtocol(MuxSession):
         }
         if channel.error:
             details["error"] = channel.error
+        # A channel's byte counts, added once as it closes: the relay itself counts nothing more.
+        self.metrics.tunnel_bytes.labels("up").inc(channel.bytes_in)
+        self.metrics.tunnel_bytes.labels("down").inc(channel.bytes_out)
+        events.info(
+            "channel close",
+            extra={
+                **self._log_fields(),
+                "connection": channel.connection_id,
+                "bytes_up": channel.bytes_in,
+                "bytes_down": channel.bytes_out,
+                "duration_ms": round((time.monotonic() - channel.started) * 1000, 3),
+                "why": details["why"],
+            },
+        )
         if isinstance(channel, WireChannel):
             channel.stop_timer()
             details["statements"] = channel.statements
@@ -836,6 +875,9 @@ class TunnelProtocol(MuxSession):
     def cut(self, why: str) -> None:
         """End this tunnel because its grant or sign-in session ended (``why``: expired, revoked,
         locked, signed out, session expired)."""
+        if self._cut_at is None:
+            self._cut_at = time.monotonic()  # access_tunnel_cut_seconds runs from here to the close
+            events.info("tunnel cut", extra={**self._log_fields(), "why": why})
         if not self.open:
             self._pending_cut = why  # the handshake is still running: it refuses at its next step
             return
@@ -866,13 +908,38 @@ class TunnelProtocol(MuxSession):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        if self._cut_at is not None:
+            self.metrics.cut_seconds.observe(time.monotonic() - self._cut_at)
+            self._cut_at = None
         super().connection_lost(exc)
 
     def finished(self) -> None:
         registry_for(self.broker).remove(self)
+        if self._opened_at is not None:
+            self.metrics.tunnels_open.dec()
+            seconds = time.monotonic() - self._opened_at
+            self._opened_at = None
+            events.info(
+                "tunnel close",
+                extra={
+                    **self._log_fields(),
+                    "duration_ms": round(seconds * 1000, 3),
+                    "why": self.why or "closed",
+                },
+            )
         if self._tunnel_counted and self.principal_id is not None:
             self._tunnel_counted = False
             self.limits.drop_tunnel(self.principal_id)
+
+    def _log_fields(self) -> dict[str, Any]:
+        """What every tunnel log line says: never the token, nor anything from the request head
+        but the grant id."""
+        return {
+            "request_id": self.request_id,
+            "grant": self.grant_id or None,
+            "principal": self.ctx.name if self.ctx is not None else None,
+            "client": self.client_address,
+        }
 
 
 class _NoTls(ConnectionRefusedError):

@@ -66,6 +66,7 @@ class BrokerProcess:
     proc: subprocess.Popen[str] | None = None
     url: str = ""
     output: list[str] = field(default_factory=list)
+    args: tuple[str, ...] = ()  # more flags for ``serve``
 
     def admin(
         self, *args: str, input: str | None = None, check: bool = True
@@ -101,6 +102,7 @@ class BrokerProcess:
                 str(self.ca.server_key),
                 "--policy",
                 str(self.policy),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
