@@ -48,8 +48,10 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Direct vs ssh -L vs access connect, side by side (benchmarks/results.json); then the
     broker's memory under the attacks of docs/tunnel.md#memory (benchmarks/memory.py); then
-    kubectl's latency direct and through access (benchmarks/kube.py, docs/kubernetes.md)."""
+    kubectl's latency direct and through access (benchmarks/kube.py, docs/kubernetes.md); then
+    the CLI's start-up beside `python -c pass` (benchmarks/cli.py, docs/cli.md)."""
     session.install(".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/memory.py")
     session.run("python", "benchmarks/kube.py")
+    session.run("python", "benchmarks/cli.py")
