@@ -50,10 +50,12 @@ def bench(session: nox.Session) -> None:
     broker's memory under the attacks of docs/tunnel.md#memory (benchmarks/memory.py); then
     kubectl's latency direct and through access (benchmarks/kube.py, docs/kubernetes.md); then a
     revoke's cut across replicas, NOTIFY vs the poll (benchmarks/replicas.py, docs/broker.md); then
-    a thousand tunnel connections with grant requests beside them (benchmarks/connections.py)."""
+    a thousand tunnel connections with grant requests beside them (benchmarks/connections.py); then
+    the CLI's start-up beside `python -c pass` (benchmarks/cli.py, docs/cli.md)."""
     session.install(".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/memory.py")
     session.run("python", "benchmarks/kube.py")
     session.run("python", "benchmarks/replicas.py")
     session.run("python", "benchmarks/connections.py")
+    session.run("python", "benchmarks/cli.py")

@@ -2,9 +2,11 @@
 
 It owns TLS (system trust store, or a pinned CA file), the refusal of plain HTTP to
 anything but loopback, token refresh with rotation, and the mapping of every failure to
-``access.cli.errors``. ``transport`` lets tests run it against the broker app in-process
-(any ``httpx.BaseTransport``) or against respx. httpx and pydantic are imported here, so
-commands import this module inside their function bodies, never at startup.
+``access.cli.errors``; an error the broker answered with carries the request's id (its
+``X-Request-Id`` header), which ``render.error`` shows. ``transport`` lets tests run it
+against the broker app in-process (any ``httpx.BaseTransport``) or against respx. httpx and
+pydantic are imported here, so commands import this module inside their function bodies,
+never at startup.
 """
 
 from __future__ import annotations
@@ -56,13 +58,25 @@ from access.shared.models import (
 from access.shared.net import is_loopback_host
 from access.shared.oauth import DEVICE_GRANT_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 
-__all__ = ["CLIENT_ID", "BrokerClient", "DeviceAuthorization", "normalise_url"]
+__all__ = [
+    "CLIENT_ID",
+    "MAX_REQUEST_ID",
+    "REQUEST_ID_HEADER",
+    "BrokerClient",
+    "DeviceAuthorization",
+    "normalise_url",
+    "request_id",
+]
 
 CLIENT_ID = "access-cli"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 CA_HINT = "pass the CA that signed the broker's certificate with --ca-file or ACCESS_CA_FILE"
 
+REQUEST_ID_HEADER = "X-Request-Id"  # the broker's id for each request, as its log names it
+MAX_REQUEST_ID = 128  # what is shown of one: the header comes from the network (a proxy, maybe)
+
 M = TypeVar("M")
+E = TypeVar("E", bound=CliError)
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,17 @@ def normalise_url(url: str, *, insecure: bool = False) -> str:
             "use https://, or pass --insecure if you accept that risk",
         )
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def request_id(response: httpx.Response) -> str | None:
+    """The broker's id for the request ``response`` answers (``X-Request-Id``), if it sent one."""
+    return response.headers.get(REQUEST_ID_HEADER, "").strip()[:MAX_REQUEST_ID] or None
+
+
+def _answered(error: E, response: httpx.Response) -> E:
+    """``error``, with the id of the request the broker answered with it (to quote to its operator)."""
+    error.request_id = error.request_id or request_id(response)
+    return error
 
 
 def _tls_failure(exc: BaseException) -> str | None:
@@ -246,6 +271,10 @@ class BrokerClient:
             raise BrokerUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
 
     def _error(self, response: httpx.Response) -> CliError:
+        """The CLI error for a failed response, with the id of the request if the broker sent one."""
+        return _answered(self._error_of(response), response)
+
+    def _error_of(self, response: httpx.Response) -> CliError:
         """The CLI error for a failed response: the broker's JSON error body, or the status."""
         try:
             data = response.json()
@@ -375,7 +404,8 @@ class BrokerClient:
                 401,
             ):
                 # The session is over (expired, logged out, or the refresh token was reused).
-                raise NeedsLogin(f"your session at {self.base_url} has ended ({error.message})") from error
+                ended = NeedsLogin(f"your session at {self.base_url} has ended ({error.message})")
+                raise _answered(ended, response) from error
             raise error
         return Tokens.from_response(response.json(), self._now(), current.client_id)
 
@@ -391,11 +421,18 @@ class BrokerClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise CliError(f"the broker at {self.base_url} sent a reply that is not JSON") from exc
+            raise _answered(
+                CliError(f"the broker at {self.base_url} sent a reply that is not JSON"), response
+            ) from exc
 
     # -- OAuth ---------------------------------------------------------------------------------
 
-    def _oauth(self, path: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def _oauth(self, path: str, form: dict[str, str]) -> tuple[httpx.Response, dict[str, Any]]:
+        """POST ``form`` to an OAuth endpoint: the response and its JSON object.
+
+        Raises:
+            CliError: the answer is not a JSON object (mapped by its status).
+        """
         response = self._send("POST", path, form=form)
         try:
             data = response.json()
@@ -403,7 +440,7 @@ class BrokerClient:
             data = None
         if not isinstance(data, dict):
             raise self._error(response)
-        return response.status_code, data
+        return response, data
 
     def device_authorize(self, client_host: str | None, mfa: bool = False) -> DeviceAuthorization:
         """Start a device login (RFC 8628 section 3.1); ``mfa``: the sign-in on the page must
@@ -413,11 +450,10 @@ class BrokerClient:
             form["client_host"] = client_host
         if mfa:
             form["mfa"] = "true"
-        status, data = self._oauth("/oauth/device_authorization", form)
-        if status != 200:
-            raise CliError(
-                f"the broker refused to start a login: {data.get('error_description') or data.get('error')}"
-            )
+        response, data = self._oauth("/oauth/device_authorization", form)
+        if response.status_code != 200:
+            text = data.get("error_description") or data.get("error")
+            raise _answered(CliError(f"the broker refused to start a login: {text}"), response)
         try:
             return DeviceAuthorization(
                 device_code=str(data["device_code"]),
@@ -428,7 +464,8 @@ class BrokerClient:
                 interval=int(data.get("interval", 5)),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CliError("the broker's device authorization response is incomplete") from exc
+            incomplete = CliError("the broker's device authorization response is incomplete")
+            raise _answered(incomplete, response) from exc
 
     def poll_token(self, device_code: str) -> Tokens | str:
         """One poll of the token endpoint: tokens, or ``authorization_pending`` / ``slow_down``.
@@ -438,25 +475,28 @@ class BrokerClient:
             Expired: the code ran out (``expired_token``).
             CliError: any other OAuth error (a reused device code: ``invalid_grant``).
         """
-        status, data = self._oauth(
+        response, data = self._oauth(
             "/oauth/token",
             {"grant_type": DEVICE_GRANT_TYPE, "device_code": device_code, "client_id": CLIENT_ID},
         )
-        if status == 200:
+        if response.status_code == 200:
             return Tokens.from_response(data, self._now())
         error = str(data.get("error", ""))
         if error in ("authorization_pending", "slow_down"):
             return error
         if error == "access_denied":
-            raise Denied(
+            denied = Denied(
                 "the sign-in was denied on the verification page",
                 "run `access login` again; if you did not press Deny, tell your security team",
             )
+            raise _answered(denied, response)
         if error == "expired_token":
-            raise Expired("the code expired before it was approved", "run `access login` again")
-        raise CliError(
+            expired = Expired("the code expired before it was approved", "run `access login` again")
+            raise _answered(expired, response)
+        failed = CliError(
             f"login failed: {data.get('error_description') or error}", "run `access login` again", code=error
         )
+        raise _answered(failed, response)
 
     def client_credentials(self, client_id: str, secret: str) -> Tokens:
         """Sign in as a service account (OAuth client credentials).
@@ -464,17 +504,18 @@ class BrokerClient:
         Raises:
             Denied: the broker refused the client id or secret.
         """
-        status, data = self._oauth(
+        response, data = self._oauth(
             "/oauth/token",
             {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret},
         )
-        if status == 200:
+        if response.status_code == 200:
             return Tokens.from_response(data, self._now(), client_id)
-        raise Denied(
+        refused = Denied(
             f"the broker refused client {client_id!r}: {data.get('error_description') or data.get('error')}",
             "check the client id and the secret file (`access-broker service-accounts add` prints both once)",
             code=str(data.get("error", "")),
         )
+        raise _answered(refused, response)
 
     def exchange_ci_token(self, subject_token: str) -> Tokens:
         """Exchange a CI system's identity token for a service account's token (RFC 8693).
@@ -485,7 +526,7 @@ class BrokerClient:
             Unavailable: the broker cannot check it now (the CI issuer's keys are unreachable,
                 or too many failures from this address).
         """
-        status, data = self._oauth(
+        response, data = self._oauth(
             "/oauth/token",
             {
                 "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
@@ -493,24 +534,27 @@ class BrokerClient:
                 "subject_token_type": JWT_TOKEN_TYPE,
             },
         )
-        if status == 200:
+        if response.status_code == 200:
             return Tokens.from_response(data, self._now())
         error = str(data.get("error", ""))
         text = str(data.get("error_description") or error)
-        if status in (429, 503):
-            raise Unavailable(f"the broker cannot take the CI token now: {text}", "try again in a minute")
-        raise Denied(
+        if response.status_code in (429, 503):
+            busy = Unavailable(f"the broker cannot take the CI token now: {text}", "try again in a minute")
+            raise _answered(busy, response)
+        refused = Denied(
             f"the broker refused the CI token: {text}",
             "the broker's ACCESS_BROKER_CI_ISSUERS rules decide which pipelines may sign in "
             "(docs/pipelines.md)",
             code=error,
         )
+        raise _answered(refused, response)
 
     def revoke_token(self, token: str) -> None:
         """RFC 7009 revocation of a refresh or access token (ends its session)."""
-        status, data = self._oauth("/oauth/revoke", {"token": token, "client_id": CLIENT_ID})
-        if status != 200:
-            raise CliError(f"the broker did not revoke the token: {data.get('error_description') or data}")
+        response, data = self._oauth("/oauth/revoke", {"token": token, "client_id": CLIENT_ID})
+        if response.status_code != 200:
+            text = data.get("error_description") or data
+            raise _answered(CliError(f"the broker did not revoke the token: {text}"), response)
 
     # -- /v1 -----------------------------------------------------------------------------------
 
@@ -561,7 +605,8 @@ class BrokerClient:
         if not matches:
             return exc
         shown = " or ".join(f"`{shown_name(match)}`" for match in matches)
-        return NotFound(exc.message, f"did you mean {shown}? see `access services`", code=exc.code)
+        hint = f"did you mean {shown}? see `access services`"
+        return NotFound(exc.message, hint, code=exc.code, request_id=exc.request_id)
 
     def list_grants(self, include_ended: bool = False) -> list[Grant]:
         params = {"all": "true"} if include_ended else None

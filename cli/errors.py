@@ -2,7 +2,7 @@
 
 ::
 
-    CliError                 (1 error; base: message, hint, exit_code)
+    CliError                 (1 error; base: message, hint, exit_code, request_id)
     ├── UsageError           (2) bad input: a flag, a TTL, a file with loose permissions
     ├── NeedsLogin           (3) no token, or it expired or was revoked: run `access login`
     ├── Denied               (4) policy or a person said no
@@ -58,11 +58,16 @@ class CliError(Exception):
     exit_code: ClassVar[ExitCode] = ExitCode.ERROR
     default_hint: ClassVar[str | None] = None
 
-    def __init__(self, message: str, hint: str | None = None, *, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, *, code: str | None = None, request_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint if hint is not None else self.default_hint
         self.code = code  # the broker's wire code, when the error came from the broker
+        # The broker's id for the request that was answered with this error (its X-Request-Id
+        # header), shown so that the operator can find it in the broker's log.
+        self.request_id = request_id
 
 
 class UsageError(CliError):

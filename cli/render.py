@@ -126,10 +126,13 @@ def warning(text: str) -> None:
 
 
 def error(exc: CliError) -> None:
-    """``error: what went wrong`` and ``hint: what to do next``, on stderr."""
+    """``error: what went wrong`` and ``hint: what to do next``, on stderr; then, when the broker
+    answered with it, ``request id: ID``: what its operator looks for in the broker's log."""
     _say("error: ", "red bold", exc.message)
     if exc.hint:
         _say("hint: ", "bold", exc.hint)
+    if exc.request_id:
+        _say("request id: ", "dim", name(exc.request_id))  # from the network: an identifier, escaped
 
 
 def _jsonable(value: Any) -> Any:

@@ -42,6 +42,8 @@ __all__ = [
     "env_credentials",
     "env_secret",
     "env_token",
+    "installed_backends",
+    "keyring_may_work",
     "read_secret_file",
     "refresh_lock",
 ]
@@ -309,9 +311,54 @@ class KeyringStore:
             self._backend.delete_password(KEYRING_SERVICE, broker_url)
 
 
+# PYTHON_KEYRING_BACKEND values that name no keyring at all (the e2e tests and pipelines set them).
+_NO_KEYRING = frozenset({"keyring.backends.fail.Keyring", "keyring.backends.null.Keyring"})
+# Where a D-Bus session bus may be found: Secret Service, KWallet and libsecret all talk to it
+# (an X11 or Wayland display can start one).
+_BUS_VARIABLES = ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY", "WAYLAND_DISPLAY")
+
+
+def installed_backends() -> list[str]:
+    """The modules of every keyring backend the installed packages declare (keyring's own too)."""
+    from importlib.metadata import entry_points
+
+    return [point.value for point in entry_points(group="keyring.backends")]
+
+
+def keyring_may_work(
+    environ: Mapping[str, str] = os.environ,
+    platform: str = sys.platform,
+    backends: Callable[[], list[str]] = installed_backends,
+) -> bool:
+    """False only where keyring could find no usable backend: decided without importing it.
+
+    Importing keyring and letting it choose (it imports every backend it ships, macOS's on
+    Linux too, and scans the installed packages for more) costs more than the rest of an API
+    command's start. So keyring is asked only when it may answer: ``PYTHON_KEYRING_BACKEND``
+    or keyring's config file names a backend (other than fail or null), the platform has a
+    keyring of its own (macOS, Windows), a D-Bus session bus may be reachable, or a package
+    other than keyring declares backends (``backends``).
+    """
+    if "PYTHON_KEYRING_BACKEND" in environ:
+        return environ["PYTHON_KEYRING_BACKEND"] not in _NO_KEYRING
+    if platform in ("darwin", "win32"):
+        return True
+    # keyring's config file, where keyring.util.platform_ looks for it on Linux and other Unixes.
+    config_home = environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    if Path(config_home, "python_keyring", "keyringrc.cfg").exists():
+        return True
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if any(environ.get(name) for name in _BUS_VARIABLES) or (runtime and Path(runtime, "bus").exists()):
+        return True
+    return any(not module.startswith("keyring.") for module in backends())
+
+
 def _usable_keyring() -> Any | None:
     """The keyring backend, or None when there is no usable one (fail, null, empty chainer, errors)."""
     try:
+        # Once keyring is loaded (a test set its backend), asking it costs nothing.
+        if "keyring" not in sys.modules and not keyring_may_work():
+            return None
         import keyring
         from keyring.backends import chainer, fail, null
 
