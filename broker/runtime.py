@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy.engine import Engine
 
 from access.broker.auth.jwks import KeyCache
+from access.broker.auth.tokencache import VerifiedTokens
 from access.broker.clock import Clock, SystemClock
 from access.broker.errors import Unavailable, database_unavailable, outcome_unknown
 from access.broker.events.bus import EventBus
@@ -51,6 +52,8 @@ class Broker:
     # 5 seconds, not CI's 30: people sign in one at a time, and each sign-in that fails on an
     # unknown key is a person told to try again (the refetch stays bounded per provider).
     oidc_keys: KeyCache = field(default_factory=lambda: KeyCache(refetch_after=5.0))
+    # Access tokens whose signature this process checked (auth/tokencache.py): their claims.
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
 
     @classmethod
     def from_settings(

@@ -58,5 +58,12 @@ def get_principal(
     return ctx
 
 
-BrokerDep = Annotated[Broker, Depends(get_broker)]
+async def _broker_dependency(request: Request) -> Broker:
+    """``get_broker`` as a dependency: a coroutine, so FastAPI runs it on the event loop. A plain
+    function dependency is sent to the thread pool and back, a hop per request for an attribute
+    read (benchmarks/grants.py)."""
+    return get_broker(request)
+
+
+BrokerDep = Annotated[Broker, Depends(_broker_dependency)]
 CurrentPrincipal = Annotated[AuthContext, Depends(get_principal)]

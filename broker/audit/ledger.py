@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -186,8 +187,10 @@ def append(
     _check_details(details)
     target = target[:200]
     started = time.perf_counter()
-    store.lock_chain(conn)
-    head = store.chain_head(conn)
+    head = _own_head(conn)
+    if head is None:
+        store.lock_chain(conn)
+        head = store.chain_head(conn)
     seq = 1 if head is None else head[0] + 1
     prev = GENESIS if head is None else head[1]
     at = clock.now()
@@ -204,10 +207,40 @@ def append(
         prev_hash=prev,
         digest=digest,
     )
+    _remember_head(conn, seq, digest)
     metrics = for_engine(conn.engine)
     if metrics is not None:  # admin commands keep no metrics
         metrics.ledger_append_seconds.observe(time.perf_counter() - started)
     return LedgerEntry(seq, at, actor, action.value, target, details, prev, digest)
+
+
+# The entry each open transaction appended last, by its root transaction: a second append in the
+# same transaction (a grant request makes two or three) already holds the chain's lock, so no
+# other appender can have moved the head since, and needs neither the lock nor the head's read
+# again. Not inside a savepoint (its rollback would take the remembered entry back): there the
+# memo is forgotten and the head read from the database.
+_heads: weakref.WeakKeyDictionary[sa.RootTransaction, tuple[int, str]] = weakref.WeakKeyDictionary()
+_heads_lock = threading.Lock()
+
+
+def _own_head(conn: sa.Connection) -> tuple[int, str] | None:
+    """The head this transaction appended last, if it may be trusted without a read; else None."""
+    trans = conn.get_transaction()
+    if trans is None or not trans.is_active:
+        return None
+    with _heads_lock:
+        if conn.in_nested_transaction():
+            _heads.pop(trans, None)
+            return None
+        return _heads.get(trans)
+
+
+def _remember_head(conn: sa.Connection, seq: int, digest: str) -> None:
+    trans = conn.get_transaction()
+    if trans is None or conn.in_nested_transaction():
+        return
+    with _heads_lock:
+        _heads[trans] = (seq, digest)
 
 
 def record(

@@ -12,8 +12,8 @@ reuse and disabling a user stop access tokens that have not yet expired.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from access.broker.auth.principal import AuthContext
+from access.broker.auth.tokencache import AccessClaims, VerifiedToken
 from access.broker.errors import BrokerError, Unauthenticated
 from access.broker.keys import key_id
 from access.broker.runtime import Broker
@@ -74,16 +75,6 @@ class OAuthError(BrokerError):
         return {"error": self.error, "error_description": self.message}
 
 
-@dataclass(frozen=True)
-class AccessClaims:
-    subject: str  # principal id
-    session_id: str
-    token_id: str
-    client_id: str
-    issued_at: datetime
-    expires_at: datetime
-
-
 def issue_access_token(
     broker: Broker, *, principal_id: str, session_id: str, client_id: str, ttl: int | None = None
 ) -> tuple[str, int]:
@@ -118,17 +109,40 @@ def _verifying_key(broker: Broker, kid: object) -> Ed25519PublicKey:
 def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
     """Check an access token's signature, type, issuer, audience and times (no database).
 
+    The outcome of the signature, type, issuer and audience checks of a valid token is kept by
+    its SHA-256 (``broker.verified_tokens``, ``auth.tokencache``): they cannot change. The times
+    are checked on every call.
+
     Raises:
         Unauthenticated: the token is malformed, forged, of the wrong type, for another
             issuer or audience, expired, or issued (or valid only from) in the future.
     """
     if not raw_token or len(raw_token) > _MAX_TOKEN_LENGTH:
         raise Unauthenticated("the access token is malformed")
+    digest = hashlib.sha256(raw_token.encode()).digest()
+    verified = broker.verified_tokens.get(digest, key=broker.token_key, issuer=broker.base_url)
+    now = broker.clock.now()
+    if verified is None:
+        verified = _verify_signed(broker, raw_token)
+        _check_times(verified, now)
+        broker.verified_tokens.put(digest, verified, now)
+    else:
+        _check_times(verified, now)
+    return verified.claims
+
+
+def _verify_signed(broker: Broker, raw_token: str) -> VerifiedToken:
+    """What the token's signature, type, issuer and audience say (not its times).
+
+    Raises:
+        Unauthenticated: malformed, forged, of the wrong type, for another issuer or audience.
+    """
+    key = broker.token_key  # what the cache ties the entry to: this broker's keys (its ring)
     try:
         header = jwt.get_unverified_header(raw_token)
         claims = jwt.decode(
             raw_token,
-            _verifying_key(broker, header.get("kid")),
+            _verifying_key(broker, header.get("kid")),  # the ring's key the token names
             algorithms=[ALGORITHM],  # pinned: never taken from the token
             audience=AUDIENCE,
             issuer=broker.base_url,
@@ -159,14 +173,7 @@ def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
         subject, session_id, token_id = str(claims["sub"]), str(claims["sid"]), str(claims["jti"])
     except (TypeError, ValueError, OverflowError, OSError) as exc:
         raise Unauthenticated("the access token is malformed") from exc
-    now = broker.clock.now()
-    if expires_at <= now:
-        raise Unauthenticated("the access token has expired", hint="run `access login` if refreshing fails")
-    if issued_at > now + _IAT_SKEW:
-        raise Unauthenticated("the access token was issued in the future")
-    if not_before is not None and not_before > now + _IAT_SKEW:
-        raise Unauthenticated("the access token is not valid yet")
-    return AccessClaims(
+    access = AccessClaims(
         subject=subject,
         session_id=session_id,
         token_id=token_id,
@@ -174,6 +181,17 @@ def verify_access_token(broker: Broker, raw_token: str) -> AccessClaims:
         issued_at=issued_at,
         expires_at=expires_at,
     )
+    return VerifiedToken(key=key, issuer=broker.base_url, claims=access, not_before=not_before)
+
+
+def _check_times(verified: VerifiedToken, now: datetime) -> None:
+    """Raises: Unauthenticated: expired, issued in the future, or not valid yet at ``now``."""
+    if verified.claims.expires_at <= now:
+        raise Unauthenticated("the access token has expired", hint="run `access login` if refreshing fails")
+    if verified.claims.issued_at > now + _IAT_SKEW:
+        raise Unauthenticated("the access token was issued in the future")
+    if verified.not_before is not None and verified.not_before > now + _IAT_SKEW:
+        raise Unauthenticated("the access token is not valid yet")
 
 
 def authenticate(broker: Broker, raw_token: str) -> AuthContext:

@@ -135,4 +135,9 @@ class WebhookLoop(outbox.OutboxLoop):
         super().__init__(broker, interval=interval, only=(WEBHOOK,), batch=_BATCH)
 
     def wakes_on(self, event: Event) -> bool:
+        # With no endpoint configured, no event of this process wrote a delivery (``notify``
+        # writes one per subscribed endpoint): waking would only spend a transaction per grant
+        # looking for none. Rows left from an earlier configuration are still run every interval.
+        if not self.broker.settings.webhooks:
+            return False
         return isinstance(event, GrantDecided | GrantEnded | GrantExtended | PrincipalLocked)

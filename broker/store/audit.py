@@ -31,6 +31,14 @@ __all__ = [
 ]
 
 
+# Built once: every append runs these, and a statement made per call costs more CPU in
+# SQLAlchemy's construction and cache-key walk than the database takes to run it (a module-level
+# statement's cache key is computed once; benchmarks/grants.py).
+_LOCK_CHAIN = sa.text("SELECT pg_advisory_xact_lock(hashtext('access_audit_log'))")
+_HEAD = sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+_INSERT_ENTRY = audit_log.insert()
+
+
 def lock_chain(conn: sa.Connection) -> None:
     """Serialise appenders for the rest of the transaction.
 
@@ -38,14 +46,12 @@ def lock_chain(conn: sa.Connection) -> None:
     one write lock (store.engine), so there is nothing to take.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('access_audit_log'))"))
+        conn.execute(_LOCK_CHAIN)
 
 
 def chain_head(conn: sa.Connection) -> tuple[int, str] | None:
     """The newest entry's (seq, hash), or None for an empty ledger."""
-    head = conn.execute(
-        sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-    ).first()
+    head = conn.execute(_HEAD).first()
     return None if head is None else (head.seq, head.hash)
 
 
@@ -62,16 +68,17 @@ def insert_entry(
     digest: str,
 ) -> None:
     conn.execute(
-        audit_log.insert().values(
-            seq=seq,
-            at=at,
-            actor=actor,
-            action=action,
-            target=target,
-            details=details_json,
-            prev_hash=prev_hash,
-            hash=digest,
-        )
+        _INSERT_ENTRY,
+        {
+            "seq": seq,
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "details": details_json,
+            "prev_hash": prev_hash,
+            "hash": digest,
+        },
     )
 
 

@@ -8,7 +8,7 @@ admin command, exactly one of them moves a grant, and only that one audits it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -65,9 +65,14 @@ class GrantRecord:
         return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
 
 
+# Built once (issuing a grant runs it): see store/audit.py's statements.
+_INSERT = grants.insert()
+
+
 def insert(conn: sa.Connection, record: GrantRecord) -> None:
     """Store a new grant. Raises: sqlalchemy.exc.IntegrityError: the id is taken."""
-    conn.execute(grants.insert().values(**asdict(record)))
+    # Every field is a scalar: a shallow dict is what ``asdict`` would give, without its deep copy.
+    conn.execute(_INSERT, {name: getattr(record, name) for name in record.__dataclass_fields__})
 
 
 def get(conn: sa.Connection, grant_id: str) -> GrantRecord | None:

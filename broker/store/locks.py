@@ -10,6 +10,7 @@ never saw). SQLite needs nothing: every transaction there holds the one write lo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -49,7 +50,7 @@ class LockRecord:
         return self.lifted_at is None and (self.until is None or self.until > now)
 
 
-def _in_force(now: datetime) -> sa.ColumnElement[bool]:
+def _in_force(now: datetime | sa.BindParameter[datetime]) -> sa.ColumnElement[bool]:
     return sa.and_(locks.c.lifted_at.is_(None), sa.or_(locks.c.until.is_(None), locks.c.until > now))
 
 
@@ -72,13 +73,29 @@ def insert(conn: sa.Connection, record: LockRecord) -> None:
     conn.execute(locks.insert().values(**asdict(record)))
 
 
+@functools.cache
+def _covering_query(count: int) -> sa.Select[Any]:
+    """The ``covering`` query for ``count`` targets, with bound parameters (built once per count:
+    every grant request runs it, see store/audit.py's statements)."""
+    on = sa.or_(
+        *(
+            sa.and_(locks.c.kind == sa.bindparam(f"kind{i}"), locks.c.value == sa.bindparam(f"value{i}"))
+            for i in range(count)
+        )
+    )
+    in_force = _in_force(sa.bindparam("now", type_=locks.c.until.type))
+    return sa.select(locks).where(on, in_force).order_by(locks.c.created_at, locks.c.id)
+
+
 def covering(conn: sa.Connection, now: datetime, targets: Sequence[tuple[str, str]]) -> list[LockRecord]:
     """The locks in force at ``now`` on any of the (kind, value) targets, oldest first."""
     if not targets:
         return []
-    on = sa.or_(*(sa.and_(locks.c.kind == kind, locks.c.value == value) for kind, value in targets))
-    query = sa.select(locks).where(on, _in_force(now)).order_by(locks.c.created_at, locks.c.id)
-    return [LockRecord.from_row(row) for row in conn.execute(query)]
+    params: dict[str, Any] = {"now": now}
+    for i, (kind, value) in enumerate(targets):
+        params[f"kind{i}"] = kind
+        params[f"value{i}"] = value
+    return [LockRecord.from_row(row) for row in conn.execute(_covering_query(len(targets)), params)]
 
 
 def in_force_on(conn: sa.Connection, kind: str, value: str, now: datetime) -> list[LockRecord]:

@@ -231,22 +231,26 @@ def principal_name(conn: sa.Connection, session_id: str) -> str | None:
     return None if name is None else str(name)
 
 
+# Built once: every authenticated request runs it (see store/audit.py's statements).
+_BY_ID = (
+    sa.select(
+        sessions.c.principal_id,
+        sessions.c.expires_at,
+        sessions.c.revoked_at,
+        sessions.c.mfa_at,
+        principals.c.name,
+        principals.c.kind,
+        principals.c.groups,
+        principals.c.disabled,
+    )
+    .select_from(_with_principal)
+    .where(sessions.c.id == sa.bindparam("session_id"))
+)
+
+
 def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
     """The session with this id and its principal (revoked or expired too), or None."""
-    row = conn.execute(
-        sa.select(
-            sessions.c.principal_id,
-            sessions.c.expires_at,
-            sessions.c.revoked_at,
-            sessions.c.mfa_at,
-            principals.c.name,
-            principals.c.kind,
-            principals.c.groups,
-            principals.c.disabled,
-        )
-        .select_from(_with_principal)
-        .where(sessions.c.id == session_id)
-    ).first()
+    row = conn.execute(_BY_ID, {"session_id": session_id}).first()
     if row is None:
         return None
     return SessionView(

@@ -85,6 +85,27 @@ def _append(broker: Broker, n: int, actor: str = "alice") -> None:
             )
 
 
+def _as_replicas(brokers: list[Broker], work: Callable[[Broker, str], None]) -> list[BaseException]:
+    """``work(broker, "replica-N")`` in a thread per broker (own engine, as separate replicas
+    would be), started together; what they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(brokers))
+
+    def run(b: Broker, name: str) -> None:
+        try:
+            start.wait(timeout=30)
+            work(b, name)
+        except BaseException as exc:  # reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b, f"replica-{i}")) for i, b in enumerate(brokers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return errors
+
+
 def test_chain_links_every_entry(broker: Broker) -> None:
     _append(broker, 5)
     with broker.transaction() as conn:
@@ -172,25 +193,71 @@ def test_concurrent_appenders_extend_one_chain(make_broker: Callable[..., Broker
     """Several threads, each with its own broker (own engine, as separate replicas would be)."""
     brokers = [make_broker(db_url=pg_url, clock=SystemClock()) for _ in range(4)]
     per_thread = 25
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(brokers))
-
-    def work(b: Broker, name: str) -> None:
-        try:
-            start.wait(timeout=30)
-            _append(b, per_thread, actor=name)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(b, f"replica-{i}")) for i, b in enumerate(brokers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
+    assert _as_replicas(brokers, lambda b, name: _append(b, per_thread, actor=name)) == []
     result = verify_ledger(brokers[0].engine, brokers[0].audit_key.public_key())
     assert result.ok, result.problems
     assert result.entries == per_thread * len(brokers)
     with brokers[0].transaction() as conn:
         actors = conn.execute(sa.select(audit_log.c.actor)).scalars().all()
     assert sorted(set(actors)) == [f"replica-{i}" for i in range(4)]
+
+
+def _append_in_one(conn: sa.Connection, broker: Broker, n: int, actor: str) -> None:
+    for i in range(n):
+        ledger.append(
+            conn, broker.clock, actor=actor, action=Action.LOGOUT, target=f"t:{i}", details={"i": i}
+        )
+
+
+def test_appends_in_one_transaction_read_the_head_once(broker: Broker) -> None:
+    # The second and third appends of a transaction already hold the chain: they chain onto the
+    # entry it appended without reading the head back.
+    _append(broker, 1)
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM audit_log" in statement:
+            reads.append(statement)
+
+    sa.event.listen(broker.engine, "before_cursor_execute", count)
+    try:
+        with broker.transaction() as conn:
+            _append_in_one(conn, broker, 3, "alice")
+    finally:
+        sa.event.remove(broker.engine, "before_cursor_execute", count)
+    assert len(reads) == 1
+    result = verify_ledger(broker.engine, broker.audit_key.public_key())
+    assert result.ok and result.entries == 4, result.problems
+
+
+def test_an_append_after_a_savepoint_reads_the_head_again(any_broker: Broker) -> None:
+    broker = any_broker
+    with broker.transaction() as conn:
+        _append_in_one(conn, broker, 1, "alice")
+        with conn.begin_nested():  # released: its entry stays, so the head moved inside it
+            _append_in_one(conn, broker, 1, "bob")
+        _append_in_one(conn, broker, 1, "carol")
+        savepoint = conn.begin_nested()
+        _append_in_one(conn, broker, 1, "dave")
+        savepoint.rollback()  # its entry is gone: the head is carol's again
+        _append_in_one(conn, broker, 1, "erin")
+    result = verify_ledger(broker.engine, broker.audit_key.public_key())
+    assert result.ok and result.entries == 4, result.problems
+    with broker.transaction() as conn:
+        actors = conn.execute(sa.select(audit_log.c.actor).order_by(audit_log.c.seq)).scalars().all()
+    assert actors == ["alice", "bob", "carol", "erin"]
+
+
+def test_concurrent_transactions_of_several_appends_extend_one_chain(
+    make_broker: Callable[..., Broker], pg_url: str
+) -> None:
+    brokers = [make_broker(db_url=pg_url, clock=SystemClock()) for _ in range(3)]
+
+    def work(b: Broker, name: str) -> None:
+        for _ in range(10):
+            with b.transaction() as conn:
+                _append_in_one(conn, b, 3, name)
+
+    assert _as_replicas(brokers, work) == []
+    result = verify_ledger(brokers[0].engine, brokers[0].audit_key.public_key())
+    assert result.ok and result.entries == 90, result.problems

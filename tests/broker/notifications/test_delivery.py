@@ -17,6 +17,7 @@ from access.broker.auth.identity import disable_principal
 from access.broker.clock import FakeClock
 from access.broker.errors import GrantDenied
 from access.broker.events import outbox
+from access.broker.events.bus import GrantDecided, GrantEnded
 from access.broker.notifications import signing
 from access.broker.notifications.delivery import WEBHOOK, WebhookLoop
 from access.broker.runtime import Broker
@@ -272,3 +273,14 @@ def test_a_policy_denial_says_why(hooked: Hooked, make_receiver: MakeReceiver) -
         "erin",
     )
     assert got.json["details"]["why"] == "no policy rule gives erin read on svc-payments"
+
+
+def test_the_webhook_loop_wakes_on_grant_events_only_when_an_endpoint_is_configured(
+    hooked: Hooked, make_broker: Callable[..., Broker]
+) -> None:
+    # Without an endpoint no event wrote a delivery: a wake per grant would be a wasted transaction.
+    decided, ended = GrantDecided("g-1", "active"), GrantEnded("g-1", "revoked")
+    assert WebhookLoop(hooked("http://127.0.0.1:9/hook")).wakes_on(decided)
+    assert WebhookLoop(hooked("http://127.0.0.1:9/hook")).wakes_on(ended)
+    bare = WebhookLoop(make_broker())
+    assert not bare.wakes_on(decided) and not bare.wakes_on(ended)
