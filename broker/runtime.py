@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -103,9 +102,10 @@ class Broker:
         """The token key, then the older ones: the first signs and seals, all verify and open."""
         return (self.token_key, *self.previous_token_keys)
 
-    @cached_property
+    @property
     def token_verifiers(self) -> dict[str, Ed25519PublicKey]:
-        """The ring's public keys by key id (a token's ``kid`` picks one)."""
+        """The ring's public keys by key id (a token's ``kid`` picks one). Made at each call (a
+        token's signature is checked once, ``auth.tokencache``), so it follows the keys."""
         return {key_id(key): key.public_key() for key in self.token_ring}
 
     @property
