@@ -9,8 +9,9 @@ LISTEN/NOTIFY, the poll every 2 s as the safety net), then with ``ACCESS_BROKER_
 (the poll alone, every 0.25 s by default). Each time, ``--trials`` tunnels are opened with
 ``access connect`` through B and C in turn (the service account logged in to each with
 ``access login``), one echo connection through each; then one after another each grant is
-revoked through A's API (``POST /v1/grants/{id}/revoke``, a kept-alive HTTPS connection), and
-the time is taken from the revoke's call to the moment the client's socket sees the tunnel close.
+revoked through A's API (``POST /v1/grants/{id}/revoke``, a kept-alive HTTPS connection, called
+from a thread of its own), and the time is taken from the revoke's call to the moment the
+client's socket sees the tunnel close (and, beside it, to A's answer).
 
 It prints p50, p99 and max for both, and the poll's over NOTIFY as ratios. Needs PostgreSQL at
 ``--pg`` (default postgresql://postgres@127.0.0.1:5432/postgres) whose role may create databases.
