@@ -9,8 +9,9 @@ LISTEN/NOTIFY, the poll every 2 s as the safety net), then with ``ACCESS_BROKER_
 (the poll alone, every 0.25 s by default). Each time, ``--trials`` tunnels are opened with
 ``access connect`` through B and C in turn (the service account logged in to each with
 ``access login``), one echo connection through each; then one after another each grant is
-revoked through A's API (``POST /v1/grants/{id}/revoke``, a kept-alive HTTPS connection), and
-the time is taken from the revoke's call to the moment the client's socket sees the tunnel close.
+revoked through A's API (``POST /v1/grants/{id}/revoke``, a kept-alive HTTPS connection, called
+from a thread of its own), and the time is taken from the revoke's call to the moment the
+client's socket sees the tunnel close (and, beside it, to A's answer).
 
 It prints p50, p99 and max for both, and the poll's over NOTIFY as ratios. Needs PostgreSQL at
 ``--pg`` (default postgresql://postgres@127.0.0.1:5432/postgres) whose role may create databases.
@@ -25,6 +26,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -138,21 +140,31 @@ def access_token(client: httpx.Client, account: dict[str, str]) -> str:
 
 def cut_seconds(client: httpx.Client, tunnel: dict[str, Any]) -> tuple[float, float]:
     """Revoke the tunnel's grant through A; seconds from the call until its socket is closed,
-    and until A answered the call (its commit, and so its NOTIFY, came before)."""
+    and until A answered the call. The call runs in a thread of its own while this one waits on
+    the socket: the cut comes after A's commit, and may come before A's answer."""
     sock: socket.socket = tunnel["sock"]
     sock.settimeout(CUT_TIMEOUT)
+    answered: list[float] = []
     started = time.perf_counter()
-    client.post(f"/v1/grants/{tunnel['grant_id']}/revoke").raise_for_status()
-    answered = time.perf_counter() - started
+
+    def revoke() -> None:
+        client.post(f"/v1/grants/{tunnel['grant_id']}/revoke").raise_for_status()
+        answered.append(time.perf_counter() - started)
+
+    caller = threading.Thread(target=revoke)
+    caller.start()
     try:
         while sock.recv(65536):
             pass
     except ConnectionResetError:
         pass
     took = time.perf_counter() - started
+    caller.join(CUT_TIMEOUT)
     sock.close()
     tunnel["proc"].wait(CUT_TIMEOUT)  # `access connect` stops on the revoke
-    return took, answered
+    if not answered:
+        raise RuntimeError(f"the revoke of {tunnel['grant_id']} through A failed")
+    return took, answered[0]
 
 
 def measure(tmp: Path, procs: Processes, ca: Any, account: dict[str, str], env: dict[str, str],
@@ -215,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             secret.touch(mode=0o600)
             secret.write_text(account["client_secret"])
             results: dict[str, dict[str, float]] = {}
+            raw: dict[str, list[list[float]]] = {}  # per trial: [cut, answered] in ms
             for tag, extra in (("notify", {}), ("poll", {"ACCESS_BROKER_DB_NOTIFY": "false"})):
                 log(f"{tag}: 3 replicas, {args.trials} revokes through A of tunnels on B and C")
                 samples = measure(
                     tmp, Processes(procs.logdir), ca, account, {**env, **extra}, args.trials, tag
                 )
                 results[tag] = {"trials": len(samples), **summary(samples)}
+                raw[tag] = [[round(cut * 1000, 1), round(answer * 1000, 1)] for cut, answer in samples]
     finally:
         with psycopg.connect(args.pg, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -234,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row[0]:40} " + " ".join(cell.rjust(8) for cell in row[1:]))
     print(f"trials: {notify['trials']} each; >1.00x means NOTIFY cuts sooner; answer: A answered the revoke")
     if args.output is not None:
-        args.output.write_text(json.dumps({**results, "poll_over_notify": ratios}, indent=2) + "\n")
+        figures = {**results, "poll_over_notify": ratios, "samples_ms": raw}
+        args.output.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 
