@@ -16,6 +16,7 @@ which finds the file at head.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -66,6 +67,21 @@ def _pg_database(template: str | None) -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that runs ``access-broker serve`` in-process (``CliRunner``) has ``server.run`` set
+    up logging: a root handler on that run's stderr, which is closed when the run ends. Put the
+    root logger and the loggers it touched back, so no later test logs into a closed stream."""
+    names = ("", "httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access")
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(logger, list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -190,8 +190,10 @@ def test_broker_refusals_map_to_exit_codes_with_their_hint(
     result = live.invoke("request", *args)
     assert result.exit_code == exit_code, result.stderr
     assert result.stdout == ""
-    error, hint = result.stderr.splitlines()
+    # The broker's request id (X-Request-Id) comes last: the error can be found in its logs.
+    error, hint, request_id = result.stderr.splitlines()
     assert error.startswith("error: ") and hint.startswith("hint: ")
+    assert request_id.startswith("request id: ") and len(request_id) > len("request id: ")
     assert text in result.stderr
 
 
