@@ -149,23 +149,7 @@ def service_account_token(tmp: Path, name: str, database_url: str | None, port: 
     env = {**base_env, "ACCESS_BROKER_DATA_DIR": str(tmp / name)}
     if database_url is not None:
         env["ACCESS_BROKER_DATABASE_URL"] = database_url
-    made = subprocess.run(
-        [
-            str(bench.BIN / "access-broker"),
-            "service-accounts",
-            "add",
-            "bench-bot",
-            "--group",
-            "bench",
-            "-o",
-            "json",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    account = json.loads(made.stdout)
+    account = bench.add_service_account(env)
     answer = httpx.post(
         f"http://127.0.0.1:{port}/oauth/token",
         data={

@@ -162,6 +162,28 @@ def prepare_pgbench(pg_url: str) -> None:
     )
 
 
+def add_service_account(env: dict[str, str]) -> dict[str, Any]:
+    """``access-broker service-accounts add bench-bot --group bench`` on the broker ``env`` names:
+    its JSON (client id and secret)."""
+    made = subprocess.run(
+        [
+            str(BIN / "access-broker"),
+            "service-accounts",
+            "add",
+            "bench-bot",
+            "--group",
+            "bench",
+            "-o",
+            "json",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(made.stdout))
+
+
 def start_broker(
     procs: Processes,
     tmp: Path,
@@ -234,23 +256,7 @@ def start_broker(
     data_dir = tmp / "broker"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCESS_", "PG"))}
     broker_env = {**base_env, "ACCESS_BROKER_DATA_DIR": str(data_dir)}
-    made = subprocess.run(
-        [
-            str(BIN / "access-broker"),
-            "service-accounts",
-            "add",
-            "bench-bot",
-            "--group",
-            "bench",
-            "-o",
-            "json",
-        ],
-        env=broker_env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    account = json.loads(made.stdout)
+    account = add_service_account(broker_env)
     ready = tmp / "broker.url"
     broker = procs.start(
         "broker",
