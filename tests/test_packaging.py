@@ -3,11 +3,15 @@ the tunnel's hot path comes compiled (mypyc) or, asked for or unbuildable, as pu
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,6 +61,49 @@ def _build_wheel(tmp_path: Path, env: dict[str, str]) -> Path:
     return wheel
 
 
+class Built:
+    """What a build put into site-packages: the wheel's names and files, or the same read from the
+    installed distribution's RECORD (the wheel pip built from this tree when the suite was set up)."""
+
+    def __init__(self, names: list[str], read: Callable[[str], bytes], root: Path | None) -> None:
+        self.names = names
+        self.read = read
+        self.root = root  # where the package's files are importable from; None: already on sys.path
+
+
+def _from_wheel(wheel: Path, tmp_path: Path) -> Built:
+    archive = zipfile.ZipFile(wheel)
+    unpacked = tmp_path / "unpacked"
+    archive.extractall(unpacked)
+    return Built(archive.namelist(), archive.read, unpacked)
+
+
+def _installed_compiled_build() -> Built | None:
+    """The installed distribution, when it is a compiled, non-editable install of this very tree
+    (CI's: `pip install '.[test]'` in a fresh clone): building the same wheel again would only
+    compile the same modules twice (80 s of the suite). Anything else: None, and the test builds."""
+    # Site-packages only: a build leaves access_jit.egg-info in the tree, which is on sys.path.
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    found = list(importlib.metadata.distributions(name="access-jit", path=site))
+    if len(found) != 1:
+        return None
+    dist = found[0]
+    try:
+        origin = json.loads(dist.read_text("direct_url.json") or "{}")
+    except ValueError:
+        return None
+    if origin.get("dir_info", {}).get("editable") or origin.get("url") != ROOT.as_uri():
+        return None
+    names = [str(f) for f in dist.files or [] if not str(f).startswith("..")]
+    if not any(name.endswith(".so") for name in names):
+        return None
+
+    def read(name: str) -> bytes:
+        return Path(str(dist.locate_file(name))).read_bytes()
+
+    return Built(names, read, None)
+
+
 BUILDS = {
     "compiled": {},
     "pure": {"ACCESS_PURE_PYTHON": "1"},
@@ -66,8 +113,12 @@ BUILDS = {
 
 @pytest.mark.parametrize("build", sorted(BUILDS))
 def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
-    wheel = _build_wheel(tmp_path, BUILDS[build])
-    names = zipfile.ZipFile(wheel).namelist()
+    built = _installed_compiled_build() if build == "compiled" else None
+    wheel_name = None
+    if built is None:
+        wheel = _build_wheel(tmp_path, BUILDS[build])
+        built, wheel_name = _from_wheel(wheel, tmp_path), wheel.name
+    names = built.names
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"access"}, f"unexpected top-level entries in the wheel: {sorted(top)}"
     for expected in (
@@ -86,7 +137,7 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         if relative.parts[0] in {"cli", "broker", "shared"}:
             assert f"access/{relative.as_posix()}" in names, f"{relative.parent} is missing from the wheel"
     # `pip install access-jit` is the CLI alone: the broker's server stack comes with [broker].
-    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    metadata = built.read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     plain = {
         line.split()[1].split("[")[0].split(">")[0].lower() for line in requires if "extra ==" not in line
@@ -94,14 +145,14 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
     assert plain.isdisjoint({"fastapi", "uvicorn", "sqlalchemy", "psycopg", "argon2-cffi", "alembic"}), plain
     assert any("fastapi" in line and 'extra == "broker"' in line for line in requires), requires
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    text = built.read(entry_points).decode()
     assert "access = access.cli.main:main" in text
     assert "access-broker = access.broker.admin:main" in text
     # The tunnel's hot path: compiled by mypyc (this machine has a C compiler), or not at all.
     compiled = sorted(name.split("/")[-1].split(".")[0] for name in names if name.endswith(".so"))
     if build != "compiled":
         assert compiled == []
-        assert build != "pure" or wheel.name.endswith("-py3-none-any.whl")
+        assert build != "pure" or str(wheel_name).endswith("-py3-none-any.whl")
         return
     assert compiled == ["_speedups__mypyc", "mux", "muxframe", "pgtap", "target", "turn", "wsframe"]
     shared = {
@@ -112,8 +163,6 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
     }
     assert all(name.startswith(tuple(shared)) for name in names if name.endswith(".so"))
     # The compiled modules import and frame bytes (and tap statements) as the sources do.
-    unpacked = tmp_path / "unpacked"
-    zipfile.ZipFile(wheel).extractall(unpacked)
     code = (
         "import access.shared.mux as mux, access.shared.wsframe as ws; "
         "assert not mux.__file__.endswith('.py'), mux.__file__; "
@@ -132,13 +181,14 @@ def test_wheel_has_one_top_level_namespace(tmp_path: Path, build: str) -> None:
         "assert json.loads(line) == want, line; "
         "print('ok')"
     )
+    where = {} if built.root is None else {"PYTHONPATH": str(built.root)}
     result = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=unpacked,
+        cwd=built.root or tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(unpacked)},
+        env={**os.environ, **where},
     )
     assert result.stdout.strip() == "ok", result.stderr
 
