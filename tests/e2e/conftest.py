@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -221,6 +222,12 @@ class Watched:
             self.proc.wait(timeout=10)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as a terminal's Ctrl-C finds it: a shell starts a
+    background job (a CI runner's, say) with SIGINT ignored, and every child inherits that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class Cli:
     """Runs the real ``access`` CLI as a subprocess with its own config dir and no keyring."""
@@ -263,6 +270,7 @@ class Cli:
             stdin=subprocess.DEVNULL,
             text=True,
             env={**self.env, **(env or {})},
+            preexec_fn=_sigint_as_in_a_terminal,
         )
 
     def watch(self, *args: str, env: dict[str, str] | None = None) -> Watched:
