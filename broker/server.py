@@ -23,6 +23,7 @@ import logging
 import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -197,9 +198,10 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def serve_metrics(broker: Any, listen: str) -> None:
+def serve_metrics(broker: Any, listen: str) -> Callable[[], None]:
     """Serve ``/metrics`` on ``listen`` (HOST:PORT) from a thread of its own (prometheus_client's
-    server: each scrape in its own thread, never on the event loop).
+    server: each scrape in its own thread, never on the event loop). Returns what stops it: the
+    broker calls it once it has drained and closed, so the port is free when the process ends.
 
     Raises:
         Misconfigured: the address cannot be listened on.
@@ -211,12 +213,21 @@ def serve_metrics(broker: Any, listen: str) -> None:
 
     host, _, port = listen.rpartition(":")
     try:
-        start_http_server(int(port), addr=host.strip("[]"), registry=metrics_for(broker).registry)
+        server, thread = start_http_server(
+            int(port), addr=host.strip("[]"), registry=metrics_for(broker).registry
+        )
     except OSError as exc:
         raise Misconfigured(
             f"cannot serve metrics on {listen}: {exc.strerror or exc}",
             hint="choose another ACCESS_BROKER_METRICS_LISTEN, or stop what listens there",
         ) from exc
+
+    def stop() -> None:
+        server.shutdown()  # its serve_forever returns (polls every 0.5 s)
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop
 
 
 def run(settings: Settings, *, ready_file: Path | None = None) -> None:
@@ -254,8 +265,7 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
         sock.close()
         raise
     app = create_app(broker)
-    if settings.metrics_listen is not None:
-        serve_metrics(broker, settings.metrics_listen)
+    stop_metrics = None if settings.metrics_listen is None else serve_metrics(broker, settings.metrics_listen)
     config = uvicorn.Config(
         app,
         loop="uvloop" if sys.platform != "win32" else "asyncio",
@@ -304,9 +314,13 @@ def run(settings: Settings, *, ready_file: Path | None = None) -> None:
     # handler in place. A no-op handler there makes a graceful stop exit 0 rather than die by signal.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
-    if sys.platform != "win32":
-        import uvloop
+    try:
+        if sys.platform != "win32":
+            import uvloop
 
-        uvloop.run(main())
-    else:  # pragma: no cover
-        asyncio.run(main())
+            uvloop.run(main())
+        else:  # pragma: no cover
+            asyncio.run(main())
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()

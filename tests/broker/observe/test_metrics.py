@@ -3,6 +3,7 @@ a scrape while the database is gone still answers."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from access.broker.app import create_app
 from access.broker.runtime import Broker
+from access.broker.server import serve_metrics
 from tests.broker.conftest import BASE_URL, add_user, login
 from tests.conftest import PG_ADMIN_URL, REVIEWED_POLICY
 
@@ -172,6 +174,26 @@ async def test_metrics_moved_to_their_own_address_are_gone_from_the_main_port(
     transport = httpx.ASGITransport(app=create_app(broker, background=False))
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as http:
         assert (await http.get("/metrics")).status_code == 404
+
+
+def test_the_metrics_address_serves_until_stopped_and_is_then_free(
+    make_broker: Callable[..., Broker],
+) -> None:
+    with socket.socket() as probe:  # a free port, given back before the server takes it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = make_broker(metrics_listen=f"127.0.0.1:{port}")
+    stop = serve_metrics(broker, broker.settings.metrics_listen or "")
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert answer.status_code == 200 and "access_" in answer.text
+    finally:
+        stop()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    with socket.socket() as again:  # no listener holds it any more (a scrape's TIME_WAIT may)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", port))
 
 
 async def test_an_invented_method_makes_no_new_series(http: httpx.AsyncClient) -> None:
