@@ -89,6 +89,7 @@ def test_an_api_command_loads_neither_keyring_nor_httpx_command_line_tool(tmp_pa
     for absent in ("keyring", "click", "pygments", "rich"):  # httpx._main is there: as None
         assert absent not in modules, absent
     assert "typer._adapters" not in modules  # typer's pydantic coercion of option values
+    assert "pydantic" not in modules  # the client imports it when it parses an answer (not -o json)
 
 
 def test_option_values_are_coerced_as_typer_would(tmp_path: Path) -> None:
