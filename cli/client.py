@@ -4,9 +4,11 @@ It owns TLS (system trust store, or a pinned CA file), the refusal of plain HTTP
 anything but loopback, token refresh with rotation, and the mapping of every failure to
 ``access.cli.errors``; an error the broker answered with carries the request's id (its
 ``X-Request-Id`` header), which ``render.error`` shows. ``transport`` lets tests run it
-against the broker app in-process (any ``httpx.BaseTransport``) or against respx. httpx and
-pydantic are imported here, so commands import this module inside their function bodies,
-never at startup.
+against the broker app in-process (any ``httpx.BaseTransport``) or against respx. httpx is
+imported here, so commands import this module inside their function bodies, never at startup;
+pydantic and the wire models (``access.shared.models``) only when an answer is parsed into
+them: :meth:`BrokerClient.grant_list` hands ``-o json`` the broker's listing as it came, and
+the import of pydantic and the building of its validators are a third of a command's start.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
 
 from access.cli import config
 from access.cli.errors import (
@@ -45,18 +46,11 @@ from access.cli.tokens import (
     env_token,
     refresh_lock,
 )
-from access.shared.models import (
-    ApproveRequest,
-    AuditEntry,
-    AuditPage,
-    DenyRequest,
-    Grant,
-    GrantRequest,
-    Principal,
-    ServiceInfo,
-)
 from access.shared.net import is_loopback_host
 from access.shared.oauth import DEVICE_GRANT_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+
+if TYPE_CHECKING:
+    from access.shared.models import AuditEntry, AuditPage, Grant, Principal, ServiceInfo
 
 __all__ = [
     "CLIENT_ID",
@@ -64,6 +58,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "BrokerClient",
     "DeviceAuthorization",
+    "GrantList",
     "normalise_url",
     "request_id",
 ]
@@ -76,6 +71,15 @@ REQUEST_ID_HEADER = "X-Request-Id"  # the broker's id for each request, as its l
 MAX_REQUEST_ID = 128  # what is shown of one: the header comes from the network (a proxy, maybe)
 
 M = TypeVar("M")
+# Which grants a listing holds: yours (active and pending), yours with the ended ones too,
+# break-glass grants (everyone's for an audit reader), others' requests waiting for your review.
+GrantList = Literal["mine", "all", "break_glass", "reviews"]
+_GRANT_LISTS: dict[str, tuple[str, dict[str, str] | None]] = {
+    "mine": ("/v1/grants", None),
+    "all": ("/v1/grants", {"all": "true"}),
+    "break_glass": ("/v1/grants", {"break_glass": "true"}),
+    "reviews": ("/v1/reviews", None),
+}
 E = TypeVar("E", bound=CliError)
 
 
@@ -299,13 +303,19 @@ class BrokerClient:
         return CliError(f"the broker at {self.base_url} answered HTTP {status}")
 
     def _parse(self, kind: type[M], data: Any) -> M:
+        """``data`` validated as ``kind`` (a wire model, or a list of them)."""
+        from pydantic import TypeAdapter, ValidationError
+
         try:
             return TypeAdapter(kind).validate_python(data)
         except ValidationError as exc:
-            raise CliError(
-                f"unexpected answer from the broker at {self.base_url}: {exc.error_count()} invalid field(s)",
-                "the CLI and the broker may be different versions: upgrade the CLI",
-            ) from exc
+            raise self._unexpected(f"{exc.error_count()} invalid field(s)") from exc
+
+    def _unexpected(self, what: str) -> CliError:
+        return CliError(
+            f"unexpected answer from the broker at {self.base_url}: {what}",
+            "the CLI and the broker may be different versions: upgrade the CLI",
+        )
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -559,6 +569,8 @@ class BrokerClient:
     # -- /v1 -----------------------------------------------------------------------------------
 
     def whoami(self) -> Principal:
+        from access.shared.models import Principal
+
         return self._parse(Principal, self._api("GET", "/v1/whoami"))
 
     def logout(self, access_token: str) -> None:
@@ -571,6 +583,8 @@ class BrokerClient:
             raise self._error(response)
 
     def services(self) -> list[ServiceInfo]:
+        from access.shared.models import ServiceInfo
+
         return self._parse(list[ServiceInfo], self._api("GET", "/v1/services"))
 
     def request_grant(
@@ -581,6 +595,8 @@ class BrokerClient:
         Raises:
             NotFound: no such service; the hint names the likeliest of those you may request.
         """
+        from access.shared.models import Grant, GrantRequest
+
         request = GrantRequest(service=service, scope=scope, ttl=ttl, reason=reason, break_glass=break_glass)
         try:
             # Only a break-glass request says so: an ordinary one's body is what it always was.
@@ -608,23 +624,45 @@ class BrokerClient:
         hint = f"did you mean {shown}? see `access services`"
         return NotFound(exc.message, hint, code=exc.code, request_id=exc.request_id)
 
+    def grant_list(self, listing: GrantList) -> list[dict[str, Any]]:
+        """A listing of grants (see :data:`GrantList`) as the broker sent it, unparsed: what
+        ``-o json`` prints (the broker's values, unchanged). Only its shape is checked here.
+
+        Raises:
+            CliError: the answer is not a list of JSON objects.
+        """
+        path, params = _GRANT_LISTS[listing]
+        data = self._api("GET", path, params=params)
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise self._unexpected("not a list of grants")
+        return data
+
+    def grants_of(self, listing: GrantList) -> list[Grant]:
+        """A listing of grants (see :data:`GrantList`), parsed."""
+        from access.shared.models import Grant
+
+        return self._parse(list[Grant], self.grant_list(listing))
+
     def list_grants(self, include_ended: bool = False) -> list[Grant]:
-        params = {"all": "true"} if include_ended else None
-        return self._parse(list[Grant], self._api("GET", "/v1/grants", params=params))
+        return self.grants_of("all" if include_ended else "mine")
 
     def break_glass_grants(self) -> list[Grant]:
         """Break-glass grants, ended ones too: everyone's for an audit reader, else your own."""
-        return self._parse(list[Grant], self._api("GET", "/v1/grants", params={"break_glass": "true"}))
+        return self.grants_of("break_glass")
 
     def get_grant(self, grant_id: str) -> Grant:
+        from access.shared.models import Grant
+
         return self._parse(Grant, self._api("GET", f"/v1/grants/{quote(grant_id, safe='')}"))
 
     def revoke(self, grant_id: str) -> Grant:
+        from access.shared.models import Grant
+
         return self._parse(Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/revoke"))
 
     def extend(self, grant_id: str, ttl: str) -> Grant:
         """More time for an active grant of yours: its expiry becomes now + ``ttl`` (the broker's clock)."""
-        from access.shared.models import ExtendRequest
+        from access.shared.models import ExtendRequest, Grant
 
         body = ExtendRequest(ttl=ttl).model_dump(mode="json")
         path = f"/v1/grants/{quote(grant_id, safe='')}/extend"
@@ -632,15 +670,19 @@ class BrokerClient:
 
     def reviews(self) -> list[Grant]:
         """Others' requests waiting for my review (``GET /v1/reviews``), oldest first."""
-        return self._parse(list[Grant], self._api("GET", "/v1/reviews"))
+        return self.grants_of("reviews")
 
     def approve(self, grant_id: str, comment: str = "") -> Grant:
+        from access.shared.models import ApproveRequest, Grant
+
         body = ApproveRequest(comment=comment).model_dump(mode="json")
         return self._parse(
             Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/approve", body=body)
         )
 
     def deny(self, grant_id: str, reason: str) -> Grant:
+        from access.shared.models import DenyRequest, Grant
+
         body = DenyRequest(reason=reason).model_dump(mode="json")
         return self._parse(Grant, self._api("POST", f"/v1/grants/{quote(grant_id, safe='')}/deny", body=body))
 
@@ -672,4 +714,6 @@ class BrokerClient:
             params["after_seq"] = str(after_seq)
             params["wait"] = str(wait)
         params.update((key, value) for key, value in filters.items() if value)
+        from access.shared.models import AuditPage
+
         return self._parse(AuditPage, self._api("GET", "/v1/audit", params=params))

@@ -7,6 +7,10 @@
 - :class:`HelpfulGroup` is the root group of both programs: it tidies every command it holds,
   answers a mistyped command with "Did you mean", and serves shell completion requests.
 - :func:`completion_script` is what ``PROG completion bash|zsh|fish`` prints.
+- :func:`tidy` also gives every parameter a quick coercion (:class:`_QuickCoercion`): typer
+  checks each value, given or not, with a pydantic ``TypeAdapter`` it builds on first use,
+  which imports pydantic and builds a validator per parameter (a third of ``access grants``'s
+  start); a string, a flag, a choice or an absent value needs none of that.
 
 Imports typer only (loaded anyway by both programs); no rich, so ``access``'s startup stays cheap.
 """
@@ -16,12 +20,19 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable, MutableMapping
-from enum import StrEnum
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from typing import Any
 
 import typer
 from typer._click.exceptions import UsageError  # typer vendors click; this is click's UsageError
 from typer.core import TyperArgument, TyperGroup, TyperOption
+
+try:  # typer >= 0.25 coerces values through these (its private API: without it, nothing to do)
+    from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
+    from typer._param_types import coerce_cli_choice
+except ImportError:  # pragma: no cover - an older typer: click's own types, no pydantic
+    RuntimeParam = None  # type: ignore[assignment,misc]
 
 __all__ = [
     "HELP_NAMES",
@@ -73,7 +84,49 @@ class _NamedArgument(TyperArgument):
         return None
 
 
+if RuntimeParam is not None:
+
+    @dataclass(frozen=True)
+    class _QuickCoercion(RuntimeParam):
+        """typer's coercion of one parameter, without pydantic for the values that need none.
+
+        A string for a ``str``, a bool for a ``bool``, one of a choice's values (typer's own
+        matching: :func:`coerce_cli_choice`) are returned as typer's adapter would return them;
+        an absent value never gets here (``RuntimeParam.coerce``). Anything else (a number, a
+        path, a list, a value that is not one of the choices) goes to typer's own coercion,
+        built on first use, so its checks and its error messages are typer's.
+        """
+
+        descriptor: TypeDescriptor
+
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            kind = self.annotation
+            if self.parameter_info.parser is None and self.descriptor.file_annotation is None:
+                if (kind is str and type(value) is str) or (kind is bool and type(value) is bool):
+                    return value
+                if isinstance(kind, type) and issubclass(kind, Enum) and isinstance(value, str | Enum):
+                    sensitive = self.parameter_info.case_sensitive
+                    try:
+                        return coerce_cli_choice(
+                            value, choices=tuple(kind), case_sensitive=sensitive, ctx=ctx
+                        )
+                    except ValueError:
+                        pass  # typer's own coercion words the error
+            return build_runtime_param(self.descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+
+def _quick(param: Any) -> None:
+    descriptor = getattr(param, "type_descriptor", None)
+    if RuntimeParam is None or not isinstance(descriptor, TypeDescriptor):
+        return
+    if hasattr(param, "_runtime_param"):
+        param._runtime_param = _QuickCoercion(
+            parameter_info=descriptor.parameter_info, annotation=descriptor.annotation, descriptor=descriptor
+        )
+
+
 def _tidy_param(param: Any) -> None:
+    _quick(param)
     if isinstance(param, TyperArgument):
         if param.metavar is None:
             param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "") if param.name else None

@@ -16,6 +16,7 @@ from access.cli.errors import UsageError
 from access.cli.render import Output
 
 if TYPE_CHECKING:
+    from access.cli.client import GrantList
     from access.shared.models import Grant, ServiceInfo
 
 __all__ = [
@@ -274,15 +275,11 @@ def grants(
     taken through break-glass rules."""
     if sum((pending, all_, break_glass)) > 1:
         raise UsageError("give one of --all, --pending and --break-glass")
-    if break_glass:
-        items = client(ctx).break_glass_grants()
-    elif pending:
-        items = client(ctx).reviews()
-    else:
-        items = client(ctx).list_grants(include_ended=all_)
-    if output is Output.json:
-        render.json_out(items)
+    listing: GrantList = "break_glass" if break_glass else "reviews" if pending else "all" if all_ else "mine"
+    if output is Output.json:  # the broker's values, unchanged: nothing to parse them into
+        render.json_out(client(ctx).grant_list(listing))
         return
+    items = client(ctx).grants_of(listing)
     if pending:
         pending_table(items)
         return

@@ -15,6 +15,7 @@ import pytest
 import respx
 
 from access.shared.errors import ExitCode
+from access.shared.models import Grant
 from tests.cli.conftest import BROKER, BrokerApp, LiveBroker, invoke, store_tokens, stored
 from tests.conftest import DEFAULT_POLICY
 
@@ -255,6 +256,33 @@ def test_foreign_or_malformed_replies_are_reported(
     assert result.exit_code == exit_code, result.stderr
     assert text in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("reply", [{"grants": []}, [{"id": "g-1"}, "g-2"]])
+def test_grants_json_must_be_a_list_of_objects(
+    config_dir: Path, stub_broker: respx.MockRouter, reply: Any
+) -> None:
+    # -o json prints the broker's listing without parsing it into grants: its shape is checked.
+    store_tokens(config_dir)
+    stub_broker.get("/v1/grants").respond(200, json=reply)
+    result = invoke("grants", "-o", "json")
+    assert result.exit_code == ExitCode.ERROR and result.stdout == ""
+    assert "unexpected answer from the broker" in result.stderr and "not a list of grants" in result.stderr
+
+
+def test_grants_json_is_the_brokers_answer_as_the_models_print_it(live: LiveBroker) -> None:
+    # What `grants -o json` prints is the broker's JSON, unchanged (docs/cli.md); and that JSON
+    # is what the wire models themselves write: the output is the one parsing it would give.
+    kept = _request(live, "--scope", "read", "--ttl", "10m", "--reason", "INC-7")["id"]
+    live.invoke("revoke", _request(live, "--scope", "read", "--ttl", "5m")["id"])
+    for args in ([], ["--all"]):
+        printed = live.invoke("grants", *args, "-o", "json")
+        assert printed.exit_code == 0, printed.stderr
+        answered = live.answered("GET", "/v1/grants")[-1]
+        assert printed.stdout == json.dumps(answered, indent=2) + "\n"
+        assert answered == [Grant.model_validate(g).model_dump(mode="json") for g in answered]
+    assert [g["id"] for g in json.loads(live.invoke("grants", "-o", "json").stdout)] == [kept]
+    assert len(json.loads(printed.stdout)) == 2
 
 
 def test_revoke_and_audit(live: LiveBroker) -> None:

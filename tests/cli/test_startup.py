@@ -88,6 +88,25 @@ def test_an_api_command_loads_neither_keyring_nor_httpx_command_line_tool(tmp_pa
     assert {"access.cli.client", "httpx", "typer"} <= modules  # the report sees what it looks for
     for absent in ("keyring", "click", "pygments", "rich"):  # httpx._main is there: as None
         assert absent not in modules, absent
+    assert "typer._adapters" not in modules  # typer's pydantic coercion of option values
+    assert "pydantic" not in modules  # the client imports it when it parses an answer (not -o json)
+
+
+def test_option_values_are_coerced_as_typer_would(tmp_path: Path) -> None:
+    # A choice in another case is typer's matching (the command got as far as the tokens)...
+    env = _env(tmp_path, ACCESS_BROKER_URL="https://127.0.0.1:9")
+    done, modules = _run(
+        ["grants", "-o", "JSON"], {**env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    )
+    assert done.returncode == ExitCode.NEEDS_LOGIN, done.stderr
+    assert "typer._adapters" not in modules
+    # ... and what is none of the choices, or no number, gets typer's own words.
+    refused = invoke("grants", "-o", "yaml")
+    words = " ".join(refused.stderr.replace("│", " ").split())  # the error box wraps its lines
+    assert refused.exit_code == ExitCode.USAGE and "'yaml' is not one of 'text', 'json'" in words
+    assert "should be a valid integer" in " ".join(
+        invoke("audit", "-n", "x").stderr.replace("│", " ").split()
+    )
 
 
 # -- keyring: asked only where it may answer -----------------------------------------------------
