@@ -276,6 +276,9 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.state.broker = broker
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]  # FastAPI's documented way
     _install_error_handlers(app)
+    # The JSON API first: a request's route is found by trying each in turn (about 20 us each on
+    # FastAPI's included routers), and /v1 is what clients call most. No other path is under /v1.
+    app.include_router(api.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     app.include_router(oauth.router)
@@ -284,7 +287,6 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     app.include_router(inbox_page.router)
     app.include_router(oidc_page.router)
     app.include_router(apidocs.router)
-    app.include_router(api.router)
     app.add_middleware(BodySizeLimit, limit=MAX_JSON_BODY_BYTES)
     app.add_middleware(CatchAll)  # it sees what the others raise
     # Outermost: every answer, the catch-all's 500s too, gets a request id, a log line, a count.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from access.broker import grants
-from access.broker.api.deps import BrokerDep, CurrentPrincipal
+from access.broker.api.deps import BearerClaims, BrokerDep, CurrentPrincipal, seen_principal
 from access.broker.api.schema import errors
 from access.broker.audit import search as audit
 from access.broker.policy import allowed_services
@@ -63,17 +64,24 @@ def list_services(broker: BrokerDep, ctx: CurrentPrincipal) -> list[ServiceInfo]
 @router.post(
     "/grants",
     status_code=201,
+    response_model=Grant,
     responses={
         202: {"model": Grant, "description": "pending: the request waits for review"},
         **errors(403, 404, 502),
     },
 )
-def request_grant(body: GrantRequest, broker: BrokerDep, ctx: CurrentPrincipal, response: Response) -> Grant:
+async def request_grant(
+    body: GrantRequest, broker: BrokerDep, claims: BearerClaims, request: Request
+) -> Response:
     """201 with the active grant, or 202 with the pending one when the rule needs approval."""
-    grant = grants.request_grant(broker, ctx, body)
-    if grant.state == GrantState.PENDING:
-        response.status_code = 202
-    return grant
+    # One hop to the thread pool for the whole request: the token was verified on the event loop
+    # (BearerClaims), its session is checked inside the grant's transaction, and the answer is
+    # the model's own JSON (FastAPI would validate the returned Grant again, in another hop).
+    grant = await run_in_threadpool(
+        grants.request_grant_for, broker, claims, body, seen=partial(seen_principal, request)
+    )
+    status = 202 if grant.state == GrantState.PENDING else 201
+    return Response(grant.model_dump_json(by_alias=True), status_code=status, media_type="application/json")
 
 
 @router.get("/reviews")

@@ -51,6 +51,10 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
             description=app.description,
             routes=app.routes,
         )
+        # /v1 after the sign-in's routes, as ever, though create_app tries /v1 first (for speed;
+        # sorted is stable, so each group keeps its own order).
+        paths = schema.get("paths", {})
+        schema["paths"] = dict(sorted(paths.items(), key=lambda item: item[0].startswith("/v1")))
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)

@@ -39,6 +39,7 @@ __all__ = [
     "check_session",
     "issue_access_token",
     "live_session",
+    "session_context",
     "verify_access_token",
 ]
 
@@ -202,8 +203,21 @@ def authenticate(broker: Broker, raw_token: str) -> AuthContext:
             revoked or has expired, or its principal is unknown or disabled.
         Unavailable: the database could not be reached.
     """
-    claims = verify_access_token(broker, raw_token)
-    row = live_session(broker, claims.session_id, claims.subject)
+    return session_context(broker, verify_access_token(broker, raw_token))
+
+
+def session_context(broker: Broker, claims: AccessClaims, conn: sa.Connection | None = None) -> AuthContext:
+    """The caller of a verified token (``verify_access_token``): its live session and principal.
+
+    ``conn``: look inside the caller's transaction rather than one of its own (a route whose
+    service runs one transaction anyway saves a checkout, a BEGIN and a COMMIT).
+
+    Raises:
+        Unauthenticated: its session was revoked or has expired, or its principal is unknown or
+            disabled.
+        Unavailable: the database could not be reached.
+    """
+    row = live_session(broker, claims.session_id, claims.subject, conn)
     return AuthContext(
         principal_id=claims.subject,
         name=row.name,

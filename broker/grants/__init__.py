@@ -29,7 +29,7 @@ from access.broker.grants.queries import (
     open_for_tunnel,
     watched_grants,
 )
-from access.broker.grants.requests import request_grant
+from access.broker.grants.requests import request_grant, request_grant_for
 from access.broker.grants.revoke import EndedGrants, end_grants_for_principal, revoke_grant
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "open_for_tunnel",
     "pending_for",
     "request_grant",
+    "request_grant_for",
     "revoke_grant",
     "watched_grants",
 ]

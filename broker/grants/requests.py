@@ -12,12 +12,17 @@ deadline, and the TTL asked for is kept in ``ttl_seconds`` to start counting at 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
+
 from access.broker.audit import ledger
 from access.broker.audit.actions import Action
+from access.broker.auth import tokens
 from access.broker.auth.principal import AuthContext
+from access.broker.auth.tokencache import AccessClaims
 from access.broker.errors import BrokerError, GrantDenied, InvalidRequest, MfaRequired, NotFound, Unavailable
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
@@ -33,7 +38,7 @@ from access.shared.durations import DurationError, format_duration, parse_durati
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest
 from access.shared.names import NAME_RULE, is_dns_label, is_scope
 
-__all__ = ["MFA_HINT", "make_identity", "request_grant"]
+__all__ = ["MFA_HINT", "make_identity", "request_grant", "request_grant_for"]
 
 # What to do when the policy asks for a more recent second factor (step-up).
 MFA_HINT = "run `access login --mfa` to sign in again with your second factor, then ask again"
@@ -56,12 +61,46 @@ def request_grant(broker: Broker, ctx: AuthContext, request: GrantRequest) -> Gr
         Locked: a lock is in force on the user or the service (recorded as denied, with its id).
         Unavailable: the database or the ledger could not be written; nothing changed.
     """
+    return _request(broker, lambda _conn: ctx, request)
+
+
+def request_grant_for(
+    broker: Broker,
+    claims: AccessClaims,
+    request: GrantRequest,
+    *,
+    seen: Callable[[AuthContext], None] | None = None,
+) -> Grant:
+    """``request_grant`` for the bearer of a verified access token (``tokens.verify_access_token``):
+    its session is checked (live, principal enabled: ``tokens.session_context``) inside the
+    grant's own transaction, before anything else in it, instead of in one of its own (a
+    checkout, a BEGIN and a COMMIT fewer; four round trips on PostgreSQL). ``seen`` is told the
+    caller once the session checked (the request's log line names it).
+
+    Raises:
+        Unauthenticated: the session was revoked or has expired, or the principal is disabled
+            (nothing is recorded).
+        everything ``request_grant`` raises.
+    """
+
+    def caller(conn: sa.Connection) -> AuthContext:
+        ctx = tokens.session_context(broker, claims, conn)
+        if seen is not None:
+            seen(ctx)
+        return ctx
+
+    return _request(broker, caller, request)
+
+
+def _request(broker: Broker, caller: Callable[[sa.Connection], AuthContext], request: GrantRequest) -> Grant:
     # One policy for the whole request: a reload swaps ``broker.policy`` from another thread.
     policy = broker.policy
     now = broker.clock.now()
-    decision, ttl, reason = _decide(policy, ctx, request, now)
-    denial = _denial(decision)
     with lifecycle.transaction(broker) as tx:
+        # Who asks, then what the policy says: a refusal of either raises before anything is written.
+        ctx = caller(tx.conn)
+        decision, ttl, reason = _decide(policy, ctx, request, now)
+        denial = _denial(decision)
         # First, before any ledger append: a lock on the user or the service wins over the policy.
         lock = locks.covering(tx.conn, now, user=ctx.name, service=decision.service, grant_id=None)
         refusal = None if lock is None else locks.locked_error(lock)
