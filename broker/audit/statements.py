@@ -90,11 +90,11 @@ GROUP_ENTRIES = 16  # entries written in one transaction at most (one chain lock
 # What ``add`` hands to the writer (``audit.turn.Queued``): (connection, grant, service, actor,
 # number of the first statement, the broker's time in µs since the epoch, the statements' ledger
 # pieces, their sizes, the journal generation they are in); ``close`` hands (connection, ...,
-# -1, _CLOSE, [], 0) and a journal rotation ("", ..., -1, _SEAL, [], old).
+# -1, _CLOSE, (), 0) and a journal rotation ("", ..., -1, _SEAL, (), old).
 _Item = Queued
-# Two distinct empty lists, compared by identity (two empty tuples would be one object).
-_CLOSE: list[str] = []
-_SEAL: list[str] = []
+# Two distinct pieces, compared by identity (no add's pieces are either object).
+_CLOSE: tuple[str, ...] = ("close",)
+_SEAL: tuple[str, ...] = ("seal",)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -195,7 +195,7 @@ class StatementLog:
         if not self.side.forget(connection_id):
             return  # it never had a statement
         self._end_turn()  # now: its last statements go to the writer before it
-        self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, [], self._generation))
+        self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, (), self._generation))
         if self.on_due is not None:
             self.on_due()
 
@@ -228,7 +228,7 @@ class StatementLog:
             side.shut = True
         if generation != self._generation:
             if self._generation:
-                self._queue.append(("", "", "", "", 0, -1, _SEAL, [], self._generation))
+                self._queue.append(("", "", "", "", 0, -1, _SEAL, (), self._generation))
             self._generation = generation
         side.hand_over(turn, self._queue.append, at_us, generation)
 
@@ -347,8 +347,8 @@ class StatementLog:
             self._recovered[generation] = held
         self._queue.extend(items)
         for connection_id in dict.fromkeys(item[0] for item in items):  # their channels are gone
-            self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, [], generation))
-        self._queue.append(("", "", "", "", 0, -1, _SEAL, [], generation))
+            self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, (), generation))
+        self._queue.append(("", "", "", "", 0, -1, _SEAL, (), generation))
         self.side.added += count
         self.side.added_bytes += size
         if count:

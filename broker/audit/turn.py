@@ -49,7 +49,10 @@ ROW_OVERHEAD: Final = 96  # bytes counted per queued statement besides its text 
 Added = tuple[str, str, str, str, int, Sequence[Statement]]
 # What the writer's queue takes (``audit.statements._Item``): an add with the broker's time (µs
 # since the epoch), its statements' ledger pieces and sizes, and the journal generation it is in.
-Queued = tuple[str, str, str, str, int, int, list[str], list[int], int]
+# Only strings, ints and tuples of them: the cyclic collector untracks such a tuple the first time
+# it sees it, so what waits for the writer (a second, or longer while the database is down) never
+# reaches the old generations, whose collections stop the event loop.
+Queued = tuple[str, str, str, str, int, int, tuple[str, ...], tuple[int, ...], int]
 
 # JSON's quoting of a string without ASCII escaping (the C one where there is one).
 _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring
@@ -72,7 +75,7 @@ class AddSide:
         self.turn: list[Added] = []
         self.schedule: Callable[[], object] | None = None  # called for the first add of a turn
         self.wake: Callable[[], None] | None = None  # called when a connection passes a full batch
-        self.pieces: list[tuple[list[str], list[int]]] = []  # journal_text's, for hand_over
+        self.pieces: list[tuple[tuple[str, ...], tuple[int, ...]]] = []  # journal_text's, for hand_over
 
     def add(
         self,
@@ -139,7 +142,7 @@ class AddSide:
         tail = "," + str(at_us) + ",["
         prefixes = self.prefixes
         lines: list[str] = []
-        pieces: list[tuple[list[str], list[int]]] = []
+        pieces: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
         for connection_id, grant_id, service, actor, first, statements in turn:
             prefix = prefixes.get(connection_id)
             if prefix is None:
@@ -170,7 +173,7 @@ class AddSide:
                 if not (text.isascii() and kind.isascii() and (name is None or name.isascii())):
                     body = _valid_body(kind, text, name)  # the journal keeps the text as it came
                 bodies.append(body)
-            pieces.append((bodies, sizes))
+            pieces.append((tuple(bodies), tuple(sizes)))  # tuples of str and int: see ``Queued``
             lines.append(prefix + str(first) + tail + ",".join(parts) + "]]\n")
         self.pieces = pieces
         return "".join(lines)
@@ -202,14 +205,14 @@ def _valid_body(kind: str, text: str, name: str | None) -> str:
     return body if name is None else body + "," + _quote(_utf8(name))
 
 
-def pieces_of(statements: Sequence[Statement]) -> tuple[list[str], list[int]]:
+def pieces_of(statements: Sequence[Statement]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """The ledger pieces and sizes of ``statements`` (as ``journal_text`` keeps them)."""
     bodies: list[str] = []
     sizes: list[int] = []
     for statement in statements:
         bodies.append(_valid_body(statement.kind, statement.text, statement.name))
         sizes.append(len(statement.text) + ROW_OVERHEAD)
-    return bodies, sizes
+    return tuple(bodies), tuple(sizes)
 
 
 def statements_json(bodies: list[str], stamps: list[int], start: int, end: int) -> str:
@@ -314,8 +317,8 @@ def take_queue(
     connections: dict[str, Rows],
     outstanding: dict[int, int],
     sealed: set[int],
-    close: list[str],
-    seal: list[str],
+    close: tuple[str, ...],
+    seal: tuple[str, ...],
 ) -> None:
     """The writer: move what the add side queued into the per-connection rows. ``close`` and
     ``seal`` are the pieces (compared by identity) of a channel's end and a journal's rotation."""
