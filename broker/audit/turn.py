@@ -1,4 +1,5 @@
-"""The statement log's event-loop side, compiled with the tunnel's hot path (``setup.py``).
+"""The statement log's per-statement parts, compiled with the tunnel's hot path (``setup.py``):
+its event-loop side and its writer's rows.
 
 A logged-in channel hands every client chunk's statements to the statement log before it forwards
 the chunk (``audit.statements``). That hand-off runs once per chunk on the event loop, and as
@@ -11,11 +12,17 @@ Python it cost more than the relay itself: the ceiling check, the numbers, the t
 - ``journal_text``: the turn's journal lines, ``["S",connection,grant,service,actor,first,at_us,
   [[kind,text,name],...]]``, exactly as ``json.dumps(..., ensure_ascii=False,
   separators=(",", ":"))`` writes them, built from quoted strings with each connection's prefix
-  made once.
-- ``hand_over``: the turn's statements to the writer's queue, with their time and journal
-  generation.
+  made once; on the way, each statement's ledger piece (its ``kind,text[,name]`` as RFC 8785
+  writes them: the same quoted strings, made valid UTF-8 where they are not) and size.
+- ``hand_over``: the turn's pieces to the writer's queue, with their time and journal
+  generation (strings, ints and tuples of them: nothing the cyclic collector keeps tracking).
 
-Both threads use it: the event loop adds and counts ``added``; the writer (one at a time, under the
+The writer's side: ``take_queue`` moves the queue into per-connection ``Rows``, and
+``statements_json``/``details_json`` put a ``connection.statements`` entry's details together as
+canonical JSON text from the pieces, so nothing is built as objects and encoded again
+(``tests/broker/audit/test_statements.py`` checks each entry's text is its own RFC 8785 form).
+
+Both threads use ``AddSide``: the event loop adds and counts ``added``; the writer (one at a time, under the
 statement log's lock) counts ``done``. Each counter has one writing thread, and the GIL orders
 them.
 """
