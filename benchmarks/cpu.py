@@ -3,9 +3,11 @@
     python benchmarks/cpu.py [--seconds 6] [--rounds 2] [--no-tls]
 
 Starts the same broker, `access connect` and `ssh -L` as ``run.py``, runs ``pgbench -S`` through
-each, and reads each process's user and system CPU time from ``/proc/PID/stat`` before and after:
-the figures behind "where the time goes" in docs/tunnel.md. ``--no-tls`` serves the broker over
-plain HTTP on loopback, to see what TLS costs (never a deployment setting). Linux only.
+each, and reads each process's user and system CPU time from ``/proc/PID/stat`` before and after
+(the broker's also split into its event loop, the main thread, and the rest: worker threads,
+the statement log's writer among them): the figures behind "where the time goes" in
+docs/tunnel.md. ``--no-tls`` serves the broker over plain HTTP on loopback, to see what TLS
+costs (never a deployment setting). Linux only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
         user += int(fields[11])
         system += int(fields[12])
     return user / TICK, system / TICK
+
+
+def main_thread_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds of the main thread (the event loop) of ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
 
 
 def pids_named(name: str) -> list[int]:
@@ -79,7 +93,9 @@ def main() -> int:
                     else {"cli": [clis[0] if way == "access" else clis[1]], "broker": broker}
                 )
                 before = {name: cpu_seconds(pids) for name, pids in parts.items()}
+                loop_before = main_thread_seconds(broker)
                 tps = bench.pgbench_tps(port, "postgres", args.clients, args.seconds)
+                loop_after = main_thread_seconds(broker)
                 after = {name: cpu_seconds(pids) for name, pids in parts.items()}
                 tx = tps * args.seconds
                 cells = []
@@ -87,6 +103,9 @@ def main() -> int:
                     user = (after[name][0] - before[name][0]) / tx * 1e6
                     total = user + (after[name][1] - before[name][1]) / tx * 1e6
                     cells.append(f"{name} {total:.1f} us (user {user:.1f})")
+                    if name == "broker":  # its event loop (the main thread) and the rest (worker threads)
+                        loop = (loop_after - loop_before) / tx * 1e6
+                        cells.append(f"[loop {loop:.1f}, threads {total - loop:.1f}]")
                 print(f"round {round_no} {way:7} {tps:9,.0f} tps  " + "  ".join(cells), flush=True)
     return 0
 

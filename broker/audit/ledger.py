@@ -35,6 +35,7 @@ __all__ = [
     "GENESIS",
     "LedgerEntry",
     "append",
+    "append_canonical",
     "entry_hash",
     "format_time",
     "record",
@@ -175,6 +176,38 @@ def append(
         sqlalchemy.exc.SQLAlchemyError: the ledger could not be written; the caller's
             transaction must then fail, and with it the action.
     """
+    action = _allowed(conn, action)
+    details = dict(details or {})
+    _check_details(details)
+    started = time.perf_counter()
+    target = target[:200]
+    seq, at, prev, digest = _chain(conn, clock, actor, action, target, canonical.dumps(details), started)
+    return LedgerEntry(seq, at, actor, action.value, target, details, prev, digest)
+
+
+def append_canonical(
+    conn: sa.Connection, clock: Clock, *, actor: str, action: Action, target: str, details: str
+) -> None:
+    """``append`` for details its caller wrote as canonical JSON text already (RFC 8785: the
+    statement log's batches, ``audit.turn.details_json``), with no key that looks like a secret:
+    stored and hashed as they are, not built as objects and encoded again.
+
+    Raises:
+        LedgerUnsafe, sqlalchemy.exc.SQLAlchemyError: as ``append``.
+        rfc8785.CanonicalizationError: a string in ``details`` has no UTF-8 form (a lone surrogate).
+    """
+    action = _allowed(conn, action)
+    started = time.perf_counter()
+    try:
+        details_text = details.encode("utf-8")
+    except UnicodeEncodeError:  # say what is wrong as rfc8785 does; nothing is written
+        canonical.dumps(details)
+        raise
+    _chain(conn, clock, actor, action, target[:200], details_text, started)
+
+
+def _allowed(conn: sa.Connection, action: Action) -> Action:
+    """``action`` as an Action, if the ledger may record it now (see ``append``)."""
     action = Action(action)  # a plain string that is no action fails here, before anything is written
     why = unsafe(conn.engine)
     if why is not None and action not in WHILE_UNSAFE:
@@ -183,10 +216,20 @@ def append(
             hint="operators: see the broker's log, run `access-broker audit verify` and "
             "`access-broker migrate`",
         )
-    details = dict(details or {})
-    _check_details(details)
-    target = target[:200]
-    started = time.perf_counter()
+    return action
+
+
+def _chain(
+    conn: sa.Connection,
+    clock: Clock,
+    actor: str,
+    action: Action,
+    target: str,
+    details_text: bytes,
+    started: float,
+) -> tuple[int, datetime, str, str]:
+    """Append one entry with ``details_text`` (canonical JSON) at the chain's head: (seq, at,
+    prev_hash, hash)."""
     head = _own_head(conn)
     if head is None:
         store.lock_chain(conn)
@@ -194,7 +237,6 @@ def append(
     seq = 1 if head is None else head[0] + 1
     prev = GENESIS if head is None else head[1]
     at = clock.now()
-    details_text = canonical.dumps(details)
     digest = _digest(seq, format_time(at), actor, action.value, target, details_text, prev)
     store.insert_entry(
         conn,
@@ -211,7 +253,7 @@ def append(
     metrics = for_engine(conn.engine)
     if metrics is not None:  # admin commands keep no metrics
         metrics.ledger_append_seconds.observe(time.perf_counter() - started)
-    return LedgerEntry(seq, at, actor, action.value, target, details, prev, digest)
+    return seq, at, prev, digest
 
 
 # The entry each open transaction appended last, by its root transaction: a second append in the

@@ -44,18 +44,25 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from access.broker.audit import journal, ledger
 from access.broker.audit.actions import Action
-from access.broker.audit.canonical import Plain
 from access.broker.audit.journal import Journal, JournalError
-from access.broker.audit.turn import BATCH_STATEMENTS, ROW_OVERHEAD, AddSide
+from access.broker.audit.turn import (
+    BATCH_STATEMENTS,
+    ROW_OVERHEAD,
+    AddSide,
+    Queued,
+    Rows,
+    details_json,
+    pieces_of,
+    statements_json,
+    take_queue,
+)
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.observe.metrics import metrics_for
@@ -80,66 +87,25 @@ BATCH_BYTES = 256 * 1024  # about this much text in one ledger entry at most (on
 GROUP_ENTRIES = 16  # entries written in one transaction at most (one chain lock, one commit)
 
 
-# A queued statement: the broker's time of its ``add`` and the statement (its number is the
-# connection's ``first_n`` plus its place in the queue). A tuple: ``add`` makes one per statement.
-_Row = tuple[datetime, Statement]
-
-# What ``add`` hands to the writer: (connection, grant, service, actor, number of the first
-# statement, the broker's time, the statements, the journal generation they are in); ``close``
-# hands (connection, ..., None, _CLOSE, 0) and a journal rotation ("", ..., None, _SEAL, old).
-_Item = tuple[str, str, str, str, int, datetime | None, Sequence[Statement], int]
-# Two distinct empty lists, compared by identity (two empty tuples would be one object).
-_CLOSE: Sequence[Statement] = []
-_SEAL: Sequence[Statement] = []
+# What ``add`` hands to the writer (``audit.turn.Queued``): (connection, grant, service, actor,
+# number of the first statement, the broker's time in µs since the epoch, the statements' ledger
+# pieces, their sizes, the journal generation they are in); ``close`` hands (connection, ...,
+# -1, _CLOSE, (), 0) and a journal rotation ("", ..., -1, _SEAL, (), old).
+_Item = Queued
+# Two distinct pieces, compared by identity (no add's pieces are either object).
+_CLOSE: tuple[str, ...] = ("close",)
+_SEAL: tuple[str, ...] = ("seal",)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _within_bytes(rows: list[_Row]) -> tuple[list[_Row], int]:
-    """The first of ``rows`` that fit in ``BATCH_BYTES`` (at least one), and their size."""
+def _within_bytes(sizes: list[int]) -> tuple[int, int]:
+    """How many of ``sizes`` fit in ``BATCH_BYTES`` (at least one), and their size."""
     size = 0
-    for i, row in enumerate(rows):
-        row_size = len(row[1].text) + ROW_OVERHEAD
+    for i, row_size in enumerate(sizes):
         if i and size + row_size > BATCH_BYTES:
-            return rows[:i], size
+            return i, size
         size += row_size
-    return rows, size
-
-
-@dataclass(slots=True)
-class _Connection:
-    connection_id: str
-    grant_id: str
-    service: str
-    actor: str
-    rows: list[_Row] = field(default_factory=list)
-    start: int = 0  # rows[start:] wait to be written (the ones before it are, and go in bulk)
-    first_n: int = 0  # the number of rows[start]
-    closed: bool = False
-    generations: deque[list[int]] = field(default_factory=deque)  # [generation, rows] of rows[start:]
-
-    def written(self, count: int, outstanding: dict[int, int]) -> None:
-        """The writer: ``count`` more rows are in the ledger (``outstanding`` per journal generation)."""
-        left = count
-        generations = self.generations
-        while left:
-            head = generations[0]
-            step = min(left, head[1])
-            head[1] -= step
-            outstanding[head[0]] -= step
-            left -= step
-            if not head[1]:
-                generations.popleft()
-        self.start += count
-        self.first_n += count
-        if self.start == len(self.rows):
-            self.rows.clear()
-            self.start = 0
-        elif self.start > 4096 and 2 * self.start > len(self.rows):
-            del self.rows[: self.start]
-            self.start = 0
-
-    @property
-    def waiting(self) -> int:
-        return len(self.rows) - self.start
+    return len(sizes), size
 
 
 class StatementLog:
@@ -161,7 +127,7 @@ class StatementLog:
         # The event loop's side (compiled: ``audit.turn``): the counters, the numbers, the turn.
         self.side = AddSide(self.limit, self.max_bytes)
         self.side.schedule = self._end_turn  # no loop bound: each add is written at once
-        self._connections: dict[str, _Connection] = {}  # the writer's side
+        self._connections: dict[str, Rows] = {}  # the writer's side
         self._writer = threading.Lock()  # one writer at a time keeps each connection's batches in order
         self.entries = 0  # ledger entries written, since the start
         self.waiting_logged = False
@@ -229,7 +195,7 @@ class StatementLog:
         if not self.side.forget(connection_id):
             return  # it never had a statement
         self._end_turn()  # now: its last statements go to the writer before it
-        self._queue.append((connection_id, "", "", "", 0, None, _CLOSE, self._generation))
+        self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, (), self._generation))
         if self.on_due is not None:
             self.on_due()
 
@@ -250,10 +216,11 @@ class StatementLog:
         if not side.turn:
             return
         turn = side.take()
-        at = self.broker.clock.now()  # the broker's time of this turn's statements
+        # the broker's time of this turn's statements, in µs since the epoch (exactly)
+        at_us = (self.broker.clock.now() - _EPOCH) // _MICROSECOND
         generation = self._generation
         try:
-            generation = self.journal.append(side.journal_text(turn, round(at.timestamp() * 1_000_000)))
+            generation = self.journal.append(side.journal_text(turn, at_us))
         except JournalError as exc:
             if self.journal_failed is None:
                 log.error("statement journal failed, channels to logged-in services stop: %s", exc)
@@ -261,37 +228,13 @@ class StatementLog:
             side.shut = True
         if generation != self._generation:
             if self._generation:
-                self._queue.append(("", "", "", "", 0, None, _SEAL, self._generation))
+                self._queue.append(("", "", "", "", 0, -1, _SEAL, (), self._generation))
             self._generation = generation
-        side.hand_over(turn, self._queue.append, at, generation)
+        side.hand_over(turn, self._queue.append, at_us, generation)
 
     def _take_queue(self) -> None:
         """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""
-        queue, connections, outstanding = self._queue, self._connections, self._outstanding
-        while queue:
-            connection_id, grant_id, service, actor, first, at, statements, generation = queue.popleft()
-            if statements is _SEAL:
-                self._sealed.add(generation)
-                continue
-            conn = connections.get(connection_id)
-            if at is None:  # close
-                if conn is not None:
-                    if conn.waiting:
-                        conn.closed = True
-                    else:
-                        del connections[connection_id]
-                continue
-            if conn is None:
-                conn = connections[connection_id] = _Connection(connection_id, grant_id, service, actor)
-                conn.first_n = first
-            conn.closed = False
-            conn.rows.extend(zip(repeat(at), statements))  # one time per turn: the same object
-            outstanding[generation] = outstanding.get(generation, 0) + len(statements)
-            generations = conn.generations
-            if generations and generations[-1][0] == generation:
-                generations[-1][1] += len(statements)
-            else:
-                generations.append([generation, len(statements)])
+        take_queue(self._queue, self._connections, self._outstanding, self._sealed, _CLOSE, _SEAL)
 
     def flush(self, *, full_only: bool = False) -> int:
         """Worker thread: write every queued statement, one entry per connection and batch, in
@@ -315,20 +258,20 @@ class StatementLog:
                 if not group:
                     break
                 self._write(group)
-                for conn, rows, size in group:
-                    conn.written(len(rows), self._outstanding)
+                for conn, _pos, count, size in group:
+                    conn.written(count, self._outstanding)
                     side.done_bytes += size
-                    side.done += len(rows)
-                    written += len(rows)
+                    side.done += count
+                    written += count
                     self.entries += 1
-                for conn, _rows, _size in group:
+                for conn, _pos, _count, _size in group:
                     if conn.waiting:  # to the back of the line: one busy channel does not hold up the others
                         self._connections.pop(conn.connection_id, None)
                         self._connections[conn.connection_id] = conn
                     elif conn.closed:
                         self._connections.pop(conn.connection_id, None)
                 self.journal.note_written(
-                    list({conn.connection_id: conn.first_n for conn, _r, _s in group}.items())
+                    list({conn.connection_id: conn.first_n for conn, _p, _c, _s in group}.items())
                 )
                 self._drop_written_journals()
         finally:
@@ -369,15 +312,26 @@ class StatementLog:
                 end = start + 1
                 while end < len(item.statements) and item.at_us[end] == at_us:
                     end += 1
-                statements = [
-                    Statement(str(kind), str(text), None if name is None else str(name))
-                    for kind, text, name in item.statements[start:end]
-                ]
-                size += sum(len(statement.text) for statement in statements) + ROW_OVERHEAD * len(statements)
-                at = datetime.fromtimestamp(at_us / 1_000_000, UTC)
+                bodies, sizes = pieces_of(
+                    [
+                        Statement(str(kind), str(text), None if name is None else str(name))
+                        for kind, text, name in item.statements[start:end]
+                    ]
+                )
+                size += sum(sizes)
                 first = item.first + start
                 items.append(
-                    (item.connection, item.grant, item.service, item.actor, first, at, statements, generation)
+                    (
+                        item.connection,
+                        item.grant,
+                        item.service,
+                        item.actor,
+                        first,
+                        at_us,
+                        bodies,
+                        sizes,
+                        generation,
+                    )
                 )
                 start = end
         return items, held, size
@@ -387,14 +341,14 @@ class StatementLog:
         items, held, size = found
         if not held:
             return 0
-        generation = items[0][7] if items else -(len(self._recovered) + 1)
+        generation = items[0][8] if items else -(len(self._recovered) + 1)
         count = sum(len(item[6]) for item in items)
         with self._writer:
             self._recovered[generation] = held
         self._queue.extend(items)
         for connection_id in dict.fromkeys(item[0] for item in items):  # their channels are gone
-            self._queue.append((connection_id, "", "", "", 0, None, _CLOSE, generation))
-        self._queue.append(("", "", "", "", 0, None, _SEAL, generation))
+            self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, (), generation))
+        self._queue.append(("", "", "", "", 0, -1, _SEAL, (), generation))
         self.side.added += count
         self.side.added_bytes += size
         if count:
@@ -408,48 +362,53 @@ class StatementLog:
             self.on_due()
         return count
 
-    def _next_group(self, full_only: bool = False) -> list[tuple[_Connection, list[_Row], int]]:
+    def _next_group(self, full_only: bool = False) -> list[tuple[Rows, int, int, int]]:
         """The next entries to write in one transaction (the writer's side): each connection's
-        oldest batch in turn, then each one's next, at most ``GROUP_ENTRIES`` in all; with the
-        bytes each batch counts against the ceiling. ``full_only``: a batch short of
-        ``BATCH_STATEMENTS`` (and of ``BATCH_BYTES``) only for a closed connection."""
-        group: list[tuple[_Connection, list[_Row], int]] = []
+        oldest batch in turn, then each one's next, at most ``GROUP_ENTRIES`` in all; each as
+        (connection, its first row, how many rows, the bytes they count against the ceiling).
+        ``full_only``: a batch short of ``BATCH_STATEMENTS`` (and of ``BATCH_BYTES``) only for
+        a closed connection."""
+        group: list[tuple[Rows, int, int, int]] = []
         cursors = [(conn, conn.start) for conn in self._connections.values() if conn.waiting]
         while cursors:
-            later: list[tuple[_Connection, int]] = []
+            later: list[tuple[Rows, int]] = []
             for conn, pos in cursors:
-                rows = conn.rows[pos : pos + BATCH_STATEMENTS]
-                size = sum([len(row[1].text) for row in rows]) + ROW_OVERHEAD * len(rows)
+                sizes = conn.sizes[pos : pos + BATCH_STATEMENTS]
+                count, size = len(sizes), sum(sizes)
                 if size > BATCH_BYTES:
-                    rows, size = _within_bytes(rows)
-                elif full_only and len(rows) < BATCH_STATEMENTS and not conn.closed:
+                    count, size = _within_bytes(sizes)
+                elif full_only and count < BATCH_STATEMENTS and not conn.closed:
                     continue  # a partial batch of a live channel: the interval's flush writes it
-                group.append((conn, rows, size))
+                group.append((conn, pos, count, size))
                 if len(group) >= GROUP_ENTRIES:
                     return group
-                pos += len(rows)
-                if pos < len(conn.rows):
+                pos += count
+                if pos < len(conn.sizes):
                     later.append((conn, pos))
             cursors = later
         return group
 
-    def _write(self, group: list[tuple[_Connection, list[_Row], int]]) -> None:
-        """One transaction: one ledger entry per (connection, rows), in order (all or none)."""
+    def _write(self, group: list[tuple[Rows, int, int, int]]) -> None:
+        """One transaction: one ledger entry per (connection, rows), in order (all or none).
+
+        Each entry's details are put together as canonical JSON text from the pieces the event
+        loop quoted for the journal (``audit.turn``), not built as objects and encoded again."""
         with self.broker.transaction() as db:
             first_of: dict[str, int] = {}
-            for conn, rows, _size in group:
+            for conn, pos, count, _size in group:
                 first = first_of.get(conn.connection_id, conn.first_n)
-                first_of[conn.connection_id] = first + len(rows)
-                details: dict[str, Any] = {
-                    "connection": conn.connection_id,
-                    "grant": conn.grant_id,
-                    "service": conn.service,
-                    "first": first,
-                    "count": len(rows),
-                    "at": ledger.format_time(rows[0][0]),
-                    "statements": _compact(rows),
-                }
-                ledger.append(
+                first_of[conn.connection_id] = first + count
+                stamp = conn.stamps[pos]
+                details = details_json(
+                    ledger.format_time(_EPOCH + timedelta(microseconds=stamp)),
+                    conn.connection_id,
+                    count,
+                    first,
+                    conn.grant_id,
+                    conn.service,
+                    statements_json(conn.bodies, conn.stamps, pos, pos + count),
+                )
+                ledger.append_canonical(
                     db,
                     self.broker.clock,
                     actor=conn.actor,
@@ -497,39 +456,7 @@ class StatementLog:
             )
 
 
-def _compact(rows: list[_Row]) -> Plain:
-    """The rows as ``[µs after the batch's at, kind, text]`` (``+ [name]`` where there is one).
-
-    Lists, not objects, and an integer offset, not a time per row: this form costs a third of
-    ``{n, at, kind, text}`` in the hash's canonical JSON. Text is made valid UTF-8 first (a lone
-    surrogate would make the entry unhashable, and the batch unwritable for ever). The result
-    is a ``canonical.Plain`` of lists of such ints and strings, so the canonical JSON does not
-    check each item again.
-    """
-    start = rows[0][0]
-    compact = Plain()
-    append = compact.append
-    last_at, offset = start, 0
-    for at, statement in rows:
-        kind, text, name = statement.kind, statement.text, statement.name
-        if not text.isascii():
-            text = _utf8(text)
-        if not kind.isascii():
-            kind = _utf8(kind)
-        if at is not last_at:  # the statements of one loop turn share one time object
-            last_at, offset = at, (at - start) // _MICROSECOND
-        if name is None:
-            append([offset, kind, text])
-        else:
-            append([offset, kind, text, name if name.isascii() else _utf8(name)])
-    return compact
-
-
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def _utf8(text: str) -> str:
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 _logs = PerBroker(StatementLog)

@@ -8,9 +8,11 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import rfc8785
 import sqlalchemy as sa
 
 from access.broker.audit import ledger
@@ -253,6 +255,60 @@ def test_text_that_is_no_valid_utf8_is_still_written(make_broker: Callable[..., 
     assert log.flush() == 2
     [batch] = _batches(broker)
     assert json.loads(batch.details)["statements"][0][2] == "SELECT '?'"
+    assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
+
+
+def test_each_entry_s_details_are_their_own_rfc8785_form(make_broker: Callable[..., Broker]) -> None:
+    """The writer puts an entry's details together as text from the pieces the event loop quoted
+    for the journal: that text must be the RFC 8785 form of what it says (quotes, controls,
+    non-ASCII, names, a lone surrogate, several loop turns and so several offsets), or a reader
+    that re-encodes an entry would not find its hash."""
+    broker = make_broker()
+    log = statement_log_for(broker)
+    texts = [
+        "SELECT '\"q\" \\ b'",
+        "line\nbreak\ttab\x00nul\x1f\x7f\u2028",
+        "naïve — ünï ✓ 😀",
+        "",
+        "x\ud800y",
+    ]
+    for turn, text in enumerate(texts):
+        assert _add(log, "c-1", [Statement("query", text), Statement("parse", text, f"s{turn}é")])
+        broker.clock.advance(timedelta(microseconds=1234 * (turn + 1)))  # type: ignore[attr-defined]
+    assert _add(log, "c-2", [Statement("exécute", "SELECT 1", None)])
+    assert log.flush() == 2 * len(texts) + 1
+    batches = _batches(broker)
+    assert len(batches) == 2
+    for batch in batches:
+        details = json.loads(batch.details)
+        assert rfc8785.dumps(details) == batch.details.encode("utf-8")
+        assert (
+            ledger.stored_hash(
+                batch.seq,
+                ledger.format_time(batch.at),
+                batch.actor,
+                batch.action,
+                batch.target,
+                batch.details,
+                batch.prev_hash,
+            )
+            == batch.hash
+        )
+    first = json.loads(batches[0].details)
+    assert [item[0] for item in first["statements"]] == [
+        0,
+        0,
+        1234,
+        1234,
+        3702,
+        3702,
+        7404,
+        7404,
+        12340,
+        12340,
+    ]
+    assert first["statements"][1][1:] == ["parse", texts[0], "s0é"]
+    assert first["statements"][9][2] == "x?y"
     assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
 
 
