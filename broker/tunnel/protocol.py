@@ -246,6 +246,14 @@ class WireChannel(BrokerChannel):
         if self.machine is not None:
             self._run(self.machine.feed_target, b"")  # Redis: the broker's AUTH goes out now
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A PostgreSQL client ends with Terminate and then closes; the server closes on
+        # Terminate too, and its close can reach us before the client's: the client ended it.
+        pg = self.pg_tap
+        if exc is None and self.why is None and pg is not None and pg.terminated:
+            self.why = "client closed"
+        super().connection_lost(exc)
+
     # -- the login's bytes (``TargetChannel`` relays and taps the rest) ------------------------
 
     def target_login_bytes(self, data: bytes) -> None:

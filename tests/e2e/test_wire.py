@@ -271,6 +271,32 @@ def test_a_cancel_reaches_the_target_only_for_the_same_grant(alice: Cli, wire_br
     assert cancels["svc-pg"]["cancel"] == "forwarded"
 
 
+def test_a_postgresql_client_that_says_terminate_closed_it_even_when_the_server_closes_first(
+    alice: Cli, wire_broker: BrokerProcess
+) -> None:
+    """psql sends Terminate and closes; PostgreSQL closes on Terminate too, and either close may
+    reach the broker first. Here the client keeps its socket open after Terminate, so the
+    server's close comes first every time: the audit still says the client ended it."""
+    proc, port = _connect(alice, "svc-pg")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=BOUND) as sock:
+            params = b"user\0nobody\0database\0" + DATABASE.encode() + b"\0\0"
+            sock.sendall(struct.pack("!II", len(params) + 8, 3 << 16) + params)
+            while (message := _message(sock))[0] != b"Z":
+                assert message[0] != b"E", message
+            query = b"select 1\0"
+            sock.sendall(b"Q" + struct.pack("!I", len(query) + 4) + query)
+            while (message := _message(sock))[0] != b"Z":
+                assert message[0] != b"E", message
+            sock.sendall(b"X" + struct.pack("!I", 4))  # Terminate, and the socket stays open
+            assert sock.recv(100) == b""  # the server's close, relayed
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    (close,) = [c for c in _closes(wire_broker.database_url, 1) if c["service"] == "svc-pg"]
+    assert close["why"] == "client closed" and close["statements"] == 1, close
+
+
 def test_tls_to_the_target_is_verified_when_the_service_asks_for_it(
     alice: Cli, wire_broker: BrokerProcess
 ) -> None:
