@@ -247,10 +247,10 @@ class WireChannel(BrokerChannel):
             self._run(self.machine.feed_target, b"")  # Redis: the broker's AUTH goes out now
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # A PostgreSQL client ends with Terminate and then closes; the server closes on
-        # Terminate too, and its close can reach us before the client's: the client ended it.
-        pg = self.pg_tap
-        if exc is None and self.why is None and pg is not None and pg.terminated:
+        # A client ends with its protocol's goodbye (Terminate, COM_QUIT, QUIT) and then closes;
+        # the server closes on it too, and its close can reach us first: the client ended it.
+        tap = self.tap
+        if exc is None and self.why is None and tap is not None and tap.terminated:
             self.why = "client closed"
         super().connection_lost(exc)
 

@@ -114,6 +114,10 @@ class Tap(Protocol):
     statements wait for ``take``, and the ones past it are counted, not kept.
     """
 
+    terminated: bool
+    """The client said goodbye in its protocol (PostgreSQL Terminate, MySQL COM_QUIT, Redis
+    QUIT): a close that follows is the client's, whichever leg's close arrives first."""
+
     def client_bytes(self, data: bytes | memoryview) -> None:
         """The next chunk the client sent. Raises WireError on a malformed stream."""
 

@@ -948,6 +948,7 @@ class MysqlTap:
         "_payload_bytes",
         "_pending",
         "_text_limit",
+        "terminated",
     )
 
     def __init__(self, *, max_pending: int = MAX_PENDING, text_limit: int = TEXT_LIMIT) -> None:
@@ -965,6 +966,7 @@ class MysqlTap:
         self._payload_bytes = 0  # bytes of the current payload so far
         self._data_bytes = 0  # bytes of LOAD DATA LOCAL content since the last command
         self._failed = False
+        self.terminated = False  # the client sent COM_QUIT
 
     @property
     def dropped(self) -> int:
@@ -1032,6 +1034,8 @@ class MysqlTap:
             self._data_bytes = 0
 
     def _on_command_byte(self, command: int) -> None:
+        if command == COM_QUIT:
+            self.terminated = True
         if command == COM_CHANGE_USER:
             self._failed = True
             raise WireError(

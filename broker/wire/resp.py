@@ -409,6 +409,7 @@ class RespTap:
         self._pending: list[Statement] = []
         self.dropped = 0  # statements past pending_limit since the last take()
         self._failure: WireError | None = None
+        self.terminated = False  # the client sent QUIT
         self._state = _START
         self._line = bytearray()  # a header line or an inline command being read
         # the argument being read
@@ -657,6 +658,8 @@ class RespTap:
             self._finish()
 
     def _finish(self) -> None:
+        if self._parts and self._parts[0].upper() == "QUIT":
+            self.terminated = True
         body = " ".join(self._parts)
         more = f" …(+{self._omitted} more)" if self._omitted else ""
         if len(body) + len(more) > self._text_limit:

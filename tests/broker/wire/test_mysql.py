@@ -929,3 +929,16 @@ def test_the_broker_logs_in_to_an_ed25519_identity(mariadb_server: MariaDB) -> N
         assert "access: the target refused the broker's login for this grant: 1045" in wrong.stderr
     finally:
         driver.stop()
+
+
+def test_the_tap_knows_a_client_that_said_com_quit() -> None:
+    """COM_QUIT is the client's goodbye: the channel's close is the client's, even when the
+    server's close (its answer to COM_QUIT) reaches the broker first (broker/tunnel/protocol.py)."""
+    tap = mysql.tap()
+    tap.client_bytes(packet(0, bytes([mysql.COM_QUERY]) + b"select 1"))
+    assert not tap.terminated
+    quit_packet = packet(0, bytes([mysql.COM_QUIT]))
+    tap.client_bytes(quit_packet[:2])  # split across chunks: known once its command byte came
+    assert not tap.terminated
+    tap.client_bytes(quit_packet[2:])
+    assert tap.terminated

@@ -424,3 +424,14 @@ def test_a_wrong_broker_password_is_a_clear_error_for_redis_cli(
     out = cli(relay, "GET", "test:resp:x")
     assert "ERR access: the target refused the broker's login for this grant (WRONGPASS" in out
     assert login.password not in out
+
+
+@pytest.mark.parametrize("goodbye", [b"*1\r\n$4\r\nquit\r\n", b"QUIT\r\n"])
+def test_the_tap_knows_a_client_that_said_quit(goodbye: bytes) -> None:
+    """QUIT (as RESP or inline) is the client's goodbye: the channel's close is the client's,
+    even when Redis's close reaches the broker first (broker/tunnel/protocol.py)."""
+    tap = resp.tap()
+    tap.client_bytes(b"*2\r\n$3\r\nGET\r\n$4\r\nquit\r\n")  # a key named quit is no goodbye
+    assert not tap.terminated
+    tap.client_bytes(goodbye)
+    assert tap.terminated
