@@ -153,6 +153,24 @@ def test_the_formats_carry_the_extra_fields() -> None:
     assert text.endswith("INFO access.test: GET /x request_id=abc status=200")  # no principal=None
 
 
+def test_a_text_line_is_one_line_with_what_it_shows_escaped() -> None:
+    forged = "bob\n2026-12-03 10:00:00,000 INFO access.broker: GET /v1/grants \x1b[2J"
+    record = _record(principal=forged, color_message="GET \x1b[36m/x\x1b[0m")
+    text = TextFormatter().format(record)
+    assert "\n" not in text and "\x1b" not in text, text
+    assert text.endswith(
+        "GET /x principal=bob\\n2026-12-03 10:00:00,000 INFO access.broker: GET /v1/grants \\x1b[2J"
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["principal"] == forged and "color_message" not in line  # JSON is exact
+
+
+def test_alembics_plugin_list_is_not_logged_at_info(log_output: io.StringIO) -> None:
+    logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade a -> b")
+    assert "setup plugin" not in log_output.getvalue() and "Running upgrade" in log_output.getvalue()
+
+
 def test_log_settings_take_any_case_and_refuse_other_values() -> None:
     from pydantic import ValidationError
 
