@@ -51,7 +51,9 @@ def bench(session: nox.Session) -> None:
     kubectl's latency direct and through access (benchmarks/kube.py, docs/kubernetes.md); then a
     revoke's cut across replicas, NOTIFY vs the poll (benchmarks/replicas.py, docs/broker.md); then
     a thousand tunnel connections with grant requests beside them (benchmarks/connections.py); then
-    the CLI's start-up beside `python -c pass` (benchmarks/cli.py, docs/cli.md)."""
+    the CLI's start-up beside `python -c pass` (benchmarks/cli.py, docs/cli.md); then grant
+    issuance beside a bare FastAPI route (benchmarks/grants.py, docs/performance.md); then the
+    ledger's verify and searches on a million entries (benchmarks/ledger.py, docs/audit.md)."""
     session.install(".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/memory.py")
@@ -59,3 +61,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/replicas.py")
     session.run("python", "benchmarks/connections.py")
     session.run("python", "benchmarks/cli.py")
+    session.run("python", "benchmarks/grants.py")
+    session.run("python", "benchmarks/ledger.py")
