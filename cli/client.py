@@ -441,7 +441,8 @@ class BrokerClient:
         """POST ``form`` to an OAuth endpoint: the response and its JSON object.
 
         Raises:
-            CliError: the answer is not a JSON object (mapped by its status).
+            CliError: the answer is not a JSON object (mapped by its status), or is an error in
+                the broker's own shape (mapped by its code: Unavailable when the database is down).
         """
         response = self._send("POST", path, form=form)
         try:
@@ -449,6 +450,10 @@ class BrokerClient:
         except ValueError:
             data = None
         if not isinstance(data, dict):
+            raise self._error(response)
+        if response.status_code != 200 and isinstance(data.get("error"), dict):
+            # The broker's own error shape, not RFC 6749's (its database is down, say): its code
+            # decides the exit code and its hint is shown, as for every other endpoint.
             raise self._error(response)
         return response, data
 

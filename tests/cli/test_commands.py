@@ -208,6 +208,23 @@ def test_an_unavailable_database_is_exit_code_unavailable(live: LiveBroker) -> N
     assert "hint: " in result.stderr
 
 
+@pytest.mark.parametrize("command", [["login"], ["login", "--client-id", "sa-ci"]])
+def test_a_sign_in_while_the_database_is_down_is_exit_code_unavailable(
+    live: LiveBroker, command: list[str], tmp_path: Path
+) -> None:
+    # /oauth/* answers the database's 503 in the broker's own error shape: the CLI shows its
+    # message and hint (not a dict, not "refused"), and exits 7 as for every other endpoint.
+    secret = tmp_path / "secret"
+    secret.write_text("not-the-secret\n")
+    live.broker.engine.dispose()
+    Path(live.broker.engine.url.database or "").unlink()
+    args = [*command, "--client-secret-file", str(secret)] if "--client-id" in command else command
+    result = live.invoke(*args)
+    assert result.exit_code == ExitCode.UNAVAILABLE, result.stderr
+    assert result.stderr.startswith("error: the broker's database is unavailable"), result.stderr
+    assert "hint: " in result.stderr and "{" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("status", "code", "exit_code"),
     [
