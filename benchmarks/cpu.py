@@ -25,29 +25,28 @@ TICK = os.sysconf("SC_CLK_TCK")
 PG_URL = "postgresql://postgres@127.0.0.1:5432"
 
 
-def cpu_seconds(pids: list[int]) -> tuple[float, float]:
-    """User and system CPU seconds of ``pids`` (all threads), as /proc reports them."""
+def _ticks(stat_files: list[str]) -> tuple[int, int]:
+    """User and system clock ticks summed over ``/proc`` stat files (gone ones count nothing)."""
     user = system = 0
-    for pid in pids:
+    for stat_file in stat_files:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(stat_file).read_text().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
         user += int(fields[11])
         system += int(fields[12])
+    return user, system
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of ``pids`` (all threads), as /proc reports them."""
+    user, system = _ticks([f"/proc/{pid}/stat" for pid in pids])
     return user / TICK, system / TICK
 
 
 def main_thread_seconds(pids: list[int]) -> float:
     """User plus system CPU seconds of the main thread (the event loop) of ``pids``."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+    return sum(_ticks([f"/proc/{pid}/task/{pid}/stat" for pid in pids])) / TICK
 
 
 def pids_named(name: str) -> list[int]:

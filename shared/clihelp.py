@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from functools import cached_property
 from typing import Any
 
 import typer
@@ -112,7 +113,12 @@ if RuntimeParam is not None:
                         )
                     except ValueError:
                         pass  # typer's own coercion words the error
-            return build_runtime_param(self.descriptor)._coerce_value(value, param=param, ctx=ctx)
+            return self._typers._coerce_value(value, param=param, ctx=ctx)
+
+        @cached_property
+        def _typers(self) -> RuntimeParam:
+            """typer's own coercion of this parameter (its pydantic adapter), built once."""
+            return build_runtime_param(self.descriptor)
 
 
 def _quick(param: Any) -> None:
