@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from access.broker.errors import BrokerError
+from access.broker.policy import PolicyError
 from access.broker.settings import Settings
 from access.shared import terminal
 from access.shared.errors import exit_code_for
@@ -28,11 +29,15 @@ __all__ = [
     "build_settings",
     "check_output",
     "fail",
+    "fail_lines",
     "open_broker",
+    "policy_failure",
     "print_table",
     "say",
     "setting_help",
 ]
+
+POLICY_HINT = "fix the policy file: `access-broker policy check FILE` lists every problem (docs/policy.md)"
 
 # Defaults that are computed, shown as the rule that computes them (not this machine's value).
 _COMPUTED_DEFAULTS = {"data_dir": "$XDG_DATA_HOME/access-broker, else ~/.local/share/access-broker"}
@@ -115,6 +120,24 @@ def fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def fail_lines(lines: list[str], hint: str | None = None, code: int = 1) -> typer.Exit:
+    """``fail`` for an error of several lines, such as a policy's problems (one a line, each
+    naming its place in the file): ``error:`` before the first, every line escaped on its own,
+    so that none of them shows as a literal ``\\n`` and none can start a line of its own."""
+    first, *rest = lines or ["(no message)"]
+    say(f"error: {first}", err=True)
+    for line in rest:
+        say(line, err=True)
+    if hint:
+        say(f"hint: {hint}", err=True)
+    return typer.Exit(code)
+
+
+def policy_failure(exc: PolicyError, hint: str = POLICY_HINT, code: int = 1) -> typer.Exit:
+    """An unreadable or invalid policy file (``PolicyError``): every problem on its own line."""
+    return fail_lines(str(exc).splitlines(), hint, code)
+
+
 def check_output(output: str) -> None:
     """Refuse an ``-o`` other than text or json (exit 2)."""
     if output not in ("text", "json"):
@@ -137,6 +160,8 @@ def admin_broker(
         broker: Broker = open_broker(data_dir, database_url, without_policy=without_policy)
     except BrokerError as exc:
         raise broker_failure(exc) from exc
+    except PolicyError as exc:
+        raise policy_failure(exc) from exc
     except (OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
     try:

@@ -24,9 +24,11 @@ from access.broker.admin.common import (
     build_settings,
     fail,
     open_broker,
+    policy_failure,
     setting_help,
 )
 from access.broker.errors import BrokerError
+from access.broker.policy import PolicyError
 from access.shared.clihelp import HELP_NAMES, HelpfulGroup, Shell, completion_script, examples
 
 __all__ = ["DataDir", "DatabaseUrl", "app", "bind_socket", "build_settings", "fail", "main", "open_broker"]
@@ -111,6 +113,8 @@ def serve(
         run(settings, ready_file=ready_file)
     except BrokerError as exc:
         raise fail(exc.message, exc.hint) from exc
+    except PolicyError as exc:
+        raise policy_failure(exc) from exc
     except (OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
 

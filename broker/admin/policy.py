@@ -23,6 +23,7 @@ from access.broker.admin.common import (
     build_settings,
     check_output,
     fail,
+    fail_lines,
     say,
     setting_help,
 )
@@ -86,11 +87,7 @@ def _invalid(
 ) -> typer.Exit:
     """Exit 2 listing every problem on its own line (each is escaped: it quotes the file)."""
     lines = str(exc).splitlines() or ["invalid policy"]
-    say(f"error: {lines[0]}", err=True)
-    for line in [*lines[1:], *([then] if then else [])]:
-        say(line, err=True)
-    say(f"hint: {hint}", err=True)
-    return typer.Exit(2)
+    return fail_lines([*lines, *([then] if then else [])], hint, code=2)
 
 
 @policy_app.command(

@@ -110,6 +110,37 @@ def test_a_file_setting_that_cannot_be_used_is_named(
     assert "Errno" not in err and "Traceback" not in err
 
 
+def test_every_problem_of_an_invalid_policy_is_a_line_of_its_own(serve: Serve, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("roles: {}\nservices: {}\n")
+    code, err = serve("--policy", str(policy))
+    assert code == 1, err
+    shown = err[err.index("error: ") :]  # after the migration's log lines
+    assert "\\n" not in shown  # no line break shown escaped
+    lines = shown.splitlines()
+    problems = [
+        f"{policy}:1: roles: expected a list, got dict",
+        f"{policy}:2: services: expected a list, got dict",
+    ]
+    assert sorted(line.removeprefix("error: ") for line in lines[:2]) == problems
+    assert (
+        lines[2]
+        == "hint: fix the policy file: `access-broker policy check FILE` lists every problem (docs/policy.md)"
+    )
+    assert len(lines) == 3
+
+
+def test_a_problem_line_cannot_forge_a_line_or_drive_the_terminal(serve: Serve, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('roles: []\nservices:\n  - name: "x\\x1b[2J\\rhint: all fine"\n')
+    code, err = serve("--policy", str(policy))
+    assert code == 1, err
+    assert "\x1b" not in err and "\r" not in err
+    assert [line for line in err.splitlines() if line.startswith("hint: ")] == [
+        "hint: fix the policy file: `access-broker policy check FILE` lists every problem (docs/policy.md)"
+    ]
+
+
 def test_a_malformed_key_file_is_named(serve: Serve, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
