@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, database_unavailable
+from access.broker.grants.batch import GrantWriter
 from access.broker.loops import Loop
 from access.broker.observe.metrics import metrics_for
 from access.broker.observe.requests import RequestLog
@@ -274,6 +275,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
         redirect_slashes=False,  # Starlette's would trust the Host header: see _without_trailing_slash
     )
     app.state.broker = broker
+    app.state.grant_writer = GrantWriter(broker)  # POST /v1/grants, in turn (grants.batch)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]  # FastAPI's documented way
     _install_error_handlers(app)
     # The JSON API first: a request's route is found by trying each in turn (about 20 us each on

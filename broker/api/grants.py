@@ -12,6 +12,7 @@ from access.broker import grants
 from access.broker.api.deps import BearerClaims, BrokerDep, CurrentPrincipal, seen_principal
 from access.broker.api.schema import errors
 from access.broker.audit import search as audit
+from access.broker.grants.batch import Ask, GrantWriter
 from access.broker.policy import allowed_services
 from access.shared.models import (
     ApproveRequest,
@@ -74,12 +75,12 @@ async def request_grant(
     body: GrantRequest, broker: BrokerDep, claims: BearerClaims, request: Request
 ) -> Response:
     """201 with the active grant, or 202 with the pending one when the rule needs approval."""
-    # One hop to the thread pool for the whole request: the token was verified on the event loop
-    # (BearerClaims), its session is checked inside the grant's transaction, and the answer is
-    # the model's own JSON (FastAPI would validate the returned Grant again, in another hop).
-    grant = await run_in_threadpool(
-        grants.request_grant_for, broker, claims, body, seen=partial(seen_principal, request)
-    )
+    # The token was verified on the event loop (BearerClaims); the grant's writer serves the
+    # request in turn, with the others waiting, in one transaction where its session is checked
+    # first (grants.batch); the answer is the model's own JSON (FastAPI would validate the
+    # returned Grant again, in a thread-pool hop).
+    writer: GrantWriter = request.app.state.grant_writer
+    grant = await writer.request(Ask(claims, body, partial(seen_principal, request)))
     status = 202 if grant.state == GrantState.PENDING else 201
     return Response(grant.model_dump_json(by_alias=True), status_code=status, media_type="application/json")
 
