@@ -9,14 +9,17 @@ BEGIN, a COMMIT and a ledger lock and head read per request.
 
 Each request keeps its own outcome:
 
-1. every request is first decided with reads only (``requests.ask``: its session, the policy,
-   the locks in force); a refusal there (a revoked session, a bad service) is that request's
-   answer, and nothing is written for it;
+1. every request is first decided with reads only (``requests.ask_each``: the sessions of all
+   of them in one statement, the policy, the locks in force on their users and services held
+   and read in one statement each); a refusal there (a revoked session, a bad service) is that
+   request's answer, and nothing is written for it;
 2. then every decided request is recorded in turn (``requests.record_asked``: its
-   ``grant.request`` and decision entries on the one hash chain, the grant, its notices). What
-   a request writes never changes another's decision: decisions read sessions and locks, and
-   requests write neither. Locks in force are read (and on PostgreSQL held shared) for all of
-   them before the ledger's lock is taken, the order every other writer takes them in;
+   ``grant.request`` and decision entries on the one hash chain, the grant, its notices), the
+   batch's grants and ledger entries inserted at the end in one statement each
+   (``store.deferred``), before the COMMIT. What a request writes never changes another's
+   decision: decisions read sessions and locks, and requests write neither. Locks in force are
+   read (and on PostgreSQL held shared) for all of them before the ledger's lock is taken, the
+   order every other writer takes them in;
 3. if recording one of them fails (a database error that is not the database being down, a
    ledger found unsafe, a bug), the whole transaction is rolled back and each request of the
    batch is served again alone, in a transaction of its own (``requests.request_grant_for``),
@@ -53,12 +56,11 @@ from access.broker.runtime import Broker
 from access.broker.store import grants as store
 from access.shared.models import Grant, GrantRequest
 
-__all__ = ["IDLE_EXIT", "LINGER", "MAX_BATCH", "MAX_QUEUE", "Ask", "GrantWriter", "request_grants_for"]
+__all__ = ["IDLE_EXIT", "MAX_BATCH", "MAX_QUEUE", "Ask", "GrantWriter", "request_grants_for"]
 
 MAX_BATCH = 32  # requests in one transaction
 MAX_QUEUE = 1024  # requests waiting for the writer; the next one is refused (503)
 IDLE_EXIT = 2.0  # seconds without a request before the writer thread ends
-LINGER = 0.001  # seconds a lone request waits for others to join its transaction
 
 
 @dataclass(frozen=True)
@@ -169,20 +171,17 @@ class GrantWriter:
         max_batch: int = MAX_BATCH,
         max_queue: int = MAX_QUEUE,
         idle: float = IDLE_EXIT,
-        linger: float = LINGER,
     ) -> None:
         self.broker = broker
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.idle = idle
-        self.linger = linger
         # The longest a request waits for the writer: as long as it would for a pooled connection.
         self.max_wait = broker.settings.pool.timeout
         self._jobs: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._waiting = False  # the thread waits for a request (a new one must wake it)
-        self._last = 2  # the size of the last batch taken
         self.batches = 0  # transactions served (tests and the benchmark read it)
 
     async def request(self, one: Ask) -> Grant:
@@ -218,15 +217,10 @@ class GrantWriter:
                     if not woken and not self._jobs:
                         self._thread = None
                         return
-                short = len(self._jobs) < self._last
-            if short and self.linger > 0:
-                # Fewer requests waiting than the last batch served: give the others in flight a
-                # moment to join (the event loop reads them meanwhile), so that one transaction
-                # serves several.
-                time.sleep(self.linger)
-            with self._cond:
+                # All that waits, up to the ceiling: those that came while the last batch was
+                # served share this one's transaction (no waiting for more: on a busy machine a
+                # sleep costs more than the transaction it would share).
                 batch = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.max_batch))]
-            self._last = len(batch)
             self._serve(batch)
 
     def _serve(self, batch: list[_Job]) -> None:
