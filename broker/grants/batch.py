@@ -119,7 +119,8 @@ def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
         return [exc] * len(asks)
     except sa.exc.SQLAlchemyError:  # a refusal or error of the database while deciding: alone
         return [_alone(broker, one) for one in asks]
-    return [outcome for outcome in served if outcome is not None]
+    # Every request has its outcome by now; one without would be a bug, answered as one (a 500).
+    return [RuntimeError("a batched grant request got no outcome") if one is None else one for one in served]
 
 
 def _down(exc: sa.exc.SQLAlchemyError) -> bool:
@@ -240,6 +241,8 @@ class GrantWriter:
             except BaseException as exc:  # a bug: every request of the batch gets it, none hangs
                 outcomes = [exc] * len(live)
             self.batches += 1
+            if len(outcomes) != len(live):  # a bug: answered as one (a 500), so that none hangs
+                outcomes = [RuntimeError("a batch of grant requests lost its outcomes")] * len(live)
             done.extend(zip(live, outcomes, strict=True))
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Served]]] = {}
         for job, outcome in done:
