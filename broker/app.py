@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from access.broker.errors import BrokerError, InvalidRequest, NotFound, PayloadTooLarge, database_unavailable
+from access.broker.grants.batch import GrantWriter
 from access.broker.loops import Loop
 from access.broker.observe.metrics import metrics_for
 from access.broker.observe.requests import RequestLog
@@ -257,6 +258,7 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
     from access.broker.api import health, oauth
     from access.broker.api import metrics as metrics_route
     from access.broker.api import router as api
+    from access.broker.api.grants import GrantRequestFastPath
     from access.broker.api.schema import openapi_schema
     from access.broker.web import apidocs
     from access.broker.web import device as device_page
@@ -274,11 +276,15 @@ def create_app(broker: Broker, *, background: bool = True) -> FastAPI:
         redirect_slashes=False,  # Starlette's would trust the Host header: see _without_trailing_slash
     )
     app.state.broker = broker
+    app.state.grant_writer = GrantWriter(broker)  # POST /v1/grants, in turn (grants.batch)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]  # FastAPI's documented way
     _install_error_handlers(app)
     # The JSON API first: a request's route is found by trying each in turn (about 20 us each on
     # FastAPI's included routers), and /v1 is what clients call most. No other path is under /v1.
     app.include_router(api.router)
+    # Before every route: POST /v1/grants without FastAPI's routing and dependency solving
+    # for a well-formed request (anything else goes on to its FastAPI route).
+    app.router.routes.insert(0, GrantRequestFastPath())
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     app.include_router(oauth.router)

@@ -14,7 +14,8 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ __all__ = [
     "LedgerEntry",
     "append",
     "append_canonical",
+    "deferred",
     "entry_hash",
     "format_time",
     "record",
@@ -238,8 +240,7 @@ def _chain(
     prev = GENESIS if head is None else head[1]
     at = clock.now()
     digest = _digest(seq, format_time(at), actor, action.value, target, details_text, prev)
-    store.insert_entry(
-        conn,
+    row = store.entry_row(
         seq=seq,
         at=at,
         actor=actor,
@@ -249,6 +250,7 @@ def _chain(
         prev_hash=prev,
         digest=digest,
     )
+    store.ENTRIES.insert(conn, row)
     _remember_head(conn, seq, digest)
     metrics = for_engine(conn.engine)
     if metrics is not None:  # admin commands keep no metrics
@@ -283,6 +285,22 @@ def _remember_head(conn: sa.Connection, seq: int, digest: str) -> None:
         return
     with _heads_lock:
         _heads[trans] = (seq, digest)
+
+
+@contextmanager
+def deferred(conn: sa.Connection) -> Iterator[None]:
+    """Appends on ``conn`` inside the block are chained at once (seq, hash and head as
+    ``append`` gives them) and inserted together when the block ends, in one statement (one
+    round trip for a batch of grant requests: ``grants.batch``), still in the caller's
+    transaction, before it commits. If the block raises, nothing is inserted (the transaction
+    must fail). Inside it nothing may read the ledger from the database or open a savepoint.
+
+    Raises:
+        RuntimeError: no transaction, or inside a savepoint.
+        sqlalchemy.exc.SQLAlchemyError: the entries could not be written; the transaction must fail.
+    """
+    with store.ENTRIES.block(conn):
+        yield
 
 
 def record(

@@ -217,7 +217,10 @@ def session_context(broker: Broker, claims: AccessClaims, conn: sa.Connection | 
             disabled.
         Unavailable: the database could not be reached.
     """
-    row = live_session(broker, claims.session_id, claims.subject, conn)
+    return _context(claims, live_session(broker, claims.session_id, claims.subject, conn))
+
+
+def _context(claims: AccessClaims, row: SessionView) -> AuthContext:
     return AuthContext(
         principal_id=claims.subject,
         name=row.name,
@@ -261,6 +264,30 @@ def live_session(
             row = sessions.by_id(own, session_id)
     else:
         row = sessions.by_id(conn, session_id)
+    return _live(broker, row, principal_id)
+
+
+def contexts_of(
+    broker: Broker, claims: list[AccessClaims], conn: sa.Connection
+) -> list[AuthContext | Unauthenticated]:
+    """``session_context`` for several verified tokens, their sessions read in one statement
+    in the caller's transaction: for each, its caller or why it is refused.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the caller's transaction must fail.
+    """
+    found = sessions.by_ids(conn, [one.session_id for one in claims])
+    answers: list[AuthContext | Unauthenticated] = []
+    for one in claims:
+        try:
+            answers.append(_context(one, _live(broker, found.get(one.session_id), one.subject)))
+        except Unauthenticated as exc:
+            answers.append(exc)
+    return answers
+
+
+def _live(broker: Broker, row: SessionView | None, principal_id: str | None) -> SessionView:
+    """``row`` if it is a live session of ``principal_id`` (None: any); see ``live_session``."""
     now = broker.clock.now()
     if row is None or (principal_id is not None and row.principal_id != principal_id):
         raise Unauthenticated("the session behind this token does not exist")

@@ -12,7 +12,8 @@ deadline, and the TTL asked for is kept in ``ttl_seconds`` to start counting at 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,15 @@ from access.broker.audit.actions import Action
 from access.broker.auth import tokens
 from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokencache import AccessClaims
-from access.broker.errors import BrokerError, GrantDenied, InvalidRequest, MfaRequired, NotFound, Unavailable
+from access.broker.errors import (
+    BrokerError,
+    GrantDenied,
+    InvalidRequest,
+    Locked,
+    MfaRequired,
+    NotFound,
+    Unavailable,
+)
 from access.broker.grants import lifecycle
 from access.broker.grants.lifecycle import GrantEvent, grant_target
 from access.broker.grants.queries import to_model, to_model_reviewed
@@ -34,11 +43,24 @@ from access.broker.notifications.kinds import Notice
 from access.broker.policy import Decision, Policy, UnknownScope, UnknownService, evaluate, second_factor_age
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
+from access.broker.store.locks import LockRecord
 from access.shared.durations import DurationError, format_duration, parse_duration
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest
 from access.shared.names import NAME_RULE, is_dns_label, is_scope
 
-__all__ = ["MFA_HINT", "make_identity", "request_grant", "request_grant_for"]
+__all__ = [
+    "MFA_HINT",
+    "Asked",
+    "Outcome",
+    "ask",
+    "ask_each",
+    "caller_of",
+    "make_identity",
+    "record_asked",
+    "request_grant",
+    "request_grant_for",
+    "settle",
+]
 
 # What to do when the policy asks for a more recent second factor (step-up).
 MFA_HINT = "run `access login --mfa` to sign in again with your second factor, then ask again"
@@ -83,13 +105,22 @@ def request_grant_for(
         everything ``request_grant`` raises.
     """
 
+    return _request(broker, caller_of(broker, claims, seen), request)
+
+
+def caller_of(
+    broker: Broker, claims: AccessClaims, seen: Callable[[AuthContext], None] | None = None
+) -> Callable[[sa.Connection], AuthContext]:
+    """The caller of ``request_grant_for``'s request, found in the transaction given: the bearer
+    of ``claims`` with its session checked (``tokens.session_context``); ``seen`` is told it."""
+
     def caller(conn: sa.Connection) -> AuthContext:
         ctx = tokens.session_context(broker, claims, conn)
         if seen is not None:
             seen(ctx)
         return ctx
 
-    return _request(broker, caller, request)
+    return caller
 
 
 def _request(broker: Broker, caller: Callable[[sa.Connection], AuthContext], request: GrantRequest) -> Grant:
@@ -97,56 +128,177 @@ def _request(broker: Broker, caller: Callable[[sa.Connection], AuthContext], req
     policy = broker.policy
     now = broker.clock.now()
     with lifecycle.transaction(broker) as tx:
-        # Who asks, then what the policy says: a refusal of either raises before anything is written.
-        ctx = caller(tx.conn)
-        decision, ttl, reason = _decide(policy, ctx, request, now)
-        denial = _denial(decision)
-        # First, before any ledger append: a lock on the user or the service wins over the policy.
-        lock = locks.covering(tx.conn, now, user=ctx.name, service=decision.service, grant_id=None)
-        refusal = None if lock is None else locks.locked_error(lock)
-        if refusal is not None:
-            denial = refusal.message
-        if denial is not None:
-            event = GrantEvent.DENY
-        else:
-            event = GrantEvent.ISSUE if decision.issuable else GrantEvent.PARK
-        record = _record(policy, ctx, decision, reason, now, ttl, event, by="lock" if lock else "policy")
-        target = grant_target(record.service, record.id)
-        details = {
-            "grant_id": record.id,
-            "scope": record.scope,
-            "ttl": format_duration(ttl),
-            "reason": reason,
-        }
-        ledger.append(
-            tx.conn, broker.clock, actor=ctx.name, action=Action.GRANT_REQUEST, target=target, details=details
-        )
-        details = _decision_details(record, decision, denial, policy.version)
-        if lock is not None:
-            details["lock_id"] = lock.id
-        notice = None
-        if event == GrantEvent.PARK:
-            assert decision.approval is not None
-            details["reviewers"] = decision.approval.describe()
-            details["review_expires_at"] = ledger.format_time(record.expires_at)
-            notice = {"reviewers": details["reviewers"], "review_expires_at": details["review_expires_at"]}
-        lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details, notice=notice)
-        if event == GrantEvent.ISSUE and record.break_glass:
-            _flag_break_glass(tx, record, decision, actor=ctx.name)
-        dynamic = event == GrantEvent.ISSUE and policy.services[record.service].dynamic
-        if dynamic:
-            identities.intend(tx.conn, record, now)
-        if event == GrantEvent.PARK:
-            return to_model_reviewed(tx.conn, broker, ctx, record, now)
+        outcome = record_asked(tx, ask(tx, policy, caller, request, now))
+    return settle(broker, outcome)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """A request decided and checked, nothing written yet (``ask``): who asks, what the policy
+    said, and the lock in force on the user or the service if there is one."""
+
+    policy: Policy
+    ctx: AuthContext
+    decision: Decision
+    ttl: timedelta
+    reason: str
+    now: datetime
+    lock: LockRecord | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A request recorded in its transaction (``record_asked``), to be answered once that
+    transaction has committed (``settle``)."""
+
+    record: GrantRecord
+    decision: Decision
+    ttl: timedelta
+    now: datetime
+    denial: str | None
+    refusal: Locked | None
+    dynamic: bool  # its identity is made on the target after the commit (``make_identity``)
+    pending: Grant | None  # a parked request: the pending grant with its review, as answered
+
+    @property
+    def blocking(self) -> bool:
+        """``settle`` talks to the target (a dynamic identity): not on the event loop."""
+        return self.dynamic
+
+
+def ask(
+    tx: lifecycle.GrantTx,
+    policy: Policy,
+    caller: Callable[[sa.Connection], AuthContext],
+    request: GrantRequest,
+    now: datetime,
+) -> Asked:
+    """Who asks, what the policy says, the lock in force: reads only, so a refusal here (an
+    ``Unauthenticated``, ``InvalidRequest`` or ``NotFound``) raises before anything is written.
+
+    Raises:
+        Unauthenticated, InvalidRequest, NotFound: as ``request_grant`` (nothing is recorded).
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the transaction must fail.
+    """
+    ctx = caller(tx.conn)
+    decision, ttl, reason = _decide(policy, ctx, request, now)
+    # First, before any ledger append: a lock on the user or the service wins over the policy.
+    lock = locks.covering(tx.conn, now, user=ctx.name, service=decision.service, grant_id=None)
+    return Asked(policy, ctx, decision, ttl, reason, now, lock)
+
+
+def ask_each(
+    tx: lifecycle.GrantTx,
+    policy: Policy,
+    asks: Sequence[tuple[AccessClaims, GrantRequest, Callable[[AuthContext], None] | None]],
+    now: datetime,
+) -> list[Asked | Exception]:
+    """``ask`` for several requests of bearers of verified tokens (claims, request, who to tell
+    the caller), with their sessions read in one statement and the locks in force held and read
+    in one each: for each, in order, what was asked or why it is refused (nothing written).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the transaction must fail.
+    """
+    contexts = tokens.contexts_of(tx.broker, [claims for claims, _request, _seen in asks], tx.conn)
+    answers: list[Asked | Exception | None] = [None] * len(asks)
+    decided: list[tuple[int, AuthContext, Decision, timedelta, str]] = []
+    for i, (ctx, (_claims, request, seen)) in enumerate(zip(contexts, asks, strict=True)):
+        if isinstance(ctx, Exception):
+            answers[i] = ctx
+            continue
+        if seen is not None:
+            seen(ctx)
+        try:
+            decision, ttl, reason = _decide(policy, ctx, request, now)
+        except Exception as exc:  # refused (a bad service, scope, TTL or reason): this one's answer
+            answers[i] = exc
+            continue
+        decided.append((i, ctx, decision, ttl, reason))
+    # Before any ledger append: a lock on the user or the service wins over the policy.
+    found = locks.covering_each(
+        tx.conn, now, [(ctx.name, decision.service) for _, ctx, decision, _, _ in decided]
+    )
+    for (i, ctx, decision, ttl, reason), lock in zip(decided, found, strict=True):
+        answers[i] = Asked(policy, ctx, decision, ttl, reason, now, lock)
+    return [answer for answer in answers if answer is not None]
+
+
+def record_asked(tx: lifecycle.GrantTx, asked: Asked) -> Outcome:
+    """Record ``asked`` in ``tx``: its ``grant.request`` entry, then the decision as a lifecycle
+    transition (issue, park or deny) with its entry, notices and, for a dynamic service, the
+    identity's intent.
+
+    Raises:
+        LedgerUnsafe, ValueError, sqlalchemy.exc.SQLAlchemyError: the transaction must fail.
+    """
+    broker, policy, ctx, decision, now, lock = (
+        tx.broker,
+        asked.policy,
+        asked.ctx,
+        asked.decision,
+        asked.now,
+        asked.lock,
+    )
+    denial = _denial(decision)
+    refusal = None if lock is None else locks.locked_error(lock)
     if refusal is not None:
-        raise refusal
+        denial = refusal.message
+    if denial is not None:
+        event = GrantEvent.DENY
+    else:
+        event = GrantEvent.ISSUE if decision.issuable else GrantEvent.PARK
+    record = _record(
+        policy, ctx, decision, asked.reason, now, asked.ttl, event, by="lock" if lock else "policy"
+    )
+    target = grant_target(record.service, record.id)
+    details = {
+        "grant_id": record.id,
+        "scope": record.scope,
+        "ttl": format_duration(asked.ttl),
+        "reason": asked.reason,
+    }
+    ledger.append(
+        tx.conn, broker.clock, actor=ctx.name, action=Action.GRANT_REQUEST, target=target, details=details
+    )
+    details = _decision_details(record, decision, denial, policy.version)
+    if lock is not None:
+        details["lock_id"] = lock.id
+    notice = None
+    if event == GrantEvent.PARK:
+        assert decision.approval is not None
+        details["reviewers"] = decision.approval.describe()
+        details["review_expires_at"] = ledger.format_time(record.expires_at)
+        notice = {"reviewers": details["reviewers"], "review_expires_at": details["review_expires_at"]}
+    lifecycle.apply(tx, record, event, actor=ctx.name, now=now, details=details, notice=notice)
+    if event == GrantEvent.ISSUE and record.break_glass:
+        _flag_break_glass(tx, record, decision, actor=ctx.name)
+    dynamic = event == GrantEvent.ISSUE and policy.services[record.service].dynamic
+    if dynamic:
+        identities.intend(tx.conn, record, now)
+    pending = to_model_reviewed(tx.conn, broker, ctx, record, now) if event == GrantEvent.PARK else None
+    return Outcome(record, decision, asked.ttl, now, denial, refusal, dynamic, pending)
+
+
+def settle(broker: Broker, outcome: Outcome) -> Grant:
+    """The answer to a request recorded by ``record_asked``, once its transaction has committed:
+    the grant, or the refusal raised. A dynamic grant's identity is made here (``make_identity``).
+
+    Raises:
+        GrantDenied, MfaRequired, Locked, Unavailable: as ``request_grant``.
+    """
+    if outcome.pending is not None:
+        return outcome.pending
+    if outcome.refusal is not None:
+        raise outcome.refusal
+    denial, decision = outcome.denial, outcome.decision
     if denial is not None and decision.needs_mfa is not None:
         raise MfaRequired(denial, hint=MFA_HINT, window=decision.needs_mfa)
     if denial is not None:
-        raise GrantDenied(denial, hint=_denial_hint(decision, ttl))
-    if dynamic:
-        make_identity(broker, record, now)
-    return to_model(record, now)
+        raise GrantDenied(denial, hint=_denial_hint(decision, outcome.ttl))
+    if outcome.dynamic:
+        make_identity(broker, outcome.record, outcome.now)
+    return to_model(outcome.record, outcome.now)
 
 
 def _flag_break_glass(tx: lifecycle.GrantTx, record: GrantRecord, decision: Decision, *, actor: str) -> None:

@@ -3,6 +3,7 @@ every path that gives access calls inside its own transaction."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -11,7 +12,16 @@ from access.broker.errors import Locked
 from access.broker.store import locks as store
 from access.broker.store.locks import LockRecord
 
-__all__ = ["check", "covering", "describe", "locked_error", "target_name", "unlock_command", "when"]
+__all__ = [
+    "check",
+    "covering",
+    "covering_each",
+    "describe",
+    "locked_error",
+    "target_name",
+    "unlock_command",
+    "when",
+]
 
 
 def _targets(user: str | None, service: str | None, grant_id: str | None) -> list[tuple[str, str]]:
@@ -37,6 +47,26 @@ def covering(
     found = store.covering(conn, now, targets)
     order = {kind: rank for rank, (kind, _) in enumerate(targets)}
     return min(found, key=lambda lock: order[lock.kind], default=None)
+
+
+def covering_each(
+    conn: sa.Connection, now: datetime, asks: Sequence[tuple[str, str]]
+) -> list[LockRecord | None]:
+    """``covering`` for several (user, service) pairs (a batch of grant requests), held and read
+    in one statement each for all of them: for each pair, the lock in force on its user, else on
+    its service, or None. Call it before the transaction's first ledger append, as ``covering``.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the caller's transaction must fail.
+    """
+    targets = list(
+        dict.fromkeys(target for user, service in asks for target in _targets(user, service, None))
+    )
+    store.hold(conn, targets, exclusive=False)
+    oldest: dict[tuple[str, str], LockRecord] = {}
+    for lock in store.covering(conn, now, targets):  # oldest first
+        oldest.setdefault((lock.kind, lock.value), lock)
+    return [oldest.get(("user", user)) or oldest.get(("service", service)) for user, service in asks]
 
 
 def check(

@@ -12,15 +12,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from access.broker.store.deferred import DeferredInsert
 from access.broker.store.tables import audit_checkpoints, audit_log, audit_sink_cursor
 
 __all__ = [
+    "ENTRIES",
     "chain_head",
     "chain_rows",
     "checkpoint_rows",
     "entries_after",
+    "entry_row",
     "insert_checkpoint",
-    "insert_entry",
     "last_checkpoint_seq",
     "latest_checkpoint",
     "lock_chain",
@@ -36,7 +38,8 @@ __all__ = [
 # statement's cache key is computed once; benchmarks/grants.py).
 _LOCK_CHAIN = sa.text("SELECT pg_advisory_xact_lock(hashtext('access_audit_log'))")
 _HEAD = sa.select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-_INSERT_ENTRY = audit_log.insert()
+# Appends: at once, or at the end of a batch's block (``audit.ledger.deferred``).
+ENTRIES = DeferredInsert(audit_log.insert())
 
 
 def lock_chain(conn: sa.Connection) -> None:
@@ -55,8 +58,7 @@ def chain_head(conn: sa.Connection) -> tuple[int, str] | None:
     return None if head is None else (head.seq, head.hash)
 
 
-def insert_entry(
-    conn: sa.Connection,
+def entry_row(
     *,
     seq: int,
     at: datetime,
@@ -66,20 +68,18 @@ def insert_entry(
     details_json: str,
     prev_hash: str,
     digest: str,
-) -> None:
-    conn.execute(
-        _INSERT_ENTRY,
-        {
-            "seq": seq,
-            "at": at,
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "details": details_json,
-            "prev_hash": prev_hash,
-            "hash": digest,
-        },
-    )
+) -> dict[str, Any]:
+    """One entry as ``ENTRIES.insert`` takes it."""
+    return {
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "details": details_json,
+        "prev_hash": prev_hash,
+        "hash": digest,
+    }
 
 
 def entries_after(

@@ -8,6 +8,7 @@ admin command, exactly one of them moves a grant, and only that one audits it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,11 +16,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from access.broker.store import signals
+from access.broker.store.deferred import DeferredInsert
 from access.broker.store.tables import grants
 
 __all__ = [
     "GrantRecord",
     "activate",
+    "deferred",
     "due_for_expiry",
     "end",
     "extend",
@@ -65,14 +68,24 @@ class GrantRecord:
         return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
 
 
-# Built once (issuing a grant runs it): see store/audit.py's statements.
-_INSERT = grants.insert()
+# Built once (issuing a grant runs it): see store/audit.py's statements. New grants are inserted
+# at once, or at the end of a batch's block (``deferred``: a batch of grant requests).
+_NEW = DeferredInsert(grants.insert())
 
 
 def insert(conn: sa.Connection, record: GrantRecord) -> None:
-    """Store a new grant. Raises: sqlalchemy.exc.IntegrityError: the id is taken."""
+    """Store a new grant (at the end of the ``deferred`` block the transaction is in, if any).
+
+    Raises: sqlalchemy.exc.IntegrityError: the id is taken.
+    """
     # Every field is a scalar: a shallow dict is what ``asdict`` would give, without its deep copy.
-    conn.execute(_INSERT, {name: getattr(record, name) for name in record.__dataclass_fields__})
+    _NEW.insert(conn, {name: getattr(record, name) for name in record.__dataclass_fields__})
+
+
+def deferred(conn: sa.Connection) -> AbstractContextManager[None]:
+    """New grants stored on ``conn`` in the block are inserted together when it ends, in one
+    statement (``store.deferred``); nothing in the block may read them back."""
+    return _NEW.block(conn)
 
 
 def get(conn: sa.Connection, grant_id: str) -> GrantRecord | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -19,6 +20,7 @@ __all__ = [
     "RefreshToken",
     "SessionView",
     "by_id",
+    "by_ids",
     "insert",
     "insert_refresh_token",
     "mark_refresh_token_used",
@@ -232,27 +234,42 @@ def principal_name(conn: sa.Connection, session_id: str) -> str | None:
 
 
 # Built once: every authenticated request runs it (see store/audit.py's statements).
-_BY_ID = (
-    sa.select(
-        sessions.c.principal_id,
-        sessions.c.expires_at,
-        sessions.c.revoked_at,
-        sessions.c.mfa_at,
-        principals.c.name,
-        principals.c.kind,
-        principals.c.groups,
-        principals.c.disabled,
-    )
+_VIEW = (
+    sessions.c.principal_id,
+    sessions.c.expires_at,
+    sessions.c.revoked_at,
+    sessions.c.mfa_at,
+    principals.c.name,
+    principals.c.kind,
+    principals.c.groups,
+    principals.c.disabled,
+)
+_BY_ID = sa.select(*_VIEW).select_from(_with_principal).where(sessions.c.id == sa.bindparam("session_id"))
+_BY_IDS = (
+    sa.select(sessions.c.id, *_VIEW)
     .select_from(_with_principal)
-    .where(sessions.c.id == sa.bindparam("session_id"))
+    .where(sessions.c.id.in_(sa.bindparam("session_ids", expanding=True)))
 )
 
 
 def by_id(conn: sa.Connection, session_id: str) -> SessionView | None:
     """The session with this id and its principal (revoked or expired too), or None."""
     row = conn.execute(_BY_ID, {"session_id": session_id}).first()
-    if row is None:
-        return None
+    return None if row is None else _view(row)
+
+
+def by_ids(conn: sa.Connection, session_ids: Sequence[str]) -> dict[str, SessionView]:
+    """``by_id`` for several sessions in one statement: those found, by id."""
+    found: dict[str, SessionView] = {}
+    unique = list(dict.fromkeys(session_ids))
+    for start in range(0, len(unique), _ID_BATCH):
+        chunk = unique[start : start + _ID_BATCH]
+        for row in conn.execute(_BY_IDS, {"session_ids": chunk}):
+            found[row.id] = _view(row)
+    return found
+
+
+def _view(row: Any) -> SessionView:
     return SessionView(
         principal_id=row.principal_id,
         expires_at=row.expires_at,

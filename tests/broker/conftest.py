@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from access.broker.auth import identity
 from access.broker.auth.sessions import TokenSet, start_session
 from access.broker.runtime import Broker
 from access.broker.store.tables import audit_log
+from tests.fakes.dbproxy import FreezableProxy, freezable_proxy
 
 PASSWORD = "correct horse battery staple"
 BASE_URL = "https://broker.test"
@@ -51,6 +52,14 @@ def stream_port() -> int | None:
     """The target of ``svc-stream`` in the tunnel tests' policy: modules override this with a
     server (default: none listening)."""
     return None
+
+
+@pytest.fixture
+def proxy(pg_url: str) -> Iterator[FreezableProxy]:
+    """A freezable proxy (tests/fakes/dbproxy.py) in front of this test's PostgreSQL database."""
+    url = sa.engine.make_url(pg_url)
+    with freezable_proxy(url.host or "127.0.0.1", url.port or 5432) as running:
+        yield running
 
 
 @pytest.fixture

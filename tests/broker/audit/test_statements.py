@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ from access.broker.runtime import Broker
 from access.broker.store.tables import audit_log
 from access.broker.wire.base import Statement
 from tests.broker.audit.test_checkpoints import tamper
-from tests.fakes.dbproxy import FreezableProxy, freezable_proxy
+from tests.fakes.dbproxy import FreezableProxy
 
 GRANT = "g-0123456789abcdef"
 
@@ -138,13 +138,6 @@ def test_the_byte_ceiling_refuses_too(make_broker: Callable[..., Broker]) -> Non
     assert _add(log, "c-1", [big] * fits)
     assert not _add(log, "c-1", [big])
     assert log.pending == fits
-
-
-@pytest.fixture
-def proxy(pg_url: str) -> Iterator[FreezableProxy]:
-    url = sa.engine.make_url(pg_url)
-    with freezable_proxy(url.host or "127.0.0.1", url.port or 5432) as running:
-        yield running
 
 
 def test_database_down_buffers_up_to_the_ceiling_then_writes_everything(

@@ -11,7 +11,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -26,7 +26,7 @@ from access.broker.store.engine import DatabaseTimeouts
 from access.broker.tunnel.registry import TunnelWatch, registry_for
 from tests.broker.conftest import add_user, login
 from tests.broker.tunnel.test_registry import FakeTunnel
-from tests.fakes.dbproxy import FreezableProxy, freezable_proxy
+from tests.fakes.dbproxy import FreezableProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -35,13 +35,6 @@ ANSWER = STATEMENT + DatabaseTimeouts.ANSWER_GRACE  # how long a statement's ans
 # A frozen database costs a request at most: the check of its pooled connection (bounded like a
 # connect), then one new connection; plus a second for the test's own steps on two shared cores.
 WINDOW = CONNECT + CONNECT + 1.0
-
-
-@pytest.fixture
-def proxy(pg_url: str) -> Iterator[FreezableProxy]:
-    url = sa.engine.make_url(pg_url)
-    with freezable_proxy(url.host or "127.0.0.1", url.port or 5432) as running:
-        yield running
 
 
 @pytest.fixture
