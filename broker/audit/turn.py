@@ -276,9 +276,9 @@ class AddSide:
         self.pieces = []
         if len(pieces) != len(turn):
             pieces = [pieces_of(add[5]) for add in turn]
-        for (connection_id, grant_id, service, actor, first, _statements), (bodies, sizes) in zip(
-            turn, pieces, strict=True
-        ):
+        for i in range(len(turn)):  # (not zip(..., strict=True): a keyword call, through the interpreter)
+            connection_id, grant_id, service, actor, first, _statements = turn[i]
+            bodies, sizes = pieces[i]
             put((connection_id, grant_id, service, actor, first, at_us, bodies, sizes, generation))
 
 
