@@ -215,10 +215,10 @@ class AddSide:
                 out.append(",null]")
                 opening = ",["
                 if not (text.isascii() and kind in kinds):
-                    body = _valid_body(kind, text, None)
+                    body = _valid_body(kind, text, None)  # the journal keeps the text as it came
                 bodies.append(body)
             out.append("]]\n")
-            pieces.append((tuple(bodies), tuple(sizes)))
+            pieces.append((tuple(bodies), tuple(sizes)))  # tuples of str and int: see ``Queued``
         self.pieces = pieces
         return "".join(out)
 
