@@ -18,20 +18,31 @@ strings; a line torn by the crash is ignored)::
 
 The journal survives the death of the process, not of the machine: it is written to the page
 cache (no fsync per statement: that would cost more than the relay), so a power loss or kernel
-crash loses at most what the kernel had not flushed. Each live journal is held with ``flock``,
-rotated ones too until deleted, so a file nobody holds is a dead process's (whatever its pid, which
-a container gives again): two processes on one data folder never replay each other's. Rotation
-keeps the files small: past ``ROTATE_BYTES`` the next write opens a new file, and an old one is
-deleted once the writer has everything it held in the ledger. A write that fails (disk full, I/O error) raises
+crash loses at most what the kernel had not flushed. Each file is mapped into memory (shared, so
+what is stored there is in the page cache at once and outlives the process as a ``write`` would),
+its ``ROTATE_BYTES`` and some room allocated on disk first (``posix_fallocate``: a full disk is
+an error then, never a fault on a store): appending a loop turn's lines is a copy, not a system
+call (which also handed the GIL to the writer thread on every turn). A file is cut to what was
+written when it is rotated or closed; one whose process died still has its allocated tail of
+zero bytes, which reads as a torn last line. Where the file cannot be mapped (a filesystem
+without ``mmap`` or ``fallocate``), lines are written with ``pwrite`` as before.
+
+Each live journal is held with ``flock``, rotated ones too until deleted, so a file nobody holds
+is a dead process's (whatever its pid, which a container gives again): two processes on one data
+folder never replay each other's. Rotation keeps the files small: past ``ROTATE_BYTES`` the next
+write opens a new file, and an old one is deleted once the writer has everything it held in the
+ledger. A write that fails (disk full, I/O error) raises
 ``JournalError``: the log then refuses statements, and channels stop (fail closed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
+import mmap
 import os
 import secrets
 import threading
@@ -45,6 +56,7 @@ __all__ = ["ROTATE_BYTES", "Journal", "JournalError", "Recovered", "recover", "r
 log = logging.getLogger(__name__)
 
 ROTATE_BYTES = 8 * 1024 * 1024
+ROOM = 256 * 1024  # mapped past ROTATE_BYTES: the last turn's lines and the writer's marks (past it: pwrite)
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -60,6 +72,7 @@ class Journal:
         self.generation = 0
         self.size = 0
         self._fd: int | None = None
+        self._map: mmap.mmap | None = None  # the open file, mapped (None: lines go by pwrite)
         self._files: dict[int, tuple[Path, int]] = {}  # generation -> its file and locked fd, until deleted
         self._lock = threading.Lock()  # the writer's marks and the loop's writes and rotations
 
@@ -68,21 +81,49 @@ class Journal:
         return [path for path, _fd in self._files.values()]
 
     def _open(self) -> None:
+        self._retire()
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.generation += 1
             path = self.directory / f"{os.getpid()}-{secrets.token_hex(6)}-{self.generation}.journal"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            raise JournalError(f"cannot create a statement journal in {self.directory}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._map = _mapped(fd, ROTATE_BYTES + ROOM)
+        except OSError as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
             raise JournalError(f"cannot create a statement journal in {self.directory}: {exc}") from exc
         self._fd = fd  # a rotated file's fd stays open, and locked, until ``drop``
         self._files[self.generation] = (path, fd)
         self.size = 0
 
+    def _retire(self) -> None:
+        """The open file takes no more lines: unmapped, cut to what was written (best effort:
+        a tail of zero bytes left behind reads as a torn line)."""
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self.size)
+
+    def _write(self, data: bytes) -> None:
+        """``data`` at the end of the open file (under the lock)."""
+        assert self._fd is not None
+        end = self.size + len(data)
+        mapped = self._map
+        if mapped is not None and end <= len(mapped):
+            mapped[self.size : end] = data
+        elif os.pwrite(self._fd, data, self.size) != len(data):
+            raise OSError(errno.ENOSPC, "a short write (is the disk full?)")
+        self.size = end
+
     def append(self, lines: str) -> int:
-        """Write ``lines`` (``S`` records, each ending in a newline; one ``write``); returns the
-        generation they are in.
+        """Write ``lines`` (``S`` records, each ending in a newline); returns the generation
+        they are in.
 
         Raises:
             JournalError: the write failed.
@@ -91,14 +132,17 @@ class Journal:
         with self._lock:
             if self._fd is None or self.size >= ROTATE_BYTES:
                 self._open()
-            assert self._fd is not None
+            start = self.size
+            end = start + len(data)
+            mapped = self._map
+            if mapped is not None and end <= len(mapped):  # ``_write``, inlined: once per loop turn
+                mapped[start:end] = data
+                self.size = end
+                return self.generation
             try:
-                written = os.write(self._fd, data)
+                self._write(data)
             except OSError as exc:
                 raise JournalError(f"cannot write the statement journal: {exc}") from exc
-            if written != len(data):
-                raise JournalError("the statement journal took a short write (is the disk full?)")
-            self.size += written
             return self.generation
 
     def note_written(self, marks: list[tuple[str, int]]) -> None:
@@ -109,7 +153,7 @@ class Journal:
         data = "".join([_encode(["W", connection, n]) + "\n" for connection, n in marks]).encode()
         with self._lock, contextlib.suppress(OSError):
             if self._fd is not None:
-                os.write(self._fd, data)
+                self._write(data)
 
     def drop(self, generation: int) -> None:
         """Delete a rotated file whose statements are all in the ledger."""
@@ -126,6 +170,7 @@ class Journal:
     def close(self, *, delete: bool) -> None:
         """On a stop: close the open file; ``delete`` once everything is in the ledger."""
         with self._lock:
+            self._retire()
             self._fd = None
             files, self._files = self._files, {}
         for path, fd in files.values():
@@ -133,6 +178,26 @@ class Journal:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             os.close(fd)
+
+
+def _mapped(fd: int, size: int) -> mmap.mmap | None:
+    """``size`` bytes of the new file ``fd`` allocated on disk and mapped (shared); None where
+    this filesystem cannot (then lines go by ``pwrite``).
+
+    Raises:
+        OSError: the disk has no room (or the quota is used up).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return None  # no fallocate here: a mapping could fault (SIGBUS) on a full disk
+    try:
+        return mmap.mmap(fd, size)
+    except OSError:
+        os.ftruncate(fd, 0)
+        return None
 
 
 @dataclass(slots=True)

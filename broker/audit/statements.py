@@ -63,6 +63,7 @@ from access.broker.audit.turn import (
     statements_json,
     take_queue,
 )
+from access.broker.clock import SystemClock
 from access.broker.errors import BrokerError
 from access.broker.loops import Loop
 from access.broker.observe.metrics import metrics_for
@@ -135,7 +136,14 @@ class StatementLog:
         # an event loop bound (``bind``), one write per loop turn for what that turn added.
         self.journal = Journal(Path(broker.settings.data_dir) / "statements")
         self.journal_failed: str | None = None  # why the journal cannot be written: add refuses
-        self._generation = 0  # the add side's last journal generation
+        # The end of a loop turn runs compiled (``AddSide.end_turn``), with these.
+        self.side.append = self.journal.append
+        self.side.put = self._queue.append
+        self.side.failed = self._journal_failed
+        self.side.seal = _SEAL
+        clock = broker.clock
+        if type(clock) is not SystemClock:  # the system's is read natively (µs since the epoch)
+            self.side.now_us = lambda: (clock.now() - _EPOCH) // _MICROSECOND
         self._outstanding: dict[int, int] = {}  # the writer's side: rows not written per generation
         self._sealed: set[int] = set()  # the writer's side: generations that take no more rows
         self._recovered: dict[int, list[tuple[Path, int]]] = {}  # replayed files per generation
@@ -195,7 +203,7 @@ class StatementLog:
         if not self.side.forget(connection_id):
             return  # it never had a statement
         self._end_turn()  # now: its last statements go to the writer before it
-        self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, (), self._generation))
+        self._queue.append((connection_id, "", "", "", 0, -1, _CLOSE, (), self.side.generation))
         if self.on_due is not None:
             self.on_due()
 
@@ -203,34 +211,20 @@ class StatementLog:
         """``add`` runs on ``loop`` (one journal write per loop turn), or (None) on any thread,
         each ``add`` written at once."""
         self._end_turn()
-        self.side.schedule = self._end_turn if loop is None else partial(loop.call_soon, self._end_turn)
+        self.side.schedule = self._end_turn if loop is None else partial(loop.call_soon, self.side.end_turn)
 
     def _end_turn(self) -> None:
-        """Write this turn's statements to the journal, then hand them to the writer.
+        """Write this turn's statements to the journal, then hand them to the writer
+        (``AddSide.end_turn``, compiled: this runs once per loop turn with statements)."""
+        self.side.end_turn()
 
-        They were forwarded already (the journal write closes the turn that relayed them): if
-        the journal cannot be written they still go to the writer, and ``add`` refuses from now
-        on, so channels stop (fail closed) rather than relay what could be lost.
-        """
-        side = self.side
-        if not side.turn:
-            return
-        turn = side.take()
-        # the broker's time of this turn's statements, in µs since the epoch (exactly)
-        at_us = (self.broker.clock.now() - _EPOCH) // _MICROSECOND
-        generation = self._generation
-        try:
-            generation = self.journal.append(side.journal_text(turn, at_us))
-        except JournalError as exc:
-            if self.journal_failed is None:
-                log.error("statement journal failed, channels to logged-in services stop: %s", exc)
-            self.journal_failed = str(exc)
-            side.shut = True
-        if generation != self._generation:
-            if self._generation:
-                self._queue.append(("", "", "", "", 0, -1, _SEAL, (), self._generation))
-            self._generation = generation
-        side.hand_over(turn, self._queue.append, at_us, generation)
+    def _journal_failed(self, exc: Exception) -> None:
+        """The journal could not be written: ``add`` refuses from now on (the side is shut)."""
+        if not isinstance(exc, JournalError):
+            log.exception("statement journal failed, channels to logged-in services stop", exc_info=exc)
+        elif self.journal_failed is None:
+            log.error("statement journal failed, channels to logged-in services stop: %s", exc)
+        self.journal_failed = str(exc)
 
     def _take_queue(self) -> None:
         """The writer: move what ``add`` and ``close`` queued into the per-connection rows."""

@@ -16,6 +16,11 @@ Python it cost more than the relay itself: the ceiling check, the numbers, the t
   writes them: the same quoted strings, made valid UTF-8 where they are not) and size.
 - ``hand_over``: the turn's pieces to the writer's queue, with their time and journal
   generation (strings, ints and tuples of them: nothing the cyclic collector keeps tracking).
+- ``end_turn``: once per loop turn with statements (``loop.call_soon``, straight from ``add``):
+  the broker's time (the system clock read here, in µs), ``journal_text``, the journal's append,
+  ``hand_over``; no Python of the statement log's runs per turn but the journal's append. A named
+  statement's quoted pieces are kept per name (``named``): a prepared statement's executions
+  repeat them.
 
 The writer's side: ``take_queue`` moves the queue into per-connection ``Rows``, and
 ``statements_json``/``details_json`` put a ``connection.statements`` entry's details together as
@@ -30,6 +35,7 @@ them.
 from __future__ import annotations
 
 import json.encoder
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -50,6 +56,7 @@ __all__ = [
 ]
 
 BATCH_STATEMENTS: Final = 500  # statements in one ledger entry at most
+NAMED_KEPT: Final = 256  # named statements whose quoted pieces are kept (then all are forgotten)
 ROW_OVERHEAD: Final = 96  # bytes counted per queued statement besides its text (numbers, time, kind, name)
 
 # One add of a turn: (connection, grant, service, actor, number of the first statement, statements).
@@ -83,6 +90,17 @@ class AddSide:
         self.schedule: Callable[[], object] | None = None  # called for the first add of a turn
         self.wake: Callable[[], None] | None = None  # called when a connection passes a full batch
         self.pieces: list[tuple[tuple[str, ...], tuple[int, ...]]] = []  # journal_text's, for hand_over
+        self.kinds: dict[str, str] = {}  # each (ASCII) kind quoted, with its comma: a tap has a few
+        self.named: dict[str, tuple[str, str, str, str]] = {}  # quote_named's, per statement name
+        # ``end_turn``'s (set by the statement log): the journal's append (returns the generation
+        # written to), the writer's queue, what to call when the journal fails, the broker's
+        # clock in µs since the epoch (None: the system's, read here), and a rotation's marker.
+        self.append: Callable[[str], int] | None = None
+        self.put: Callable[[Queued], None] | None = None
+        self.failed: Callable[[Exception], None] | None = None
+        self.now_us: Callable[[], int] | None = None
+        self.seal: tuple[str, ...] = ()
+        self.generation = 0  # the journal generation of the last turn written
 
     def add(
         self,
@@ -148,7 +166,9 @@ class AddSide:
         """
         tail = "," + str(at_us) + ",["
         prefixes = self.prefixes
-        lines: list[str] = []
+        kinds = self.kinds
+        named = self.named
+        out: list[str] = []
         pieces: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
         for connection_id, grant_id, service, actor, first, statements in turn:
             prefix = prefixes.get(connection_id)
@@ -165,25 +185,87 @@ class AddSide:
                     + ","
                 )
                 prefixes[connection_id] = prefix
-            parts: list[str] = []
+            out.append(prefix)
+            out.append(str(first))
+            out.append(tail)
             bodies: list[str] = []
             sizes: list[int] = []
+            opening = "["
             for statement in statements:
                 kind, text, name = statement.kind, statement.text, statement.name
                 sizes.append(len(text) + ROW_OVERHEAD)
-                body = _quote(kind) + "," + _quote(text)
-                if name is None:
-                    parts.append("[" + body + ",null]")
-                else:
-                    body = body + "," + _quote(name)
-                    parts.append("[" + body + "]")
-                if not (text.isascii() and kind.isascii() and (name is None or name.isascii())):
-                    body = _valid_body(kind, text, name)  # the journal keeps the text as it came
+                if name is not None:
+                    # A prepared statement's executions repeat its kind, text and name: quoted once.
+                    known = named.get(name)
+                    if known is None or known[0] != kind or known[1] != text:
+                        known = self.quote_named(kind, text, name)
+                    out.append(opening)
+                    out.append(known[2])
+                    bodies.append(known[3])
+                    opening = ",["
+                    continue
+                quoted_kind = kinds.get(kind)
+                if quoted_kind is None:
+                    quoted_kind = _quote(kind) + ","
+                    if kind.isascii() and len(kinds) < 64:
+                        kinds[kind] = quoted_kind
+                body = quoted_kind + _quote(text)
+                out.append(opening)
+                out.append(body)
+                out.append(",null]")
+                opening = ",["
+                if not (text.isascii() and kind in kinds):
+                    body = _valid_body(kind, text, None)  # the journal keeps the text as it came
                 bodies.append(body)
+            out.append("]]\n")
             pieces.append((tuple(bodies), tuple(sizes)))  # tuples of str and int: see ``Queued``
-            lines.append(prefix + str(first) + tail + ",".join(parts) + "]]\n")
         self.pieces = pieces
-        return "".join(lines)
+        return "".join(out)
+
+    def quote_named(self, kind: str, text: str, name: str) -> tuple[str, str, str, str]:
+        """A named statement's (kind, text, its journal item less the opening bracket, its
+        ledger piece), kept for the next statement of that name (``named``, bounded)."""
+        body = _quote(kind) + "," + _quote(text) + "," + _quote(name)
+        item = body + "]"
+        if not (kind.isascii() and text.isascii() and name.isascii()):
+            body = _valid_body(kind, text, name)
+        known = (kind, text, item, body)
+        named = self.named
+        if len(named) >= NAMED_KEPT:
+            named.clear()
+        named[name] = known
+        return known
+
+    def end_turn(self) -> None:
+        """Write this turn's statements to the journal, then hand them to the writer (once per
+        loop turn with statements; the statement log's ``_end_turn``).
+
+        They were forwarded already (the journal write closes the turn that relayed them): if
+        the journal cannot be written they still go to the writer, and ``add`` refuses from now
+        on (``shut``), so channels stop (fail closed) rather than relay what could be lost.
+        """
+        turn = self.turn
+        if not turn:
+            return
+        self.turn = []
+        now_us = self.now_us
+        at_us = time.time_ns() // 1000 if now_us is None else now_us()
+        generation = self.generation
+        append = self.append
+        put = self.put
+        assert append is not None and put is not None
+        try:
+            generation = append(self.journal_text(turn, at_us))
+        except Exception as exc:  # the journal's error, or anything else: fail closed either way
+            self.shut = True
+            failed = self.failed
+            if failed is not None:
+                failed(exc)
+        if generation != self.generation:
+            if self.generation:
+                put(("", "", "", "", 0, -1, self.seal, (), self.generation))
+            self.generation = generation
+        self.hand_over(turn, put, at_us, generation)
 
     def hand_over(
         self, turn: list[Added], put: Callable[[Queued], None], at_us: int, generation: int
@@ -194,9 +276,9 @@ class AddSide:
         self.pieces = []
         if len(pieces) != len(turn):
             pieces = [pieces_of(add[5]) for add in turn]
-        for (connection_id, grant_id, service, actor, first, _statements), (bodies, sizes) in zip(
-            turn, pieces, strict=True
-        ):
+        for i in range(len(turn)):  # (not zip(..., strict=True): a keyword call, through the interpreter)
+            connection_id, grant_id, service, actor, first, _statements = turn[i]
+            bodies, sizes = pieces[i]
             put((connection_id, grant_id, service, actor, first, at_us, bodies, sizes, generation))
 
 

@@ -4,10 +4,14 @@ are written by the next process on the same data folder, once each; journals go 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import rfc8785
 import sqlalchemy as sa
 
 from access.broker.audit import journal as journal_module
@@ -101,7 +105,8 @@ def test_journal_lines_are_the_json_of_their_records_and_come_back_whole(
     assert log.add(
         connection_id="c-1", grant_id=GRANT, service='svc "x"', actor="bob\\", statements=statements[:1]
     )
-    lines = _journals(broker)[0].read_bytes().decode("utf-8").splitlines()
+    # (a live file is mapped: past its lines, the zero bytes allocated for the next ones)
+    lines = _journals(broker)[0].read_bytes().rstrip(b"\0").decode("utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     assert [record[:6] for record in records] == [
         ["S", "c-1", GRANT, 'svc "x"', "bob\\", 0],
@@ -116,6 +121,42 @@ def test_journal_lines_are_the_json_of_their_records_and_come_back_whole(
     assert later.recover() == 6
     assert later.flush() == 6
     assert [text for _n, text in _recorded(after)["c-1"]] == [*texts, "SELECT $1", texts[0]]
+
+
+def test_named_statements_repeated_over_turns_are_journaled_as_they_are(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """A named statement's quoted pieces are kept for its next executions (``AddSide.named``): a
+    name that comes back with another text or kind, or on another connection, must not reuse
+    them; past the bound they are made again."""
+    broker = make_broker()
+    log = statement_log_for(broker)
+    turns = [
+        [Statement("parse", "SELECT $1", "P_0"), Statement("execute", "SELECT $1", "P_0")],
+        [Statement("execute", "SELECT $1", "P_0"), Statement("execute", "SELECT $1", "P_0")],
+        [Statement("parse", 'SELECT "ü" \\', "P_0"), Statement("execute", 'SELECT "ü" \\', "P_0")],
+        [Statement("execute", "x\ud800", "nämé"), Statement("execute", "x\ud800", "nämé")],
+        [Statement("execute", "SELECT $1", "P_0"), Statement("query", "SELECT 2")],
+        [Statement("execute", f"SELECT {i}", f"s{i}") for i in range(300)],  # past NAMED_KEPT
+        [Statement("execute", "SELECT 7", "s7"), Statement("execute", "SELECT $1", "P_0")],
+    ]
+    for number, statements in enumerate(turns):
+        assert log.add(
+            connection_id=f"c-{number % 2}", grant_id=GRANT, service="svc", actor="bob", statements=statements
+        )
+    data = _journals(broker)[0].read_bytes().rstrip(b"\0").decode("utf-8", "surrogatepass")
+    lines = data.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [record[7] for record in records] == [[[s.kind, s.text, s.name] for s in t] for t in turns]
+    assert lines == [json.dumps(record, ensure_ascii=False, separators=(",", ":")) for record in records]
+    assert log.flush() == sum(len(t) for t in turns)
+    assert [text for _n, text in _recorded(broker)["c-1"]][:4] == ["SELECT $1"] * 2 + ["x?"] * 2
+    with broker.transaction() as conn:
+        stored = conn.execute(
+            sa.select(audit_log.c.details).where(audit_log.c.action == "connection.statements")
+        )
+        assert all(rfc8785.dumps(json.loads(details)) == details.encode() for (details,) in stored)
+    assert verify_ledger(broker.engine, broker.audit_key.public_key()).ok
 
 
 def test_a_live_process_journal_is_never_taken(make_broker: Callable[..., Broker]) -> None:
@@ -177,3 +218,61 @@ def test_a_graceful_stop_leaves_no_journal(make_broker: Callable[..., Broker]) -
     log.stop(deadline=0)
     assert _journals(broker) == []
     assert _recorded(broker)["c-1"] == [(0, "SELECT 1")]
+
+
+KILLED = """
+import os, signal, sys
+from pathlib import Path
+from access.broker.audit.journal import Journal
+journal = Journal(Path(sys.argv[1]))
+journal.append('["S","c-1","g","s","a",0,5,[["query","SELECT 1",null]]]\\n')
+journal.append('["S","c-1","g","s","a",1,6,[["query","SELECT 2",null],["parse","SELECT $1","p"]]]\\n')
+journal.note_written([("c-1", 1)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_what_a_killed_process_stored_in_its_mapped_journal_is_recovered(tmp_path: Path) -> None:
+    """The lines are stores into a shared mapping, not writes: SIGKILL right after them loses none
+    (they are in the page cache), and the allocated zero tail reads as a torn line."""
+    folder = tmp_path / "statements"
+    done = subprocess.run([sys.executable, "-c", KILLED, str(folder)], env=os.environ, check=False)
+    assert done.returncode == -9
+    [path] = folder.glob("*.journal")
+    assert path.stat().st_size == journal_module.ROTATE_BYTES + journal_module.ROOM  # mapped, never cut
+    recovered, held = journal_module.recover(folder)
+    journal_module.release(held, delete=False)
+    assert [(item.connection, item.first, item.at_us, item.statements) for item in recovered] == [
+        ("c-1", 1, [6, 6], [["query", "SELECT 2", None], ["parse", "SELECT $1", "p"]])
+    ]
+
+
+def test_a_rotated_or_closed_journal_is_cut_to_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 100)
+    journal = journal_module.Journal(tmp_path)
+    line = '["S","c-1","g","s","a",0,5,[["query","SELECT 1",null]]]\n'
+    assert journal.append(line) == 1
+    assert journal.append(line) == 1  # 112 bytes: past ROTATE_BYTES, in the room after it
+    assert journal.append(line) == 2  # a new file; the first one cut to its two lines
+    first, second = journal.paths
+    assert first.read_text() == line * 2
+    assert second.stat().st_size == 100 + journal_module.ROOM
+    journal.note_written([("c-1", 3)])
+    journal.close(delete=False)
+    assert second.read_text() == line + '["W","c-1",3]\n'
+
+
+def test_lines_past_the_mapped_room_are_written_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 100)
+    monkeypatch.setattr(journal_module, "ROOM", 10)
+    journal = journal_module.Journal(tmp_path)
+    big = '["S","c-1","g","s","a",0,5,[["query","' + "x" * 300 + '",null]]]\n'
+    assert journal.append(big) == 1  # longer than the mapping: pwrite
+    journal.note_written([("c-1", 1)])
+    [path] = journal.paths
+    journal.close(delete=False)
+    assert path.read_text() == big + '["W","c-1",1]\n'

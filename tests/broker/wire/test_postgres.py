@@ -425,6 +425,18 @@ def test_the_tap_records_statements_never_values_at_every_split() -> None:
         assert recorder.dropped == 0
 
 
+def test_the_taps_statements_are_statements_as_their_constructor_makes_them() -> None:
+    # The tap makes them without Statement.__init__ (pgtap._statement): the same objects.
+    recorder = postgres.tap()
+    recorder.client_bytes(SESSION)
+    taken = recorder.take()
+    assert [type(statement) for statement in taken] == [Statement] * len(SESSION_STATEMENTS)
+    assert taken == SESSION_STATEMENTS and {hash(s) for s in taken} == {hash(s) for s in SESSION_STATEMENTS}
+    assert [repr(s) for s in taken] == [repr(s) for s in SESSION_STATEMENTS]
+    with pytest.raises(AttributeError):
+        taken[0].text = "changed"  # type: ignore[misc]
+
+
 def test_the_tap_cuts_texts_and_names_at_their_ceilings() -> None:
     recorder = postgres.tap()
     long_name = b"n" * 5000  # past the prefix the tap reads: the text behind it is not seen
