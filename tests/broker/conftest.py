@@ -62,6 +62,31 @@ def proxy(pg_url: str) -> Iterator[FreezableProxy]:
         yield running
 
 
+# The short database bounds of a broker behind ``proxy``: a frozen database is found in seconds.
+PROXIED_BOUNDS: dict[str, float] = {
+    "db_statement_timeout": 1.0,
+    "db_connect_timeout": 2.0,
+    "db_lock_timeout": 0.5,
+    "db_pool_timeout": 1.0,
+}
+
+
+@pytest.fixture
+def make_proxied_broker(
+    make_broker: Callable[..., Broker], pg_url: str, proxy: FreezableProxy
+) -> Callable[..., Broker]:
+    """``make_broker`` for a broker reaching this test's PostgreSQL through ``proxy``, with
+    ``PROXIED_BOUNDS`` (any of them, and any other setting, given as keywords)."""
+
+    def make(**settings: Any) -> Broker:
+        through = sa.engine.make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
+        return make_broker(
+            db_url=through.render_as_string(hide_password=False), **{**PROXIED_BOUNDS, **settings}
+        )
+
+    return make
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -141,17 +141,9 @@ def test_the_byte_ceiling_refuses_too(make_broker: Callable[..., Broker]) -> Non
 
 
 def test_database_down_buffers_up_to_the_ceiling_then_writes_everything(
-    make_broker: Callable[..., Broker], pg_url: str, proxy: FreezableProxy
+    make_proxied_broker: Callable[..., Broker], proxy: FreezableProxy
 ) -> None:
-    through = sa.engine.make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
-    broker = make_broker(
-        db_url=through.render_as_string(hide_password=False),
-        db_statement_timeout=1.0,
-        db_connect_timeout=2.0,
-        db_lock_timeout=0.5,
-        db_pool_timeout=1.0,
-        statement_log_limit=1000,
-    )
+    broker = make_proxied_broker(statement_log_limit=1000)
     log = statement_log_for(broker)
     assert _add(log, "c-1", _queries("before", 10))
     log.flush()

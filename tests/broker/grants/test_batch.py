@@ -186,18 +186,11 @@ def test_a_request_whose_recording_fails_is_served_alone_and_the_others_issue(an
 
 
 def test_the_database_down_during_a_batch_answers_every_request_503_and_writes_nothing(
-    make_broker: Callable[..., Broker], pg_url: str, proxy: FreezableProxy
+    make_proxied_broker: Callable[..., Broker], proxy: FreezableProxy
 ) -> None:
     """PostgreSQL stops answering after the batch's first grant insert: every request of the
     batch is answered 503 (nothing was changed), and no grant and no entry of any is stored."""
-    through = sa.engine.make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
-    broker = make_broker(
-        db_url=through.render_as_string(hide_password=False),
-        db_statement_timeout=1.0,
-        db_connect_timeout=2.0,
-        db_lock_timeout=0.5,
-        db_pool_timeout=1.0,
-    )
+    broker = make_proxied_broker()
     asks = [ask_for(broker, name) for name in ("alice", "bob", "carol")]
     before = counts(broker)
 

@@ -43,19 +43,10 @@ def statement_timeout() -> float:
 
 
 @pytest.fixture
-def broker(
-    make_broker: Callable[..., Broker], pg_url: str, proxy: FreezableProxy, statement_timeout: float
-) -> Broker:
+def broker(make_proxied_broker: Callable[..., Broker], statement_timeout: float) -> Broker:
     """An in-process broker (and, through conftest's ``client``, its app) reaching PostgreSQL
     through the proxy, with short timeouts."""
-    through = sa.engine.make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
-    return make_broker(
-        db_url=through.render_as_string(hide_password=False),
-        db_statement_timeout=statement_timeout,
-        db_connect_timeout=CONNECT,
-        db_lock_timeout=0.5,
-        db_pool_timeout=1.0,
-    )
+    return make_proxied_broker(db_statement_timeout=statement_timeout, db_connect_timeout=CONNECT)
 
 
 @pytest.fixture
