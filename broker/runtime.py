@@ -26,7 +26,7 @@ from access.broker.policy import Policy, load_policy
 from access.broker.settings import Settings
 from access.broker.store import engine as store_engine
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "database_down"]
 
 
 @dataclass
@@ -141,5 +141,12 @@ class Broker:
 # What "the database is unavailable" means here: it could not be reached, did not answer in time
 # (our deadline, its statement or lock timeout), or no pooled connection came free in time.
 _DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError, sa.exc.TimeoutError)
+
+
+def database_down(exc: BaseException) -> bool:
+    """``exc`` means the database is unavailable (what ``Broker.transaction`` answers 503)."""
+    return isinstance(exc, _DOWN)
+
+
 # A COMMIT that failed in one of these ways may have reached the database: its outcome is unknown.
 _LOST = (sa.exc.InterfaceError,)

@@ -52,7 +52,7 @@ from access.broker.auth.principal import AuthContext
 from access.broker.auth.tokencache import AccessClaims
 from access.broker.errors import Unavailable
 from access.broker.grants import lifecycle, requests
-from access.broker.runtime import Broker
+from access.broker.runtime import Broker, database_down
 from access.broker.store import grants as store
 from access.shared.models import Grant, GrantRequest
 
@@ -108,7 +108,7 @@ def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
                     for i, asked in decided:
                         served[i] = requests.record_asked(tx, asked)
             except sa.exc.SQLAlchemyError as exc:
-                if _down(exc):
+                if database_down(exc):
                     raise  # the database is down: every request of the batch is answered 503
                 raise _RecordFailed from exc
             except Exception as exc:
@@ -121,13 +121,6 @@ def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
         return [_alone(broker, one) for one in asks]
     # Every request has its outcome by now; one without would be a bug, answered as one (a 500).
     return [RuntimeError("a batched grant request got no outcome") if one is None else one for one in served]
-
-
-def _down(exc: sa.exc.SQLAlchemyError) -> bool:
-    """The database is down or did not answer (``Broker.transaction`` answers it 503)."""
-    return isinstance(
-        exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.InternalError, sa.exc.TimeoutError)
-    )
 
 
 def _alone(broker: Broker, one: Ask) -> Served:
