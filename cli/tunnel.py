@@ -259,6 +259,11 @@ class ClientSession(MuxSession):
     def close(self, code: int, reason: str, *, why: str) -> None:
         if self.cut_at_close == 0:
             self.cut_at_close = len(self.channels)
+        if self.remote_close is not None and self.remote_close[0] in GRANT_ENDED_CODES:
+            # Known before the channels are cut below: a program that exits the moment its
+            # connection closes (kubectl get -w exits 0) must still find the end decided.
+            ended_code, ended_reason = self.remote_close
+            self.forwarder.end(TunnelEnded(ended_reason, ended_why(ended_code) or "locked"))
         super().close(code, reason, why=why)
 
     def channel_finished(self, channel: Channel) -> None:
