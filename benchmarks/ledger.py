@@ -39,7 +39,7 @@ from access.broker.policy import policy_from_data
 from access.broker.runtime import Broker
 from access.broker.settings import Settings
 from access.broker.store import audit as store
-from access.broker.store.tables import audit_log
+from access.broker.store.tables import audit_log, grants, principals
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +60,36 @@ def build(broker: Broker, entries: int, services: int, days: int) -> float:
     step = timedelta(days=days) / entries
     prev = ledger.GENESIS
     rows: list[dict[str, object]] = []
+    grant_rows: list[dict[str, object]] = []
     with broker.engine.begin() as conn:
         head = store.chain_head(conn)
+        if head is None:
+            conn.execute(
+                principals.insert().values(id="p-bench", name="bench", kind="user", groups=[], created_at=now)
+            )
     if head is not None:
         raise SystemExit(f"{broker.settings.data_dir} already holds a ledger: give an empty --keep")
     for seq in range(1, entries + 1):
         at = now - step * (entries - seq)
-        service = f"svc-{seq % services}"
+        # Five entries a grant, all about the grant's one service; the grants table holds each
+        # grant, as a broker's does (``--grant G`` looks its service up there).
+        service = f"svc-{(seq // 5) % services}"
         grant = f"g-{seq // 5:016x}"
+        if seq % 5 == 0 or seq == 1:
+            grant_rows.append(
+                {
+                    "id": grant,
+                    "principal_id": "p-bench",
+                    "subject": "bench",
+                    "service": service,
+                    "kind": "postgres",
+                    "scope": "read",
+                    "reason": "bench",
+                    "state": "expired",
+                    "created_at": at,
+                    "expires_at": at + timedelta(minutes=30),
+                }
+            )
         action = _ACTIONS[seq % len(_ACTIONS)]
         actor = f"user{seq % 200}"
         target = f"service:{service}/{grant}"
@@ -90,6 +112,8 @@ def build(broker: Broker, entries: int, services: int, days: int) -> float:
         if len(rows) == _BATCH or seq == entries:
             with broker.engine.begin() as conn:
                 conn.execute(audit_log.insert(), rows)
+                if grant_rows:
+                    conn.execute(grants.insert(), grant_rows)
                 if seq % _CHECKPOINT_EVERY == 0 or seq == entries:
                     made = sign_checkpoint(broker.audit_key, seq, digest, at)
                     store.insert_checkpoint(
@@ -101,6 +125,7 @@ def build(broker: Broker, entries: int, services: int, days: int) -> float:
                         signature=made.signature,
                     )
             rows = []
+            grant_rows = []
     return time.perf_counter() - started
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from access.broker.store.deferred import DeferredInsert
-from access.broker.store.tables import audit_checkpoints, audit_log, audit_sink_cursor
+from access.broker.store.tables import audit_checkpoints, audit_log, audit_sink_cursor, grants
 
 __all__ = [
     "ENTRIES",
@@ -140,7 +140,7 @@ def search(
 ) -> Sequence[Any]:
     """Entries about ``service`` (its grants and connections too), about ``grant``, by ``actor``,
     of ``action``, since ``start``; newest first, at most ``limit``."""
-    query = _filtered(sa.select(audit_log), service, actor, start, grant, action)
+    query = _filtered(sa.select(audit_log), service, actor, start, _grant_filter(conn, grant), action)
     return conn.execute(query.order_by(audit_log.c.seq.desc()).limit(limit)).all()
 
 
@@ -159,8 +159,26 @@ def search_after(
     """Entries with ``after`` < seq <= ``upto`` matching the filters of ``search``; oldest
     first, at most ``limit`` (what a follower reads next)."""
     query = sa.select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= upto)
-    query = _filtered(query, service, actor, start, grant, action)
+    query = _filtered(query, service, actor, start, _grant_filter(conn, grant), action)
     return conn.execute(query.order_by(audit_log.c.seq).limit(limit)).all()
+
+
+_GRANT_SERVICE = sa.select(grants.c.service).where(grants.c.id == sa.bindparam("grant_id"))
+
+
+def _grant_filter(conn: sa.Connection, grant: str | None) -> sa.ColumnElement[bool] | None:
+    """Which entries are about ``grant``: those whose target is the grant's
+    (``service:NAME/GRANT``, grants.grant_target), found through the index on ``target``.
+
+    Only for a grant the grants table does not hold (grants are never deleted: a ledger carried
+    over from elsewhere) is it every target ending ``/GRANT``, a scan of the whole ledger.
+    """
+    if not grant:
+        return None
+    service = conn.execute(_GRANT_SERVICE, {"grant_id": grant}).scalar()
+    if service is None:
+        return audit_log.c.target.endswith(f"/{grant}", autoescape=True)
+    return audit_log.c.target == f"service:{service}/{grant}"
 
 
 def _filtered(
@@ -168,11 +186,11 @@ def _filtered(
     service: str | None,
     actor: str | None,
     start: datetime | None,
-    grant: str | None,
+    about_grant: sa.ColumnElement[bool] | None,
     action: str | None,
 ) -> sa.Select[Any]:
-    if grant:
-        query = query.where(audit_log.c.target.endswith(f"/{grant}", autoescape=True))
+    if about_grant is not None:
+        query = query.where(about_grant)
     if action:
         query = query.where(audit_log.c.action == action)
     if service:
