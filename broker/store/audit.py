@@ -168,17 +168,21 @@ _GRANT_SERVICE = sa.select(grants.c.service).where(grants.c.id == sa.bindparam("
 
 def _grant_filter(conn: sa.Connection, grant: str | None) -> sa.ColumnElement[bool] | None:
     """Which entries are about ``grant``: those whose target is the grant's
-    (``service:NAME/GRANT``, grants.grant_target), found through the index on ``target``.
+    (``service:NAME/GRANT``, grants.grant_target), and the tunnel's refusals of a connection to
+    it (``grant:GRANT``: the grant asked for may not exist), found through the index on ``target``.
 
     Only for a grant the grants table does not hold (grants are never deleted: a ledger carried
-    over from elsewhere) is it every target ending ``/GRANT``, a scan of the whole ledger.
+    over from elsewhere) are the first every target ending ``/GRANT``, a scan of the whole ledger.
     """
     if not grant:
         return None
+    refused = f"grant:{grant}"
     service = conn.execute(_GRANT_SERVICE, {"grant_id": grant}).scalar()
     if service is None:
-        return audit_log.c.target.endswith(f"/{grant}", autoescape=True)
-    return audit_log.c.target == f"service:{service}/{grant}"
+        return sa.or_(
+            audit_log.c.target == refused, audit_log.c.target.endswith(f"/{grant}", autoescape=True)
+        )
+    return audit_log.c.target.in_([f"service:{service}/{grant}", refused])
 
 
 def _filtered(
