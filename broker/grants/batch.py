@@ -23,7 +23,8 @@ Each request keeps its own outcome:
 3. if recording one of them fails (a database error that is not the database being down, a
    ledger found unsafe, a bug), the whole transaction is rolled back and each request of the
    batch is served again alone, in a transaction of its own (``requests.request_grant_for``),
-   so it gets the outcome it would have had alone; nothing of the failed batch was written;
+   so it gets the outcome it would have had alone; nothing of the failed batch was written (a
+   batch of one request, served the same way, has its failure for its answer at once);
 4. if the database is down or did not answer (``Unavailable``), every request of the batch is
    answered 503 and nothing of any of them was written (fail closed); a COMMIT that may or may
    not have happened answers each that the outcome is unknown.
@@ -83,10 +84,10 @@ class _RecordFailed(Exception):
 def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
     """Serve ``asks`` in one transaction, each with its own outcome (see the module's text):
     for each, in order, its ``Outcome`` (committed; ``requests.settle`` gives the answer) or the
-    exception that is its answer. Never raises for one request's sake.
+    exception that is its answer. Never raises for one request's sake. A lone request is served
+    the same way (its statements sent together as a batch's are, ``store.pipeline``), and a
+    failure is then its answer at once.
     """
-    if len(asks) == 1:
-        return [_alone(broker, asks[0])]
     policy = broker.policy  # one policy for the batch: a reload swaps it from another thread
     served: list[Served | None] = [None] * len(asks)
     try:
@@ -113,11 +114,15 @@ def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
                 raise _RecordFailed from exc
             except Exception as exc:
                 raise _RecordFailed from exc
-    except _RecordFailed:
+    except _RecordFailed as failed:
+        if len(asks) == 1:  # it was alone: this is its answer (served again, it would fail again)
+            return [failed.__cause__ or failed]
         return [_alone(broker, one) for one in asks]
     except Unavailable as exc:  # down, or the COMMIT's outcome unknown: the same for all of them
         return [exc] * len(asks)
-    except sa.exc.SQLAlchemyError:  # a refusal or error of the database while deciding: alone
+    except sa.exc.SQLAlchemyError as exc:  # a refusal or error of the database while deciding: alone
+        if len(asks) == 1:
+            return [exc]
         return [_alone(broker, one) for one in asks]
     # Every request has its outcome by now; one without would be a bug, answered as one (a 500).
     return [RuntimeError("a batched grant request got no outcome") if one is None else one for one in served]

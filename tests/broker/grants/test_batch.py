@@ -210,6 +210,68 @@ def test_the_database_down_during_a_batch_answers_every_request_503_and_writes_n
     assert [getattr(a, "state", None) for a in again] == ["active"] * 3
 
 
+class RoundTrips:
+    """The round trips of every connection the engine checks out, from its checkout to its
+    checkin (after the pool's check of it): libpq's trace of the protocol, where each simple
+    query and each pipeline's (or extended query's) Sync gets one ReadyForQuery."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine, self.count = engine, 0
+        self._traces: dict[int, Any] = {}
+        sa.event.listen(engine, "checkout", self._on_checkout)
+        sa.event.listen(engine, "checkin", self._on_checkin)
+
+    def _on_checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        import tempfile
+
+        from psycopg import pq
+
+        trace = tempfile.TemporaryFile()  # noqa: SIM115 - closed at the checkin
+        self._traces[id(dbapi_conn)] = trace
+        dbapi_conn.pgconn.trace(trace.fileno())
+        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def _on_checkin(self, dbapi_conn: Any, _record: Any) -> None:
+        trace = self._traces.pop(id(dbapi_conn), None)
+        if trace is None:
+            return
+        dbapi_conn.pgconn.untrace()
+        trace.seek(0)
+        data = trace.read()
+        self.count += sum(line.split(b"\t")[2:3] == [b"ReadyForQuery"] for line in data.splitlines())
+        trace.close()
+
+    def close(self) -> None:
+        sa.event.remove(self.engine, "checkout", self._on_checkout)
+        sa.event.remove(self.engine, "checkin", self._on_checkin)
+
+
+@pytest.mark.parametrize("size", [1, 2, 8])
+def test_a_batch_on_postgresql_is_five_round_trips_whatever_its_size(
+    make_broker: Callable[..., Broker], pg_url: str, size: int
+) -> None:
+    """BEGIN, the sessions' read, then the locks' holds and reads with the ledger's lock and its
+    head's read in one round trip, the batch's entries and grants in one, the COMMIT
+    (``store.pipeline``): five round trips after the pool's check of the connection, not nine
+    (a lone request: not ten). A lock in force is still found, and the chain verifies."""
+    broker = make_broker(db_url=pg_url)
+    asks = [ask_for(broker, f"user-{i}") for i in range(size)]
+    put_lock(broker, "user", "user-0", actor="admin:test", reason="INC-9")
+    before = counts(broker)
+
+    trips = RoundTrips(broker.engine)
+    try:
+        answers = [settled(broker, one) for one in request_grants_for(broker, asks)]
+    finally:
+        trips.close()
+
+    assert trips.count == 5
+    assert isinstance(answers[0], Locked) and "INC-9" in answers[0].message
+    assert [getattr(a, "state", None) for a in answers[1:]] == ["active"] * (size - 1)
+    assert counts(broker) == (before[0] + size, before[1] + 2 * size)
+    assert chain_ok(broker)
+
+
 async def test_concurrent_requests_through_the_writer_extend_one_chain(any_broker: Broker) -> None:
     from access.broker.app import create_app
 
