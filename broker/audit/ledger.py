@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +28,7 @@ from access.broker.clock import Clock, utc
 from access.broker.errors import LedgerUnsafe
 from access.broker.observe.metrics import for_engine
 from access.broker.store import audit as store
+from access.broker.store.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from access.broker.runtime import Broker
@@ -43,6 +44,7 @@ __all__ = [
     "record",
     "set_unsafe",
     "stored_hash",
+    "take_chain",
     "unsafe",
 ]
 
@@ -285,6 +287,26 @@ def _remember_head(conn: sa.Connection, seq: int, digest: str) -> None:
         return
     with _heads_lock:
         _heads[trans] = (seq, digest)
+
+
+def take_chain(pipeline: Pipeline) -> Callable[[], None]:
+    """The chain's lock and its head for ``pipeline``'s transaction, queued on it after what is
+    queued already (the locks' holds: the ledger's lock is always taken last). Call what it
+    returns once the pipeline has run: the transaction then holds the chain, and its appends
+    start at that head with no lock or read of their own (as a transaction's second append does).
+
+    Raises (the pipeline, when it runs):
+        sqlalchemy.exc.SQLAlchemyError: the database failed; the caller's transaction must fail.
+    """
+    head = store.lock_chain_and_head(pipeline)
+    conn = pipeline.conn
+
+    def taken() -> None:
+        found = head()
+        seq, digest = (0, GENESIS) if found is None else found  # the first append is seq 1 after GENESIS
+        _remember_head(conn, seq, digest)
+
+    return taken
 
 
 @contextmanager

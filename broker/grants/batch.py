@@ -23,14 +23,19 @@ Each request keeps its own outcome:
 3. if recording one of them fails (a database error that is not the database being down, a
    ledger found unsafe, a bug), the whole transaction is rolled back and each request of the
    batch is served again alone, in a transaction of its own (``requests.request_grant_for``),
-   so it gets the outcome it would have had alone; nothing of the failed batch was written;
+   so it gets the outcome it would have had alone; nothing of the failed batch was written (a
+   batch of one request, served the same way, has its failure for its answer at once);
 4. if the database is down or did not answer (``Unavailable``), every request of the batch is
    answered 503 and nothing of any of them was written (fail closed); a COMMIT that may or may
    not have happened answers each that the outcome is unknown.
 
+A batch is every request waiting when the writer is free; if fewer wait than the last batch
+served, it first waits for that many, at most ``LINGER`` seconds (``GrantWriter._gather``).
+
 Every wait is bounded: at most ``MAX_QUEUE`` requests wait (the next one is answered 503 at
 once), a request that waited longer than the pool's timeout is answered 503 without being
-served, and each batch's statements are bounded by the database timeouts. The ledger stays one
+served, a batch gathers for ``LINGER`` at most, and each batch's statements are bounded by the
+database timeouts. The ledger stays one
 chain across replicas: its lock is the database's (``audit.ledger``). The thread ends after
 ``IDLE_EXIT`` seconds without requests and starts again with the next one.
 """
@@ -56,11 +61,12 @@ from access.broker.runtime import Broker, database_down
 from access.broker.store import grants as store
 from access.shared.models import Grant, GrantRequest
 
-__all__ = ["IDLE_EXIT", "MAX_BATCH", "MAX_QUEUE", "Ask", "GrantWriter", "request_grants_for"]
+__all__ = ["IDLE_EXIT", "LINGER", "MAX_BATCH", "MAX_QUEUE", "Ask", "GrantWriter", "request_grants_for"]
 
 MAX_BATCH = 32  # requests in one transaction
 MAX_QUEUE = 1024  # requests waiting for the writer; the next one is refused (503)
 IDLE_EXIT = 2.0  # seconds without a request before the writer thread ends
+LINGER = 0.002  # seconds a batch waits, at most, for as many requests as the last one served
 
 
 @dataclass(frozen=True)
@@ -83,10 +89,10 @@ class _RecordFailed(Exception):
 def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
     """Serve ``asks`` in one transaction, each with its own outcome (see the module's text):
     for each, in order, its ``Outcome`` (committed; ``requests.settle`` gives the answer) or the
-    exception that is its answer. Never raises for one request's sake.
+    exception that is its answer. Never raises for one request's sake. A lone request is served
+    the same way (its statements sent together as a batch's are, ``store.pipeline``), and a
+    failure is then its answer at once.
     """
-    if len(asks) == 1:
-        return [_alone(broker, asks[0])]
     policy = broker.policy  # one policy for the batch: a reload swaps it from another thread
     served: list[Served | None] = [None] * len(asks)
     try:
@@ -113,11 +119,15 @@ def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
                 raise _RecordFailed from exc
             except Exception as exc:
                 raise _RecordFailed from exc
-    except _RecordFailed:
+    except _RecordFailed as failed:
+        if len(asks) == 1:  # it was alone: this is its answer (served again, it would fail again)
+            return [failed.__cause__ or failed]
         return [_alone(broker, one) for one in asks]
     except Unavailable as exc:  # down, or the COMMIT's outcome unknown: the same for all of them
         return [exc] * len(asks)
-    except sa.exc.SQLAlchemyError:  # a refusal or error of the database while deciding: alone
+    except sa.exc.SQLAlchemyError as exc:  # a refusal or error of the database while deciding: alone
+        if len(asks) == 1:
+            return [exc]
         return [_alone(broker, one) for one in asks]
     # Every request has its outcome by now; one without would be a bug, answered as one (a 500).
     return [RuntimeError("a batched grant request got no outcome") if one is None else one for one in served]
@@ -165,18 +175,33 @@ class GrantWriter:
         max_batch: int = MAX_BATCH,
         max_queue: int = MAX_QUEUE,
         idle: float = IDLE_EXIT,
+        linger: float = LINGER,
     ) -> None:
         self.broker = broker
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.idle = idle
+        self.linger = linger
         # The longest a request waits for the writer: as long as it would for a pooled connection.
         self.max_wait = broker.settings.pool.timeout
         self._jobs: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._waiting = False  # the thread waits for a request (a new one must wake it)
+        self._waiting = False  # the thread waits for requests (the one that makes ``_want`` wakes it)
+        self._want = 1
         self.batches = 0  # transactions served (tests and the benchmark read it)
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for the writer (tests read it)."""
+        with self._cond:
+            return len(self._jobs)
+
+    @property
+    def gathering(self) -> bool:
+        """The writer waits for more requests before serving those waiting (``_gather``)."""
+        with self._cond:
+            return self._waiting and self._want > 1
 
     async def request(self, one: Ask) -> Grant:
         """``requests.request_grant_for(broker, one.claims, one.request, seen=one.seen)``, served in turn.
@@ -194,14 +219,15 @@ class GrantWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="grant-writer", daemon=True)
                 self._thread.start()
-            elif self._waiting:  # else it is serving, and takes this one when it is done
-                self._cond.notify()
+            elif self._waiting and len(self._jobs) >= self._want:
+                self._cond.notify()  # else it is serving (and takes this one next) or gathering
         outcome = await job.future
         if outcome.blocking:  # a dynamic identity is made on the target: not on the event loop
             return await asyncio.to_thread(requests.settle, self.broker, outcome)
         return requests.settle(self.broker, outcome)
 
     def _run(self) -> None:
+        served = 1  # the last batch's size
         while True:
             with self._cond:
                 while not self._jobs:
@@ -211,11 +237,37 @@ class GrantWriter:
                     if not woken and not self._jobs:
                         self._thread = None
                         return
-                # All that waits, up to the ceiling: those that came while the last batch was
-                # served share this one's transaction (no waiting for more: on a busy machine a
-                # sleep costs more than the transaction it would share).
+                self._gather(min(served, self.max_batch))
+                # All that waits, up to the ceiling, shares this batch's transaction.
                 batch = [self._jobs.popleft() for _ in range(min(len(self._jobs), self.max_batch))]
             self._serve(batch)
+            served = len(batch)
+
+    def _gather(self, want: int) -> None:
+        """Wait, at most ``linger`` seconds, until ``want`` requests wait (the lock is held).
+
+        The clients of the batch just answered tend to come back together, a moment after their
+        answers: the one request that came while the batch was served would otherwise be
+        served alone, and the others in the next batch, two transactions where one would do
+        (under steady load at concurrency 8, batches of 1 and 7 in turn). Woken by the request
+        that makes ``want``, not by each; one that does not come costs one ``linger``, and the
+        next batch then waits for as many as this one served.
+        """
+        if len(self._jobs) >= want:
+            return
+        deadline = time.monotonic() + self.linger
+        self._want = want
+        try:
+            while len(self._jobs) < want:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._waiting = True
+                self._cond.wait(left)
+                self._waiting = False
+        finally:
+            self._waiting = False
+            self._want = 1
 
     def _serve(self, batch: list[_Job]) -> None:
         now = time.monotonic()

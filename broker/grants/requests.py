@@ -44,6 +44,7 @@ from access.broker.policy import Decision, Policy, UnknownScope, UnknownService,
 from access.broker.runtime import Broker
 from access.broker.store.grants import GrantRecord
 from access.broker.store.locks import LockRecord
+from access.broker.store.pipeline import Pipeline
 from access.shared.durations import DurationError, format_duration, parse_duration
 from access.shared.models import MAX_REASON_LENGTH, Grant, GrantRequest
 from access.shared.names import NAME_RULE, is_dns_label, is_scope
@@ -196,6 +197,9 @@ def ask_each(
     """``ask`` for several requests of bearers of verified tokens (claims, request, who to tell
     the caller), with their sessions read in one statement and the locks in force held and read
     in one each: for each, in order, what was asked or why it is refused (nothing written).
+    When any is decided, the ledger's lock is taken and its head read in the same round trip as
+    the locks' (``ledger.take_chain``, after them: the order every writer takes them in), for
+    the recording that follows (``record_asked``).
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; the transaction must fail.
@@ -215,11 +219,17 @@ def ask_each(
             answers[i] = exc
             continue
         decided.append((i, ctx, decision, ttl, reason))
-    # Before any ledger append: a lock on the user or the service wins over the policy.
-    found = locks.covering_each(
-        tx.conn, now, [(ctx.name, decision.service) for _, ctx, decision, _, _ in decided]
-    )
-    for (i, ctx, decision, ttl, reason), lock in zip(decided, found, strict=True):
+    # Before any ledger append: a lock on the user or the service wins over the policy. The
+    # locks are held and read, then the ledger's lock taken and its head read for the recording
+    # that follows, in one round trip (each statement still runs after the one before).
+    with Pipeline(tx.conn) as pipeline:
+        found = locks.covering_each(
+            pipeline, now, [(ctx.name, decision.service) for _, ctx, decision, _, _ in decided]
+        )
+        chain = ledger.take_chain(pipeline) if decided else None
+    if chain is not None:
+        chain()
+    for (i, ctx, decision, ttl, reason), lock in zip(decided, found(), strict=True):
         answers[i] = Asked(policy, ctx, decision, ttl, reason, now, lock)
     return [answer for answer in answers if answer is not None]
 

@@ -3,7 +3,7 @@ every path that gives access calls inside its own transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from access.broker.errors import Locked
 from access.broker.store import locks as store
 from access.broker.store.locks import LockRecord
+from access.broker.store.pipeline import Pipeline
 
 __all__ = [
     "check",
@@ -50,23 +51,30 @@ def covering(
 
 
 def covering_each(
-    conn: sa.Connection, now: datetime, asks: Sequence[tuple[str, str]]
-) -> list[LockRecord | None]:
+    pipeline: Pipeline, now: datetime, asks: Sequence[tuple[str, str]]
+) -> Callable[[], list[LockRecord | None]]:
     """``covering`` for several (user, service) pairs (a batch of grant requests), held and read
-    in one statement each for all of them: for each pair, the lock in force on its user, else on
-    its service, or None. Call it before the transaction's first ledger append, as ``covering``.
+    in one statement each for all of them, queued on ``pipeline`` (its caller may queue the
+    ledger's lock after them, the order every writer takes them in): to call once it has run,
+    for each pair, the lock in force on its user, else on its service, or None. Queue it before
+    the transaction's first ledger append, as ``covering``.
 
-    Raises:
+    Raises (the pipeline, when it runs):
         sqlalchemy.exc.SQLAlchemyError: the database failed; the caller's transaction must fail.
     """
     targets = list(
         dict.fromkeys(target for user, service in asks for target in _targets(user, service, None))
     )
-    store.hold(conn, targets, exclusive=False)
-    oldest: dict[tuple[str, str], LockRecord] = {}
-    for lock in store.covering(conn, now, targets):  # oldest first
-        oldest.setdefault((lock.kind, lock.value), lock)
-    return [oldest.get(("user", user)) or oldest.get(("service", service)) for user, service in asks]
+    store.hold_queued(pipeline, targets, exclusive=False)
+    found = store.covering_queued(pipeline, now, targets)
+
+    def each() -> list[LockRecord | None]:
+        oldest: dict[tuple[str, str], LockRecord] = {}
+        for lock in found():  # oldest first
+            oldest.setdefault((lock.kind, lock.value), lock)
+        return [oldest.get(("user", user)) or oldest.get(("service", service)) for user, service in asks]
+
+    return each
 
 
 def check(

@@ -6,13 +6,14 @@ this module only reads and writes rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from access.broker.store.deferred import DeferredInsert
+from access.broker.store.pipeline import Pipeline
 from access.broker.store.tables import audit_checkpoints, audit_log, audit_sink_cursor, grants
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "last_checkpoint_seq",
     "latest_checkpoint",
     "lock_chain",
+    "lock_chain_and_head",
     "move_sink_cursor",
     "search",
     "search_after",
@@ -56,6 +58,20 @@ def chain_head(conn: sa.Connection) -> tuple[int, str] | None:
     """The newest entry's (seq, hash), or None for an empty ledger."""
     head = conn.execute(_HEAD).first()
     return None if head is None else (head.seq, head.hash)
+
+
+def lock_chain_and_head(pipeline: Pipeline) -> Callable[[], tuple[int, str] | None]:
+    """``lock_chain`` then ``chain_head``, queued on ``pipeline`` (the head is read once the lock
+    is held: each statement of a pipeline has its own snapshot): the head, to call once it has run."""
+    if pipeline.conn.dialect.name == "postgresql":
+        pipeline.add(_LOCK_CHAIN)
+    answer = pipeline.add(_HEAD)
+
+    def head() -> tuple[int, str] | None:
+        rows = answer.rows
+        return (rows[0].seq, rows[0].hash) if rows else None
+
+    return head
 
 
 def entry_row(

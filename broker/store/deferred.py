@@ -1,9 +1,11 @@
-"""Inserts held back to the end of a block of one transaction, then made in one statement.
+"""Inserts held back to the end of a block of one transaction, then made together.
 
 A batch of grant requests (``grants.batch``) appends two ledger entries and stores one grant per
-request; in a ``DeferredInsert.block`` those rows are inserted together when the block ends, as
-one executemany (one round trip on PostgreSQL, one pass through SQLAlchemy), still in the same
-transaction, before it commits. Nothing inside the block may read those rows back from the
+request; in a ``DeferredInsert.block`` those rows are inserted when the block ends, as one
+executemany per table, still in the same transaction, before it commits. Blocks of several
+tables opened one inside the other on the same transaction are inserted together when the
+outermost ends, the inner block's rows first: in one ``store.pipeline.Pipeline``, so one round
+trip on PostgreSQL for all of them. Nothing inside a block may read those rows back from the
 database, and no savepoint may be opened in it (its rollback could not take them back).
 """
 
@@ -17,7 +19,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from access.broker.store.pipeline import Pipeline
+
 __all__ = ["DeferredInsert"]
+
+# The rows of every block ended inside a block still open, by the root transaction: the
+# outermost block inserts them all when it ends (each table's in the order their blocks ended).
+_held: weakref.WeakKeyDictionary[sa.RootTransaction, list[tuple[sa.Insert, list[dict[str, Any]]]]] = (
+    weakref.WeakKeyDictionary()
+)
+_held_lock = threading.Lock()
 
 
 class DeferredInsert:
@@ -32,7 +43,8 @@ class DeferredInsert:
 
     @contextmanager
     def block(self, conn: sa.Connection) -> Iterator[None]:
-        """Rows given to ``insert`` on ``conn`` inside the block are inserted when it ends
+        """Rows given to ``insert`` on ``conn`` inside the block are inserted when it ends, or
+        when the outermost block of another table open around it on the same transaction ends
         (nothing if it raises: the transaction must then fail).
 
         Raises:
@@ -45,13 +57,27 @@ class DeferredInsert:
         rows: list[dict[str, Any]] = []
         with self._lock:
             self._rows[trans] = rows
+        with _held_lock:
+            outermost = trans not in _held
+            if outermost:
+                _held[trans] = []
         try:
             yield
+        except BaseException:
+            if outermost:
+                with _held_lock:
+                    _held.pop(trans, None)
+            raise
         finally:
             with self._lock:
                 self._rows.pop(trans, None)
-        if rows:
-            conn.execute(self.statement, rows[0] if len(rows) == 1 else rows)
+        with _held_lock:
+            held = _held.pop(trans) if outermost else _held[trans]
+            held.append((self.statement, rows))
+        if outermost:
+            with Pipeline(conn) as pipeline:
+                for statement, some in held:
+                    pipeline.add_many(statement, some)
 
     def insert(self, conn: sa.Connection, row: dict[str, Any]) -> None:
         """Insert ``row`` now, or at the end of the block ``conn``'s transaction is in.

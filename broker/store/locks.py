@@ -11,16 +11,28 @@ never saw). SQLite needs nothing: every transaction there holds the one write lo
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from access.broker.store.pipeline import Pipeline
 from access.broker.store.tables import locks
 
-__all__ = ["KINDS", "LockRecord", "covering", "hold", "in_force_on", "insert", "lift", "listed"]
+__all__ = [
+    "KINDS",
+    "LockRecord",
+    "covering",
+    "covering_queued",
+    "hold",
+    "hold_queued",
+    "in_force_on",
+    "insert",
+    "lift",
+    "listed",
+]
 
 # The values of ``locks.kind``: what a lock is put on.
 KINDS = ("user", "service", "grant")
@@ -60,12 +72,33 @@ def hold(conn: sa.Connection, targets: Sequence[tuple[str, str]], *, exclusive: 
     waits for the other's commit and then sees what it wrote. Take them before the first ledger
     append of the transaction (the ledger's own lock comes second, always), or two transactions
     can wait on each other."""
-    if conn.dialect.name != "postgresql" or not targets:
-        return
-    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    held = _hold(conn.dialect.name, targets, exclusive=exclusive)
+    if held is not None:
+        conn.execute(*held)
+
+
+def hold_queued(pipeline: Pipeline, targets: Sequence[tuple[str, str]], *, exclusive: bool) -> None:
+    """``hold``, queued on ``pipeline``: held once it has run."""
+    held = _hold(pipeline.conn.dialect.name, targets, exclusive=exclusive)
+    if held is not None:
+        pipeline.add(*held)
+
+
+def _hold(
+    dialect: str, targets: Sequence[tuple[str, str]], *, exclusive: bool
+) -> tuple[sa.TextClause, dict[str, str]] | None:
+    """The statement that holds ``targets`` and its parameters; None when there is nothing to hold."""
+    if dialect != "postgresql" or not targets:
+        return None
     keys = sorted({f"access_lock:{kind}:{value}" for kind, value in targets})
-    calls = ", ".join(f"{fn}(hashtextextended(:k{i}, 0))" for i in range(len(keys)))
-    conn.execute(sa.text(f"SELECT {calls}"), {f"k{i}": key for i, key in enumerate(keys)})
+    return _hold_statement(len(keys), exclusive), {f"k{i}": key for i, key in enumerate(keys)}
+
+
+@functools.cache
+def _hold_statement(count: int, exclusive: bool) -> sa.TextClause:
+    """Built once per count (see ``_covering_query``): the keys are taken in the order given."""
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    return sa.text("SELECT " + ", ".join(f"{fn}(hashtextextended(:k{i}, 0))" for i in range(count)))
 
 
 def insert(conn: sa.Connection, record: LockRecord) -> None:
@@ -91,11 +124,25 @@ def covering(conn: sa.Connection, now: datetime, targets: Sequence[tuple[str, st
     """The locks in force at ``now`` on any of the (kind, value) targets, oldest first."""
     if not targets:
         return []
+    return [LockRecord.from_row(row) for row in conn.execute(*_covering(now, targets))]
+
+
+def covering_queued(
+    pipeline: Pipeline, now: datetime, targets: Sequence[tuple[str, str]]
+) -> Callable[[], list[LockRecord]]:
+    """``covering``, queued on ``pipeline``: what it answers, to call once the pipeline has run."""
+    if not targets:
+        return list
+    answer = pipeline.add(*_covering(now, targets))
+    return lambda: [LockRecord.from_row(row) for row in answer.rows]
+
+
+def _covering(now: datetime, targets: Sequence[tuple[str, str]]) -> tuple[sa.Select[Any], dict[str, Any]]:
     params: dict[str, Any] = {"now": now}
     for i, (kind, value) in enumerate(targets):
         params[f"kind{i}"] = kind
         params[f"value{i}"] = value
-    return [LockRecord.from_row(row) for row in conn.execute(_covering_query(len(targets)), params)]
+    return _covering_query(len(targets)), params
 
 
 def in_force_on(conn: sa.Connection, kind: str, value: str, now: datetime) -> list[LockRecord]:

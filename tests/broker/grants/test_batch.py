@@ -5,7 +5,8 @@ batch answers every request 503 with nothing written; one hash chain under concu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from access.broker.grants.batch import Ask, GrantWriter, request_grants_for
 from access.broker.locks.switch import put_lock
 from access.broker.runtime import Broker
 from access.broker.store.tables import audit_log, grants
-from access.shared.models import GrantRequest
+from access.shared.models import Grant, GrantRequest
 from tests.broker.conftest import BASE_URL, add_user, login
 from tests.fakes.dbproxy import FreezableProxy
 
@@ -210,6 +211,68 @@ def test_the_database_down_during_a_batch_answers_every_request_503_and_writes_n
     assert [getattr(a, "state", None) for a in again] == ["active"] * 3
 
 
+class RoundTrips:
+    """The round trips of every connection the engine checks out, from its checkout to its
+    checkin (after the pool's check of it): libpq's trace of the protocol, where each simple
+    query and each pipeline's (or extended query's) Sync gets one ReadyForQuery."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine, self.count = engine, 0
+        self._traces: dict[int, Any] = {}
+        sa.event.listen(engine, "checkout", self._on_checkout)
+        sa.event.listen(engine, "checkin", self._on_checkin)
+
+    def _on_checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        import tempfile
+
+        from psycopg import pq
+
+        trace = tempfile.TemporaryFile()  # noqa: SIM115 - closed at the checkin
+        self._traces[id(dbapi_conn)] = trace
+        dbapi_conn.pgconn.trace(trace.fileno())
+        dbapi_conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def _on_checkin(self, dbapi_conn: Any, _record: Any) -> None:
+        trace = self._traces.pop(id(dbapi_conn), None)
+        if trace is None:
+            return
+        dbapi_conn.pgconn.untrace()
+        trace.seek(0)
+        data = trace.read()
+        self.count += sum(line.split(b"\t")[2:3] == [b"ReadyForQuery"] for line in data.splitlines())
+        trace.close()
+
+    def close(self) -> None:
+        sa.event.remove(self.engine, "checkout", self._on_checkout)
+        sa.event.remove(self.engine, "checkin", self._on_checkin)
+
+
+@pytest.mark.parametrize("size", [1, 2, 8])
+def test_a_batch_on_postgresql_is_five_round_trips_whatever_its_size(
+    make_broker: Callable[..., Broker], pg_url: str, size: int
+) -> None:
+    """BEGIN, the sessions' read, then the locks' holds and reads with the ledger's lock and its
+    head's read in one round trip, the batch's entries and grants in one, the COMMIT
+    (``store.pipeline``): five round trips after the pool's check of the connection, not nine
+    (a lone request: not ten). A lock in force is still found, and the chain verifies."""
+    broker = make_broker(db_url=pg_url)
+    asks = [ask_for(broker, f"user-{i}") for i in range(size)]
+    put_lock(broker, "user", "user-0", actor="admin:test", reason="INC-9")
+    before = counts(broker)
+
+    trips = RoundTrips(broker.engine)
+    try:
+        answers = [settled(broker, one) for one in request_grants_for(broker, asks)]
+    finally:
+        trips.close()
+
+    assert trips.count == 5
+    assert isinstance(answers[0], Locked) and "INC-9" in answers[0].message
+    assert [getattr(a, "state", None) for a in answers[1:]] == ["active"] * (size - 1)
+    assert counts(broker) == (before[0] + size, before[1] + 2 * size)
+    assert chain_ok(broker)
+
+
 async def test_concurrent_requests_through_the_writer_extend_one_chain(any_broker: Broker) -> None:
     from access.broker.app import create_app
 
@@ -263,3 +326,61 @@ async def test_the_writer_bounds_its_queue_and_each_wait(broker: Broker) -> None
 
     served = await GrantWriter(broker, idle=0.05).request(one)
     assert (served.subject, served.state) == ("alice", "active")
+
+
+@contextlib.contextmanager
+def writes_held(broker: Broker) -> Iterator[None]:
+    """Another transaction holds what a batch waits for before it writes: PostgreSQL's ledger
+    lock; on SQLite the write lock (BEGIN IMMEDIATE), on the pool's one connection."""
+    with broker.engine.connect() as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('access_audit_log'))")
+        yield
+
+
+async def queued(writer: GrantWriter, one: Ask) -> asyncio.Future[Grant]:
+    """``writer.request(one)`` as a task that has run to its first wait: the request is queued."""
+    task = asyncio.ensure_future(writer.request(one))
+    await asyncio.sleep(0)  # one turn of the loop: the task's first step (the queueing) has run
+    return task
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Until ``condition()`` holds, asked every 5 ms, for at most 10 seconds."""
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out: {what}")
+
+
+async def test_a_batch_gathers_as_many_requests_as_the_last_one_served(
+    make_broker: Callable[..., Broker], db_url: str
+) -> None:
+    """After a batch of three, the writer does not serve the next request that comes alone: it
+    waits (at most its linger, here long enough never to end the wait) until three wait, and
+    serves them in one transaction."""
+    bounds = {"db_lock_timeout": 30.0, "db_statement_timeout": 30.0, "db_pool_timeout": 30.0}
+    broker = make_broker(db_url=db_url, **bounds)
+    asks = [ask_for(broker, f"user-{i}") for i in range(7)]
+    writer = GrantWriter(broker, linger=60.0)
+
+    with writes_held(broker):
+        first = await queued(writer, asks[0])
+        await until(lambda: writer.waiting == 0, "the writer takes the first")
+        three = [await queued(writer, one) for one in asks[1:4]]
+        await until(lambda: writer.waiting == 3, "three wait while the first is served")
+    await asyncio.gather(first, *three)
+    assert writer.batches == 2  # the first alone, then the three that waited
+
+    fourth = await queued(writer, asks[4])
+    await until(lambda: writer.gathering, "the writer waits for more than the one waiting")
+    assert writer.batches == 2
+    rest = [await queued(writer, one) for one in asks[5:]]
+    answers = await asyncio.gather(fourth, *rest)
+
+    assert writer.batches == 3
+    assert [(grant.subject, grant.state) for grant in answers] == [
+        (f"user-{i}", "active") for i in range(4, 7)
+    ]
+    assert chain_ok(broker)
