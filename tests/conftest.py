@@ -4,9 +4,8 @@ PostgreSQL tests create a database of their own on the machine's server (``ACCES
 default ``postgresql://postgres@127.0.0.1:5432/postgres``) and drop it afterwards, so tests
 run in parallel without seeing each other. It is made as a copy of a template the migrations
 brought to head once per pytest-xdist worker (``CREATE DATABASE ... TEMPLATE``): running them
-on every test's database cost about a second each; a broker opening it finds it at head. Each
-copy is made in a thread while the test before runs, and dropped there afterwards (``_Copies``).
-A test that needs a database with no tables asks for ``pg_empty_url``.
+on every test's database cost about a second each; a broker opening it finds it at head. A test
+that needs a database with no tables asks for ``pg_empty_url``.
 
 A broker that ``make_broker`` opens on a SQLite file that does not exist yet starts from a copy
 of one migrated file (``migrated_sqlite``, made once per pytest-xdist worker by running the
@@ -17,14 +16,11 @@ which finds the file at head.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import shutil
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +51,7 @@ def _pg_admin_engine() -> sa.Engine:
     return sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
 
 
-def _create_database(template: str | None) -> str:
-    """A new PostgreSQL database (a copy of ``template`` if given): its URL."""
+def _pg_database(template: str | None) -> Iterator[str]:
     name = f"access_t_{secrets.token_hex(6)}"
     admin = _pg_admin_engine()
     try:
@@ -65,58 +60,13 @@ def _create_database(template: str | None) -> str:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
     except sa.exc.OperationalError as exc:  # pragma: no cover - environment problem
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: start it (see README) ({exc.orig})")
-    finally:
-        admin.dispose()
-    return sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(url: str) -> None:
-    admin = _pg_admin_engine()
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.engine.make_url(url).database}" WITH (FORCE)')
-    finally:
-        admin.dispose()
-
-
-def _pg_database(template: str | None) -> Iterator[str]:
-    url = _create_database(template)
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
         yield url
     finally:
-        _drop_database(url)
-
-
-class _Copies:
-    """Copies of a template database, made ``AHEAD`` at a time in two threads while tests run, and
-    dropped there after their test: one ``CREATE DATABASE ... TEMPLATE`` takes 0.3-0.5 s (it
-    checkpoints), two at once hardly longer; a test that asks for one finds it made. Every test
-    still gets a database nobody else has used."""
-
-    AHEAD = 3
-    _WAIT = 60.0  # seconds: at most this long for a copy (PostgreSQL refuses a busy template in 5)
-
-    def __init__(self, template: str) -> None:
-        self._template = template
-        self._threads = ThreadPoolExecutor(2, thread_name_prefix="pg-copies")
-        self._ready = deque(self._threads.submit(_create_database, template) for _ in range(self.AHEAD))
-
-    def take(self) -> str:
-        """A fresh copy (raises what making it raised); another one is started at once."""
-        made = self._ready.popleft()
-        self._ready.append(self._threads.submit(_create_database, self._template))
-        return made.result(timeout=self._WAIT)
-
-    def give_back(self, url: str) -> None:
-        """Drop ``url`` (in a thread: nobody waits for it)."""
-        self._threads.submit(_drop_database, url)
-
-    def close(self) -> None:
-        """Drop the copies nobody took, and wait for every drop."""
-        for made in self._ready:
-            with contextlib.suppress(Exception):
-                self.give_back(made.result(timeout=self._WAIT))
-        self._threads.shutdown(wait=True)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -151,23 +101,10 @@ def _pg_migrated_template() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture(scope="session")
-def _pg_copies(_pg_migrated_template: str) -> Iterator[_Copies]:
-    copies = _Copies(_pg_migrated_template)
-    try:
-        yield copies
-    finally:
-        copies.close()
-
-
 @pytest.fixture
-def pg_url(_pg_copies: _Copies) -> Iterator[str]:
+def pg_url(_pg_migrated_template: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this test, at the migrations' head; dropped afterwards."""
-    url = _pg_copies.take()
-    try:
-        yield url
-    finally:
-        _pg_copies.give_back(url)
+    yield from _pg_database(_pg_migrated_template)
 
 
 @pytest.fixture
