@@ -34,12 +34,9 @@ def main() -> None:
 
         print(version_line())
         return
-    # httpx's package imports its own command-line tool whenever click and rich are installed
-    # (typer brings rich; the broker's uvicorn brings click): click, rich's progress bars and
-    # pygments' lexers, about a third of an API command's start, for a tool this process never
-    # runs. None in sys.modules makes that one import fail at once, and httpx then defines its
-    # stand-in `httpx.main`. Only here: this process is ours, a library importing us is not.
-    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    from access.shared.entrypoint import skip_httpx_cli
+
+    skip_httpx_cli()
     from access.cli.app import app
 
     app(prog_name="access")

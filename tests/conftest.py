@@ -303,6 +303,16 @@ def oidc_provider(_oidc_provider_process: Any) -> Any:
 _SLOW_FIRST = ("tests/test_packaging.py", "tests/e2e/")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's load scheduling starts each worker on a run of consecutive tests, a quarter
+    # of its share (about 200 here): with the longest tests first, the first worker got every
+    # end-to-end test (two thirds of the suite's time) and ran on alone for minutes after the
+    # others had finished. One test at a time, as workers free up, unless the command says
+    # otherwise (``--maxschedchunk``).
+    if getattr(config.option, "maxschedchunk", "absent") is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         where = item.nodeid

@@ -23,6 +23,9 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
+    from access.shared.entrypoint import skip_httpx_cli
+
+    skip_httpx_cli()
     from access.broker.admin.main import main as run
 
     run()

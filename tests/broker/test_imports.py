@@ -10,6 +10,7 @@ the importer to what it imports.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import pkgutil
 import re
@@ -38,7 +39,10 @@ class Import:
     line: int
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
+    """Every module of ours and its source file (read once, by the first test that asks: not at
+    collection, which every pytest-xdist worker does)."""
     found: dict[str, Path] = {}
     for root in ROOTS:
         found[root.__name__] = Path(root.__file__ or "")
@@ -52,9 +56,6 @@ def _modules() -> dict[str, Path]:
             )
             found[info.name] = source
     return found
-
-
-MODULES = _modules()
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -73,7 +74,7 @@ def _resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 def _imports(name: str) -> Iterator[Import]:
-    path = MODULES[name]
+    path = _modules()[name]
     return _parse(name, path.read_text(), is_package=path.name == "__init__.py")
 
 
@@ -88,7 +89,7 @@ def _parse(name: str, source: str, *, is_package: bool) -> Iterator[Import]:
             base = _resolve(name, is_package, node)
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                yield Import(sub if sub in MODULES else base, module_level, node.lineno)
+                yield Import(sub if sub in _modules() else base, module_level, node.lineno)
         for child in ast.iter_child_nodes(node):
             if isinstance(node, ast.If) and _is_type_checking(node.test) and child in node.body:
                 yield from visit(child, False)
@@ -99,7 +100,10 @@ def _parse(name: str, source: str, *, is_package: bool) -> Iterator[Import]:
     yield from visit(tree, True)
 
 
-IMPORTS: dict[str, list[Import]] = {name: list(_imports(name)) for name in MODULES}
+@functools.cache
+def _graph() -> dict[str, list[Import]]:
+    """What each module imports."""
+    return {name: list(_imports(name)) for name in _modules()}
 
 
 def _within(module: str, prefix: str) -> bool:
@@ -166,12 +170,12 @@ def test_every_package_is_walked() -> None:
         "access.cli.main",
         "access.shared.errors",
     ):
-        assert expected in MODULES, expected
-    assert any(not i.module_level for imports in IMPORTS.values() for i in imports)
+        assert expected in _modules(), expected
+    assert any(not i.module_level for imports in _graph().values() for i in imports)
 
 
 def test_no_import_cycles_at_module_level() -> None:
-    cycles = _cycles(IMPORTS)
+    cycles = _cycles(_graph())
     new = sorted(sorted(c) for c in cycles - KNOWN_CYCLES)
     gone = sorted(sorted(c) for c in KNOWN_CYCLES - cycles)
     assert not new, f"import cycles: {new}"
@@ -184,8 +188,8 @@ KNOWN_DEFERRED_CYCLES: frozenset[frozenset[str]] = frozenset()
 
 
 def test_no_import_cycles_even_through_function_level_imports() -> None:
-    every = {name: [Import(i.target, True, i.line) for i in imports] for name, imports in IMPORTS.items()}
-    cycles = _cycles(every) - _cycles(IMPORTS)
+    every = {name: [Import(i.target, True, i.line) for i in imports] for name, imports in _graph().items()}
+    cycles = _cycles(every) - _cycles(_graph())
     new = sorted(sorted(c) for c in cycles - KNOWN_DEFERRED_CYCLES)
     gone = sorted(sorted(c) for c in KNOWN_DEFERRED_CYCLES - cycles)
     assert not new, f"import cycles through function-level imports: {new}"
@@ -194,7 +198,7 @@ def test_no_import_cycles_even_through_function_level_imports() -> None:
 
 def test_the_store_imports_no_service() -> None:
     allowed = ("access.broker.store", "access.broker.clock", "access.broker.errors")
-    assert _violations(IMPORTS, "access.broker.store", "access.broker", allowed) == []
+    assert _violations(_graph(), "access.broker.store", "access.broker", allowed) == []
 
 
 # What building or running a query looks like in SQLAlchemy Core: none of it outside store/.
@@ -210,10 +214,10 @@ TARGET_SQL = ("access.broker.provision",)
 
 
 def test_all_sql_lives_in_the_store() -> None:
-    outside = {name: path for name, path in MODULES.items() if _within(name, "access.broker")}
+    outside = {name: path for name, path in _modules().items() if _within(name, "access.broker")}
     outside = {n: p for n, p in outside.items() if not _within(n, "access.broker.store")}
     outside = {n: p for n, p in outside.items() if not any(_within(n, room) for room in TARGET_SQL)}
-    tables = _violations(IMPORTS, "access.broker", "access.broker.store.tables")
+    tables = _violations(_graph(), "access.broker", "access.broker.store.tables")
     tables = [v for v in tables if not v.startswith("access.broker.store")]
     assert tables == [], "only store/ uses the tables"
     queries = [
@@ -228,17 +232,17 @@ def test_all_sql_lives_in_the_store() -> None:
 @pytest.mark.parametrize("room", TARGET_SQL)
 @pytest.mark.parametrize("forbidden", ["access.broker.store", "access.broker.tunnel"])
 def test_target_sql_rooms_do_not_reach_the_store_or_the_tunnel(room: str, forbidden: str) -> None:
-    assert any(_within(name, room) for name in MODULES), room
-    assert _violations(IMPORTS, room, forbidden) == []
+    assert any(_within(name, room) for name in _modules()), room
+    assert _violations(_graph(), room, forbidden) == []
 
 
 @pytest.mark.parametrize("importers", ["access.cli", "access.shared"])
 def test_cli_and_shared_import_nothing_from_the_broker(importers: str) -> None:
-    assert _violations(IMPORTS, importers, "access.broker") == []
+    assert _violations(_graph(), importers, "access.broker") == []
 
 
 def test_shared_imports_nothing_from_the_cli() -> None:
-    assert _violations(IMPORTS, "access.shared", "access.cli") == []
+    assert _violations(_graph(), "access.shared", "access.cli") == []
 
 
 def test_the_checks_see_what_they_look_for() -> None:
@@ -292,7 +296,7 @@ def test_the_parser_tells_module_level_imports_from_the_others() -> None:
 
 
 def test_imports_inside_functions_are_not_module_level() -> None:
-    imports = {(i.target, i.module_level) for i in IMPORTS["access.broker.auth.identity.directory"]}
+    imports = {(i.target, i.module_level) for i in _graph()["access.broker.auth.identity.directory"]}
     assert ("access.broker.grants", False) in imports
     assert ("access.broker.store.principals", True) in imports
     # ``from access.broker.store import sessions`` names the submodule, not the package.
@@ -302,6 +306,6 @@ def test_imports_inside_functions_are_not_module_level() -> None:
 def test_the_wire_machines_import_no_other_room_and_no_io() -> None:
     """broker/wire is sans-I/O: bytes in, bytes out. It imports nothing else of ours, and no
     socket or event loop, so each machine can be tested byte by byte."""
-    assert _violations(IMPORTS, "access.broker.wire", "access", ("access.broker.wire",)) == []
+    assert _violations(_graph(), "access.broker.wire", "access", ("access.broker.wire",)) == []
     for io in ("socket", "asyncio", "selectors", "ssl"):
-        assert _violations(IMPORTS, "access.broker.wire", io) == [], io
+        assert _violations(_graph(), "access.broker.wire", io) == [], io

@@ -141,10 +141,10 @@ class BrokerProcess:
         self.proc = None
         return code
 
-    def admin_here(self, *args: str, input: str | None = None) -> None:
+    def admin_here(self, *args: str, input: str | None = None) -> str:
         """Run the command ``access-broker ARGS`` in this process, in the environment ``admin``
         gives it: for setting a test up, where a new process would add only its start (a Python
-        start and its imports: about a second each time) to the command."""
+        start and its imports: about a second each time) to the command. What it printed."""
         from typer.testing import CliRunner
 
         from access.broker.admin.main import app
@@ -160,6 +160,7 @@ class BrokerProcess:
                 f"access-broker {' '.join(args)} failed ({result.exit_code}): {result.stderr}"
                 f"{result.exception!r}"
             )
+        return result.stdout
 
     def add_user(self, name: str, password: str, *groups: str) -> None:
         """``access-broker users add NAME --password-stdin [--group G]...``, run in this process."""
@@ -169,6 +170,8 @@ class BrokerProcess:
         self.admin_here(*args, input=password + "\n")
 
     def add_service_account(self, name: str, *groups: str, owner: str | None = None) -> dict[str, str]:
+        """``access-broker service-accounts add NAME -o json [--group G]... [--owner O]``, run in
+        this process: its client id and secret."""
         import json
 
         args = ["service-accounts", "add", name, "-o", "json"]
@@ -176,7 +179,7 @@ class BrokerProcess:
             args += ["--group", group]
         if owner is not None:
             args += ["--owner", owner]
-        result: dict[str, str] = json.loads(self.admin(*args).stdout)
+        result: dict[str, str] = json.loads(self.admin_here(*args))
         return result
 
 
