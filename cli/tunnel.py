@@ -567,8 +567,7 @@ class Forwarder:
             return
         code, reason = session.remote_close
         if code in GRANT_ENDED_CODES:
-            self.report(reason)
-            self.end(TunnelEnded(reason, ended_why(code) or "locked"))
+            self.report(reason)  # the end itself was decided when the close frame came (``close``)
         elif code not in (1000, 1005) and reason:
             self.report(f"the broker closed the tunnel: {reason}")
 

@@ -120,17 +120,21 @@ def request_grants_for(broker: Broker, asks: Sequence[Ask]) -> list[Served]:
             except Exception as exc:
                 raise _RecordFailed from exc
     except _RecordFailed as failed:
-        if len(asks) == 1:  # it was alone: this is its answer (served again, it would fail again)
-            return [failed.__cause__ or failed]
-        return [_alone(broker, one) for one in asks]
+        return _each_alone(broker, asks, failed.__cause__ or failed)
     except Unavailable as exc:  # down, or the COMMIT's outcome unknown: the same for all of them
         return [exc] * len(asks)
     except sa.exc.SQLAlchemyError as exc:  # a refusal or error of the database while deciding: alone
-        if len(asks) == 1:
-            return [exc]
-        return [_alone(broker, one) for one in asks]
+        return _each_alone(broker, asks, exc)
     # Every request has its outcome by now; one without would be a bug, answered as one (a 500).
     return [RuntimeError("a batched grant request got no outcome") if one is None else one for one in served]
+
+
+def _each_alone(broker: Broker, asks: Sequence[Ask], failure: BaseException) -> list[Served]:
+    """After the batch's ``failure``: each request served again in a transaction of its own; a
+    request that was alone has the failure for its answer (served again, it would fail again)."""
+    if len(asks) == 1:
+        return [failure]
+    return [_alone(broker, one) for one in asks]
 
 
 def _alone(broker: Broker, one: Ask) -> Served:
@@ -264,7 +268,6 @@ class GrantWriter:
                     return
                 self._waiting = True
                 self._cond.wait(left)
-                self._waiting = False
         finally:
             self._waiting = False
             self._want = 1
